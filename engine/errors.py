@@ -1,0 +1,172 @@
+"""The engine's one exception hierarchy.
+
+Every error the engine raises on purpose is an ``EngineError``. Each class carries a stable
+``code`` (sent over the RPC as the error's type, never renamed) and the ``exit_code`` engctl
+exits with (docker's conventions: 125 for an engine error; the container's own code
+otherwise, which is not an error at all).
+
+Messages say what was wrong and, where there is one, what to do about it.
+Stdlib only: engctl imports this module on its fast path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EngineError(Exception):
+    """Base of every deliberate engine error."""
+
+    code: ClassVar[str] = "internal"
+    exit_code: ClassVar[int] = 125
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            wire["details"] = self.details
+        return wire
+
+
+class InternalError(EngineError):
+    """A bug or an unexpected failure inside the engine."""
+
+    code = "internal"
+
+
+class InvalidArgument(EngineError):
+    """The caller sent something malformed: a wrong type, a bad reference, a bad flag."""
+
+    code = "invalid_argument"
+
+
+class NotFound(EngineError):
+    """The named container, image, network, volume or method does not exist."""
+
+    code = "not_found"
+
+
+class AlreadyExists(EngineError):
+    """A name or an object is taken already."""
+
+    code = "already_exists"
+
+
+class Conflict(EngineError):
+    """The object is in a state that forbids the operation (container running, image in use)."""
+
+    code = "conflict"
+
+
+class Unavailable(EngineError):
+    """Something the operation needs is missing or down: a runtime, the daemon, a registry."""
+
+    code = "unavailable"
+
+
+class PermissionDenied(EngineError):
+    """Authentication or authorisation failed (registry credentials, socket permissions)."""
+
+    code = "permission_denied"
+
+
+class ResourceExhausted(EngineError):
+    """A limit was hit: frame size, disk full, a size cap on a manifest or blob."""
+
+    code = "resource_exhausted"
+
+
+class DigestMismatch(EngineError):
+    """Content does not match the digest (or size) that names it."""
+
+    code = "digest_mismatch"
+
+
+class UnsafeContent(EngineError):
+    """Hostile content refused: a layer entry escaping its root, a bad link, a device."""
+
+    code = "unsafe_content"
+
+
+class RuntimeFailure(EngineError):
+    """The OCI runtime or the monitor failed; the message carries its own words."""
+
+    code = "runtime_failure"
+
+
+class Timeout(EngineError):
+    """An operation did not finish within its deadline."""
+
+    code = "timeout"
+
+
+class ProtocolError(EngineError):
+    """A malformed RPC message: not msgpack, wrong shape, wrong types, too large."""
+
+    code = "protocol_error"
+
+
+class MethodNotFound(NotFound):
+    """The RPC method does not exist."""
+
+    code = "method_not_found"
+
+
+class Cancelled(EngineError):
+    """The operation was cancelled (client went away, daemon shutting down)."""
+
+    code = "cancelled"
+
+
+class ConfigError(InvalidArgument):
+    """The daemon's configuration (flags or JSON file) is invalid."""
+
+    code = "config_error"
+
+
+class DaemonNotRunning(Unavailable):
+    """engctl could not reach the daemon."""
+
+    code = "daemon_not_running"
+
+
+def all_error_classes() -> list[type[EngineError]]:
+    found: list[type[EngineError]] = []
+    pending: list[type[EngineError]] = [EngineError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_class_for(code: str) -> type[EngineError]:
+    """The class for a wire code; unknown codes (a newer daemon) become EngineError."""
+    for cls in all_error_classes():
+        if cls.code == code and cls is not EngineError:
+            return cls
+    return EngineError
+
+
+def from_wire(wire: Any) -> EngineError:
+    """Rebuild an error from its wire form: a map, or neovim-style ``[code, message]``."""
+    if isinstance(wire, dict):
+        code = str(wire.get("code", "internal"))
+        message = str(wire.get("message", "unknown error"))
+        details = wire.get("details") or {}
+    elif isinstance(wire, list | tuple) and len(wire) == 2:
+        code, message, details = str(wire[0]), str(wire[1]), {}
+    else:
+        code, message, details = "internal", repr(wire), {}
+    cls = error_class_for(code)
+    err = cls(message, **(details if isinstance(details, dict) else {}))
+    if cls is EngineError:
+        err.code = code  # type: ignore[misc]
+    return err
