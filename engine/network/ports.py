@@ -1,0 +1,152 @@
+"""Published ports: docker's ``-p``/``-P`` forms turned into CNI portMappings.
+
+Accepted ``-p`` forms (protocol suffix ``/tcp`` (default), ``/udp`` or ``/sctp`` on any)::
+
+    CTR                 a free host port chosen by us, on every host address
+    HOST:CTR            host port HOST on every host address
+    IP:HOST:CTR         host port HOST on address IP only
+    IP::CTR             a free host port on address IP
+    A-B:C-D             ranges of equal length (also with IP:); CTR ranges alone too
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from engine.errors import InvalidArgument, ResourceExhausted
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+@attrs.frozen
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""  # "" = every host address
+
+    def to_cni(self) -> dict[str, Any]:
+        """The portMappings entry the CNI portmap plugin reads from runtimeConfig."""
+        return {"hostPort": self.host_port, "containerPort": self.container_port,
+                "protocol": self.protocol, "hostIP": self.host_ip}
+
+    @classmethod
+    def from_cni(cls, entry: Mapping[str, Any]) -> PortMapping:
+        return cls(int(entry["hostPort"]), int(entry["containerPort"]),
+                   str(entry.get("protocol", "tcp")), str(entry.get("hostIP", "")))
+
+
+def _bad(spec: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid port specification {spec!r}: {why}; use [IP:][HOST:]CONTAINER[/tcp|/udp], "
+        "e.g. 8080:80 or 127.0.0.1:53:53/udp"
+    )
+
+
+def _port(spec: str, text: str) -> int:
+    if not text.isdigit():
+        raise _bad(spec, f"{text!r} is not a port number")
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise _bad(spec, f"port {value} is outside 1-65535")
+    return value
+
+
+def _port_range(spec: str, text: str) -> list[int]:
+    first, sep, last = text.partition("-")
+    if not sep:
+        return [_port(spec, text)]
+    lo, hi = _port(spec, first), _port(spec, last)
+    if hi < lo:
+        raise _bad(spec, f"range {text} ends before it starts")
+    return list(range(lo, hi + 1))
+
+
+def _split_ip(spec: str, body: str) -> tuple[str, str]:
+    """Split off a leading host address ("[::1]:..." for IPv6) from ``body``."""
+    if body.startswith("["):
+        ip, sep, rest = body[1:].partition("]:")
+        if not sep:
+            raise _bad(spec, "an IPv6 address in brackets must be followed by ':'")
+    else:
+        parts = body.split(":")
+        if len(parts) < 3:
+            return "", body
+        ip, rest = ":".join(parts[:-2]), ":".join(parts[-2:])
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise _bad(spec, f"{ip!r} is not an IP address") from None
+    return ip, rest
+
+
+def free_port(protocol: str = "tcp", host_ip: str = "") -> int:
+    """A host port that is free right now, found by binding port 0 (blocking but instant)."""
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind((host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
+        except OSError as e:
+            raise ResourceExhausted(f"cannot find a free {protocol} port on {host_ip or '*'}: {e}") from None
+        return int(s.getsockname()[1])
+
+
+def parse_publish(spec: str) -> list[PortMapping]:
+    """Parse one ``-p`` value into mappings (host port 0 never escapes: it is chosen here)."""
+    body, _, protocol = spec.strip().partition("/")
+    protocol = protocol.lower() or "tcp"
+    if protocol not in PROTOCOLS:
+        raise _bad(spec, f"unknown protocol {protocol!r}")
+    if not body:
+        raise _bad(spec, "no container port")
+    host_ip, rest = _split_ip(spec, body)
+    host_part, sep, ctr_part = rest.rpartition(":")
+    if not sep:
+        host_part, ctr_part = "", rest
+    ctr_ports = _port_range(spec, ctr_part)
+    if not host_part:
+        return [PortMapping(free_port(protocol, host_ip), c, protocol, host_ip) for c in ctr_ports]
+    host_ports = _port_range(spec, host_part)
+    if len(host_ports) == 1 and len(ctr_ports) == 1:
+        return [PortMapping(host_ports[0], ctr_ports[0], protocol, host_ip)]
+    if len(host_ports) != len(ctr_ports):
+        raise _bad(spec, "host and container port ranges differ in length")
+    return [PortMapping(h, c, protocol, host_ip) for h, c in zip(host_ports, ctr_ports, strict=True)]
+
+
+def publish_all(exposed_ports: Iterable[str], host_ip: str = "") -> list[PortMapping]:
+    """``-P``: every port the image exposes (``"80/tcp"``) on a free host port."""
+    found = []
+    for entry in sorted(exposed_ports):
+        port, _, protocol = entry.partition("/")
+        spec = f"{host_ip}::{port}/{protocol or 'tcp'}" if host_ip else f"{port}/{protocol or 'tcp'}"
+        found.extend(parse_publish(spec))
+    return found
+
+
+def parse_all(specs: Iterable[str], exposed_ports: Iterable[str] = (), publish_all_ports: bool = False) -> list[PortMapping]:
+    """Every ``-p`` (and ``-P``) of one container; the same host port twice is refused."""
+    mappings: list[PortMapping] = []
+    for spec in specs:
+        mappings.extend(parse_publish(spec))
+    if publish_all_ports:
+        published = {(m.container_port, m.protocol) for m in mappings}
+        for m in publish_all(exposed_ports):
+            if (m.container_port, m.protocol) not in published:
+                mappings.append(m)
+    seen: dict[tuple[str, int, str], PortMapping] = {}
+    for m in mappings:
+        key = (m.host_ip, m.host_port, m.protocol)
+        if key in seen:
+            raise InvalidArgument(
+                f"host port {m.host_port}/{m.protocol} is published twice (for container ports "
+                f"{seen[key].container_port} and {m.container_port}); pick different host ports"
+            )
+        seen[key] = m
+    return mappings
