@@ -1,0 +1,436 @@
+"""The ``overlay`` storage driver: layers unpacked once each, containers as overlay mounts.
+
+On disk, under ``layout.storage_dir("overlay")``::
+
+    layers/<hex>/diff           the unpacked layer (OCI whiteouts already overlay whiteouts)
+    layers/<hex>/layer.json     {"diff_id", "size", "link"}; written before the dir appears
+    layers/.unpack-*            unpacks in progress (or left by a crash; see cleanup_stale)
+    layers/.removing-*          layers being deleted (renamed away first, so never half-seen)
+    l/<link>                    short symlink -> ../layers/<hex>/diff (keeps mount options short)
+    containers/<id>/upper,work  the container's writable layer
+    containers/<id>/merged      the mount point handed to the runtime
+    containers/<id>/layers.json the diff_ids it was mounted with (remove_layer checks them)
+
+Blocking work (unpacking, walking, mount syscalls) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import trio
+
+from engine.errors import Conflict, InvalidArgument, NotFound
+from engine.images.content import check_digest
+from engine.plugin import Availability, LayerInfo, StorageUsage
+from engine.store.atomic import read_json, write_json_atomic
+from engine.store.layout import Layout
+
+from .mount import OverlayMounter, OverlaySpec, filesystem_of, is_mounted, read_mountinfo, unmount
+from .unpack import TEMP_PREFIX, unpack_into
+
+REMOVING_PREFIX = ".removing-"
+_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HEX_RE = re.compile(r"^[a-f0-9]{64}$")
+_LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@attrs.frozen
+class StaleReport:
+    """What start-up reconciliation found: debris it removed, containers still mounted."""
+
+    removed: list[str]
+    mounted: list[str]
+
+
+class _KeyedLocks:
+    """One trio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (trio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class OverlayDriver:
+    """``engine.plugin.StorageDriver`` on native overlayfs.
+
+    ``durable`` syncs the filesystem before a layer becomes visible, so a crash can't leave
+    a visible layer with missing content (tests turn it off for speed).
+    ``prefer_new_mount_api=False`` forces the mount(8) path (for tests of the fallback).
+    """
+
+    name = "overlay"
+
+    def __init__(
+        self, layout: Layout, *, durable: bool = True, prefer_new_mount_api: bool = True
+    ) -> None:
+        self.layout = layout
+        self.root = layout.storage_dir(self.name)
+        self.layers_dir = self.root / "layers"
+        self.links_dir = self.root / "l"
+        self.containers_dir = self.root / "containers"
+        self.durable = durable
+        self._mounter = OverlayMounter(prefer_new_api=prefer_new_mount_api)
+        self._layer_locks = _KeyedLocks()
+        self._container_locks = _KeyedLocks()
+        self._blob_diff_ids: dict[tuple[str, int, int, int], str] = {}
+
+    # --- host check --------------------------------------------------------------------------
+
+    def availability(self) -> Availability:
+        try:
+            with open("/proc/filesystems") as f:
+                known = {line.split()[-1] for line in f if line.strip()}
+        except OSError as e:
+            return Availability.no(f"cannot read /proc/filesystems ({e}); is /proc mounted?")
+        if "overlay" not in known:
+            return Availability.no(
+                "the kernel has no overlay filesystem loaded; run `modprobe overlay` "
+                "(or choose another storage driver)"
+            )
+        fstype = filesystem_of(self.root)
+        if fstype in ("overlay", "aufs"):
+            return Availability.no(
+                f"{self.root} is on {fstype}, which cannot hold an overlay upper layer; put "
+                "--root on ext4, xfs, btrfs or tmpfs (e.g. a volume when running in a container)"
+            )
+        return Availability.yes()
+
+    # --- paths -------------------------------------------------------------------------------
+
+    def layer_dir(self, diff_id: str) -> Path:
+        return self.layers_dir / check_digest(diff_id).removeprefix("sha256:")
+
+    def container_dir(self, container_id: str) -> Path:
+        if not isinstance(container_id, str) or not _CONTAINER_ID_RE.match(container_id):
+            raise InvalidArgument(
+                f"invalid container id {container_id!r}: use 1-128 letters, digits, '_', '.' "
+                "or '-', starting with a letter or digit"
+            )
+        return self.containers_dir / container_id
+
+    def mountpoint(self, container_id: str) -> Path:
+        return self.container_dir(container_id) / "merged"
+
+    def _ensure_dirs(self) -> None:
+        for path in (self.layers_dir, self.links_dir, self.containers_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    # --- layers ------------------------------------------------------------------------------
+
+    async def has_layer(self, diff_id: str) -> bool:
+        return await trio.Path(self.layer_dir(diff_id) / "layer.json").exists()
+
+    async def layer_info(self, diff_id: str) -> LayerInfo:
+        return await trio.to_thread.run_sync(self._layer_info_sync, diff_id)
+
+    def _layer_info_sync(self, diff_id: str) -> LayerInfo:
+        try:
+            meta = read_json(self.layer_dir(diff_id) / "layer.json")
+        except FileNotFoundError:
+            raise NotFound(f"layer {diff_id} is not unpacked; pull its image again") from None
+        return LayerInfo(diff_id=meta["diff_id"], size=int(meta["size"]))
+
+    async def unpack_layer(self, blob: Path, *, expected_diff_id: str | None = None) -> LayerInfo:
+        """Unpack ``blob`` unless its layer exists already; concurrent calls for the same
+        diff_id (or, without one, the same blob file) share one unpack.
+
+        Cancellation: polled between tar entries; the partial unpack is deleted.
+        Errors: NotFound (no blob), DigestMismatch, UnsafeContent, InvalidArgument (not a
+        tar), ResourceExhausted (disk full)."""
+        if expected_diff_id is not None:
+            check_digest(expected_diff_id)
+        blob_key = await trio.to_thread.run_sync(_blob_key, blob)
+        lock_key = expected_diff_id or "blob:" + blob_key[0]
+        async with self._layer_locks.hold(lock_key):
+            known = expected_diff_id or self._blob_diff_ids.get(blob_key)
+            if known is not None and await self.has_layer(known):
+                return await self.layer_info(known)
+            info = await trio.to_thread.run_sync(self._unpack_sync, blob, expected_diff_id)
+            self._blob_diff_ids[blob_key] = info.diff_id
+            return info
+
+    def _unpack_sync(self, blob: Path, expected_diff_id: str | None) -> LayerInfo:
+        self._ensure_dirs()
+        temp, result = unpack_into(
+            blob,
+            self.layers_dir,
+            expected_diff_id=expected_diff_id,
+            check_cancelled=trio.from_thread.check_cancelled,
+        )
+        try:
+            return self._commit_layer(temp, result.diff_id, result.size)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)  # gone already unless we lost a race
+
+    def _commit_layer(self, temp: Path, diff_id: str, size: int) -> LayerInfo:
+        final = self.layer_dir(diff_id)
+        info = LayerInfo(diff_id=diff_id, size=size)
+        if final.exists():
+            return self._layer_info_sync(diff_id)
+        link = self._new_link(final)
+        write_json_atomic(
+            temp / "layer.json",
+            {"diff_id": diff_id, "size": size, "link": link},
+            durable=False,
+        )
+        if self.durable:
+            _syncfs(temp)
+        try:
+            os.rename(temp, final)
+        except OSError:
+            (self.links_dir / link).unlink(missing_ok=True)
+            if final.exists():  # a concurrent unpack of the same layer won the race
+                return self._layer_info_sync(diff_id)
+            raise
+        return info
+
+    def _new_link(self, final: Path) -> str:
+        """A fresh short name in l/ pointing at the (future) layer's diff dir."""
+        while True:
+            link = base64.b32encode(os.urandom(10)).decode().lower()[:_LINK_LEN]
+            try:
+                os.symlink(f"../layers/{final.name}/diff", self.links_dir / link)
+            except FileExistsError:
+                continue
+            return link
+
+    async def remove_layer(self, diff_id: str) -> None:
+        """Delete a layer; a missing layer is fine. Conflict while a mounted container
+        uses it."""
+        async with self._layer_locks.hold(diff_id):
+            await trio.to_thread.run_sync(self._remove_layer_sync, diff_id)
+
+    def _remove_layer_sync(self, diff_id: str) -> None:
+        final = self.layer_dir(diff_id)
+        if not final.exists():
+            return
+        users = self._mounted_users(diff_id)
+        if users:
+            raise Conflict(
+                f"layer {diff_id} is in use by mounted container(s) {', '.join(users)}; "
+                "stop and unmount them first",
+                containers=users,
+            )
+        try:
+            link = read_json(final / "layer.json").get("link")
+        except (OSError, ValueError):
+            link = None
+        doomed = Path(tempfile.mkdtemp(prefix=REMOVING_PREFIX, dir=self.layers_dir))
+        os.rename(final, doomed / "layer")  # invisible at once; deletion may take a while
+        if link:
+            (self.links_dir / link).unlink(missing_ok=True)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _mounted_users(self, diff_id: str) -> list[str]:
+        users = []
+        for cid in self._mounted_container_ids():
+            try:
+                layers = read_json(self.containers_dir / cid / "layers.json")
+            except (OSError, ValueError):
+                continue
+            if diff_id in layers:
+                users.append(cid)
+        return users
+
+    async def list_layers(self) -> list[str]:
+        return await trio.to_thread.run_sync(self._list_layers_sync)
+
+    def _list_layers_sync(self) -> list[str]:
+        if not self.layers_dir.exists():
+            return []
+        return sorted(
+            "sha256:" + entry.name
+            for entry in os.scandir(self.layers_dir)
+            if _HEX_RE.match(entry.name) and os.path.exists(os.path.join(entry.path, "layer.json"))
+        )
+
+    # --- containers ----------------------------------------------------------------------------
+
+    async def mount(self, container_id: str, layers: list[str], *, read_only: bool = False) -> Path:
+        """Mount ``layers`` (bottom first) plus the container's writable layer (unless
+        ``read_only``) at ``containers/<id>/merged`` and return it. Idempotent.
+
+        Errors: NotFound for a layer that is not unpacked; RuntimeFailure from the kernel."""
+        merged = self.mountpoint(container_id)
+        for diff_id in layers:
+            check_digest(diff_id)
+        async with self._container_locks.hold(container_id):
+            spec = await trio.to_thread.run_sync(
+                self._prepare_mount, container_id, list(layers), read_only
+            )
+            if spec is not None:
+                await self._mounter.mount(spec)
+        return merged
+
+    def _prepare_mount(
+        self, container_id: str, layers: list[str], read_only: bool
+    ) -> OverlaySpec | None:
+        """Create the container's dirs and work out the mount; None if mounted already."""
+        cdir = self.container_dir(container_id)
+        merged = cdir / "merged"
+        if is_mounted(merged):
+            return None
+        self._ensure_dirs()
+        links = [self._link_for(diff_id) for diff_id in layers]
+        for sub, mode in (("upper", 0o755), ("work", 0o700), ("merged", 0o755), ("empty", 0o755)):
+            (cdir / sub).mkdir(mode=mode, parents=True, exist_ok=True)
+        write_json_atomic(cdir / "layers.json", layers, durable=False)
+        lower = list(reversed(links))  # overlay lists the topmost layer first
+        empty = f"../containers/{container_id}/empty"
+        if read_only:
+            # Overlay needs two lowers when there is no upper: pad with an empty dir.
+            lower = lower + [empty] * (2 - len(lower)) if len(lower) < 2 else lower
+            return OverlaySpec(merged, self.links_dir, lower)
+        return OverlaySpec(
+            merged, self.links_dir, lower or [empty], upper=cdir / "upper", work=cdir / "work"
+        )
+
+    def _link_for(self, diff_id: str) -> str:
+        """The layer's short link name, recreating the l/ entry if a crash lost it."""
+        layer = self.layer_dir(diff_id)
+        try:
+            link = str(read_json(layer / "layer.json")["link"])
+        except FileNotFoundError:
+            raise NotFound(
+                f"layer {diff_id} is not unpacked; pull the image again to restore it"
+            ) from None
+        path = self.links_dir / link
+        if not path.is_symlink():
+            with contextlib.suppress(FileExistsError):
+                os.symlink(f"../layers/{layer.name}/diff", path)
+        return link
+
+    async def unmount(self, container_id: str) -> None:
+        """Unmount the container's root filesystem; not mounted is fine."""
+        merged = self.mountpoint(container_id)
+        async with self._container_locks.hold(container_id):
+            await trio.to_thread.run_sync(unmount, merged)
+
+    async def remove_container(self, container_id: str) -> None:
+        """Unmount and delete the container's writable layer; a missing one is fine."""
+        cdir = self.container_dir(container_id)
+        async with self._container_locks.hold(container_id):
+            await trio.to_thread.run_sync(self._remove_container_sync, cdir)
+
+    def _remove_container_sync(self, cdir: Path) -> None:
+        unmount(cdir / "merged")
+        if not cdir.exists():
+            return
+        doomed = Path(tempfile.mkdtemp(prefix=REMOVING_PREFIX, dir=self.containers_dir))
+        os.rename(cdir, doomed / "container")
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    # --- accounting and start-up -------------------------------------------------------------------
+
+    async def usage(self) -> StorageUsage:
+        return await trio.to_thread.run_sync(self._usage_sync)
+
+    def _usage_sync(self) -> StorageUsage:
+        layers = self._list_layers_sync()
+        layers_bytes = 0
+        for diff_id in layers:
+            with contextlib.suppress(OSError, NotFound, KeyError, ValueError):
+                layers_bytes += self._layer_info_sync(diff_id).size
+        containers = self._container_ids()
+        containers_bytes = sum(_tree_bytes(self.containers_dir / c / "upper") for c in containers)
+        return StorageUsage(
+            layers=len(layers),
+            layers_bytes=layers_bytes,
+            containers=len(containers),
+            containers_bytes=containers_bytes,
+        )
+
+    def _container_ids(self) -> list[str]:
+        if not self.containers_dir.exists():
+            return []
+        return sorted(
+            e.name
+            for e in os.scandir(self.containers_dir)
+            if e.is_dir(follow_symlinks=False) and _CONTAINER_ID_RE.match(e.name)
+        )
+
+    def _mounted_container_ids(self) -> list[str]:
+        prefix = str(self.containers_dir) + "/"
+        found = []
+        for entry in read_mountinfo():
+            point = entry.mount_point
+            if point.startswith(prefix) and point.endswith("/merged"):
+                cid = point[len(prefix) : -len("/merged")]
+                if "/" not in cid:
+                    found.append(cid)
+        return sorted(set(found))
+
+    async def cleanup_stale(self) -> StaleReport:
+        """Start-up reconciliation: delete unpacks and removals a crash interrupted and l/
+        links whose layer is gone; report which containers are still mounted (the caller
+        adopts or unmounts them)."""
+        return await trio.to_thread.run_sync(self.cleanup_stale_sync)
+
+    def cleanup_stale_sync(self) -> StaleReport:
+        removed: list[str] = []
+        for parent in (self.layers_dir, self.containers_dir):
+            if not parent.exists():
+                continue
+            for entry in os.scandir(parent):
+                if entry.name.startswith((TEMP_PREFIX, REMOVING_PREFIX)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    removed.append(entry.path)
+        if self.links_dir.exists():
+            for entry in os.scandir(self.links_dir):
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+        return StaleReport(removed=sorted(removed), mounted=self._mounted_container_ids())
+
+
+def _blob_key(blob: Path) -> tuple[str, int, int, int]:
+    """Identity of a blob file for the diff_id memo; NotFound if it is missing."""
+    try:
+        st = os.stat(blob)
+    except FileNotFoundError:
+        raise NotFound(f"layer blob {blob} does not exist; pull the image again") from None
+    return (os.path.abspath(blob), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
