@@ -359,14 +359,25 @@ class Extractor:
         """Apply directory mtimes, deepest first, now that no more children will appear."""
         for parts in sorted(self._dir_times, key=len, reverse=True):
             ns = self._dir_times[parts]
-            if not parts:
-                os.utime(self.root_fd, ns=(ns, ns))
-                continue
-            fd = self.open_parent([*parts, "_"], "/".join(parts))
+            fd = self._open_existing_dir(parts)
+            if fd is None:
+                continue  # replaced or whited out by a later entry: its time is moot
             try:
                 os.utime(fd, ns=(ns, ns))
             finally:
                 os.close(fd)
+
+    def _open_existing_dir(self, parts: tuple[str, ...]) -> int | None:
+        fd = os.dup(self.root_fd)
+        for comp in parts:
+            try:
+                child = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = child
+        return fd
 
 
 def _remove_existing(parent: int, name: str) -> None:
