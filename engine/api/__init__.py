@@ -1,0 +1,11 @@
+"""RPC handlers, one module per noun. Each module has ``register(table)``."""
+
+from __future__ import annotations
+
+from engine.rpc.methods import MethodTable
+
+
+def register_all(table: MethodTable) -> None:
+    from engine.api import system
+
+    system.register(table)

@@ -1,0 +1,157 @@
+"""system.* methods: ping, version, info, events; rpc.describe."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import attrs
+
+import engine
+from engine.actors.events import Event
+from engine.errors import InvalidArgument
+from engine.rpc.methods import MethodTable
+from engine.rpc.protocol import MAX_FRAME, STREAM_WINDOW
+from engine.rpc.server import CallContext, StreamSender
+
+API_VERSION = "1.0"
+
+
+@attrs.frozen
+class EventsParams:
+    since: float | None = None
+    until: float | None = None
+    filters: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+def event_filter(filters: dict[str, list[str]]) -> Any:
+    """docker's --filter keys: type, event (action), container / image / id, label."""
+    allowed = {"type", "event", "action", "container", "image", "network", "id", "label"}
+    unknown = set(filters) - allowed
+    if unknown:
+        raise InvalidArgument(
+            f"unknown event filter {', '.join(sorted(unknown))}; use one of {', '.join(sorted(allowed))}"
+        )
+
+    def matches(event: Event) -> bool:
+        for key, values in filters.items():
+            if key == "type" and event.type not in values:
+                return False
+            if key in ("event", "action") and event.action not in values:
+                return False
+            if key in ("container", "image", "network", "id"):
+                if key != "id" and event.type != key:
+                    return False
+                name = str(event.attributes.get("name", ""))
+                if not any(v in (event.id, name) or event.id.startswith(v) for v in values):
+                    return False
+            if key == "label":
+                labels = event.attributes.get("labels") or {}
+                for v in values:
+                    k, _, want = v.partition("=")
+                    if k not in labels or (want and labels[k] != want):
+                        return False
+        return True
+
+    return matches
+
+
+def register(table: MethodTable) -> None:
+    @table.method("system.ping")
+    async def ping(ctx: CallContext, params: dict[str, Any]) -> str:
+        """Answers "pong": the daemon is up and serving."""
+        return "pong"
+
+    @table.method("system.version")
+    async def version(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        """Versions of the engine, its API and the host."""
+        return {
+            "Version": engine.__version__,
+            "ApiVersion": API_VERSION,
+            "Os": platform.system().lower(),
+            "Arch": platform.machine(),
+            "KernelVersion": platform.release(),
+            "PythonVersion": platform.python_version(),
+            "Pid": os.getpid(),
+        }
+
+    @table.method("system.info")
+    async def info(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        """Plugins with their availability, paths, and object counts."""
+        app = ctx.app
+        reg = app.plugins.register
+
+        def describe(kind: str, name: str, obj: Any) -> dict[str, Any]:
+            avail = obj.availability() if hasattr(obj, "availability") else None
+            return {
+                "name": name,
+                "plugin": reg.owners.get(f"{kind}:{name}", ""),
+                "available": bool(avail.ok) if avail else True,
+                "reason": avail.reason if avail else "",
+            }
+
+        counts: dict[str, int] = {}
+        for key, service in app.services.items():
+            if hasattr(service, "counts"):
+                counts.update(service.counts())
+        return {
+            "Version": engine.__version__,
+            "Root": str(app.layout.root),
+            "RunRoot": str(app.layout.run_root),
+            "ConfigFile": str(app.config_path) if app.config_path else None,
+            "Hosts": list(app.listeners),
+            "DefaultRuntime": app.config.default_runtime,
+            "StorageDriver": app.config.storage_driver,
+            "Runtimes": [describe("runtime", n, r) for n, r in sorted(reg.runtimes.items())],
+            "StorageDrivers": [describe("storage", n, d) for n, d in sorted(reg.storage_drivers.items())],
+            "RegistryClients": [
+                describe("registry", c.name, c) for c in reg.registry_clients
+            ],
+            "Plugins": {
+                "loaded": dict(sorted(app.plugins.loaded.items())),
+                "failed": dict(sorted(app.plugins.failed.items())),
+                "disabled": list(app.plugins.disabled),
+            },
+            "Counts": counts,
+            "Containers": counts.get("containers", 0),
+            "ContainersRunning": counts.get("running", 0),
+            "Images": counts.get("images", 0),
+            "UptimeSeconds": round(time.time() - app.started_at, 3),
+            "EventSubscribers": app.events.subscriber_count,
+            "Connections": app.services["rpc"].connections if "rpc" in app.services else 0,
+            "Kernel": platform.release(),
+            "NCPU": os.cpu_count(),
+        }
+
+    @table.method("system.events", params=EventsParams, stream=True)
+    async def events(ctx: CallContext, params: EventsParams, stream: StreamSender) -> dict[str, Any]:
+        """Stream events (docker's `events`): past ones from `since`, then live ones until
+        `until` or until the client cancels."""
+        import trio
+
+        sub = ctx.app.events.subscribe(event_filter(params.filters), since=params.since)
+        try:
+            with trio.CancelScope() as scope:
+                if params.until is not None:
+                    scope.deadline = trio.current_time() + max(0.0, params.until - time.time())
+                async for event in sub.receive:
+                    if params.until is not None and event.time > params.until:
+                        break
+                    await stream.send(event.to_wire())
+        finally:
+            ctx.app.events.unsubscribe(sub)
+        return {"sent": stream.sent, "lagged": sub.lagged}
+
+    @table.method("rpc.describe")
+    async def describe(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        """The method table, the streaming window, the frame limit and the error codes."""
+        from engine.errors import all_error_classes
+
+        return {
+            "methods": ctx.app.services["rpc"].methods.describe(),
+            "stream_window": STREAM_WINDOW,
+            "max_frame": MAX_FRAME,
+            "error_codes": sorted({c.code for c in all_error_classes()}),
+        }

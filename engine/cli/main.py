@@ -1,0 +1,125 @@
+"""engctl: the engine's docker-compatible command line.
+
+Exit codes follow docker's: 125 when the engine (or engctl) fails, 126 when the container's
+command cannot be run, 127 when it is not found, otherwise the container's own exit code.
+This module's import path must stay light (no trio): `engctl version` should take tens of
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from engine.client.sync import Client, default_host
+from engine.errors import EngineError
+
+COMMAND_MODULES = ("system", "containers", "images", "networks")
+
+EXIT_ENGINE_ERROR = 125
+
+
+class Context:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._client: Client | None = None
+
+    def client(self, timeout: float | None = None) -> Client:
+        if self._client is None:
+            self._client = Client(self.host, timeout=timeout).connect()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def parse_filters(values: list[str]) -> dict[str, list[str]]:
+    """``-f key=value`` (repeatable) → {key: [values]}."""
+    filters: dict[str, list[str]] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EngineError(f"bad filter {item!r}: expected key=value")
+        filters.setdefault(key.strip(), []).append(value.strip())
+    return filters
+
+
+def parse_time(value: str) -> float:
+    """docker's --since/--until: unix seconds, RFC 3339, or a duration like 10m, 1h30m."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, number = 0.0, ""
+    for ch in value:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total += float(number) * units[ch]
+            number = ""
+        else:
+            break
+    else:
+        if not number and total:
+            return time.time() - total
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise EngineError(
+            f"bad time {value!r}: use unix seconds, RFC 3339 (2026-01-02T15:04:05Z) or a duration (10m)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="engctl", description="Control the engine daemon.")
+    parser.add_argument(
+        "-H", "--host", default=None, help=f"daemon socket (default $ENGINE_HOST or {default_host()})"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"engine.cli.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"engine.cli.commands.{name}":
+                raise
+            continue
+        module.setup(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not args.command else EXIT_ENGINE_ERROR
+    ctx = Context(args.host or os.environ.get("ENGINE_HOST") or default_host())
+    try:
+        code: Any = args.func(ctx, args)
+        return int(code or 0)
+    except EngineError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    main()

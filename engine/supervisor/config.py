@@ -1,0 +1,128 @@
+"""The daemon's configuration: a JSON file (dockerd's key names where they exist) plus flags.
+
+Flags win over the file. Unknown keys and wrong types are reported with the key's name.
+``RELOADABLE`` keys take effect on SIGHUP; others need a restart (the reload says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from engine.errors import ConfigError
+from engine.rpc.methods import converter as strict_converter
+
+DEFAULT_CONFIG = Path("/etc/engine/daemon.json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@attrs.define
+class DaemonConfig:
+    root: str = "/var/lib/engine"
+    run_root: str = "/run/engine"
+    config_dir: str = "/etc/engine"
+    hosts: list[str] = attrs.field(factory=list)
+    log_level: str = "info"
+    default_runtime: str = "runc"
+    storage_driver: str = "overlay"
+    insecure_registries: list[str] = attrs.field(factory=list)
+    registry_mirrors: list[str] = attrs.field(factory=list)
+    max_concurrent_downloads: int = 3
+    log_size_max: int = 16 * 1024 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    socket_group: str | None = None
+    plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+    def to_plugin_dict(self) -> dict[str, Any]:
+        """The plain dict every plugin hook receives as ``config``."""
+        data = attrs.asdict(self)
+        # dockerd spellings too, so plugins written against docker's names work.
+        data["insecure-registries"] = self.insecure_registries
+        data["registry-mirrors"] = self.registry_mirrors
+        data["max-concurrent-downloads"] = self.max_concurrent_downloads
+        return data
+
+
+RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads", "default_runtime")
+
+
+def _file_key_to_field(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    known = {f.name for f in attrs.fields(DaemonConfig)}
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _file_key_to_field(key)
+        if key == "data-root":
+            name = "root"
+        elif key == "exec-root":
+            name = "run_root"
+        if name not in known:
+            raise ConfigError(f"unknown key {key!r} in {path}")
+        fields[name] = value
+    return fields
+
+
+def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], source: str) -> DaemonConfig:
+    merged = {**file_fields, **{k: v for k, v in flag_fields.items() if v is not None}}
+    try:
+        config = strict_converter.structure(merged, DaemonConfig)
+    except cattrs.ClassValidationError as e:
+        problems = "; ".join(cattrs.transform_error(e, path=source))
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    return config
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engined", description="The engine container daemon.")
+    p.add_argument("--config", type=Path, help=f"JSON config file (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--root", help="persistent state (default /var/lib/engine)")
+    p.add_argument("--run-root", dest="run_root", help="runtime state (default /run/engine)")
+    p.add_argument("--config-dir", dest="config_dir", help="certs.d and credentials (default /etc/engine)")
+    p.add_argument("-H", "--host", dest="hosts", action="append", help="unix:///path, tcp://HOST:PORT, fd:// (repeatable)")
+    p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
+    p.add_argument("--default-runtime", dest="default_runtime")
+    p.add_argument("--storage-driver", dest="storage_driver")
+    p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
+    p.add_argument("--registry-mirror", dest="registry_mirrors", action="append")
+    p.add_argument("--max-concurrent-downloads", dest="max_concurrent_downloads", type=int)
+    p.add_argument("--tlscert", dest="tls_cert")
+    p.add_argument("--tlskey", dest="tls_key")
+    p.add_argument("--tlscacert", dest="tls_ca")
+    p.add_argument("--group", dest="socket_group", help="group owning the unix socket")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[DaemonConfig, Path | None, dict[str, Any]]:
+    """Parse flags and the file; returns the config, the file used and the flag values
+    (kept so a SIGHUP reload can merge the re-read file with the same flags)."""
+    args = arg_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    file_fields = load_config_file(path, required=args.config is not None) if path else {}
+    return build_config(file_fields, flags, str(path or "flags")), path, flags

@@ -1,0 +1,226 @@
+"""engined: the daemon's entry point and its lifetime.
+
+Start-up: parse flags + config → lock the root (a second daemon on it is refused) → load
+plugins → bring up subsystems (they reconcile what is on disk) → listen. SIGTERM/SIGINT stop
+serving and detach from containers, which keep running (live-restore); SIGHUP reloads the
+reloadable keys of the config file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.errors import ConfigError, EngineError, Unavailable
+from engine.pluginmanager import load_plugins
+from engine.rpc.methods import MethodTable
+from engine.rpc.server import RPCServer
+from engine.rpc.transports import (
+    TLSConfig,
+    inherited_listeners,
+    parse_host,
+    serve_stream_listeners,
+    serve_websocket_rpc,
+    unix_listener,
+)
+from engine.store.layout import Layout
+from engine.supervisor.app import App
+from engine.supervisor.config import (
+    RELOADABLE,
+    DaemonConfig,
+    build_config,
+    config_from_args,
+    load_config_file,
+)
+from engine.supervisor.logs import set_level, setup_logging
+
+log = logging.getLogger("engine.daemon")
+
+# Subsystems (containers, images, networks) add themselves here: each is an async function
+# ``start(app, nursery)`` run at start-up after the plugins are loaded.
+Subsystem = Callable[[App, trio.Nursery], Awaitable[None]]
+SUBSYSTEMS: list[Subsystem] = []
+
+
+class RootLock:
+    """An flock on ``<root>/engine.lock``: one daemon per root."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Unavailable(
+                    f"another engined (pid {holder}) is already using root {self.path.parent}; "
+                    "stop it first, or give this one its own --root and --run-root"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def build_methods() -> MethodTable:
+    from engine.api import register_all
+
+    table = MethodTable()
+    register_all(table)
+    return table
+
+
+async def _listen(app: App, server: RPCServer, nursery: trio.Nursery) -> list[Path]:
+    """Open every --host; returns the unix socket paths to remove at shutdown."""
+    hosts = app.config.hosts or [f"unix://{app.layout.default_socket}"]
+    sockets: list[Path] = []
+    gid = grp.getgrnam(app.config.socket_group).gr_gid if app.config.socket_group else None
+    for host in hosts:
+        kind, address = parse_host(host)
+        if kind == "unix":
+            listener = await unix_listener(Path(address), gid=gid)
+            sockets.append(Path(address))
+            await nursery.start(serve_stream_listeners, server, [listener])
+        elif kind == "fd":
+            listeners = inherited_listeners()
+            if not listeners:
+                raise ConfigError("fd:// given but no sockets were passed (LISTEN_FDS is unset)")
+            await nursery.start(serve_stream_listeners, server, listeners)
+        else:
+            tls = None
+            if app.config.tls_cert and app.config.tls_key:
+                tls = TLSConfig(
+                    Path(app.config.tls_cert),
+                    Path(app.config.tls_key),
+                    Path(app.config.tls_ca) if app.config.tls_ca else None,
+                )
+            elif not address.startswith(("127.", "localhost", "[::1]")):
+                raise ConfigError(
+                    f"refusing to serve {host} without TLS: set tlscert/tlskey (and tlscacert "
+                    "to require client certificates), or listen on a loopback address"
+                )
+            await nursery.start(serve_websocket_rpc, server, address, tls)
+        app.listeners.append(host)
+        log.info("listening", extra={"host": host})
+    return sockets
+
+
+def reload_config(app: App) -> None:
+    """SIGHUP: re-read the file; apply what can change at run time, report the rest."""
+    try:
+        fields = load_config_file(app.config_path, required=True) if app.config_path else {}
+        new = build_config(fields, app.services.get("flags", {}), str(app.config_path or "flags"))
+    except ConfigError as e:
+        log.error("reload failed, keeping the running configuration: %s", e)
+        return
+    changed = []
+    for name in RELOADABLE:
+        if getattr(new, name) != getattr(app.config, name):
+            setattr(app.config, name, getattr(new, name))
+            changed.append(name)
+    ignored = [
+        n for n in ("root", "run_root", "hosts", "storage_driver")
+        if getattr(new, n) != getattr(app.config, n)
+    ]
+    set_level(app.config.log_level)
+    for hook in app.services.get("reload_hooks", []):
+        hook(app)
+    log.info("configuration reloaded", extra={"changed": ",".join(changed) or "none",
+                                              "needs_restart": ",".join(ignored) or "none"})
+    app.events.emit("daemon", "reload", str(os.getpid()), changed=changed, needs_restart=ignored)
+
+
+async def _handle_signals(app: App, stop: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                reload_config(app)
+            else:
+                log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                stop.cancel()
+                return
+
+
+async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict[str, Any],
+                     *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    layout = Layout(Path(config.root), Path(config.run_root))
+    await trio.to_thread.run_sync(layout.ensure)
+    lock = RootLock(layout.lock_file)
+    lock.acquire()
+    sockets: list[Path] = []
+    try:
+        plugins = load_plugins(config.to_plugin_dict())
+        app = App(config, config_path, layout, plugins)
+        app.services["flags"] = flags
+        server = RPCServer(build_methods(), app)
+        app.services["rpc"] = server
+        with trio.CancelScope() as stop:
+            async with trio.open_nursery() as nursery:
+                for start in SUBSYSTEMS:
+                    await start(app, nursery)
+                sockets = await _listen(app, server, nursery)
+                layout.pid_file.write_text(f"{os.getpid()}\n")
+                nursery.start_soon(_handle_signals, app, stop)
+                app.events.emit("daemon", "start", str(os.getpid()))
+                log.info("engined ready", extra={"root": str(layout.root), "pid": os.getpid()})
+                task_status.started(app)
+    finally:
+        for path in sockets:
+            path.unlink(missing_ok=True)
+        layout.pid_file.unlink(missing_ok=True)
+        lock.release()
+    log.info("engined stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        config, path, flags = config_from_args(argv)
+    except EngineError as e:
+        print(f"engined: {e}", file=sys.stderr)
+        sys.exit(1)
+    setup_logging(config.log_level)
+    if os.geteuid() != 0:
+        log.warning("engined is not running as root: containers will not start")
+    try:
+        trio.run(run_daemon, config, path, flags)
+    except (EngineError, BaseExceptionGroup) as e:
+        errors = _engine_errors(e)
+        if not errors:
+            raise
+        for err in errors:
+            log.error("%s", err)
+            print(f"engined: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _engine_errors(exc: BaseException) -> list[EngineError]:
+    if isinstance(exc, EngineError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found = [e for sub in exc.exceptions for e in _engine_errors(sub)]
+        return found if len(found) == len(exc.exceptions) else []
+    return []
+
+
+if __name__ == "__main__":
+    main()
