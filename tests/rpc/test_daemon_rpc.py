@@ -190,7 +190,7 @@ def test_flags_win_over_the_file_and_sighup_reloads() -> None:
         assert d.call("system.info")["DefaultRuntime"] == "runc"  # the flag won
         path = d.base / "daemon.json"
         path.write_text(json.dumps({"default-runtime": "crun", "log-level": "debug",
-                                    "insecure-registries": ["127.0.0.1:5999"], "root": "/elsewhere"}))
+                                    "insecure-registries": ["127.0.0.1:5999"], "storage-driver": "vfs"}))
         with d.client() as c:
             events = c.stream("system.events", filters={"type": ["daemon"], "event": ["reload"]})
             deadline = time.monotonic() + 5
@@ -203,7 +203,7 @@ def test_flags_win_over_the_file_and_sighup_reloads() -> None:
         attrs = event["Actor"]["Attributes"]
         # log-level and default-runtime are fixed by flags, so only the registries change.
         assert attrs["changed"] == ["insecure_registries"]
-        assert "root" in attrs["needs_restart"]
+        assert attrs["needs_restart"] == ["storage_driver"]
         assert d.call("system.info")["DefaultRuntime"] == "runc"  # flags still win on reload
     finally:
         d.cleanup()

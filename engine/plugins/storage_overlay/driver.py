@@ -120,6 +120,11 @@ class OverlayDriver:
             )
         return Availability.yes()
 
+    @property
+    def mount_method(self) -> str:
+        """How mounts are made: "new-mount-api", "mount8", or "unknown" before the first."""
+        return {True: "new-mount-api", False: "mount8", None: "unknown"}[self._mounter.new_api]
+
     # --- paths -------------------------------------------------------------------------------
 
     def layer_dir(self, diff_id: str) -> Path:

@@ -246,6 +246,7 @@ class OverlayMounter:
     """Mounts with the new API when the kernel has it, else with mount(8); remembers which."""
 
     def __init__(self, *, prefer_new_api: bool = True) -> None:
+        self.prefer_new_api = prefer_new_api
         self.new_api: bool | None = None if prefer_new_api else False
 
     async def mount(self, spec: OverlaySpec) -> None:
