@@ -163,11 +163,12 @@ async def wait_for_http(url: str, *, netns_path: Path | None = None, seconds: fl
             await trio.sleep(0.1)
 
 
-async def serve_http(bg: Background, ns: Path, docroot: Path, text: str, port: int = 80) -> None:
-    """busybox httpd inside the namespace, serving ``text`` as index.html."""
+async def serve_http(bg: Background, ns: Path | None, docroot: Path, text: str, port: int = 80) -> None:
+    """busybox httpd inside the namespace (None: the host's), serving ``text`` as index.html."""
     def _write() -> None:
         docroot.mkdir(parents=True, exist_ok=True)
         (docroot / "index.html").write_text(text)
 
     await trio.to_thread.run_sync(_write)
-    await bg.start(["nsenter", f"--net={ns}", "busybox", "httpd", "-f", "-p", str(port), "-h", str(docroot)])
+    enter = ["nsenter", f"--net={ns}"] if ns is not None else []
+    await bg.start([*enter, "busybox", "httpd", "-f", "-p", str(port), "-h", str(docroot)])
