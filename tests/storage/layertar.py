@@ -7,6 +7,7 @@ import hashlib
 import io
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import attrs
 import zstandard
@@ -19,35 +20,44 @@ class LayerTar:
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = attrs.field(factory=list)
     trailer: bytes = b""  # extra bytes after the end-of-archive marker
 
-    def _info(self, name: str, kind: bytes, mode: int, **kw: object) -> tarfile.TarInfo:
+    def _info(
+        self,
+        name: str,
+        kind: bytes,
+        mode: int,
+        *,
+        mtime: float = 1_600_000_000,
+        uid: int = 0,
+        gid: int = 0,
+        xattrs: dict[str, str] | None = None,
+        **fields: Any,
+    ) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)
         info.type = kind
         info.mode = mode
-        info.mtime = kw.pop("mtime", 1_600_000_000)  # type: ignore[assignment]
-        info.uid = kw.pop("uid", 0)  # type: ignore[assignment]
-        info.gid = kw.pop("gid", 0)  # type: ignore[assignment]
-        xattrs = kw.pop("xattrs", None) or {}
-        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}  # type: ignore[union-attr]
-        for key, value in kw.items():
+        info.mtime = mtime
+        info.uid, info.gid = uid, gid
+        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in (xattrs or {}).items()}
+        for key, value in fields.items():  # linkname, devmajor, devminor
             setattr(info, key, value)
         return info
 
-    def file(self, name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> LayerTar:
+    def file(self, name: str, data: bytes = b"", mode: int = 0o644, **kw: Any) -> LayerTar:
         info = self._info(name, tarfile.REGTYPE, mode, **kw)
         info.size = len(data)
         self.entries.append((info, data))
         return self
 
-    def dir(self, name: str, mode: int = 0o755, **kw: object) -> LayerTar:
+    def dir(self, name: str, mode: int = 0o755, **kw: Any) -> LayerTar:
         self.entries.append((self._info(name, tarfile.DIRTYPE, mode, **kw), None))
         return self
 
-    def symlink(self, name: str, target: str, **kw: object) -> LayerTar:
+    def symlink(self, name: str, target: str, **kw: Any) -> LayerTar:
         info = self._info(name, tarfile.SYMTYPE, 0o777, linkname=target, **kw)
         self.entries.append((info, None))
         return self
 
-    def hardlink(self, name: str, target: str, **kw: object) -> LayerTar:
+    def hardlink(self, name: str, target: str, **kw: Any) -> LayerTar:
         info = self._info(name, tarfile.LNKTYPE, 0o644, linkname=target, **kw)
         self.entries.append((info, None))
         return self
