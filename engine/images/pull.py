@@ -1,0 +1,300 @@
+"""Pull an image from a registry into the image store.
+
+Steps: resolve the manifest; if it is an index (or a Docker manifest list), choose the
+platform's manifest; fetch the config and every layer concurrently (the client's download
+limiter bounds how many at once; blobs already in the content store are skipped, and two
+pulls sharing a layer download it once); hand everything to ``ImageStore.add_image``, which
+unpacks the layers and checks their diff_ids. Schema1 manifests are converted on the way in
+(the layers are hashed to fill in the config's diff_ids).
+
+Progress events are dicts ``{"id": short digest, "status": ..., "current": n, "total": n}``
+with status "Already exists", "Downloading", "Verifying", "Download complete",
+"Pull complete", passed to ``progress`` (which must not block).
+
+Cancellation: cancelling a pull leaves verified blobs and resumable partial downloads in the
+content store, never a half-recorded image.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import platform as _platform
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from engine.errors import InvalidArgument, NotFound
+from engine.images.content import ContentStore, sha256_digest
+from engine.images.types import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    INDEX_TYPES,
+    SCHEMA1_TYPES,
+    Descriptor,
+    Manifest,
+    parse_manifest,
+)
+
+if TYPE_CHECKING:
+    from engine.images.records import Image
+    from engine.images.store import ImageStore
+    from engine.reference import Reference
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+# platform.machine() -> (GOARCH, variant), as containerd's platforms package normalises them
+_MACHINE_ARCH: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+}
+
+
+class BlobFetcher(Protocol):
+    """What pull needs from a registry client (``DistributionClient`` has it)."""
+
+    async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]: ...
+
+    async def fetch_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int | None,
+        content: ContentStore,
+        *,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> Path: ...
+
+
+# --- platforms -------------------------------------------------------------------------------
+
+
+def host_platform() -> str:
+    arch, variant = _MACHINE_ARCH.get(_platform.machine().lower(), (_platform.machine(), None))
+    return "/".join(p for p in ("linux", arch, variant) if p)
+
+
+def parse_platform(text: str) -> tuple[str, str, str | None]:
+    """``os/arch[/variant]`` -> parts, normalised (``aarch64`` -> ``arm64``...)."""
+    parts = text.strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InvalidArgument(
+            f"invalid platform {text!r}: expected os/arch[/variant], e.g. linux/amd64"
+        )
+    os_name, arch = parts[0], parts[1]
+    variant = parts[2] if len(parts) == 3 else None
+    if arch in _MACHINE_ARCH:
+        arch = _MACHINE_ARCH[arch][0]
+    return os_name, arch, variant
+
+
+def _norm_variant(arch: str, variant: str | None) -> str | None:
+    return "v8" if arch == "arm64" and variant in (None, "") else (variant or None)
+
+
+def select_manifest(index_bytes: bytes, wanted: str | None = None) -> Descriptor:
+    """The index entry for ``wanted`` (default: this host). Raises NotFound listing what the
+    index offers."""
+    index = parse_manifest(index_bytes)
+    want_os, want_arch, want_variant = parse_platform(wanted or host_platform())
+    explicit_variant = wanted is not None and want_variant is not None
+    offered: list[str] = []
+    matches: list[Descriptor] = []
+    for entry in getattr(index, "manifests", []):
+        p = entry.platform
+        if p is None or p.os == "unknown":  # attestation manifests carry os "unknown"
+            continue
+        offered.append("/".join(x for x in (p.os, p.architecture, p.variant) if x))
+        if p.os != want_os or p.architecture != want_arch:
+            continue
+        variant = _norm_variant(p.architecture, p.variant)
+        if explicit_variant and variant != _norm_variant(want_arch, want_variant):
+            continue
+        matches.append(entry)
+    if not matches:
+        target = "/".join(x for x in (want_os, want_arch, want_variant) if x)
+        raise NotFound(
+            f"no manifest for platform {target} in the image index; it offers: "
+            f"{', '.join(offered) or 'nothing usable'} (choose one with --platform)"
+        )
+    # Prefer the variant this host would pick (e.g. arm/v7 over arm/v6 on armv7).
+    best = _norm_variant(want_arch, want_variant)
+    for entry in matches:
+        if (
+            entry.platform is not None
+            and _norm_variant(entry.platform.architecture, entry.platform.variant) == best
+        ):
+            return entry
+    return matches[0]
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+
+    def emit(
+        self, digest: str, status: str, current: int | None = None, total: int | None = None
+    ) -> None:
+        if self.callback is None:
+            return
+        event: dict[str, Any] = {"id": _short(digest), "status": status}
+        if current is not None:
+            event["current"] = current
+        if total is not None:
+            event["total"] = total
+        self.callback(event)
+
+    def downloading(self, digest: str) -> Callable[[int, int | None], None] | None:
+        if self.callback is None:
+            return None
+        return lambda current, total: self.emit(digest, "Downloading", current, total)
+
+
+# --- pull ------------------------------------------------------------------------------------
+
+
+async def pull(
+    client: BlobFetcher,
+    store: ImageStore,
+    ref: Reference,
+    *,
+    platform: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Image:
+    """Pull ``ref`` into ``store`` and return the recorded image.
+
+    Errors: NotFound (no such image, or no manifest for the platform), PermissionDenied,
+    DigestMismatch, ResourceExhausted, UnsafeContent (from unpacking), Unavailable."""
+    events = _Progress(progress)
+    data, media_type, digest = await client.get_manifest(ref)
+    index_digest: str | None = None
+    if media_type in INDEX_TYPES:
+        await trio.to_thread.run_sync(store.content.write, data, digest)
+        index_digest = digest
+        entry = select_manifest(data, platform)
+        data, media_type, digest = await client.get_manifest(ref.with_digest(entry.digest))
+    if media_type in SCHEMA1_TYPES:
+        data, media_type = await _convert_schema1(client, store.content, ref, data, events)
+    manifest = parse_manifest(data, media_type)
+    if not isinstance(manifest, Manifest):
+        raise InvalidArgument(f"{ref} resolved to a nested index; nested indexes are not supported")
+    blobs = [manifest.config, *manifest.layers]
+    async with store.lease([d.digest for d in blobs] + ([index_digest] if index_digest else [])):
+        await _fetch_all(client, store.content, ref, blobs, events)
+        config_bytes = await trio.to_thread.run_sync(store.content.read, manifest.config.digest)
+        image = await store.add_image(
+            data, media_type, config_bytes, [ref], index_digest=index_digest
+        )
+    for layer in manifest.layers:
+        events.emit(layer.digest, "Pull complete")
+    return image
+
+
+async def _fetch_all(
+    client: BlobFetcher,
+    content: ContentStore,
+    ref: Reference,
+    blobs: list[Descriptor],
+    events: _Progress,
+) -> None:
+    async def fetch(desc: Descriptor) -> None:
+        if await trio.to_thread.run_sync(content.has, desc.digest):
+            events.emit(desc.digest, "Already exists")
+            return
+        await client.fetch_blob(
+            ref, desc.digest, desc.size, content, progress=events.downloading(desc.digest)
+        )
+        events.emit(desc.digest, "Verifying")
+        events.emit(desc.digest, "Download complete")
+
+    # The client's CapacityLimiter bounds concurrent downloads; starting them all lets
+    # shared-layer dedup and the limiter do their job.
+    async with trio.open_nursery() as nursery:
+        for desc in _unique(blobs):
+            nursery.start_soon(fetch, desc)
+
+
+def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
+    seen: set[str] = set()
+    out = []
+    for desc in blobs:
+        if desc.digest not in seen:
+            seen.add(desc.digest)
+            out.append(desc)
+    return out
+
+
+# --- schema1 ---------------------------------------------------------------------------------
+
+
+async def _convert_schema1(
+    client: BlobFetcher,
+    content: ContentStore,
+    ref: Reference,
+    data: bytes,
+    events: _Progress,
+) -> tuple[bytes, str]:
+    """Download a schema1 image's layers and rebuild it as a schema2 manifest + config."""
+    from engine.plugins.registry import schema1
+
+    image = schema1.convert(data)
+    # schema1 gives no layer sizes: fetch with the size unknown, read it afterwards
+    unsized = [Descriptor(DOCKER_LAYER_GZIP, d, None) for d in image.layers]  # type: ignore[arg-type]
+    await _fetch_all(client, content, ref, unsized, events)
+
+    def measure() -> tuple[list[Descriptor], list[str]]:
+        sized = [Descriptor(DOCKER_LAYER_GZIP, d, content.size(d)) for d in image.layers]
+        return sized, [_diff_id(content.path(d)) for d in image.layers]
+
+    sized, diff_ids = await trio.to_thread.run_sync(measure)
+    config_bytes = image.config_with_diff_ids(diff_ids)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {
+            "mediaType": DOCKER_CONFIG,
+            "digest": sha256_digest(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [{"mediaType": d.media_type, "digest": d.digest, "size": d.size} for d in sized],
+    }
+    await trio.to_thread.run_sync(content.write, config_bytes)
+    return json.dumps(manifest, separators=(",", ":")).encode(), DOCKER_MANIFEST
+
+
+def _diff_id(blob: Path) -> str:
+    """sha256 of the uncompressed tar (gzip or plain), streamed."""
+    digest = hashlib.sha256()
+    with open(blob, "rb") as f:
+        magic = f.read(2)
+        f.seek(0)
+        reader = gzip.GzipFile(fileobj=f) if magic == b"\x1f\x8b" else f
+        try:
+            while chunk := reader.read(1024 * 1024):
+                digest.update(chunk)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InvalidArgument(
+                f"schema1 layer {blob.name} is not a valid gzip stream: {exc}"
+            ) from exc
+    return "sha256:" + digest.hexdigest()
