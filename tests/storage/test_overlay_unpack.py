@@ -86,6 +86,7 @@ def test_directory_entry_after_its_files(write_layer: WriteLayer, tmp_path: Path
         .file("d/sub/f", b"content")
         .dir("d/sub", mode=0o750, uid=11, gid=12, mtime=1_234_567_890)
         .dir("./d/", mode=0o711)
+        .dir("./", mode=0o751)
     )
     blob, _ = write_layer(layer)
     root, _, _ = unpack_plain(blob, tmp_path)
@@ -95,6 +96,7 @@ def test_directory_entry_after_its_files(write_layer: WriteLayer, tmp_path: Path
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, 11, 12)
     assert st.st_mtime == 1_234_567_890
     assert stat.S_IMODE((root / "d").stat().st_mode) == 0o711
+    assert stat.S_IMODE(root.stat().st_mode) == 0o751  # "./" is the layer root itself
 
 
 def test_repeated_entries_later_wins(write_layer: WriteLayer, tmp_path: Path) -> None:
