@@ -277,3 +277,12 @@ async def test_availability_refuses_a_root_on_overlay(
     nested = OverlayDriver(Layout(merged / "var/lib/engine", layout.run_root))
     verdict = nested.availability()
     assert not verdict.ok and "overlay" in verdict.reason and "--root" in verdict.reason
+
+
+async def test_existing_layer_needs_no_blob(driver: OverlayDriver, write_layer: WriteLayer) -> None:
+    blob, diff_id = write_layer(LayerTar().file("f", b"1"))
+    first = await driver.unpack_layer(blob, expected_diff_id=diff_id)
+    blob.unlink()
+    assert await driver.unpack_layer(blob, expected_diff_id=diff_id) == first
+    with pytest.raises(NotFound, match="does not exist"):
+        await driver.unpack_layer(blob)

@@ -169,13 +169,17 @@ class OverlayDriver:
         tar), ResourceExhausted (disk full)."""
         if expected_diff_id is not None:
             check_digest(expected_diff_id)
+            async with self._layer_locks.hold(expected_diff_id):
+                if await self.has_layer(expected_diff_id):
+                    return await self.layer_info(expected_diff_id)  # the blob isn't needed
+                await trio.to_thread.run_sync(_blob_key, blob)  # NotFound, said plainly
+                return await trio.to_thread.run_sync(self._unpack_sync, blob, expected_diff_id)
         blob_key = await trio.to_thread.run_sync(_blob_key, blob)
-        lock_key = expected_diff_id or "blob:" + blob_key[0]
-        async with self._layer_locks.hold(lock_key):
-            known = expected_diff_id or self._blob_diff_ids.get(blob_key)
+        async with self._layer_locks.hold("blob:" + blob_key[0]):
+            known = self._blob_diff_ids.get(blob_key)
             if known is not None and await self.has_layer(known):
                 return await self.layer_info(known)
-            info = await trio.to_thread.run_sync(self._unpack_sync, blob, expected_diff_id)
+            info = await trio.to_thread.run_sync(self._unpack_sync, blob, None)
             self._blob_diff_ids[blob_key] = info.diff_id
             return info
 
