@@ -14,6 +14,9 @@ layer creates (a symlink, however it points) can redirect a later write outside 
   filesystem never contain ``link/child``; hostile ones do to write through the link).
 * Hard-link targets follow the same name rules and are linked without following symlinks.
 * Symlinks themselves may point anywhere: they are resolved inside the container.
+* Device nodes and FIFOs are created as the tar says (image layers do carry them; we run as
+  root). Whatever is already at an entry's name is replaced (a later entry wins), except that
+  a directory entry over an existing directory only updates its metadata.
 * ``trusted.overlay.*`` xattrs from the tar are dropped; only OCI whiteouts produce overlay
   metadata (a layer must not forge redirects or opaque markers).
 
