@@ -110,6 +110,11 @@ async def host_routes() -> list[ipaddress.IPv4Network]:
     return found
 
 
+# NetworkStore.list shadows the builtin inside the class body.
+_Networks = list[Network]
+_Names = list[str]
+
+
 class NetworkStore:
     """The persisted set of networks. One instance per daemon; methods are trio-async."""
 
@@ -121,7 +126,7 @@ class NetworkStore:
         self._lock = trio.Lock()
 
     # --- reading ---------------------------------------------------------------------------
-    def _load_all_sync(self) -> list[Network]:
+    def _load_all_sync(self) -> _Networks:
         self.defs_dir.mkdir(parents=True, exist_ok=True)
         found = []
         for entry in sorted(os.scandir(self.defs_dir), key=lambda e: e.name):
@@ -129,10 +134,10 @@ class NetworkStore:
                 found.append(_converter.structure(read_json(Path(entry.path)), Network))
         return found
 
-    async def _load_all(self) -> list[Network]:
+    async def _load_all(self) -> _Networks:
         return await trio.to_thread.run_sync(self._load_all_sync)
 
-    async def list(self) -> list[Network]:
+    async def list(self) -> _Networks:
         """Every network, the default and pseudo-networks included."""
         await self.ensure_default()
         user = await self._load_all()
@@ -196,7 +201,7 @@ class NetworkStore:
             return network
 
     async def _choose_subnet(
-        self, subnet: str | None, existing: list[Network]
+        self, subnet: str | None, existing: _Networks
     ) -> ipaddress.IPv4Network:
         taken = [ipaddress.IPv4Network(n.subnet) for n in existing if n.subnet]
         routed = await host_routes()
@@ -224,14 +229,14 @@ class NetworkStore:
     def attachment_dir(self, network: Network) -> Path:
         return self.attachments_dir / network.id
 
-    def attached_containers_sync(self, network: Network) -> list[str]:
+    def attached_containers_sync(self, network: Network) -> _Names:
         try:
             names = os.listdir(self.attachment_dir(network))
         except FileNotFoundError:
             return []
         return sorted({n.split(".", 1)[0] for n in names if n.endswith(".json") and not n.startswith(".")})
 
-    async def attached_containers(self, network: Network) -> list[str]:
+    async def attached_containers(self, network: Network) -> _Names:
         return await trio.to_thread.run_sync(self.attached_containers_sync, network)
 
     # --- removing --------------------------------------------------------------------------
@@ -254,9 +259,9 @@ class NetworkStore:
         _rmtree_quiet(self.ipam_dir / network.name)
         _rmtree_quiet(self.attachment_dir(network))
 
-    async def prune(self) -> list[str]:
+    async def prune(self) -> _Names:
         """Remove user-defined networks without containers; returns their names."""
-        removed = []
+        removed: _Names = []
         for net in await self._load_all():
             if net.name == DEFAULT_NETWORK or await self.attached_containers(net):
                 continue

@@ -53,6 +53,10 @@ def _stray_leases(ipam_dir: Path, keep: Collection[str], known_networks: set[str
     return stray
 
 
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 async def reconcile(
     store: NetworkStore, netns_dir: Path, keep: Collection[str], *,
     plugin_dir: Path = cni.CNI_PATH,
@@ -74,7 +78,7 @@ async def reconcile(
     networks = await store.list()
     names = {n.name for n in networks}
     for lease in await trio.to_thread.run_sync(_stray_leases, store.ipam_dir, keep, names):
-        await trio.to_thread.run_sync(lambda p=lease: p.unlink(missing_ok=True))
+        await trio.to_thread.run_sync(_unlink, lease)
         report.leases_released.append(f"{lease.parent.name}/{lease.name}")
     in_use = {a.network_id for a in await cni.attachments(store)}
     for net in networks:

@@ -23,7 +23,7 @@ async def _join(env: NetEnv, net_name: str, cid: str, name: str, aliases: list[s
 
 def _hosts(env: NetEnv, cid: str) -> dict[str, str]:
     """name -> ip from the container's generated /etc/hosts."""
-    found = {}
+    found: dict[str, str] = {}
     text = (env.layout.run_container_dir(cid) / "etc" / "hosts").read_text()
     for line in text.splitlines():
         ip, *names = line.split()
