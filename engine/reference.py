@@ -182,8 +182,7 @@ def _split_domain(name: str) -> tuple[str, str]:
 def _check_name(original: str, domain: str, path: str) -> None:
     if not _DOMAIN_RE.match(domain):
         raise InvalidArgument(
-            f"invalid reference format {original!r}: {domain!r} is not a valid registry "
-            "host[:port]"
+            f"invalid reference format {original!r}: {domain!r} is not a valid registry host[:port]"
         )
     for component in path.split("/"):
         if _PATH_COMPONENT_RE.match(component):

@@ -9,6 +9,8 @@ read from the content store, where their digest (the image ID) names them.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -169,4 +171,14 @@ def clean_temp_files(images_dir: Path) -> None:
         return
     for entry in images_dir.iterdir():
         if entry.name.startswith(".") and ".tmp-" in entry.name:
-            entry.unlink(missing_ok=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)  # a load's scratch directory
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def scratch_dir(images_dir: Path) -> Path:
+    """A fresh scratch directory beside the records, on the content store's filesystem (so
+    finished blobs are renamed into place, not copied); reconcile removes leftovers."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=images_dir))

@@ -127,12 +127,30 @@ class ImageStore:
         """Keep blobs (or layer diff_ids) from being freed while an operation that has not
         recorded them yet is running."""
         held = list(digests)
-        self._leased.update(held)
+        self.hold(held)
         try:
             yield
         finally:
-            self._leased.subtract(held)
-            self._leased += Counter()  # drop zero counts
+            self.release(held)
+
+    def hold(self, digests: Iterable[str]) -> None:
+        """Lease blobs or layers (call in the trio thread; from a worker thread use
+        ``trio.from_thread.run_sync(store.hold, ...)``). Pair with ``release``."""
+        self._leased.update(digests)
+
+    def release(self, digests: Iterable[str]) -> None:
+        self._leased.subtract(digests)
+        self._leased += Counter()  # drop zero counts
+
+    async def discard_unreferenced(self, digests: Iterable[str]) -> None:
+        """Delete blobs an operation stored but could not record (a failed load), unless an
+        image or another lease uses them: a failure leaves no debris behind."""
+        async with self._lock:
+            keep = set(self._leased)
+            for image in self._images.values():
+                keep |= image.blobs()
+            doomed = sorted(set(digests) - keep)
+            await trio.to_thread.run_sync(self._delete_blobs, doomed)
 
     # --- adding ----------------------------------------------------------------------------
 
@@ -286,12 +304,12 @@ class ImageStore:
 
     def get(self, ref_or_id: str) -> Image:
         """An image by ``name[:tag]``, ``name@digest``, full or short ID."""
-        return self._resolve(ref_or_id)[0]
+        return self.resolve(ref_or_id)[0]
 
     def list(self) -> list[Image]:
         return sorted(self._images.values(), key=lambda i: (i.created, i.id), reverse=True)
 
-    def _resolve(self, ref_or_id: str) -> tuple[Image, Reference | None]:
+    def resolve(self, ref_or_id: str) -> tuple[Image, Reference | None]:
         """The image, and the reference that named it (None when named by ID)."""
         if not isinstance(ref_or_id, str) or not ref_or_id:
             raise InvalidArgument("an image name or ID is required")
@@ -356,7 +374,7 @@ class ImageStore:
     async def untag(self, ref: str) -> Image:
         """Remove one name (tag or ``name@digest``) from its image; the image stays."""
         async with self._lock:
-            image, parsed = self._resolve(ref)
+            image, parsed = self.resolve(ref)
             if parsed is None:
                 raise InvalidArgument(f"{ref!r} is an image ID, not a name: nothing to untag")
             images = dict(self._images)
@@ -379,7 +397,7 @@ class ImageStore:
         names go but the image and its layers stay (dangling) until no container uses it.
         Returns docker's report: ``[{"Untagged": name}, {"Deleted": id}]``."""
         async with self._lock:
-            image, ref = self._resolve(ref_or_id)
+            image, ref = self.resolve(ref_or_id)
             images = dict(self._images)
             report: list[dict[str, str]] = []
             used = in_use(image.id)

@@ -8,6 +8,7 @@ stored or pushed (re-serialising changes key order and whitespace, and so the di
 from __future__ import annotations
 
 import json
+import platform
 from typing import Any
 
 import attrs
@@ -174,6 +175,38 @@ class ImageConfig:
 
 _converter = cattrs.Converter(omit_if_default=True)
 
+
+# cattrs coerces by default (str(12), list("abc")): a manifest with the wrong JSON types is
+# malformed and must be refused, not silently turned into something else.
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _strict_str_list(value: Any, _: type) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of strings, got {type(value).__name__}")
+    return [_strict_str(v, str) for v in value]
+
+
+_converter.register_structure_hook(str, _strict_str)
+_converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(bool, _strict_bool)
+_converter.register_structure_hook_func(lambda t: t == list[str], _strict_str_list)
+
 # JSON null is common in docker configs ("Env": null): treat it as absent for these fields.
 _NULL_TOLERANT = (ContainerConfig, RootFS, History, ImageConfig)
 
@@ -223,9 +256,11 @@ def structure(data: Any, cls: type[Any]) -> Any:
     try:
         return _converter.structure(data, cls)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as e:
-        detail = "; ".join(cattrs.transform_error(e)) if isinstance(
-            e, cattrs.BaseValidationError
-        ) else str(e)
+        detail = (
+            "; ".join(cattrs.transform_error(e))
+            if isinstance(e, cattrs.BaseValidationError)
+            else str(e)
+        )
         raise InvalidArgument(f"malformed {cls.__name__}: {detail}") from None
 
 
@@ -313,6 +348,19 @@ def parse_config(data: bytes) -> ImageConfig:
         if not isinstance(diff_id, str) or not diff_id.startswith("sha256:"):
             raise InvalidArgument(f"image config has an invalid rootfs diff_id {diff_id!r}")
     return attrs.evolve(config, raw=bytes(data))
+
+
+def host_architecture() -> str:
+    """This host's architecture in OCI/Go terms (``amd64``, ``arm64``...)."""
+    machine = platform.machine()
+    return {
+        "x86_64": "amd64",
+        "aarch64": "arm64",
+        "armv7l": "arm",
+        "i686": "386",
+        "ppc64le": "ppc64le",
+        "s390x": "s390x",
+    }.get(machine, machine)
 
 
 def platform_string(os_name: str, arch: str, variant: str | None = None) -> str:

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from engine.images.types import host_architecture
 
 BUSYBOX = Path("/bin/busybox")
 FIXED_MTIME = 1_700_000_000  # reproducible layers
@@ -86,13 +87,6 @@ class BuiltImage:
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def host_architecture() -> str:
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine
-    )
 
 
 # --- layer tars ----------------------------------------------------------------------------
