@@ -28,7 +28,7 @@ import cattrs
 import trio
 
 from engine.errors import EngineError, InvalidArgument, NotFound, RuntimeFailure
-from engine.network import isolation
+from engine.network import isolation, netns
 from engine.network._proc import run
 from engine.network.networks import CNI_VERSION, Network, NetworkStore, delete_bridge
 from engine.network.ports import PortMapping
@@ -297,6 +297,7 @@ async def attach(
             f"network {network.name!r} is not attachable: 'host' shares the host's namespace "
             "and 'none' only gets loopback (use setup_loopback)"
         )
+    await trio.to_thread.run_sync(netns.require_exists, netns_path)
     path = _record_path(store, network.id, container_id, ifname)
     if await trio.to_thread.run_sync(path.exists):
         raise InvalidArgument(

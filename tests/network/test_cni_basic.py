@@ -10,7 +10,7 @@ import pytest
 import trio
 from conftest import Background, NetEnv, curl, in_netns, serve_http, wait_for_http
 
-from engine.errors import Conflict, InvalidArgument, RuntimeFailure
+from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from engine.network import cni, netns
 from engine.network.ports import PortMapping, parse_publish
 
@@ -109,3 +109,26 @@ async def test_missing_plugin_directory_is_clear(env: NetEnv, tmp_path: Path) ->
     ns = await env.netns("nop1")
     with pytest.raises(InvalidArgument, match="not found in"):
         await cni.attach(env.store, net, "nop1", ns, plugin_dir=tmp_path / "nothing")
+
+
+async def test_default_network_and_refusals(env: NetEnv) -> None:
+    default = await env.store.get("bridge")
+    ns = await env.netns("dflt0001")
+    res = await cni.attach(env.store, default, "dflt0001", ns)
+    assert res.ip.startswith("10.89.0.") and res.bridge == "engine0"
+    with pytest.raises(InvalidArgument, match="already"):
+        await cni.attach(env.store, default, "dflt0001", ns)
+    with pytest.raises(InvalidArgument, match="not attachable"):
+        await cni.attach(env.store, await env.store.get("none"), "dflt0001", ns)
+    with pytest.raises(NotFound, match="does not exist"):
+        await cni.attach(env.store, default, "ghost", env.netns_dir / "ghost")
+    await cni.detach_all(env.store, "dflt0001")
+    assert await cni.attachments(env.store) == []
+    assert (await in_netns(ns, "ip", "link", "show", "eth0", check=False)).returncode != 0
+
+
+async def test_none_network_gets_loopback_only(env: NetEnv) -> None:
+    ns = await env.netns("none0001")
+    await cni.setup_loopback(ns)
+    links = (await in_netns(ns, "ip", "-o", "link")).stdout.decode().splitlines()
+    assert len(links) == 1 and "lo:" in links[0] and "UP" in links[0]
