@@ -572,8 +572,8 @@ def _read_request(conn: socket.socket) -> tuple[bytes | None, bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
-        if not chunk:
-            return None, b""
+        if not chunk or (not data and chunk[:1] == b"\x16"):
+            return None, b""  # closed, or a TLS ClientHello: we only speak plain HTTP
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     length = 0
