@@ -96,9 +96,7 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ti.write_oci_layout(out["multi-oci"], [ti.multilayer_image()])
     ti.write_oci_layout(out["many-oci"], [ti.many_layers_image(120)])
     ti.write_oci_layout(out["busybox-zstd-oci"], [ti.busybox_image()], compression="zstd")
-    ti.write_docker_archive(
-        out["busybox-plain-docker"], [ti.busybox_image()], compression="none"
-    )
+    ti.write_docker_archive(out["busybox-plain-docker"], [ti.busybox_image()], compression="none")
     return out
 
 
