@@ -93,7 +93,7 @@ def register(table: MethodTable) -> None:
             }
 
         counts: dict[str, int] = {}
-        for key, service in app.services.items():
+        for service in app.services.values():
             if hasattr(service, "counts"):
                 counts.update(service.counts())
         return {

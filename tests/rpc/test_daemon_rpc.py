@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.client.sync import Client
 from engine.errors import InvalidArgument, MethodNotFound, ProtocolError
 from engine.rpc import protocol
 from engine.testing.daemon import Daemon

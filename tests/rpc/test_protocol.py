@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from engine.errors import ProtocolError, ResourceExhausted, from_wire, NotFound, EngineError
+from engine.errors import EngineError, NotFound, ProtocolError, ResourceExhausted, from_wire
 from engine.rpc import protocol
 
 

@@ -1,0 +1,167 @@
+"""A container on disk: immutable config (``config.json``) and mutable status (``state.json``).
+
+Like podman's ContainerConfig / ContainerState: the config is written once at create (rename
+rewrites it under the actor), the status after every transition, always atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cattrs.preconf.json import make_converter
+
+from engine.actors.state import ContainerState
+from engine.store.atomic import write_bytes_atomic
+
+converter = make_converter()
+
+
+@attrs.define
+class BindMount:
+    source: str
+    destination: str
+    read_only: bool = False
+
+
+@attrs.define
+class TmpfsMount:
+    destination: str
+    options: str = ""
+
+
+@attrs.define
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+
+@attrs.define
+class ContainerConfig:
+    id: str
+    name: str
+    image: str  # the reference the user gave
+    image_id: str
+    created: float
+    runtime: str
+    entrypoint: list[str] | None = None  # None: the image's
+    cmd: list[str] | None = None  # None: the image's
+    args: list[str] = attrs.field(factory=list)  # resolved argv
+    env: list[str] = attrs.field(factory=list)  # resolved
+    workdir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    binds: list[BindMount] = attrs.field(factory=list)
+    tmpfs: list[TmpfsMount] = attrs.field(factory=list)
+    read_only: bool = False
+    init: bool = False
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    restart_policy: str = "no"
+    auto_remove: bool = False
+    labels: dict[str, str] = attrs.field(factory=dict)
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float = 10.0
+    network_mode: str = "none"
+    networks: list[str] = attrs.field(factory=list)
+    aliases: list[str] = attrs.field(factory=list)
+    ports: list[PortMapping] = attrs.field(factory=list)
+    publish_all: bool = False
+    dns: list[str] = attrs.field(factory=list)
+    dns_search: list[str] = attrs.field(factory=list)
+    add_hosts: list[str] = attrs.field(factory=list)
+    cap_add: list[str] = attrs.field(factory=list)
+    cap_drop: list[str] = attrs.field(factory=list)
+    layers: list[str] = attrs.field(factory=list)  # the image's diff_ids, bottom first
+    image_config: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@attrs.define
+class ContainerStatus:
+    state: ContainerState = ContainerState.CREATING
+    pid: int = 0
+    monitor_pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    restart_count: int = 0
+    last_restart_reason: str = ""
+    stopped_by_user: bool = False
+    ip_address: str = ""
+    network_details: dict[str, Any] = attrs.field(factory=dict)
+    log_offset_at_start: int = 0
+
+
+def new_container_id() -> str:
+    return secrets.token_hex(32)
+
+
+class ContainerFiles:
+    """The files of one container under ``<root>/containers/<id>``. Blocking methods."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "config.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "ctr.log"
+
+    def write_config(self, config: ContainerConfig) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode())
+
+    def write_status(self, status: ContainerStatus) -> None:
+        write_bytes_atomic(self.state_path, json.dumps(converter.unstructure(status)).encode())
+
+    def read_config(self) -> ContainerConfig:
+        return converter.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
+
+    def read_status(self) -> ContainerStatus:
+        try:
+            return converter.structure(json.loads(self.state_path.read_bytes()), ContainerStatus)
+        except FileNotFoundError:
+            return ContainerStatus()
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso_time(ts: float) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1e9):09d}Z"
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

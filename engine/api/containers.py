@@ -1,0 +1,528 @@
+"""container.* methods: create, start (optionally attached), stop, restart, kill, pause,
+unpause, remove, list, inspect, logs, wait, exec, rename, prune."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from engine.actors.container import ContainerActor, parse_signal
+from engine.actors.logs import follow, read_records
+from engine.actors.model import BindMount, ContainerConfig, TmpfsMount, iso_time
+from engine.actors.state import ACTIVE, ContainerState, docker_status
+from engine.errors import Conflict, InvalidArgument, NotFound
+from engine.rpc.methods import MethodTable
+from engine.rpc.server import CallContext, StreamSender
+from engine.supervisor.containers import ContainerSupervisor
+from engine.supervisor.restart import RestartPolicy
+
+
+@attrs.frozen
+class CreateParams:
+    image: str
+    name: str = ""
+    cmd: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: list[str] = attrs.field(factory=list)
+    workdir: str = ""
+    user: str = ""
+    hostname: str = ""
+    volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro]
+    tmpfs: list[str] = attrs.field(factory=list)  # --tmpfs DST[:opts]
+    read_only: bool = False
+    init: bool = False
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    restart: str = "no"
+    auto_remove: bool = False
+    labels: dict[str, str] = attrs.field(factory=dict)
+    runtime: str = ""
+    stop_signal: str = ""
+    stop_timeout: float | None = None
+    network: str = ""
+    network_aliases: list[str] = attrs.field(factory=list)
+    publish: list[str] = attrs.field(factory=list)
+    publish_all: bool = False
+    dns: list[str] = attrs.field(factory=list)
+    dns_search: list[str] = attrs.field(factory=list)
+    add_hosts: list[str] = attrs.field(factory=list)
+    cap_add: list[str] = attrs.field(factory=list)
+    cap_drop: list[str] = attrs.field(factory=list)
+    platform: str = ""
+
+
+@attrs.frozen
+class RefParams:
+    id: str
+
+
+@attrs.frozen
+class StartParams:
+    id: str
+    attach: bool = False
+
+
+@attrs.frozen
+class StopParams:
+    id: str
+    timeout: float | None = None
+    signal: str = ""
+
+
+@attrs.frozen
+class KillParams:
+    id: str
+    signal: str = "SIGKILL"
+
+
+@attrs.frozen
+class RemoveParams:
+    id: str
+    force: bool = False
+
+
+@attrs.frozen
+class ListParams:
+    all: bool = False
+    filters: dict[str, list[str]] = attrs.field(factory=dict)
+    limit: int = -1
+
+
+@attrs.frozen
+class LogsParams:
+    id: str
+    follow: bool = False
+    tail: int | None = None
+    since: float | None = None
+    until: float | None = None
+    timestamps: bool = False
+
+
+@attrs.frozen
+class ExecParams:
+    id: str
+    cmd: list[str]
+    env: list[str] = attrs.field(factory=list)
+    workdir: str = ""
+    user: str = ""
+
+
+@attrs.frozen
+class RenameParams:
+    id: str
+    name: str
+
+
+@attrs.frozen
+class PruneParams:
+    filters: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+def sup(ctx: CallContext) -> ContainerSupervisor:
+    return ctx.app.services["containers"]  # type: ignore[no-any-return]
+
+
+def parse_volume(spec: str) -> BindMount:
+    parts = spec.split(":")
+    if len(parts) == 1:
+        raise InvalidArgument(
+            f"invalid volume {spec!r}: anonymous volumes are not supported yet; use HOST_PATH:CONTAINER_PATH[:ro]"
+        )
+    if len(parts) > 3:
+        raise InvalidArgument(f"invalid volume {spec!r}: expected SRC:DST[:ro|rw]")
+    source, destination = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid volume mode {mode!r} in {spec!r}: use ro or rw")
+    if not source.startswith("/"):
+        raise InvalidArgument(
+            f"invalid volume {spec!r}: the source must be an absolute host path (named volumes are not supported yet)"
+        )
+    if not destination.startswith("/"):
+        raise InvalidArgument(f"invalid volume {spec!r}: the destination must be an absolute path")
+    return BindMount(source, destination, mode == "ro")
+
+
+def parse_tmpfs(spec: str) -> TmpfsMount:
+    destination, _, options = spec.partition(":")
+    if not destination.startswith("/"):
+        raise InvalidArgument(f"invalid --tmpfs {spec!r}: the path must be absolute")
+    return TmpfsMount(destination, options)
+
+
+async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
+    app = ctx.app
+    images = app.services.get("images")
+    if images is None:
+        raise NotFound("no image store is configured")
+    image = images.get(p.image)
+    RestartPolicy.parse(p.restart)
+    if p.auto_remove and RestartPolicy.parse(p.restart).name != "no":
+        raise InvalidArgument("--rm and a restart policy cannot be combined (docker refuses it too)")
+    for value in (p.memory, p.pids_limit):
+        if value is not None and value <= 0:
+            raise InvalidArgument("--memory and --pids-limit must be positive")
+    if p.cpus is not None and p.cpus <= 0:
+        raise InvalidArgument("--cpus must be positive")
+    for item in p.env:
+        if "=" not in item:
+            raise InvalidArgument(f"invalid environment entry {item!r}: expected KEY=VALUE")
+    runtime_name = p.runtime or app.config.default_runtime
+    app.runtime(runtime_name)  # a clear error now rather than at start
+    img = image.config.config
+    from engine.supervisor.bundle import resolve_process
+
+    args, env, workdir = resolve_process(
+        image_entrypoint=img.entrypoint,
+        image_cmd=img.cmd,
+        image_env=img.env or [],
+        image_workdir=img.working_dir,
+        entrypoint=p.entrypoint,
+        cmd=p.cmd,
+        env=list(p.env),
+        workdir=p.workdir,
+    )
+    if not args:
+        raise InvalidArgument(
+            f"no command specified: image {p.image} has no Cmd or Entrypoint; give one after the image name"
+        )
+    network_mode = p.network or "none"
+    return ContainerConfig(
+        id="",
+        name=p.name.lstrip("/"),
+        image=p.image,
+        image_id=image.id,
+        created=time.time(),
+        runtime=runtime_name,
+        entrypoint=p.entrypoint,
+        cmd=p.cmd,
+        args=args,
+        env=env,
+        workdir=workdir,
+        user=p.user or img.user or "",
+        hostname=p.hostname,
+        binds=[parse_volume(v) for v in p.volumes],
+        tmpfs=[parse_tmpfs(t) for t in p.tmpfs],
+        read_only=p.read_only,
+        init=p.init,
+        memory=p.memory,
+        cpus=p.cpus,
+        pids_limit=p.pids_limit,
+        restart_policy=str(RestartPolicy.parse(p.restart)),
+        auto_remove=p.auto_remove,
+        labels={**(img.labels or {}), **p.labels},
+        stop_signal=p.stop_signal or img.stop_signal or "SIGTERM",
+        stop_timeout=10.0 if p.stop_timeout is None else p.stop_timeout,
+        network_mode=network_mode,
+        aliases=list(p.network_aliases),
+        publish_all=p.publish_all,
+        dns=list(p.dns),
+        dns_search=list(p.dns_search),
+        add_hosts=list(p.add_hosts),
+        cap_add=list(p.cap_add),
+        cap_drop=list(p.cap_drop),
+        layers=list(image.diff_ids),
+        image_config={"ExposedPorts": img.exposed_ports or {}},
+    ), p.publish
+
+
+def summary(actor: ContainerActor) -> dict[str, Any]:
+    c, s = actor.config, actor.status
+    return {
+        "Id": c.id,
+        "Names": [c.name],
+        "Image": c.image,
+        "ImageID": c.image_id,
+        "Command": " ".join(c.args),
+        "Created": int(c.created),
+        "State": docker_status(s.state),
+        "Status": status_text(actor),
+        "ExitCode": s.exit_code,
+        "Labels": c.labels,
+        "Ports": [attrs.asdict(p) for p in c.ports],
+        "Runtime": c.runtime,
+        "RestartCount": s.restart_count,
+    }
+
+
+def status_text(actor: ContainerActor) -> str:
+    s = actor.status
+    now = time.time()
+    from engine.cli.format import human_duration
+
+    if s.state == ContainerState.RUNNING:
+        return f"Up {human_duration(now - s.started_at)}"
+    if s.state == ContainerState.PAUSED:
+        return f"Up {human_duration(now - s.started_at)} (Paused)"
+    if s.state == ContainerState.RESTARTING:
+        return f"Restarting ({s.exit_code}) {human_duration(now - s.finished_at)} ago"
+    if s.state == ContainerState.EXITED:
+        return f"Exited ({s.exit_code}) {human_duration(now - s.finished_at)} ago"
+    if s.state == ContainerState.CREATED or s.state == ContainerState.CREATING:
+        return "Created"
+    return s.state.value.capitalize()
+
+
+def inspect(actor: ContainerActor) -> dict[str, Any]:
+    c, s = actor.config, actor.status
+    return {
+        "Id": c.id,
+        "Name": "/" + c.name,
+        "Created": iso_time(c.created),
+        "Path": c.args[0] if c.args else "",
+        "Args": c.args[1:],
+        "Image": c.image_id,
+        "ImageName": c.image,
+        "State": {
+            "Status": docker_status(s.state),
+            "Running": s.state in (ContainerState.RUNNING, ContainerState.PAUSED),
+            "Paused": s.state == ContainerState.PAUSED,
+            "Restarting": s.state == ContainerState.RESTARTING,
+            "OOMKilled": s.oom_killed,
+            "Dead": s.state == ContainerState.DEAD,
+            "Pid": s.pid,
+            "MonitorPid": s.monitor_pid,
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": iso_time(s.started_at),
+            "FinishedAt": iso_time(s.finished_at),
+        },
+        "RestartCount": s.restart_count,
+        "RestartReason": s.last_restart_reason,
+        "LogPath": str(actor.files.log_path),
+        "Driver": actor.app.config.storage_driver,
+        "HostConfig": {
+            "Runtime": c.runtime,
+            "RestartPolicy": {"Name": RestartPolicy.parse(c.restart_policy).name,
+                              "MaximumRetryCount": RestartPolicy.parse(c.restart_policy).max_retries},
+            "AutoRemove": c.auto_remove,
+            "Binds": [f"{b.source}:{b.destination}{':ro' if b.read_only else ''}" for b in c.binds],
+            "Tmpfs": {t.destination: t.options for t in c.tmpfs},
+            "ReadonlyRootfs": c.read_only,
+            "Init": c.init,
+            "Memory": c.memory or 0,
+            "NanoCpus": int((c.cpus or 0) * 1e9),
+            "PidsLimit": c.pids_limit,
+            "NetworkMode": c.network_mode,
+            "CapAdd": c.cap_add,
+            "CapDrop": c.cap_drop,
+            "PortBindings": [attrs.asdict(p) for p in c.ports],
+        },
+        "Config": {
+            "Hostname": c.hostname or c.id[:12],
+            "User": c.user,
+            "Env": c.env,
+            "Cmd": c.cmd,
+            "Entrypoint": c.entrypoint,
+            "WorkingDir": c.workdir,
+            "Image": c.image,
+            "Labels": c.labels,
+            "StopSignal": c.stop_signal,
+            "StopTimeout": c.stop_timeout,
+        },
+        "NetworkSettings": {
+            "IPAddress": s.ip_address,
+            "Networks": s.network_details,
+            "Ports": [attrs.asdict(p) for p in c.ports],
+        },
+    }
+
+
+def list_filter(filters: dict[str, list[str]]) -> Any:
+    allowed = {"id", "name", "status", "label", "ancestor", "exited"}
+    unknown = set(filters) - allowed
+    if unknown:
+        raise InvalidArgument(f"unknown filter {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+
+    def match(actor: ContainerActor) -> bool:
+        c, s = actor.config, actor.status
+        for key, values in filters.items():
+            if key == "id" and not any(c.id.startswith(v) for v in values):
+                return False
+            if key == "name" and not any(v.lstrip("/") in c.name for v in values):
+                return False
+            if key == "status" and docker_status(s.state) not in values:
+                return False
+            if key == "exited" and not (s.state == ContainerState.EXITED and str(s.exit_code) in values):
+                return False
+            if key == "ancestor" and not any(v in (c.image, c.image_id) or c.image_id.removeprefix("sha256:").startswith(v) for v in values):
+                return False
+            if key == "label":
+                for v in values:
+                    k, sep, want = v.partition("=")
+                    if k not in c.labels or (sep and c.labels[k] != want):
+                        return False
+        return True
+
+    return match
+
+
+def register(table: MethodTable) -> None:
+    @table.method("container.create", params=CreateParams)
+    async def create(ctx: CallContext, p: CreateParams) -> dict[str, Any]:
+        """Create a container from a local image (docker create)."""
+        config, publish = await build_config(ctx, p)
+        network = ctx.app.services.get("network_hooks")
+        if network is not None:
+            await network.validate(config, publish)
+        actor = await sup(ctx).create(config)
+        return {"Id": actor.id, "Name": actor.name, "Warnings": []}
+
+    @table.method("container.start", params=StartParams, stream=True)
+    async def start(ctx: CallContext, p: StartParams, stream: StreamSender) -> dict[str, Any]:
+        """Start a container. With attach, stream its output until it exits and return
+        its exit code (docker run without -d)."""
+        actor = sup(ctx).get(p.id)
+        if not p.attach:
+            await actor.call("start")
+            return {"Id": actor.id}
+        actor.attached += 1
+        try:
+            await actor.call("start")
+            offset = actor.status.log_offset_at_start
+            started_at = actor.status.started_at
+
+            def finished() -> bool:
+                s = actor.status
+                return actor.removed or s.started_at != started_at or s.state not in (
+                    ContainerState.RUNNING, ContainerState.PAUSED)
+
+            async for record in follow(actor.files.log_path, offset, finished=finished):
+                await stream.send(record.to_wire(False))
+            status = actor.status
+            return {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
+        finally:
+            actor.attached -= 1
+
+    @table.method("container.stop", params=StopParams)
+    async def stop(ctx: CallContext, p: StopParams) -> dict[str, Any]:
+        """Stop a container: its stop signal, then SIGKILL after the timeout."""
+        return await sup(ctx).get(p.id).call("stop", timeout=p.timeout, signal=p.signal or None)  # type: ignore[no-any-return]
+
+    @table.method("container.restart", params=StopParams)
+    async def restart(ctx: CallContext, p: StopParams) -> dict[str, Any]:
+        """Stop (if running) and start again."""
+        return await sup(ctx).get(p.id).call("restart", timeout=p.timeout)  # type: ignore[no-any-return]
+
+    @table.method("container.kill", params=KillParams)
+    async def kill(ctx: CallContext, p: KillParams) -> dict[str, Any]:
+        """Send a signal to the container's main process."""
+        parse_signal(p.signal)
+        return await sup(ctx).get(p.id).call("kill", signal=p.signal)  # type: ignore[no-any-return]
+
+    @table.method("container.pause", params=RefParams)
+    async def pause(ctx: CallContext, p: RefParams) -> dict[str, Any]:
+        """Freeze every process of the container."""
+        return await sup(ctx).get(p.id).call("pause")  # type: ignore[no-any-return]
+
+    @table.method("container.unpause", params=RefParams)
+    async def unpause(ctx: CallContext, p: RefParams) -> dict[str, Any]:
+        """Thaw a paused container."""
+        return await sup(ctx).get(p.id).call("unpause")  # type: ignore[no-any-return]
+
+    @table.method("container.remove", params=RemoveParams)
+    async def remove(ctx: CallContext, p: RemoveParams) -> dict[str, Any]:
+        """Remove a container (force: kill it first)."""
+        return await sup(ctx).get(p.id).call("remove", force=p.force)  # type: ignore[no-any-return]
+
+    @table.method("container.rename", params=RenameParams)
+    async def rename(ctx: CallContext, p: RenameParams) -> dict[str, Any]:
+        """Give a container a new name."""
+        await sup(ctx).rename(p.id, p.name)
+        return {"name": p.name}
+
+    @table.method("container.list", params=ListParams)
+    async def list_(ctx: CallContext, p: ListParams) -> list[dict[str, Any]]:
+        """List containers (running only unless all)."""
+        match = list_filter(p.filters)
+        found = []
+        for actor in sup(ctx).all():
+            if not p.all and actor.status.state not in ACTIVE and "status" not in p.filters:
+                continue
+            if match(actor):
+                found.append(summary(actor))
+        return found[: p.limit] if p.limit >= 0 else found
+
+    @table.method("container.inspect", params=RefParams)
+    async def inspect_(ctx: CallContext, p: RefParams) -> dict[str, Any]:
+        """Low-level information on a container (docker inspect's shape)."""
+        return inspect(sup(ctx).get(p.id))
+
+    @table.method("container.wait", params=RefParams)
+    async def wait(ctx: CallContext, p: RefParams) -> dict[str, Any]:
+        """Wait until the container is not running; returns its exit code."""
+        actor = sup(ctx).get(p.id)
+        status = await actor.wait_for(
+            lambda s: s.state in (ContainerState.EXITED, ContainerState.CREATED, ContainerState.DEAD))
+        return {"StatusCode": status.exit_code, "OOMKilled": status.oom_killed}
+
+    @table.method("container.logs", params=LogsParams, stream=True)
+    async def logs(ctx: CallContext, p: LogsParams, stream: StreamSender) -> dict[str, Any]:
+        """The container's output: tail, since/until, follow."""
+        actor = sup(ctx).get(p.id)
+        if p.tail is not None and p.tail < 0:
+            raise InvalidArgument("--tail must be 0 or more")
+        records, offset = await trio.to_thread.run_sync(
+            lambda: read_records(actor.files.log_path, since=p.since, until=p.until, tail=p.tail))
+        for record in records:
+            await stream.send(record.to_wire(p.timestamps))
+        if p.follow and actor.status.state in ACTIVE:
+            started_at = actor.status.started_at
+
+            def finished() -> bool:
+                return actor.removed or actor.status.started_at != started_at or actor.status.state not in ACTIVE
+
+            async for record in follow(actor.files.log_path, offset, finished=finished):
+                if p.until is not None and record.time > p.until:
+                    break
+                await stream.send(record.to_wire(p.timestamps))
+        return {}
+
+    @table.method("container.exec", params=ExecParams, stream=True)
+    async def exec_(ctx: CallContext, p: ExecParams, stream: StreamSender) -> dict[str, Any]:
+        """Run a command in a running container; stream its output, return its exit code."""
+        actor = sup(ctx).get(p.id)
+        if actor.status.state != ContainerState.RUNNING:
+            raise Conflict(f"container {actor.name} is not running ({actor.status.state.value})")
+        if not p.cmd:
+            raise InvalidArgument("exec needs a command")
+        from engine.supervisor.bundle import exec_process
+
+        process = exec_process(actor.config, p.cmd, env=p.env, workdir=p.workdir, user=p.user)
+        runtime = ctx.app.runtime(actor.config.runtime)
+        handle = await runtime.exec(actor.id, process)
+        code = await pump_exec(handle, stream)
+        ctx.app.events.emit("container", "exec_die", actor.id, name=actor.name, exitCode=code)
+        return {"ExitCode": code}
+
+    @table.method("container.prune", params=PruneParams)
+    async def prune(ctx: CallContext, p: PruneParams) -> dict[str, Any]:
+        """Remove every stopped container."""
+        match = list_filter(p.filters)
+        removed = []
+        for actor in sup(ctx).all():
+            if actor.status.state in (ContainerState.EXITED, ContainerState.CREATED, ContainerState.DEAD) and match(actor):
+                try:
+                    await actor.call("remove", force=False)
+                    removed.append(actor.id)
+                except (Conflict, NotFound):
+                    pass
+        return {"ContainersDeleted": removed}
+
+
+async def pump_exec(handle: Any, stream: StreamSender) -> int:
+    """Forward an exec's stdout/stderr as stream items; return its exit code."""
+    async def forward(name: str, source: Any) -> None:
+        if source is None:
+            return
+        async for chunk in source:
+            await stream.send({"stream": name, "data": chunk})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward, "stdout", getattr(handle, "stdout", None))
+        nursery.start_soon(forward, "stderr", getattr(handle, "stderr", None))
+    return int(await handle.wait())
