@@ -414,6 +414,8 @@ class Fault:
     retry_after: str | None = None
     after_bytes: int = 0  # "cut": body bytes sent before closing
     only_full: bool = False  # apply only to requests without a Range header
+    body: bytes | None = None  # "status": the body to send (default: a registry error)
+    content_type: str = "application/json"
 
 
 @attrs.frozen
@@ -518,16 +520,17 @@ class FaultProxy:
     def _answer_status(
         self, conn: socket.socket, method: str, target: str, headers: dict[str, str], fault: Fault
     ) -> None:
-        body = json.dumps(
-            {"errors": [{"code": "UNAVAILABLE", "message": "injected fault"}]}
-        ).encode()
+        body = fault.body
+        if body is None:
+            error = {"code": "UNAVAILABLE", "message": "injected fault"}
+            body = json.dumps({"errors": [error]}).encode()
         extra = f"Retry-After: {fault.retry_after}\r\n" if fault.retry_after else ""
         conn.sendall(
-            f"HTTP/1.1 {fault.status} Injected\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {fault.status} Injected\r\nContent-Type: {fault.content_type}\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode()
             + body
         )
-        self._record(method, target, headers, fault.status, 0, fault)
+        self._record(method, target, headers, fault.status, len(body), fault)
 
     def _forward(self, lines: list[bytes], body: bytes) -> tuple[int, bytes, bytes]:
         kept = [ln for ln in lines[1:] if ln and not ln.lower().startswith(b"connection:")]

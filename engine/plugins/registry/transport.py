@@ -245,10 +245,11 @@ class Transport:
             raise _translate(exc, url) from exc
 
 
-async def iter_body(response: Response, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
-    """The body of a streamed response, with transport errors translated."""
+async def iter_body(response: Response) -> AsyncIterator[bytes]:
+    """The body of a streamed response as it arrives (no re-chunking: httpx's chunker
+    would hold back bytes that a cut connection then loses), transport errors translated."""
     try:
-        async for chunk in response.aiter_raw(chunk_size):
+        async for chunk in response.aiter_raw():
             yield chunk
     except httpx.TransportError as exc:
         raise _translate(exc, str(response.request.url)) from exc
