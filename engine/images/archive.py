@@ -55,6 +55,8 @@ class _Loader:
     store: ImageStore
     files: ArchiveFiles
     held: list[str] = attrs.field(factory=list)  # leased, and discarded if the load fails
+    # docker-archive layers by name: one file may serve several images (moved on first use)
+    layers: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
     def hold(self, digest: str) -> None:
         trio.from_thread.run_sync(self.store.hold, [digest])
@@ -111,10 +113,10 @@ async def load(store: ImageStore, path: Path | str) -> list[Image]:
     finally:
         await trio.to_thread.run_sync(shutil.rmtree, scratch, True)
         if loader is not None:
+            store.release(loader.held)  # first: our own lease would keep the blobs
             if not loaded:
                 with trio.CancelScope(shield=True):
                     await store.discard_unreferenced(loader.held)
-            store.release(loader.held)
 
 
 def _open(store: ImageStore, path: Path, scratch: Path) -> _Loader:
@@ -199,6 +201,8 @@ def _docker_entry(loader: _Loader, entry: Any) -> NewImage:
 
 
 def _docker_layer(loader: _Loader, name: str, diff_id: str) -> dict[str, Any]:
+    if name in loader.layers:
+        return loader.layers[name]
     path = loader.files.path(name)
     digest, size = file_sha256(path)
     kind = sniff_compression(path)
@@ -209,7 +213,8 @@ def _docker_layer(loader: _Loader, name: str, diff_id: str) -> dict[str, Any]:
         )
     media_type = {"none": t.DOCKER_LAYER, "gzip": t.DOCKER_LAYER_GZIP, "zstd": t.OCI_LAYER_ZSTD}
     loader.put_file(name, digest, size)
-    return {"mediaType": media_type[kind], "digest": digest, "size": size}
+    loader.layers[name] = {"mediaType": media_type[kind], "digest": digest, "size": size}
+    return loader.layers[name]
 
 
 def _parse_name(origin: str, name: str) -> Reference:
@@ -397,9 +402,9 @@ def _write_oci(
             "digest": image.manifest_digest,
             "size": store.content.size(image.manifest_digest),
         }
-        for name in names or [None]:
-            desc = dict(base)
-            if name is not None:
+        for name in names or [""]:
+            desc: dict[str, Any] = dict(base)
+            if name:
                 ref = parse_reference(name)
                 desc["annotations"] = {
                     t.ANNOTATION_CONTAINERD_NAME: str(ref),
@@ -480,10 +485,10 @@ async def import_rootfs(
         return image
     finally:
         await trio.to_thread.run_sync(shutil.rmtree, scratch, True)
+        store.release(held)  # first: our own lease would keep the blob
         if not imported:
             with trio.CancelScope(shield=True):
                 await store.discard_unreferenced(held)
-        store.release(held)
 
 
 def _import_spec(

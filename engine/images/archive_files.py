@@ -176,7 +176,7 @@ def open_decompressed(path: Path) -> IO[bytes]:
     """A stream of the uncompressed bytes of a (maybe gzip or zstd) file."""
     kind = sniff_compression(path)
     if kind == "gzip":
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "zstd":
         import zstandard
 

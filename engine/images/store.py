@@ -11,6 +11,7 @@ recorded are protected from ``prune``/``remove`` by a lease: ``async with store.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -390,7 +391,7 @@ class ImageStore:
         *,
         force: bool = False,
         in_use: Callable[[str], bool] = _never_in_use,
-    ) -> list[dict[str, str]]:
+    ) -> builtins.list[dict[str, str]]:
         """``docker rmi``: by name it untags, and deletes the image once no name is left; by
         ID it removes every name of a single-repository image (several repositories need
         ``force``). An image a container uses is refused unless ``force``; with ``force`` its
@@ -399,7 +400,7 @@ class ImageStore:
         async with self._lock:
             image, ref = self.resolve(ref_or_id)
             images = dict(self._images)
-            report: list[dict[str, str]] = []
+            report: builtins.list[dict[str, str]] = []
             used = in_use(image.id)
             if ref is not None:
                 if used and not force and _single_reference(image):
@@ -434,7 +435,11 @@ class ImageStore:
             return report
 
     def _untag_by_name(
-        self, images: dict[str, Image], image: Image, ref: Reference, report: list[dict[str, str]]
+        self,
+        images: dict[str, Image],
+        image: Image,
+        ref: Reference,
+        report: builtins.list[dict[str, str]],
     ) -> Image:
         drop = {_ref_key(ref)}
         if ref.digest is None:
@@ -475,7 +480,7 @@ class ImageStore:
             return False
         return True
 
-    def _delete_blobs(self, digests: list[str]) -> None:
+    def _delete_blobs(self, digests: builtins.list[str]) -> None:
         for digest in digests:
             self.content.delete(digest)
 
@@ -485,7 +490,7 @@ class ImageStore:
         """``docker image prune [-a]``: remove dangling (or, with ``dangling_only=False``,
         all) images no container uses, then free blobs and layers that no image
         references (debris of interrupted pulls or crashes)."""
-        deleted: list[dict[str, str]] = []
+        deleted: builtins.list[dict[str, str]] = []
         reclaimed = 0
         async with self._lock:
             for image in list(self._images.values()):
@@ -525,7 +530,7 @@ class ImageStore:
 
     # --- views -----------------------------------------------------------------------------
 
-    def history(self, ref: str) -> list[dict[str, Any]]:
+    def history(self, ref: str) -> builtins.list[dict[str, Any]]:
         return history_view(self.get(ref))
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -573,8 +578,12 @@ def _move_name(images: dict[str, Image], image_id: str, name: str, kind: str) ->
         if other_id != image_id and name in getattr(other, field):
             images[other_id] = _without(other, {name})
     image = images[image_id]
-    if name not in getattr(image, field):
-        images[image_id] = attrs.evolve(image, **{field: [*getattr(image, field), name]})
+    if name in getattr(image, field):
+        return
+    if kind == "tag":
+        images[image_id] = attrs.evolve(image, repo_tags=[*image.repo_tags, name])
+    else:
+        images[image_id] = attrs.evolve(image, repo_digests=[*image.repo_digests, name])
 
 
 def _single_reference(image: Image) -> bool:

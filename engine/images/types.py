@@ -222,7 +222,7 @@ def _register(cls: type) -> None:
             overrides[field.name] = override(omit=True)
         elif "json" in field.metadata:
             overrides[field.name] = override(rename=field.metadata["json"])
-    structure = make_dict_structure_fn(cls, _converter, **overrides)
+    structure: Any = make_dict_structure_fn(cls, _converter, **overrides)
     if cls in _NULL_TOLERANT:
         null_fields = {f.name: f for f in attrs.fields(cls)}
         keys = {

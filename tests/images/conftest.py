@@ -103,3 +103,16 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def busybox_id() -> str:
     return ti.build(ti.busybox_image(), "none").id
+
+
+@pytest.fixture
+def layout_factory_store(tmp_path: Path, layout: Layout) -> ImageStore:
+    """A second, independent store (its own root) for round trips; mounts are cleaned by
+    ``layout``'s fixture, which covers all of tmp_path."""
+    other = Layout(tmp_path / "root2", tmp_path / "run2")
+    other.ensure()
+    return ImageStore(
+        other,
+        ContentStore(other.blobs_dir, other.ingest_dir),
+        OverlayDriver(other, durable=False),
+    )
