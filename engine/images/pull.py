@@ -40,6 +40,7 @@ from engine.images.types import (
     Manifest,
     parse_manifest,
 )
+from engine.plugins.registry.errgroup import unwrap_engine_errors
 
 if TYPE_CHECKING:
     from engine.images.records import Image
@@ -230,9 +231,10 @@ async def _fetch_all(
 
     # The client's CapacityLimiter bounds concurrent downloads; starting them all lets
     # shared-layer dedup and the limiter do their job.
-    async with trio.open_nursery() as nursery:
-        for desc in _unique(blobs):
-            nursery.start_soon(fetch, desc)
+    with unwrap_engine_errors():
+        async with trio.open_nursery() as nursery:
+            for desc in _unique(blobs):
+                nursery.start_soon(fetch, desc)
 
 
 def _unique(blobs: list[Descriptor]) -> list[Descriptor]:

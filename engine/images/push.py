@@ -20,6 +20,7 @@ import trio
 
 from engine.errors import NotFound
 from engine.images.types import Descriptor, Manifest, parse_manifest
+from engine.plugins.registry.errgroup import unwrap_engine_errors
 from engine.reference import Reference, parse_reference
 
 if TYPE_CHECKING:
@@ -64,9 +65,10 @@ async def push(
             status = {"exists": "Layer already exists", "mounted": "Mounted"}.get(how, "Pushed")
             emit({"id": _short(desc.digest), "status": status, "total": desc.size})
 
-    async with trio.open_nursery() as nursery:
-        for desc in blobs:
-            nursery.start_soon(push_one, desc)
+    with unwrap_engine_errors():
+        async with trio.open_nursery() as nursery:
+            for desc in blobs:
+                nursery.start_soon(push_one, desc)
     digest = await client.push_manifest(ref, manifest_bytes, image.manifest_media_type)
     emit({"status": "Pushed manifest", "digest": digest, "size": len(manifest_bytes)})
     return digest
