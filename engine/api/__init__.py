@@ -6,6 +6,8 @@ from engine.rpc.methods import MethodTable
 
 
 def register_all(table: MethodTable) -> None:
-    from engine.api import system
+    from engine.api import containers, images, system
 
     system.register(table)
+    containers.register(table)
+    images.register(table)

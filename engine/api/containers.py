@@ -156,10 +156,9 @@ def parse_tmpfs(spec: str) -> TmpfsMount:
 
 async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
     app = ctx.app
-    images = app.services.get("images")
-    if images is None:
-        raise NotFound("no image store is configured")
-    image = images.get(p.image)
+    from engine.api.images import images as image_store
+
+    image = image_store(ctx).get(p.image)
     RestartPolicy.parse(p.restart)
     if p.auto_remove and RestartPolicy.parse(p.restart).name != "no":
         raise InvalidArgument("--rm and a restart policy cannot be combined (docker refuses it too)")

@@ -96,6 +96,8 @@ def register(table: MethodTable) -> None:
         for service in app.services.values():
             if hasattr(service, "counts"):
                 counts.update(service.counts())
+        if "images" in app.services:
+            counts["images"] = len(app.services["images"].list())
         return {
             "Version": engine.__version__,
             "Root": str(app.layout.root),

@@ -46,10 +46,16 @@ from engine.supervisor.logs import set_level, setup_logging
 
 log = logging.getLogger("engine.daemon")
 
-# Subsystems (containers, images, networks) add themselves here: each is an async function
-# ``start(app, nursery)`` run at start-up after the plugins are loaded.
+# Each subsystem is an async function ``start(app, nursery)`` run at start-up, in order,
+# after the plugins are loaded; it reconciles its on-disk state before the RPC listens.
 Subsystem = Callable[[App, trio.Nursery], Awaitable[None]]
-SUBSYSTEMS: list[Subsystem] = []
+
+
+def subsystems() -> list[Subsystem]:
+    from engine.api.images import start_images
+    from engine.supervisor.containers import start_containers
+
+    return [start_images, start_containers]
 
 
 class RootLock:
@@ -176,7 +182,7 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
         app.services["rpc"] = server
         with trio.CancelScope() as stop:
             async with trio.open_nursery() as nursery:
-                for start in SUBSYSTEMS:
+                for start in subsystems():
                     await start(app, nursery)
                 sockets = await _listen(app, server, nursery)
                 layout.pid_file.write_text(f"{os.getpid()}\n")

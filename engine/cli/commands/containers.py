@@ -1,0 +1,522 @@
+"""engctl container verbs, docker-compatible: run, create, start, stop, restart, kill, pause,
+unpause, rm, ps, inspect, logs, wait, exec, rename, container prune, port."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from typing import Any
+
+from engine.cli.format import print_json, print_table
+from engine.cli.main import Context, parse_filters, parse_time
+from engine.errors import EngineError, InvalidArgument, NotFound
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)b?$", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise InvalidArgument(f"invalid size {text!r}: use a number with an optional unit b, k, m, g (e.g. 64m)")
+    factor = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+    return int(float(m.group(1)) * factor)
+
+
+def add_create_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--env-file", action="append", default=[])
+    p.add_argument("-v", "--volume", action="append", default=[])
+    p.add_argument("--tmpfs", action="append", default=[])
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-h", "--hostname", default="")
+    p.add_argument("--entrypoint", default=None)
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--init", action="store_true")
+    p.add_argument("-m", "--memory", default=None)
+    p.add_argument("--cpus", type=float, default=None)
+    p.add_argument("--pids-limit", type=int, default=None)
+    p.add_argument("--restart", default="no")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("-l", "--label", action="append", default=[])
+    p.add_argument("--runtime", default="")
+    p.add_argument("--stop-signal", default="")
+    p.add_argument("--stop-timeout", type=float, default=None)
+    p.add_argument("--network", "--net", default="")
+    p.add_argument("--network-alias", action="append", default=[])
+    p.add_argument("-p", "--publish", action="append", default=[])
+    p.add_argument("-P", "--publish-all", action="store_true")
+    p.add_argument("--dns", action="append", default=[])
+    p.add_argument("--dns-search", action="append", default=[])
+    p.add_argument("--add-host", action="append", default=[])
+    p.add_argument("--cap-add", action="append", default=[])
+    p.add_argument("--cap-drop", action="append", default=[])
+    p.add_argument("--platform", default="")
+    p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def create_params(args: argparse.Namespace) -> dict[str, Any]:
+    env = list(args.env)
+    for path in args.env_file:
+        with open(path) as f:
+            env += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    import os
+
+    env = [e if "=" in e else f"{e}={os.environ.get(e, '')}" for e in env]
+    labels = {}
+    for item in args.label:
+        k, _, v = item.partition("=")
+        labels[k] = v
+    params: dict[str, Any] = {
+        "image": args.image,
+        "name": args.name,
+        "env": env,
+        "volumes": args.volume,
+        "tmpfs": args.tmpfs,
+        "workdir": args.workdir,
+        "user": args.user,
+        "hostname": args.hostname,
+        "read_only": args.read_only,
+        "init": args.init,
+        "restart": args.restart,
+        "auto_remove": args.rm,
+        "labels": labels,
+        "runtime": args.runtime,
+        "stop_signal": args.stop_signal,
+        "network": args.network,
+        "network_aliases": args.network_alias,
+        "publish": args.publish,
+        "publish_all": args.publish_all,
+        "dns": args.dns,
+        "dns_search": args.dns_search,
+        "add_hosts": args.add_host,
+        "cap_add": args.cap_add,
+        "cap_drop": args.cap_drop,
+        "platform": args.platform,
+    }
+    if args.command:
+        params["cmd"] = list(args.command)
+    if args.entrypoint is not None:
+        params["entrypoint"] = [args.entrypoint] if args.entrypoint else []
+    if args.memory:
+        params["memory"] = parse_bytes(args.memory)
+    if args.cpus is not None:
+        params["cpus"] = args.cpus
+    if args.pids_limit is not None:
+        params["pids_limit"] = args.pids_limit
+    if args.stop_timeout is not None:
+        params["stop_timeout"] = args.stop_timeout
+    return params
+
+
+def setup(sub: Any) -> None:
+    # docker's -h is --hostname, so these two keep only --help.
+    p = sub.add_parser("run", help="create and start a container", add_help=False)
+    p.add_argument("--help", action="help")
+    add_create_flags(p)
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("create", help="create a container", add_help=False)
+    p.add_argument("--help", action="help")
+    add_create_flags(p)
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("start", help="start containers")
+    p.add_argument("-a", "--attach", action="store_true")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_start)
+
+    for verb, helptext in (("stop", "stop containers"), ("restart", "restart containers")):
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("-t", "--time", "--timeout", type=float, default=None, dest="time")
+        p.add_argument("-s", "--signal", default="")
+        p.add_argument("containers", nargs="+")
+        p.set_defaults(func=cmd_stop if verb == "stop" else cmd_restart)
+
+    p = sub.add_parser("kill", help="send a signal to containers")
+    p.add_argument("-s", "--signal", default="SIGKILL")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_kill)
+
+    for verb in ("pause", "unpause"):
+        p = sub.add_parser(verb, help=f"{verb} containers")
+        p.add_argument("containers", nargs="+")
+        p.set_defaults(func=cmd_simple, method=f"container.{verb}")
+
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-v", "--volumes", action="store_true")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-f", "--filter", action="append", default=[])
+    p.add_argument("-n", "--last", type=int, default=-1)
+    p.add_argument("-l", "--latest", action="store_true")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("--format", default="")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("inspect", help="low-level information on containers or images")
+    p.add_argument("-f", "--format", default="")
+    p.add_argument("--type", default="")
+    p.add_argument("objects", nargs="+")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("logs", help="fetch a container's output")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail", default="all")
+    p.add_argument("--since", default=None)
+    p.add_argument("--until", default=None)
+    p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("container")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("wait", help="wait for containers to stop; print their exit codes")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("exec", help="run a command in a running container")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("rename", help="rename a container")
+    p.add_argument("container")
+    p.add_argument("new_name")
+    p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser("container", help="manage containers")
+    csub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    pp = csub.add_parser("prune", help="remove all stopped containers")
+    pp.add_argument("-f", "--force", action="store_true")
+    pp.add_argument("--filter", action="append", default=[])
+    pp.set_defaults(func=cmd_prune)
+    for name, func in (("ls", cmd_ps), ("list", cmd_ps)):
+        pl = csub.add_parser(name, help="list containers")
+        pl.add_argument("-a", "--all", action="store_true")
+        pl.add_argument("-q", "--quiet", action="store_true")
+        pl.add_argument("-f", "--filter", action="append", default=[])
+        pl.add_argument("-n", "--last", type=int, default=-1)
+        pl.add_argument("-l", "--latest", action="store_true")
+        pl.add_argument("--no-trunc", action="store_true")
+        pl.add_argument("--format", default="")
+        pl.set_defaults(func=func)
+
+    p = sub.add_parser("port", help="list a container's published ports")
+    p.add_argument("container")
+    p.add_argument("private_port", nargs="?")
+    p.set_defaults(func=cmd_port)
+
+
+def _write_output(item: dict[str, Any]) -> None:
+    out = sys.stdout.buffer if item.get("stream") != "stderr" else sys.stderr.buffer
+    data = item.get("data", b"")
+    out.write(data if isinstance(data, bytes) else str(data).encode())
+    out.flush()
+
+
+def _ensure_image(ctx: Context, args: argparse.Namespace) -> None:
+    """docker run pulls a missing image (--pull missing|always|never)."""
+    if args.pull == "never":
+        return
+    if args.pull == "missing":
+        try:
+            ctx.client().call("image.inspect", id=args.image)
+            return
+        except NotFound:
+            pass
+    from engine.cli.commands.images import pull_image
+
+    pull_image(ctx, args.image, platform=args.platform, quiet=True, out=sys.stderr)
+
+
+def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
+    _ensure_image(ctx, args)
+    result = ctx.client().call("container.create", create_params(args))
+    print(result["Id"])
+    return 0
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    if args.interactive or args.tty:
+        print("engctl: -i/-t are not supported yet; running without stdin", file=sys.stderr)
+    _ensure_image(ctx, args)
+    client = ctx.client()
+    try:
+        created = client.call("container.create", create_params(args))
+    except EngineError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 125
+    cid = created["Id"]
+    if args.detach:
+        try:
+            client.call("container.start", id=cid)
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return _start_error_code(client, cid, args.rm)
+        print(cid)
+        return 0
+    stream = client.stream("container.start", id=cid, attach=True)
+    try:
+        for item in stream:
+            _write_output(item)
+    except KeyboardInterrupt:
+        stream.cancel()
+        return 130
+    except EngineError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return _start_error_code(client, cid, args.rm)
+    return int(stream.result.get("ExitCode", 0))
+
+
+def _start_error_code(client: Any, cid: str, auto_remove: bool) -> int:
+    code = 125
+    try:
+        code = client.call("container.inspect", id=cid)["State"]["ExitCode"] or 125
+    except EngineError:
+        pass
+    if auto_remove:
+        try:
+            client.call("container.remove", id=cid, force=True)
+        except EngineError:
+            pass
+    return code
+
+
+def _each(ctx: Context, names: list[str], fn: Any) -> int:
+    failed = 0
+    for name in names:
+        try:
+            fn(name)
+            print(name)
+        except EngineError as e:
+            print(f"Error response from daemon: {e}", file=sys.stderr)
+            failed = 1
+    return 1 if failed else 0
+
+
+def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    if args.attach:
+        if len(args.containers) != 1:
+            raise InvalidArgument("you cannot start and attach multiple containers at once")
+        stream = client.stream("container.start", id=args.containers[0], attach=True)
+        for item in stream:
+            _write_output(item)
+        return int(stream.result.get("ExitCode", 0))
+    return _each(ctx, args.containers, lambda n: client.call("container.start", id=n))
+
+
+def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    params: dict[str, Any] = {"signal": args.signal}
+    if args.time is not None:
+        params["timeout"] = args.time
+    return _each(ctx, args.containers, lambda n: client.call("container.stop", id=n, **params))
+
+
+def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    params: dict[str, Any] = {}
+    if args.time is not None:
+        params["timeout"] = args.time
+    return _each(ctx, args.containers, lambda n: client.call("container.restart", id=n, **params))
+
+
+def cmd_kill(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    return _each(ctx, args.containers, lambda n: client.call("container.kill", id=n, signal=args.signal))
+
+
+def cmd_simple(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    return _each(ctx, args.containers, lambda n: client.call(args.method, id=n))
+
+
+def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    return _each(ctx, args.containers, lambda n: client.call("container.remove", id=n, force=args.force))
+
+
+def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"all": args.all or args.latest or args.last >= 0,
+                              "filters": parse_filters(args.filter)}
+    if args.latest:
+        params["limit"] = 1
+    elif args.last >= 0:
+        params["limit"] = args.last
+    rows = ctx.client().call("container.list", params)
+    if args.quiet:
+        for r in rows:
+            print(r["Id"] if args.no_trunc else r["Id"][:12])
+        return 0
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    print_table(
+        ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+        [
+            [
+                r["Id"] if args.no_trunc else r["Id"][:12],
+                r["Image"],
+                json.dumps(r["Command"] if args.no_trunc else _trunc(r["Command"], 20)),
+                _ago(r["Created"]),
+                r["Status"],
+                ", ".join(_port_text(p) for p in r["Ports"]),
+                ",".join(r["Names"]),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _port_text(p: dict[str, Any]) -> str:
+    host = p.get("host_ip") or "0.0.0.0"
+    return f"{host}:{p['host_port']}->{p['container_port']}/{p['protocol']}"
+
+
+def _trunc(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _ago(ts: float) -> str:
+    from engine.cli.format import human_duration
+
+    return f"{human_duration(time.time() - ts)} ago"
+
+
+def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    results = []
+    failed = False
+    for obj in args.objects:
+        try:
+            if args.type in ("", "container"):
+                try:
+                    results.append(client.call("container.inspect", id=obj))
+                    continue
+                except NotFound:
+                    if args.type == "container":
+                        raise
+            results.append(client.call("image.inspect", id=obj))
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed = True
+    if args.format and args.format != "json":
+        for r in results:
+            print(_format_path(r, args.format))
+    else:
+        print_json(results)
+    return 1 if failed else 0
+
+
+def _format_path(obj: Any, fmt: str) -> str:
+    """A small subset of Go templates: '{{.State.Status}}' style paths."""
+    out = fmt
+    for expr in re.findall(r"\{\{\s*([^}]*)\s*\}\}", fmt):
+        value: Any = obj
+        path = expr.strip()
+        wrap_json = path.startswith("json ")
+        path = path.removeprefix("json ").strip()
+        for part in [p for p in path.split(".") if p]:
+            value = value.get(part) if isinstance(value, dict) else None
+        text = json.dumps(value) if wrap_json or isinstance(value, dict | list) else (
+            "<no value>" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+        out = out.replace("{{" + expr + "}}", text, 1)
+    return out
+
+
+def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"id": args.container, "follow": args.follow, "timestamps": args.timestamps}
+    if args.tail != "all":
+        try:
+            params["tail"] = int(args.tail)
+        except ValueError:
+            raise InvalidArgument(f"invalid --tail {args.tail!r}: a number or 'all'") from None
+    if args.since:
+        params["since"] = parse_time(args.since)
+    if args.until:
+        params["until"] = parse_time(args.until)
+    stream = ctx.client().stream("container.logs", params)
+    try:
+        for item in stream:
+            if args.timestamps:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(item["time"]))
+                frac = f"{item['time'] % 1:.9f}"[1:]
+                item = {**item, "data": f"{stamp}{frac}Z ".encode() + item["data"]}
+            _write_output(item)
+    except KeyboardInterrupt:
+        stream.cancel()
+    return 0
+
+
+def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    failed = False
+    for name in args.containers:
+        try:
+            print(client.call("container.wait", id=name)["StatusCode"])
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def cmd_exec(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.command:
+        raise InvalidArgument("exec needs a command: engctl exec CONTAINER COMMAND [ARG...]")
+    stream = ctx.client().stream("container.exec", id=args.container, cmd=args.command, env=args.env,
+                                 workdir=args.workdir, user=args.user)
+    try:
+        for item in stream:
+            _write_output(item)
+    except KeyboardInterrupt:
+        stream.cancel()
+        return 130
+    return int(stream.result.get("ExitCode", 0))
+
+
+def cmd_rename(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.client().call("container.rename", id=args.container, name=args.new_name)
+    return 0
+
+
+def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
+    result = ctx.client().call("container.prune", filters=parse_filters(args.filter))
+    deleted = result.get("ContainersDeleted") or []
+    if deleted:
+        print("Deleted Containers:")
+        for cid in deleted:
+            print(cid)
+    print(f"Total reclaimed: {len(deleted)} containers")
+    return 0
+
+
+def cmd_port(ctx: Context, args: argparse.Namespace) -> int:
+    info = ctx.client().call("container.inspect", id=args.container)
+    for p in info["NetworkSettings"]["Ports"]:
+        key = f"{p['container_port']}/{p['protocol']}"
+        if args.private_port and args.private_port not in (key, str(p["container_port"])):
+            continue
+        print(f"{key} -> {p.get('host_ip') or '0.0.0.0'}:{p['host_port']}")
+    return 0

@@ -1,0 +1,351 @@
+"""engctl image verbs: pull, push, images, rmi, tag, load, save, import, history,
+image inspect|prune|ls|rm, login, logout."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from engine.cli.format import human_size, print_json, print_table
+from engine.cli.main import Context, parse_filters
+from engine.errors import EngineError, InvalidArgument
+
+
+def setup(sub: Any) -> None:
+    p = sub.add_parser("pull", help="pull an image from a registry")
+    p.add_argument("--platform", default="")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("reference")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("push", help="push an image to a registry")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("reference")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("images", help="list images")
+    add_list_flags(p)
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("rmi", help="remove images")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_rmi)
+
+    p = sub.add_parser("tag", help="create a tag TARGET that refers to SOURCE")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("load", help="load images from a docker-archive tar or an OCI layout")
+    p.add_argument("-i", "--input", required=True)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("save", help="save images to a docker-archive tar (or an OCI layout)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", default="docker-archive", choices=("docker-archive", "oci", "oci-archive"))
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_save)
+
+    p = sub.add_parser("import", help="import a root filesystem tarball as an image")
+    p.add_argument("-c", "--change", action="append", default=[])
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("file")
+    p.add_argument("reference", nargs="?", default="")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("history", help="show an image's history")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--format", default="")
+    p.add_argument("image")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("image", help="manage images")
+    isub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    pi = isub.add_parser("inspect", help="low-level information on images")
+    pi.add_argument("-f", "--format", default="")
+    pi.add_argument("images", nargs="+")
+    pi.set_defaults(func=cmd_image_inspect)
+    pp = isub.add_parser("prune", help="remove unused images")
+    pp.add_argument("-a", "--all", action="store_true")
+    pp.add_argument("-f", "--force", action="store_true")
+    pp.set_defaults(func=cmd_image_prune)
+    for name in ("ls", "list"):
+        pl = isub.add_parser(name, help="list images")
+        add_list_flags(pl)
+        pl.set_defaults(func=cmd_images)
+    pr = isub.add_parser("rm", help="remove images")
+    pr.add_argument("-f", "--force", action="store_true")
+    pr.add_argument("images", nargs="+")
+    pr.set_defaults(func=cmd_rmi)
+    for name, func in (("pull", cmd_pull), ("push", cmd_push)):
+        px = isub.add_parser(name)
+        px.add_argument("-q", "--quiet", action="store_true")
+        px.add_argument("--platform", default="")
+        px.add_argument("reference")
+        px.set_defaults(func=func)
+
+    p = sub.add_parser("login", help="log in to a registry")
+    p.add_argument("-u", "--username", default="")
+    p.add_argument("-p", "--password", default="")
+    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("server")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", help="log out from a registry")
+    p.add_argument("server")
+    p.set_defaults(func=cmd_logout)
+
+
+def add_list_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--digests", action="store_true")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("-f", "--filter", action="append", default=[])
+    p.add_argument("--format", default="")
+    p.add_argument("repository", nargs="?")
+
+
+class ProgressView:
+    """docker-style per-layer lines: redrawn bars on a terminal, plain lines otherwise."""
+
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self.order: list[str] = []
+        self.lines: dict[str, str] = {}
+        self.last_plain: dict[str, str] = {}
+
+    def update(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        key = event.get("id") or ""
+        status = event.get("status", "")
+        current, total = event.get("current"), event.get("total")
+        if self.tty and key:
+            if key not in self.lines:
+                self.order.append(key)
+            bar = ""
+            if current is not None and total:
+                width = 40
+                filled = int(width * min(current, total) / total)
+                bar = f" [{'=' * max(0, filled - 1)}{'>' if filled else ''}{' ' * (width - filled)}] {human_size(current)}/{human_size(total)}"
+            self.lines[key] = f"{key}: {status}{bar}"
+            self._redraw()
+            return
+        line = f"{key}: {status}" if key else status
+        if key and self.last_plain.get(key) == status:
+            return  # plain mode: one line per state change, not per chunk
+        self.last_plain[key] = status
+        if event.get("digest"):
+            line += f" {event['digest']}"
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def _redraw(self) -> None:
+        if getattr(self, "_drawn", 0):
+            self.out.write(f"\x1b[{self._drawn}A")
+        for key in self.order:
+            self.out.write("\x1b[2K" + self.lines[key] + "\n")
+        self._drawn = len(self.order)
+        self.out.flush()
+
+
+def pull_image(ctx: Context, reference: str, *, platform: str = "", quiet: bool = False,
+               out: TextIO = sys.stdout) -> dict[str, Any]:
+    view = ProgressView(out, quiet)
+    if not quiet:
+        out.write(f"Pulling {reference}\n")
+    stream = ctx.client().stream("image.pull", reference=reference, platform=platform)
+    for event in stream:
+        view.update(event)
+    result: dict[str, Any] = stream.result
+    if not quiet:
+        out.write(f"Digest: {result['Digest']}\nStatus: Downloaded {result['Reference']}\n")
+    return result
+
+
+def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
+    result = pull_image(ctx, args.reference, platform=getattr(args, "platform", ""), quiet=args.quiet)
+    if args.quiet:
+        print(result["Reference"])
+    return 0
+
+
+def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
+    view = ProgressView(sys.stdout, args.quiet)
+    stream = ctx.client().stream("image.push", reference=args.reference)
+    for event in stream:
+        view.update(event)
+    print(f"{args.reference}: digest: {stream.result['Digest']}")
+    return 0
+
+
+def cmd_images(ctx: Context, args: argparse.Namespace) -> int:
+    filters = parse_filters(args.filter)
+    if args.repository:
+        filters.setdefault("reference", []).append(args.repository)
+    rows = ctx.client().call("image.list", all=args.all, filters=filters)
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    if args.quiet:
+        seen = []
+        for r in rows:
+            short = r["Id"] if args.no_trunc else r["Id"].removeprefix("sha256:")[:12]
+            if short not in seen:
+                seen.append(short)
+                print(short)
+        return 0
+    table = []
+    for r in rows:
+        image_id = r["Id"] if args.no_trunc else r["Id"].removeprefix("sha256:")[:12]
+        names = r["RepoTags"] or ["<none>:<none>"]
+        for name in names:
+            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
+            digest = next((d.rpartition("@")[2] for d in r["RepoDigests"] if d.startswith(repo + "@")), "<none>")
+            row = [repo, tag]
+            if args.digests:
+                row.append(digest)
+            row += [image_id, _created(r["Created"]), human_size(r["Size"])]
+            table.append(row)
+    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    print_table(headers, table)
+    return 0
+
+
+def _created(created: str) -> str:
+    from datetime import datetime
+
+    from engine.cli.format import human_duration
+
+    try:
+        ts = datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + ("+00:00" if created.endswith("Z") else "")).timestamp()
+    except (ValueError, AttributeError):
+        return created or "N/A"
+    return f"{human_duration(time.time() - ts)} ago"
+
+
+def cmd_rmi(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    failed = False
+    for image in args.images:
+        try:
+            for entry in client.call("image.remove", id=image, force=args.force) or []:
+                for key, value in entry.items():
+                    print(f"{key}: {value}")
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def cmd_tag(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.client().call("image.tag", source=args.source, target=args.target)
+    return 0
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
+    result = ctx.client(timeout=None).call("image.load", path=_abs(args.input))
+    for image in result["Images"]:
+        names = image["RepoTags"] or [image["Id"]]
+        for name in names:
+            print(f"Loaded image: {name}" if image["RepoTags"] else f"Loaded image ID: {name}")
+    return 0
+
+
+def cmd_save(ctx: Context, args: argparse.Namespace) -> int:
+    ctx.client(timeout=None).call("image.save", images=args.images, path=_abs(args.output), format=args.format)
+    return 0
+
+
+def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        raise InvalidArgument("import from stdin is not supported; give a file path")
+    result = ctx.client(timeout=None).call("image.import", path=_abs(args.file), reference=args.reference,
+                                           changes=args.change, message=args.message)
+    print(result["Id"])
+    return 0
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    rows = ctx.client().call("image.history", id=args.image)
+    if args.format == "json":
+        print_json(rows)
+        return 0
+    if args.quiet:
+        for r in rows:
+            print(r.get("Id", "<missing>"))
+        return 0
+    print_table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], [
+        [
+            (r.get("Id") or "<missing>")[:19] if not args.no_trunc else r.get("Id") or "<missing>",
+            _created(str(r.get("Created", ""))),
+            (r.get("CreatedBy") or "")[: None if args.no_trunc else 45],
+            human_size(r.get("Size", 0)),
+            r.get("Comment", ""),
+        ]
+        for r in rows
+    ])
+    return 0
+
+
+def cmd_image_inspect(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client()
+    results = []
+    failed = False
+    for image in args.images:
+        try:
+            results.append(client.call("image.inspect", id=image))
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed = True
+    if args.format and args.format != "json":
+        from engine.cli.commands.containers import _format_path
+
+        for r in results:
+            print(_format_path(r, args.format))
+    else:
+        print_json(results)
+    return 1 if failed else 0
+
+
+def cmd_image_prune(ctx: Context, args: argparse.Namespace) -> int:
+    result = ctx.client().call("image.prune", all=args.all)
+    for entry in result.get("ImagesDeleted") or result.get("deleted") or []:
+        for key, value in entry.items():
+            print(f"{key}: {value}")
+    reclaimed = result.get("SpaceReclaimed", result.get("reclaimed", 0))
+    print(f"Total reclaimed space: {human_size(reclaimed)}")
+    return 0
+
+
+def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
+    username = args.username or input("Username: ")
+    if args.password_stdin:
+        password = sys.stdin.read().rstrip("\n")
+    else:
+        password = args.password or getpass.getpass("Password: ")
+    if not username or not password:
+        raise InvalidArgument("a username and a password are required")
+    result = ctx.client().call("registry.login", server=args.server, username=username, password=password)
+    print(result["Status"])
+    return 0
+
+
+def cmd_logout(ctx: Context, args: argparse.Namespace) -> int:
+    result = ctx.client().call("registry.logout", server=args.server)
+    print(f"Removing login credentials for {args.server}" if result["Removed"] else f"Not logged in to {args.server}")
+    return 0
