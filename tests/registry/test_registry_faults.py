@@ -144,3 +144,14 @@ async def test_concurrent_pulls_share_one_download(
     assert len(base_gets) == 1
     assert {img.layer_digests[0] for img in store.list()} == {base.blob.digest}
     assert len(store.list()) == 2
+
+
+async def test_blob_size_cap(registry: Registry, store: ImageStore, pushed) -> None:
+    pushed(small_image("capped", size=50_000), "test/capped:latest")
+    client = make_client(registry.host, max_blob_size=10_000)
+    try:
+        with trio.fail_after(30), pytest.raises(ResourceExhausted, match="max_blob_size"):
+            await pull(client, store, parse_reference(f"{registry.host}/test/capped:latest"))
+    finally:
+        await client.aclose()
+    assert store.list() == []
