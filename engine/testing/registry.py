@@ -210,7 +210,7 @@ def _token_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             if user is False:
                 self._reply(401, {"details": "invalid username or password"})
                 return
-            token = server.issue(user or None, query.get("scope", []))
+            token = server.issue(user if isinstance(user, str) else None, query.get("scope", []))
             self._reply(200, {"token": token, "access_token": token, "expires_in": server.lifetime})
 
         def _user(self) -> str | bool | None:
