@@ -145,3 +145,17 @@ def test_auth_config_file(tmp_path: Path) -> None:
     assert auth_config.remove_auth(path, "127.0.0.1:5000") is False
     assert auth_config.lookup(path, "127.0.0.1:5000") is None
     assert auth_config.load_auths(tmp_path / "missing.json") == {}
+
+
+async def test_check_login(tmp_path: Path) -> None:
+    with token_server(tmp_path, USERS) as tokens, registry_server(tmp_path, token=tokens) as t_reg:
+        with registry_server(tmp_path, users=USERS) as b_reg:
+            client = make_client(t_reg.host, b_reg.host)
+            try:
+                with trio.fail_after(30):
+                    for reg in (t_reg, b_reg):
+                        await client.check_login(reg.host, "alice", "s3cret")
+                        with pytest.raises(PermissionDenied, match="refused"):
+                            await client.check_login(reg.host, "alice", "wrong")
+            finally:
+                await client.aclose()

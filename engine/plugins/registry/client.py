@@ -181,6 +181,39 @@ class DistributionClient:
                 self.stats["mirror_fallbacks"] += 1
         return await op(endpoints[-1])
 
+    # --- login ----------------------------------------------------------------------------
+
+    async def check_login(self, host: str, username: str, password: str) -> None:
+        """Check credentials against ``host``'s ``/v2/`` (Basic or token flow) before
+        ``engctl login`` stores them. Raises PermissionDenied when they are refused."""
+        endpoint = await self.transport.origin(host)
+        creds = Credentials(username, password)
+
+        async def only_these(_host: str) -> Credentials | None:
+            return creds
+
+        # a fresh authenticator: cached tokens must not vouch for new credentials
+        probe = Authenticator(self.transport, only_these)
+        response = await self.transport.send(
+            "GET", endpoint.url("/v2/"), verify_tls=endpoint.verify_tls
+        )
+        await response.aclose()
+        if response.status_code == 401:
+            challenge = response.headers.get("www-authenticate", "")
+            if await probe.answer(endpoint, (), challenge):
+                response = await self.transport.send(
+                    "GET",
+                    endpoint.url("/v2/"),
+                    verify_tls=endpoint.verify_tls,
+                    headers=probe.headers(endpoint, ()),
+                )
+                await response.aclose()
+        if response.status_code in (401, 403):
+            raise PermissionDenied(
+                f"{host} refused the credentials of {username!r}: check the user name and password"
+            )
+        await self._check(response, f"login to {host}")
+
     # --- manifests ------------------------------------------------------------------------
 
     async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
