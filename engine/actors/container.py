@@ -10,7 +10,6 @@ mailbox like any other command; the restart policy is applied there.
 from __future__ import annotations
 
 import logging
-import math
 import signal as signals
 import time
 from collections.abc import Awaitable, Callable
@@ -73,6 +72,7 @@ class ContainerActor:
         self._restart_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self.attached = 0  # readers following the output of an attached run
+        self._attached_done = trio.Event()
         self.removed = False
         self.lock_name = config.name
 
@@ -186,6 +186,8 @@ class ContainerActor:
         await self._runtime_cleanup()
         try:
             rootfs = await self.sup.prepare_rootfs(self)
+            if network := self.app.services.get("network"):
+                await network.setup(self.config, self.status)
             bundle = await self.sup.write_bundle(self, rootfs)
             self.status.log_offset_at_start = await trio.to_thread.run_sync(_file_size, self.files.log_path)
             created = await runtime.create(CreateRequest(
@@ -201,6 +203,7 @@ class ContainerActor:
         except BaseException as e:
             with trio.CancelScope(shield=True):
                 await self._runtime_cleanup()
+                await self._network_teardown()
                 await self.sup.release_rootfs(self)
             if isinstance(e, EngineError):
                 self.status.error = str(e)
@@ -246,6 +249,7 @@ class ContainerActor:
         self.status.monitor_pid = 0
         with trio.CancelScope(shield=True):
             await self._runtime_cleanup()
+            await self._network_teardown()
             await self.sup.release_rootfs(self)
         await self._transition(S.EXITED, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
         if info.oom_killed:
@@ -304,16 +308,25 @@ class ContainerActor:
         except NotFound:
             pass
 
+    def attach(self) -> None:
+        self.attached += 1
+
+    def detach(self) -> None:
+        self.attached -= 1
+        if self.attached == 0:
+            self._attached_done.set()
+            self._attached_done = trio.Event()
+
     async def wait_attached_done(self) -> None:
-        while self.attached:
-            await trio.sleep(0.02)
+        if self.attached:
+            await self._attached_done.wait()
 
     def _cancel_restart_timer(self) -> None:
         if self._restart_scope is not None:
             self._restart_scope.cancel()
             self._restart_scope = None
 
-    async def _do_stop(self, timeout: float | None = None, signal: str | None = None) -> dict[str, Any]:
+    async def _do_stop(self, grace: float | None = None, signal: str | None = None) -> dict[str, Any]:
         if self.status.state == S.RESTARTING:
             self._cancel_restart_timer()
             self.status.stopped_by_user = True
@@ -323,7 +336,7 @@ class ContainerActor:
             return {"stopped": False}  # docker: stopping a stopped container is not an error
         self.status.stopped_by_user = True
         await self._persist()
-        grace = self.config.stop_timeout if timeout is None else timeout
+        grace = self.config.stop_timeout if grace is None else grace
         sig = parse_signal(signal or self.config.stop_signal)
         info = await self._terminate(sig, grace)
         await self._record_exit(info)
@@ -364,11 +377,11 @@ class ContainerActor:
         self.emit("kill", signal=sig)
         return {"signal": sig}
 
-    async def _do_restart(self, timeout: float | None = None) -> dict[str, Any]:
+    async def _do_restart(self, grace: float | None = None) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.EXITED, S.RESTARTING,
                       action="restart")
         if self.status.state in (S.RUNNING, S.PAUSED, S.RESTARTING):
-            await self._do_stop(timeout=timeout)
+            await self._do_stop(grace=grace)
         self.status.stopped_by_user = False
         await self._start_process()
         self.emit("restart", reason="requested by the user")
@@ -406,6 +419,7 @@ class ContainerActor:
         try:
             with trio.CancelScope(shield=True):
                 await self._runtime_cleanup()
+                await self._network_teardown()
                 await self.sup.destroy_files(self)
         except EngineError as e:
             self.status.error = f"removal failed: {e}"
@@ -416,6 +430,15 @@ class ContainerActor:
         changed.set()
         self.emit("destroy")
         return {"removed": self.id}
+
+    async def _network_teardown(self) -> None:
+        network = self.app.services.get("network")
+        if network is None:
+            return
+        try:
+            await network.teardown(self.config, self.status)
+        except EngineError as e:
+            log.warning("container %s: network teardown: %s", self.name, e)
 
     async def _runtime_cleanup(self) -> None:
         runtime = self.app.plugins.register.runtimes.get(self.config.runtime)
@@ -476,5 +499,3 @@ def _exit_code_for_start_error(message: str) -> int:
         return 126
     return 125
 
-
-_ = math  # reserved for future timeouts

@@ -173,22 +173,10 @@ async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
     runtime_name = p.runtime or app.config.default_runtime
     app.runtime(runtime_name)  # a clear error now rather than at start
     img = image.config.config
-    from engine.supervisor.bundle import resolve_process
+    from engine.supervisor.bundle import resolve
 
-    args, env, workdir = resolve_process(
-        image_entrypoint=img.entrypoint,
-        image_cmd=img.cmd,
-        image_env=img.env or [],
-        image_workdir=img.working_dir,
-        entrypoint=p.entrypoint,
-        cmd=p.cmd,
-        env=list(p.env),
-        workdir=p.workdir,
-    )
-    if not args:
-        raise InvalidArgument(
-            f"no command specified: image {p.image} has no Cmd or Entrypoint; give one after the image name"
-        )
+    args, env, workdir, user = resolve(image.config, entrypoint=p.entrypoint, cmd=p.cmd,
+                                       env=list(p.env), workdir=p.workdir, user=p.user)
     network_mode = p.network or "none"
     return ContainerConfig(
         id="",
@@ -202,7 +190,7 @@ async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
         args=args,
         env=env,
         workdir=workdir,
-        user=p.user or img.user or "",
+        user=user,
         hostname=p.hostname,
         binds=[parse_volume(v) for v in p.volumes],
         tmpfs=[parse_tmpfs(t) for t in p.tmpfs],
@@ -365,9 +353,11 @@ def register(table: MethodTable) -> None:
     async def create(ctx: CallContext, p: CreateParams) -> dict[str, Any]:
         """Create a container from a local image (docker create)."""
         config, publish = await build_config(ctx, p)
-        network = ctx.app.services.get("network_hooks")
+        network = ctx.app.services.get("network")
         if network is not None:
-            await network.validate(config, publish)
+            await network.prepare_config(config, publish)
+        elif publish:
+            raise InvalidArgument("publishing ports needs networking, which is unavailable")
         actor = await sup(ctx).create(config)
         return {"Id": actor.id, "Name": actor.name, "Warnings": []}
 
@@ -379,7 +369,7 @@ def register(table: MethodTable) -> None:
         if not p.attach:
             await actor.call("start")
             return {"Id": actor.id}
-        actor.attached += 1
+        actor.attach()
         try:
             await actor.call("start")
             offset = actor.status.log_offset_at_start
@@ -395,17 +385,17 @@ def register(table: MethodTable) -> None:
             status = actor.status
             return {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
         finally:
-            actor.attached -= 1
+            actor.detach()
 
     @table.method("container.stop", params=StopParams)
     async def stop(ctx: CallContext, p: StopParams) -> dict[str, Any]:
         """Stop a container: its stop signal, then SIGKILL after the timeout."""
-        return await sup(ctx).get(p.id).call("stop", timeout=p.timeout, signal=p.signal or None)  # type: ignore[no-any-return]
+        return await sup(ctx).get(p.id).call("stop", grace=p.timeout, signal=p.signal or None)  # type: ignore[no-any-return]
 
     @table.method("container.restart", params=StopParams)
     async def restart(ctx: CallContext, p: StopParams) -> dict[str, Any]:
         """Stop (if running) and start again."""
-        return await sup(ctx).get(p.id).call("restart", timeout=p.timeout)  # type: ignore[no-any-return]
+        return await sup(ctx).get(p.id).call("restart", grace=p.timeout)  # type: ignore[no-any-return]
 
     @table.method("container.kill", params=KillParams)
     async def kill(ctx: CallContext, p: KillParams) -> dict[str, Any]:
@@ -491,7 +481,9 @@ def register(table: MethodTable) -> None:
             raise InvalidArgument("exec needs a command")
         from engine.supervisor.bundle import exec_process
 
-        process = exec_process(actor.config, p.cmd, env=p.env, workdir=p.workdir, user=p.user)
+        rootfs = await ctx.app.storage().mount(actor.id, list(actor.config.layers))
+        process = await exec_process(actor.config, actor.status, rootfs, p.cmd,
+                                     env=p.env, workdir=p.workdir, user=p.user)
         runtime = ctx.app.runtime(actor.config.runtime)
         handle = await runtime.exec(actor.id, process)
         code = await pump_exec(handle, stream)

@@ -109,8 +109,25 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(10)
 
+    def remove_all_containers(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            with self.client(timeout=60) as c:
+                for ctr in c.call("container.list", all=True):
+                    try:
+                        c.call("container.remove", id=ctr["Id"], force=True)
+                    except Exception:  # noqa: BLE001 - best effort; the sweep below catches the rest
+                        pass
+        except Exception:  # noqa: BLE001
+            pass
+
     def cleanup(self) -> None:
+        """Remove containers, stop the daemon, then sweep whatever is left: monitor and
+        container processes started under our paths, mounts under our base, netns."""
+        self.remove_all_containers()
         self.stop()
+        sweep_leftovers(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> Daemon:
@@ -118,3 +135,48 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def mounts_under(base: Path) -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(base) or point.startswith(str(base) + "/"):
+                points.append(point)
+    return points
+
+
+def sweep_leftovers(base: Path) -> dict[str, int]:
+    """Kill processes whose command line names ``base`` (conmon does) and their containers,
+    then unmount everything under ``base``. Returns what it had to clean."""
+    pids = processes_mentioning(str(base))
+    for pid in pids:
+        try:
+            children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        except OSError:
+            children = []
+        for target in [*map(int, children), pid]:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    mounts = mounts_under(base)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    return {"processes": len(pids), "mounts": len(mounts)}
