@@ -1,0 +1,211 @@
+"""``CLIRuntime``: ``engine.plugin.Runtime`` for runc-compatible command-line runtimes.
+
+``create`` goes through conmon (the container's parent, see ``engine.oci.conmon``); the other
+verbs run ``BINARY --root STATE_ROOT <verb> ...`` as short trio subprocesses. A subclass
+sets ``name``/``binary`` and may override ``global_args()`` and ``availability()``.
+
+Error mapping, from the runtime's own stderr: a container it does not know → ``NotFound``;
+a verb not allowed in the current state (kill a stopped container, pause a paused one) →
+``Conflict``; anything else → ``RuntimeFailure`` with the runtime's text.
+
+Timeouts belong to the caller: every method waits only under the caller's cancel scope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
+from engine.oci import conmon
+from engine.oci.exec import ExecHandle
+from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
+
+_NOT_FOUND = re.compile(
+    r"does not exist|no such file or directory|not found|cannot open directory", re.I
+)
+_WRONG_STATE = re.compile(
+    r"not running|is running|still running|not paused|is paused|already paused|is stopped"
+    r"|container not|is in state|cannot (kill|pause|resume|delete) .*(state|status)",
+    re.I,
+)
+_LOGRUS_MSG = re.compile(r'level=\w+ msg="((?:[^"\\]|\\.)*)"')
+_DEFAULT_PROCESS: dict[str, Any] = {
+    "terminal": False,
+    "user": {"uid": 0, "gid": 0},
+    "cwd": "/",
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+}
+
+
+def runtime_message(stderr: bytes) -> str:
+    """The runtime's own words: logrus ``msg="..."`` for runc, the plain text for crun."""
+    text = stderr.decode("utf-8", "replace").strip()
+    found = _LOGRUS_MSG.findall(text)
+    if found:
+        return "; ".join(m.encode().decode("unicode_escape") for m in found)
+    return text
+
+
+class CLIRuntime:
+    """A runc-compatible CLI runtime driven through conmon. See the module docstring."""
+
+    name: str = "oci"
+
+    def __init__(self, name: str, binary: str, state_root: Path) -> None:
+        self.name = name
+        self.binary = binary
+        self.state_root = state_root
+
+    # --- hooks for subclasses ------------------------------------------------------------
+
+    def global_args(self) -> list[str]:
+        """Arguments before the verb on every call (and passed through conmon)."""
+        return [f"--root={self.state_root}"]
+
+    def binary_path(self) -> str | None:
+        return shutil.which(self.binary)
+
+    def availability(self) -> Availability:
+        if self.binary_path() is None:
+            return Availability.no(
+                f"{self.binary} not found on PATH; install the {self.binary} package"
+            )
+        if not (conmon.CONMON_BINARY.exists() and os.access(conmon.CONMON_BINARY, os.X_OK)):
+            return Availability.no(
+                f"{conmon.CONMON_BINARY} is missing: the engine runs containers under conmon; "
+                "install the conmon package"
+            )
+        return Availability.yes()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _require_binary(self) -> str:
+        path = self.binary_path()
+        if path is None:
+            raise Unavailable(f"runtime {self.name}: {self.binary} not found; install it")
+        return path
+
+    async def _run(self, *args: str) -> bytes:
+        """Run ``BINARY GLOBAL_ARGS args``; its stdout, or a mapped engine error."""
+        argv = [self._require_binary(), *self.global_args(), *args]
+        result = await trio.run_process(
+            argv, capture_stdout=True, capture_stderr=True, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise self._error(args, result.stderr)
+        return result.stdout
+
+    def _error(self, args: tuple[str, ...], stderr: bytes) -> Exception:
+        message = runtime_message(stderr) or f"exit status without message from {self.binary}"
+        container = args[-1] if args else "?"
+        verb = args[0] if args else "?"
+        if verb in ("kill", "pause", "resume") and len(args) > 1:
+            container = next((a for a in args[1:] if not a.startswith("-")), container)
+        text = f"{self.name} {verb} {container}: {message}"
+        if _NOT_FOUND.search(message):
+            return NotFound(f"{text} (the runtime does not know this container)",
+                            runtime_error=message)  # fmt: skip
+        if _WRONG_STATE.search(message):
+            return Conflict(f"{text} (check the container's state first)", runtime_error=message)
+        return RuntimeFailure(text, runtime_error=message)
+
+    # --- the Runtime protocol -----------------------------------------------------------------
+
+    async def create(self, request: CreateRequest) -> Created:
+        """Create the container under conmon; it is *created* (not started) on return."""
+        binary = self._require_binary()
+        return await conmon.start_conmon(
+            request, binary, self.global_args(), runtime_name=self.name
+        )
+
+    async def start(self, container_id: str) -> None:
+        await self._run("start", container_id)
+
+    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        extra = ["--all"] if all_processes else []
+        await self._run("kill", *extra, container_id, str(int(signal)))
+
+    async def pause(self, container_id: str) -> None:
+        await self._run("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run("resume", container_id)
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        await self._run("delete", *(["--force"] if force else []), container_id)
+
+    async def state(self, container_id: str) -> RuntimeState | None:
+        try:
+            out = await self._run("state", container_id)
+        except NotFound:
+            return None
+        try:
+            data = json.loads(out)
+            return RuntimeState(id=data["id"], status=data["status"], pid=int(data.get("pid", 0)))
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeFailure(
+                f"{self.name} state {container_id}: unreadable output {out[:200]!r}"
+            ) from None
+
+    async def wait_exit(self, container_id: str, state_dir: Path) -> ExitInfo:
+        return await conmon.wait_monitor_exit(state_dir, container_id)
+
+    def read_exit(self, container_id: str, state_dir: Path) -> ExitInfo | None:
+        return conmon.read_exit(state_dir, container_id)
+
+    async def exec(
+        self,
+        container_id: str,
+        process: dict[str, Any],
+        *,
+        stdin: bool = False,
+        work_dir: Path | None = None,
+        **options: Any,
+    ) -> ExecHandle:
+        """Start ``process`` (an OCI ``process`` object; missing keys get defaults) in the
+        running container and return its ``ExecHandle`` (see ``engine.oci.exec``).
+
+        ``work_dir`` holds the temporary process and pid files (default: the system tmp).
+        Cancellation: if cancelled while starting, nothing is left running.
+        Errors: ``NotFound``/``Conflict``/``RuntimeFailure`` surface through the handle's
+        exit code and stderr (the runtime reports them there once it runs)."""
+        binary = self._require_binary()
+        spec = {**_DEFAULT_PROCESS, **process, "terminal": False}
+        if not spec.get("args"):
+            raise InvalidArgument("exec needs a command: process['args'] is empty")
+        spec_file, pid_file = await trio.to_thread.run_sync(
+            _write_exec_files, spec, work_dir, container_id
+        )
+        argv = [binary, *self.global_args(), "exec", "--process", str(spec_file),
+                "--pid-file", str(pid_file), container_id]  # fmt: skip
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except BaseException:
+            spec_file.unlink(missing_ok=True)
+            raise
+        return ExecHandle(proc, spec_file, pid_file)
+
+
+def _write_exec_files(
+    spec: dict[str, Any], work_dir: Path | None, container_id: str
+) -> tuple[Path, Path]:
+    fd, name = tempfile.mkstemp(prefix=f"exec-{container_id[:12]}-", suffix=".json", dir=work_dir)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(spec, fh)
+    spec_file = Path(name)
+    return spec_file, spec_file.with_suffix(".pid")

@@ -1,0 +1,102 @@
+"""A non-interactive ``RUNTIME exec``: an extra process in a running container.
+
+``ExecHandle`` wraps the ``runc exec --process FILE --pid-file PIDFILE ID`` child::
+
+    handle = await runtime.exec(cid, {"args": ["sh", "-c", "echo hi"]})
+    async with handle:                       # kills the process if the block is left early
+        async for chunk in handle.stdout:    # trio ReceiveStream of bytes; same for stderr
+            ...
+        code = await handle.wait()           # exit code (128+N when killed by signal N)
+
+    code, out, err = await handle.communicate()   # or: read both streams and wait
+
+Read the streams (or use ``communicate``) before or while waiting: a process that fills a
+pipe blocks until someone reads it. ``kill(sig)`` signals the exec'd process itself (through
+its pid file), not the runtime process in front of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signal_module
+from pathlib import Path
+from types import TracebackType
+
+import trio
+
+
+class ExecHandle:
+    """A running exec; see the module docstring. Created by ``CLIRuntime.exec``."""
+
+    def __init__(self, process: trio.Process, spec_file: Path, pid_file: Path) -> None:
+        self._process = process
+        self._spec_file = spec_file
+        self._pid_file = pid_file
+        assert process.stdout is not None and process.stderr is not None
+        self.stdout: trio.abc.ReceiveStream = process.stdout
+        self.stderr: trio.abc.ReceiveStream = process.stderr
+        self.stdin: trio.abc.SendStream | None = process.stdin
+
+    @property
+    def pid(self) -> int | None:
+        """The exec'd process's host pid, once the runtime has started it."""
+        try:
+            return int(self._pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    async def wait(self) -> int:
+        """Wait for the process to end; its exit code (128+N if killed by signal N)."""
+        rc = await self._process.wait()
+        self._cleanup()
+        return 128 - rc if rc < 0 else rc
+
+    async def kill(self, sig: int = signal_module.SIGKILL) -> None:
+        """Send ``sig`` to the exec'd process (or the runtime, before it has a pid)."""
+        pid = await trio.to_thread.run_sync(lambda: self.pid)
+        try:
+            if pid is not None:
+                os.kill(pid, sig)
+            else:
+                self._process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    async def communicate(self) -> tuple[int, bytes, bytes]:
+        """Read stdout and stderr to the end, then wait: (exit code, stdout, stderr)."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        async def drain(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
+            async for chunk in stream:
+                into.append(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain, self.stdout, out)
+            nursery.start_soon(drain, self.stderr, err)
+        return await self.wait(), b"".join(out), b"".join(err)
+
+    async def aclose(self) -> None:
+        """Kill the process if it still runs and reap it (shielded: always completes)."""
+        with trio.CancelScope(shield=True):
+            if self._process.returncode is None:
+                await self.kill(signal_module.SIGKILL)
+            with trio.move_on_after(10):
+                await self._process.wait()
+            await self._process.aclose()
+            self._cleanup()
+
+    async def __aenter__(self) -> ExecHandle:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _cleanup(self) -> None:
+        for path in (self._spec_file, self._pid_file):
+            path.unlink(missing_ok=True)
