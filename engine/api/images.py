@@ -3,7 +3,11 @@ import, pull, push, login, logout."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import logging
+import math
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import trio
 from engine.errors import EngineError, InvalidArgument, Unavailable
 from engine.images import archive, auth_config
 from engine.images.content import ContentStore
+from engine.images.records import Image
 from engine.images.store import ImageStore
 from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
@@ -109,11 +114,12 @@ def registry_client(app: App) -> Any:
     return clients[0]
 
 
-def summary(image: Any) -> dict[str, Any]:
+def summary(image: Image) -> dict[str, Any]:
+    """docker's image summary: names in their familiar form (busybox:latest)."""
     return {
         "Id": image.id,
-        "RepoTags": image.familiar_tags if hasattr(image, "familiar_tags") else image.repo_tags,
-        "RepoDigests": image.repo_digests,
+        "RepoTags": image.familiar_tags(),
+        "RepoDigests": image.familiar_digests(),
         "Created": image.created,
         "Size": image.size,
         "Architecture": image.architecture,
@@ -137,41 +143,67 @@ def _absolute(path: str) -> Path:
     return p
 
 
-def list_filter(filters: dict[str, list[str]]) -> Any:
-    allowed = {"dangling", "reference", "label", "before", "since"}
-    unknown = set(filters) - allowed
+_FILTERS = ("dangling", "reference", "label", "before", "since")
+
+
+def list_filter(store: ImageStore, filters: dict[str, list[str]]) -> Callable[[Image], bool]:
+    """docker images --filter: every key must match; values of one key are alternatives
+    (labels: all must match, as in docker)."""
+    unknown = set(filters) - set(_FILTERS)
     if unknown:
-        raise InvalidArgument(f"unknown image filter {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
+        raise InvalidArgument(
+            f"unknown image filter {', '.join(sorted(unknown))}; use one of {', '.join(_FILTERS)}"
+        )
+    checks = [_filter_check(store, key, values) for key, values in filters.items()]
+    return lambda image: all(check(image) for check in checks)
 
-    def match(image: Any) -> bool:
-        for key, values in filters.items():
-            if key == "dangling":
-                want = values[-1].lower() in ("true", "1")
-                if image.dangling != want:
-                    return False
-            if key == "reference":
-                import fnmatch
 
-                names = list(getattr(image, "familiar_tags", image.repo_tags)) + list(image.repo_tags)
-                if not any(fnmatch.fnmatch(n, v) or fnmatch.fnmatch(n.rsplit(":", 1)[0], v) for n in names for v in values):
-                    return False
-            if key == "label":
-                labels = image.config.config.labels or {}
-                for v in values:
-                    k, sep, want_v = v.partition("=")
-                    if k not in labels or (sep and labels[k] != want_v):
-                        return False
-        return True
+def _filter_check(store: ImageStore, key: str, values: list[str]) -> Callable[[Image], bool]:
+    if key == "dangling":
+        want = _bool_filter(values[-1])
+        return lambda image: image.dangling == want
+    if key == "reference":
+        return lambda image: _reference_matches(image, values)
+    if key == "label":
+        return lambda image: all(_label_matches(image, v) for v in values)
+    pivot = store.get(values[-1])  # before/since name an image; NotFound says which
+    if key == "before":
+        return lambda image: (image.created, image.id) < (pivot.created, pivot.id)
+    return lambda image: (image.created, image.id) > (pivot.created, pivot.id)
 
-    return match
+
+def _bool_filter(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0"):
+        raise InvalidArgument(f"invalid filter value dangling={value!r}: use true or false")
+    return lowered in ("true", "1")
+
+
+def _reference_matches(image: Image, patterns: list[str]) -> bool:
+    """docker matches ``repo`` or ``repo:tag`` patterns (shell globs) on familiar names;
+    full names match too, so ``docker.io/library/*`` works."""
+    names = [*image.familiar_tags(), *image.repo_tags]
+    for name in names:
+        repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+        for pattern in patterns:
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(repo, pattern):
+                return True
+    return False
+
+
+def _label_matches(image: Image, wanted: str) -> bool:
+    labels = image.config.config.labels or {}
+    key, sep, value = wanted.partition("=")
+    return key in labels and (not sep or labels[key] == value)
 
 
 def register(table: MethodTable) -> None:
     @table.method("image.list", params=ListParams)
     async def list_(ctx: CallContext, p: ListParams) -> list[dict[str, Any]]:
         """Images in the store (docker images)."""
-        match = list_filter(p.filters)
-        return [summary(i) for i in images(ctx).list() if match(i)]
+        store = images(ctx)
+        match = list_filter(store, p.filters)
+        return [summary(i) for i in store.list() if match(i)]
 
     @table.method("image.inspect", params=ImageRef)
     async def inspect(ctx: CallContext, p: ImageRef) -> dict[str, Any]:
@@ -230,27 +262,15 @@ def register(table: MethodTable) -> None:
         from engine.images.pull import pull as do_pull
 
         ref = parse_reference(p.reference)
-        send, receive = trio.open_memory_channel[dict[str, Any]](256)
-
-        def progress(event: dict[str, Any]) -> None:
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                pass  # progress is advisory: drop it rather than slow the pull
-
-        async def forward() -> None:
-            async for event in receive:
-                await stream.send(event)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward)
-            try:
-                image = await do_pull(registry_client(ctx.app), images(ctx), ref,
-                                      platform=p.platform or None, progress=progress)
-            finally:
-                send.close()
+        store = images(ctx)
+        before = _current_image_id(store, str(ref))
+        async with _progress_forwarder(stream) as progress:
+            image = await do_pull(registry_client(ctx.app), store, ref,
+                                  platform=p.platform or None, progress=progress)
         ctx.app.events.emit("image", "pull", image.id, name=str(ref))
-        return {"Id": image.id, "Reference": str(ref), "Digest": image.manifest_digest}
+        digest = image.index_digest or image.manifest_digest
+        status = "up to date" if before == image.id else "downloaded"
+        return {"Id": image.id, "Reference": ref.familiar(), "Digest": digest, "Status": status}
 
     @table.method("image.push", params=PushParams, stream=True)
     async def push(ctx: CallContext, p: PushParams, stream: StreamSender) -> dict[str, Any]:
@@ -258,45 +278,87 @@ def register(table: MethodTable) -> None:
         from engine.images.push import push as do_push
 
         ref = parse_reference(p.reference)
-        send, receive = trio.open_memory_channel[dict[str, Any]](256)
-
-        def progress(event: dict[str, Any]) -> None:
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
-                pass
-
-        async def forward() -> None:
-            async for event in receive:
-                await stream.send(event)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward)
-            try:
-                digest = await do_push(registry_client(ctx.app), images(ctx), ref,
-                                       source=p.source or None, progress=progress)
-            finally:
-                send.close()
+        if ref.digest is not None:
+            raise InvalidArgument(
+                f"cannot push to a digest reference {p.reference!r}: push to a tag "
+                "(engctl tag IMAGE REPO:TAG first)"
+            )
+        async with _progress_forwarder(stream) as progress:
+            digest = await do_push(registry_client(ctx.app), images(ctx), ref,
+                                   source=p.source or None, progress=progress)
         ctx.app.events.emit("image", "push", digest, name=str(ref))
-        return {"Digest": digest, "Reference": str(ref)}
+        return {"Digest": digest, "Reference": ref.familiar()}
 
     @table.method("registry.login", params=LoginParams)
     async def login(ctx: CallContext, p: LoginParams) -> dict[str, Any]:
         """Check credentials against the registry and store them (docker-style auths)."""
+        server = registry_host(p.server)
         client = registry_client(ctx.app)
         check = getattr(client, "check_login", None)
         if check is not None:
-            await check(p.server, p.username, p.password)
+            await check(server, p.username, p.password)
         path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
-        await trio.to_thread.run_sync(auth_config.store_auth, path, p.server, p.username, p.password)
-        return {"Status": "Login Succeeded"}
+        await trio.to_thread.run_sync(auth_config.store_auth, path, server, p.username, p.password)
+        return {"Status": "Login Succeeded", "Server": server}
 
     @table.method("registry.logout", params=LogoutParams)
     async def logout(ctx: CallContext, p: LogoutParams) -> dict[str, Any]:
         """Forget the stored credentials for a registry."""
         path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
-        removed = await trio.to_thread.run_sync(auth_config.remove_auth, path, p.server)
-        return {"Removed": removed}
+        server = registry_host(p.server)
+        removed = await trio.to_thread.run_sync(auth_config.remove_auth, path, server)
+        return {"Removed": removed, "Server": server}
+
+
+def registry_host(server: str) -> str:
+    """``https://host:port/v2/`` or ``host:port`` -> ``host:port`` (what docker accepts)."""
+    host = server.strip()
+    for prefix in ("https://", "http://"):
+        host = host.removeprefix(prefix)
+    host = host.split("/", 1)[0]
+    if not host:
+        raise InvalidArgument(f"invalid registry address {server!r}: expected HOST[:PORT]")
+    return host
+
+
+def _current_image_id(store: ImageStore, name: str) -> str | None:
+    try:
+        return store.get(name).id
+    except EngineError:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def _progress_forwarder(
+    stream: StreamSender,
+) -> AsyncIterator[Callable[[dict[str, Any]], None]]:
+    """A non-blocking progress callback whose events reach the client as stream items.
+
+    Byte counts ("Downloading") are dropped when the client falls behind; state changes are
+    never dropped (the buffer only fills with byte counts, which the client can lose)."""
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+    pending = [0]
+
+    def progress(event: dict[str, Any]) -> None:
+        if "current" in event and pending[0] >= _MAX_PENDING_BYTE_COUNTS:
+            return
+        pending[0] += 1
+        send.send_nowait(event)
+
+    async def forward() -> None:
+        async for event in receive:
+            pending[0] -= 1
+            await stream.send(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward)
+        try:
+            yield progress
+        finally:
+            send.close()
+
+
+_MAX_PENDING_BYTE_COUNTS = 64
 
 
 async def start_images(app: App, nursery: trio.Nursery) -> None:

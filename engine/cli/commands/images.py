@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import sys
 import time
+from datetime import datetime
 from typing import Any, TextIO
 
-from engine.cli.format import human_size, print_json, print_table
+from engine.cli.format import human_duration, human_size, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
 
@@ -114,67 +116,106 @@ def add_list_flags(p: argparse.ArgumentParser) -> None:
 
 
 class ProgressView:
-    """docker-style per-layer lines: redrawn bars on a terminal, plain lines otherwise."""
+    """docker-style progress of a pull or push.
 
-    def __init__(self, out: TextIO, quiet: bool) -> None:
+    On a terminal: one line per layer, redrawn in place (cursor up, clear line) with a bar
+    while bytes arrive. Otherwise (a pipe, a log file): one plain line per state change of a
+    layer, never one per chunk, so logs stay readable."""
+
+    BAR_WIDTH = 40
+
+    def __init__(self, out: TextIO, quiet: bool = False) -> None:
         self.out = out
         self.quiet = quiet
-        self.tty = out.isatty()
-        self.order: list[str] = []
+        self.tty = _isatty(out)
+        self.order: list[str] = []  # keys of the redrawn block, top to bottom
         self.lines: dict[str, str] = {}
-        self.last_plain: dict[str, str] = {}
+        self.last_status: dict[str, str] = {}
+        self.drawn = 0  # lines of the block currently on screen
 
     def update(self, event: dict[str, Any]) -> None:
         if self.quiet:
             return
-        key = event.get("id") or ""
-        status = event.get("status", "")
-        current, total = event.get("current"), event.get("total")
-        if self.tty and key:
-            if key not in self.lines:
-                self.order.append(key)
-            bar = ""
-            if current is not None and total:
-                width = 40
-                filled = int(width * min(current, total) / total)
-                bar = f" [{'=' * max(0, filled - 1)}{'>' if filled else ''}{' ' * (width - filled)}] {human_size(current)}/{human_size(total)}"
-            self.lines[key] = f"{key}: {status}{bar}"
-            self._redraw()
-            return
-        line = f"{key}: {status}" if key else status
-        if key and self.last_plain.get(key) == status:
-            return  # plain mode: one line per state change, not per chunk
-        self.last_plain[key] = status
-        if event.get("digest"):
-            line += f" {event['digest']}"
-        self.out.write(line + "\n")
+        key = str(event.get("id") or "")
+        if self.tty:
+            self._update_tty(key, event)
+        else:
+            self._update_plain(key, event)
+
+    def _update_tty(self, key: str, event: dict[str, Any]) -> None:
+        if not key:  # a message without a layer: a fixed line of the block
+            key = f"#{len(self.order)}"
+        if key not in self.lines:
+            self.order.append(key)
+        self.lines[key] = _line(event) + self._bar(event)
+        self._redraw()
+
+    def _update_plain(self, key: str, event: dict[str, Any]) -> None:
+        status = str(event.get("status", ""))
+        if key and self.last_status.get(key) == status:
+            return  # one line per state change, not per chunk
+        self.last_status[key] = status
+        self.out.write(_line(event) + "\n")
         self.out.flush()
 
+    def _bar(self, event: dict[str, Any]) -> str:
+        current, total = event.get("current"), event.get("total")
+        if current is None or not total:
+            return ""
+        filled = int(self.BAR_WIDTH * min(current, total) / total)
+        arrow = ">" if filled < self.BAR_WIDTH else "="
+        body = "=" * max(0, filled - 1) + (arrow if filled else "")
+        return (
+            f" [{body.ljust(self.BAR_WIDTH)}] {human_size(current)}/{human_size(total)}"
+        )
+
     def _redraw(self) -> None:
-        if getattr(self, "_drawn", 0):
-            self.out.write(f"\x1b[{self._drawn}A")
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}A")  # back to the block's first line
         for key in self.order:
             self.out.write("\x1b[2K" + self.lines[key] + "\n")
-        self._drawn = len(self.order)
+        self.drawn = len(self.order)
         self.out.flush()
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _line(event: dict[str, Any]) -> str:
+    key, status = event.get("id"), str(event.get("status", ""))
+    line = f"{key}: {status}" if key else status
+    if event.get("digest"):
+        line += f" {event['digest']}"
+    return line
 
 
 def pull_image(ctx: Context, reference: str, *, platform: str = "", quiet: bool = False,
                out: TextIO = sys.stdout) -> dict[str, Any]:
+    """Pull through the daemon, showing progress on ``out``; returns the daemon's result.
+    Also used by ``engctl run``/``create`` when the image is missing."""
     view = ProgressView(out, quiet)
-    if not quiet:
-        out.write(f"Pulling {reference}\n")
     stream = ctx.client().stream("image.pull", reference=reference, platform=platform)
     for event in stream:
         view.update(event)
     result: dict[str, Any] = stream.result
     if not quiet:
-        out.write(f"Digest: {result['Digest']}\nStatus: Downloaded {result['Reference']}\n")
+        status = (
+            f"Image is up to date for {result['Reference']}"
+            if result.get("Status") == "up to date"
+            else f"Downloaded newer image for {result['Reference']}"
+        )
+        out.write(f"Digest: {result['Digest']}\nStatus: {status}\n")
+        out.flush()
     return result
 
 
 def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
-    result = pull_image(ctx, args.reference, platform=getattr(args, "platform", ""), quiet=args.quiet)
+    result = pull_image(ctx, args.reference, platform=getattr(args, "platform", ""),
+                        quiet=args.quiet)
     if args.quiet:
         print(result["Reference"])
     return 0
@@ -185,7 +226,11 @@ def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
     stream = ctx.client().stream("image.push", reference=args.reference)
     for event in stream:
         view.update(event)
-    print(f"{args.reference}: digest: {stream.result['Digest']}")
+    result = stream.result
+    if args.quiet:
+        print(result["Reference"])
+    else:
+        print(f"{result['Reference']}: digest: {result['Digest']}")
     return 0
 
 
@@ -223,15 +268,27 @@ def cmd_images(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _created(created: str) -> str:
-    from datetime import datetime
-
-    from engine.cli.format import human_duration
-
-    try:
-        ts = datetime.fromisoformat(created.replace("Z", "+00:00")[:26] + ("+00:00" if created.endswith("Z") else "")).timestamp()
-    except (ValueError, AttributeError):
+    """``2024-01-01T00:00:00.123456789Z`` -> ``2 years ago`` (docker's CREATED column)."""
+    stamp = _parse_rfc3339(created)
+    if stamp is None:
         return created or "N/A"
-    return f"{human_duration(time.time() - ts)} ago"
+    return f"{human_duration(time.time() - stamp)} ago"
+
+
+_RFC3339_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
+
+
+def _parse_rfc3339(text: str) -> float | None:
+    # Go writes nanoseconds, which fromisoformat (3.11) refuses: keep microseconds.
+    match = _RFC3339_RE.match(text or "")
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    try:
+        return datetime.fromisoformat(base + (fraction or "")[:7] + zone).timestamp()
+    except ValueError:
+        return None
 
 
 def cmd_rmi(ctx: Context, args: argparse.Namespace) -> int:
@@ -291,7 +348,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     print_table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], [
         [
-            (r.get("Id") or "<missing>")[:19] if not args.no_trunc else r.get("Id") or "<missing>",
+            _history_id(r.get("Id") or "<missing>", args.no_trunc),
             _created(str(r.get("Created", ""))),
             (r.get("CreatedBy") or "")[: None if args.no_trunc else 45],
             human_size(r.get("Size", 0)),
@@ -300,6 +357,12 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         for r in rows
     ])
     return 0
+
+
+def _history_id(image_id: str, no_trunc: bool) -> str:
+    if no_trunc or not image_id.startswith("sha256:"):
+        return image_id
+    return image_id.removeprefix("sha256:")[:12]
 
 
 def cmd_image_inspect(ctx: Context, args: argparse.Namespace) -> int:
