@@ -6,8 +6,9 @@ from engine.rpc.methods import MethodTable
 
 
 def register_all(table: MethodTable) -> None:
-    from engine.api import containers, images, system
+    from engine.api import containers, images, networks, system
 
     system.register(table)
     containers.register(table)
     images.register(table)
+    networks.register(table)

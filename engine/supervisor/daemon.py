@@ -53,9 +53,10 @@ Subsystem = Callable[[App, trio.Nursery], Awaitable[None]]
 
 def subsystems() -> list[Subsystem]:
     from engine.api.images import start_images
+    from engine.network.service import start_networking
     from engine.supervisor.containers import start_containers
 
-    return [start_images, start_containers]
+    return [start_images, start_networking, start_containers]
 
 
 class RootLock:

@@ -1,0 +1,478 @@
+"""Networking for containers: the daemon's ``app.services["network"]``.
+
+The container actor calls three methods: ``prepare_config`` at create (network mode and
+published ports are checked and fixed then, so ``ps``/``port`` show real host ports),
+``setup`` at every start before the OCI bundle is written, and ``teardown`` at every exit,
+stop and removal. ``connect``/``disconnect`` serve ``engctl network connect|disconnect``.
+
+Network modes (docker's): ``bridge`` (the default network), a user network's name or id,
+``none`` (a fresh namespace with only loopback), ``host`` (the host's namespace) and
+``container:<id>`` (another container's namespace).
+
+Which networks a container joins is ``config.network_mode`` until the first
+connect/disconnect; from then on a small file in the container's directory
+(``networks.json``) owned by this module holds the list, so the actor's config file is never
+written from outside the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import trio
+
+from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, PortMapping
+from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
+from engine.network import cni, etc_files, netns, ports
+from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
+from engine.network.reconcile import ReconcileReport, reconcile
+from engine.store.atomic import read_json, write_json_atomic
+
+log = logging.getLogger("engine.network")
+
+CONTAINER_PREFIX = "container:"
+ETC_DIR = "net"  # under the container's run dir: its generated /etc files
+NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
+HOST_HOSTS = Path("/etc/hosts")
+_KEEP_STATES = {"running", "paused"}
+_converter = cattrs.Converter()
+
+
+@attrs.frozen
+class Membership:
+    """One network a container joins, with the aliases it has there."""
+
+    network: str  # name (ids are resolved to names at create/connect)
+    aliases: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class _Memberships:
+    networks: list[Membership] = attrs.field(factory=list)
+
+
+# --- network modes ---------------------------------------------------------------------------
+
+
+def mode_kind(mode: str) -> str:
+    """bridge (any CNI network), none, host or container."""
+    if mode in ("none", "host"):
+        return mode
+    if mode.startswith(CONTAINER_PREFIX):
+        return "container"
+    return "bridge"
+
+
+def _to_model(mappings: list[ports.PortMapping]) -> list[PortMapping]:
+    return [PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
+
+
+def _to_cni(mappings: list[PortMapping]) -> list[ports.PortMapping]:
+    return [ports.PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
+
+
+def _mount(source: Path, destination: str) -> dict[str, Any]:
+    return {"source": str(source), "destination": destination, "read_only": False}
+
+
+def _host_hosts_text(extra: list[tuple[str, str]]) -> str:
+    try:
+        text = HOST_HOSTS.read_text()
+    except FileNotFoundError:
+        text = "127.0.0.1\tlocalhost\n"
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(f"{ip}\t{name}\n" for name, ip in extra)
+
+
+def _write_text(path: Path, text: str) -> None:
+    # In place, like etc_files: a running container's bind mount keeps the inode.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class ContainerNetworking:
+    """Container networking over the CNI plugins; one per daemon."""
+
+    def __init__(self, app: Any, *, plugin_dir: Path = cni.CNI_PATH) -> None:
+        self.app = app
+        self.layout = app.layout
+        self.store = NetworkStore(app.layout.networks_dir)
+        self.netns_dir: Path = app.layout.netns_dir
+        self.plugin_dir = plugin_dir
+        self._locks: dict[str, trio.Lock] = {}
+
+    @asynccontextmanager
+    async def _locked(self, container_id: str) -> Any:
+        # setup/teardown/connect/disconnect of one container never interleave.
+        lock = self._locks.setdefault(container_id, trio.Lock())
+        async with lock:
+            yield
+
+    def etc_dir(self, container_id: str) -> Path:
+        return self.layout.run_container_dir(container_id) / ETC_DIR
+
+    def _containers(self) -> Any:
+        sup = self.app.services.get("containers")
+        if sup is None:
+            raise Conflict("containers are not available yet (the daemon is starting); retry")
+        return sup
+
+    # --- create --------------------------------------------------------------------------
+
+    async def prepare_config(self, config: ContainerConfig, publish: list[str]) -> None:
+        """Check the network mode and fix the published ports (host ports chosen now)."""
+        mode = config.network_mode or DEFAULT_NETWORK
+        if mode == "default":
+            mode = DEFAULT_NETWORK
+        kind = mode_kind(mode)
+        if kind == "container":
+            mode = CONTAINER_PREFIX + self._resolve_container(mode.removeprefix(CONTAINER_PREFIX), config)
+        elif kind == "bridge":
+            mode = (await self.store.get(mode)).name
+        if kind != "bridge":
+            if publish or config.ports:
+                raise InvalidArgument(
+                    f"-p/--publish cannot be used with --network {config.network_mode}: the "
+                    "container has no network of its own to publish from; use a bridge network"
+                )
+            if config.aliases:
+                raise InvalidArgument(
+                    f"--network-alias needs a bridge or user-defined network, not {config.network_mode!r}"
+                )
+            config.network_mode = mode
+            config.networks = []
+            return
+        exposed = list((config.image_config or {}).get("ExposedPorts") or {})
+        mappings = await trio.to_thread.run_sync(
+            lambda: ports.parse_all(publish, exposed, config.publish_all))
+        config.network_mode = mode
+        config.networks = [mode]
+        config.ports = [*config.ports, *_to_model(mappings)]
+
+    def _resolve_container(self, ref: str, config: ContainerConfig) -> str:
+        if not ref:
+            raise InvalidArgument("--network container: needs a container name or id, e.g. container:web")
+        other = self._containers().get(ref)
+        if config.id and other.id == config.id:
+            raise InvalidArgument("a container cannot share its own network namespace")
+        mode = other.config.network_mode
+        if mode.startswith(CONTAINER_PREFIX):
+            # Chains would break when the middle one stops: join the owner directly.
+            return str(mode.removeprefix(CONTAINER_PREFIX))
+        return str(other.id)
+
+    # --- which networks ------------------------------------------------------------------
+
+    def _memberships_path(self, container_id: str) -> Path:
+        return self.layout.container_dir(container_id) / NETWORKS_FILE
+
+    def _read_memberships(self, config: ContainerConfig) -> list[Membership]:
+        path = self._memberships_path(config.id)
+        try:
+            return _converter.structure(read_json(path), _Memberships).networks
+        except FileNotFoundError:
+            pass
+        if mode_kind(config.network_mode) != "bridge":
+            return []
+        names = config.networks or [config.network_mode]
+        return [Membership(n, list(config.aliases) if i == 0 else []) for i, n in enumerate(names)]
+
+    def _write_memberships(self, container_id: str, members: list[Membership]) -> None:
+        write_json_atomic(self._memberships_path(container_id),
+                          _converter.unstructure(_Memberships(members)))
+
+    async def memberships(self, config: ContainerConfig) -> list[Membership]:
+        return await trio.to_thread.run_sync(self._read_memberships, config)
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def setup(self, config: ContainerConfig, status: ContainerStatus) -> None:
+        """Give the container its namespace, networks and /etc files (at every start)."""
+        async with self._locked(config.id):
+            await self._detach_quiet(config.id)  # a start that failed half-way before
+            kind = mode_kind(config.network_mode)
+            try:
+                if kind == "host":
+                    details = await self._setup_host(config)
+                elif kind == "container":
+                    details = await self._setup_shared(config)
+                else:
+                    details = await self._setup_own(config)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._teardown_quiet(config)
+                raise
+            status.network_details = details
+            status.ip_address = _primary_ip(details)
+
+    async def _setup_own(self, config: ContainerConfig) -> dict[str, Any]:
+        ns = await netns.create(self.netns_dir, config.id)
+        await cni.setup_loopback(ns, plugin_dir=self.plugin_dir)
+        etc_dir = self.etc_dir(config.id)
+        members = await self.memberships(config)
+        details: dict[str, Any] = {"_netns": str(ns)}
+        results: list[cni.AttachResult] = []
+        for index, member in enumerate(members):
+            network = await self._network_for_start(member.network, config)
+            res = await cni.attach(
+                self.store, network, config.id, ns, ifname=f"eth{index}",
+                port_mappings=_to_cni(config.ports) if index == 0 else (),
+                name=config.name, aliases=member.aliases, etc_dir=etc_dir,
+                plugin_dir=self.plugin_dir,
+            )
+            results.append(res)
+            details[network.name] = _endpoint(res)
+        gateway = results[0].gateway if results else ""
+        files = await etc_files.write_etc_files(
+            etc_dir, hostname=_hostname(config), name=config.name, ips=[r.ip for r in results],
+            extra_hosts=[etc_files.parse_add_host(h, gateway=gateway) for h in config.add_hosts],
+            dns=config.dns, dns_search=config.dns_search,
+            network_mode="bridge" if results else "none",
+        )
+        for res in results:
+            await etc_files.refresh_network(self.store, await self.store.get(res.network_id))
+        details["_mounts"] = [_mount(src, dst) for src, dst in files.mounts()]
+        return details
+
+    async def _network_for_start(self, name: str, config: ContainerConfig) -> Network:
+        try:
+            return await self.store.get(name)
+        except NotFound:
+            raise NotFound(
+                f"network {name!r} of container {config.name} no longer exists; create it again "
+                f"(`engctl network create {name}`) or disconnect the container from it"
+            ) from None
+
+    async def _setup_host(self, config: ContainerConfig) -> dict[str, Any]:
+        etc_dir = self.etc_dir(config.id)
+        files = await etc_files.write_etc_files(
+            etc_dir, hostname=_hostname(config), name=config.name,
+            dns=config.dns, dns_search=config.dns_search, network_mode="host",
+        )
+        extra = [etc_files.parse_add_host(h) for h in config.add_hosts]
+        await trio.to_thread.run_sync(_write_text, files.hosts, _host_hosts_text(extra))
+        return {"_netns": "host", "_mounts": [_mount(s, d) for s, d in files.mounts()]}
+
+    async def _setup_shared(self, config: ContainerConfig) -> dict[str, Any]:
+        owner_id = config.network_mode.removeprefix(CONTAINER_PREFIX)
+        try:
+            owner = self._containers().get(owner_id)
+        except NotFound:
+            raise NotFound(
+                f"container {owner_id[:12]}, whose network {config.name} shares, no longer "
+                "exists; recreate this container with another --network"
+            ) from None
+        ns = (owner.status.network_details or {}).get("_netns")
+        if owner.status.state.value not in _KEEP_STATES or not ns:
+            raise Conflict(
+                f"container {owner.name}, whose network {config.name} shares, is not running; "
+                f"start it first (`engctl start {owner.name}`)"
+            )
+        mounts = list(owner.status.network_details.get("_mounts", []))
+        return {"_netns": ns, "_mounts": mounts, "_shared_with": owner.id}
+
+    # --- stop ------------------------------------------------------------------------------
+
+    async def teardown(self, config: ContainerConfig, status: ContainerStatus) -> None:
+        """Undo ``setup`` (idempotent; called at every exit, stop and removal)."""
+        async with self._locked(config.id):
+            await self._teardown(config)
+            status.network_details = {}
+            status.ip_address = ""
+
+    async def _teardown(self, config: ContainerConfig) -> None:
+        networks = await self._detach(config.id)
+        for network in networks:
+            await etc_files.refresh_network(self.store, network)
+        await netns.delete(self.netns_dir, config.id)
+
+    async def _detach(self, container_id: str) -> list[Network]:
+        """CNI DEL of every attachment of the container; returns the networks it left."""
+        left: list[Network] = []
+        errors: list[str] = []
+        for record in await cni.attachments(self.store):
+            if record.container_id != container_id:
+                continue
+            try:
+                await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
+            except EngineError as e:
+                errors.append(str(e))
+                continue
+            try:
+                left.append(await self.store.get(record.network_id))
+            except NotFound:
+                pass
+        if errors:
+            raise EngineError("; ".join(errors))
+        return left
+
+    async def _detach_quiet(self, container_id: str) -> None:
+        try:
+            await self._detach(container_id)
+        except EngineError as e:
+            log.warning("container %s: leftover attachments: %s", container_id[:12], e)
+
+    async def _teardown_quiet(self, config: ContainerConfig) -> None:
+        try:
+            await self._teardown(config)
+        except EngineError as e:
+            log.warning("container %s: network teardown after a failed setup: %s", config.short_id, e)
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def reconcile(self, keep: set[str]) -> ReconcileReport:
+        """Remove the networking of every container not in ``keep`` (after a crash)."""
+        report = await reconcile(self.store, self.netns_dir, keep, plugin_dir=self.plugin_dir)
+        for problem in report.errors:
+            log.warning("network reconcile: %s", problem)
+        if report.detached or report.netns_removed or report.leases_released:
+            log.info("network reconcile: detached %s, namespaces %s, leases %s",
+                     report.detached, report.netns_removed, report.leases_released)
+        return report
+
+    # --- connect / disconnect ----------------------------------------------------------------
+
+    async def connect(self, container: str, network: str, aliases: list[str]) -> None:
+        """``network connect``: join now if running, and at every later start."""
+        actor = self._containers().get(container)
+        net = await self.store.get(network)
+        self._require_connectable(actor.config, net)
+        async with self._locked(actor.id):
+            members = await self.memberships(actor.config)
+            if any(m.network == net.name for m in members):
+                raise AlreadyExists(f"container {actor.name} is already connected to network {net.name!r}")
+            member = Membership(net.name, sorted(set(aliases) - {""}))
+            if _is_running(actor):
+                await self._attach_live(actor, net, member, len(members))
+            await trio.to_thread.run_sync(self._write_memberships, actor.id, [*members, member])
+
+    def _require_connectable(self, config: ContainerConfig, net: Network) -> None:
+        if net.is_pseudo:
+            raise InvalidArgument(
+                f"cannot connect to network {net.name!r}: 'host' and 'none' are network modes, "
+                "chosen with --network when the container is created"
+            )
+        if mode_kind(config.network_mode) != "bridge":
+            raise Conflict(
+                f"container {config.name} uses network mode {config.network_mode!r}: it has no "
+                "network namespace of its own to connect; recreate it on a bridge network"
+            )
+
+    async def _attach_live(self, actor: Any, net: Network, member: Membership, index: int) -> None:
+        ns = netns.path_for(self.netns_dir, actor.id)
+        used = {a.ifname for a in await cni.attachments(self.store) if a.container_id == actor.id}
+        ifname = next(f"eth{i}" for i in range(index, index + len(used) + 2) if f"eth{i}" not in used)
+        res = await cni.attach(
+            self.store, net, actor.id, ns, ifname=ifname, name=actor.name,
+            aliases=member.aliases, etc_dir=self.etc_dir(actor.id), plugin_dir=self.plugin_dir,
+        )
+        await etc_files.refresh_network(self.store, net)
+        details = dict(actor.status.network_details or {})
+        details[net.name] = _endpoint(res)
+        await self._store_details(actor, details)
+
+    async def disconnect(self, container: str, network: str, force: bool = False) -> None:
+        """``network disconnect``: leave now if running, and at every later start."""
+        actor = self._containers().get(container)
+        try:
+            net = await self.store.get(network)
+        except NotFound:
+            if not force:
+                raise
+            net = None
+        async with self._locked(actor.id):
+            members = await self.memberships(actor.config)
+            name = net.name if net is not None else network
+            if not any(m.network == name for m in members):
+                raise NotFound(f"container {actor.name} is not connected to network {name!r}")
+            if net is not None and _is_running(actor):
+                for record in await cni.attachments(self.store, net):
+                    if record.container_id == actor.id:
+                        await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
+                await etc_files.refresh_network(self.store, net)
+                details = {k: v for k, v in (actor.status.network_details or {}).items() if k != net.name}
+                await self._store_details(actor, details)
+            remaining = [m for m in members if m.network != name]
+            await trio.to_thread.run_sync(self._write_memberships, actor.id, remaining)
+
+    async def _store_details(self, actor: Any, details: dict[str, Any]) -> None:
+        # The actor owns its status; a live connect only changes the network part, which the
+        # actor itself never derives from anything else, so writing it here cannot lose data.
+        actor.status.network_details = details
+        actor.status.ip_address = _primary_ip(details)
+        await trio.to_thread.run_sync(actor.files.write_status, actor.status)
+
+    # --- for the network API -----------------------------------------------------------------
+
+    async def attached(self, network: Network) -> list[cni.Attachment]:
+        return [a for a in await cni.attachments(self.store, network) if a.result is not None]
+
+
+def _is_running(actor: Any) -> bool:
+    return str(actor.status.state.value) in _KEEP_STATES
+
+
+def _hostname(config: ContainerConfig) -> str:
+    return config.hostname or config.short_id
+
+
+def _endpoint(res: cni.AttachResult) -> dict[str, Any]:
+    return {
+        "NetworkID": res.network_id,
+        "IPAddress": res.ip,
+        "IPPrefixLen": res.prefix_len,
+        "Gateway": res.gateway,
+        "MacAddress": res.mac,
+        "Aliases": list(res.aliases),
+        "InterfaceName": res.ifname,
+    }
+
+
+def _primary_ip(details: dict[str, Any]) -> str:
+    endpoints = [v for k, v in details.items() if not k.startswith("_") and isinstance(v, dict)]
+    for ep in sorted(endpoints, key=lambda e: str(e.get("InterfaceName", ""))):
+        if ep.get("IPAddress"):
+            return str(ep["IPAddress"])
+    return ""
+
+
+def _running_ids(containers_dir: Path) -> set[str]:
+    """Containers whose record says running or paused: their networking must stay."""
+    keep: set[str] = set()
+    try:
+        entries = list(containers_dir.iterdir())
+    except FileNotFoundError:
+        return keep
+    for entry in entries:
+        try:
+            status = ContainerFiles(entry).read_status()
+        except (OSError, ValueError, cattrs.BaseValidationError) as e:
+            # Unreadable: keep its networking rather than cut a live container off.
+            log.warning("container %s: unreadable status (%s); keeping its network", entry.name, e)
+            keep.add(entry.name)
+            continue
+        if status.state.value in _KEEP_STATES:
+            keep.add(entry.name)
+    return keep
+
+
+async def start_networking(app: Any, nursery: trio.Nursery) -> None:
+    """Subsystem start-up: register the service, undo networking left by dead containers."""
+    service = ContainerNetworking(app)
+    app.services["network"] = service
+    keep = await trio.to_thread.run_sync(_running_ids, app.layout.containers_dir)
+    try:
+        await service.reconcile(keep)
+    except EngineError as e:
+        # Networking leftovers must not keep the daemon down; the log says what stayed.
+        log.error("network reconcile failed: %s", e)
