@@ -60,16 +60,24 @@ class CLIRuntime:
 
     name: str = "oci"
 
-    def __init__(self, name: str, binary: str, state_root: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        binary: str,
+        state_root: Path,
+        *,
+        extra_global_args: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.binary = binary
         self.state_root = state_root
+        self.extra_global_args = list(extra_global_args or [])
 
     # --- hooks for subclasses ------------------------------------------------------------
 
     def global_args(self) -> list[str]:
         """Arguments before the verb on every call (and passed through conmon)."""
-        return [f"--root={self.state_root}"]
+        return [f"--root={self.state_root}", *self.extra_global_args]
 
     def binary_path(self) -> str | None:
         return shutil.which(self.binary)
@@ -142,7 +150,13 @@ class CLIRuntime:
         await self._run("resume", container_id)
 
     async def delete(self, container_id: str, *, force: bool = False) -> None:
-        await self._run("delete", *(["--force"] if force else []), container_id)
+        """Delete the runtime's record of the container. ``force`` kills it first and is
+        idempotent (runc already treats an unknown id as done; crun does not)."""
+        try:
+            await self._run("delete", *(["--force"] if force else []), container_id)
+        except NotFound:
+            if not force:
+                raise
 
     async def state(self, container_id: str) -> RuntimeState | None:
         try:

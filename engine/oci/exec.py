@@ -83,7 +83,9 @@ class ExecHandle:
                 await self.kill(signal_module.SIGKILL)
             with trio.move_on_after(10):
                 await self._process.wait()
-            await self._process.aclose()
+            for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+                if stream is not None:
+                    await stream.aclose()
             self._cleanup()
 
     async def __aenter__(self) -> ExecHandle:

@@ -68,23 +68,24 @@ READONLY_PATHS: tuple[str, ...] = (
     "/proc/sysrq-trigger",
 )
 _NAMESPACES = ("pid", "ipc", "uts", "mount", "network")
+# Linux resource numbers (Python's resource module lacks some of them).
 _RLIMITS = {
-    "RLIMIT_CPU": resource.RLIMIT_CPU,
-    "RLIMIT_FSIZE": resource.RLIMIT_FSIZE,
-    "RLIMIT_DATA": resource.RLIMIT_DATA,
-    "RLIMIT_STACK": resource.RLIMIT_STACK,
-    "RLIMIT_CORE": resource.RLIMIT_CORE,
-    "RLIMIT_RSS": resource.RLIMIT_RSS,
-    "RLIMIT_NPROC": resource.RLIMIT_NPROC,
-    "RLIMIT_NOFILE": resource.RLIMIT_NOFILE,
-    "RLIMIT_MEMLOCK": resource.RLIMIT_MEMLOCK,
-    "RLIMIT_AS": resource.RLIMIT_AS,
-    "RLIMIT_LOCKS": resource.RLIMIT_LOCKS,
-    "RLIMIT_SIGPENDING": resource.RLIMIT_SIGPENDING,
-    "RLIMIT_MSGQUEUE": resource.RLIMIT_MSGQUEUE,
-    "RLIMIT_NICE": resource.RLIMIT_NICE,
-    "RLIMIT_RTPRIO": resource.RLIMIT_RTPRIO,
-    "RLIMIT_RTTIME": resource.RLIMIT_RTTIME,
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
 }
 # podman's defaults; clamped below to what this engine may grant.
 DEFAULT_RLIMITS: dict[str, tuple[int, int]] = {"RLIMIT_NOFILE": (1048576, 1048576)}

@@ -10,8 +10,23 @@ from engine.plugins.crun.runtime import CrunRuntime
 from engine.store.layout import Layout
 
 
-@hookimpl
-def engine_add_runtimes(register: Register, config: dict[str, Any]) -> None:
+def build_runtime(
+    config: dict[str, Any], *, name: str = "crun", extra_global_args: list[str] | None = None
+) -> CrunRuntime:
+    """A crun runtime for the daemon ``config`` (``root``, ``run_root``, ``plugins.crun``).
+
+    ``name`` and ``extra_global_args`` let another plugin register a variant of crun; its
+    state then lives in its own ``runtimes/<name>`` dir."""
     layout = Layout(Path(config["root"]), Path(config["run_root"]))
     section = (config.get("plugins") or {}).get("crun") or {}
-    register.runtime(CrunRuntime(layout.runtime_state_dir("crun"), section.get("binary", "crun")))
+    return CrunRuntime(
+        layout.runtime_state_dir(name),
+        str(section.get("binary", "crun")),
+        name=name,
+        extra_global_args=extra_global_args,
+    )
+
+
+@hookimpl
+def engine_add_runtimes(register: Register, config: dict[str, Any]) -> None:
+    register.runtime(build_runtime(config))

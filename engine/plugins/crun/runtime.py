@@ -46,8 +46,15 @@ def hybrid_fix(controllers: list[str], root: Path = CGROUP_ROOT) -> str:
 class CrunRuntime(CLIRuntime):
     """``crun`` with its state under ``state_root`` (``--root``) and cgroupfs cgroups."""
 
-    def __init__(self, state_root: Path, binary: str = "crun") -> None:
-        super().__init__("crun", binary, state_root)
+    def __init__(
+        self,
+        state_root: Path,
+        binary: str = "crun",
+        *,
+        name: str = "crun",
+        extra_global_args: list[str] | None = None,
+    ) -> None:
+        super().__init__(name, binary, state_root, extra_global_args=extra_global_args)
 
     @classmethod
     def from_layout(cls, layout: Layout) -> CrunRuntime:

@@ -10,8 +10,23 @@ from engine.plugins.runc.runtime import RuncRuntime
 from engine.store.layout import Layout
 
 
-@hookimpl
-def engine_add_runtimes(register: Register, config: dict[str, Any]) -> None:
+def build_runtime(
+    config: dict[str, Any], *, name: str = "runc", extra_global_args: list[str] | None = None
+) -> RuncRuntime:
+    """A runc runtime for the daemon ``config`` (``root``, ``run_root``, ``plugins.runc``).
+
+    ``name`` and ``extra_global_args`` let another plugin register a variant of runc; its
+    state then lives in its own ``runtimes/<name>`` dir."""
     layout = Layout(Path(config["root"]), Path(config["run_root"]))
     section = (config.get("plugins") or {}).get("runc") or {}
-    register.runtime(RuncRuntime(layout.runtime_state_dir("runc"), section.get("binary", "runc")))
+    return RuncRuntime(
+        layout.runtime_state_dir(name),
+        str(section.get("binary", "runc")),
+        name=name,
+        extra_global_args=extra_global_args,
+    )
+
+
+@hookimpl
+def engine_add_runtimes(register: Register, config: dict[str, Any]) -> None:
+    register.runtime(build_runtime(config))

@@ -11,8 +11,15 @@ from engine.store.layout import Layout
 class RuncRuntime(CLIRuntime):
     """``runc`` with its state under ``state_root`` (``--root``) and cgroupfs cgroups."""
 
-    def __init__(self, state_root: Path, binary: str = "runc") -> None:
-        super().__init__("runc", binary, state_root)
+    def __init__(
+        self,
+        state_root: Path,
+        binary: str = "runc",
+        *,
+        name: str = "runc",
+        extra_global_args: list[str] | None = None,
+    ) -> None:
+        super().__init__(name, binary, state_root, extra_global_args=extra_global_args)
 
     @classmethod
     def from_layout(cls, layout: Layout) -> RuncRuntime:
