@@ -169,7 +169,7 @@ def register(table: MethodTable) -> None:
             p.name, subnet=p.subnet or None, gateway=p.gateway or None,
             internal=p.internal, labels=dict(p.labels),
         )
-        ctx.app.events.emit("network", "create", net.id, name=net.name, type="bridge")
+        ctx.app.events.emit("network", "create", net.id, name=net.name, driver="bridge")
         return {"Id": net.id, "Warning": ""}
 
     @table.method("network.list", params=ListParams)
@@ -191,7 +191,7 @@ def register(table: MethodTable) -> None:
         svc = service(ctx)
         net = await svc.store.get(p.id)
         await svc.store.remove(net.id if not net.is_pseudo else net.name)
-        ctx.app.events.emit("network", "destroy", net.id, name=net.name, type="bridge")
+        ctx.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
         return {"Id": net.id, "Name": net.name}
 
     @table.method("network.prune", params=PruneParams)
@@ -199,7 +199,7 @@ def register(table: MethodTable) -> None:
         """Remove every user-defined network no container is attached to."""
         removed = await service(ctx).store.prune()
         for name in removed:
-            ctx.app.events.emit("network", "destroy", name, name=name, type="bridge")
+            ctx.app.events.emit("network", "destroy", name, name=name, driver="bridge")
         return {"NetworksDeleted": removed}
 
     @table.method("network.connect", params=ConnectParams)
