@@ -19,6 +19,7 @@ from engine.images import archive, auth_config
 from engine.images.content import ContentStore
 from engine.images.records import Image
 from engine.images.store import ImageStore
+from engine.plugins.registry.errgroup import unwrap_engine_errors
 from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
@@ -350,12 +351,14 @@ async def _progress_forwarder(
             pending[0] -= 1
             await stream.send(event)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(forward)
-        try:
-            yield progress
-        finally:
-            send.close()
+    # the pull's own error, not a nursery's group, is what the caller must see
+    with unwrap_engine_errors():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            try:
+                yield progress
+            finally:
+                send.close()
 
 
 _MAX_PENDING_BYTE_COUNTS = 64
