@@ -300,6 +300,7 @@ def register(table: MethodTable) -> None:
             await check(server, p.username, p.password)
         path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
         await trio.to_thread.run_sync(auth_config.store_auth, path, server, p.username, p.password)
+        _forget_cached_auth(client, server)
         return {"Status": "Login Succeeded", "Server": server}
 
     @table.method("registry.logout", params=LogoutParams)
@@ -308,6 +309,7 @@ def register(table: MethodTable) -> None:
         path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
         server = registry_host(p.server)
         removed = await trio.to_thread.run_sync(auth_config.remove_auth, path, server)
+        _forget_cached_auth(registry_client(ctx.app), server)
         return {"Removed": removed, "Server": server}
 
 
@@ -320,6 +322,12 @@ def registry_host(server: str) -> str:
     if not host:
         raise InvalidArgument(f"invalid registry address {server!r}: expected HOST[:PORT]")
     return host
+
+
+def _forget_cached_auth(client: Any, server: str) -> None:
+    forget = getattr(client, "forget_credentials", None)  # not in the RegistryClient protocol
+    if forget is not None:
+        forget(server)
 
 
 def _current_image_id(store: ImageStore, name: str) -> str | None:

@@ -14,7 +14,7 @@ import base64
 import json
 import re
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 import trio
@@ -158,6 +158,15 @@ class Authenticator:
 
     def forget(self, endpoint: Endpoint, scopes: tuple[str, ...]) -> None:
         self._tokens.pop((endpoint.base_url, " ".join(scopes)), None)
+
+    def forget_registry(self, host: str) -> None:
+        """Drop every token and Basic header cached for ``host`` (HOST[:PORT]): after a
+        login or logout the stored credentials changed, and a cached header must not keep
+        an old login alive."""
+        for base_url in [b for b in self._basic if urlsplit(b).netloc == host]:
+            del self._basic[base_url]
+        for key in [k for k in self._tokens if urlsplit(k[0]).netloc == host]:
+            del self._tokens[key]
 
 
 def _quote(value: str) -> str:

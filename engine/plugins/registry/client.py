@@ -214,6 +214,10 @@ class DistributionClient:
             )
         await self._check(response, f"login to {host}")
 
+    def forget_credentials(self, host: str) -> None:
+        """Forget cached auth for ``host`` (called after engctl login/logout)."""
+        self.auth.forget_registry(host)
+
     # --- manifests ------------------------------------------------------------------------
 
     async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
