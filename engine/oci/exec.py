@@ -69,7 +69,7 @@ class ExecHandle:
 
         async def drain(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
             async for chunk in stream:
-                into.append(chunk)
+                into.append(bytes(chunk))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain, self.stdout, out)

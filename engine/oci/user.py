@@ -171,6 +171,7 @@ def resolve_user(rootfs: Path, user: str) -> ExecUser:
         raise InvalidArgument(f"invalid user {user!r}: the user part before ':' is empty")
     users = _parse_passwd(read_rootfs_file(rootfs, "/etc/passwd"))
     groups = _parse_group(read_rootfs_file(rootfs, "/etc/group"))
+    name: str | None
     if not user_part:
         root = _find_user("0", users)
         uid, gid, home, name = 0, 0, root.home if root else "/root", root.name if root else "root"

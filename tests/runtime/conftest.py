@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +214,42 @@ class Harness:
                 pass
             pid = monitor_pid(ctr.state_dir, ctr.id)
             if pid is not None:
-                with trio.move_on_after(5):
-                    await wait_until(lambda c=ctr: monitor_pid(c.state_dir, c.id) is None)
+                with trio.move_on_after(5):  # conmon exits right after the container
+
+                    def gone(c: Ctr = ctr) -> bool:
+                        return monitor_pid(c.state_dir, c.id) is None
+
+                    await wait_until(gone)
                 if (pid := monitor_pid(ctr.state_dir, ctr.id)) is not None:
                     os.kill(pid, signal.SIGKILL)
                     problems.append(f"conmon {pid} of {ctr.id} outlived its container")
             problems += [p for p in leftovers(ctr.id, ctr.state_dir) if "cgroup" in p]
             _remove_cgroups(ctr.id)
         return problems
+
+
+def stray_conmons() -> list[int]:
+    """conmon processes of any test container (their cmdline names an ``engtest-`` id)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.split(b"\0", 1)[0].endswith(b"conmon") and ID_PREFIX.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_conmon_after_session() -> Iterator[None]:
+    yield
+    strays = stray_conmons()
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not strays, f"conmon processes left by the runtime tests: {strays}"
 
 
 @pytest.fixture
