@@ -27,7 +27,14 @@ import cattrs
 import trio
 
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, PortMapping
-from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
+from engine.errors import (
+    AlreadyExists,
+    Conflict,
+    EngineError,
+    InvalidArgument,
+    NotFound,
+    RuntimeFailure,
+)
 from engine.network import cni, etc_files, netns, ports
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
@@ -291,15 +298,26 @@ class ContainerNetworking:
             status.ip_address = ""
 
     async def _teardown(self, config: ContainerConfig) -> None:
-        networks = await self._detach(config.id)
+        # Every step runs even when an earlier one failed: a DEL that failed keeps its record
+        # (reconcile retries it, and DEL copes with a missing namespace), but the namespace
+        # and the peers' hosts files must not wait for that.
+        errors: list[str] = []
+        networks = await self._detach(config.id, errors)
         for network in networks:
-            await etc_files.refresh_network(self.store, network)
+            try:
+                await etc_files.refresh_network(self.store, network)
+            except EngineError as e:
+                errors.append(str(e))
         await netns.delete(self.netns_dir, config.id)
+        if errors:
+            raise RuntimeFailure(
+                f"network teardown of container {config.name} was incomplete: {'; '.join(errors)}; "
+                "restarting the daemon reconciles what is left"
+            )
 
-    async def _detach(self, container_id: str) -> list[Network]:
+    async def _detach(self, container_id: str, errors: list[str]) -> list[Network]:
         """CNI DEL of every attachment of the container; returns the networks it left."""
         left: list[Network] = []
-        errors: list[str] = []
         for record in await cni.attachments(self.store):
             if record.container_id != container_id:
                 continue
@@ -307,20 +325,17 @@ class ContainerNetworking:
                 await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
             except EngineError as e:
                 errors.append(str(e))
-                continue
             try:
                 left.append(await self.store.get(record.network_id))
             except NotFound:
                 pass
-        if errors:
-            raise EngineError("; ".join(errors))
         return left
 
     async def _detach_quiet(self, container_id: str) -> None:
-        try:
-            await self._detach(container_id)
-        except EngineError as e:
-            log.warning("container %s: leftover attachments: %s", container_id[:12], e)
+        errors: list[str] = []
+        await self._detach(container_id, errors)
+        if errors:
+            log.warning("container %s: leftover attachments: %s", container_id[:12], "; ".join(errors))
 
     async def _teardown_quiet(self, config: ContainerConfig) -> None:
         try:
@@ -329,6 +344,18 @@ class ContainerNetworking:
             log.warning("container %s: network teardown after a failed setup: %s", config.short_id, e)
 
     # --- start-up --------------------------------------------------------------------------
+
+    async def needs_reconcile(self) -> bool:
+        """Whether anything is recorded at all: attachments, namespaces or IPAM leases.
+
+        A daemon with nothing recorded skips reconcile, which also rebuilds the host-wide
+        isolation chains and removes idle bridges: on a host where several engines run
+        (tests do), a fresh one must not touch what the others set up."""
+        if await cni.attachments(self.store) or await netns.list_names(self.netns_dir):
+            return True
+        ipam = self.store.ipam_dir
+        return await trio.to_thread.run_sync(
+            lambda: any(p.name[:1].isdigit() for p in ipam.rglob("*")) if ipam.exists() else False)
 
     async def reconcile(self, keep: set[str]) -> ReconcileReport:
         """Remove the networking of every container not in ``keep`` (after a crash)."""
@@ -472,7 +499,8 @@ async def start_networking(app: Any, nursery: trio.Nursery) -> None:
     app.services["network"] = service
     keep = await trio.to_thread.run_sync(_running_ids, app.layout.containers_dir)
     try:
-        await service.reconcile(keep)
+        if await service.needs_reconcile():
+            await service.reconcile(keep)
     except EngineError as e:
         # Networking leftovers must not keep the daemon down; the log says what stayed.
         log.error("network reconcile failed: %s", e)
