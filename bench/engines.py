@@ -1,0 +1,258 @@
+"""The engines under test, behind one docker-like shape: ``cli`` is the argv prefix and
+``env`` the environment every command of that engine runs with. The engine (engined +
+engctl), podman (no daemon; configs through CONTAINERS_* variables, nothing under /etc) and
+docker (dockerd + the containerd it starts, stopped by pid) all live under the work dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+
+from bench.procs import alive, children, comm, parent_of, stop_pid, wait_until
+from bench.timing import run_quiet
+
+DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI; another (newer) one may come first in PATH
+DOCKERD = "/usr/sbin/dockerd"
+
+
+@attrs.define
+class Engine:
+    """Common parts: what every engine runs its CLI with."""
+
+    name: str
+    base: Path
+    cli: list[str] = attrs.field(factory=list)
+    env: dict[str, str] = attrs.field(factory=lambda: dict(os.environ))
+    runtimes: tuple[str, ...] = ("runc", "crun")
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.cli, *args]
+
+    def run(self, *args: str, timeout: float = 300.0) -> None:
+        run_quiet(self.argv(*args), timeout=timeout, env=self.env)
+
+    def output(self, *args: str, timeout: float = 120.0) -> str:
+        p = subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise RuntimeError(f"{self.name} {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-400:]}")
+        return p.stdout
+
+    def container_pid(self, name: str) -> int:
+        doc = json.loads(self.output("inspect", name))
+        doc = doc[0] if isinstance(doc, list) else doc
+        return int(doc["State"]["Pid"])
+
+    def monitor_pid(self, name: str) -> int:
+        """The per-container monitor: the parent of the container's init (conmon, or
+        containerd-shim-runc-v2 for docker)."""
+        return parent_of(self.container_pid(name))
+
+    def daemon_pids(self) -> list[int]:
+        return []
+
+    def remove_all(self) -> None:
+        ids = self.output("ps", "-aq").split()
+        if ids:
+            subprocess.run(self.argv("rm", "-f", *ids), capture_output=True, env=self.env, timeout=300)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def engctl_argv() -> list[str]:
+    script = Path(sys.executable).parent / "engctl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli.main"]
+
+
+@attrs.define
+class EngineD(Engine):
+    registry: str = ""
+    default_runtime: str = "crun"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.cli = engctl_argv()
+        self.env = {**os.environ, "ENGINE_HOST": f"unix://{self.base}/run/engine.sock"}
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "engine.supervisor.daemon", "--root", str(self.base / "root"),
+                "--run-root", str(self.base / "run"), "--config-dir", str(self.base / "etc"),
+                "--default-runtime", self.default_runtime, "--log-level", "warning"]
+        if self.registry:
+            args += ["--insecure-registry", self.registry]
+        log = open(self.base / "engined.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"engined exited {self.proc.returncode}: {self.log_tail()}")
+            return subprocess.run(self.argv("version"), capture_output=True, env=self.env).returncode == 0
+
+        if not wait_until(up, 30, 0.1):
+            raise RuntimeError(f"engined did not answer within 30 s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        try:
+            return (self.base / "engined.log").read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def daemon_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        # helpers the daemon keeps as children count as the daemon; conmon double-forks away
+        return [self.proc.pid, *(c for c in children(self.proc.pid) if comm(c) != "conmon")]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.remove_all()
+            except Exception:  # noqa: BLE001 - the sweep of the work dir catches what is left
+                pass
+            stop_pid(self.proc.pid, 20)
+        self.proc.wait(5)
+        self.proc = None
+
+
+# --- podman -------------------------------------------------------------------------------------
+
+
+def _hard_limit(which: int, cap: int) -> int:
+    hard = resource.getrlimit(which)[1]
+    return cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+
+
+@attrs.define
+class Podman(Engine):
+    registry: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        self.cli = ["podman"]
+        self.env = {
+            **os.environ,
+            "CONTAINERS_CONF": str(self.base / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(self.base / "storage.conf"),
+            "CONTAINERS_REGISTRIES_CONF": str(self.base / "registries.conf"),
+        }
+
+    @staticmethod
+    def missing() -> str | None:
+        return None if shutil.which("podman") else "podman is not installed (apt-get install podman)"
+
+    def start(self) -> None:
+        b = self.base
+        for d in ("tmp", "networks", "run", "storage"):
+            (b / d).mkdir(parents=True, exist_ok=True)
+        # Root here lacks CAP_SYS_RESOURCE: podman's default rlimits (nofile 1048576) make the
+        # runtime fail with EPERM; podman 4.3 also caps its own nproc at 32768 (peers §2.3).
+        nofile = _hard_limit(resource.RLIMIT_NOFILE, 1048576)
+        nproc = _hard_limit(resource.RLIMIT_NPROC, 32768)
+        (b / "containers.conf").write_text(
+            "[containers]\n"
+            f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            f'events_logfile_path = "{b}/events.log"\n'
+            'runtime = "crun"\n'
+            f'tmp_dir = "{b}/tmp"\n'
+            "[network]\n"
+            'network_backend = "netavark"\n'
+            f'network_config_dir = "{b}/networks"\n')
+        (b / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\nrunroot = "{b}/run"\ngraphroot = "{b}/storage"\n'
+            '[storage.options.overlay]\nmountopt = "nodev"\n')
+        (b / "registries.conf").write_text(
+            f'unqualified-search-registries = []\n[[registry]]\nlocation = "{self.registry}"\ninsecure = true\n')
+
+    def stop(self) -> None:
+        if (self.base / "containers.conf").exists():
+            subprocess.run(self.argv("rm", "-af", "-t", "0"), capture_output=True, env=self.env, timeout=300)
+
+
+# --- docker -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class Docker(Engine):
+    registry: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    containerd: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.cli = [DOCKER_CLI]
+        self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.base}/docker.sock"}
+
+    @staticmethod
+    def missing() -> str | None:
+        for path in (DOCKERD, DOCKER_CLI):
+            if not Path(path).exists():
+                return f"{path} is missing (apt-get install docker.io)"
+        return None
+
+    def start(self) -> None:
+        b = self.base
+        b.mkdir(parents=True, exist_ok=True)
+        # iptables/ip-forward/ip-masq off: dockerd must not rewrite this host's firewall
+        # (the project's network tests check it); containers still get docker0 and veths.
+        config = {
+            "data-root": str(b / "root"), "exec-root": str(b / "exec"),
+            "pidfile": str(b / "dockerd.pid"), "hosts": [self.env["DOCKER_HOST"]],
+            "storage-driver": "overlay2", "iptables": False, "ip-forward": False,
+            "ip-masq": False, "runtimes": {"crun": {"path": shutil.which("crun") or "/usr/bin/crun"}},
+            "insecure-registries": [self.registry],
+        }
+        (b / "daemon.json").write_text(json.dumps(config, indent=1))
+        log = open(b / "dockerd.log", "ab")
+        self.proc = subprocess.Popen([DOCKERD, "--config-file", str(b / "daemon.json")],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited {self.proc.returncode}; see {b}/dockerd.log")
+            return subprocess.run(self.argv("version"), capture_output=True, env=self.env).returncode == 0
+
+        if not wait_until(up, 60, 0.1):
+            raise RuntimeError(f"dockerd did not answer within 60 s; see {b}/dockerd.log")
+        kids = [c for c in children(self.proc.pid) if comm(c) == "containerd"]
+        self.containerd = kids[0] if kids else None
+
+    def daemon_pids(self) -> list[int]:
+        return [p for p in (self.proc.pid if self.proc else None, self.containerd) if p]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.remove_all()
+            except Exception:  # noqa: BLE001 - dockerd is stopped below either way
+                pass
+            stop_pid(self.proc.pid, 30)
+        self.proc.wait(5)
+        self.proc = None
+        # dockerd stops the containerd it started; make sure, by its pid
+        if self.containerd and alive(self.containerd):
+            stop_pid(self.containerd, 10)
+        self.containerd = None
