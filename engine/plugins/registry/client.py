@@ -345,12 +345,33 @@ class DistributionClient:
         progress: ProgressFn | None,
     ) -> None:
         partial = content.ingest_path(digest)
+        resumed = await trio.to_thread.run_sync(_partial_size, partial, size) > 0
+        try:
+            await self._download_and_commit(endpoint, ref, digest, size, content, progress)
+        except DigestMismatch:
+            if not resumed:
+                raise
+            # The bytes kept from an earlier attempt were wrong (commit deleted them): one
+            # fresh download decides whether the registry or the old partial was at fault.
+            self.stats["restarts_after_bad_partial"] += 1
+            await self._download_and_commit(endpoint, ref, digest, size, content, progress)
+        self.stats["blobs_downloaded"] += 1
+
+    async def _download_and_commit(
+        self,
+        endpoint: Endpoint,
+        ref: Reference,
+        digest: str,
+        size: int | None,
+        content: ContentStore,
+        progress: ProgressFn | None,
+    ) -> None:
+        partial = content.ingest_path(digest)
         await self._retrying(
             f"downloading blob {digest} of {ref.name}",
             lambda: self._download_once(endpoint, ref, digest, size, partial, progress),
         )
         await trio.to_thread.run_sync(content.commit, partial, digest, size)
-        self.stats["blobs_downloaded"] += 1
 
     async def _download_once(
         self,
