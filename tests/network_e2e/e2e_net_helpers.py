@@ -1,0 +1,100 @@
+"""Helpers for the end-to-end network tests (sync: they drive a separate engined)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from typing import Any
+
+from engine.testing.daemon import Daemon
+
+_COUNTERS = re.compile(r"\[\d+:\d+\]")
+HTTPD = "mkdir -p /www{port} && echo {text} > /www{port}/index.html && exec httpd -f -p {port} -h /www{port}"
+
+
+def run_d(d: Daemon, **params: Any) -> str:
+    """engctl run -d: create and start; returns the container id."""
+    with d.client() as c:
+        cid: str = c.call("container.create", {"image": "busybox", **params})["Id"]
+        c.call("container.start", id=cid)
+    return cid
+
+
+def run_attached(d: Daemon, **params: Any) -> tuple[int, str]:
+    """engctl run (attached): exit code and stdout+stderr as text; the container is removed."""
+    with d.client() as c:
+        cid = c.call("container.create", {"image": "busybox", **params})["Id"]
+        try:
+            stream = c.stream("container.start", id=cid, attach=True)
+            out = b"".join(item["data"] for item in stream)
+            return int(stream.result["ExitCode"]), out.decode(errors="replace")
+        finally:
+            c.call("container.remove", id=cid, force=True)
+
+
+def http_get(url: str, seconds: float = 2) -> str | None:
+    proc = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", str(seconds), url],
+                          capture_output=True, timeout=seconds + 5)
+    return proc.stdout.decode() if proc.returncode == 0 else None
+
+
+def wait_http(url: str, seconds: float = 15) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        body = http_get(url, 1)
+        if body is not None:
+            return body
+        assert time.monotonic() < deadline, f"{url} did not answer within {seconds}s"
+        time.sleep(0.1)
+
+
+def udp_echo(port: int, payload: bytes, seconds: float = 15) -> bytes:
+    """Send ``payload`` to 127.0.0.1:port until an answer comes back (the server may be starting)."""
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        while True:
+            s.sendto(payload, ("127.0.0.1", port))
+            try:
+                return s.recvfrom(65536)[0]
+            except (TimeoutError, ConnectionRefusedError):
+                assert time.monotonic() < deadline, f"no UDP answer on port {port} within {seconds}s"
+
+
+def host_output(*argv: str) -> str:
+    return subprocess.run(list(argv), capture_output=True, check=True, timeout=30).stdout.decode()
+
+
+def host_links() -> list[str]:
+    lines = host_output("ip", "-o", "link", "show").splitlines()
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in lines)
+
+
+def snapshot(d: Daemon) -> dict[str, Any]:
+    """What networking looks like on the host and in the daemon's stores."""
+    netns_dir = d.run_root / "netns"
+    ipam = d.root / "networks" / "ipam"
+    rules = host_output("iptables-save").splitlines()
+    mounts = host_output("cat", "/proc/self/mountinfo").splitlines()
+    return {
+        "netns_files": sorted(os.listdir(netns_dir)) if netns_dir.exists() else [],
+        "nsfs_mounts": sorted(m.split()[4] for m in mounts if " nsfs " in m),
+        "links": host_links(),
+        "iptables": sorted(_COUNTERS.sub("", r) for r in rules if not r.startswith("#")),
+        "leases": sorted(str(p.relative_to(ipam)) for p in ipam.rglob("*") if p.name[:1].isdigit())
+        if ipam.exists() else [],
+        "attachments": sorted(str(p) for p in (d.root / "networks" / "attachments").rglob("*.json")),
+    }
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Readable difference of two snapshots (empty when they are equal)."""
+    out: dict[str, Any] = {}
+    for key in before:
+        b, a = before[key], after[key]
+        if b != a:
+            out[key] = {"gone": sorted(set(b) - set(a)), "new": sorted(set(a) - set(b))}
+    return out
