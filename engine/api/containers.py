@@ -485,7 +485,7 @@ def register(table: MethodTable) -> None:
         process = await exec_process(actor.config, actor.status, rootfs, p.cmd,
                                      env=p.env, workdir=p.workdir, user=p.user)
         runtime = ctx.app.runtime(actor.config.runtime)
-        handle = await runtime.exec(actor.id, process)
+        handle = await runtime.exec(actor.id, process, work_dir=actor.run_dir)
         code = await pump_exec(handle, stream)
         ctx.app.events.emit("container", "exec_die", actor.id, name=actor.name, exitCode=code)
         return {"ExitCode": code}
@@ -513,7 +513,8 @@ async def pump_exec(handle: Any, stream: StreamSender) -> int:
         async for chunk in source:
             await stream.send({"stream": name, "data": chunk})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(forward, "stdout", getattr(handle, "stdout", None))
-        nursery.start_soon(forward, "stderr", getattr(handle, "stderr", None))
-    return int(await handle.wait())
+    async with handle:  # leaving early (client gone) kills the exec'd process
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward, "stdout", handle.stdout)
+            nursery.start_soon(forward, "stderr", handle.stderr)
+        return int(await handle.wait())

@@ -135,13 +135,22 @@ def register(table: MethodTable) -> None:
 
         sub = ctx.app.events.subscribe(event_filter(params.filters), since=params.since)
         try:
+            # Past events first (already queued by subscribe), then live ones until `until`.
+            while True:
+                try:
+                    event = sub.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                if event is None or (params.until is not None and event.time > params.until):
+                    break
+                await stream.send(event.to_wire())
             with trio.CancelScope() as scope:
                 if params.until is not None:
                     scope.deadline = trio.current_time() + max(0.0, params.until - time.time())
-                async for event in sub.receive:
-                    if params.until is not None and event.time > params.until:
+                async for live in sub.receive:
+                    if live is None or (params.until is not None and live.time > params.until):
                         break
-                    await stream.send(event.to_wire())
+                    await stream.send(live.to_wire())
         finally:
             ctx.app.events.unsubscribe(sub)
         return {"sent": stream.sent, "lagged": sub.lagged}

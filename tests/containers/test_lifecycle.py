@@ -32,6 +32,16 @@ def test_run_attached_streams_output_and_returns_the_exit_code(engine: Daemon) -
     assert out == b"hello\n" and err == b"oops\n"
 
 
+def wait_log(d: Daemon, cid: str, text: bytes, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with d.client() as c:
+            if text in b"".join(i["data"] for i in c.stream("container.logs", id=cid)):
+                return
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs of {cid}"
+        time.sleep(0.05)
+
+
 def test_create_start_stop_restart_rm(engine: Daemon) -> None:
     cid = engine.call("container.create", image="busybox", name="web", cmd=["sleep", "1000"])["Id"]
     info = engine.call("container.inspect", id="web")
@@ -75,9 +85,12 @@ def test_stop_escalates_to_sigkill_after_the_timeout(engine: Daemon) -> None:
 
 
 def test_kill_pause_unpause_and_wait(engine: Daemon) -> None:
-    cid = engine.call("container.create", image="busybox", cmd=["sleep", "1000"])["Id"]
+    # pid 1 ignores signals it has no handler for (as under docker), so install one.
+    cid = engine.call("container.create", image="busybox",
+                      cmd=["sh", "-c", "trap 'exit 143' TERM; echo ready; while :; do sleep 0.1; done"])["Id"]
     engine.call("container.start", id=cid)
     wait_state(engine, cid, "running")
+    wait_log(engine, cid, b"ready")
     engine.call("container.pause", id=cid)
     assert engine.call("container.inspect", id=cid)["State"]["Paused"] is True
     with pytest.raises(Conflict, match="paused"):
@@ -122,6 +135,7 @@ def test_exec_returns_output_and_exit_code(engine: Daemon) -> None:
 def test_run_options_are_applied(engine: Daemon, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
+    shared.chmod(0o777)  # the container writes as nobody
     (shared / "in.txt").write_text("from host")
     script = ("id -u; id -g; pwd; hostname; echo $GREETING; cat /data/in.txt; echo; "
               "echo written > /data/out.txt; touch /scratch/ok && echo tmpfs-ok; "
@@ -131,7 +145,7 @@ def test_run_options_are_applied(engine: Daemon, tmp_path: Path) -> None:
         env=["GREETING=hi"], volumes=[f"{shared}:/data"], tmpfs=["/scratch"], read_only=True,
     )
     assert code == 0, err
-    assert out.decode().split("\n")[:9] == ["65534", "65534", "/tmp", "box1", "hi", "from host", "", "tmpfs-ok", "ro"], out
+    assert out.decode().split("\n")[:8] == ["65534", "65534", "/tmp", "box1", "hi", "from host", "tmpfs-ok", "ro"], out
     assert (shared / "out.txt").read_text() == "written\n"
 
 
