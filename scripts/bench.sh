@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The benchmarks of issue 6: the engine side by side with raw runc/crun, podman and docker.
+#
+#   scripts/bench.sh            full run (~10 min): results in docs/benchmarks/
+#   scripts/bench.sh --quick    smoke mode (~1 min), results in /var/tmp/engine-bench-results
+#   scripts/bench.sh --no-peers raw runtimes and the engine only (no podman/docker install)
+#   scripts/bench.sh --help     every option of bench/run.py
+#
+# Installs what it needs first: the project's own set-up (scripts/setup.sh install), then
+# podman and docker.io from apt (services are not started: dockerd is started by the harness,
+# with iptables off, and stopped by pid) and matplotlib into .venv for the plot. A peer that
+# cannot be installed is skipped with the reason printed. Needs root.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$HERE/.venv"
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+want_peers=1
+for arg in "$@"; do
+    case "$arg" in --no-peers|-h|--help) want_peers=0 ;; esac
+done
+
+"$HERE/scripts/setup.sh" install
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+install_peers() {
+    local missing=()
+    for p in podman docker.io; do installed "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return
+    log "installing ${missing[*]} (apt)"
+    # Without systemd, Debian's maintainer scripts would start dockerd through init.d with
+    # its default iptables rules: forbid service starts for the duration of the install.
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$guard"; chmod +x "$guard"
+    fi
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || log "could not install ${missing[*]}: the harness will skip what is missing"
+    [ -z "$guard" ] || rm -f "$guard"
+}
+
+if [ "$want_peers" = 1 ]; then
+    install_peers
+    "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null \
+        || "$VENV/bin/pip" install -q matplotlib >/dev/null \
+        || log "matplotlib could not be installed: no plot"
+fi
+
+cd "$HERE"
+exec "$VENV/bin/python" -m bench.run "$@"
