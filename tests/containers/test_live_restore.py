@@ -77,7 +77,7 @@ def test_sigkill_of_the_daemon_costs_containers_nothing(busybox_archive: Path, r
                 pass
         overlay = d.root / "storage" / "overlay" / "containers"
         assert not mounts_under(overlay)
-        assert not processes_mentioning(str(d.base)), "monitor processes left behind"
+        assert not processes_mentioning(str(d.run_root / "containers")), "monitor processes left behind"
     finally:
         d.cleanup()
 
@@ -122,7 +122,7 @@ def test_concurrent_stop_kill_restart_rm_end_consistent(busybox_archive: Path) -
             with pytest.raises(NotFound):
                 d.call("container.inspect", id=name)  # rm -f was among them: it must have won
         assert not mounts_under(d.root / "storage" / "overlay" / "containers")
-        assert not processes_mentioning(str(d.base))
+        assert not processes_mentioning(str(d.run_root / "containers"))
     finally:
         d.cleanup()
 

@@ -13,5 +13,5 @@ from engine.plugins.runc.plugin import build_runtime
 @hookimpl
 def engine_add_runtimes(register: Any, config: dict[str, Any]) -> None:
     log_file = Path(config["run_root"]) / "runc-extra.log"
-    runtime = build_runtime(config, name="runc-extra", extra_global_args=["--log", str(log_file)])
+    runtime = build_runtime(config, name="runc-extra", extra_global_args=["--debug", "--log", str(log_file)])
     register.runtime(runtime)
