@@ -177,7 +177,10 @@ async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
 
     args, env, workdir, user = resolve(image.config, entrypoint=p.entrypoint, cmd=p.cmd,
                                        env=list(p.env), workdir=p.workdir, user=p.user)
-    network_mode = p.network or "none"
+    # Without networking, a container gets an empty network namespace.
+    network_mode = p.network or app.config.default_network
+    if not ctx.app.services.get("network"):
+        network_mode = "none"
     return ContainerConfig(
         id="",
         name=p.name.lstrip("/"),

@@ -29,6 +29,7 @@ class DaemonConfig:
     hosts: list[str] = attrs.field(factory=list)
     log_level: str = "info"
     default_runtime: str = "runc"
+    default_network: str = "bridge"  # podman's containers.conf `netns`; "none" for no networking
     storage_driver: str = "overlay"
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
@@ -50,7 +51,8 @@ class DaemonConfig:
         return data
 
 
-RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads", "default_runtime")
+RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads",
+              "default_runtime", "default_network")
 
 
 def _file_key_to_field(key: str) -> str:
@@ -107,6 +109,7 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("-H", "--host", dest="hosts", action="append", help="unix:///path, tcp://HOST:PORT, fd:// (repeatable)")
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     p.add_argument("--default-runtime", dest="default_runtime")
+    p.add_argument("--default-network", dest="default_network", help="network of containers run without --network (default bridge)")
     p.add_argument("--storage-driver", dest="storage_driver")
     p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
     p.add_argument("--registry-mirror", dest="registry_mirrors", action="append")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -146,19 +145,28 @@ class ContainerSupervisor:
         self.app.events.emit("container", "destroy", config.id, name=config.name, reason="half-created")
 
     async def _clean_stale_mounts(self) -> None:
+        """Remove what interrupted storage operations left, and unmount the root
+        filesystems of containers that are not running (or no longer exist)."""
         storage = self.app.plugins.register.storage_drivers.get(self.app.config.storage_driver)
         cleanup = getattr(storage, "cleanup_stale", None)
-        if cleanup is None:
+        if storage is None or cleanup is None:
             return
         try:
-            keep = {cid for cid, a in self.actors.items() if a.status.state in (ContainerState.RUNNING, ContainerState.PAUSED)}
-            result = cleanup(keep) if not _is_async(cleanup) else await cleanup(keep)
-            if result:
-                log.info("cleaned stale storage: %s", result)
-        except TypeError:
-            pass
+            report = await cleanup()
         except EngineError as e:
             log.warning("stale storage cleanup failed: %s", e)
+            return
+        live = {cid for cid, a in self.actors.items() if a.status.state in ACTIVE}
+        for container_id in getattr(report, "mounted", []):
+            if container_id in live:
+                continue
+            try:
+                if container_id in self.actors:
+                    await storage.unmount(container_id)
+                else:
+                    await storage.remove_container(container_id)
+            except EngineError as e:
+                log.warning("stale mount of %s: %s", container_id, e)
 
     # --- create ------------------------------------------------------------------------------
 
@@ -263,16 +271,8 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
     write_json_atomic(bundle / "config.json", spec, durable=False)
 
 
-def _is_async(fn: Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
-
-
 async def start_containers(app: App, nursery: trio.Nursery) -> None:
     supervisor = ContainerSupervisor(app)
     app.services["containers"] = supervisor
     await nursery.start(supervisor.run)
 
-
-_ = time

@@ -25,7 +25,8 @@ def busybox_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_engine(busybox_archive: Path, runtime: str, **kwargs: Any) -> Daemon:
     require_binary(runtime)
     require_binary("conmon")
-    d = Daemon(extra_args=["--default-runtime", runtime], **kwargs)
+    # Networking has tests of its own (tests/network_e2e); here containers get none.
+    d = Daemon(extra_args=["--default-runtime", runtime, "--default-network", "none"], **kwargs)
     d.start()
     d.call("image.load", path=str(busybox_archive))
     return d

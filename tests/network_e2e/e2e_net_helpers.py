@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import subprocess
 import time
 from typing import Any
+
+import attrs
 
 from engine.testing.daemon import Daemon
 
@@ -73,17 +76,50 @@ def host_links() -> list[str]:
     return sorted(line.split(":")[1].strip().split("@")[0] for line in lines)
 
 
-def snapshot(d: Daemon) -> dict[str, Any]:
-    """What networking looks like on the host and in the daemon's stores."""
+@attrs.define
+class Scope:
+    """What belongs to one daemon on a host shared with other engines and tests: only
+    these are compared, so someone else's podman or CNI run cannot fail the check."""
+
+    bridges: set[str] = attrs.field(factory=set)
+    subnets: set[str] = attrs.field(factory=set)  # "10.89.3." prefixes
+    names: set[str] = attrs.field(factory=set)  # network names
+    container_ids: set[str] = attrs.field(factory=set)
+
+    def learn(self, d: Daemon) -> None:
+        for net in d.call("network.list"):
+            if net["Driver"] != "bridge":
+                continue
+            self.names.add(net["Name"])
+            self.bridges.add(net["Options"]["com.docker.network.bridge.name"])
+            for cfg in net["IPAM"]["Config"]:
+                self.subnets.add(cfg["Subnet"].rsplit(".", 1)[0] + ".")
+
+    def markers(self) -> list[str]:
+        found = [*self.bridges, *self.subnets, *self.container_ids]
+        found += [f'name: \\"{n}\\"' for n in self.names]
+        for name in self.names:
+            for cid in self.container_ids:
+                digest = hashlib.sha512((name + cid).encode()).hexdigest()
+                found += [f"CNI-{digest[:24]}", f"CNI-DN-{digest[:21]}"]
+        return found
+
+
+def snapshot(d: Daemon, scope: Scope) -> dict[str, Any]:
+    """What this daemon's networking looks like on the host and in its stores."""
     netns_dir = d.run_root / "netns"
     ipam = d.root / "networks" / "ipam"
+    markers = scope.markers()
     rules = host_output("iptables-save").splitlines()
     mounts = host_output("cat", "/proc/self/mountinfo").splitlines()
+    links = host_output("ip", "-o", "link", "show").splitlines()
     return {
         "netns_files": sorted(os.listdir(netns_dir)) if netns_dir.exists() else [],
-        "nsfs_mounts": sorted(m.split()[4] for m in mounts if " nsfs " in m),
-        "links": host_links(),
-        "iptables": sorted(_COUNTERS.sub("", r) for r in rules if not r.startswith("#")),
+        "nsfs_mounts": sorted(m.split()[4] for m in mounts if " nsfs " in m and str(d.base) in m),
+        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in links
+                        if any(f" {b}:" in line or f"master {b} " in line for b in scope.bridges)),
+        "iptables": sorted(_COUNTERS.sub("", r) for r in rules
+                           if not r.startswith("#") and any(m in r for m in markers)),
         "leases": sorted(str(p.relative_to(ipam)) for p in ipam.rglob("*") if p.name[:1].isdigit())
         if ipam.exists() else [],
         "attachments": sorted(str(p) for p in (d.root / "networks" / "attachments").rglob("*.json")),

@@ -29,7 +29,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def daemon_with(site: Path, **env: str) -> Daemon:
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH", "")]))
-    return Daemon(env={"PYTHONPATH": pythonpath, **env})
+    return Daemon(env={"PYTHONPATH": pythonpath, **env}, extra_args=["--default-network", "none"])
 
 
 def test_installed_plugin_is_listed_and_runs_containers(plugin_site: Path, tmp_path: Path) -> None:
