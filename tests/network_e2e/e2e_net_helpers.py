@@ -88,7 +88,9 @@ class Scope:
 
     def learn(self, d: Daemon) -> None:
         for net in d.call("network.list"):
-            if net["Driver"] != "bridge":
+            if net["Driver"] != "bridge" or net["Name"] == "bridge":
+                # The default network's bridge and subnet are the same in every engine on
+                # the host; only user networks are this daemon's alone.
                 continue
             self.names.add(net["Name"])
             self.bridges.add(net["Options"]["com.docker.network.bridge.name"])
