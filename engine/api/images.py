@@ -129,10 +129,14 @@ def summary(image: Image) -> dict[str, Any]:
     }
 
 
-def in_use_by_containers(app: App) -> Any:
+def in_use_by_containers(app: App) -> Callable[[str], bool]:
+    """rmi/prune ask this: does any container (running or not) use the image?"""
+
     def in_use(image_id: str) -> bool:
         sup = app.services.get("containers")
-        return bool(sup) and any(a.config.image_id == image_id for a in sup.actors.values())
+        if sup is None:
+            return False
+        return any(a.config.image_id == image_id for a in sup.actors.values())
 
     return in_use
 
