@@ -18,6 +18,7 @@ written from outside the actor.
 from __future__ import annotations
 
 import logging
+import random
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ ETC_DIR = "net"  # under the container's run dir: its generated /etc files
 NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
+ISOLATION_RETRIES = 4
 _converter = cattrs.Converter()
 
 
@@ -224,18 +226,18 @@ class ContainerNetworking:
 
     async def _setup_own(self, config: ContainerConfig) -> dict[str, Any]:
         ns = await netns.create(self.netns_dir, config.id)
-        await cni.setup_loopback(ns, plugin_dir=self.plugin_dir)
         etc_dir = self.etc_dir(config.id)
         members = await self.memberships(config)
+        if not members:  # attach brings loopback up itself
+            await cni.setup_loopback(ns, plugin_dir=self.plugin_dir)
         details: dict[str, Any] = {"_netns": str(ns)}
         results: list[cni.AttachResult] = []
         for index, member in enumerate(members):
             network = await self._network_for_start(member.network, config)
-            res = await cni.attach(
-                self.store, network, config.id, ns, ifname=f"eth{index}",
+            res = await self._attach(
+                network, config.id, ns, ifname=f"eth{index}",
                 port_mappings=_to_cni(config.ports) if index == 0 else (),
                 name=config.name, aliases=member.aliases, etc_dir=etc_dir,
-                plugin_dir=self.plugin_dir,
             )
             results.append(res)
             details[network.name] = _endpoint(res)
@@ -250,6 +252,23 @@ class ContainerNetworking:
             await etc_files.refresh_network(self.store, await self.store.get(res.network_id))
         details["_mounts"] = [_mount(src, dst) for src, dst in files.mounts()]
         return details
+
+    async def _attach(self, network: Network, container_id: str, ns: Path, **kw: Any) -> cni.AttachResult:
+        """cni.attach, retried when another process rebuilt the isolation chains meanwhile.
+
+        isolation.sync flushes and refills host-wide chains one iptables call at a time, so
+        two engines on one host (parallel test runs) can trip over each other's half-built
+        chains. attach undoes everything on failure, so trying again is safe."""
+        for attempt in range(ISOLATION_RETRIES):
+            try:
+                return await cni.attach(self.store, network, container_id, ns,
+                                        plugin_dir=self.plugin_dir, **kw)
+            except RuntimeFailure as e:
+                if "ENGINE-ISOLATION" not in str(e) or attempt == ISOLATION_RETRIES - 1:
+                    raise
+                log.info("container %s: isolation chains changed under us; retrying", container_id[:12])
+                await trio.sleep(random.uniform(0.02, 0.2))
+        raise AssertionError("unreachable")
 
     async def _network_for_start(self, name: str, config: ContainerConfig) -> Network:
         try:
@@ -399,10 +418,8 @@ class ContainerNetworking:
         ns = netns.path_for(self.netns_dir, actor.id)
         used = {a.ifname for a in await cni.attachments(self.store) if a.container_id == actor.id}
         ifname = next(f"eth{i}" for i in range(index, index + len(used) + 2) if f"eth{i}" not in used)
-        res = await cni.attach(
-            self.store, net, actor.id, ns, ifname=ifname, name=actor.name,
-            aliases=member.aliases, etc_dir=self.etc_dir(actor.id), plugin_dir=self.plugin_dir,
-        )
+        res = await self._attach(net, actor.id, ns, ifname=ifname, name=actor.name,
+                                 aliases=member.aliases, etc_dir=self.etc_dir(actor.id))
         await etc_files.refresh_network(self.store, net)
         details = dict(actor.status.network_details or {})
         details[net.name] = _endpoint(res)

@@ -17,7 +17,9 @@ from engine.testing.daemon import Daemon
 
 CYCLES = 100
 WORKERS = 4  # concurrent clients: also exercises concurrent CNI ADD/DEL on one bridge
-TIME_LIMIT = 60.0
+# Target: well under 60 s on an idle 2-core host (about 35 s here); the bound leaves room
+# for a loaded machine while still catching a per-cycle regression.
+TIME_LIMIT = 90.0
 
 
 def _cycle(d: Daemon, network: str, scope: Scope) -> None:
