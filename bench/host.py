@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -155,7 +156,7 @@ def _drop_chains(table: str, chains: set[str]) -> None:
     """Delete every rule that jumps to one of ``chains``, then flush and delete them."""
     rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
     for line in rules.splitlines():
-        parts = line.split()
+        parts = shlex.split(line)  # comments are quoted: "netavark firewall plugin rules"
         if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in chains:
             subprocess.run(["iptables", "-t", table, "-D", *parts[1:]], capture_output=True)
     for c in chains:
