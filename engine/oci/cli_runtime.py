@@ -34,6 +34,7 @@ _NOT_FOUND = re.compile(
 )
 _WRONG_STATE = re.compile(
     r"not running|is running|still running|not paused|is paused|already paused|is stopped"
+    r"|no such process|process already finished"
     r"|container not|is in state|cannot (kill|pause|resume|delete) .*(state|status)",
     re.I,
 )

@@ -378,7 +378,7 @@ def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
             [
                 r["Id"] if args.no_trunc else r["Id"][:12],
                 r["Image"],
-                json.dumps(r["Command"] if args.no_trunc else _trunc(r["Command"], 20)),
+                json.dumps(r["Command"] if args.no_trunc else _trunc(r["Command"], 20), ensure_ascii=False),
                 _ago(r["Created"]),
                 r["Status"],
                 ", ".join(_port_text(p) for p in r["Ports"]),
