@@ -316,7 +316,7 @@ def inspect(actor: ContainerActor) -> dict[str, Any]:
         },
         "NetworkSettings": {
             "IPAddress": s.ip_address,
-            "Networks": s.network_details,
+            "Networks": {k: v for k, v in s.network_details.items() if not k.startswith("_")},
             "Ports": [attrs.asdict(p) for p in c.ports],
         },
     }

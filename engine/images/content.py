@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,7 +96,8 @@ class ContentStore:
             )
         if self.has(actual):
             return actual
-        partial = self.ingest_dir / f"{actual.removeprefix('sha256:')}.{os.getpid()}.write"
+        # Unique per writer: threads of one daemon may store the same blob at once.
+        partial = self.ingest_dir / f"{actual.removeprefix('sha256:')}.{secrets.token_hex(8)}.write"
         with open(partial, "wb") as f:
             f.write(data)
             f.flush()

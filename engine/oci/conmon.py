@@ -72,6 +72,12 @@ class MonitorFiles:
         for path in (self.state_dir, self.exit_dir, self.persist_dir, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
 
+    def clear_previous_run(self) -> None:
+        """A restarted container reuses its state dir: last run's exit file, oom marker and
+        pid files would make the new run look finished the moment it starts."""
+        for path in (self.exit_file, *self.oom_markers, self.conmon_pidfile, self.container_pidfile):
+            path.unlink(missing_ok=True)
+
 
 def conmon_argv(
     request: CreateRequest,
@@ -181,6 +187,7 @@ async def start_conmon(
     conmon is missing."""
     files = MonitorFiles(request.state_dir, request.container_id)
     await trio.to_thread.run_sync(files.make_dirs)
+    await trio.to_thread.run_sync(files.clear_previous_run)
     argv = conmon_argv(request, files, runtime_binary, runtime_args, name=name)
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC)

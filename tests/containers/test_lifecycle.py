@@ -196,3 +196,18 @@ def test_rename_prune_and_events(engine: Daemon) -> None:
             actions.append(event["Action"])
     assert actions == ["create", "rename", "start", "die", "destroy"], actions
     events.cancel()
+
+
+def test_a_restarted_container_keeps_running(engine: Daemon) -> None:
+    """The previous run's exit record must not end the next run."""
+    cid = engine.call("container.create", image="busybox", cmd=["sleep", "1000"])["Id"]
+    for _ in range(3):
+        engine.call("container.start", id=cid)
+        wait_state(engine, cid, "running")
+        time.sleep(0.3)
+        info = engine.call("container.inspect", id=cid)
+        assert info["State"]["Status"] == "running", info["State"]
+        engine.call("container.stop", id=cid, timeout=0)
+    engine.call("container.restart", id=cid, timeout=0)
+    time.sleep(0.3)
+    assert engine.call("container.inspect", id=cid)["State"]["Status"] == "running"

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import require_binary
 
 from engine.errors import DigestMismatch, InvalidArgument, NotFound, UnsafeContent
 from engine.images.archive import import_rootfs, load, save
 from engine.images.content import ContentStore
 from engine.images.store import ImageStore
 from engine.testing import images as ti
+
+from .conftest import require_binary
 
 
 def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:

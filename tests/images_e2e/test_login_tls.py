@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BUSYBOX_TAG, DaemonFactory, Layouts
-from e2e_helpers import engctl, ok
 
 from engine.testing.daemon import Daemon
 from engine.testing.registry import Registry, install_ca, push_layout, registry_server
+
+from .conftest import BUSYBOX_TAG, DaemonFactory, Layouts
+from .e2e_helpers import engctl, ok
 
 USERS = {"alice": "s3cret-pass"}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import BUSYBOX_TAG, MULTI_TAG, Layouts
-from e2e_helpers import engctl, ok
-
 from engine.testing.daemon import Daemon
 from engine.testing.registry import Registry
+
+from .conftest import BUSYBOX_TAG, MULTI_TAG, Layouts
+from .e2e_helpers import engctl, ok
 
 
 def test_pull_prints_plain_lines_when_not_a_tty(daemon: Daemon, seeded: Registry,

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DaemonFactory
-from e2e_helpers import ENGCTL, blob_files, ingest_files, ok
-from stall_proxy import StallProxy
 
 from engine.testing import images as test_images
 from engine.testing.daemon import Daemon
 from engine.testing.registry import ProxiedRequest, Registry, push_layout
+
+from .conftest import DaemonFactory
+from .e2e_helpers import ENGCTL, blob_files, ingest_files, ok
+from .stall_proxy import StallProxy
 
 MiB = 1024 * 1024
 BIG = 12 * MiB

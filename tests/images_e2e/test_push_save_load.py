@@ -9,11 +9,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import MULTI_TAG, DaemonFactory, Layouts
-from e2e_helpers import blob_files, engctl, ok
 
 from engine.testing.daemon import Daemon, require_binary
 from engine.testing.registry import Registry
+
+from .conftest import MULTI_TAG, DaemonFactory, Layouts
+from .e2e_helpers import blob_files, engctl, ok
 
 
 def test_tag_push_and_pull_back_by_digest(

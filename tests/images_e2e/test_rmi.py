@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import BUSYBOX_TAG, MULTI_TAG, Layouts
-from e2e_helpers import blob_files, engctl, ok
-
 from engine.testing.daemon import Daemon
 from engine.testing.registry import Registry
+
+from .conftest import BUSYBOX_TAG, MULTI_TAG, Layouts
+from .e2e_helpers import blob_files, engctl, ok
 
 
 def _driver_layers(daemon: Daemon) -> set[str]:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Background, NetEnv, curl, in_netns, serve_http, wait_for_http
 
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from engine.network import cni, netns
 from engine.network.ports import PortMapping, parse_publish
+
+from .conftest import Background, NetEnv, curl, in_netns, serve_http, wait_for_http
 
 
 async def test_attach_gives_address_lo_and_eth0(env: NetEnv) -> None:

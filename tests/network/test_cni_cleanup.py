@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from conftest import NetEnv, curl, sh
-
 from engine.network import cni, netns
 from engine.network.networks import NetworkStore
 from engine.network.ports import parse_publish
 from engine.network.reconcile import reconcile
+
+from .conftest import NetEnv, curl, sh
 
 _COUNTERS = re.compile(r"\[\d+:\d+\]")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Background, NetEnv, curl, in_netns, serve_http, sh, uplink, wait_for_http
-
 from engine.network import cni, etc_files, isolation, netns
 from engine.network.isolation import CHAIN_1
+
+from .conftest import Background, NetEnv, curl, in_netns, serve_http, sh, uplink, wait_for_http
 
 
 async def _join(env: NetEnv, net_name: str, cid: str, name: str, aliases: list[str]) -> cni.AttachResult:

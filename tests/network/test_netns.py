@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import NetEnv, in_netns
 
 from engine.errors import InvalidArgument
 from engine.network import netns
+
+from .conftest import NetEnv, in_netns
 
 
 async def test_create_list_delete(env: NetEnv) -> None:

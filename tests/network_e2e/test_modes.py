@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from e2e_net_helpers import HTTPD, host_links, run_attached, run_d, wait_http
 
 from engine.errors import Conflict, InvalidArgument
 from engine.testing.daemon import Daemon
+
+from .e2e_net_helpers import HTTPD, host_links, run_attached, run_d, wait_http
 
 # Names resolve through /etc/hosts only: a nameserver nobody serves makes a failed lookup
 # fail at once instead of waiting on the host's resolver (which the egress guard blocks).

@@ -10,10 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import start_engine, stop_engine
-from e2e_net_helpers import HTTPD, Scope, diff, snapshot, wait_http
-
 from engine.testing.daemon import Daemon
+
+from .conftest import start_engine, stop_engine
+from .e2e_net_helpers import HTTPD, Scope, diff, snapshot, wait_http
 
 CYCLES = 100
 WORKERS = 4  # concurrent clients: also exercises concurrent CNI ADD/DEL on one bridge

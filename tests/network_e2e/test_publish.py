@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from e2e_net_helpers import HTTPD, run_d, udp_echo, wait_http
-
 from engine.network.ports import free_port
 from engine.testing.daemon import Daemon
+
+from .e2e_net_helpers import HTTPD, run_d, udp_echo, wait_http
 
 # A UDP echo server inside the container: the host's python, run from the host's root
 # mounted read-only (busybox's nc has no UDP); it runs in the container's namespace.

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from oci_layouts import Image, make_image, make_layer, write_layout
 
 from engine.images.content import ContentStore
 from engine.images.store import ImageStore
@@ -24,6 +23,8 @@ from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.store.layout import Layout
 from engine.testing.daemon import in_ci
 from engine.testing.registry import Registry, push_layout, registry_server
+
+from .oci_layouts import Image, make_image, make_layer, write_layout
 
 
 @pytest.fixture(autouse=True)

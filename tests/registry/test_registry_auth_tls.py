@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import make_client, small_image
 
 from engine.errors import PermissionDenied, Unavailable
 from engine.images import auth_config
@@ -18,6 +17,8 @@ from engine.plugins.registry.plugin import build_client
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import install_ca, registry_server, token_server
+
+from .conftest import make_client, small_image
 
 USERS = {"alice": "s3cret"}
 

@@ -8,14 +8,15 @@ import os
 
 import pytest
 import trio
-from conftest import make_client, small_image
-from oci_layouts import make_image, make_layer
 
 from engine.errors import DigestMismatch, ResourceExhausted
 from engine.images.pull import pull
 from engine.images.store import ImageStore
 from engine.reference import parse_reference
 from engine.testing.registry import Fault, Registry, fault_proxy
+
+from .conftest import make_client, small_image
+from .oci_layouts import make_image, make_layer
 
 BLOB_SIZE = 600_000
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import make_client, small_image, whiteout_image
-from oci_layouts import make_image, make_index, make_layer
 
 from engine.errors import NotFound, Unavailable
 from engine.images.pull import pull, select_manifest
@@ -18,6 +16,9 @@ from engine.images.types import DOCKER_MANIFEST, OCI_MANIFEST
 from engine.plugins.registry.client import DistributionClient
 from engine.reference import parse_reference
 from engine.testing.registry import Registry
+
+from .conftest import make_client, small_image, whiteout_image
+from .oci_layouts import make_image, make_index, make_layer
 
 
 def diff_dir(store: ImageStore, diff_id: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from conftest import make_client, small_image, whiteout_image
 
 from engine.images.content import ContentStore
 from engine.images.pull import pull
@@ -16,6 +15,8 @@ from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.reference import parse_reference
 from engine.store.layout import Layout
 from engine.testing.registry import Registry, fault_proxy, registry_server
+
+from .conftest import make_client, small_image, whiteout_image
 
 
 def fresh_store(tmp_path: Path, name: str) -> ImageStore:

@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 
 import trio
-from conftest import make_client
-from oci_layouts import make_image, make_layer
-from schema1_sign import sign_schema1
 
 from engine.images.pull import pull
 from engine.images.store import ImageStore
@@ -17,6 +14,10 @@ from engine.images.types import DOCKER_MANIFEST, DOCKER_SCHEMA1_SIGNED
 from engine.plugins.registry import schema1
 from engine.reference import parse_reference
 from engine.testing.registry import registry_server
+
+from .conftest import make_client
+from .oci_layouts import make_image, make_layer
+from .schema1_sign import sign_schema1
 
 
 def _schema1_manifest(name: str, tag: str, layers: list[str]) -> dict:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import make_client, small_image
 
 from engine.errors import InvalidArgument
 from engine.images.pull import pull
@@ -17,6 +16,8 @@ from engine.plugins.registry.client import DistributionClient
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import Registry, registry_server
+
+from .conftest import make_client, small_image
 
 
 def test_insecure_names_and_cidrs() -> None:

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from layertar import LayerTar
 
 from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.plugins.storage_overlay.mount import read_mountinfo, unmount
 from engine.store.layout import Layout
+
+from .layertar import LayerTar
 
 
 def require(condition: bool, reason: str) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-from layertar import LayerTar
 
 from engine.errors import Conflict, DigestMismatch, NotFound
 from engine.plugin import Register, StorageDriver
@@ -19,6 +18,8 @@ from engine.plugins.storage_overlay import plugin, unpack
 from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.plugins.storage_overlay.mount import is_mounted, read_mountinfo
 from engine.store.layout import Layout
+
+from .layertar import LayerTar
 
 WriteLayer = Callable[..., tuple[Path, str]]
 

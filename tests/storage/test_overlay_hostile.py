@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from layertar import LayerTar
 
 from engine.errors import UnsafeContent
 from engine.plugins.storage_overlay.driver import OverlayDriver
+
+from .layertar import LayerTar
 
 WriteLayer = Callable[..., tuple[Path, str]]
 

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from layertar import LayerTar
 
 from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.plugins.storage_overlay.unpack import OPAQUE_XATTR, extract
+
+from .layertar import LayerTar
 
 WriteLayer = Callable[..., tuple[Path, str]]
 
