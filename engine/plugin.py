@@ -111,7 +111,10 @@ class Runtime(Protocol):
 
     async def resume(self, container_id: str) -> None: ...
 
-    async def delete(self, container_id: str, *, force: bool = False) -> None: ...
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Forget the container (``force``: kill it first). An unknown container either
+        succeeds or raises ``NotFound``."""
+        ...
 
     async def state(self, container_id: str) -> RuntimeState | None:
         """None when the runtime does not know the container."""

@@ -74,7 +74,9 @@ class ContainerActor:
         self.attached = 0  # readers following the output of an attached run
         self._attached_done = trio.Event()
         self.removed = False
-        self.lock_name = config.name
+        # Whether the runtime may hold state for this container: unknown (None) for a
+        # container read from disk, False for a new one, True once created there.
+        self.runtime_knows: bool | None = None
 
     # --- public surface (called from RPC handlers) -----------------------------------------
 
@@ -190,6 +192,7 @@ class ContainerActor:
                 await network.setup(self.config, self.status)
             bundle = await self.sup.write_bundle(self, rootfs)
             self.status.log_offset_at_start = await trio.to_thread.run_sync(_file_size, self.files.log_path)
+            self.runtime_knows = True
             created = await runtime.create(CreateRequest(
                 container_id=self.id,
                 bundle=bundle,
@@ -441,15 +444,21 @@ class ContainerActor:
             log.warning("container %s: network teardown: %s", self.name, e)
 
     async def _runtime_cleanup(self) -> None:
+        """Make the runtime forget the container. Skipped when we know it holds nothing
+        (each runtime call is a process spawn on the start and exit paths)."""
+        if self.runtime_knows is False:
+            return
         runtime = self.app.plugins.register.runtimes.get(self.config.runtime)
         if runtime is None:
             return
         try:
-            state = await runtime.state(self.id)
-            if state is not None:
-                await runtime.delete(self.id, force=True)
+            await runtime.delete(self.id, force=True)
+        except NotFound:
+            pass
         except EngineError as e:
             log.warning("container %s: runtime cleanup: %s", self.name, e)
+            return
+        self.runtime_knows = False
 
     # --- adoption after a daemon restart ---------------------------------------------------------
 

@@ -180,6 +180,7 @@ class ContainerSupervisor:
             status = ContainerStatus(state=ContainerState.CREATING)
             await trio.to_thread.run_sync(_write_both, files, config, status)
             actor = ContainerActor(self, config, status)
+            actor.runtime_knows = False
             await self._spawn(actor)
         try:
             await trio.to_thread.run_sync(
