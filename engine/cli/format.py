@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -47,3 +48,44 @@ def human_duration(seconds: float) -> str:
         return f"{hours} hour{'s' if hours != 1 else ''}"
     days = hours // 24
     return f"{days} days"
+
+
+def format_path(obj: Any, fmt: str) -> str:
+    """A small subset of Go templates: ``{{.State.Status}}``, ``{{json .Config}}``."""
+    out = fmt
+    for expr in re.findall(r"\{\{\s*([^}]*)\s*\}\}", fmt):
+        value: Any = obj
+        path = expr.strip()
+        wrap_json = path.startswith("json ")
+        path = path.removeprefix("json ").strip()
+        for part in [p for p in path.split(".") if p]:
+            value = value.get(part) if isinstance(value, dict) else None
+        if wrap_json or isinstance(value, dict | list):
+            text = json.dumps(value)
+        elif value is None:
+            text = "<no value>"
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        out = out.replace("{{" + expr + "}}", text, 1)
+    return out
+
+
+def inspect_each(refs: Sequence[str], fetch: Callable[[str], Any], fmt: str) -> int:
+    """docker's inspect output for several objects: JSON array, or one formatted line each;
+    errors go to stderr and make the exit code 1 without stopping the others."""
+    from engine.errors import EngineError
+
+    results = []
+    failed = False
+    for ref in refs:
+        try:
+            results.append(fetch(ref))
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            failed = True
+    if fmt and fmt != "json":
+        for r in results:
+            print(format_path(r, fmt))
+    else:
+        print_json(results)
+    return 1 if failed else 0

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from engine.cli.format import print_json, print_table
+from engine.cli.format import format_path, print_json, print_table
 from engine.cli.main import Context, parse_filters, parse_time
 from engine.errors import EngineError, InvalidArgument, NotFound
 
@@ -424,26 +424,12 @@ def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
             failed = True
     if args.format and args.format != "json":
         for r in results:
-            print(_format_path(r, args.format))
+            print(format_path(r, args.format))
     else:
         print_json(results)
     return 1 if failed else 0
 
 
-def _format_path(obj: Any, fmt: str) -> str:
-    """A small subset of Go templates: '{{.State.Status}}' style paths."""
-    out = fmt
-    for expr in re.findall(r"\{\{\s*([^}]*)\s*\}\}", fmt):
-        value: Any = obj
-        path = expr.strip()
-        wrap_json = path.startswith("json ")
-        path = path.removeprefix("json ").strip()
-        for part in [p for p in path.split(".") if p]:
-            value = value.get(part) if isinstance(value, dict) else None
-        text = json.dumps(value) if wrap_json or isinstance(value, dict | list) else (
-            "<no value>" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
-        out = out.replace("{{" + expr + "}}", text, 1)
-    return out
 
 
 def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:

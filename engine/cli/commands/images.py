@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any, TextIO
 
-from engine.cli.format import human_duration, human_size, print_json, print_table
+from engine.cli.format import human_duration, human_size, inspect_each, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
 
@@ -367,22 +367,7 @@ def _history_id(image_id: str, no_trunc: bool) -> str:
 
 def cmd_image_inspect(ctx: Context, args: argparse.Namespace) -> int:
     client = ctx.client()
-    results = []
-    failed = False
-    for image in args.images:
-        try:
-            results.append(client.call("image.inspect", id=image))
-        except EngineError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            failed = True
-    if args.format and args.format != "json":
-        from engine.cli.commands.containers import _format_path
-
-        for r in results:
-            print(_format_path(r, args.format))
-    else:
-        print_json(results)
-    return 1 if failed else 0
+    return inspect_each(args.images, lambda ref: client.call("image.inspect", id=ref), args.format)
 
 
 def cmd_image_prune(ctx: Context, args: argparse.Namespace) -> int:

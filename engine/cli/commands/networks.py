@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from engine.cli.format import print_json, print_table
+from engine.cli.format import format_path, inspect_each, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
 
@@ -95,10 +95,8 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     if args.format:
-        from engine.cli.commands.containers import _format_path
-
         for r in rows:
-            print(_format_path(r, args.format))
+            print(format_path(r, args.format))
         return 0
     print_table(
         ["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
@@ -109,22 +107,7 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
     client = ctx.client()
-    results = []
-    failed = False
-    for ref in args.networks:
-        try:
-            results.append(client.call("network.inspect", id=ref))
-        except EngineError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            failed = True
-    if args.format and args.format != "json":
-        from engine.cli.commands.containers import _format_path
-
-        for r in results:
-            print(_format_path(r, args.format))
-    else:
-        print_json(results)
-    return 1 if failed else 0
+    return inspect_each(args.networks, lambda ref: client.call("network.inspect", id=ref), args.format)
 
 
 def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
