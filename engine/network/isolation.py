@@ -16,7 +16,11 @@ networks in use on every change, and removed entirely when no network is in use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fcntl
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
@@ -25,6 +29,7 @@ from engine.network.networks import Network
 
 CHAIN_1 = "ENGINE-ISOLATION-1"
 CHAIN_2 = "ENGINE-ISOLATION-2"
+HOST_LOCK = Path("/run/lock/engine-isolation.lock")
 _JUMP = ["-j", CHAIN_1, "-m", "comment", "--comment", "engine network isolation"]
 # One rebuild at a time in this process; iptables' own lock (-w) covers other processes.
 _lock = trio.Lock()
@@ -68,7 +73,7 @@ async def _ensure_jump_first() -> None:
 async def sync(networks: Iterable[Network]) -> None:
     """Make the isolation chains match ``networks`` (the bridge networks in use)."""
     active = sorted((n for n in networks if not n.is_pseudo), key=lambda n: n.bridge)
-    async with _lock:
+    async with _lock, _host_lock():
         if not active:
             await _remove()
             return
@@ -83,6 +88,19 @@ async def sync(networks: Iterable[Network]) -> None:
             await _ipt("-A", CHAIN_2, *rule)
         await _ipt("-A", CHAIN_2, "-j", "RETURN")
         await _ensure_jump_first()
+
+
+@asynccontextmanager
+async def _host_lock() -> AsyncIterator[None]:
+    """The chains are host-wide: serialise their rebuild across engine processes too (an
+    flock taken in a thread; released when the file is closed)."""
+    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=False)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _remove() -> None:
