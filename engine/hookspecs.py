@@ -62,10 +62,11 @@ def engine_add_storage_drivers(register: Register, config: dict[str, Any]) -> No
 def engine_add_registry_clients(register: Register, config: dict[str, Any]) -> None:
     """Register registry clients with ``register.registry_client(client)``.
 
-    ``client`` satisfies ``engine.plugin.RegistryClient``: ``resolve`` a reference to a
-    manifest descriptor, ``fetch_manifest``, ``fetch_blob`` (verified, resumable) and
-    ``push_blob`` / ``push_manifest``. The first client whose ``handles(host)`` is true
-    serves a host."""
+    ``client`` satisfies ``engine.plugin.RegistryClient`` (``name``, ``handles(host)``) and
+    offers what ``engine.images.pull``/``push`` call: ``get_manifest(ref)`` → (bytes,
+    media type, digest), ``fetch_blob`` (verified, resumable, into the content store),
+    ``blob_exists``, ``push_blob``, ``push_manifest`` and ``check_login``. The built-in is
+    ``engine.plugins.registry.client.DistributionClient``."""
 
 
 @hookspec(firstresult=True)
