@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from engine.actors.events import Event
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus
 from engine.actors.state import ACTIVE, ContainerState, can_transition, require_state
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, RuntimeFailure
@@ -168,10 +169,9 @@ class ContainerActor:
             self.emit(action, **attributes)
 
     def emit(self, action: str, **attributes: Any) -> None:
-        self.app.events.emit(
-            "container", action, self.id,
-            name=self.name, image=self.config.image, **self.config.labels, **attributes,
-        )
+        # docker puts labels flat among the attributes; ours win over a label of the same key
+        merged = {**self.config.labels, "name": self.name, "image": self.config.image, **attributes}
+        self.app.events.publish(Event("container", action, self.id, attributes=merged))
 
     # --- commands --------------------------------------------------------------------------------
 

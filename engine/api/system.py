@@ -48,7 +48,7 @@ def event_filter(filters: dict[str, list[str]]) -> Any:
                 if not any(v in (event.id, name) or event.id.startswith(v) for v in values):
                     return False
             if key == "label":
-                labels = event.attributes.get("labels") or {}
+                labels = event.attributes  # docker keeps labels flat among the attributes
                 for v in values:
                     k, _, want = v.partition("=")
                     if k not in labels or (want and labels[k] != want):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -211,3 +208,15 @@ def test_a_restarted_container_keeps_running(engine: Daemon) -> None:
     engine.call("container.restart", id=cid, timeout=0)
     time.sleep(0.3)
     assert engine.call("container.inspect", id=cid)["State"]["Status"] == "running"
+
+
+def test_labels_are_event_attributes_and_filterable(engine: Daemon) -> None:
+    # a label named like an attribute must not break event emission
+    cid = engine.call("container.create", image="busybox", cmd=["true"],
+                      labels={"tier": "web", "name": "label-value", "type": "x"})["Id"]
+    with engine.client() as c:
+        events = list(c.stream("system.events", since=0.0, until=time.time(),
+                               filters={"label": ["tier=web"]}))
+    assert [(e["Actor"]["ID"], e["Action"]) for e in events] == [(cid, "create")]
+    attributes = events[0]["Actor"]["Attributes"]
+    assert attributes["tier"] == "web" and attributes["name"] != "label-value"
