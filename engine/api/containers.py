@@ -242,7 +242,7 @@ def summary(actor: ContainerActor) -> dict[str, Any]:
 def status_text(actor: ContainerActor) -> str:
     s = actor.status
     now = time.time()
-    from engine.cli.format import human_duration
+    from engine.humanize import human_duration
 
     if s.state == ContainerState.RUNNING:
         return f"Up {human_duration(now - s.started_at)}"

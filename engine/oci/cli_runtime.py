@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -224,3 +225,28 @@ def _write_exec_files(
         json.dump(spec, fh)
     spec_file = Path(name)
     return spec_file, spec_file.with_suffix(".pid")
+
+
+R = TypeVar("R", bound=CLIRuntime)
+
+
+def runtime_from_config(
+    cls: Callable[..., R],  # a subclass: (state_root, binary, *, name, extra_global_args)
+    config: dict[str, Any],
+    *,
+    plugin: str,
+    name: str,
+    extra_global_args: list[str] | None = None,
+) -> R:
+    """A runtime for the daemon ``config`` (``root``, ``run_root``, ``plugins.<plugin>.binary``),
+    its state in ``<run_root>/runtimes/<name>``: what every CLI runtime plugin's glue does."""
+    from engine.store.layout import Layout
+
+    layout = Layout(Path(config["root"]), Path(config["run_root"]))
+    section = (config.get("plugins") or {}).get(plugin) or {}
+    return cls(
+        layout.runtime_state_dir(name),
+        str(section.get("binary", plugin)),
+        name=name,
+        extra_global_args=extra_global_args,
+    )

@@ -25,16 +25,23 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require_binary(name: str) -> str:
-    """The binary's path; skips the test locally when missing, fails it under CI=true."""
+def require(condition: bool, reason: str) -> None:
+    """Skip the test locally when ``condition`` is false, fail it under CI=true: a test
+    whose real dependency is absent proves nothing."""
     import pytest
 
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"required for this test under CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_binary(name: str) -> str:
+    """The binary's path (see ``require``)."""
     path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (the README's setup command installs it)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+    require(path is not None, f"{name} is not installed (the README's setup command installs it)")
+    assert path is not None
     return path
 
 

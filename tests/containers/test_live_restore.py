@@ -98,7 +98,8 @@ def test_concurrent_stop_kill_restart_rm_end_consistent(busybox_archive: Path) -
             d.call("container.start", id=name)
             errors: list[BaseException] = []
 
-            def hit(method: str, **params: object) -> None:
+            def hit(method: str, name: str = name, errors: list[BaseException] = errors,
+                    **params: object) -> None:
                 try:
                     d.call(method, id=name, **params)
                 except (Conflict, NotFound):

@@ -7,7 +7,6 @@ Every mount made under a test's tmp_path is unmounted in the fixture's finally b
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,21 +18,7 @@ from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.plugins.storage_overlay.mount import read_mountinfo, unmount
 from engine.store.layout import Layout
 from engine.testing import images as ti
-
-
-def require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required for this test under CI: {reason}")
-    pytest.skip(reason)
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, f"needs the {name} binary")
-    assert path is not None
-    return path
+from engine.testing.daemon import require
 
 
 def _mounts_under(path: Path) -> list[str]:

@@ -17,8 +17,7 @@ from engine.images.archive import import_rootfs, load, save
 from engine.images.content import ContentStore
 from engine.images.store import ImageStore
 from engine.testing import images as ti
-
-from .conftest import require_binary
+from engine.testing.daemon import require_binary
 
 
 def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:

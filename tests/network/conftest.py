@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,24 +22,14 @@ from engine.network import netns
 from engine.network.networks import NetworkStore
 from engine.network.reconcile import reconcile
 from engine.store.layout import Layout
+from engine.testing.daemon import require, require_binary
 
 CNI_DIR = Path("/usr/lib/cni")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
-def require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required for this test under CI: {reason}")
-    pytest.skip(reason)
 
 
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    require(path is not None, f"needs {name} on PATH")
-    assert path is not None
-    return path
 
 
 def require_root_networking() -> None:

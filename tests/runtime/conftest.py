@@ -29,6 +29,7 @@ from engine.oci.spec import SpecOptions, build_spec
 from engine.plugin import Created, CreateRequest, ExitInfo
 from engine.plugins.crun.runtime import CrunRuntime
 from engine.plugins.runc.runtime import RuncRuntime
+from engine.testing.daemon import require, require_binary
 
 RUNTIMES = ["runc", "crun"]
 ID_PREFIX = "engtest-"
@@ -40,23 +41,9 @@ PASSWD = (
 GROUP = "root:x:0:\nstaff:x:50:app\nwheel:x:10:root,app\napp:x:1000:\nnogroup:x:65534:\n"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def missing(message: str) -> None:
     """Skip locally, fail under CI: a test whose real dependency is absent proves nothing."""
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        missing(f"{name} is not installed (apt-get install {name})")
-    assert path is not None
-    return path
+    require(False, message)
 
 
 def require_root() -> None:

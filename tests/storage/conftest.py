@@ -16,16 +16,9 @@ import pytest
 from engine.plugins.storage_overlay.driver import OverlayDriver
 from engine.plugins.storage_overlay.mount import read_mountinfo, unmount
 from engine.store.layout import Layout
+from engine.testing.daemon import require
 
 from .layertar import LayerTar
-
-
-def require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required for this test under CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

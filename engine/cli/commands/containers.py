@@ -159,15 +159,7 @@ def setup(sub: Any) -> None:
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("ps", help="list containers")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("-f", "--filter", action="append", default=[])
-    p.add_argument("-n", "--last", type=int, default=-1)
-    p.add_argument("-l", "--latest", action="store_true")
-    p.add_argument("--no-trunc", action="store_true")
-    p.add_argument("--format", default="")
-    p.set_defaults(func=cmd_ps)
+    add_ps_parser(sub, "ps")
 
     p = sub.add_parser("inspect", help="low-level information on containers or images")
     p.add_argument("-f", "--format", default="")
@@ -210,21 +202,26 @@ def setup(sub: Any) -> None:
     pp.add_argument("-f", "--force", action="store_true")
     pp.add_argument("--filter", action="append", default=[])
     pp.set_defaults(func=cmd_prune)
-    for name, func in (("ls", cmd_ps), ("list", cmd_ps)):
-        pl = csub.add_parser(name, help="list containers")
-        pl.add_argument("-a", "--all", action="store_true")
-        pl.add_argument("-q", "--quiet", action="store_true")
-        pl.add_argument("-f", "--filter", action="append", default=[])
-        pl.add_argument("-n", "--last", type=int, default=-1)
-        pl.add_argument("-l", "--latest", action="store_true")
-        pl.add_argument("--no-trunc", action="store_true")
-        pl.add_argument("--format", default="")
-        pl.set_defaults(func=func)
+    for name in ("ls", "list"):
+        add_ps_parser(csub, name)
 
     p = sub.add_parser("port", help="list a container's published ports")
     p.add_argument("container")
     p.add_argument("private_port", nargs="?")
     p.set_defaults(func=cmd_port)
+
+
+def add_ps_parser(sub: Any, name: str) -> None:
+    """``ps`` and its aliases ``container ls|list``."""
+    p = sub.add_parser(name, help="list containers")
+    p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-f", "--filter", action="append", default=[])
+    p.add_argument("-n", "--last", type=int, default=-1)
+    p.add_argument("-l", "--latest", action="store_true")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("--format", default="")
+    p.set_defaults(func=cmd_ps)
 
 
 def _write_output(item: dict[str, Any]) -> None:
@@ -400,7 +397,7 @@ def _trunc(text: str, n: int) -> str:
 
 
 def _ago(ts: float) -> str:
-    from engine.cli.format import human_duration
+    from engine.humanize import human_duration
 
     return f"{human_duration(time.time() - ts)} ago"
 

@@ -12,9 +12,10 @@ import time
 from datetime import datetime
 from typing import Any, TextIO
 
-from engine.cli.format import human_duration, human_size, inspect_each, print_json, print_table
+from engine.cli.format import inspect_each, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
+from engine.humanize import human_duration, human_size
 
 
 def setup(sub: Any) -> None:
