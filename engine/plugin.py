@@ -95,6 +95,10 @@ class Runtime(Protocol):
     The monitor, not the daemon, is the container's parent: it keeps the container's output
     in ``log_path`` and records the exit code in ``state_dir``, so the container outlives
     the daemon and ``wait_exit`` works for a container the daemon adopted after a restart.
+
+    Optional: ``adapt_spec(spec: dict) -> dict``, called (in a worker thread) on the OCI
+    config before it is written to the bundle, for what only this runtime understands
+    (crun: its annotation carrying the precompiled seccomp program).
     """
 
     name: str

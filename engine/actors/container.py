@@ -112,6 +112,10 @@ class ContainerActor:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             log.warning("dropped internal %s for %s", name, self.name)
 
+    def changes(self) -> trio.Event:
+        """An event set at the next change of status (persisted) or at removal."""
+        return self._changed
+
     async def wait_for(self, predicate: Callable[[ContainerStatus], bool]) -> ContainerStatus:
         while not predicate(self.status) and not self.removed:
             changed = self._changed
@@ -250,13 +254,24 @@ class ContainerActor:
         self.status.finished_at = info.finished_at or time.time()
         self.status.pid = 0
         self.status.monitor_pid = 0
-        with trio.CancelScope(shield=True):
-            await self._runtime_cleanup()
-            await self._network_teardown()
-            await self.sup.release_rootfs(self)
+        # The exit is told first (an attached `run` returns now); the cleanup follows within
+        # this same command, so no later command of this container can see it half done, and
+        # after a crash adoption redoes it for an exited container.
         await self._transition(S.EXITED, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
         if info.oom_killed:
             self.emit("oom")
+        with trio.CancelScope(shield=True):
+            await self._release_run_resources()
+
+    async def _release_run_resources(self) -> None:
+        """What a run holds once its process is gone: the runtime's state, the network and
+        the rootfs mount. The runtime's delete and the network teardown are independent of
+        each other, so they run side by side; the rootfs goes last (the runtime may still
+        hold a reference to it until its delete is done)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._runtime_cleanup)
+            nursery.start_soon(self._network_teardown)
+        await self.sup.release_rootfs(self)
 
     async def _after_exit(self) -> None:
         if self.config.auto_remove:

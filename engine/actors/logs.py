@@ -93,13 +93,16 @@ def read_records(path: Path, *, since: float | None = None, until: float | None 
     return list(keep), offset
 
 
-async def follow(path: Path, offset: int, *, finished: Callable[[], bool]) -> AsyncIterator[LogRecord]:
+async def follow(path: Path, offset: int, *, finished: Callable[[], bool],
+                 changes: Callable[[], trio.Event] | None = None) -> AsyncIterator[LogRecord]:
     """Yield records appended after ``offset`` until ``finished()`` is true and the file has
-    been read to its end."""
+    been read to its end. New output is polled for; ``changes()`` gives an event set when
+    the container's state changes, so an exit ends the stream at once, not a poll later."""
     parser = RecordParser()
     pending = b""
     inode: int | None = None
     while True:
+        changed = changes() if changes is not None else None
         done = finished()  # read it before draining, so nothing written before exit is lost
         chunk, size, ino = await trio.to_thread.run_sync(_read_from, path, offset)
         if inode is None:
@@ -117,7 +120,11 @@ async def follow(path: Path, offset: int, *, finished: Callable[[], bool]) -> As
         if not chunk:
             if done:
                 return
-            await trio.sleep(POLL_INTERVAL)
+            if changed is None:
+                await trio.sleep(POLL_INTERVAL)
+            else:
+                with trio.move_on_after(POLL_INTERVAL):
+                    await changed.wait()
 
 
 def _read_from(path: Path, offset: int) -> tuple[bytes, int, int]:

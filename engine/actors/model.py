@@ -133,7 +133,12 @@ class ContainerFiles:
         write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode())
 
     def write_status(self, status: ContainerStatus) -> None:
-        write_bytes_atomic(self.state_path, json.dumps(converter.unstructure(status)).encode())
+        # Atomic but not fsynced: a daemon crash keeps every rename (the page cache
+        # survives it), and after a power loss no container is running whatever the file
+        # says: adoption finds the runtime empty and records the exit. One fsync per
+        # transition would cost more than the rest of a container start.
+        write_bytes_atomic(self.state_path, json.dumps(converter.unstructure(status)).encode(),
+                           durable=False)
 
     def read_config(self) -> ContainerConfig:
         return converter.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)

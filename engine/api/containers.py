@@ -122,6 +122,9 @@ class PruneParams:
     filters: dict[str, list[str]] = attrs.field(factory=dict)
 
 
+AUTO_REMOVE_WAIT = 30.0  # seconds an attached `run --rm` waits for the removal
+
+
 def sup(ctx: CallContext) -> ContainerSupervisor:
     return ctx.app.services["containers"]  # type: ignore[no-any-return]
 
@@ -154,7 +157,7 @@ def parse_tmpfs(spec: str) -> TmpfsMount:
     return TmpfsMount(destination, options)
 
 
-async def build_config(ctx: CallContext, p: CreateParams) -> ContainerConfig:
+async def build_config(ctx: CallContext, p: CreateParams) -> tuple[ContainerConfig, list[str]]:
     app = ctx.app
     from engine.api.images import images as image_store
 
@@ -383,12 +386,17 @@ def register(table: MethodTable) -> None:
                 return actor.removed or s.started_at != started_at or s.state not in (
                     ContainerState.RUNNING, ContainerState.PAUSED)
 
-            async for record in follow(actor.files.log_path, offset, finished=finished):
+            async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
                 await stream.send(record.to_wire(False))
             status = actor.status
-            return {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
+            result = {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
         finally:
             actor.detach()
+        if actor.config.auto_remove:
+            # docker's `run --rm` returns once the container is gone: its name is free again
+            with trio.move_on_after(AUTO_REMOVE_WAIT):
+                await actor.wait_for(lambda _status: False)
+        return result
 
     @table.method("container.stop", params=StopParams)
     async def stop(ctx: CallContext, p: StopParams) -> dict[str, Any]:
@@ -468,7 +476,7 @@ def register(table: MethodTable) -> None:
             def finished() -> bool:
                 return actor.removed or actor.status.started_at != started_at or actor.status.state not in ACTIVE
 
-            async for record in follow(actor.files.log_path, offset, finished=finished):
+            async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
                 if p.until is not None and record.time > p.until:
                     break
                 await stream.send(record.to_wire(p.timestamps))

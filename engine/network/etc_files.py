@@ -11,7 +11,6 @@ would never be seen inside a running container.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -129,19 +128,19 @@ def resolv_text(servers: Sequence[str], search: Sequence[str], options: Sequence
 
 
 def _write_in_place(path: Path, text: str) -> None:
+    # No fsync: these files live under the run root (tmpfs by default) and are written
+    # anew at every start, so a power loss cannot leave a container with a stale copy.
     if path.exists():
         with open(path, "w") as f:  # same inode: seen through existing bind mounts
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
     else:
-        write_bytes_atomic(path, text.encode())
+        write_bytes_atomic(path, text.encode(), durable=False)
 
 
 def _write_all(etc_dir: Path, config: HostsConfig, hostname_text: str, resolv: str) -> EtcFiles:
     etc_dir.mkdir(parents=True, exist_ok=True)
     files = EtcFiles(etc_dir / HOSTS, etc_dir / HOSTNAME, etc_dir / RESOLV_CONF)
-    write_json_atomic(etc_dir / _STATE, _converter.unstructure(config))
+    write_json_atomic(etc_dir / _STATE, _converter.unstructure(config), durable=False)
     _write_in_place(files.hosts, hosts_text(config))
     _write_in_place(files.hostname, hostname_text)
     _write_in_place(files.resolv_conf, resolv)

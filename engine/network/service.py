@@ -215,6 +215,8 @@ class ContainerNetworking:
                     details = await self._setup_host(config)
                 elif kind == "container":
                     details = await self._setup_shared(config)
+                elif kind == "none":
+                    details = await self._setup_private(config)
                 else:
                     details = await self._setup_own(config)
             except BaseException:
@@ -270,6 +272,17 @@ class ContainerNetworking:
                 await trio.sleep(random.uniform(0.02, 0.2))
         raise AssertionError("unreachable")
 
+    async def _setup_private(self, config: ContainerConfig) -> dict[str, Any]:
+        """``none``: the runtime makes a fresh namespace as it creates the container and
+        brings its loopback up (runc and crun both do for a namespace without a path), so
+        no namespace file, mount or CNI plugin is needed: three process spawns fewer."""
+        files = await etc_files.write_etc_files(
+            self.etc_dir(config.id), hostname=_hostname(config), name=config.name,
+            extra_hosts=[etc_files.parse_add_host(h) for h in config.add_hosts],
+            dns=config.dns, dns_search=config.dns_search, network_mode="none",
+        )
+        return {"_netns": None, "_mounts": [_mount(src, dst) for src, dst in files.mounts()]}
+
     async def _network_for_start(self, name: str, config: ContainerConfig) -> Network:
         try:
             return await self.store.get(name)
@@ -298,7 +311,10 @@ class ContainerNetworking:
                 f"container {owner_id[:12]}, whose network {config.name} shares, no longer "
                 "exists; recreate this container with another --network"
             ) from None
-        ns = (owner.status.network_details or {}).get("_netns")
+        details = owner.status.network_details or {}
+        ns = details.get("_netns")
+        if ns is None and "_netns" in details and owner.status.pid:
+            ns = f"/proc/{owner.status.pid}/ns/net"  # the owner's namespace has no file (none)
         if owner.status.state.value not in _KEEP_STATES or not ns:
             raise Conflict(
                 f"container {owner.name}, whose network {config.name} shares, is not running; "

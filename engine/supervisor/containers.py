@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +246,9 @@ class ContainerSupervisor:
 
         bundle = actor.run_dir / "bundle"
         spec = await build_container_spec(self.app, actor.config, actor.status, rootfs, actor.run_dir)
-        await trio.to_thread.run_sync(_write_spec, bundle, spec)
+        # A runtime may add what only it understands (crun: the precompiled seccomp program).
+        adapt = getattr(self.app.runtime(actor.config.runtime), "adapt_spec", None)
+        await trio.to_thread.run_sync(_write_spec, bundle, spec, adapt)
         return bundle
 
     async def destroy_files(self, actor: ContainerActor) -> None:
@@ -267,7 +270,10 @@ def _write_both(files: ContainerFiles, config: ContainerConfig, status: Containe
     files.write_status(status)
 
 
-def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
+def _write_spec(bundle: Path, spec: dict[str, Any],
+                adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    if adapt is not None:
+        spec = adapt(spec)
     bundle.mkdir(parents=True, exist_ok=True)
     write_json_atomic(bundle / "config.json", spec, durable=False)
 

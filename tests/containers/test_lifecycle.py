@@ -29,6 +29,20 @@ def test_run_attached_streams_output_and_returns_the_exit_code(engine: Daemon) -
     assert out == b"hello\n" and err == b"oops\n"
 
 
+def test_run_rm_returns_once_the_container_is_gone(engine: Daemon) -> None:
+    # docker's `run --rm`: when it returns, the name is free and nothing is left mounted
+    for round_ in range(3):
+        with engine.client() as c:
+            cid = c.call("container.create", image="busybox", name="once", auto_remove=True,
+                         cmd=["sh", "-c", f"echo round {round_}"])["Id"]
+            stream = c.stream("container.start", id=cid, attach=True)
+            out = b"".join(item["data"] for item in stream)
+            assert out == f"round {round_}\n".encode() and stream.result["ExitCode"] == 0
+            with pytest.raises(NotFound):
+                c.call("container.inspect", id=cid)
+            assert not mounts_under(engine.root)
+
+
 def wait_log(d: Daemon, cid: str, text: bytes, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from engine.errors import Conflict, InvalidArgument
@@ -79,3 +81,17 @@ def test_network_container_shares_the_namespace(runc_engine: Daemon) -> None:
         "sh", "-c", f"{GET.format(host='127.0.0.1')}; cat /proc/net/dev"])
     assert code == 0, out
     assert "shared" in out and "eth0" in _interfaces(out.split("\r\n\r\n")[-1])
+
+
+def test_network_none_namespace_is_made_by_the_runtime_and_can_be_shared(runc_engine: Daemon) -> None:
+    owner = run_d(runc_engine, name="lonely", network="none", cmd=["sleep", "1000"])
+    pid = runc_engine.call("container.inspect", id=owner)["State"]["Pid"]
+    # no namespace file, mount or CNI state: the runtime made the namespace
+    netns_dir = runc_engine.run_root / "netns"
+    assert not (netns_dir / owner).exists()
+    code, out = run_attached(runc_engine, network="container:lonely", cmd=[
+        "sh", "-c", "readlink /proc/self/ns/net; cat /proc/net/dev"])
+    assert code == 0, out
+    assert out.splitlines()[0] == os.readlink(f"/proc/{pid}/ns/net")
+    assert _interfaces(out) == ["lo"]
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")

@@ -5,7 +5,9 @@ checks for that and says how to move the controllers to v1 mounts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from engine.oci import seccomp_bpf
 from engine.oci.cli_runtime import CLIRuntime
 from engine.plugin import Availability
 from engine.store.layout import Layout
@@ -55,6 +57,11 @@ class CrunRuntime(CLIRuntime):
         extra_global_args: list[str] | None = None,
     ) -> None:
         super().__init__(name, binary, state_root, extra_global_args=extra_global_args)
+
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The seccomp profile compiled once per profile instead of at every start (blocking
+        the first time: called in a worker thread)."""
+        return seccomp_bpf.annotate(spec)
 
     @classmethod
     def from_layout(cls, layout: Layout) -> CrunRuntime:
