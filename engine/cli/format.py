@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 
 def print_json(obj: Any) -> None:
+    import json  # json costs engctl start-up milliseconds (it imports re): only when printing
+
     json.dump(obj, sys.stdout, indent=4, default=str)
     sys.stdout.write("\n")
 
@@ -26,10 +29,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-
-
 def format_path(obj: Any, fmt: str) -> str:
     """A small subset of Go templates: ``{{.State.Status}}``, ``{{json .Config}}``."""
+    import json
+    import re
+
     out = fmt
     for expr in re.findall(r"\{\{\s*([^}]*)\s*\}\}", fmt):
         value: Any = obj

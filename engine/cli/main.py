@@ -2,22 +2,45 @@
 
 Exit codes follow docker's: 125 when the engine (or engctl) fails, 126 when the container's
 command cannot be run, 127 when it is not found, otherwise the container's own exit code.
-This module's import path must stay light (no trio): `engctl version` should take tens of
-milliseconds.
+engctl starts a process per command, so its start-up is part of every command's latency
+(``engctl run`` is benchmarked against podman): the path to the first RPC imports no trio,
+no argparse, no typing/enum/re/socket.py, and only the module of the command that runs.
+tests/cli holds the list of what must stay out.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import Any
 
+from engine.cli.argspec import Namespace, Parser, fast_parse
 from engine.client.sync import Client, default_host
 from engine.errors import EngineError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
 COMMAND_MODULES = ("system", "containers", "images", "networks")
+
+# Which module defines each top-level command, so that engctl imports and records only the
+# one it runs (tests/cli checks this table against the modules).
+COMMANDS = {
+    **dict.fromkeys(("version", "info", "events"), "system"),
+    **dict.fromkeys(
+        ("run", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "ps",
+         "inspect", "logs", "wait", "exec", "rename", "container", "port"),
+        "containers",
+    ),
+    **dict.fromkeys(
+        ("pull", "push", "images", "rmi", "tag", "load", "save", "import", "history", "image",
+         "login", "logout"),
+        "images",
+    ),
+    "network": "networks",
+}
 
 EXIT_ENGINE_ERROR = 125
 
@@ -77,15 +100,16 @@ def parse_time(value: str) -> float:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> Parser:
+    """engctl's parser as a recording (cheap), with the commands of ``modules``."""
     import importlib
 
-    parser = argparse.ArgumentParser(prog="engctl", description="Control the engine daemon.")
+    parser = Parser("engctl", {"description": "Control the engine daemon."})
     parser.add_argument(
         "-H", "--host", default=None, help=f"daemon socket (default $ENGINE_HOST or {default_host()})"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(f"engine.cli.commands.{name}")
         except ModuleNotFoundError as e:
@@ -96,13 +120,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The full argparse parser (help, errors and the unusual command lines use it)."""
+    return command_parser().build()
+
+
+def find_command(argv: list[str]) -> str | None:
+    """The command word: the first word that is not a global option or its value."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-H", "--host"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return argv[i]
+    return None
+
+
+def parse(argv: list[str]) -> tuple[Namespace, Parser]:
+    """Parse with only the running command's module and no argparse when that suffices;
+    otherwise (help, errors, unusual forms) with the full argparse parser, as before."""
+    module = COMMANDS.get(find_command(argv) or "")
+    if module is not None:
+        parser = command_parser((module,))
+        args = fast_parse(parser, argv)
+        if args is not None:
+            return args, parser
+    parser = command_parser()
+    return parser.build().parse_args(argv, namespace=Namespace()), parser
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args, parser = parse(sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if not args.command else EXIT_ENGINE_ERROR

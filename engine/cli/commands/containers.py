@@ -3,29 +3,33 @@ unpause, rm, ps, inspect, logs, wait, exec, rename, container prune, port."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import re
 import sys
 import time
-from typing import Any
 
+from engine.cli.argspec import REMAINDER
 from engine.cli.format import format_path, print_json, print_table
 from engine.cli.main import Context, parse_filters, parse_time
 from engine.errors import EngineError, InvalidArgument, NotFound
 
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)b?$", re.IGNORECASE)
+# Imported for annotations only: typing alone costs engctl milliseconds at start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from engine.cli.argspec import Namespace, Parser
 
 
 def parse_bytes(text: str) -> int:
-    m = _SIZE_RE.match(text.strip())
+    import re  # only --memory needs it
+
+    m = re.match(r"^(\d+(?:\.\d+)?)([bkmg]?)b?$", text.strip(), re.IGNORECASE)
     if not m:
         raise InvalidArgument(f"invalid size {text!r}: use a number with an optional unit b, k, m, g (e.g. 64m)")
     factor = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
     return int(float(m.group(1)) * factor)
 
 
-def add_create_flags(p: argparse.ArgumentParser) -> None:
+def add_create_flags(p: Parser) -> None:
     p.add_argument("--name", default="")
     p.add_argument("-e", "--env", action="append", default=[])
     p.add_argument("--env-file", action="append", default=[])
@@ -59,10 +63,10 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("image")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs=REMAINDER)
 
 
-def create_params(args: argparse.Namespace) -> dict[str, Any]:
+def create_params(args: Namespace) -> dict[str, Any]:
     env = list(args.env)
     for path in args.env_file:
         with open(path) as f:
@@ -188,7 +192,7 @@ def setup(sub: Any) -> None:
     p.add_argument("-t", "--tty", action="store_true")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs=REMAINDER)
     p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("rename", help="rename a container")
@@ -231,7 +235,7 @@ def _write_output(item: dict[str, Any]) -> None:
     out.flush()
 
 
-def _ensure_image(ctx: Context, args: argparse.Namespace) -> None:
+def _ensure_image(ctx: Context, args: Namespace) -> None:
     """docker run pulls a missing image (--pull missing|always|never)."""
     if args.pull == "never":
         return
@@ -246,14 +250,14 @@ def _ensure_image(ctx: Context, args: argparse.Namespace) -> None:
     pull_image(ctx, args.image, platform=args.platform, quiet=True, out=sys.stderr)
 
 
-def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_create(ctx: Context, args: Namespace) -> int:
     _ensure_image(ctx, args)
     result = ctx.client().call("container.create", create_params(args))
     print(result["Id"])
     return 0
 
 
-def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_run(ctx: Context, args: Namespace) -> int:
     if args.interactive or args.tty:
         print("engctl: -i/-t are not supported yet; running without stdin", file=sys.stderr)
     _ensure_image(ctx, args)
@@ -311,7 +315,7 @@ def _each(ctx: Context, names: list[str], fn: Any) -> int:
     return 1 if failed else 0
 
 
-def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_start(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     if args.attach:
         if len(args.containers) != 1:
@@ -323,7 +327,7 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
     return _each(ctx, args.containers, lambda n: client.call("container.start", id=n))
 
 
-def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_stop(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     params: dict[str, Any] = {"signal": args.signal}
     if args.time is not None:
@@ -331,7 +335,7 @@ def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
     return _each(ctx, args.containers, lambda n: client.call("container.stop", id=n, **params))
 
 
-def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_restart(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     params: dict[str, Any] = {}
     if args.time is not None:
@@ -339,22 +343,22 @@ def cmd_restart(ctx: Context, args: argparse.Namespace) -> int:
     return _each(ctx, args.containers, lambda n: client.call("container.restart", id=n, **params))
 
 
-def cmd_kill(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_kill(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     return _each(ctx, args.containers, lambda n: client.call("container.kill", id=n, signal=args.signal))
 
 
-def cmd_simple(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_simple(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     return _each(ctx, args.containers, lambda n: client.call(args.method, id=n))
 
 
-def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_rm(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     return _each(ctx, args.containers, lambda n: client.call("container.remove", id=n, force=args.force))
 
 
-def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_ps(ctx: Context, args: Namespace) -> int:
     params: dict[str, Any] = {"all": args.all or args.latest or args.last >= 0,
                               "filters": parse_filters(args.filter)}
     if args.latest:
@@ -362,6 +366,7 @@ def cmd_ps(ctx: Context, args: argparse.Namespace) -> int:
     elif args.last >= 0:
         params["limit"] = args.last
     rows = ctx.client().call("container.list", params)
+    import json
     if args.quiet:
         for r in rows:
             print(r["Id"] if args.no_trunc else r["Id"][:12])
@@ -402,7 +407,7 @@ def _ago(ts: float) -> str:
     return f"{human_duration(time.time() - ts)} ago"
 
 
-def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_inspect(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     results = []
     failed = False
@@ -429,7 +434,7 @@ def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
 
 
 
-def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_logs(ctx: Context, args: Namespace) -> int:
     params: dict[str, Any] = {"id": args.container, "follow": args.follow, "timestamps": args.timestamps}
     if args.tail != "all":
         try:
@@ -453,7 +458,7 @@ def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_wait(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     failed = False
     for name in args.containers:
@@ -465,7 +470,7 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_exec(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_exec(ctx: Context, args: Namespace) -> int:
     if not args.command:
         raise InvalidArgument("exec needs a command: engctl exec CONTAINER COMMAND [ARG...]")
     stream = ctx.client().stream("container.exec", id=args.container, cmd=args.command, env=args.env,
@@ -479,12 +484,12 @@ def cmd_exec(ctx: Context, args: argparse.Namespace) -> int:
     return int(stream.result.get("ExitCode", 0))
 
 
-def cmd_rename(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_rename(ctx: Context, args: Namespace) -> int:
     ctx.client().call("container.rename", id=args.container, name=args.new_name)
     return 0
 
 
-def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_prune(ctx: Context, args: Namespace) -> int:
     result = ctx.client().call("container.prune", filters=parse_filters(args.filter))
     deleted = result.get("ContainersDeleted") or []
     if deleted:
@@ -495,7 +500,7 @@ def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_port(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_port(ctx: Context, args: Namespace) -> int:
     info = ctx.client().call("container.inspect", id=args.container)
     for p in info["NetworkSettings"]["Ports"]:
         key = f"{p['container_port']}/{p['protocol']}"

@@ -3,19 +3,21 @@ image inspect|prune|ls|rm, login, logout."""
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import os
-import re
 import sys
 import time
-from datetime import datetime
-from typing import Any, TextIO
 
 from engine.cli.format import inspect_each, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
 from engine.humanize import human_duration, human_size
+
+# engctl run imports this module to pull a missing image: keep its imports light.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    from engine.cli.argspec import Namespace, Parser
 
 
 def setup(sub: Any) -> None:
@@ -106,7 +108,7 @@ def setup(sub: Any) -> None:
     p.set_defaults(func=cmd_logout)
 
 
-def add_list_flags(p: argparse.ArgumentParser) -> None:
+def add_list_flags(p: Parser) -> None:
     p.add_argument("-a", "--all", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--digests", action="store_true")
@@ -214,7 +216,7 @@ def pull_image(ctx: Context, reference: str, *, platform: str = "", quiet: bool 
     return result
 
 
-def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_pull(ctx: Context, args: Namespace) -> int:
     result = pull_image(ctx, args.reference, platform=getattr(args, "platform", ""),
                         quiet=args.quiet)
     if args.quiet:
@@ -222,7 +224,7 @@ def cmd_pull(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_push(ctx: Context, args: Namespace) -> int:
     view = ProgressView(sys.stdout, args.quiet)
     stream = ctx.client().stream("image.push", reference=args.reference)
     for event in stream:
@@ -235,7 +237,7 @@ def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_images(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_images(ctx: Context, args: Namespace) -> int:
     filters = parse_filters(args.filter)
     if args.repository:
         filters.setdefault("reference", []).append(args.repository)
@@ -276,12 +278,15 @@ def _created(created: str) -> str:
     return f"{human_duration(time.time() - stamp)} ago"
 
 
-_RFC3339_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$")
+_RFC3339 = r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$"
 
 
 def _parse_rfc3339(text: str) -> float | None:
+    import re
+    from datetime import datetime
+
     # Go writes nanoseconds, which fromisoformat (3.11) refuses: keep microseconds.
-    match = _RFC3339_RE.match(text or "")
+    match = re.match(_RFC3339, text or "")
     if match is None:
         return None
     base, fraction, zone = match.groups()
@@ -292,7 +297,7 @@ def _parse_rfc3339(text: str) -> float | None:
         return None
 
 
-def cmd_rmi(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_rmi(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     failed = False
     for image in args.images:
@@ -306,7 +311,7 @@ def cmd_rmi(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_tag(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_tag(ctx: Context, args: Namespace) -> int:
     ctx.client().call("image.tag", source=args.source, target=args.target)
     return 0
 
@@ -315,7 +320,7 @@ def _abs(path: str) -> str:
     return os.path.abspath(path)
 
 
-def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_load(ctx: Context, args: Namespace) -> int:
     result = ctx.client(timeout=None).call("image.load", path=_abs(args.input))
     for image in result["Images"]:
         names = image["RepoTags"] or [image["Id"]]
@@ -324,12 +329,12 @@ def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_save(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_save(ctx: Context, args: Namespace) -> int:
     ctx.client(timeout=None).call("image.save", images=args.images, path=_abs(args.output), format=args.format)
     return 0
 
 
-def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_import(ctx: Context, args: Namespace) -> int:
     if args.file == "-":
         raise InvalidArgument("import from stdin is not supported; give a file path")
     result = ctx.client(timeout=None).call("image.import", path=_abs(args.file), reference=args.reference,
@@ -338,7 +343,7 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_history(ctx: Context, args: Namespace) -> int:
     rows = ctx.client().call("image.history", id=args.image)
     if args.format == "json":
         print_json(rows)
@@ -366,12 +371,12 @@ def _history_id(image_id: str, no_trunc: bool) -> str:
     return image_id.removeprefix("sha256:")[:12]
 
 
-def cmd_image_inspect(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_image_inspect(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     return inspect_each(args.images, lambda ref: client.call("image.inspect", id=ref), args.format)
 
 
-def cmd_image_prune(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_image_prune(ctx: Context, args: Namespace) -> int:
     result = ctx.client().call("image.prune", all=args.all)
     for entry in result.get("ImagesDeleted") or result.get("deleted") or []:
         for key, value in entry.items():
@@ -381,11 +386,13 @@ def cmd_image_prune(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_login(ctx: Context, args: Namespace) -> int:
     username = args.username or input("Username: ")
     if args.password_stdin:
         password = sys.stdin.read().rstrip("\n")
     else:
+        import getpass
+
         password = args.password or getpass.getpass("Password: ")
     if not username or not password:
         raise InvalidArgument("a username and a password are required")
@@ -394,7 +401,7 @@ def cmd_login(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logout(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_logout(ctx: Context, args: Namespace) -> int:
     result = ctx.client().call("registry.logout", server=args.server)
     print(f"Removing login credentials for {args.server}" if result["Removed"] else f"Not logged in to {args.server}")
     return 0

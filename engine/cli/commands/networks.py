@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
 
 from engine.cli.format import format_path, inspect_each, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from engine.cli.argspec import Namespace, Parser
 
 
 def setup(sub: Any) -> None:
@@ -61,7 +65,7 @@ def setup(sub: Any) -> None:
     p.set_defaults(func=lambda ctx, args: _usage(p))
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
+def _usage(parser: Parser) -> int:
     parser.print_help()
     return 0
 
@@ -76,7 +80,7 @@ def parse_labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
-def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_create(ctx: Context, args: Namespace) -> int:
     result = ctx.client().call("network.create", {
         "name": args.name, "driver": args.driver, "subnet": args.subnet,
         "gateway": args.gateway, "internal": args.internal, "labels": parse_labels(args.label),
@@ -85,7 +89,7 @@ def cmd_create(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_ls(ctx: Context, args: Namespace) -> int:
     rows = ctx.client().call("network.list", filters=parse_filters(args.filter))
     if args.quiet:
         for r in rows:
@@ -105,12 +109,12 @@ def cmd_ls(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_inspect(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     return inspect_each(args.networks, lambda ref: client.call("network.inspect", id=ref), args.format)
 
 
-def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_rm(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
     failed = False
     for ref in args.networks:
@@ -123,19 +127,19 @@ def cmd_rm(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_connect(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_connect(ctx: Context, args: Namespace) -> int:
     ctx.client().call("network.connect", network=args.network, container=args.container,
                       aliases=list(args.alias))
     return 0
 
 
-def cmd_disconnect(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_disconnect(ctx: Context, args: Namespace) -> int:
     ctx.client().call("network.disconnect", network=args.network, container=args.container,
                       force=args.force)
     return 0
 
 
-def cmd_prune(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_prune(ctx: Context, args: Namespace) -> int:
     if not args.force:
         sys.stdout.write("WARNING! This will remove all custom networks not used by at least "
                          "one container.\nAre you sure you want to continue? [y/N] ")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
 import time
-from typing import Any
 
 from engine.cli.format import print_json
 from engine.cli.main import Context, parse_filters, parse_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from engine.cli.argspec import Namespace
 
 
 def setup(sub: Any) -> None:
@@ -29,12 +33,12 @@ def setup(sub: Any) -> None:
     p.set_defaults(func=cmd_events)
 
 
-def cmd_version(ctx: Context, args: argparse.Namespace) -> int:
-    import platform
-
+def cmd_version(ctx: Context, args: Namespace) -> int:
     import engine
 
-    client_info = {"Version": engine.__version__, "Os": platform.system().lower(), "Arch": platform.machine()}
+    # os.uname() gives what platform.system()/machine() would, without importing platform
+    uname = os.uname()
+    client_info = {"Version": engine.__version__, "Os": uname.sysname.lower(), "Arch": uname.machine}
     server = ctx.client().call("system.version")
     if args.format == "json":
         print_json({"Client": client_info, "Server": server})
@@ -52,7 +56,7 @@ def cmd_version(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_info(ctx: Context, args: Namespace) -> int:
     info = ctx.client().call("system.info")
     if args.format == "json":
         print_json(info)
@@ -81,13 +85,14 @@ def cmd_info(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_events(ctx: Context, args: Namespace) -> int:
     params: dict[str, Any] = {"filters": parse_filters(args.filter)}
     if args.since:
         params["since"] = parse_time(args.since)
     if args.until:
         params["until"] = parse_time(args.until)
     stream = ctx.client(timeout=None).stream("system.events", params)
+    import json
     try:
         for event in stream:
             if args.format == "json":
