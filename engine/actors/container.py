@@ -265,13 +265,12 @@ class ContainerActor:
 
     async def _release_run_resources(self) -> None:
         """What a run holds once its process is gone: the runtime's state, the network and
-        the rootfs mount. The runtime's delete and the network teardown are independent of
-        each other, so they run side by side; the rootfs goes last (the runtime may still
-        hold a reference to it until its delete is done)."""
+        the rootfs mount. They are independent of each other (the container's mount
+        namespace died with its last process), so they are released side by side."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._runtime_cleanup)
             nursery.start_soon(self._network_teardown)
-        await self.sup.release_rootfs(self)
+            nursery.start_soon(self.sup.release_rootfs, self)
 
     async def _after_exit(self) -> None:
         if self.config.auto_remove:

@@ -10,10 +10,12 @@ import attrs
 
 from engine.actors.events import EventBus
 from engine.errors import InvalidArgument, Unavailable
-from engine.plugin import Runtime, StorageDriver
+from engine.plugin import Availability, Runtime, StorageDriver
 from engine.pluginmanager import LoadedPlugins
 from engine.store.layout import Layout
 from engine.supervisor.config import DaemonConfig
+
+AVAILABILITY_TTL = 2.0  # seconds
 
 
 @attrs.define
@@ -27,6 +29,7 @@ class App:
     listeners: list[str] = attrs.field(factory=list)
     # Filled in by the daemon as the subsystems come up.
     services: dict[str, Any] = attrs.field(factory=dict)
+    _availability_cache: dict[str, tuple[float, Availability]] = attrs.field(factory=dict, init=False)
 
     def runtime(self, name: str | None = None) -> Runtime:
         name = name or self.config.default_runtime
@@ -35,10 +38,22 @@ class App:
         if runtime is None:
             known = ", ".join(sorted(runtimes)) or "none"
             raise InvalidArgument(f"unknown runtime {name!r}; available runtimes: {known}")
-        availability = runtime.availability()
+        availability = self._availability(name, runtime)
         if not availability.ok:
             raise Unavailable(f"runtime {name!r} cannot run containers here: {availability.reason}")
         return runtime
+
+    def _availability(self, name: str, runtime: Runtime) -> Availability:
+        """The runtime's own check (a PATH search, a read of mountinfo...) costs more than
+        the rest of a start's bookkeeping, so a verdict is reused for a moment; a runtime
+        removed meanwhile still fails its next call with a clear error."""
+        now = time.monotonic()
+        cached = self._availability_cache.get(name)
+        if cached is not None and now - cached[0] < AVAILABILITY_TTL:
+            return cached[1]
+        availability = runtime.availability()
+        self._availability_cache[name] = (now, availability)
+        return availability
 
     def storage(self) -> StorageDriver:
         name = self.config.storage_driver
