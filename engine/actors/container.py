@@ -244,10 +244,12 @@ class ContainerActor:
     async def _do_exited(self, info: ExitInfo) -> None:
         if self.status.state not in (S.RUNNING, S.PAUSED):
             return  # a stale notice (e.g. after an explicit stop handled it already)
-        await self._record_exit(info)
+        await self._record_exit(info, release=not self.config.auto_remove)
         await self._after_exit()
 
-    async def _record_exit(self, info: ExitInfo) -> None:
+    async def _record_exit(self, info: ExitInfo, *, release: bool = True) -> None:
+        """Record the exit; ``release``: free what the run held now (not when an automatic
+        removal, which frees it all, follows at once)."""
         self._watch_scope = None
         self.status.exit_code = info.exit_code
         self.status.oom_killed = info.oom_killed
@@ -260,10 +262,11 @@ class ContainerActor:
         await self._transition(S.EXITED, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
         if info.oom_killed:
             self.emit("oom")
-        with trio.CancelScope(shield=True):
-            await self._release_run_resources()
+        if release:
+            with trio.CancelScope(shield=True):
+                await self.release_run_resources()
 
-    async def _release_run_resources(self) -> None:
+    async def release_run_resources(self) -> None:
         """What a run holds once its process is gone: the runtime's state, the network and
         the rootfs mount. They are independent of each other (the container's mount
         namespace died with its last process), so they are released side by side."""
@@ -274,8 +277,7 @@ class ContainerActor:
 
     async def _after_exit(self) -> None:
         if self.config.auto_remove:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._auto_remove)
+            await self._remove_automatically()
             return
         policy = RestartPolicy.parse(self.config.restart_policy)
         verdict = decide(
@@ -317,13 +319,21 @@ class ContainerActor:
             return
         self.emit("restart", reason=reason, restartCount=self.status.restart_count)
 
-    async def _auto_remove(self) -> None:
-        with trio.move_on_after(10):
-            await self.wait_attached_done()
-        try:
-            await self.call("remove", force=True)
-        except NotFound:
-            pass
+    async def _remove_automatically(self) -> None:
+        """``--rm``: the container is gone (name free, events told) as soon as its exit is
+        recorded; the supervisor frees what the run held and deletes the files afterwards
+        (after a crash it finishes that at start-up: the state on disk says REMOVING).
+        Nobody waits on an automatic removal to report its errors, so they go to the log."""
+        self._cancel_restart_timer()
+        await self._transition(S.REMOVING)
+        self._mark_removed()
+        self.sup.finish_removal(self)
+
+    def _mark_removed(self) -> None:
+        self.removed = True
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+        self.emit("destroy")
 
     def attach(self) -> None:
         self.attached += 1
@@ -356,7 +366,7 @@ class ContainerActor:
         grace = self.config.stop_timeout if grace is None else grace
         sig = parse_signal(signal or self.config.stop_signal)
         info = await self._terminate(sig, grace)
-        await self._record_exit(info)
+        await self._record_exit(info, release=not self.config.auto_remove)
         self.emit("stop")
         await self._after_exit()
         return {"stopped": True, "exit_code": info.exit_code}
@@ -442,10 +452,7 @@ class ContainerActor:
             self.status.error = f"removal failed: {e}"
             await self._transition(S.DEAD)
             raise
-        self.removed = True
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-        self.emit("destroy")
+        self._mark_removed()
         return {"removed": self.id}
 
     async def _network_teardown(self) -> None:
@@ -493,8 +500,10 @@ class ContainerActor:
             info = runtime.read_exit(self.id, self.run_dir) or ExitInfo(
                 exit_code=255, finished_at=time.time()
             )
-            await self._record_exit(info)
+            await self._record_exit(info, release=not self.config.auto_remove)
             await self._after_exit()
+        elif state == S.EXITED and self.config.auto_remove:
+            await self._remove_automatically()  # the daemon stopped between exit and removal
         elif state == S.RESTARTING:
             self.post("policy_restart", reason=self.status.last_restart_reason or "daemon restart")
         elif state in (S.CREATED, S.EXITED):

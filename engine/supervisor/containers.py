@@ -25,6 +25,7 @@ from engine.store.atomic import write_json_atomic
 from engine.supervisor.app import App
 
 log = logging.getLogger("engine.supervisor")
+ATTACHED_READERS_WAIT = 10.0  # seconds the files of a removed container wait for its readers
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ACTOR_RESTART_DELAY = 0.5
@@ -80,6 +81,10 @@ class ContainerSupervisor:
                 if status.state == ContainerState.CREATING:
                     await self._discard_half_created(config)
                     continue
+                if status.state == ContainerState.REMOVING:
+                    # removed already as far as anyone could see; its files were not
+                    self.finish_removal(ContainerActor(self, config, status))
+                    continue
                 actor = ContainerActor(self, config, status)
                 await self._spawn(actor)
                 actor.post("adopt")
@@ -133,6 +138,22 @@ class ContainerSupervisor:
                 if self.names.get(actor.name) == actor.id:
                     self.names.pop(actor.name, None)
             return
+
+    def finish_removal(self, actor: ContainerActor) -> None:
+        """Free what a removed container still holds and delete its files, in the
+        background (``--rm``: the removal is told at once, the work follows)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._complete_removal, actor)
+
+    async def _complete_removal(self, actor: ContainerActor) -> None:
+        try:
+            await actor.release_run_resources()
+            with trio.move_on_after(ATTACHED_READERS_WAIT):
+                await actor.wait_attached_done()  # they read the log file to its end first
+            await self.destroy_files(actor)
+        except EngineError as e:
+            log.error("removal of container %s is incomplete: %s; the daemon finishes it at "
+                      "its next start", actor.name, e)
 
     async def _discard_half_created(self, config: ContainerConfig) -> None:
         log.info("removing half-created container %s", config.name)

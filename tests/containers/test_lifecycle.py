@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -30,17 +31,45 @@ def test_run_attached_streams_output_and_returns_the_exit_code(engine: Daemon) -
 
 
 def test_run_rm_returns_once_the_container_is_gone(engine: Daemon) -> None:
-    # docker's `run --rm`: when it returns, the name is free and nothing is left mounted
+    # docker's `run --rm`: when it returns, the container is gone and its name is free;
+    # its mount, runtime state and files follow within moments.
+    ids = []
     for round_ in range(3):
         with engine.client() as c:
             cid = c.call("container.create", image="busybox", name="once", auto_remove=True,
-                         cmd=["sh", "-c", f"echo round {round_}"])["Id"]
+                         cmd=["sh", "-c", f"echo round {round_}; exit {round_}"])["Id"]
             stream = c.stream("container.start", id=cid, attach=True)
             out = b"".join(item["data"] for item in stream)
-            assert out == f"round {round_}\n".encode() and stream.result["ExitCode"] == 0
+            assert out == f"round {round_}\n".encode() and stream.result["ExitCode"] == round_
             with pytest.raises(NotFound):
                 c.call("container.inspect", id=cid)
-            assert not mounts_under(engine.root)
+            assert cid not in [row["Id"] for row in c.call("container.list", all=True)]
+            ids.append(cid)
+    deadline = time.monotonic() + 10
+    while mounts_under(engine.root) or any(
+            (engine.root / "containers" / cid).exists() or (engine.run_root / "containers" / cid).exists()
+            for cid in ids):
+        assert time.monotonic() < deadline, (mounts_under(engine.root), ids)
+        time.sleep(0.05)
+
+
+def test_an_interrupted_removal_is_finished_at_start_up(engine: Daemon) -> None:
+    cid = engine.call("container.create", image="busybox", name="half-gone", cmd=["true"])["Id"]
+    engine.call("container.start", id=cid)
+    wait_state(engine, cid, "exited")
+    engine.stop()
+    state_file = engine.root / "containers" / cid / "state.json"
+    state = json.loads(state_file.read_text())
+    state["state"] = "removing"  # as if the daemon died right after telling the removal
+    state_file.write_text(json.dumps(state))
+    engine.start()
+    names = [row["Names"] for row in engine.call("container.list", all=True)]
+    assert not any("half-gone" in str(n) for n in names)
+    deadline = time.monotonic() + 10
+    while (engine.root / "containers" / cid).exists():
+        assert time.monotonic() < deadline, "the removal was not finished"
+        time.sleep(0.05)
+    engine.call("container.create", image="busybox", name="half-gone", cmd=["true"])  # name is free
 
 
 def wait_log(d: Daemon, cid: str, text: bytes, timeout: float = 10) -> None:
