@@ -63,8 +63,22 @@ class ContentStore:
         except FileNotFoundError:
             raise NotFound(f"blob {digest} is not in the content store") from None
 
-    def commit(self, partial: Path, digest: str, size: int | None = None) -> Path:
+    def commit(
+        self,
+        partial: Path,
+        digest: str,
+        size: int | None = None,
+        *,
+        hashed: str | None = None,
+        durable: bool = True,
+    ) -> Path:
         """Verify ``partial`` against ``digest`` (and ``size``) and move it into place.
+
+        ``hashed`` is the digest of the file's bytes when the writer computed it on the way
+        in (``IngestWriter``), which spares reading the file again. ``durable=False`` leaves
+        the data to the kernel's writeback: the rename still makes the blob appear whole or
+        not at all to every process, but not across a power cut (pulls sync once at the end
+        instead of once per blob).
 
         On mismatch the partial file is deleted (its bytes are wrong, resuming it would only
         repeat the error) and ``DigestMismatch`` is raised."""
@@ -75,7 +89,7 @@ class ContentStore:
             raise DigestMismatch(
                 f"blob {digest}: expected {size} bytes, got {actual_size}", digest=digest
             )
-        actual = file_digest(partial)
+        actual = hashed if hashed is not None else file_digest(partial)
         if actual != digest:
             partial.unlink(missing_ok=True)
             raise DigestMismatch(
@@ -83,7 +97,7 @@ class ContentStore:
                 expected=digest,
                 actual=actual,
             )
-        return self._publish(partial, digest)
+        return self._publish(partial, digest, durable=durable)
 
     def write(self, data: bytes, digest: str | None = None) -> str:
         """Store bytes; verify them when ``digest`` is given. Returns the digest."""
@@ -105,12 +119,14 @@ class ContentStore:
         self._publish(partial, actual)
         return actual
 
-    def _publish(self, partial: Path, digest: str) -> Path:
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
+    def _publish(self, partial: Path, digest: str, *, durable: bool = True) -> Path:
+        if durable:
+            with open(partial, "rb") as f:
+                os.fsync(f.fileno())
         final = self.path(digest)
         os.replace(partial, final)
-        fsync_dir(final.parent)
+        if durable:
+            fsync_dir(final.parent)
         return final
 
     def delete(self, digest: str) -> None:
@@ -127,6 +143,42 @@ class ContentStore:
             if keep_partials and entry.name.endswith(".partial"):
                 continue
             Path(entry.path).unlink(missing_ok=True)
+
+
+class IngestWriter:
+    """Appends a download to its ingest file and hashes the bytes on the way, so that the
+    digest of the whole file is known when the last byte is written (``commit(hashed=)``).
+
+    Opening at ``offset`` keeps the file's first ``offset`` bytes (a resumed download),
+    drops anything after them, and hashes the kept bytes first. Blocking: call the methods
+    through ``trio.to_thread.run_sync``."""
+
+    def __init__(self, partial: Path, offset: int) -> None:
+        self._hash = hashlib.sha256()
+        self._file = open(partial, "r+b" if offset else "wb")  # closed in close()
+        try:
+            if offset:
+                self._file.truncate(offset)
+                while chunk := self._file.read(_HASH_CHUNK):
+                    self._hash.update(chunk)
+            self.size = self._file.tell()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_HASH_CHUNK = 1024 * 1024
 
 
 def file_digest(path: Path) -> str:

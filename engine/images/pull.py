@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import json
 import platform as _platform
 import zlib
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.images.content import ContentStore, sha256_digest
 from engine.images.types import (
     DOCKER_CONFIG,
@@ -38,6 +39,7 @@ from engine.images.types import (
     SCHEMA1_TYPES,
     Descriptor,
     Manifest,
+    parse_config,
     parse_manifest,
 )
 from engine.plugins.registry.errgroup import unwrap_engine_errors
@@ -79,6 +81,17 @@ class BlobFetcher(Protocol):
         *,
         progress: Callable[[int, int | None], None] | None = None,
     ) -> Path: ...
+
+
+class LayerStream(Protocol):
+    """What a storage driver's ``layer_stream`` yields (the overlay driver has it): a tee
+    for ``fetch_blob``, finished with the verified blob."""
+
+    async def begin(self, partial: Path, offset: int) -> None: ...
+
+    async def data(self, chunk: bytes) -> None: ...
+
+    async def finish(self, blob: Path) -> object: ...
 
 
 # --- platforms -------------------------------------------------------------------------------
@@ -200,16 +213,88 @@ async def pull(
     manifest = parse_manifest(data, media_type)
     if not isinstance(manifest, Manifest):
         raise InvalidArgument(f"{ref} resolved to a nested index; nested indexes are not supported")
-    blobs = [manifest.config, *manifest.layers]
-    async with store.lease([d.digest for d in blobs] + ([index_digest] if index_digest else [])):
-        await _fetch_all(client, store.content, ref, blobs, events)
+    leased = [manifest.config.digest, *(d.digest for d in manifest.layers)]
+    async with store.lease(leased + ([index_digest] if index_digest else [])):
+        # The config first: its diff_ids let each layer unpack while it downloads.
+        await _fetch_all(client, store.content, ref, [manifest.config], events)
         config_bytes = await trio.to_thread.run_sync(store.content.read, manifest.config.digest)
-        image = await store.add_image(
-            data, media_type, config_bytes, [ref], index_digest=index_digest
-        )
+        diff_ids = _diff_ids(config_bytes, manifest)
+        # leased before they exist: a prune must not take a layer unpacked but not recorded
+        async with store.lease(diff_ids or []):
+            await _fetch_layers(client, store, ref, manifest.layers, diff_ids, events)
+            image = await store.add_image(
+                data, media_type, config_bytes, [ref], index_digest=index_digest
+            )
     for layer in manifest.layers:
         events.emit(layer.digest, "Pull complete")
     return image
+
+
+def _diff_ids(config_bytes: bytes, manifest: Manifest) -> list[str] | None:
+    """The config's diff_ids, one per layer; None when the config does not say (then the
+    layers are unpacked after download and ``add_image`` reports what is wrong)."""
+    try:
+        diff_ids = list(parse_config(config_bytes).rootfs.diff_ids)
+    except (EngineError, ValueError, TypeError):
+        return None
+    return diff_ids if len(diff_ids) == len(manifest.layers) else None
+
+
+async def _fetch_layers(
+    client: BlobFetcher,
+    store: ImageStore,
+    ref: Reference,
+    layers: list[Descriptor],
+    diff_ids: list[str] | None,
+    events: _Progress,
+) -> None:
+    """Download the layers concurrently; each one unpacks while it downloads when the
+    storage driver and the client can stream (the overlay driver and the distribution
+    client can), otherwise ``add_image`` unpacks it afterwards."""
+    layer_stream = getattr(store.storage, "layer_stream", None)
+    if diff_ids is None or layer_stream is None or not _can_tee(client):
+        await _fetch_all(client, store.content, ref, layers, events)
+        return
+    content = store.content
+
+    async def fetch(desc: Descriptor, diff_id: str) -> None:
+        if await trio.to_thread.run_sync(content.has, desc.digest):
+            events.emit(desc.digest, "Already exists")
+            return
+        stream: LayerStream | None
+        async with layer_stream(diff_id) as stream:
+            # No fsync per blob or layer: see ``_sync_pulled`` for how they become durable.
+            blob = await client.fetch_blob(  # type: ignore[call-arg]
+                ref,
+                desc.digest,
+                desc.size,
+                content,
+                progress=events.downloading(desc.digest),
+                tee=stream,
+                durable=False,
+            )
+            events.emit(desc.digest, "Verifying")
+            events.emit(desc.digest, "Download complete")
+            if stream is not None:
+                events.emit(desc.digest, "Extracting")
+                await stream.finish(blob)
+
+    with unwrap_engine_errors():
+        async with trio.open_nursery() as nursery:
+            seen: set[str] = set()
+            for desc, diff_id in zip(layers, diff_ids, strict=True):
+                if desc.digest not in seen:
+                    seen.add(desc.digest)
+                    nursery.start_soon(fetch, desc, diff_id)
+
+
+def _can_tee(client: BlobFetcher) -> bool:
+    """Whether ``client.fetch_blob`` takes a tee (registry plugins need not)."""
+    try:
+        params = inspect.signature(client.fetch_blob).parameters
+    except (TypeError, ValueError):
+        return False
+    return "tee" in params and "durable" in params
 
 
 async def _fetch_all(

@@ -14,13 +14,14 @@ leaves its partial file for the next attempt to resume.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -35,7 +36,7 @@ from engine.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from engine.images.content import ContentStore, check_digest, sha256_digest
+from engine.images.content import ContentStore, IngestWriter, check_digest, sha256_digest
 from engine.images.types import (
     ACCEPT_MANIFESTS,
     DOCKER_SCHEMA1_MANIFEST,
@@ -65,6 +66,21 @@ _WRITE_BUFFER = 1024 * 1024  # batch small network chunks into fewer thread hops
 _CHUNK_THRESHOLD = 32 * 1024 * 1024  # blobs above this are uploaded in PATCH chunks
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+class BlobTee(Protocol):
+    """Receives a blob's bytes while they download, e.g. to unpack a layer on the fly.
+
+    Each download attempt calls ``begin`` with the ingest file and how many bytes of it are
+    kept (a resumed download keeps its earlier bytes; 0 means starting over), then ``data``
+    with the bytes that follow, in order, as they are written to that file. Bytes the tee
+    did not get (before ``offset``, or lost to an interrupted attempt) are in the file.
+    The tee must not trust the bytes before ``fetch_blob`` has returned: only then are they
+    verified against the digest."""
+
+    async def begin(self, partial: Path, offset: int) -> None: ...
+
+    async def data(self, chunk: bytes) -> None: ...
 
 
 @attrs.define
@@ -303,12 +319,16 @@ class DistributionClient:
         content: ContentStore,
         *,
         progress: ProgressFn | None = None,
+        tee: BlobTee | None = None,
+        durable: bool = True,
     ) -> Path:
         """Download a blob into ``content`` (verified) and return its path there.
 
-        A blob already in the store is not fetched. Concurrent calls for one digest share a
-        single download. Raises DigestMismatch (no partial left), ResourceExhausted (over the
-        blob size cap), NotFound, PermissionDenied, Unavailable."""
+        A blob already in the store is not fetched (and ``tee`` gets nothing). Concurrent
+        calls for one digest share a single download. ``tee`` sees the bytes as they arrive;
+        ``durable=False`` skips the fsync of the blob (see ``ContentStore.commit``).
+        Raises DigestMismatch (no partial left), ResourceExhausted (over the blob size cap),
+        NotFound, PermissionDenied, Unavailable."""
         check_digest(digest)
         if size is not None and size > self.max_blob_size:
             raise ResourceExhausted(
@@ -325,69 +345,54 @@ class DistributionClient:
         event = self._inflight[digest] = trio.Event()
         try:
             async with self.download_limit:
-                await self._on_endpoints(
-                    ref.domain,
-                    lambda ep: self._download_verified(ep, ref, digest, size, content, progress),
-                )
+                blob = _Download(ref, digest, size, content, progress, tee, durable)
+                await self._on_endpoints(ref.domain, lambda ep: self._download_verified(ep, blob))
         finally:
             del self._inflight[digest]
             event.set()
         self._remember_repo(ref, digest)
         return content.path(digest)
 
-    async def _download_verified(
-        self,
-        endpoint: Endpoint,
-        ref: Reference,
-        digest: str,
-        size: int | None,
-        content: ContentStore,
-        progress: ProgressFn | None,
-    ) -> None:
-        partial = content.ingest_path(digest)
-        resumed = await trio.to_thread.run_sync(_partial_size, partial, size) > 0
+    async def _download_verified(self, endpoint: Endpoint, blob: _Download) -> None:
+        partial = blob.content.ingest_path(blob.digest)
+        resumed = await trio.to_thread.run_sync(_partial_size, partial, blob.size) > 0
         try:
-            await self._download_and_commit(endpoint, ref, digest, size, content, progress)
+            await self._download_and_commit(endpoint, blob)
         except DigestMismatch:
             if not resumed:
                 raise
             # The bytes kept from an earlier attempt were wrong (commit deleted them): one
             # fresh download decides whether the registry or the old partial was at fault.
             self.stats["restarts_after_bad_partial"] += 1
-            await self._download_and_commit(endpoint, ref, digest, size, content, progress)
+            await self._download_and_commit(endpoint, blob)
         self.stats["blobs_downloaded"] += 1
 
-    async def _download_and_commit(
-        self,
-        endpoint: Endpoint,
-        ref: Reference,
-        digest: str,
-        size: int | None,
-        content: ContentStore,
-        progress: ProgressFn | None,
-    ) -> None:
-        partial = content.ingest_path(digest)
-        await self._retrying(
-            f"downloading blob {digest} of {ref.name}",
-            lambda: self._download_once(endpoint, ref, digest, size, partial, progress),
+    async def _download_and_commit(self, endpoint: Endpoint, blob: _Download) -> None:
+        partial = blob.content.ingest_path(blob.digest)
+        hashed = await self._retrying(
+            f"downloading blob {blob.digest} of {blob.ref.name}",
+            lambda: self._download_once(endpoint, blob, partial),
         )
-        await trio.to_thread.run_sync(content.commit, partial, digest, size)
+        await trio.to_thread.run_sync(
+            functools.partial(
+                blob.content.commit,
+                partial,
+                blob.digest,
+                blob.size,
+                hashed=hashed,
+                durable=blob.durable,
+            )
+        )
 
-    async def _download_once(
-        self,
-        endpoint: Endpoint,
-        ref: Reference,
-        digest: str,
-        size: int | None,
-        partial: Path,
-        progress: ProgressFn | None,
-    ) -> None:
-        offset = await trio.to_thread.run_sync(_partial_size, partial, size)
-        if size is not None and offset == size:
-            return  # complete already; commit verifies it
+    async def _download_once(self, endpoint: Endpoint, blob: _Download, partial: Path) -> str | None:
+        """One attempt; returns the digest of the whole ingest file when it hashed it."""
+        offset = await trio.to_thread.run_sync(_partial_size, partial, blob.size)
+        if blob.size is not None and offset == blob.size:
+            return None  # complete already; commit verifies it
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         if offset:
             self.stats["resumes"] += 1
+        ref, digest = blob.ref, blob.digest
         response = await self._request(
             endpoint,
             "GET",
@@ -402,24 +407,21 @@ class DistributionClient:
                 raise Unavailable(f"blob {digest}: range not satisfiable", transient=True)
             await self._check(response, f"blob {digest} of {ref.name}")
             offset = _resume_offset(response, offset)
-            await self._write_stream(response, partial, offset, size, digest, progress)
+            return await self._write_stream(response, partial, offset, blob)
         finally:
             await response.aclose()
 
     async def _write_stream(
-        self,
-        response: Response,
-        partial: Path,
-        offset: int,
-        size: int | None,
-        digest: str,
-        progress: ProgressFn | None,
-    ) -> None:
-        limit = size if size is not None else self.max_blob_size
-        mode = "ab" if offset else "wb"
-        async with await trio.open_file(partial, mode) as f:
-            if offset:
-                await f.truncate(offset)  # drop anything past what the server resumes
+        self, response: Response, partial: Path, offset: int, blob: _Download
+    ) -> str:
+        """Append the body to ``partial`` (kept up to ``offset``) and hand it to the tee;
+        returns the digest of the whole file."""
+        limit = blob.size if blob.size is not None else self.max_blob_size
+        # opening hashes the kept bytes of a resumed download
+        writer = await trio.to_thread.run_sync(IngestWriter, partial, offset)
+        try:
+            if blob.tee is not None:
+                await blob.tee.begin(partial, offset)
             written, buffered = offset, bytearray()
             try:
                 async for chunk in iter_body(response):
@@ -428,19 +430,30 @@ class DistributionClient:
                     if written > limit:
                         buffered.clear()
                         await trio.to_thread.run_sync(partial.unlink, True)
-                        raise _oversized(digest, size, limit)
+                        raise _oversized(blob.digest, blob.size, limit)
                     buffered += chunk
                     if len(buffered) >= _WRITE_BUFFER:
-                        await f.write(bytes(buffered))
-                        buffered.clear()
-                        if progress:
-                            progress(written, size)
+                        await self._flush(writer, buffered, blob)
+                        if blob.progress:
+                            blob.progress(written, blob.size)
             finally:
-                # keep what arrived before a cut, so the next attempt resumes after it
+                # keep what arrived before a cut, so the next attempt resumes after it (the
+                # tee does not get it: the next attempt's begin() tells it where to resume)
                 with trio.CancelScope(shield=True):
-                    await f.write(bytes(buffered))
-        if progress:
-            progress(written, size)
+                    await trio.to_thread.run_sync(writer.write, bytes(buffered))
+            if blob.progress:
+                blob.progress(written, blob.size)
+            return writer.digest()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.close)
+
+    async def _flush(self, writer: IngestWriter, buffered: bytearray, blob: _Download) -> None:
+        data = bytes(buffered)
+        buffered.clear()
+        await trio.to_thread.run_sync(writer.write, data)
+        if blob.tee is not None:
+            await blob.tee.data(data)
 
     # --- blobs: upload --------------------------------------------------------------------
 
@@ -604,6 +617,19 @@ class DistributionClient:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Download:
+    """One blob download's parameters, passed along the retry layers."""
+
+    ref: Reference
+    digest: str
+    size: int | None
+    content: ContentStore
+    progress: ProgressFn | None
+    tee: BlobTee | None
+    durable: bool
 
 
 def _oversized(digest: str, size: int | None, limit: int) -> EngineError:

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO, Any
 
 import attrs
 import trio
@@ -36,7 +37,7 @@ from engine.store.atomic import read_json, write_json_atomic
 from engine.store.layout import Layout
 
 from .mount import OverlayMounter, OverlaySpec, filesystem_of, is_mounted, read_mountinfo, unmount
-from .unpack import TEMP_PREFIX, unpack_into
+from .unpack import TEMP_PREFIX, ChunkReader, UnpackResult, unpack_into, unpack_stream_into
 
 REMOVING_PREFIX = ".removing-"
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -44,6 +45,8 @@ _HEX_RE = re.compile(r"^[a-f0-9]{64}$")
 _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_STREAM_BUFFER = 8  # chunks (about 1 MiB each) queued between a download and its unpack
+_READ_CHUNK = 1024 * 1024
 
 
 @attrs.frozen
@@ -196,7 +199,69 @@ class OverlayDriver:
         finally:
             shutil.rmtree(temp, ignore_errors=True)  # gone already unless we lost a race
 
-    def _commit_layer(self, temp: Path, diff_id: str, size: int) -> LayerInfo:
+    @contextlib.asynccontextmanager
+    async def layer_stream(self, diff_id: str) -> AsyncIterator[LayerStream | None]:
+        """Unpack a layer while its blob downloads: yields a ``LayerStream`` (a tee for
+        ``DistributionClient.fetch_blob``), or None when the layer is unpacked already.
+
+        The body downloads the blob through the stream and then calls ``finish`` with the
+        verified blob: only then is the layer committed (after its diff_id is checked too).
+        Leaving the body any other way discards the partial unpack. Concurrent unpacks of
+        the same diff_id wait for each other, as in ``unpack_layer``.
+        Errors: those of ``unpack_layer``, raised by ``finish``; an unpack error is held back
+        until the download is complete, so that a corrupt download is reported as what it
+        is (the client's DigestMismatch) rather than as a broken tar."""
+        check_digest(diff_id)
+        async with self._layer_locks.hold(diff_id):
+            if await self.has_layer(diff_id):
+                yield None
+                return
+            send, receive = trio.open_memory_channel[_Message](_STREAM_BUFFER)
+            stream = LayerStream(send)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_stream, receive, diff_id, stream)
+                try:
+                    yield stream
+                finally:
+                    if not stream.finished:
+                        nursery.cancel_scope.cancel()  # the worker deletes its temp dir
+
+    async def _run_stream(
+        self, receive: trio.MemoryReceiveChannel[_Message], diff_id: str, stream: LayerStream
+    ) -> None:
+        info = await trio.to_thread.run_sync(self._unpack_stream_sync, receive, diff_id)
+        stream._done(info)
+
+    def _unpack_stream_sync(
+        self, receive: trio.MemoryReceiveChannel[_Message], diff_id: str
+    ) -> LayerInfo:
+        self._ensure_dirs()
+        feed = _Feed(receive)
+        try:
+            temp, result = self._extract_feed(feed, diff_id)
+        except Exception:
+            feed.drain()  # the download's own verdict comes first
+            raise
+        try:
+            return self._commit_layer(temp, result.diff_id, result.size, sync=False)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)  # gone already unless we lost a race
+
+    def _extract_feed(self, feed: _Feed, diff_id: str) -> tuple[Path, UnpackResult]:
+        while True:
+            try:
+                return unpack_stream_into(
+                    ChunkReader(feed.next_chunk),
+                    self.layers_dir,
+                    expected_diff_id=diff_id,
+                    what=f"layer {diff_id}",
+                )
+            except _Restart:
+                feed.restart()  # the download started over: so does the unpack
+
+    def _commit_layer(
+        self, temp: Path, diff_id: str, size: int, *, sync: bool = True
+    ) -> LayerInfo:
         final = self.layer_dir(diff_id)
         info = LayerInfo(diff_id=diff_id, size=size)
         if final.exists():
@@ -207,7 +272,7 @@ class OverlayDriver:
             {"diff_id": diff_id, "size": size, "link": link},
             durable=False,
         )
-        if self.durable:
+        if self.durable and sync:
             _syncfs(temp)
         try:
             os.rename(temp, final)
@@ -415,6 +480,140 @@ class OverlayDriver:
                     os.unlink(entry.path)
                     removed.append(entry.path)
         return StaleReport(removed=sorted(removed), mounted=self._mounted_container_ids())
+
+
+# --- streaming a layer while it downloads ----------------------------------------------------
+
+# ("begin", partial file, offset) | ("data", bytes) | ("end", verified blob file)
+_Message = tuple[Any, ...]
+
+
+class LayerStream:
+    """The trio side of a streamed unpack: implements the registry client's ``BlobTee``."""
+
+    def __init__(self, send: trio.MemorySendChannel[_Message]) -> None:
+        self._send = send
+        self._finished = trio.Event()
+        self._info: LayerInfo | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    async def begin(self, partial: Path, offset: int) -> None:
+        await self._send.send(("begin", partial, offset))
+
+    async def data(self, chunk: bytes) -> None:
+        await self._send.send(("data", chunk))
+
+    async def finish(self, blob: Path) -> LayerInfo:
+        """``blob`` is verified: finish the unpack (bytes the stream missed are read from
+        it), check the diff_id and commit the layer."""
+        await self._send.send(("end", blob))
+        await self._finished.wait()
+        assert self._info is not None
+        return self._info
+
+    def _done(self, info: LayerInfo) -> None:
+        self._info = info
+        self._finished.set()
+
+
+class _Restart(Exception):
+    """The download started over from a point the unpack has passed."""
+
+
+class _Feed:
+    """The worker-thread side: the blob's bytes in order. Bytes the download did not pass
+    on (the kept part of a resumed download, the tail of a cut attempt, a blob that another
+    task fetched) are read from the file that holds them."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[_Message]) -> None:
+        self._receive = receive
+        self._consumed = 0
+        self._ended = False
+        self._backfill: tuple[Path, int] | None = None  # read up to this offset of the file
+        self._backfill_file: IO[bytes] | None = None
+        self._restart_at: tuple[Path, int] | None = None
+        self._pending: bytes | None = None  # data taken from the channel, not yet handed on
+
+    def next_chunk(self) -> bytes:
+        while True:
+            if self._backfill is not None:
+                chunk = self._read_backfill()
+                if chunk:
+                    self._consumed += len(chunk)
+                    return chunk
+            if self._ended:
+                return b""
+            self._handle(self._next_message())
+            if self._pending is not None:
+                chunk, self._pending = self._pending, None
+                self._consumed += len(chunk)
+                return chunk
+
+    def _next_message(self) -> _Message:
+        try:
+            return trio.from_thread.run(self._receive.receive)
+        except trio.EndOfChannel:
+            raise InvalidArgument(
+                "the layer's download stopped before the layer was complete"
+            ) from None
+
+    def _handle(self, message: _Message) -> None:
+        kind = message[0]
+        if kind == "data":
+            self._pending = message[1]
+        elif kind == "begin":
+            partial, offset = message[1], message[2]
+            if offset < self._consumed:
+                self._restart_at = (partial, offset)
+                raise _Restart()
+            if offset > self._consumed:
+                self._start_backfill(partial, offset)
+        elif kind == "end":
+            self._ended = True
+            blob = message[1]
+            size = os.stat(blob).st_size
+            if size > self._consumed:
+                self._start_backfill(blob, size)
+
+    def _start_backfill(self, path: Path, end: int) -> None:
+        self._close_backfill()
+        self._backfill_file = open(path, "rb")  # closed by _close_backfill
+        self._backfill_file.seek(self._consumed)
+        self._backfill = (path, end)
+
+    def _read_backfill(self) -> bytes:
+        assert self._backfill is not None and self._backfill_file is not None
+        wanted = min(_READ_CHUNK, self._backfill[1] - self._consumed)
+        chunk = self._backfill_file.read(wanted) if wanted > 0 else b""
+        if not chunk:
+            self._close_backfill()
+        return chunk
+
+    def _close_backfill(self) -> None:
+        if self._backfill_file is not None:
+            self._backfill_file.close()
+        self._backfill, self._backfill_file = None, None
+
+    def restart(self) -> None:
+        """Start the bytes over: from the file the download kept, then the download."""
+        assert self._restart_at is not None
+        partial, offset = self._restart_at
+        self._restart_at = None
+        self._close_backfill()
+        self._consumed = 0
+        self._pending = None
+        if offset:
+            self._start_backfill(partial, offset)
+
+    def drain(self) -> None:
+        """Take (and drop) what the download still sends, up to its end."""
+        self._close_backfill()
+        while not self._ended:
+            message = self._next_message()
+            self._ended = message[0] == "end"
 
 
 def _blob_key(blob: Path) -> tuple[str, int, int, int]:
