@@ -24,10 +24,12 @@ DOCKERD = "/usr/sbin/dockerd"
 
 @attrs.define
 class Engine:
-    """Common parts: what every engine runs its CLI with."""
+    """Common parts: what every engine runs its CLI with. ``base`` holds persistent state,
+    ``run_base`` the runtime state (a tmpfs, like /run)."""
 
     name: str
     base: Path
+    run_base: Path
     cli: list[str] = attrs.field(factory=list)
     env: dict[str, str] = attrs.field(factory=lambda: dict(os.environ))
     runtimes: tuple[str, ...] = ("runc", "crun")
@@ -86,12 +88,12 @@ class EngineD(Engine):
 
     def __attrs_post_init__(self) -> None:
         self.cli = engctl_argv()
-        self.env = {**os.environ, "ENGINE_HOST": f"unix://{self.base}/run/engine.sock"}
+        self.env = {**os.environ, "ENGINE_HOST": f"unix://{self.run_base}/engine.sock"}
 
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "engine.supervisor.daemon", "--root", str(self.base / "root"),
-                "--run-root", str(self.base / "run"), "--config-dir", str(self.base / "etc"),
+                "--run-root", str(self.run_base), "--config-dir", str(self.base / "etc"),
                 "--default-runtime", self.default_runtime, "--log-level", "warning"]
         if self.registry:
             args += ["--insecure-registry", self.registry]
@@ -160,8 +162,10 @@ class Podman(Engine):
 
     def start(self) -> None:
         b = self.base
-        for d in ("tmp", "networks", "run", "storage"):
+        for d in ("networks", "storage"):
             (b / d).mkdir(parents=True, exist_ok=True)
+        for d in ("tmp", "run"):
+            (self.run_base / d).mkdir(parents=True, exist_ok=True)
         # Root here lacks CAP_SYS_RESOURCE: podman's default rlimits (nofile 1048576) make the
         # runtime fail with EPERM; podman 4.3 also caps its own nproc at 32768 (peers §2.3).
         nofile = _hard_limit(resource.RLIMIT_NOFILE, 1048576)
@@ -174,12 +178,12 @@ class Podman(Engine):
             'events_logger = "file"\n'
             f'events_logfile_path = "{b}/events.log"\n'
             'runtime = "crun"\n'
-            f'tmp_dir = "{b}/tmp"\n'
+            f'tmp_dir = "{self.run_base}/tmp"\n'
             "[network]\n"
             'network_backend = "netavark"\n'
             f'network_config_dir = "{b}/networks"\n')
         (b / "storage.conf").write_text(
-            f'[storage]\ndriver = "overlay"\nrunroot = "{b}/run"\ngraphroot = "{b}/storage"\n'
+            f'[storage]\ndriver = "overlay"\nrunroot = "{self.run_base}/run"\ngraphroot = "{b}/storage"\n'
             '[storage.options.overlay]\nmountopt = "nodev"\n')
         (b / "registries.conf").write_text(
             f'unqualified-search-registries = []\n[[registry]]\nlocation = "{self.registry}"\ninsecure = true\n')
@@ -215,7 +219,7 @@ class Docker(Engine):
         # iptables/ip-forward/ip-masq off: dockerd must not rewrite this host's firewall
         # (the project's network tests check it); containers still get docker0 and veths.
         config = {
-            "data-root": str(b / "root"), "exec-root": str(b / "exec"),
+            "data-root": str(b / "root"), "exec-root": str(self.run_base / "exec"),
             "pidfile": str(b / "dockerd.pid"), "hosts": [self.env["DOCKER_HOST"]],
             "storage-driver": "overlay2", "iptables": False, "ip-forward": False,
             "ip-masq": False, "runtimes": {"crun": {"path": shutil.which("crun") or "/usr/bin/crun"}},

@@ -56,6 +56,15 @@ class Scratch:
             run_quiet(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", str(self.image)])
             run_quiet(["mount", "-o", "loop", str(self.image), str(self.path)])
         self.mounted = True
+        # Runtime state (sockets, pid and exit files, the runtimes' own state) lives on a
+        # tmpfs, as /run is on any host: the engine's --run-root, podman's runroot and
+        # tmp_dir, docker's exec-root. Persistent storage stays on the scratch filesystem.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_quiet(["mount", "-t", "tmpfs", "-o", "size=2G,mode=0755", "tmpfs", str(self.run_dir)])
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run"
 
     def unmount(self) -> None:
         """Unmount whatever is still mounted below us (overlays of killed containers), then us."""

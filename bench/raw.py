@@ -51,6 +51,7 @@ def prepare_bundle(dest: Path) -> Path:
     return dest
 
 
-def raw_runtimes(work: Path) -> list[RawRuntime]:
+def raw_runtimes(work: Path, run_dir: Path) -> list[RawRuntime]:
+    """The floor: the runtimes alone, their state on ``run_dir`` (like /run/runc)."""
     bundle = prepare_bundle(work / "bundle")
-    return [RawRuntime(n, bundle, work / f"{n}-state") for n in ("runc", "crun")]
+    return [RawRuntime(n, bundle, run_dir / f"{n}-state") for n in ("runc", "crun")]

@@ -149,7 +149,7 @@ def start_peers(a: argparse.Namespace, work: Path, registry: str, s: Session) ->
             skipped.append(f"{name}: {why}")
             log(f"skipping {name}: {why}")
             continue
-        e = cls(name=name, base=work / name, registry=registry)
+        e = cls(name=name, base=work / name, run_base=s.scratch.run_dir / name, registry=registry)
         s.engines.append(e)
         try:
             e.start()
@@ -198,8 +198,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         built = images.build_all(work / "images", spec, bb_ref)
         images.push(built.busybox_layout, bb_ref)
         images.push(built.large_layout, large_ref)
-        s.raw = raw_runtimes(work / "raw")
-        engine = EngineD(name="engine", base=work / "engine", registry=reg)
+        s.raw = raw_runtimes(work / "raw", s.scratch.run_dir / "raw")
+        engine = EngineD(name="engine", base=work / "engine", run_base=s.scratch.run_dir / "engine",
+                         registry=reg)
         s.engines.append(engine)
         engine.start()
         peers, res["skipped"] = start_peers(a, work, reg, s)

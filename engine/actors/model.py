@@ -130,7 +130,10 @@ class ContainerFiles:
 
     def write_config(self, config: ContainerConfig) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode())
+        # A --rm container is removed after any power loss anyway (docker does the same),
+        # so only the others pay for the fsyncs.
+        write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode(),
+                           durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
         # Atomic but not fsynced: a daemon crash keeps every rename (the page cache

@@ -208,8 +208,9 @@ class ContainerNetworking:
     async def setup(self, config: ContainerConfig, status: ContainerStatus) -> None:
         """Give the container its namespace, networks and /etc files (at every start)."""
         async with self._locked(config.id):
-            await self._detach_quiet(config.id)  # a start that failed half-way before
             kind = mode_kind(config.network_mode)
+            if kind == "bridge":
+                await self._detach_quiet(config.id)  # a start that failed half-way before
             try:
                 if kind == "host":
                     details = await self._setup_host(config)
@@ -328,7 +329,8 @@ class ContainerNetworking:
     async def teardown(self, config: ContainerConfig, status: ContainerStatus) -> None:
         """Undo ``setup`` (idempotent; called at every exit, stop and removal)."""
         async with self._locked(config.id):
-            await self._teardown(config)
+            if mode_kind(config.network_mode) == "bridge":  # the other modes attach nothing
+                await self._teardown(config)
             status.network_details = {}
             status.ip_address = ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +39,21 @@ class App:
         if runtime is None:
             known = ", ".join(sorted(runtimes)) or "none"
             raise InvalidArgument(f"unknown runtime {name!r}; available runtimes: {known}")
-        availability = self._availability(name, runtime)
+        availability = self._cached_availability(f"runtime {name}", runtime.availability)
         if not availability.ok:
             raise Unavailable(f"runtime {name!r} cannot run containers here: {availability.reason}")
         return runtime
 
-    def _availability(self, name: str, runtime: Runtime) -> Availability:
-        """The runtime's own check (a PATH search, a read of mountinfo...) costs more than
-        the rest of a start's bookkeeping, so a verdict is reused for a moment; a runtime
-        removed meanwhile still fails its next call with a clear error."""
+    def _cached_availability(self, key: str, check: Callable[[], Availability]) -> Availability:
+        """A plugin's own check (a PATH search, a read of mountinfo...) costs more than the
+        rest of a start's bookkeeping, so a verdict is reused for a moment; a runtime or
+        driver that breaks meanwhile still fails its next operation with a clear error."""
         now = time.monotonic()
-        cached = self._availability_cache.get(name)
+        cached = self._availability_cache.get(key)
         if cached is not None and now - cached[0] < AVAILABILITY_TTL:
             return cached[1]
-        availability = runtime.availability()
-        self._availability_cache[name] = (now, availability)
+        availability = check()
+        self._availability_cache[key] = (now, availability)
         return availability
 
     def storage(self) -> StorageDriver:
@@ -61,7 +62,7 @@ class App:
         if driver is None:
             known = ", ".join(sorted(self.plugins.register.storage_drivers)) or "none"
             raise Unavailable(f"storage driver {name!r} is not installed; available: {known}")
-        availability = driver.availability()
+        availability = self._cached_availability(f"storage {name}", driver.availability)
         if not availability.ok:
             raise Unavailable(f"storage driver {name!r} cannot work here: {availability.reason}")
         return driver

@@ -8,6 +8,7 @@ Actors that crash are restarted (the container itself is not touched by that).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -21,7 +22,7 @@ from engine.actors.container import ContainerActor
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, new_container_id
 from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
-from engine.store.atomic import write_json_atomic
+from engine.store.atomic import write_bytes_atomic
 from engine.supervisor.app import App
 
 log = logging.getLogger("engine.supervisor")
@@ -296,7 +297,9 @@ def _write_spec(bundle: Path, spec: dict[str, Any],
     if adapt is not None:
         spec = adapt(spec)
     bundle.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(bundle / "config.json", spec, durable=False)
+    # compact: the runtime reads it, and it is written at every start
+    data = json.dumps(spec, separators=(",", ":")).encode()
+    write_bytes_atomic(bundle / "config.json", data, durable=False)
 
 
 async def start_containers(app: App, nursery: trio.Nursery) -> None:
