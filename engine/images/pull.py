@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import json
 import platform as _platform
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -89,7 +90,7 @@ class LayerStream(Protocol):
 
     async def begin(self, partial: Path, offset: int) -> None: ...
 
-    async def data(self, chunk: bytes) -> None: ...
+    async def data(self, chunks: list[bytes]) -> None: ...
 
     async def finish(self, blob: Path) -> object: ...
 
@@ -180,9 +181,24 @@ class _Progress:
         self.callback(event)
 
     def downloading(self, digest: str) -> Callable[[int, int | None], None] | None:
+        """A progress function for one download, emitting at most every
+        ``_PROGRESS_INTERVAL`` seconds (and the last count): one event per MiB would keep the
+        event loop busy with progress instead of bytes."""
         if self.callback is None:
             return None
-        return lambda current, total: self.emit(digest, "Downloading", current, total)
+        last = -_PROGRESS_INTERVAL
+
+        def downloading(current: int, total: int | None) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= _PROGRESS_INTERVAL or current == total:
+                last = now
+                self.emit(digest, "Downloading", current, total)
+
+        return downloading
+
+
+_PROGRESS_INTERVAL = 0.1  # seconds
 
 
 # --- pull ------------------------------------------------------------------------------------

@@ -73,14 +73,15 @@ class BlobTee(Protocol):
 
     Each download attempt calls ``begin`` with the ingest file and how many bytes of it are
     kept (a resumed download keeps its earlier bytes; 0 means starting over), then ``data``
-    with the bytes that follow, in order, as they are written to that file. Bytes the tee
+    with the bytes that follow (a list of pieces, about 1 MiB in all), in order, as they
+    are written to that file. Bytes the tee
     did not get (before ``offset``, or lost to an interrupted attempt) are in the file.
     The tee must not trust the bytes before ``fetch_blob`` has returned: only then are they
     verified against the digest."""
 
     async def begin(self, partial: Path, offset: int) -> None: ...
 
-    async def data(self, chunk: bytes) -> None: ...
+    async def data(self, chunks: list[bytes]) -> None: ...
 
 
 @attrs.define
@@ -422,7 +423,8 @@ class DistributionClient:
         try:
             if blob.tee is not None:
                 await blob.tee.begin(partial, offset)
-            written, buffered = offset, bytearray()
+            written, buffered_size = offset, 0
+            buffered: list[bytes] = []
             try:
                 async for chunk in iter_body(response):
                     written += len(chunk)
@@ -431,16 +433,18 @@ class DistributionClient:
                         buffered.clear()
                         await trio.to_thread.run_sync(partial.unlink, True)
                         raise _oversized(blob.digest, blob.size, limit)
-                    buffered += chunk
-                    if len(buffered) >= _WRITE_BUFFER:
+                    buffered.append(chunk)
+                    buffered_size += len(chunk)
+                    if buffered_size >= _WRITE_BUFFER:
                         await self._flush(writer, buffered, blob)
+                        buffered, buffered_size = [], 0
                         if blob.progress:
                             blob.progress(written, blob.size)
             finally:
                 # keep what arrived before a cut, so the next attempt resumes after it (the
                 # tee does not get it: the next attempt's begin() tells it where to resume)
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(writer.write, bytes(buffered))
+                    await trio.to_thread.run_sync(writer.write, buffered)
             if blob.progress:
                 blob.progress(written, blob.size)
             return writer.digest()
@@ -448,12 +452,10 @@ class DistributionClient:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(writer.close)
 
-    async def _flush(self, writer: IngestWriter, buffered: bytearray, blob: _Download) -> None:
-        data = bytes(buffered)
-        buffered.clear()
-        await trio.to_thread.run_sync(writer.write, data)
+    async def _flush(self, writer: IngestWriter, chunks: list[bytes], blob: _Download) -> None:
+        await trio.to_thread.run_sync(writer.write, chunks)
         if blob.tee is not None:
-            await blob.tee.data(data)
+            await blob.tee.data(chunks)
 
     # --- blobs: upload --------------------------------------------------------------------
 

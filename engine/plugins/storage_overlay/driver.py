@@ -218,13 +218,16 @@ class OverlayDriver:
                 return
             send, receive = trio.open_memory_channel[_Message](_STREAM_BUFFER)
             stream = LayerStream(send)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_stream, receive, diff_id, stream)
-                try:
-                    yield stream
-                finally:
-                    if not stream.finished:
-                        nursery.cancel_scope.cancel()  # the worker deletes its temp dir
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._run_stream, receive, diff_id, stream)
+                    try:
+                        yield stream
+                    finally:
+                        if not stream.finished:
+                            nursery.cancel_scope.cancel()  # the worker deletes its temp dir
+            finally:
+                stream.close_files()  # the worker is done with them
 
     async def _run_stream(
         self, receive: trio.MemoryReceiveChannel[_Message], diff_id: str, stream: LayerStream
@@ -242,6 +245,8 @@ class OverlayDriver:
         except Exception:
             feed.drain()  # the download's own verdict comes first
             raise
+        finally:
+            feed.close()
         try:
             return self._commit_layer(temp, result.diff_id, result.size, sync=False)
         finally:
@@ -484,15 +489,22 @@ class OverlayDriver:
 
 # --- streaming a layer while it downloads ----------------------------------------------------
 
-# ("begin", partial file, offset) | ("data", bytes) | ("end", verified blob file)
+# ("begin", open partial file, offset) | ("data", offset, [bytes...]) | ("end", verified blob)
 _Message = tuple[Any, ...]
 
 
 class LayerStream:
-    """The trio side of a streamed unpack: implements the registry client's ``BlobTee``."""
+    """The trio side of a streamed unpack: implements the registry client's ``BlobTee``.
+
+    The download never waits for the unpack: when the unpack is behind (its queue is full)
+    the bytes are not queued, and the unpack reads them from the ingest file later (from
+    the page cache, as a rule). So downloads run at network speed and free their slot of
+    the download limiter early, and the unpack runs at CPU speed."""
 
     def __init__(self, send: trio.MemorySendChannel[_Message]) -> None:
         self._send = send
+        self._offset = 0
+        self._files: list[IO[bytes]] = []
         self._finished = trio.Event()
         self._info: LayerInfo | None = None
 
@@ -501,10 +513,17 @@ class LayerStream:
         return self._finished.is_set()
 
     async def begin(self, partial: Path, offset: int) -> None:
-        await self._send.send(("begin", partial, offset))
+        # Opened here, so the unpack can read it even after it is renamed into the store.
+        file = await trio.to_thread.run_sync(open, partial, "rb")
+        self._files.append(file)
+        self._offset = offset
+        await self._send.send(("begin", file, offset))
 
-    async def data(self, chunk: bytes) -> None:
-        await self._send.send(("data", chunk))
+    async def data(self, chunks: list[bytes]) -> None:
+        offset = self._offset
+        self._offset += sum(len(c) for c in chunks)
+        with contextlib.suppress(trio.WouldBlock):
+            self._send.send_nowait(("data", offset, chunks))
 
     async def finish(self, blob: Path) -> LayerInfo:
         """``blob`` is verified: finish the unpack (bytes the stream missed are read from
@@ -518,24 +537,31 @@ class LayerStream:
         self._info = info
         self._finished.set()
 
+    def close_files(self) -> None:
+        for file in self._files:
+            file.close()
+        self._files.clear()
+
 
 class _Restart(Exception):
     """The download started over from a point the unpack has passed."""
 
 
 class _Feed:
-    """The worker-thread side: the blob's bytes in order. Bytes the download did not pass
-    on (the kept part of a resumed download, the tail of a cut attempt, a blob that another
-    task fetched) are read from the file that holds them."""
+    """The worker-thread side: the blob's bytes in order. Bytes that did not come through
+    the queue (the kept part of a resumed download, bytes the download did not queue while
+    the unpack was behind, a blob that another task fetched) are read from the file that
+    holds them."""
 
     def __init__(self, receive: trio.MemoryReceiveChannel[_Message]) -> None:
         self._receive = receive
         self._consumed = 0
         self._ended = False
-        self._backfill: tuple[Path, int] | None = None  # read up to this offset of the file
-        self._backfill_file: IO[bytes] | None = None
-        self._restart_at: tuple[Path, int] | None = None
-        self._pending: bytes | None = None  # data taken from the channel, not yet handed on
+        self._file: IO[bytes] | None = None  # the current download attempt's ingest file
+        self._blob: IO[bytes] | None = None  # the verified blob, after "end"
+        self._backfill: tuple[IO[bytes], int] | None = None  # read the file up to there
+        self._pending: list[bytes] = []  # queued bytes after the backfill, reversed
+        self._restart_at: tuple[IO[bytes], int] | None = None
 
     def next_chunk(self) -> bytes:
         while True:
@@ -544,13 +570,13 @@ class _Feed:
                 if chunk:
                     self._consumed += len(chunk)
                     return chunk
+            if self._pending:
+                chunk = self._pending.pop()
+                self._consumed += len(chunk)
+                return chunk
             if self._ended:
                 return b""
             self._handle(self._next_message())
-            if self._pending is not None:
-                chunk, self._pending = self._pending, None
-                self._consumed += len(chunk)
-                return chunk
 
     def _next_message(self) -> _Message:
         try:
@@ -563,57 +589,52 @@ class _Feed:
     def _handle(self, message: _Message) -> None:
         kind = message[0]
         if kind == "data":
-            self._pending = message[1]
+            offset, chunks = message[1], message[2]
+            if offset > self._consumed and self._file is not None:
+                self._backfill = (self._file, offset)  # bytes the download did not queue
+            self._pending = chunks[::-1]
         elif kind == "begin":
-            partial, offset = message[1], message[2]
+            file, offset = message[1], message[2]
+            self._file = file
             if offset < self._consumed:
-                self._restart_at = (partial, offset)
+                self._restart_at = (file, offset)
                 raise _Restart()
             if offset > self._consumed:
-                self._start_backfill(partial, offset)
+                self._backfill = (file, offset)
         elif kind == "end":
             self._ended = True
-            blob = message[1]
-            size = os.stat(blob).st_size
+            self._blob = open(message[1], "rb")  # noqa: SIM115 - closed by close()
+            size = os.fstat(self._blob.fileno()).st_size
             if size > self._consumed:
-                self._start_backfill(blob, size)
-
-    def _start_backfill(self, path: Path, end: int) -> None:
-        self._close_backfill()
-        self._backfill_file = open(path, "rb")  # closed by _close_backfill
-        self._backfill_file.seek(self._consumed)
-        self._backfill = (path, end)
+                self._backfill = (self._blob, size)
 
     def _read_backfill(self) -> bytes:
-        assert self._backfill is not None and self._backfill_file is not None
-        wanted = min(_READ_CHUNK, self._backfill[1] - self._consumed)
-        chunk = self._backfill_file.read(wanted) if wanted > 0 else b""
+        assert self._backfill is not None
+        file, end = self._backfill
+        wanted = min(_READ_CHUNK, end - self._consumed)
+        chunk = os.pread(file.fileno(), wanted, self._consumed) if wanted > 0 else b""
         if not chunk:
-            self._close_backfill()
+            self._backfill = None
         return chunk
-
-    def _close_backfill(self) -> None:
-        if self._backfill_file is not None:
-            self._backfill_file.close()
-        self._backfill, self._backfill_file = None, None
 
     def restart(self) -> None:
         """Start the bytes over: from the file the download kept, then the download."""
         assert self._restart_at is not None
-        partial, offset = self._restart_at
+        file, offset = self._restart_at
         self._restart_at = None
-        self._close_backfill()
         self._consumed = 0
-        self._pending = None
-        if offset:
-            self._start_backfill(partial, offset)
+        self._pending = []
+        self._backfill = (file, offset) if offset else None
 
     def drain(self) -> None:
         """Take (and drop) what the download still sends, up to its end."""
-        self._close_backfill()
+        self._backfill, self._pending = None, []
         while not self._ended:
-            message = self._next_message()
-            self._ended = message[0] == "end"
+            self._ended = self._next_message()[0] == "end"
+
+    def close(self) -> None:
+        if self._blob is not None:
+            self._blob.close()
 
 
 def _blob_key(blob: Path) -> tuple[str, int, int, int]:
