@@ -19,11 +19,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,7 +46,7 @@ _HEX_RE = re.compile(r"^[a-f0-9]{64}$")
 _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_STREAM_BUFFER = 8  # chunks (about 1 MiB each) queued between a download and its unpack
+_STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
 
 
@@ -100,6 +101,9 @@ class OverlayDriver:
         self._mounter = OverlayMounter(prefer_new_api=prefer_new_mount_api)
         self._layer_locks = _KeyedLocks()
         self._container_locks = _KeyedLocks()
+        # Streamed unpacks at once: one per CPU. More only take turns at the GIL; the layers
+        # waiting meanwhile keep downloading into their ingest files.
+        self._unpack_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._blob_diff_ids: dict[tuple[str, int, int, int], str] = {}
 
     # --- host check --------------------------------------------------------------------------
@@ -216,11 +220,10 @@ class OverlayDriver:
             if await self.has_layer(diff_id):
                 yield None
                 return
-            send, receive = trio.open_memory_channel[_Message](_STREAM_BUFFER)
-            stream = LayerStream(send)
+            stream = LayerStream()
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._run_stream, receive, diff_id, stream)
+                    nursery.start_soon(self._run_stream, diff_id, stream)
                     try:
                         yield stream
                     finally:
@@ -229,17 +232,15 @@ class OverlayDriver:
             finally:
                 stream.close_files()  # the worker is done with them
 
-    async def _run_stream(
-        self, receive: trio.MemoryReceiveChannel[_Message], diff_id: str, stream: LayerStream
-    ) -> None:
-        info = await trio.to_thread.run_sync(self._unpack_stream_sync, receive, diff_id)
+    async def _run_stream(self, diff_id: str, stream: LayerStream) -> None:
+        info = await trio.to_thread.run_sync(
+            self._unpack_stream_sync, stream, diff_id, limiter=self._unpack_limiter
+        )
         stream._done(info)
 
-    def _unpack_stream_sync(
-        self, receive: trio.MemoryReceiveChannel[_Message], diff_id: str
-    ) -> LayerInfo:
+    def _unpack_stream_sync(self, stream: LayerStream, diff_id: str) -> LayerInfo:
         self._ensure_dirs()
-        feed = _Feed(receive)
+        feed = _Feed(stream._receive)
         try:
             temp, result = self._extract_feed(feed, diff_id)
         except Exception:
@@ -501,8 +502,11 @@ class LayerStream:
     the page cache, as a rule). So downloads run at network speed and free their slot of
     the download limiter early, and the unpack runs at CPU speed."""
 
-    def __init__(self, send: trio.MemorySendChannel[_Message]) -> None:
-        self._send = send
+    def __init__(self) -> None:
+        # Unbounded, but data is queued only while fewer than _STREAM_BUFFER lists wait:
+        # begin/end are always queued, so no sender ever waits for the unpack.
+        self._send, self._queue = trio.open_memory_channel[_Message](math.inf)
+        self._queued = 0
         self._offset = 0
         self._files: list[IO[bytes]] = []
         self._finished = trio.Event()
@@ -517,18 +521,26 @@ class LayerStream:
         file = await trio.to_thread.run_sync(open, partial, "rb")
         self._files.append(file)
         self._offset = offset
-        await self._send.send(("begin", file, offset))
+        self._send.send_nowait(("begin", file, offset))
 
     async def data(self, chunks: list[bytes]) -> None:
         offset = self._offset
         self._offset += sum(len(c) for c in chunks)
-        with contextlib.suppress(trio.WouldBlock):
+        if self._queued < _STREAM_BUFFER:
+            self._queued += 1
             self._send.send_nowait(("data", offset, chunks))
+
+    async def _receive(self) -> _Message:
+        """The next message, for the worker thread (through ``trio.from_thread.run``)."""
+        message = await self._queue.receive()
+        if message[0] == "data":
+            self._queued -= 1
+        return message
 
     async def finish(self, blob: Path) -> LayerInfo:
         """``blob`` is verified: finish the unpack (bytes the stream missed are read from
         it), check the diff_id and commit the layer."""
-        await self._send.send(("end", blob))
+        self._send.send_nowait(("end", blob))
         await self._finished.wait()
         assert self._info is not None
         return self._info
@@ -553,7 +565,7 @@ class _Feed:
     the unpack was behind, a blob that another task fetched) are read from the file that
     holds them."""
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[_Message]) -> None:
+    def __init__(self, receive: Callable[[], Awaitable[_Message]]) -> None:
         self._receive = receive
         self._consumed = 0
         self._ended = False
@@ -579,12 +591,8 @@ class _Feed:
             self._handle(self._next_message())
 
     def _next_message(self) -> _Message:
-        try:
-            return trio.from_thread.run(self._receive.receive)
-        except trio.EndOfChannel:
-            raise InvalidArgument(
-                "the layer's download stopped before the layer was complete"
-            ) from None
+        # Blocks this thread until the download sends more; cancelling the pull cancels it.
+        return trio.from_thread.run(self._receive)
 
     def _handle(self, message: _Message) -> None:
         kind = message[0]
