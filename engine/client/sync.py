@@ -69,13 +69,17 @@ class Stream:
         self._unacked += 1
         if self._unacked >= protocol.STREAM_WINDOW // 2:
             self._client._send(
-                protocol.encode_notification(protocol.STREAM_ACK, [self._msgid, self._unacked])
+                protocol.encode_notification(
+                    protocol.STREAM_ACK, [self._msgid, self._unacked], small=True
+                )
             )
             self._unacked = 0
 
     def cancel(self) -> None:
         if not self.done:
-            self._client._send(protocol.encode_notification(protocol.CANCEL, [self._msgid]))
+            self._client._send(
+                protocol.encode_notification(protocol.CANCEL, [self._msgid], small=True)
+            )
 
 
 class Client:
@@ -83,7 +87,8 @@ class Client:
         self.host = host or default_host()
         self.timeout = timeout
         self._sock: _socket.socket | None = None
-        self._decoder = protocol.Decoder()
+        # small frames are read without importing msgpack (engctl's start-up budget)
+        self._decoder = protocol.SmallDecoder()
         self._pending: list[Any] = []
         self._next_id = 0
 
@@ -145,7 +150,7 @@ class Client:
 
     def _request(self, method: str, params: dict[str, Any]) -> int:
         self._next_id = (self._next_id + 1) % protocol.MAX_MSGID
-        self._send(protocol.encode_request(self._next_id, method, params))
+        self._send(protocol.encode_request(self._next_id, method, params, small=True))
         return self._next_id
 
     def call(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:

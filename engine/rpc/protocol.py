@@ -23,15 +23,16 @@ error and the connection is closed.
 
 from __future__ import annotations
 
-import msgpack
-
 from engine.errors import ProtocolError, ResourceExhausted
 
-# typing costs engctl ~7 ms of start-up here, so the message classes are plain namedtuples at
-# run time (msgpack imports collections anyway); type checkers see the same fields, typed.
+# engctl's client imports this module on its start-up path, which has a budget of a few
+# milliseconds: typing (~7 ms), msgpack (~3 ms: datetime, collections) and collections
+# are imported only where needed. Type checkers see NamedTuple message classes; at run time
+# they are equivalent tuple classes.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from types import ModuleType
     from typing import Any, NamedTuple
 
 REQUEST = 0
@@ -65,30 +66,64 @@ if TYPE_CHECKING:
         params: list[Any]
 
 else:
-    from collections import namedtuple
 
-    Request = namedtuple("Request", ["msgid", "method", "params"])
-    Response = namedtuple("Response", ["msgid", "error", "result"])
-    Notification = namedtuple("Notification", ["method", "params"])
+    class _Message(tuple):
+        """What collections.namedtuple makes, for the few features messages use."""
+
+        __slots__ = ()
+        _fields: tuple[str, ...] = ()
+
+        def __new__(cls, *args, **kwargs):
+            try:
+                values = args + tuple(kwargs.pop(name) for name in cls._fields[len(args) :])
+            except KeyError as e:
+                raise TypeError(f"{cls.__name__}() missing field {e}") from None
+            if kwargs or len(values) != len(cls._fields):
+                raise TypeError(f"{cls.__name__}() takes the fields {', '.join(cls._fields)}")
+            return tuple.__new__(cls, values)
+
+        def __getnewargs__(self):
+            return tuple(self)
+
+        def __repr__(self):
+            fields = ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self, strict=True))
+            return f"{type(self).__name__}({fields})"
+
+    def _message_class(name, fields):
+        namespace = {"__slots__": (), "_fields": fields, "__match_args__": fields}
+        for index, field in enumerate(fields):
+            namespace[field] = property(lambda self, i=index: self[i], doc=f"Alias for field {index}")
+        return type(name, (_Message,), namespace)
+
+    Request = _message_class("Request", ("msgid", "method", "params"))
+    Response = _message_class("Response", ("msgid", "error", "result"))
+    Notification = _message_class("Notification", ("method", "params"))
 
 
 Message = Request | Response | Notification
 
 
+def _msgpack() -> ModuleType:
+    import msgpack  # on first use: see the note at the top
+
+    return msgpack
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    return _msgpack().packb(obj, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
 
 
-def encode_request(msgid: int, method: str, params: dict[str, Any] | None = None) -> bytes:
-    return pack([REQUEST, msgid, method, [params or {}]])
+def encode_request(msgid: int, method: str, params: dict[str, Any] | None = None, *,
+                   small: bool = False) -> bytes:
+    return (pack_small if small else pack)([REQUEST, msgid, method, [params or {}]])
 
 
 def encode_response(msgid: int, error: dict[str, Any] | None, result: Any) -> bytes:
     return pack([RESPONSE, msgid, error, result])
 
 
-def encode_notification(method: str, params: list[Any]) -> bytes:
-    return pack([NOTIFICATION, method, params])
+def encode_notification(method: str, params: list[Any], *, small: bool = False) -> bytes:
+    return (pack_small if small else pack)([NOTIFICATION, method, params])
 
 
 def _request_params(msgid: int, raw: Any) -> dict[str, Any]:
@@ -137,6 +172,7 @@ class Decoder:
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
+        msgpack = self._msgpack = _msgpack()
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
@@ -146,6 +182,7 @@ class Decoder:
         )
 
     def feed(self, data: bytes | bytearray) -> Iterator[Any]:
+        msgpack = self._msgpack
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
@@ -160,3 +197,220 @@ class Decoder:
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
                 raise ProtocolError(f"unreadable msgpack data: {e}") from None
             yield obj
+
+
+# --- Small frames without msgpack ------------------------------------------------------------
+# engctl sends a request or two and reads a few small answers per run; importing msgpack
+# would cost it ~3 ms, a fifth of its start-up budget. These encode exactly the bytes
+# msgpack.packb(use_bin_type=True) would (tests/cli checks it) and decode what Decoder
+# would. Anything unusual (ext types, odd values, deep nesting) goes to msgpack itself, and
+# so does every frame that is large or split across reads, which msgpack reassembles without
+# re-reading: the Python code only ever sees up to SMALL_FRAME bytes at a time.
+
+SMALL_FRAME = 64 * 1024
+_SMALL_DEPTH = 64
+
+
+class _NotSmall(Exception):
+    """Leave this value or these bytes to msgpack."""
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a message."""
+
+
+def pack_small(obj: Any) -> bytes:
+    """``pack(obj)``, in Python for the plain values of requests."""
+    out = bytearray()
+    try:
+        _pack_value(out, obj, 0)
+    except _NotSmall:
+        return pack(obj)
+    return bytes(out)
+
+
+def _pack_value(out: bytearray, obj: Any, depth: int) -> None:
+    # Exact types only: msgpack gives some subclasses (ExtType is a tuple) their own encoding.
+    kind = type(obj)
+    if depth > _SMALL_DEPTH:
+        raise _NotSmall
+    if obj is None:
+        out.append(0xC0)
+    elif kind is bool:
+        out.append(0xC3 if obj else 0xC2)
+    elif kind is int:
+        _pack_int(out, obj)
+    elif kind is str:
+        try:
+            data = obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _NotSmall from None
+        _pack_header(out, len(data), 0xA0, 32, (0xD9, 0xDA, 0xDB))
+        out += data
+    elif kind is bytes or kind is bytearray:
+        _pack_header(out, len(obj), None, 0, (0xC4, 0xC5, 0xC6))
+        out += obj
+    elif kind is float:
+        import struct
+
+        out += b"\xcb" + struct.pack(">d", obj)
+    elif kind is list or kind is tuple:
+        _pack_header(out, len(obj), 0x90, 16, (None, 0xDC, 0xDD))
+        for item in obj:
+            _pack_value(out, item, depth + 1)
+    elif kind is dict:
+        _pack_header(out, len(obj), 0x80, 16, (None, 0xDE, 0xDF))
+        for key, value in obj.items():
+            _pack_value(out, key, depth + 1)
+            _pack_value(out, value, depth + 1)
+    else:
+        raise _NotSmall
+
+
+def _pack_header(out: bytearray, n: int, fix: int | None, fix_limit: int,
+                 codes: tuple[int | None, int, int]) -> None:
+    """The type byte and length of a str, bin, array or map: msgpack's smallest form."""
+    if n < fix_limit and fix is not None:
+        out.append(fix | n)
+    elif n < 0x100 and codes[0] is not None:
+        out.append(codes[0])
+        out.append(n)
+    elif n < 0x10000:
+        out.append(codes[1])
+        out += n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        out.append(codes[2])
+        out += n.to_bytes(4, "big")
+    else:
+        raise _NotSmall
+
+
+def _pack_int(out: bytearray, n: int) -> None:
+    if 0 <= n < 0x80 or -0x20 <= n < 0:
+        out += n.to_bytes(1, "big", signed=True) if n < 0 else bytes((n,))
+    elif n >= 0:
+        for code, size in ((0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8)):
+            if n < 1 << (8 * size):
+                out.append(code)
+                out += n.to_bytes(size, "big")
+                return
+        raise _NotSmall  # msgpack explains the overflow
+    else:
+        for code, size in ((0xD0, 1), (0xD1, 2), (0xD2, 4), (0xD3, 8)):
+            if n >= -(1 << (8 * size - 1)):
+                out.append(code)
+                out += n.to_bytes(size, "big", signed=True)
+                return
+        raise _NotSmall
+
+
+class SmallDecoder:
+    """``Decoder``'s interface and results. Complete frames in a buffer of up to
+    ``SMALL_FRAME`` bytes are read in Python; from the first frame that is larger, split
+    across reads or unusual, the connection's bytes go to a ``Decoder`` (msgpack)."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._limit = min(SMALL_FRAME, max_frame)
+        self._decoder: Decoder | None = None
+
+    def feed(self, data: bytes | bytearray) -> Iterator[Any]:
+        if self._decoder is not None:
+            return self._decoder.feed(data)
+        data = bytes(data)
+        found: list[Any] = []
+        pos = 0
+        try:
+            if len(data) > self._limit:
+                raise _NotSmall
+            while pos < len(data):
+                obj, pos = _unpack(data, pos, 0)
+                found.append(obj)
+        except (_NotSmall, _Incomplete):
+            self._decoder = Decoder(self.max_frame)
+            found.extend(self._decoder.feed(data[pos:]))
+        return iter(found)
+
+
+_CONSTANTS = {0xC0: None, 0xC2: False, 0xC3: True}
+_INT_CODES = {0xCC: (1, False), 0xCD: (2, False), 0xCE: (4, False), 0xCF: (8, False),
+              0xD0: (1, True), 0xD1: (2, True), 0xD2: (4, True), 0xD3: (8, True)}
+_LENGTH_CODES = {  # code: (kind, bytes of length)
+    0xC4: ("bin", 1), 0xC5: ("bin", 2), 0xC6: ("bin", 4),
+    0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4),
+    0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4),
+}
+
+
+def _take(data: bytes, pos: int, n: int) -> bytes:
+    end = pos + n
+    if end > len(data):
+        raise _Incomplete
+    return data[pos:end]
+
+
+def _unpack(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """The value that starts at ``data[pos]``, and the position after it."""
+    if pos >= len(data):
+        raise _Incomplete
+    if depth > _SMALL_DEPTH:
+        raise _NotSmall
+    code = data[pos]
+    pos += 1
+    if code < 0x80:
+        return code, pos
+    if code >= 0xE0:
+        return code - 0x100, pos
+    if code < 0x90:
+        return _unpack_map(data, pos, code & 0x0F, depth)
+    if code < 0xA0:
+        return _unpack_array(data, pos, code & 0x0F, depth)
+    if code < 0xC0:
+        return _unpack_str(data, pos, code & 0x1F)
+    if code in _CONSTANTS:
+        return _CONSTANTS[code], pos
+    if code in _INT_CODES:
+        size, signed = _INT_CODES[code]
+        return int.from_bytes(_take(data, pos, size), "big", signed=signed), pos + size
+    if code in (0xCA, 0xCB):
+        import struct
+
+        size = 4 if code == 0xCA else 8
+        return struct.unpack(">f" if size == 4 else ">d", _take(data, pos, size))[0], pos + size
+    if code not in _LENGTH_CODES:
+        raise _NotSmall  # ext types, 0xc1
+    kind, size = _LENGTH_CODES[code]
+    n = int.from_bytes(_take(data, pos, size), "big")
+    pos += size
+    if kind == "bin":
+        return _take(data, pos, n), pos + n
+    if kind == "str":
+        return _unpack_str(data, pos, n)
+    if kind == "array":
+        return _unpack_array(data, pos, n, depth)
+    return _unpack_map(data, pos, n, depth)
+
+
+def _unpack_str(data: bytes, pos: int, n: int) -> tuple[str, int]:
+    try:
+        return _take(data, pos, n).decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise _NotSmall from None
+
+
+def _unpack_array(data: bytes, pos: int, n: int, depth: int) -> tuple[list[Any], int]:
+    items = []
+    for _ in range(n):
+        item, pos = _unpack(data, pos, depth + 1)
+        items.append(item)
+    return items, pos
+
+
+def _unpack_map(data: bytes, pos: int, n: int, depth: int) -> tuple[dict[Any, Any], int]:
+    result = {}
+    for _ in range(n):
+        key, pos = _unpack(data, pos, depth + 1)
+        if not isinstance(key, str | bytes):
+            raise _NotSmall  # msgpack refuses it (strict_map_key)
+        result[key], pos = _unpack(data, pos, depth + 1)
+    return result, pos
