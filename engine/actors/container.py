@@ -256,6 +256,10 @@ class ContainerActor:
         self.status.finished_at = info.finished_at or time.time()
         self.status.pid = 0
         self.status.monitor_pid = 0
+        # An exited container has no address (docker's inspect); what the teardown needs
+        # comes from the config and the network store, not from these.
+        self.status.network_details = {}
+        self.status.ip_address = ""
         # The exit is told first (an attached `run` returns now); the cleanup follows within
         # this same command, so no later command of this container can see it half done, and
         # after a crash adoption redoes it for an exited container.

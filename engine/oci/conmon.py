@@ -113,6 +113,11 @@ def conmon_argv(
     return argv
 
 
+def _prepare_files(files: MonitorFiles) -> None:
+    files.make_dirs()
+    files.clear_previous_run()
+
+
 def _parse_sync_line(raw: bytes, runtime_name: str) -> int:
     try:
         message = json.loads(raw.decode("utf-8", "replace"))
@@ -186,8 +191,7 @@ async def start_conmon(
     Errors: ``RuntimeFailure`` carrying the runtime's own error text; ``Unavailable`` when
     conmon is missing."""
     files = MonitorFiles(request.state_dir, request.container_id)
-    await trio.to_thread.run_sync(files.make_dirs)
-    await trio.to_thread.run_sync(files.clear_previous_run)
+    await trio.to_thread.run_sync(_prepare_files, files)
     argv = conmon_argv(request, files, runtime_binary, runtime_args, name=name)
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC)

@@ -19,7 +19,6 @@ from engine.oci.spec import (
     merge_env,
     resolve_process,
 )
-from engine.supervisor.app import App
 
 
 def image_process_defaults(image_config: Any) -> dict[str, Any]:
@@ -74,12 +73,6 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cap_drop=list(config.cap_drop),
         network_ns=details.get("_netns"),
     )
-
-
-async def build_container_spec(app: App, config: ContainerConfig, status: ContainerStatus,
-                               rootfs: Path, run_dir: Path) -> dict[str, Any]:
-    options = spec_options(config, status, rootfs)
-    return await trio.to_thread.run_sync(build_spec, options)
 
 
 async def exec_process(config: ContainerConfig, status: ContainerStatus, rootfs: Path,

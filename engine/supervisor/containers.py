@@ -22,6 +22,7 @@ from engine.actors.container import ContainerActor
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, new_container_id
 from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
+from engine.oci.spec import SpecOptions, build_spec
 from engine.store.atomic import write_bytes_atomic
 from engine.supervisor.app import App
 
@@ -264,13 +265,13 @@ class ContainerSupervisor:
             log.warning("container %s: unmount failed: %s", actor.name, e)
 
     async def write_bundle(self, actor: ContainerActor, rootfs: Path) -> Path:
-        from engine.supervisor.bundle import build_container_spec
+        from engine.supervisor.bundle import spec_options
 
         bundle = actor.run_dir / "bundle"
-        spec = await build_container_spec(self.app, actor.config, actor.status, rootfs, actor.run_dir)
+        options = spec_options(actor.config, actor.status, rootfs)
         # A runtime may add what only it understands (crun: the precompiled seccomp program).
         adapt = getattr(self.app.runtime(actor.config.runtime), "adapt_spec", None)
-        await trio.to_thread.run_sync(_write_spec, bundle, spec, adapt)
+        await trio.to_thread.run_sync(_write_spec, bundle, options, adapt)
         return bundle
 
     async def destroy_files(self, actor: ContainerActor) -> None:
@@ -292,8 +293,9 @@ def _write_both(files: ContainerFiles, config: ContainerConfig, status: Containe
     files.write_status(status)
 
 
-def _write_spec(bundle: Path, spec: dict[str, Any],
+def _write_spec(bundle: Path, options: SpecOptions,
                 adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    spec = build_spec(options)
     if adapt is not None:
         spec = adapt(spec)
     bundle.mkdir(parents=True, exist_ok=True)
