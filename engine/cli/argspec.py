@@ -129,6 +129,8 @@ class _Action:
         self.dest = kwargs.get("dest") or _dest(flags)
         default = False if self.action == "store_true" else None
         self.default = defaults.get(self.dest, kwargs.get("default", default))
+        if self.action == "help":  # argparse's help action stores nothing
+            self.dest = self.default = SUPPRESS
         if self.action not in ("store", "store_true", "append", "help"):
             raise _GiveUp(f"action {self.action}")
         if flags[0].startswith("-") and self.nargs is not None:
@@ -275,17 +277,24 @@ def _take_option(plan: _Plan, ns: Namespace, argv: list[str], i: int, seen: set[
             _apply(ns, action, inline, seen)
             return i + 1
         return _apply_next(ns, action, argv, i, seen)
+    head, eq, inline = token.partition("=")
+    if eq and head in plan.options:  # -e=VALUE: argparse tries the part before '=' first
+        action = _option(plan, head)
+        if not action.takes_value:
+            raise _GiveUp("value for a flag")
+        _apply(ns, action, inline, seen)
+        return i + 1
     action = _option(plan, token[:2])
     if len(token) == 2:
         if not action.takes_value:
             _apply(ns, action, None, seen)
             return i + 1
         return _apply_next(ns, action, argv, i, seen)
-    if "=" in token:
-        raise _GiveUp("-x=value")  # argparse splits at '=' first: leave it to argparse
     if action.takes_value:
-        _apply(ns, action, token[2:], seen)  # -eKEY
+        _apply(ns, action, token[2:], seen)  # -eKEY=VALUE
         return i + 1
+    if eq:
+        raise _GiveUp("grouped flags with '='")
     for ch in token[1:]:  # grouped flags: -dq
         flag = _option(plan, "-" + ch)
         if flag.takes_value:

@@ -235,24 +235,38 @@ def _write_output(item: dict[str, Any]) -> None:
     out.flush()
 
 
-def _ensure_image(ctx: Context, args: Namespace) -> None:
-    """docker run pulls a missing image (--pull missing|always|never)."""
-    if args.pull == "never":
-        return
-    if args.pull == "missing":
-        try:
-            ctx.client().call("image.inspect", id=args.image)
-            return
-        except NotFound:
-            pass
+def _pull(ctx: Context, args: Namespace) -> None:
     from engine.cli.commands.images import pull_image
 
     pull_image(ctx, args.image, platform=args.platform, quiet=True, out=sys.stderr)
 
 
+def _image_exists(ctx: Context, image: str) -> bool:
+    try:
+        ctx.client().call("image.inspect", id=image)
+    except NotFound:
+        return False
+    return True
+
+
+def _create(ctx: Context, args: Namespace) -> dict[str, Any]:
+    """container.create, pulling the image the way docker does (--pull missing|always|never):
+    create first and pull only when it fails for want of the image, so the usual case
+    costs one round trip to the daemon, not two."""
+    if args.pull == "always":
+        _pull(ctx, args)
+    params = create_params(args)
+    try:
+        return ctx.client().call("container.create", params)
+    except NotFound:
+        if args.pull != "missing" or _image_exists(ctx, args.image):
+            raise
+    _pull(ctx, args)
+    return ctx.client().call("container.create", params)
+
+
 def cmd_create(ctx: Context, args: Namespace) -> int:
-    _ensure_image(ctx, args)
-    result = ctx.client().call("container.create", create_params(args))
+    result = _create(ctx, args)
     print(result["Id"])
     return 0
 
@@ -260,10 +274,9 @@ def cmd_create(ctx: Context, args: Namespace) -> int:
 def cmd_run(ctx: Context, args: Namespace) -> int:
     if args.interactive or args.tty:
         print("engctl: -i/-t are not supported yet; running without stdin", file=sys.stderr)
-    _ensure_image(ctx, args)
     client = ctx.client()
     try:
-        created = client.call("container.create", create_params(args))
+        created = _create(ctx, args)
     except EngineError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 125
