@@ -243,9 +243,6 @@ class OverlayDriver:
         feed = _Feed(stream._receive)
         try:
             temp, result = self._extract_feed(feed, diff_id)
-        except Exception:
-            feed.drain()  # the download's own verdict comes first
-            raise
         finally:
             feed.close()
         try:
@@ -263,7 +260,15 @@ class OverlayDriver:
                     what=f"layer {diff_id}",
                 )
             except _Restart:
-                feed.restart()  # the download started over: so does the unpack
+                pass  # the download started over: so does the unpack
+            except Exception:
+                # The bytes are not verified yet: a corrupt download must be reported as
+                # the client's DigestMismatch, not as a broken tar, and bytes kept from a bad
+                # earlier attempt are followed by a fresh download. So the error stands only
+                # if the download ends without starting over.
+                if not feed.wait_for_restart():
+                    raise
+            feed.restart()
 
     def _commit_layer(
         self, temp: Path, diff_id: str, size: int, *, sync: bool = True
@@ -634,11 +639,21 @@ class _Feed:
         self._pending = []
         self._backfill = (file, offset) if offset else None
 
-    def drain(self) -> None:
-        """Take (and drop) what the download still sends, up to its end."""
+    def wait_for_restart(self) -> bool:
+        """After a failed unpack: drop what the download sends until it either starts over
+        from before what the unpack consumed (True) or ends (False)."""
         self._backfill, self._pending = None, []
         while not self._ended:
-            self._ended = self._next_message()[0] == "end"
+            message = self._next_message()
+            if message[0] == "end":
+                self._ended = True
+            elif message[0] == "begin":
+                file, offset = message[1], message[2]
+                self._file = file
+                if offset < self._consumed:
+                    self._restart_at = (file, offset)
+                    return True
+        return False
 
     def close(self) -> None:
         if self._blob is not None:
