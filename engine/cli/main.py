@@ -102,21 +102,20 @@ def parse_time(value: str) -> float:
 
 def command_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> Parser:
     """engctl's parser as a recording (cheap), with the commands of ``modules``."""
-    import importlib
-
     parser = Parser("engctl", {"description": "Control the engine daemon."})
     parser.add_argument(
         "-H", "--host", default=None, help=f"daemon socket (default $ENGINE_HOST or {default_host()})"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
+        qualified = f"engine.cli.commands.{name}"
         try:
-            module = importlib.import_module(f"engine.cli.commands.{name}")
+            __import__(qualified)  # not importlib: its package imports warnings, at a cost
         except ModuleNotFoundError as e:
-            if e.name != f"engine.cli.commands.{name}":
+            if e.name != qualified:
                 raise
             continue
-        module.setup(sub)
+        sys.modules[qualified].setup(sub)
     return parser
 
 

@@ -23,7 +23,8 @@ from engine.testing.images import busybox_image, write_docker_archive
 HEAVY = {"trio", "httpx", "cattrs", "pluggy", "attrs", "attr", "asyncio", "argparse", "typing",
          "enum", "re", "socket", "selectors", "msgpack", "collections", "datetime", "json",
          "pathlib", "ipaddress", "platform", "importlib.util", "dataclasses", "inspect",
-         "subprocess", "threading", "gettext", "locale", "shutil", "struct"}
+         "subprocess", "threading", "gettext", "locale", "shutil", "struct", "importlib",
+         "warnings"}
 
 PROBE = """
 import json, sys
