@@ -17,6 +17,7 @@ content store, never a half-recorded image.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import inspect
@@ -24,7 +25,7 @@ import json
 import platform as _platform
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -236,7 +237,7 @@ async def pull(
         config_bytes = await trio.to_thread.run_sync(store.content.read, manifest.config.digest)
         diff_ids = _diff_ids(config_bytes, manifest)
         # leased before they exist: a prune must not take a layer unpacked but not recorded
-        async with store.lease(diff_ids or []):
+        async with store.lease(diff_ids or []), _unsynced_writes(store):
             await _fetch_layers(client, store, ref, manifest.layers, diff_ids, events)
             image = await store.add_image(
                 data, media_type, config_bytes, [ref], index_digest=index_digest
@@ -244,6 +245,17 @@ async def pull(
     for layer in manifest.layers:
         events.emit(layer.digest, "Pull complete")
     return image
+
+
+@contextlib.asynccontextmanager
+async def _unsynced_writes(store: ImageStore) -> AsyncIterator[None]:
+    """Blobs and layers are written without an fsync each: ``store.writeback`` records that
+    and makes them durable in the background once no pull is writing."""
+    await trio.to_thread.run_sync(store.writeback.begin)
+    try:
+        yield
+    finally:
+        store.writeback.end()
 
 
 def _diff_ids(config_bytes: bytes, manifest: Manifest) -> list[str] | None:
@@ -279,7 +291,7 @@ async def _fetch_layers(
             return
         stream: LayerStream | None
         async with layer_stream(diff_id) as stream:
-            # No fsync per blob or layer: see ``_sync_pulled`` for how they become durable.
+            # No fsync per blob or layer: see ``_unsynced_writes``.
             blob = await client.fetch_blob(  # type: ignore[call-arg]
                 ref,
                 desc.digest,

@@ -157,6 +157,14 @@ class OverlayDriver:
     async def has_layer(self, diff_id: str) -> bool:
         return await trio.Path(self.layer_dir(diff_id) / "layer.json").exists()
 
+    async def layer_written_at(self, diff_id: str) -> float | None:
+        """When the layer was committed (its layer.json's mtime); None if it is not here."""
+        try:
+            st = await trio.Path(self.layer_dir(diff_id) / "layer.json").stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime
+
     async def layer_info(self, diff_id: str) -> LayerInfo:
         return await trio.to_thread.run_sync(self._layer_info_sync, diff_id)
 
