@@ -21,7 +21,7 @@ from engine.errors import EngineError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
 COMMAND_MODULES = ("system", "containers", "images", "networks")
 
@@ -151,7 +151,22 @@ def parse(argv: list[str]) -> tuple[Namespace, Parser]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run(argv))
+    """The ``engctl`` program: runs the command and ends the process (see ``exit_now``).
+    To run a command in-process, call ``run``."""
+    exit_now(run(argv))
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, which frees every object one by
+    one and costs engctl ~1.5 ms at exit, as much as all its own work. engctl registers no
+    atexit handlers and has no files open but stdio, flushed here; a reader that went away
+    (``engctl ps | head -1``) loses nothing it wanted."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: closed by the command
+            pass
+    os._exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:
