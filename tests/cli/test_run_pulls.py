@@ -1,0 +1,73 @@
+"""engctl run with an image that is not there yet: docker's order (create, find the image
+missing, pull, create again, start) through a real engined and a real local registry."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.client.sync import Client
+from engine.testing import images as test_images
+from engine.testing.daemon import Daemon, require_binary
+from engine.testing.registry import Registry, push_layout, registry_server
+
+
+@pytest.fixture
+def registry_with_busybox(tmp_path: Path) -> Iterator[Registry]:
+    require_binary("skopeo")
+    test_images.write_oci_layout(tmp_path / "layout", [test_images.busybox_image()])
+    with registry_server(tmp_path) as registry:
+        push_layout(tmp_path / "layout", "latest", registry, "test/busybox:latest")
+        yield registry
+
+
+@pytest.fixture
+def empty_engine(registry_with_busybox: Registry) -> Iterator[Daemon]:
+    runtime = "crun" if shutil.which("crun") else "runc"
+    require_binary(runtime)
+    require_binary("conmon")
+    d = Daemon(extra_args=["--default-runtime", runtime, "--default-network", "none",
+                           "--insecure-registry", registry_with_busybox.host])
+    d.start()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_run_pulls_a_missing_image_then_runs_it(
+    empty_engine: Daemon, registry_with_busybox: Registry, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[str] = []
+    request = Client._request
+
+    def recording(self: Client, method: str, params: dict[str, object]) -> int:
+        calls.append(method)
+        return request(self, method, params)
+
+    monkeypatch.setattr(Client, "_request", recording)
+    monkeypatch.setenv("ENGINE_HOST", empty_engine.host)
+    image = f"{registry_with_busybox.host}/test/busybox:latest"
+
+    assert main.run(["run", "--rm", "--pull", "never", image, "true"]) == 125
+    assert "no such image" in capsys.readouterr().err
+    assert calls == ["container.create"]
+
+    calls.clear()
+    assert main.run(["run", "--rm", image, "echo", "pulled"]) == 0
+    assert capsys.readouterr().out == "pulled\n"
+    assert calls == ["container.create", "image.inspect", "image.pull", "container.create",
+                     "container.start"]
+
+    calls.clear()  # now it is there: one create
+    assert main.run(["run", "--rm", image, "true"]) == 0
+    assert calls == ["container.create", "container.start"]
+
+    calls.clear()  # --pull always pulls first, even when the image is there
+    assert main.run(["run", "--rm", "--pull", "always", image, "true"]) == 0
+    assert calls == ["image.pull", "container.create", "container.start"]
