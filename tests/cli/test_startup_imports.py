@@ -103,6 +103,15 @@ def test_engctl_run_against_a_daemon(engine_with_busybox: Daemon) -> None:
     assert heavy(added) == []
 
 
+def test_engctl_ps_against_a_daemon(engine_with_busybox: Daemon) -> None:
+    d = engine_with_busybox
+    with d.client() as c:
+        c.call("container.create", {"image": "busybox", "cmd": ["sh", "-c", "echo \"x\""]})
+    code, added = engctl_imports("m.run(['ps', '-a'])", host=d.host)
+    assert code == 0
+    assert heavy(added) == []
+
+
 def test_engctl_run_makes_two_calls_when_the_image_is_there(
     engine_with_busybox: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -379,7 +379,6 @@ def cmd_ps(ctx: Context, args: Namespace) -> int:
     elif args.last >= 0:
         params["limit"] = args.last
     rows = ctx.client().call("container.list", params)
-    import json
     if args.quiet:
         for r in rows:
             print(r["Id"] if args.no_trunc else r["Id"][:12])
@@ -393,7 +392,7 @@ def cmd_ps(ctx: Context, args: Namespace) -> int:
             [
                 r["Id"] if args.no_trunc else r["Id"][:12],
                 r["Image"],
-                json.dumps(r["Command"] if args.no_trunc else _trunc(r["Command"], 20), ensure_ascii=False),
+                json_string(r["Command"] if args.no_trunc else _trunc(r["Command"], 20)),
                 _ago(r["Created"]),
                 r["Status"],
                 ", ".join(_port_text(p) for p in r["Ports"]),
@@ -403,6 +402,19 @@ def cmd_ps(ctx: Context, args: Namespace) -> int:
         ],
     )
     return 0
+
+
+# json.dumps(text, ensure_ascii=False) for a str, without importing json (with re, ~5 ms of
+# `engctl ps`, which is benchmarked): the same escapes.
+_JSON_ESCAPES = {
+    **{c: f"\\u{c:04x}" for c in range(0x20)},
+    **{ord(c): e for c, e in (('"', '\\"'), ("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"),
+                              ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"))},
+}
+
+
+def json_string(text: str) -> str:
+    return '"' + text.translate(_JSON_ESCAPES) + '"'
 
 
 def _port_text(p: dict[str, Any]) -> str:
