@@ -18,8 +18,8 @@ import functools
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -62,7 +62,7 @@ T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 ACCEPT = ", ".join((*ACCEPT_MANIFESTS, DOCKER_SCHEMA1_SIGNED, DOCKER_SCHEMA1_MANIFEST))
-_WRITE_BUFFER = 1024 * 1024  # batch small network chunks into fewer thread hops
+_WRITE_BUFFER = 4 * 1024 * 1024  # batch network chunks into fewer thread hops and messages
 _CHUNK_THRESHOLD = 32 * 1024 * 1024  # blobs above this are uploaded in PATCH chunks
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
@@ -425,37 +425,38 @@ class DistributionClient:
                 await blob.tee.begin(partial, offset)
             written, buffered_size = offset, 0
             buffered: list[bytes] = []
-            try:
-                async for chunk in iter_body(response):
-                    written += len(chunk)
-                    self.stats["bytes_downloaded"] += len(chunk)
-                    if written > limit:
-                        buffered.clear()
-                        await trio.to_thread.run_sync(partial.unlink, True)
-                        raise _oversized(blob.digest, blob.size, limit)
-                    buffered.append(chunk)
-                    buffered_size += len(chunk)
-                    if buffered_size >= _WRITE_BUFFER:
-                        await self._flush(writer, buffered, blob)
-                        buffered, buffered_size = [], 0
-                        if blob.progress:
-                            blob.progress(written, blob.size)
-            finally:
-                # keep what arrived before a cut, so the next attempt resumes after it (the
-                # tee does not get it: the next attempt's begin() tells it where to resume)
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(writer.write, buffered)
+            with _single_error():
+                async with trio.open_nursery() as nursery:
+                    flusher = _Flusher(writer, blob.tee, nursery)
+                    try:
+                        async for chunk in iter_body(response):
+                            written += len(chunk)
+                            self.stats["bytes_downloaded"] += len(chunk)
+                            if written > limit:
+                                buffered.clear()
+                                await flusher.wait()
+                                await trio.to_thread.run_sync(partial.unlink, True)
+                                raise _oversized(blob.digest, blob.size, limit)
+                            buffered.append(chunk)
+                            buffered_size += len(chunk)
+                            if buffered_size >= _WRITE_BUFFER:
+                                await flusher.flush(buffered)
+                                buffered, buffered_size = [], 0
+                                if blob.progress:
+                                    blob.progress(written, blob.size)
+                    finally:
+                        # keep what arrived before a cut, so the next attempt resumes after
+                        # it (the tee does not get it: the next attempt's begin() tells it
+                        # where to resume)
+                        with trio.CancelScope(shield=True):
+                            await flusher.wait()
+                            await trio.to_thread.run_sync(writer.write, buffered)
             if blob.progress:
                 blob.progress(written, blob.size)
             return writer.digest()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(writer.close)
-
-    async def _flush(self, writer: IngestWriter, chunks: list[bytes], blob: _Download) -> None:
-        await trio.to_thread.run_sync(writer.write, chunks)
-        if blob.tee is not None:
-            await blob.tee.data(chunks)
 
     # --- blobs: upload --------------------------------------------------------------------
 
@@ -619,6 +620,51 @@ class DistributionClient:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+class _Flusher:
+    """Writes batches to the ingest file in a worker thread while the next batch arrives
+    (one write in flight, so they stay in order), and hands each batch to the tee. A batch
+    reaches the tee only once every byte before it is in the file: an unpack that skipped
+    bytes reads them from there."""
+
+    def __init__(
+        self, writer: IngestWriter, tee: BlobTee | None, nursery: trio.Nursery
+    ) -> None:
+        self._writer = writer
+        self._tee = tee
+        self._nursery = nursery
+        self._in_flight: trio.Event | None = None
+
+    async def flush(self, chunks: list[bytes]) -> None:
+        await self.wait()
+        done = self._in_flight = trio.Event()
+        self._nursery.start_soon(self._write, chunks, done)
+        if self._tee is not None:
+            await self._tee.data(chunks)
+
+    async def _write(self, chunks: list[bytes], done: trio.Event) -> None:
+        try:
+            await trio.to_thread.run_sync(self._writer.write, chunks)
+        finally:
+            done.set()
+
+    async def wait(self) -> None:
+        """Until the write in flight (if any) is done."""
+        if self._in_flight is not None:
+            await self._in_flight.wait()
+
+
+@contextmanager
+def _single_error() -> Iterator[None]:
+    """A nursery's group holding one exception becomes that exception again (the retry
+    logic looks at Unavailable, not at a group)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group
+        raise
 
 
 @attrs.frozen
