@@ -262,7 +262,7 @@ class OverlayDriver:
         while True:
             try:
                 return unpack_stream_into(
-                    ChunkReader(feed.next_chunk),
+                    ChunkReader(feed.next_chunk, feed.read_direct),
                     self.layers_dir,
                     expected_diff_id=diff_id,
                     what=f"layer {diff_id}",
@@ -628,6 +628,20 @@ class _Feed:
             size = os.fstat(self._blob.fileno()).st_size
             if size > self._consumed:
                 self._backfill = (self._blob, size)
+
+    def read_direct(self, buffer: Any) -> int | None:
+        """The next bytes straight into ``buffer`` when they come from a file, else None."""
+        if self._backfill is None:
+            return None
+        file, end = self._backfill
+        wanted = min(len(buffer), end - self._consumed)
+        view = memoryview(buffer).cast("B")[:wanted]
+        n = os.preadv(file.fileno(), [view], self._consumed) if wanted > 0 else 0
+        if n == 0:
+            self._backfill = None
+            return None
+        self._consumed += n
+        return n
 
     def _read_backfill(self) -> bytes:
         assert self._backfill is not None

@@ -70,11 +70,20 @@ class UnpackResult:
 
 class ChunkReader(io.RawIOBase):
     """A raw stream over ``next_chunk`` (returns the next bytes, ``b""`` at the end): a blob
-    file read in big pieces, or a layer arriving from the network while it downloads."""
+    file read in big pieces, or a layer arriving from the network while it downloads.
 
-    def __init__(self, next_chunk: Callable[[], bytes]) -> None:
+    ``read_direct(buffer)``, when given, reads the next bytes straight into the reader's
+    buffer if they come from a file (the decompressor's buffer: no copy in between, and
+    none made while holding the GIL); it returns 0 or None when they do not."""
+
+    def __init__(
+        self,
+        next_chunk: Callable[[], bytes],
+        read_direct: Callable[[Any], int | None] | None = None,
+    ) -> None:
         super().__init__()
         self._next_chunk = next_chunk
+        self._read_direct = read_direct
         self._data = b""
         self._pos = 0
         self._eof = False
@@ -90,6 +99,10 @@ class ChunkReader(io.RawIOBase):
         return len(self._data) - self._pos
 
     def readinto(self, buffer: Any) -> int:
+        if self._read_direct is not None and self._pos == len(self._data) and not self._eof:
+            n = self._read_direct(buffer)
+            if n:
+                return n
         n = min(len(buffer), self._available())
         buffer[:n] = memoryview(self._data)[self._pos : self._pos + n]
         self._pos += n
@@ -547,8 +560,8 @@ def extract(
     ``check_cancelled`` is polled between entries (the driver passes
     ``trio.from_thread.check_cancelled``). The caller owns ``target`` and deletes it on error.
     """
-    with open(blob, "rb") as raw:
-        source = ChunkReader(lambda: raw.read(_READ_CHUNK))
+    with open(blob, "rb", buffering=0) as raw:
+        source = ChunkReader(lambda: raw.read(_READ_CHUNK), raw.readinto)
         return extract_stream(source, target, check_cancelled=check_cancelled, what=str(blob))
 
 
@@ -633,8 +646,8 @@ def unpack_into(
     cancellation, the temp dir is deleted. Renaming is the caller's step, since the final
     name depends on the diff_id.
     """
-    with open(blob, "rb") as raw:
-        source = ChunkReader(lambda: raw.read(_READ_CHUNK))
+    with open(blob, "rb", buffering=0) as raw:
+        source = ChunkReader(lambda: raw.read(_READ_CHUNK), raw.readinto)
         return unpack_stream_into(
             source,
             parent,
