@@ -1,18 +1,24 @@
 """Pull an image from a registry into the image store.
 
 Steps: resolve the manifest; if it is an index (or a Docker manifest list), choose the
-platform's manifest; fetch the config and every layer concurrently (the client's download
-limiter bounds how many at once; blobs already in the content store are skipped, and two
-pulls sharing a layer download it once); hand everything to ``ImageStore.add_image``, which
-unpacks the layers and checks their diff_ids. Schema1 manifests are converted on the way in
-(the layers are hashed to fill in the config's diff_ids).
+platform's manifest; fetch the config (its diff_ids name the layers); fetch every layer
+concurrently (the client's download limiter bounds how many at once; blobs already in the
+content store are skipped, and two pulls sharing a layer download it once); hand everything
+to ``ImageStore.add_image``, which records the image. With the overlay driver each layer is
+unpacked while it downloads (``layer_stream``): the unpack is committed only after the blob
+matched its digest and the unpacked tar its diff_id; layers that could not be streamed are
+unpacked by ``add_image``. Schema1 manifests are converted on the way in (the layers are
+hashed to fill in the config's diff_ids).
+
+Durability: pulled blobs and layers are not fsynced one by one (see ``Writeback`` in
+``engine.images.store``); the image record is.
 
 Progress events are dicts ``{"id": short digest, "status": ..., "current": n, "total": n}``
 with status "Already exists", "Downloading", "Verifying", "Download complete",
-"Pull complete", passed to ``progress`` (which must not block).
+"Extracting", "Pull complete", passed to ``progress`` (which must not block).
 
 Cancellation: cancelling a pull leaves verified blobs and resumable partial downloads in the
-content store, never a half-recorded image.
+content store, never a half-recorded image (nor a half-unpacked layer: see cleanup_stale).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every byte is checked: manifests against the digest they were asked by (or a computed one),
 blobs by ``ContentStore.commit`` (digest and size) before they become visible. Blob
-downloads stream into the content store's ingest file; an interrupted download resumes from
-that file's size with ``Range: bytes=N-`` (a ``200`` instead of ``206`` restarts it).
+downloads stream into the content store's ingest file, hashed on the way in (and, with a
+``tee``, handed to whoever unpacks the layer meanwhile); an interrupted download resumes
+from that file's size with ``Range: bytes=N-`` (a ``200`` instead of ``206`` restarts it).
 Transient failures (connection errors, 5xx, 429 with ``Retry-After``) are retried with
 exponential backoff, a bounded number of times. Two tasks fetching the same blob share one
 download.
