@@ -112,11 +112,22 @@ class Writeback:
     def end(self) -> None:
         with self._lock:
             self._active -= 1
-            if self._active == 0 and self._syncing is None:
-                self._syncing = threading.Thread(
-                    target=self._sync, name="engine-writeback", daemon=True
-                )
-                self._syncing.start()
+            self._start_sync()
+
+    def sync_soon(self) -> None:
+        """Start the background sync if a marker of this boot is left (a daemon that was
+        killed before its sync finished)."""
+        if self._marker_boot() == current_boot_id():
+            with self._lock:
+                self._start_sync()
+
+    def _start_sync(self) -> None:
+        """With the lock held: sync in the background unless a pull or a sync is running."""
+        if self._active == 0 and self._syncing is None:
+            self._syncing = threading.Thread(
+                target=self._sync, name="engine-writeback", daemon=True
+            )
+            self._syncing.start()
 
     def _sync(self) -> None:
         while True:
@@ -261,6 +272,7 @@ class ImageStore:
         others' layers again)."""
         since = await trio.to_thread.run_sync(self.writeback.suspect_since)
         if since is None:
+            await trio.to_thread.run_sync(self.writeback.sync_soon)
             return
         await trio.to_thread.run_sync(self._recheck_blobs, since)
         written_at = getattr(self.storage, "layer_written_at", None)  # not in the protocol
