@@ -46,7 +46,7 @@ _HEX_RE = re.compile(r"^[a-f0-9]{64}$")
 _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_STREAM_BUFFER = 4  # chunk lists (about 4 MiB each) queued between a download and its unpack
+_STREAM_BUFFER = 4  # chunk lists (about 2 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
 
 
@@ -247,6 +247,7 @@ class OverlayDriver:
         stream._done(info)
 
     def _unpack_stream_sync(self, stream: LayerStream, diff_id: str) -> LayerInfo:
+        stream.unpacking = True  # from now on queued bytes are taken soon
         self._ensure_dirs()
         feed = _Feed(stream._receive)
         try:
@@ -520,6 +521,9 @@ class LayerStream:
         # begin/end are always queued, so no sender ever waits for the unpack.
         self._send, self._queue = trio.open_memory_channel[_Message](math.inf)
         self._queued = 0
+        # Set by the worker thread once it runs: until then (it waits for a CPU) bytes are
+        # not queued, they would only sit in memory; the worker reads them from the file.
+        self.unpacking = False
         self._offset = 0
         self._files: list[IO[bytes]] = []
         self._finished = trio.Event()
@@ -539,7 +543,7 @@ class LayerStream:
     async def data(self, chunks: list[bytes]) -> None:
         offset = self._offset
         self._offset += sum(len(c) for c in chunks)
-        if self._queued < _STREAM_BUFFER:
+        if self.unpacking and self._queued < _STREAM_BUFFER:
             self._queued += 1
             self._send.send_nowait(("data", offset, chunks))
 
