@@ -68,6 +68,9 @@ make_venv() {
     else
         log "virtualenv: up to date"
     fi
+    # Byte-code for the engine's own modules, written even where PYTHONDONTWRITEBYTECODE is
+    # set: without it every engctl start compiles its modules again (~10 ms).
+    "$VENV/bin/python" -m compileall -q "$HERE/engine" >/dev/null || true
 }
 
 prepare_host() {
