@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gzip
 import hashlib
 import io
@@ -41,8 +42,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-import zstandard
-from isal import igzip, isal_zlib
 
 from engine.errors import (
     DigestMismatch,
@@ -240,10 +239,15 @@ def decompressed(raw: ChunkReader) -> Iterator[IO[bytes]]:
     """The uncompressed tar stream; compression is detected by magic bytes. gzip goes
     through ISA-L (2-3x zlib's speed, and it inflates without holding the GIL)."""
     kind = detect_compression(raw.peek(4))
+    # imported here: the decompressors cost the idle daemon ~3 MB of RSS
     if kind == "gzip":
+        from isal import igzip
+
         with igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
             yield stream  # type: ignore[misc]
     elif kind == "zstd":
+        import zstandard
+
         # Layers may hold several zstd frames (e.g. written by chunked compressors).
         reader = zstandard.ZstdDecompressor().stream_reader(
             raw,  # type: ignore[arg-type]  # any object with read() will do
@@ -585,7 +589,7 @@ def extract_stream(
             finally:
                 extractor.close()
             tar_stream.drain()
-    except _NOT_A_LAYER as e:
+    except _not_a_layer_errors() as e:
         raise InvalidArgument(
             f"layer blob {what} is not a valid (gzip/zstd) tar archive: {e}; delete the blob "
             "and pull the image again"
@@ -597,13 +601,18 @@ def extract_stream(
 
 # gzip.BadGzipFile is an OSError: these must be caught before OSError is. (ISA-L's error
 # type is declared as an instance in its stubs, hence the type() dance.)
-_NOT_A_LAYER: tuple[type[BaseException], ...] = (
-    tarfile.TarError,
-    EOFError,
-    zstandard.ZstdError,
-    gzip.BadGzipFile,
-    isal_zlib.error if isinstance(isal_zlib.error, type) else type(isal_zlib.error),
-)
+@functools.cache
+def _not_a_layer_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+    from isal import isal_zlib
+
+    return (
+        tarfile.TarError,
+        EOFError,
+        zstandard.ZstdError,
+        gzip.BadGzipFile,
+        isal_zlib.error if isinstance(isal_zlib.error, type) else type(isal_zlib.error),
+    )
 
 
 def _extract_members(
