@@ -63,7 +63,7 @@ T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 ACCEPT = ", ".join((*ACCEPT_MANIFESTS, DOCKER_SCHEMA1_SIGNED, DOCKER_SCHEMA1_MANIFEST))
-_WRITE_BUFFER = 2 * 1024 * 1024  # batch network chunks into fewer thread hops and messages
+_WRITE_BUFFER = 1024 * 1024  # batch network chunks into fewer thread hops and messages
 _CHUNK_THRESHOLD = 32 * 1024 * 1024  # blobs above this are uploaded in PATCH chunks
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
@@ -74,7 +74,7 @@ class BlobTee(Protocol):
 
     Each download attempt calls ``begin`` with the ingest file and how many bytes of it are
     kept (a resumed download keeps its earlier bytes; 0 means starting over), then ``data``
-    with the bytes that follow (a list of pieces, about 2 MiB in all), in order, as they
+    with the bytes that follow (a list of pieces, about 1 MiB in all), in order, as they
     are written to that file. Bytes the tee
     did not get (before ``offset``, or lost to an interrupted attempt) are in the file.
     The tee must not trust the bytes before ``fetch_blob`` has returned: only then are they

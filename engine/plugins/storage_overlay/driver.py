@@ -46,7 +46,7 @@ _HEX_RE = re.compile(r"^[a-f0-9]{64}$")
 _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_STREAM_BUFFER = 4  # chunk lists (about 2 MiB each) queued between a download and its unpack
+_STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
 
 
