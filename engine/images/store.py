@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import ctypes
-import os
 import threading
 import time
 from collections import Counter
@@ -39,7 +37,7 @@ from engine.reference import (
     normalize_image_id,
     parse_reference,
 )
-from engine.store.atomic import fsync_dir, read_json, write_json_atomic
+from engine.store.atomic import fsync_dir, read_json, syncfs, write_json_atomic
 from engine.store.layout import Layout
 
 
@@ -51,7 +49,6 @@ def _never_in_use(_image_id: str) -> bool:
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _CLOCK_MARGIN = 60.0  # seconds: mtimes a little before the marker are suspect too
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def current_boot_id() -> str:
@@ -59,16 +56,6 @@ def current_boot_id() -> str:
         return _BOOT_ID.read_text().strip()
     except OSError:
         return ""
-
-
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
 
 
 class Writeback:
@@ -134,7 +121,7 @@ class Writeback:
             with self._lock:
                 seen = self._generation
             try:
-                _syncfs(self.fs_path)
+                syncfs(self.fs_path)
             except OSError:
                 with self._lock:
                     self._syncing = None

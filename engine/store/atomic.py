@@ -6,10 +6,24 @@ calls: the daemon runs them through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    """Flush the whole filesystem holding ``path`` (one call instead of an fsync per file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

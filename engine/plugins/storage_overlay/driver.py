@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import math
 import os
 import re
@@ -34,7 +33,7 @@ import trio
 from engine.errors import Conflict, InvalidArgument, NotFound
 from engine.images.content import check_digest
 from engine.plugin import Availability, LayerInfo, StorageUsage
-from engine.store.atomic import read_json, write_json_atomic
+from engine.store.atomic import read_json, syncfs, write_json_atomic
 from engine.store.layout import Layout
 
 from .mount import OverlayMounter, OverlaySpec, filesystem_of, is_mounted, read_mountinfo, unmount
@@ -45,7 +44,6 @@ _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HEX_RE = re.compile(r"^[a-f0-9]{64}$")
 _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
 
@@ -293,7 +291,7 @@ class OverlayDriver:
             durable=False,
         )
         if self.durable and sync:
-            _syncfs(temp)
+            syncfs(temp)
         try:
             os.rename(temp, final)
         except OSError:
@@ -693,16 +691,6 @@ def _blob_key(blob: Path) -> tuple[str, int, int, int]:
     except FileNotFoundError:
         raise NotFound(f"layer blob {blob} does not exist; pull the image again") from None
     return (os.path.abspath(blob), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
 
 
 def _tree_bytes(path: Path) -> int:
