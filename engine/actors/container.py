@@ -13,6 +13,7 @@ import logging
 import signal as signals
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -191,11 +192,9 @@ class ContainerActor:
         # A previous run may have left runtime state behind (e.g. after a crash).
         await self._runtime_cleanup()
         try:
-            rootfs = await self.sup.prepare_rootfs(self)
-            if network := self.app.services.get("network"):
-                await network.setup(self.config, self.status)
+            rootfs = await self._prepare_rootfs_and_network()
             bundle = await self.sup.write_bundle(self, rootfs)
-            self.status.log_offset_at_start = await trio.to_thread.run_sync(_file_size, self.files.log_path)
+            self.status.log_offset_at_start = await self._log_size()
             self.runtime_knows = True
             created = await runtime.create(CreateRequest(
                 container_id=self.id,
@@ -224,6 +223,24 @@ class ContainerActor:
         self.status.error = ""
         await self._transition(S.RUNNING, "start")
         self._watch()
+
+    async def _prepare_rootfs_and_network(self) -> Path:
+        """The rootfs mount and the network set-up do not depend on each other: side by side."""
+        rootfs: list[Path] = []
+
+        async def mount() -> None:
+            rootfs.append(await self.sup.prepare_rootfs(self))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mount)
+            if network := self.app.services.get("network"):
+                nursery.start_soon(network.setup, self.config, self.status)
+        return rootfs[0]
+
+    async def _log_size(self) -> int:
+        if not self.status.started_at:
+            return 0  # never started: no output yet (the log is created by the monitor)
+        return await trio.to_thread.run_sync(_file_size, self.files.log_path)
 
     def _watch(self) -> None:
         assert self._nursery is not None
