@@ -60,6 +60,28 @@ class Engine:
     def daemon_pids(self) -> list[int]:
         return []
 
+    def start_daemon(self, argv: list[str], log_path: Path, *, timeout: float) -> subprocess.Popen[bytes]:
+        """Start this engine's daemon in its own session, logging to ``log_path``; return
+        once ``CLI version`` answers (or raise with the log's tail)."""
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+
+        def tail() -> str:
+            try:
+                return log_path.read_text(errors="replace")[-1500:]
+            except OSError:
+                return ""
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {tail()}")
+            return subprocess.run(self.argv("version"), capture_output=True, env=self.env).returncode == 0
+
+        if not wait_until(up, timeout, 0.1):
+            raise RuntimeError(f"{argv[0]} did not answer within {timeout:.0f} s: {tail()}")
+        return proc
+
     def remove_all(self) -> None:
         ids = self.output("ps", "-aq").split()
         if ids:
@@ -97,24 +119,7 @@ class EngineD(Engine):
                 "--default-runtime", self.default_runtime, "--log-level", "warning"]
         if self.registry:
             args += ["--insecure-registry", self.registry]
-        log = open(self.base / "engined.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"engined exited {self.proc.returncode}: {self.log_tail()}")
-            return subprocess.run(self.argv("version"), capture_output=True, env=self.env).returncode == 0
-
-        if not wait_until(up, 30, 0.1):
-            raise RuntimeError(f"engined did not answer within 30 s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            return (self.base / "engined.log").read_text(errors="replace")[-1500:]
-        except OSError:
-            return ""
+        self.proc = self.start_daemon(args, self.base / "engined.log", timeout=30)
 
     def daemon_pids(self) -> list[int]:
         if self.proc is None:
@@ -226,19 +231,8 @@ class Docker(Engine):
             "insecure-registries": [self.registry],
         }
         (b / "daemon.json").write_text(json.dumps(config, indent=1))
-        log = open(b / "dockerd.log", "ab")
-        self.proc = subprocess.Popen([DOCKERD, "--config-file", str(b / "daemon.json")],
-                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited {self.proc.returncode}; see {b}/dockerd.log")
-            return subprocess.run(self.argv("version"), capture_output=True, env=self.env).returncode == 0
-
-        if not wait_until(up, 60, 0.1):
-            raise RuntimeError(f"dockerd did not answer within 60 s; see {b}/dockerd.log")
+        self.proc = self.start_daemon([DOCKERD, "--config-file", str(b / "daemon.json")],
+                                      b / "dockerd.log", timeout=60)
         kids = [c for c in children(self.proc.pid) if comm(c) == "containerd"]
         self.containerd = kids[0] if kids else None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 
 from bench.timing import run_quiet
+from engine.testing.daemon import mounts_under
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 # Chains and links the peers create and never remove. The engine's own (ENGINE-*, engine0)
@@ -83,16 +84,6 @@ class Scratch:
             self.image.unlink(missing_ok=True)
         if self.kind != "none":
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-def mounts_under(base: Path) -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point == str(base) or point.startswith(str(base) + "/"):
-                points.append(point)
-    return points
 
 
 # --- cgroups --------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ import attrs
 
 from bench import images, report, scenarios
 from bench.engines import Docker, Engine, EngineD, Podman
-from bench.host import NetSnapshot, Scratch, machine_info, mounts_under, prepare_cgroups
+from bench.host import NetSnapshot, Scratch, machine_info, prepare_cgroups
 from bench.procs import parent_of
 from bench.raw import RawRuntime, raw_runtimes
 from bench.registry import Registry
+from engine.testing.daemon import mounts_under
 
 ALL = ("latency", "concurrent", "lifecycle", "pull", "memory")
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,6 @@ import ctypes.util
 import functools
 import json
 import os
-import threading
 from typing import Any
 
 from engine.errors import InvalidArgument
@@ -151,24 +150,15 @@ def _build(lib: ctypes.CDLL, ctx: int, profile: dict[str, Any]) -> int:
 
 
 def _export(lib: ctypes.CDLL, ctx: int) -> bytes:
-    read_fd, write_fd = os.pipe()
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
     try:
-        chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_fd, 65536), b"")))
-        reader.start()
-        try:
-            ret = lib.seccomp_export_bpf(ctx, write_fd)
-        finally:
-            os.close(write_fd)
-            write_fd = -1
-            reader.join()
+        ret = lib.seccomp_export_bpf(ctx, fd)
         if ret < 0:
             raise InvalidArgument(f"seccomp: cannot export the filter: {os.strerror(-ret)}")
-        return b"".join(chunks)
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
     finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
+        os.close(fd)
 
 
 def compile_profile(profile: dict[str, Any]) -> bytes | None:
