@@ -1,9 +1,12 @@
-"""container.* methods: create, start (optionally attached), stop, restart, kill, pause,
-unpause, remove, list, inspect, logs, wait, exec, rename, prune."""
+"""container.* methods: create, start (optionally attached), run (create + start in one
+call), stop, restart, kill, pause, unpause, remove, list, inspect, logs, wait, exec, rename,
+prune."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -13,11 +16,13 @@ from engine.actors.container import ContainerActor, parse_signal
 from engine.actors.logs import follow, read_records
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount, iso_time
 from engine.actors.state import ACTIVE, ContainerState, docker_status
-from engine.errors import Conflict, InvalidArgument, NotFound
+from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
 from engine.supervisor.containers import ContainerSupervisor
 from engine.supervisor.restart import RestartPolicy
+
+log = logging.getLogger("engine.api.containers")
 
 
 @attrs.frozen
@@ -53,6 +58,13 @@ class CreateParams:
     cap_add: list[str] = attrs.field(factory=list)
     cap_drop: list[str] = attrs.field(factory=list)
     platform: str = ""
+
+
+@attrs.frozen
+class RunParams(CreateParams):
+    """container.run: everything container.create takes, and whether to stay attached."""
+
+    detach: bool = False
 
 
 @attrs.frozen
@@ -123,6 +135,7 @@ class PruneParams:
 
 
 AUTO_REMOVE_WAIT = 30.0  # seconds an attached `run --rm` waits for the removal
+FAILED_RUN_REMOVE_WAIT = 30.0  # seconds a `run --rm` whose start failed waits for the removal
 
 
 def sup(ctx: CallContext) -> ContainerSupervisor:
@@ -161,7 +174,12 @@ async def build_config(ctx: CallContext, p: CreateParams) -> tuple[ContainerConf
     app = ctx.app
     from engine.api.images import images as image_store
 
-    image = image_store(ctx).get(p.image)
+    try:
+        image = image_store(ctx).get(p.image)
+    except NotFound as e:
+        # Tells a client "pull first" apart from any other NotFound, without a second call.
+        e.details["missing_image"] = p.image
+        raise
     RestartPolicy.parse(p.restart)
     if p.auto_remove and RestartPolicy.parse(p.restart).name != "no":
         raise InvalidArgument("--rm and a restart policy cannot be combined (docker refuses it too)")
@@ -358,13 +376,7 @@ def register(table: MethodTable) -> None:
     @table.method("container.create", params=CreateParams)
     async def create(ctx: CallContext, p: CreateParams) -> dict[str, Any]:
         """Create a container from a local image (docker create)."""
-        config, publish = await build_config(ctx, p)
-        network = ctx.app.services.get("network")
-        if network is not None:
-            await network.prepare_config(config, publish)
-        elif publish:
-            raise InvalidArgument("publishing ports needs networking, which is unavailable")
-        actor = await sup(ctx).create(config)
+        actor = await create_container(ctx, p)
         return {"Id": actor.id, "Name": actor.name, "Warnings": []}
 
     @table.method("container.start", params=StartParams, stream=True)
@@ -373,30 +385,22 @@ def register(table: MethodTable) -> None:
         its exit code (docker run without -d)."""
         actor = sup(ctx).get(p.id)
         if not p.attach:
-            await actor.call("start")
+            await start_plain(actor)
             return {"Id": actor.id}
-        actor.attach()
-        try:
-            await actor.call("start")
-            offset = actor.status.log_offset_at_start
-            started_at = actor.status.started_at
+        return await start_attached(actor, stream, start_plain)
 
-            def finished() -> bool:
-                s = actor.status
-                return actor.removed or s.started_at != started_at or s.state not in (
-                    ContainerState.RUNNING, ContainerState.PAUSED)
-
-            async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
-                await stream.send(record.to_wire(False))
-            status = actor.status
-            result = {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
-        finally:
-            actor.detach()
-        if actor.config.auto_remove:
-            # docker's `run --rm` returns once the container is gone: its name is free again
-            with trio.move_on_after(AUTO_REMOVE_WAIT):
-                await actor.wait_for(lambda _status: False)
-        return result
+    @table.method("container.run", params=RunParams, stream=True)
+    async def run(ctx: CallContext, p: RunParams, stream: StreamSender) -> dict[str, Any]:
+        """Create and start a container in one call (docker run). Attached (the default):
+        stream its output and return its exit code, after its removal with auto_remove.
+        Detached: return once it runs. A failed start keeps its error and adds details
+        container_id and exit_code (126/127: the command could not be run / was not
+        found); with auto_remove the container is removed before the reply."""
+        actor = await create_container(ctx, p)
+        if p.detach:
+            await start_for_run(actor)
+            return {"Id": actor.id, "Warnings": []}
+        return await start_attached(actor, stream, start_for_run)
 
     @table.method("container.stop", params=StopParams)
     async def stop(ctx: CallContext, p: StopParams) -> dict[str, Any]:
@@ -514,6 +518,75 @@ def register(table: MethodTable) -> None:
                 except (Conflict, NotFound):
                     pass
         return {"ContainersDeleted": removed}
+
+
+async def create_container(ctx: CallContext, p: CreateParams) -> ContainerActor:
+    """What container.create and container.run share: validate, build the config, let the
+    network fill its part in, and register the container with the supervisor."""
+    config, publish = await build_config(ctx, p)
+    network = ctx.app.services.get("network")
+    if network is not None:
+        await network.prepare_config(config, publish)
+    elif publish:
+        raise InvalidArgument("publishing ports needs networking, which is unavailable")
+    return await sup(ctx).create(config)
+
+
+async def start_plain(actor: ContainerActor) -> None:
+    await actor.call("start")
+
+
+async def start_for_run(actor: ContainerActor) -> None:
+    """Start a container that container.run has just created. A failure keeps its class and
+    message and gains the details a client needs without another round trip (the exit code
+    docker's `run` exits with); a `--rm` container is removed first, so nothing is left."""
+    try:
+        await actor.call("start")
+    except EngineError as e:
+        # The actor records 126/127/125 for a start error; 0 means it never got that far.
+        e.details["container_id"] = actor.id
+        e.details["exit_code"] = actor.status.exit_code or 125
+        if actor.config.auto_remove:
+            await remove_after_failed_start(actor)
+        raise
+
+
+async def remove_after_failed_start(actor: ContainerActor) -> None:
+    # Shielded: a client that gave up must not leave a `--rm` container behind.
+    with trio.CancelScope(shield=True), trio.move_on_after(FAILED_RUN_REMOVE_WAIT):
+        try:
+            await actor.call("remove", force=True)
+        except NotFound:
+            pass  # removed meanwhile by someone else
+        except EngineError as e:
+            log.warning("container %s: removal after its failed start: %s", actor.name, e)
+
+
+async def start_attached(actor: ContainerActor, stream: StreamSender,
+                         start: Callable[[ContainerActor], Awaitable[None]]) -> dict[str, Any]:
+    """Start a container and stream its output until it exits; its exit code. With
+    auto_remove, return only once it is removed (docker's `run --rm`: the name is free)."""
+    actor.attach()
+    try:
+        await start(actor)
+        offset = actor.status.log_offset_at_start
+        started_at = actor.status.started_at
+
+        def finished() -> bool:
+            s = actor.status
+            return actor.removed or s.started_at != started_at or s.state not in (
+                ContainerState.RUNNING, ContainerState.PAUSED)
+
+        async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
+            await stream.send(record.to_wire(False))
+        status = actor.status
+        result = {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
+    finally:
+        actor.detach()
+    if actor.config.auto_remove:
+        with trio.move_on_after(AUTO_REMOVE_WAIT):
+            await actor.wait_for(lambda _status: False)
+    return result
 
 
 async def pump_exec(handle: Any, stream: StreamSender) -> int:

@@ -1,5 +1,6 @@
-"""engctl run with an image that is not there yet: docker's order (create, find the image
-missing, pull, create again, start) through a real engined and a real local registry."""
+"""engctl run with an image that is not there yet: docker's order (run, find the image
+missing, pull, run again) through a real engined and a real local registry. Each attempt is
+one container.run round trip; the daemon's NotFound says which image is missing."""
 
 from __future__ import annotations
 
@@ -56,18 +57,49 @@ def test_run_pulls_a_missing_image_then_runs_it(
 
     assert main.run(["run", "--rm", "--pull", "never", image, "true"]) == 125
     assert "no such image" in capsys.readouterr().err
-    assert calls == ["container.create"]
+    assert calls == ["container.run"]
 
     calls.clear()
     assert main.run(["run", "--rm", image, "echo", "pulled"]) == 0
     assert capsys.readouterr().out == "pulled\n"
-    assert calls == ["container.create", "image.inspect", "image.pull", "container.create",
-                     "container.start"]
+    assert calls == ["container.run", "image.pull", "container.run"]
 
-    calls.clear()  # now it is there: one create
+    calls.clear()  # now it is there: one call
     assert main.run(["run", "--rm", image, "true"]) == 0
-    assert calls == ["container.create", "container.start"]
+    assert calls == ["container.run"]
 
     calls.clear()  # --pull always pulls first, even when the image is there
     assert main.run(["run", "--rm", "--pull", "always", image, "true"]) == 0
-    assert calls == ["image.pull", "container.create", "container.start"]
+    assert calls == ["image.pull", "container.run"]
+
+    calls.clear()  # detached: one call, the id printed
+    assert main.run(["run", "-d", "--rm", image, "true"]) == 0
+    assert len(capsys.readouterr().out.strip()) == 64
+    assert calls == ["container.run"]
+
+
+def test_create_pulls_only_a_missing_image(
+    empty_engine: Daemon, registry_with_busybox: Registry, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[str] = []
+    request = Client._request
+
+    def recording(self: Client, method: str, params: dict[str, object]) -> int:
+        calls.append(method)
+        return request(self, method, params)
+
+    monkeypatch.setattr(Client, "_request", recording)
+    monkeypatch.setenv("ENGINE_HOST", empty_engine.host)
+    image = f"{registry_with_busybox.host}/test/busybox:latest"
+
+    # The create's NotFound names the missing image: engctl pulls it and creates again.
+    assert main.run(["create", "--name", "c1", image, "true"]) == 0
+    assert calls == ["container.create", "image.pull", "container.create"]
+    cid = capsys.readouterr().out.strip()
+    assert empty_engine.call("container.inspect", id="c1")["Id"] == cid
+
+    calls.clear()
+    assert main.run(["create", "--pull", "never", "--name", "c2", "no-such/image:1", "true"]) == 125
+    assert "no such image" in capsys.readouterr().err
+    assert calls == ["container.create"]

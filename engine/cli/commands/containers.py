@@ -241,79 +241,63 @@ def _pull(ctx: Context, args: Namespace) -> None:
     pull_image(ctx, args.image, platform=args.platform, quiet=True, out=sys.stderr)
 
 
-def _image_exists(ctx: Context, image: str) -> bool:
-    try:
-        ctx.client().call("image.inspect", id=image)
-    except NotFound:
-        return False
-    return True
+def _image_missing(error: NotFound) -> bool:
+    """The daemon marks the NotFound of an image that is not there (pull it) apart from any
+    other (a missing volume source, network...)."""
+    return "missing_image" in error.details
 
 
-def _create(ctx: Context, args: Namespace) -> dict[str, Any]:
-    """container.create, pulling the image the way docker does (--pull missing|always|never):
-    create first and pull only when it fails for want of the image, so the usual case
-    costs one round trip to the daemon, not two."""
+def _pulling(ctx: Context, args: Namespace, attempt: Any) -> Any:
+    """``attempt()`` with docker's pull policy (--pull missing|always|never): try first and
+    pull only when the daemon says the image is missing, then try once more; the usual case
+    costs one round trip."""
     if args.pull == "always":
         _pull(ctx, args)
-    params = create_params(args)
     try:
-        return ctx.client().call("container.create", params)
-    except NotFound:
-        if args.pull != "missing" or _image_exists(ctx, args.image):
+        return attempt()
+    except NotFound as e:
+        if args.pull != "missing" or not _image_missing(e):
             raise
     _pull(ctx, args)
-    return ctx.client().call("container.create", params)
+    return attempt()
 
 
 def cmd_create(ctx: Context, args: Namespace) -> int:
-    result = _create(ctx, args)
+    params = create_params(args)
+    result = _pulling(ctx, args, lambda: ctx.client().call("container.create", params))
     print(result["Id"])
     return 0
 
 
 def cmd_run(ctx: Context, args: Namespace) -> int:
+    """One container.run round trip: the daemon creates, starts (and with --rm removes)."""
     if args.interactive or args.tty:
         print("engctl: -i/-t are not supported yet; running without stdin", file=sys.stderr)
-    client = ctx.client()
+    params = create_params(args)
+    if args.detach:
+        params["detach"] = True
     try:
-        created = _create(ctx, args)
+        return _pulling(ctx, args, lambda: _run_once(ctx, args, params))  # type: ignore[no-any-return]
     except EngineError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 125
-    cid = created["Id"]
+        # a failed start carries docker's 126/127 (or 125); any other error is the engine's 125
+        return int(e.details.get("exit_code") or 125)
+
+
+def _run_once(ctx: Context, args: Namespace, params: dict[str, Any]) -> int:
+    client = ctx.client()
     if args.detach:
-        try:
-            client.call("container.start", id=cid)
-        except EngineError as e:
-            print(f"Error: {e}", file=sys.stderr)
-            return _start_error_code(client, cid, args.rm)
-        print(cid)
+        print(client.call("container.run", params)["Id"])
         return 0
-    stream = client.stream("container.start", id=cid, attach=True)
+    # A missing image is reported before any output, so _pulling may retry this safely.
+    stream = client.stream("container.run", params)
     try:
         for item in stream:
             _write_output(item)
     except KeyboardInterrupt:
         stream.cancel()
         return 130
-    except EngineError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return _start_error_code(client, cid, args.rm)
     return int(stream.result.get("ExitCode", 0))
-
-
-def _start_error_code(client: Any, cid: str, auto_remove: bool) -> int:
-    code = 125
-    try:
-        code = client.call("container.inspect", id=cid)["State"]["ExitCode"] or 125
-    except EngineError:
-        pass
-    if auto_remove:
-        try:
-            client.call("container.remove", id=cid, force=True)
-        except EngineError:
-            pass
-    return code
 
 
 def _each(ctx: Context, names: list[str], fn: Any) -> int:
