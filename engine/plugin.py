@@ -61,6 +61,8 @@ class CreateRequest:
     log_path: Path  # the container's output, size-capped by the monitor
     log_size_max: int = 16 * 1024 * 1024
     terminal: bool = False
+    # fsync the log once the container ended; pointless for a container removed on exit
+    sync_log: bool = True
 
 
 @attrs.frozen

@@ -202,6 +202,7 @@ class ContainerActor:
                 state_dir=self.run_dir,
                 log_path=self.files.log_path,
                 log_size_max=self.app.config.log_size_max,
+                sync_log=not self.config.auto_remove,
             ))
             self.status.pid = created.container_pid
             self.status.monitor_pid = created.monitor_pid
@@ -261,10 +262,17 @@ class ContainerActor:
     async def _do_exited(self, info: ExitInfo) -> None:
         if self.status.state not in (S.RUNNING, S.PAUSED):
             return  # a stale notice (e.g. after an explicit stop handled it already)
-        await self._record_exit(info, release=not self.config.auto_remove)
+        if self.config.auto_remove:
+            # The exit and the removal in one write: REMOVING on disk has a daemon that
+            # restarts meanwhile finish the removal.
+            await self._record_exit(info, release=False, next_state=S.REMOVING)
+            self._removed_automatically()
+            return
+        await self._record_exit(info)
         await self._after_exit()
 
-    async def _record_exit(self, info: ExitInfo, *, release: bool = True) -> None:
+    async def _record_exit(self, info: ExitInfo, *, release: bool = True,
+                           next_state: ContainerState = S.EXITED) -> None:
         """Record the exit; ``release``: free what the run held now (not when an automatic
         removal, which frees it all, follows at once)."""
         self._watch_scope = None
@@ -280,7 +288,7 @@ class ContainerActor:
         # The exit is told first (an attached `run` returns now); the cleanup follows within
         # this same command, so no later command of this container can see it half done, and
         # after a crash adoption redoes it for an exited container.
-        await self._transition(S.EXITED, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
+        await self._transition(next_state, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
         if info.oom_killed:
             self.emit("oom")
         if release:
@@ -345,8 +353,11 @@ class ContainerActor:
         recorded; the supervisor frees what the run held and deletes the files afterwards
         (after a crash it finishes that at start-up: the state on disk says REMOVING).
         Nobody waits on an automatic removal to report its errors, so they go to the log."""
-        self._cancel_restart_timer()
         await self._transition(S.REMOVING)
+        self._removed_automatically()
+
+    def _removed_automatically(self) -> None:
+        self._cancel_restart_timer()
         self._mark_removed()
         self.sup.finish_removal(self)
 

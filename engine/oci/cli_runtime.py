@@ -34,7 +34,7 @@ _NOT_FOUND = re.compile(
     r"does not exist|no such file or directory|not found|cannot open directory", re.I
 )
 _WRONG_STATE = re.compile(
-    r"not running|is running|still running|not paused|is paused|already paused|is stopped"
+    r"not running|is running|still running|already running|not paused|is paused|already paused|is stopped"
     r"|no such process|process already finished"
     r"|container not|is in state|cannot (kill|pause|resume|delete) .*(state|status)",
     re.I,
@@ -109,7 +109,7 @@ class CLIRuntime:
         argv = [self._require_binary(), *self.global_args(), *args]
         result = await trio.run_process(
             argv, capture_stdout=True, capture_stderr=True, check=False,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env=conmon.runtime_environment(),
         )  # fmt: skip
         if result.returncode != 0:
             raise self._error(args, result.stderr)
@@ -207,6 +207,7 @@ class CLIRuntime:
         try:
             proc = await trio.lowlevel.open_process(
                 argv,
+                env=conmon.runtime_environment(),
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -108,6 +108,8 @@ def conmon_argv(
     ]  # fmt: skip
     if request.terminal:
         argv.append("--terminal")
+    if not request.sync_log:
+        argv.append("--no-sync-log")
     for arg in runtime_args:
         argv += ["--runtime-arg", arg]
     return argv
@@ -147,8 +149,17 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
+def runtime_environment(**extra: str) -> dict[str, str]:
+    """The environment of conmon and of every runtime command. A daemon run as a systemd
+    notify service must not hand its socket on: the runtime would pass it into the
+    container and wait for the container's READY=1 (podman drops it the same way)."""
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env.update(extra)
+    return env
+
+
 async def _spawn(argv: list[str], cwd: Path, sync_w: int, start_r: int) -> trio.Process:
-    env = dict(os.environ, _OCI_SYNCPIPE=str(sync_w), _OCI_STARTPIPE=str(start_r))
+    env = runtime_environment(_OCI_SYNCPIPE=str(sync_w), _OCI_STARTPIPE=str(start_r))
     try:
         return await trio.lowlevel.open_process(
             argv,
