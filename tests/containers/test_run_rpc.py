@@ -3,6 +3,10 @@ with real runc/crun, conmon and overlay mounts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -116,3 +120,20 @@ def test_engctl_run_exit_codes(engine: Daemon, monkeypatch: pytest.MonkeyPatch,
     assert "cli" not in names_of_all(engine)
     assert main.run(["run", "--name", "cli", "busybox", "/no/such/binary"]) == 127
     assert engine.call("container.inspect", id="cli")["State"]["ExitCode"] == 127
+
+
+def test_engctl_run_ctrl_c_cancels_the_stream_and_exits_130(engine: Daemon) -> None:
+    engctl = [sys.executable, "-c", "from engine.cli.main import main; main()"]
+    env = {**os.environ, "ENGINE_HOST": engine.host}
+    proc = subprocess.Popen([*engctl, "run", "--name", "ticker", "busybox", "sh", "-c", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # docker without a TTY: leaving the output does not stop the container
+    assert engine.call("container.inspect", id="ticker")["State"]["Running"] is True
