@@ -169,15 +169,19 @@ async def write_etc_files(
         except ValueError:
             raise InvalidArgument(f"invalid --dns {server!r}: give a nameserver's IP address") from None
     config = HostsConfig(hostname=hostname, name=name, ips=list(ips), extra_hosts=list(extra_hosts))
-    servers, search, options = await trio.to_thread.run_sync(host_nameservers, host_resolv_conf)
-    if network_mode == "host":
-        # The host's namespace: its loopback resolvers are reachable, keep them.
-        servers = [line.split()[1] for line in _nameserver_lines(host_resolv_conf)]
-    elif network_mode == "none":
-        servers = []  # nothing is reachable; only what the user asked for
-    resolv = resolv_text(list(dns) or servers, list(dns_search) or search,
-                         list(dns_options) or options)
-    return await trio.to_thread.run_sync(_write_all, etc_dir, config, f"{hostname}\n", resolv)
+
+    def read_host_then_write() -> EtcFiles:  # one worker-thread trip: a start waits on it
+        servers, search, options = host_nameservers(host_resolv_conf)
+        if network_mode == "host":
+            # The host's namespace: its loopback resolvers are reachable, keep them.
+            servers = [line.split()[1] for line in _nameserver_lines(host_resolv_conf)]
+        elif network_mode == "none":
+            servers = []  # nothing is reachable; only what the user asked for
+        resolv = resolv_text(list(dns) or servers, list(dns_search) or search,
+                             list(dns_options) or options)
+        return _write_all(etc_dir, config, f"{hostname}\n", resolv)
+
+    return await trio.to_thread.run_sync(read_host_then_write)
 
 
 def _nameserver_lines(resolv_conf: Path) -> list[str]:

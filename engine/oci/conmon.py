@@ -219,7 +219,16 @@ async def start_conmon(
         finally:
             os.close(start_w)
         await _wait_first_process(proc)
-        line = await _read_sync_line(sync_stream)
+        # conmon wrote its pid file before its first process exited: read it while the
+        # runtime creates the container, not after.
+        monitor: list[int | None] = []
+
+        async def read_monitor_pid() -> None:
+            monitor.append(await trio.to_thread.run_sync(_read_int, files.conmon_pidfile))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_monitor_pid)
+            line = await _read_sync_line(sync_stream)
     finally:
         await sync_stream.aclose()
     if not line:
@@ -228,8 +237,7 @@ async def start_conmon(
             f"see {request.log_path} and the system log"
         )
     container_pid = _parse_sync_line(line, runtime_name)
-    monitor_pid = await trio.to_thread.run_sync(_read_int, files.conmon_pidfile)
-    return Created(container_pid=container_pid, monitor_pid=monitor_pid or 0)
+    return Created(container_pid=container_pid, monitor_pid=monitor[0] or 0)
 
 
 # --- after the fact: exit file, oom marker, liveness ----------------------------------------

@@ -28,8 +28,10 @@ async def release_created(container_state_dir: Path, init_pid: int) -> bool:
     fifo (not a runc-created container, or started already): the caller then runs the
     runtime's own ``start``, which reports the state properly.
 
-    Cancellation: safe; the container stays created (the fifo is closed, init keeps
-    waiting for a reader). Errors: ``RuntimeFailure`` when init died before it was released.
+    Cancellation: before the fifo is opened the container stays created; opening it is
+    what releases init, so from then on the container runs (the caller's cleanup, a
+    forced ``delete``, handles both). Errors: ``RuntimeFailure`` when init died before it
+    was released.
     """
     fifo = container_state_dir / EXEC_FIFO
     try:

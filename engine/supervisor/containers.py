@@ -149,9 +149,11 @@ class ContainerSupervisor:
 
     async def _complete_removal(self, actor: ContainerActor) -> None:
         try:
-            await actor.release_run_resources()
+            # An attached `run --rm` reads the log to its end and replies first: the work
+            # below (process spawns, unmount) would only compete with it for the CPU.
             with trio.move_on_after(ATTACHED_READERS_WAIT):
-                await actor.wait_attached_done()  # they read the log file to its end first
+                await actor.wait_attached_done()
+            await actor.release_run_resources()
             await self.destroy_files(actor)
         except EngineError as e:
             log.error("removal of container %s is incomplete: %s; the daemon finishes it at "
@@ -201,20 +203,18 @@ class ContainerSupervisor:
             self._check_name(config.name)
             config.id = config.id or new_container_id()
             files = ContainerFiles(self.app.layout.container_dir(config.id))
-            status = ContainerStatus(state=ContainerState.CREATING)
-            await trio.to_thread.run_sync(_write_both, files, config, status)
+            status = ContainerStatus(state=ContainerState.CREATED)
+            run_dir = self.app.layout.run_container_dir(config.id)
+            try:
+                await trio.to_thread.run_sync(_write_new_container, files, config, status, run_dir)
+            except BaseException:
+                with trio.CancelScope(shield=True):  # a full disk must not leave half a container
+                    await trio.to_thread.run_sync(self._remove_dirs, config.id)
+                raise
             actor = ContainerActor(self, config, status)
             actor.runtime_knows = False
             await self._spawn(actor)
-        try:
-            await trio.to_thread.run_sync(
-                lambda: self.app.layout.run_container_dir(config.id).mkdir(parents=True, exist_ok=True)
-            )
-            await actor._transition(ContainerState.CREATED, "create")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await actor.call("remove", force=True)
-            raise
+        actor.emit("create")
         return actor
 
     def _check_name(self, name: str) -> None:
@@ -288,7 +288,11 @@ class ContainerSupervisor:
         shutil.rmtree(self.app.layout.container_dir(container_id), ignore_errors=True)
 
 
-def _write_both(files: ContainerFiles, config: ContainerConfig, status: ContainerStatus) -> None:
+def _write_new_container(files: ContainerFiles, config: ContainerConfig, status: ContainerStatus,
+                         run_dir: Path) -> None:
+    """The status file goes last: a crash before it leaves a config without a status,
+    which reads as CREATING and is discarded at the next start."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     files.write_config(config)
     files.write_status(status)
 

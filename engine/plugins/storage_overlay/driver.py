@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import math
 import os
 import re
@@ -372,11 +373,9 @@ class OverlayDriver:
         for diff_id in layers:
             check_digest(diff_id)
         async with self._container_locks.hold(container_id):
-            spec = await trio.to_thread.run_sync(
-                self._prepare_mount, container_id, list(layers), read_only
+            await self._mounter.prepare_and_mount(
+                functools.partial(self._prepare_mount, container_id, list(layers), read_only)
             )
-            if spec is not None:
-                await self._mounter.mount(spec)
         return merged
 
     def _prepare_mount(

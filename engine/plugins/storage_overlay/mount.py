@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -250,8 +251,7 @@ class OverlayMounter:
         self.new_api: bool | None = None if prefer_new_api else False
 
     async def mount(self, spec: OverlaySpec) -> None:
-        if not spec.lower:
-            raise InvalidArgument(f"overlay mount of {spec.target} needs at least one lower dir")
+        _require_lower(spec)
         if self.new_api is not False:
             try:
                 await trio.to_thread.run_sync(mount_new_api, spec)
@@ -261,6 +261,29 @@ class OverlayMounter:
                 self.new_api = True
                 return
         await mount_legacy(spec)
+
+    async def prepare_and_mount(self, prepare: Callable[[], OverlaySpec | None]) -> None:
+        """Run ``prepare`` (blocking: make the dirs, return the spec, or None when mounted
+        already) and mount what it returns; one worker-thread trip for both once the new
+        mount API is known to work here (a container start waits on each trip)."""
+        if not self.new_api:
+            spec = await trio.to_thread.run_sync(prepare)
+            if spec is not None:
+                await self.mount(spec)
+            return
+
+        def prepare_then_mount() -> None:
+            spec = prepare()
+            if spec is not None:
+                _require_lower(spec)
+                mount_new_api(spec)
+
+        await trio.to_thread.run_sync(prepare_then_mount)
+
+
+def _require_lower(spec: OverlaySpec) -> None:
+    if not spec.lower:
+        raise InvalidArgument(f"overlay mount of {spec.target} needs at least one lower dir")
 
 
 # --- unmount -------------------------------------------------------------------------------------
