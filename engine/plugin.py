@@ -101,6 +101,12 @@ class Runtime(Protocol):
     Optional: ``adapt_spec(spec: dict) -> dict``, called (in a worker thread) on the OCI
     config before it is written to the bundle, for what only this runtime understands
     (crun: its annotation carrying the precompiled seccomp program).
+
+    Optional: ``async create_when_ready(request, bundle_ready) -> Created``, ``create``
+    called *before* the bundle is written: the runtime may start its monitor at once but
+    must await ``bundle_ready()`` before anything reads ``request.bundle`` (if that raises,
+    it must leave nothing behind). The engine then overlaps the monitor's start-up with
+    the bundle's preparation; without it, ``create`` is called once the bundle is ready.
     """
 
     name: str

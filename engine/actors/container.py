@@ -22,8 +22,9 @@ import trio
 from engine.actors.events import Event
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus
 from engine.actors.state import ACTIVE, ContainerState, can_transition, require_state
+from engine.errgroup import unwrap_engine_errors
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, RuntimeFailure
-from engine.plugin import CreateRequest, ExitInfo
+from engine.plugin import Created, CreateRequest, ExitInfo, Runtime
 from engine.supervisor.restart import Restart, RestartPolicy, decide
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class ContainerActor:
         self.status = status
         self.files = ContainerFiles(self.app.layout.container_dir(config.id))
         self.run_dir = self.app.layout.run_container_dir(config.id)
+        self.bundle_dir = self.run_dir / "bundle"
         self._send, self._receive = trio.open_memory_channel[Command](MAILBOX_SIZE)
         self._changed = trio.Event()
         self._watch_scope: trio.CancelScope | None = None
@@ -192,13 +194,10 @@ class ContainerActor:
         # A previous run may have left runtime state behind (e.g. after a crash).
         await self._runtime_cleanup()
         try:
-            rootfs = await self._prepare_rootfs_and_network()
-            bundle = await self.sup.write_bundle(self, rootfs)
-            self.status.log_offset_at_start = await self._log_size()
             self.runtime_knows = True
-            created = await runtime.create(CreateRequest(
+            created = await self._create_in_runtime(runtime, CreateRequest(
                 container_id=self.id,
-                bundle=bundle,
+                bundle=self.bundle_dir,
                 state_dir=self.run_dir,
                 log_path=self.files.log_path,
                 log_size_max=self.app.config.log_size_max,
@@ -225,6 +224,31 @@ class ContainerActor:
         await self._transition(S.RUNNING, "start")
         self._watch()
 
+    async def _create_in_runtime(self, runtime: Runtime, request: CreateRequest) -> Created:
+        """Prepare the bundle and create the container in the runtime. A runtime that can
+        wait for the bundle (``create_when_ready``) starts its monitor meanwhile."""
+        create_when_ready = getattr(runtime, "create_when_ready", None)
+        if create_when_ready is None:
+            await self._prepare_bundle()
+            return await runtime.create(request)
+        ready = trio.Event()
+        created: list[Created] = []
+
+        async def create() -> None:
+            created.append(await create_when_ready(request, ready.wait))
+
+        with unwrap_engine_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(create)
+                await self._prepare_bundle()  # if it fails, the nursery cancels the create
+                ready.set()
+        return created[0]
+
+    async def _prepare_bundle(self) -> None:
+        rootfs = await self._prepare_rootfs_and_network()
+        await self.sup.write_bundle(self, rootfs)
+        self.status.log_offset_at_start = await self._log_size()
+
     async def _prepare_rootfs_and_network(self) -> Path:
         """The rootfs mount and the network set-up do not depend on each other: side by side."""
         rootfs: list[Path] = []
@@ -232,10 +256,11 @@ class ContainerActor:
         async def mount() -> None:
             rootfs.append(await self.sup.prepare_rootfs(self))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mount)
-            if network := self.app.services.get("network"):
-                nursery.start_soon(network.setup, self.config, self.status)
+        with unwrap_engine_errors():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mount)
+                if network := self.app.services.get("network"):
+                    nursery.start_soon(network.setup, self.config, self.status)
         return rootfs[0]
 
     async def _log_size(self) -> int:

@@ -14,12 +14,12 @@ from typing import Any
 import attrs
 import trio
 
+from engine.errgroup import unwrap_engine_errors
 from engine.errors import EngineError, InvalidArgument, Unavailable
 from engine.images import archive, auth_config
 from engine.images.content import ContentStore
 from engine.images.records import Image
 from engine.images.store import ImageStore
-from engine.plugins.registry.errgroup import unwrap_engine_errors
 from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender

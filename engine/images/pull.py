@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from engine.errgroup import unwrap_engine_errors
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.images.content import ContentStore, sha256_digest
 from engine.images.types import (
@@ -50,7 +51,6 @@ from engine.images.types import (
     parse_config,
     parse_manifest,
 )
-from engine.plugins.registry.errgroup import unwrap_engine_errors
 
 if TYPE_CHECKING:
     from engine.images.records import Image

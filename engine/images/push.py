@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from engine.errgroup import unwrap_engine_errors
 from engine.errors import NotFound
 from engine.images.types import Descriptor, Manifest, parse_manifest
-from engine.plugins.registry.errgroup import unwrap_engine_errors
 from engine.reference import Reference, parse_reference
 
 if TYPE_CHECKING:

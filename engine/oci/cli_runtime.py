@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,10 +133,18 @@ class CLIRuntime:
 
     async def create(self, request: CreateRequest) -> Created:
         """Create the container under conmon; it is *created* (not started) on return."""
+        return await self.create_when_ready(request, None)
+
+    async def create_when_ready(
+        self, request: CreateRequest, bundle_ready: Callable[[], Awaitable[None]] | None
+    ) -> Created:
+        """``create``, with conmon started before the bundle exists: it goes on once
+        ``bundle_ready()`` returns (see ``engine.oci.conmon.start_conmon``)."""
         binary = self._require_binary()
         return await conmon.start_conmon(
-            request, binary, self.global_args(), runtime_name=self.name
-        )
+            request, binary, self.global_args(), runtime_name=self.name,
+            bundle_ready=bundle_ready,
+        )  # fmt: skip
 
     async def start(self, container_id: str) -> None:
         await self._run("start", container_id)

@@ -7,8 +7,9 @@ container survives the death of the engine; the engine finds it again through th
 below (``MonitorFiles``).
 
 Handshake (podman ``libpod/oci_conmon_common.go``): conmon inherits two pipes named by the
-environment. It blocks on ``_OCI_STARTPIPE`` until we write a byte (the moment to move it into
-a cgroup, if we wanted to), then reports on ``_OCI_SYNCPIPE`` one JSON line: ``{"data": PID}``
+environment. It blocks on ``_OCI_STARTPIPE`` until we write a byte (podman: the moment to move
+it into a cgroup; here also the moment the bundle is ready, so conmon can load while the
+engine prepares it), then reports on ``_OCI_SYNCPIPE`` one JSON line: ``{"data": PID}``
 once the container is created, or ``{"data": -1, "message": "<runtime's stderr>"}``.
 
 conmon 2.1.6 writes its ``oom`` marker into its *current directory* (and ``persist/oom``),
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -174,6 +176,21 @@ async def _spawn(argv: list[str], cwd: Path, sync_w: int, start_r: int) -> trio.
         raise Unavailable(f"{argv[0]} not found; install the conmon package") from None
 
 
+async def _until_ready(proc: trio.Process, bundle_ready: Callable[[], Awaitable[None]] | None) -> None:
+    if bundle_ready is None:
+        return
+    try:
+        await bundle_ready()
+    except BaseException:
+        # Closing the pipe alone would not do: conmon takes EOF as the go-ahead.
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            if proc.stderr is not None:
+                await proc.stderr.aclose()
+        raise
+
+
 async def _wait_first_process(proc: trio.Process) -> None:
     """The first conmon process forks the monitor and exits; its stderr has early errors."""
     assert proc.stderr is not None
@@ -194,8 +211,14 @@ async def start_conmon(
     *,
     runtime_name: str,
     name: str | None = None,
+    bundle_ready: Callable[[], Awaitable[None]] | None = None,
 ) -> Created:
     """Run ``RUNTIME create`` under a new conmon; return once the container is *created*.
+
+    ``bundle_ready``: conmon is started at once and told to go on (its start pipe) only
+    once this returns, so its own start-up (~2 ms of loading and parsing) overlaps the
+    caller's preparation of the bundle. If it raises, conmon, still waiting on the pipe
+    with nothing forked, is killed.
 
     Cancellation: safe at any point; a conmon that already forked keeps running and the
     caller cleans up with ``RUNTIME delete --force`` (it owns the container id).
@@ -209,12 +232,13 @@ async def start_conmon(
     sync_stream = trio.lowlevel.FdStream(sync_r)  # owns sync_r from here on
     try:
         try:
-            proc = await _spawn(argv, request.state_dir, sync_w, start_r)
-        finally:
-            # only conmon may hold the write end, or EOF never comes if conmon dies
-            os.close(sync_w)
-            os.close(start_r)
-        try:
+            try:
+                proc = await _spawn(argv, request.state_dir, sync_w, start_r)
+            finally:
+                # only conmon may hold the write end, or EOF never comes if conmon dies
+                os.close(sync_w)
+                os.close(start_r)
+            await _until_ready(proc, bundle_ready)
             os.write(start_w, b"\0")
         finally:
             os.close(start_w)

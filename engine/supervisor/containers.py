@@ -267,7 +267,7 @@ class ContainerSupervisor:
     async def write_bundle(self, actor: ContainerActor, rootfs: Path) -> Path:
         from engine.supervisor.bundle import spec_options
 
-        bundle = actor.run_dir / "bundle"
+        bundle = actor.bundle_dir
         options = spec_options(actor.config, actor.status, rootfs)
         # A runtime may add what only it understands (crun: the precompiled seccomp program).
         adapt = getattr(self.app.runtime(actor.config.runtime), "adapt_spec", None)

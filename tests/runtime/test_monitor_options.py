@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 import trio
 
+from engine.errors import RuntimeFailure
 from engine.oci.conmon import MonitorFiles, conmon_argv
-from engine.plugin import CreateRequest
+from engine.oci.spec import build_spec
+from engine.plugin import Created, CreateRequest
 
-from .conftest import Harness
+from .conftest import Ctr, Harness, read_log, stray_conmons
+
+
+def stray_conmons_of(container_id: str) -> list[int]:
+    return [pid for pid in stray_conmons()
+            if container_id.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def request(tmp_path: Path, **kw: bool) -> CreateRequest:
@@ -41,3 +50,46 @@ async def test_the_monitor_does_not_inherit_a_systemd_notify_socket(
     with trio.fail_after(10):
         info = await harness.runtime.wait_exit(ctr.id, ctr.state_dir)
     assert info.exit_code == 137
+
+
+async def test_conmon_starts_before_the_bundle_exists_and_waits_for_it(
+    harness: Harness, busybox_template: Path
+) -> None:
+    cid, bundle, options = harness.options(["sh", "-c", "echo ready"])
+    request = CreateRequest(container_id=cid, bundle=bundle, state_dir=bundle,
+                            log_path=bundle / "ctr.log")  # fmt: skip
+    bundle.mkdir()  # conmon's cwd; the bundle's config.json comes later
+    harness.containers.append(Ctr(cid, bundle, options.rootfs, request.log_path, Created(0, 0), {}))
+    waited: list[bool] = []
+
+    async def write_bundle_late() -> None:
+        await trio.sleep(0.2)  # conmon is up meanwhile, blocked on its start pipe
+        waited.append(bool(stray_conmons_of(cid)))
+        await trio.to_thread.run_sync(
+            lambda: shutil.copytree(busybox_template, options.rootfs, symlinks=True))
+        spec = build_spec(options)
+        await trio.Path(bundle / "config.json").write_text(json.dumps(spec))
+
+    created = await harness.runtime.create_when_ready(request, write_bundle_late)  # type: ignore[attr-defined]
+    assert waited == [True]
+    await harness.runtime.start(cid)
+    with trio.fail_after(10):
+        info = await harness.runtime.wait_exit(cid, bundle)
+    assert info.exit_code == 0 and created.container_pid > 0
+    assert read_log(request.log_path)[0] == "ready\n"
+
+
+async def test_conmon_is_killed_when_the_bundle_never_comes(harness: Harness) -> None:
+    cid, bundle, _ = harness.options(["true"])
+    bundle.mkdir()
+    request = CreateRequest(container_id=cid, bundle=bundle, state_dir=bundle,
+                            log_path=bundle / "ctr.log")  # fmt: skip
+
+    async def preparation_fails() -> None:
+        await trio.sleep(0.1)
+        raise RuntimeFailure("overlay mount failed")
+
+    with pytest.raises(RuntimeFailure, match="overlay mount failed"):
+        await harness.runtime.create_when_ready(request, preparation_fails)  # type: ignore[attr-defined]
+    assert stray_conmons_of(cid) == []
+    assert await harness.runtime.state(cid) is None  # the runtime never heard of it

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.oci import exec_fifo
@@ -34,8 +35,10 @@ class RuncRuntime(CLIRuntime):
     def from_layout(cls, layout: Layout) -> RuncRuntime:
         return cls(layout.runtime_state_dir("runc"))
 
-    async def create(self, request: CreateRequest) -> Created:
-        created = await super().create(request)
+    async def create_when_ready(
+        self, request: CreateRequest, bundle_ready: Callable[[], Awaitable[None]] | None
+    ) -> Created:
+        created = await super().create_when_ready(request, bundle_ready)
         if self._own_state_root:
             self._created_init_pids[request.container_id] = created.container_pid
         return created
