@@ -102,11 +102,12 @@ class Runtime(Protocol):
     config before it is written to the bundle, for what only this runtime understands
     (crun: its annotation carrying the precompiled seccomp program).
 
-    Optional: ``async create_when_ready(request, bundle_ready) -> Created``, ``create``
-    called *before* the bundle is written: the runtime may start its monitor at once but
-    must await ``bundle_ready()`` before anything reads ``request.bundle`` (if that raises,
-    it must leave nothing behind). The engine then overlaps the monitor's start-up with
-    the bundle's preparation; without it, ``create`` is called once the bundle is ready.
+    Optional: ``async create_when_ready(request, prepare_bundle) -> Created``, ``create``
+    called *before* the bundle exists: the runtime may start its monitor first, then must
+    await ``prepare_bundle()`` (which writes ``request.bundle``) before anything reads the
+    bundle; if that raises, it must leave nothing behind and re-raise. The monitor's
+    start-up then overlaps the bundle's preparation; without this method, ``create`` is
+    called once the bundle is ready.
     """
 
     name: str

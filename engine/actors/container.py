@@ -226,23 +226,13 @@ class ContainerActor:
 
     async def _create_in_runtime(self, runtime: Runtime, request: CreateRequest) -> Created:
         """Prepare the bundle and create the container in the runtime. A runtime that can
-        wait for the bundle (``create_when_ready``) starts its monitor meanwhile."""
+        (``create_when_ready``) starts its monitor first and has it load meanwhile."""
         create_when_ready = getattr(runtime, "create_when_ready", None)
         if create_when_ready is None:
             await self._prepare_bundle()
             return await runtime.create(request)
-        ready = trio.Event()
-        created: list[Created] = []
-
-        async def create() -> None:
-            created.append(await create_when_ready(request, ready.wait))
-
-        with unwrap_engine_errors():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(create)
-                await self._prepare_bundle()  # if it fails, the nursery cancels the create
-                ready.set()
-        return created[0]
+        created: Created = await create_when_ready(request, self._prepare_bundle)
+        return created
 
     async def _prepare_bundle(self) -> None:
         rootfs = await self._prepare_rootfs_and_network()

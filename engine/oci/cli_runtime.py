@@ -136,14 +136,14 @@ class CLIRuntime:
         return await self.create_when_ready(request, None)
 
     async def create_when_ready(
-        self, request: CreateRequest, bundle_ready: Callable[[], Awaitable[None]] | None
+        self, request: CreateRequest, prepare_bundle: Callable[[], Awaitable[None]] | None
     ) -> Created:
         """``create``, with conmon started before the bundle exists: it goes on once
-        ``bundle_ready()`` returns (see ``engine.oci.conmon.start_conmon``)."""
+        ``prepare_bundle()`` has run (see ``engine.oci.conmon.start_conmon``)."""
         binary = self._require_binary()
         return await conmon.start_conmon(
             request, binary, self.global_args(), runtime_name=self.name,
-            bundle_ready=bundle_ready,
+            prepare_bundle=prepare_bundle,
         )  # fmt: skip
 
     async def start(self, container_id: str) -> None:

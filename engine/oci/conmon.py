@@ -176,11 +176,14 @@ async def _spawn(argv: list[str], cwd: Path, sync_w: int, start_r: int) -> trio.
         raise Unavailable(f"{argv[0]} not found; install the conmon package") from None
 
 
-async def _until_ready(proc: trio.Process, bundle_ready: Callable[[], Awaitable[None]] | None) -> None:
-    if bundle_ready is None:
-        return
+async def _prepare_while_conmon_loads(proc: trio.Process, files: MonitorFiles,
+                       prepare_bundle: Callable[[], Awaitable[None]] | None) -> None:
+    """While conmon loads: its directories (cleared of the last run's files), and the
+    bundle. conmon reads neither before its start pipe says so."""
     try:
-        await bundle_ready()
+        await trio.to_thread.run_sync(_prepare_files, files)
+        if prepare_bundle is not None:
+            await prepare_bundle()
     except BaseException:
         # Closing the pipe alone would not do: conmon takes EOF as the go-ahead.
         with trio.CancelScope(shield=True):
@@ -211,21 +214,20 @@ async def start_conmon(
     *,
     runtime_name: str,
     name: str | None = None,
-    bundle_ready: Callable[[], Awaitable[None]] | None = None,
+    prepare_bundle: Callable[[], Awaitable[None]] | None = None,
 ) -> Created:
     """Run ``RUNTIME create`` under a new conmon; return once the container is *created*.
 
-    ``bundle_ready``: conmon is started at once and told to go on (its start pipe) only
-    once this returns, so its own start-up (~2 ms of loading and parsing) overlaps the
-    caller's preparation of the bundle. If it raises, conmon, still waiting on the pipe
-    with nothing forked, is killed.
+    ``prepare_bundle``: conmon is started first and told to go on (its start pipe) once
+    this has run, so conmon's own start-up (~2 ms of loading and parsing) overlaps the
+    preparation of the bundle. If it raises, conmon, still waiting on the pipe with
+    nothing forked, is killed.
 
     Cancellation: safe at any point; a conmon that already forked keeps running and the
     caller cleans up with ``RUNTIME delete --force`` (it owns the container id).
     Errors: ``RuntimeFailure`` carrying the runtime's own error text; ``Unavailable`` when
     conmon is missing."""
     files = MonitorFiles(request.state_dir, request.container_id)
-    await trio.to_thread.run_sync(_prepare_files, files)
     argv = conmon_argv(request, files, runtime_binary, runtime_args, name=name)
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC)
@@ -238,7 +240,7 @@ async def start_conmon(
                 # only conmon may hold the write end, or EOF never comes if conmon dies
                 os.close(sync_w)
                 os.close(start_r)
-            await _until_ready(proc, bundle_ready)
+            await _prepare_while_conmon_loads(proc, files, prepare_bundle)
             os.write(start_w, b"\0")
         finally:
             os.close(start_w)

@@ -36,9 +36,9 @@ class RuncRuntime(CLIRuntime):
         return cls(layout.runtime_state_dir("runc"))
 
     async def create_when_ready(
-        self, request: CreateRequest, bundle_ready: Callable[[], Awaitable[None]] | None
+        self, request: CreateRequest, prepare_bundle: Callable[[], Awaitable[None]] | None
     ) -> Created:
-        created = await super().create_when_ready(request, bundle_ready)
+        created = await super().create_when_ready(request, prepare_bundle)
         if self._own_state_root:
             self._created_init_pids[request.container_id] = created.container_pid
         return created
