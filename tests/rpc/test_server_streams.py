@@ -4,9 +4,11 @@ when the client goes away, concurrent calls on one connection."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from engine.client.aio import connect
@@ -46,8 +48,22 @@ def make_table(probe: Probe) -> MethodTable:
     return table
 
 
+_socket_dir: Path | None = None
+
+
+@pytest.fixture(autouse=True)
+def socket_dir() -> Iterator[None]:
+    """A short directory for the socket (sun_path holds 108 bytes), removed afterwards."""
+    global _socket_dir
+    with tempfile.TemporaryDirectory(prefix="rpc-") as name:
+        _socket_dir = Path(name)
+        yield
+    _socket_dir = None
+
+
 async def start_server(nursery: trio.Nursery, probe: Probe) -> str:
-    path = Path(tempfile.mkdtemp(prefix="rpc-")) / "s.sock"
+    assert _socket_dir is not None
+    path = _socket_dir / "s.sock"
     server = RPCServer(make_table(probe), app=None)
     listener = await unix_listener(path)
     await nursery.start(serve_stream_listeners, server, [listener])
