@@ -187,3 +187,18 @@ def sweep_leftovers(base: Path) -> dict[str, int]:
     for point in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
     return {"processes": len(pids), "mounts": len(mounts)}
+
+
+def record_rpc_methods(monkeypatch: Any, host: str) -> list[str]:
+    """Point engctl, run in this process (``engine.cli.main.run``), at the daemon ``host``
+    and record the RPC methods it calls, in order (``monkeypatch``: pytest's fixture)."""
+    calls: list[str] = []
+    request = Client._request
+
+    def recording(self: Client, method: str, params: dict[str, object]) -> int:
+        calls.append(method)
+        return request(self, method, params)
+
+    monkeypatch.setattr(Client, "_request", recording)
+    monkeypatch.setenv("ENGINE_HOST", host)
+    return calls

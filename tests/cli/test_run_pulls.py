@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.client.sync import Client
 from engine.testing import images as test_images
-from engine.testing.daemon import Daemon, require_binary
+from engine.testing.daemon import Daemon, record_rpc_methods, require_binary
 from engine.testing.registry import Registry, push_layout, registry_server
 
 
@@ -44,15 +43,7 @@ def test_run_pulls_a_missing_image_then_runs_it(
     empty_engine: Daemon, registry_with_busybox: Registry, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    calls: list[str] = []
-    request = Client._request
-
-    def recording(self: Client, method: str, params: dict[str, object]) -> int:
-        calls.append(method)
-        return request(self, method, params)
-
-    monkeypatch.setattr(Client, "_request", recording)
-    monkeypatch.setenv("ENGINE_HOST", empty_engine.host)
+    calls = record_rpc_methods(monkeypatch, empty_engine.host)
     image = f"{registry_with_busybox.host}/test/busybox:latest"
 
     assert main.run(["run", "--rm", "--pull", "never", image, "true"]) == 125
@@ -82,15 +73,7 @@ def test_create_pulls_only_a_missing_image(
     empty_engine: Daemon, registry_with_busybox: Registry, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    calls: list[str] = []
-    request = Client._request
-
-    def recording(self: Client, method: str, params: dict[str, object]) -> int:
-        calls.append(method)
-        return request(self, method, params)
-
-    monkeypatch.setattr(Client, "_request", recording)
-    monkeypatch.setenv("ENGINE_HOST", empty_engine.host)
+    calls = record_rpc_methods(monkeypatch, empty_engine.host)
     image = f"{registry_with_busybox.host}/test/busybox:latest"
 
     # The create's NotFound names the missing image: engctl pulls it and creates again.

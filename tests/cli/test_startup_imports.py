@@ -16,8 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.cli import main
-from engine.client.sync import Client
-from engine.testing.daemon import Daemon, require_binary
+from engine.testing.daemon import Daemon, record_rpc_methods, require_binary
 from engine.testing.images import busybox_image, write_docker_archive
 
 HEAVY = {"trio", "httpx", "cattrs", "pluggy", "attrs", "attr", "asyncio", "argparse", "typing",
@@ -117,15 +116,7 @@ def test_engctl_run_makes_one_call_when_the_image_is_there(
 ) -> None:
     """One container.run (create + start in the daemon); no image.inspect before or after
     (docker's order: run, and pull only if the daemon says the image is missing)."""
-    calls: list[str] = []
-    request = Client._request
-
-    def recording(self: Client, method: str, params: dict[str, object]) -> int:
-        calls.append(method)
-        return request(self, method, params)
-
-    monkeypatch.setattr(Client, "_request", recording)
-    monkeypatch.setenv("ENGINE_HOST", engine_with_busybox.host)
+    calls = record_rpc_methods(monkeypatch, engine_with_busybox.host)
     assert main.run(["run", "--rm", "busybox", "echo", "hi"]) == 0
     assert capsys.readouterr().out == "hi\n"
     assert calls == ["container.run"]

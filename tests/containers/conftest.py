@@ -42,15 +42,21 @@ def engine(request: pytest.FixtureRequest, busybox_archive: Path) -> Iterator[Da
         d.cleanup()
 
 
+def collect_output(stream: Any) -> tuple[bytes, bytes]:
+    """stdout and stderr of an attached container's stream, read to its end."""
+    out, err = b"", b""
+    for item in stream:
+        if item["stream"] == "stderr":
+            err += item["data"]
+        else:
+            out += item["data"]
+    return out, err
+
+
 def run_attached(d: Daemon, **params: Any) -> tuple[int, bytes, bytes]:
     """engctl run without -d: create, start attached, collect output and exit code."""
     with d.client() as c:
         cid = c.call("container.create", {"image": "busybox", **params})["Id"]
         stream = c.stream("container.start", id=cid, attach=True)
-        out, err = b"", b""
-        for item in stream:
-            if item["stream"] == "stderr":
-                err += item["data"]
-            else:
-                out += item["data"]
+        out, err = collect_output(stream)
         return stream.result["ExitCode"], out, err

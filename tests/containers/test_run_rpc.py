@@ -12,21 +12,17 @@ from typing import Any
 import pytest
 
 from engine.cli import main
-from engine.client.sync import Client
 from engine.errors import EngineError, NotFound
-from engine.testing.daemon import Daemon
+from engine.testing.daemon import Daemon, record_rpc_methods
+
+from .conftest import collect_output
 
 
 def run(d: Daemon, **params: Any) -> tuple[dict[str, Any], bytes, bytes]:
     """container.run attached: its result, stdout and stderr."""
     with d.client() as c:
         stream = c.stream("container.run", {"image": "busybox", **params})
-        out, err = b"", b""
-        for item in stream:
-            if item["stream"] == "stderr":
-                err += item["data"]
-            else:
-                out += item["data"]
+        out, err = collect_output(stream)
         return stream.result, out, err
 
 
@@ -103,15 +99,7 @@ def test_run_params_are_described(engine: Daemon) -> None:
 
 def test_engctl_run_exit_codes(engine: Daemon, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    calls: list[str] = []
-    request = Client._request
-
-    def recording(self: Client, method: str, params: dict[str, object]) -> int:
-        calls.append(method)
-        return request(self, method, params)
-
-    monkeypatch.setattr(Client, "_request", recording)
-    monkeypatch.setenv("ENGINE_HOST", engine.host)
+    calls = record_rpc_methods(monkeypatch, engine.host)
     assert main.run(["run", "--rm", "--name", "cli", "busybox", "sh", "-c", "echo hi; exit 7"]) == 7
     assert capsys.readouterr().out == "hi\n"
     assert main.run(["run", "--rm", "--name", "cli", "busybox", "/no/such/binary"]) == 127
