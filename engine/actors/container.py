@@ -231,8 +231,7 @@ class ContainerActor:
         if create_when_ready is None:
             await self._prepare_bundle()
             return await runtime.create(request)
-        created: Created = await create_when_ready(request, self._prepare_bundle)
-        return created
+        return await create_when_ready(request, self._prepare_bundle)  # type: ignore[no-any-return]
 
     async def _prepare_bundle(self) -> None:
         rootfs = await self._prepare_rootfs_and_network()

@@ -180,8 +180,8 @@ async def build_config(ctx: CallContext, p: CreateParams) -> tuple[ContainerConf
         # Tells a client "pull first" apart from any other NotFound, without a second call.
         e.details["missing_image"] = p.image
         raise
-    RestartPolicy.parse(p.restart)
-    if p.auto_remove and RestartPolicy.parse(p.restart).name != "no":
+    policy = RestartPolicy.parse(p.restart)  # a bad policy is refused now, not at exit
+    if p.auto_remove and policy.name != "no":
         raise InvalidArgument("--rm and a restart policy cannot be combined (docker refuses it too)")
     for value in (p.memory, p.pids_limit):
         if value is not None and value <= 0:

@@ -613,11 +613,7 @@ class ImageStore:
     async def _free(self, removed: Image) -> int:
         """Delete the removed image's blobs and layers that nothing else uses; returns the
         bytes freed (layers at their unpacked size)."""
-        keep_blobs = set(self._leased)
-        keep_layers = set(self._leased)
-        for image in self._images.values():
-            keep_blobs |= image.blobs()
-            keep_layers |= set(image.diff_ids)
+        keep_blobs, keep_layers = self._referenced()
         freed = 0
         for diff_id, size in reversed(
             list(zip(removed.diff_ids, removed.layer_sizes, strict=False))
@@ -629,6 +625,15 @@ class ImageStore:
         doomed = sorted(removed.blobs() - keep_blobs)
         await trio.to_thread.run_sync(self._delete_blobs, doomed)
         return freed
+
+    def _referenced(self) -> tuple[set[str], set[str]]:
+        """(blobs, layers) that an image references or a lease holds: what must stay."""
+        keep_blobs = set(self._leased)
+        keep_layers = set(self._leased)
+        for image in self._images.values():
+            keep_blobs |= image.blobs()
+            keep_layers |= set(image.diff_ids)
+        return keep_blobs, keep_layers
 
     async def _remove_layer(self, diff_id: str) -> bool:
         """Remove a layer; a layer still mounted by some container stays for a later prune
@@ -665,11 +670,7 @@ class ImageStore:
 
     async def _collect_garbage(self) -> int:
         """Free blobs and layers no image references and no lease holds (lock held)."""
-        keep_blobs = set(self._leased)
-        keep_layers = set(self._leased)
-        for image in self._images.values():
-            keep_blobs |= image.blobs()
-            keep_layers |= set(image.diff_ids)
+        keep_blobs, keep_layers = self._referenced()
         freed = 0
         for diff_id in await self.storage.list_layers():
             if diff_id not in keep_layers:

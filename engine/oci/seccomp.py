@@ -20,19 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidArgument, Unavailable
+from engine.images.types import host_architecture
 
 DEFAULT_PROFILE_PATH = Path("/usr/share/containers/seccomp.json")
 
-# The template names architectures the Go way (GOARCH); the host reports uname's names.
-_GOARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "armv7l": "arm",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
 _SCMP_ARCH = {
     "amd64": "SCMP_ARCH_X86_64",
     "arm64": "SCMP_ARCH_AARCH64",
@@ -57,11 +48,6 @@ def load_template(path: Path = DEFAULT_PROFILE_PATH) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise InvalidArgument(f"seccomp profile {path} is not valid JSON: {exc}") from None
-
-
-def host_goarch() -> str:
-    machine = platform.machine()
-    return _GOARCH.get(machine, machine)
 
 
 def _kernel_version() -> tuple[int, ...]:
@@ -110,7 +96,7 @@ def convert(
     template: dict[str, Any], caps: frozenset[str], goarch: str | None = None
 ) -> dict[str, Any]:
     """The OCI ``linux.seccomp`` object for a container holding ``caps`` on ``goarch``."""
-    arch = goarch or host_goarch()
+    arch = goarch or host_architecture()  # the template names architectures the Go way
     profile: dict[str, Any] = {"defaultAction": template["defaultAction"]}
     if template.get("defaultErrnoRet") is not None:
         profile["defaultErrnoRet"] = template["defaultErrnoRet"]

@@ -228,6 +228,18 @@ def add_ps_parser(sub: Any, name: str) -> None:
     p.set_defaults(func=cmd_ps)
 
 
+def _forward_until_exit(stream: Any) -> int:
+    """Copy an attached process's output to ours until it exits; its exit code (130 on
+    Ctrl-C, after telling the daemon to stop streaming)."""
+    try:
+        for item in stream:
+            _write_output(item)
+    except KeyboardInterrupt:
+        stream.cancel()
+        return 130
+    return int(stream.result.get("ExitCode", 0))
+
+
 def _write_output(item: dict[str, Any]) -> None:
     out = sys.stdout.buffer if item.get("stream") != "stderr" else sys.stderr.buffer
     data = item.get("data", b"")
@@ -290,14 +302,7 @@ def _run_once(ctx: Context, args: Namespace, params: dict[str, Any]) -> int:
         print(client.call("container.run", params)["Id"])
         return 0
     # A missing image is reported before any output, so _pulling may retry this safely.
-    stream = client.stream("container.run", params)
-    try:
-        for item in stream:
-            _write_output(item)
-    except KeyboardInterrupt:
-        stream.cancel()
-        return 130
-    return int(stream.result.get("ExitCode", 0))
+    return _forward_until_exit(client.stream("container.run", params))
 
 
 def _each(ctx: Context, names: list[str], fn: Any) -> int:
@@ -317,10 +322,7 @@ def cmd_start(ctx: Context, args: Namespace) -> int:
     if args.attach:
         if len(args.containers) != 1:
             raise InvalidArgument("you cannot start and attach multiple containers at once")
-        stream = client.stream("container.start", id=args.containers[0], attach=True)
-        for item in stream:
-            _write_output(item)
-        return int(stream.result.get("ExitCode", 0))
+        return _forward_until_exit(client.stream("container.start", id=args.containers[0], attach=True))
     return _each(ctx, args.containers, lambda n: client.call("container.start", id=n))
 
 
@@ -482,15 +484,9 @@ def cmd_wait(ctx: Context, args: Namespace) -> int:
 def cmd_exec(ctx: Context, args: Namespace) -> int:
     if not args.command:
         raise InvalidArgument("exec needs a command: engctl exec CONTAINER COMMAND [ARG...]")
-    stream = ctx.client().stream("container.exec", id=args.container, cmd=args.command, env=args.env,
-                                 workdir=args.workdir, user=args.user)
-    try:
-        for item in stream:
-            _write_output(item)
-    except KeyboardInterrupt:
-        stream.cancel()
-        return 130
-    return int(stream.result.get("ExitCode", 0))
+    return _forward_until_exit(ctx.client().stream(
+        "container.exec", id=args.container, cmd=args.command, env=args.env,
+        workdir=args.workdir, user=args.user))
 
 
 def cmd_rename(ctx: Context, args: Namespace) -> int:
