@@ -23,9 +23,14 @@ def unwrap_engine_errors() -> Iterator[None]:
         raise first from group
 
 
-def _first_leaf(group: BaseExceptionGroup[EngineError]) -> EngineError:
-    exc: BaseException = group
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) groups; ``exc`` itself when it is no group."""
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
+    return exc
+
+
+def _first_leaf(group: BaseExceptionGroup[EngineError]) -> EngineError:
+    exc = first_leaf(group)
     assert isinstance(exc, EngineError)
     return exc

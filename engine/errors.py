@@ -105,6 +105,21 @@ class RuntimeFailure(EngineError):
     code = "runtime_failure"
 
 
+class CommandNotFound(RuntimeFailure):
+    """The container's command (or an exec's) does not exist in its filesystem."""
+
+    code = "command_not_found"
+    exit_code = 127
+
+
+class CommandNotExecutable(RuntimeFailure):
+    """The container's command (or an exec's) exists but cannot be run: a directory, no
+    execute permission, a format the kernel does not know."""
+
+    code = "command_not_executable"
+    exit_code = 126
+
+
 class Timeout(EngineError):
     """An operation did not finish within its deadline."""
 

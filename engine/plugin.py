@@ -21,6 +21,8 @@ run inside the daemon's trio loop: they must not block (use ``trio.run_process``
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,23 +100,36 @@ class Runtime(Protocol):
     in ``log_path`` and records the exit code in ``state_dir``, so the container outlives
     the daemon and ``wait_exit`` works for a container the daemon adopted after a restart.
 
-    Optional: ``adapt_spec(spec: dict) -> dict``, called (in a worker thread) on the OCI
-    config before it is written to the bundle, for what only this runtime understands
-    (crun: its annotation carrying the precompiled seccomp program).
+    Every method below is called by the engine; none is probed for. A runtime built on
+    ``engine.oci.cli_runtime.CLIRuntime`` (runc, crun and the like) has them all; the two
+    that only refine the behaviour have obvious defaults there (``adapt_spec`` returns the
+    spec unchanged, ``create_when_ready`` prepares the bundle and then calls ``create``).
 
-    Optional: ``async create_when_ready(request, prepare_bundle) -> Created``, ``create``
-    called *before* the bundle exists: the runtime may start its monitor first, then must
-    await ``prepare_bundle()`` (which writes ``request.bundle``) before anything reads the
-    bundle; if that raises, it must leave nothing behind and re-raise. The monitor's
-    start-up then overlaps the bundle's preparation; without this method, ``create`` is
-    called once the bundle is ready.
+    Errors: ``NotFound`` for a container the runtime does not know, ``Conflict`` for a verb
+    not allowed in its state, ``CommandNotFound``/``CommandNotExecutable`` when the
+    container's command cannot be run (docker's 127/126), ``RuntimeFailure`` otherwise.
+    The engine bounds every call with its own time limit.
     """
 
     name: str
 
     def availability(self) -> Availability: ...
 
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Called (in a worker thread) on the OCI config before it is written to the bundle,
+        for what only this runtime understands (crun: its annotation carrying the
+        precompiled seccomp program). Return ``spec`` itself when there is nothing to add."""
+        ...
+
     async def create(self, request: CreateRequest) -> Created: ...
+
+    async def create_when_ready(self, request: CreateRequest,
+                                prepare_bundle: Callable[[], Awaitable[None]]) -> Created:
+        """``create`` called *before* the bundle exists: the runtime may start its monitor
+        first, then must await ``prepare_bundle()`` (which writes ``request.bundle``) before
+        anything reads the bundle; if that raises, it must leave nothing behind and
+        re-raise. Without anything to overlap: ``await prepare_bundle()`` then ``create``."""
+        ...
 
     async def start(self, container_id: str) -> None: ...
 
@@ -138,11 +153,14 @@ class Runtime(Protocol):
         ...
 
     def read_exit(self, container_id: str, state_dir: Path) -> ExitInfo | None:
-        """The recorded exit, if the container has exited (no waiting)."""
+        """The recorded exit, if the container has exited (no waiting). Blocking: the
+        engine calls it in a worker thread."""
         ...
 
     async def exec(self, container_id: str, process: dict[str, Any], **options: Any) -> Any:
-        """Run an extra process (an OCI runtime-spec ``process`` object) in the container."""
+        """Run an extra process (an OCI runtime-spec ``process`` object) in the container.
+        Returns a handle with ``stdout``/``stderr`` streams, ``wait()``, ``kill(sig)`` and
+        ``aclose()`` (``engine.oci.exec.ExecHandle``)."""
         ...
 
 
@@ -163,8 +181,30 @@ class StorageUsage:
     containers_bytes: int
 
 
+@attrs.frozen
+class StaleReport:
+    """What a storage driver's start-up clean-up found: debris it removed, and the
+    containers whose root filesystems are still mounted."""
+
+    removed: list[str]
+    mounted: list[str]
+
+
+class LayerStream(Protocol):
+    """What ``StorageDriver.layer_stream`` yields: a tee that unpacks a layer while its blob
+    downloads, finished with the verified blob."""
+
+    async def begin(self, partial: Path, offset: int) -> None: ...
+
+    async def data(self, chunks: list[bytes]) -> None: ...
+
+    async def finish(self, blob: Path) -> object: ...
+
+
 @runtime_checkable
 class StorageDriver(Protocol):
+    """Layers and container root filesystems. Every method is called by the engine."""
+
     name: str
 
     def availability(self) -> Availability: ...
@@ -196,6 +236,24 @@ class StorageDriver(Protocol):
     async def remove_container(self, container_id: str) -> None: ...
 
     async def usage(self) -> StorageUsage: ...
+
+    async def layer_info(self, diff_id: str) -> LayerInfo: ...
+
+    async def layer_written_at(self, diff_id: str) -> float | None:
+        """When the layer was committed; None if it is not here (the image store's
+        writeback check after a power loss)."""
+        ...
+
+    def layer_stream(self, diff_id: str) -> AbstractAsyncContextManager[LayerStream | None]:
+        """Unpack a layer while its blob downloads: an async context manager yielding a
+        ``LayerStream``, or None when the layer is here already *or the driver cannot
+        stream* (the engine then downloads first and calls ``unpack_layer``)."""
+        ...
+
+    async def cleanup_stale(self) -> StaleReport:
+        """At daemon start: remove what interrupted operations left; report mounted
+        containers. Must not fail on one bad leftover: log it and go on."""
+        ...
 
 
 # --- registries ----------------------------------------------------------------------------

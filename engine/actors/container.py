@@ -1,10 +1,19 @@
 """The container actor: the only code that changes one container.
 
-Commands arrive in a mailbox and run one at a time, so concurrent stop/kill/rm on one
-container cannot race. Each transition is written to disk (atomically) before it is
-reported and emitted as an event. While the container runs, a watcher task waits for its
-exit (through the runtime's monitor, which outlives the daemon) and posts the exit to the
-mailbox like any other command; the restart policy is applied there.
+Every change (start, stop, kill, pause, rename, network connect, exec, removal…) arrives in
+the actor's mailbox as a typed command (``engine.actors.commands``) and runs one at a time,
+so concurrent stop/kill/rm on one container cannot race. Internal news (the runtime saw the
+container exit, a restart timer fired, an exec ended) arrives as notices, which are never
+dropped and go first. Each transition is written to disk (atomically, from a snapshot taken
+on the event loop) before it is reported and emitted as an event.
+
+The actor knows nothing of the daemon: what it needs (runtimes, the root filesystem,
+networking, bundles, events, the name registry) is injected as ``ActorDeps``.
+
+Errors: an ``EngineError`` from a command is that command's answer and the actor goes on.
+Anything else is a bug: the caller in flight gets an ``InternalError``, every queued caller
+and waiter fails at once with ``Unavailable``, and the actor crashes, for its supervisor to
+start a fresh one from the state on disk (OTP's "let it crash").
 """
 
 from __future__ import annotations
@@ -14,27 +23,45 @@ import signal as signals
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
+from engine.actors import commands as c
+from engine.actors.deps import ActorDeps
 from engine.actors.events import Event
-from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus
+from engine.actors.mailbox import Envelope, Mailbox, MailboxClosed
+from engine.actors.model import (
+    ContainerConfig,
+    ContainerFiles,
+    ContainerStatus,
+    encode_status,
+    primary_ip,
+    remove_tree,
+)
+from engine.actors.restart import Restart, RestartPolicy, decide
 from engine.actors.state import ACTIVE, ContainerState, can_transition, require_state
-from engine.errgroup import unwrap_engine_errors
-from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, RuntimeFailure
+from engine.errgroup import first_leaf, unwrap_engine_errors
+from engine.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    Conflict,
+    EngineError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    RuntimeFailure,
+    Timeout,
+    Unavailable,
+)
 from engine.plugin import Created, CreateRequest, ExitInfo, Runtime
-from engine.supervisor.restart import Restart, RestartPolicy, decide
-
-if TYPE_CHECKING:
-    from engine.supervisor.containers import ContainerSupervisor
 
 log = logging.getLogger("engine.container")
 
 S = ContainerState
 MAILBOX_SIZE = 64
-KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before we call it stuck
+T = TypeVar("T")
 
 
 def parse_signal(value: str | int) -> int:
@@ -50,39 +77,43 @@ def parse_signal(value: str | int) -> int:
         raise InvalidArgument(f"invalid signal {value!r}: use a name like SIGTERM or KILL, or a number") from None
 
 
-@attrs.define
-class Command:
-    name: str
-    args: dict[str, Any] = attrs.field(factory=dict)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
-    internal: bool = False
+def start_exit_code(error: EngineError) -> int:
+    """docker's 126/127 for a command that could not be run / was not found, else 125."""
+    if isinstance(error, CommandNotFound | CommandNotExecutable):
+        return error.exit_code
+    return 125
 
 
 class ContainerActor:
-    def __init__(self, supervisor: ContainerSupervisor, config: ContainerConfig,
-                 status: ContainerStatus) -> None:
-        self.sup = supervisor
-        self.app = supervisor.app
+    def __init__(self, deps: ActorDeps, config: ContainerConfig, status: ContainerStatus,
+                 *, new: bool = False) -> None:
+        self.deps = deps
         self.config = config
         self.status = status
-        self.files = ContainerFiles(self.app.layout.container_dir(config.id))
-        self.run_dir = self.app.layout.run_container_dir(config.id)
+        self.files = ContainerFiles(deps.container_dir(config.id))
+        self.run_dir = deps.run_dir(config.id)
         self.bundle_dir = self.run_dir / "bundle"
-        self._send, self._receive = trio.open_memory_channel[Command](MAILBOX_SIZE)
+        self._mailbox = Mailbox(MAILBOX_SIZE)
         self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
         self._watch_scope: trio.CancelScope | None = None
         self._restart_scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
-        self.attached = 0  # readers following the output of an attached run
+        self._grace_scope: trio.CancelScope | None = None
+        self._run = 0  # which run of the process an exit notice belongs to
+        self._preempted_run = -1
+        self._execs: dict[int, Any] = {}
+        self._next_exec = 1
+        self._attached = 0
         self._attached_done = trio.Event()
+        self._finished = False
         self.removed = False
+        self.crashed: str | None = None  # why the actor crashed, once it has
+        self._abandoned = False
         # Whether the runtime may hold state for this container: unknown (None) for a
         # container read from disk, False for a new one, True once created there.
-        self.runtime_knows: bool | None = None
+        self.runtime_knows: bool | None = False if new else None
 
-    # --- public surface (called from RPC handlers) -----------------------------------------
+    # --- the public surface ---------------------------------------------------------------
 
     @property
     def id(self) -> str:
@@ -92,78 +123,168 @@ class ContainerActor:
     def name(self) -> str:
         return self.config.name
 
-    async def call(self, name: str, **args: Any) -> Any:
-        """Queue a command and wait for its result (under the caller's deadline)."""
+    async def call(self, command: c.Command) -> Any:
+        """Queue a command and wait for its answer. A caller that goes away does not undo
+        it: the command runs to its end, as docker's do."""
         if self.removed:
             raise NotFound(f"no such container: {self.name}")
-        cmd = Command(name, args)
-        try:
-            self._send.send_nowait(cmd)
-        except trio.WouldBlock:
-            raise Conflict(f"container {self.name} has too many pending commands; retry later") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise NotFound(f"no such container: {self.name}") from None
-        await cmd.done.wait()
-        if cmd.error is not None:
-            raise cmd.error
-        return cmd.result
+        if self.crashed is not None:
+            raise self._crash_error()
+        self._preempt_stop(command)
+        envelope = Envelope(command)
+        self._mailbox.put(envelope, name=self.name)
+        await envelope.done.wait()
+        if envelope.error is not None:
+            raise envelope.error
+        return envelope.result
 
-    def post(self, name: str, **args: Any) -> None:
-        """Queue an internal command (exit seen, policy restart) without waiting."""
-        try:
-            self._send.send_nowait(Command(name, args, internal=True))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            log.warning("dropped internal %s for %s", name, self.name)
+    def notify(self, notice: c.Notice) -> None:
+        """Post internal news; never dropped while the actor lives."""
+        self._mailbox.notify(notice)
 
     def changes(self) -> trio.Event:
-        """An event set at the next change of status (persisted) or at removal."""
+        """An event set at the next change of status (persisted), at removal or crash."""
         return self._changed
 
     async def wait_for(self, predicate: Callable[[ContainerStatus], bool]) -> ContainerStatus:
-        while not predicate(self.status) and not self.removed:
-            changed = self._changed
-            await changed.wait()
-        return self.status
+        """Wait until ``predicate(status)`` holds or the container is removed. Fails at once
+        with ``Unavailable`` if the actor crashes meanwhile."""
+        while True:
+            if self.crashed is not None:
+                raise self._crash_error()
+            if self.removed or predicate(self.status):
+                return self.status
+            await self._changed.wait()
 
-    # --- the actor's life --------------------------------------------------------------------
+    def attach(self) -> None:
+        """An attached reader follows this run's output (removal waits for it)."""
+        self._attached += 1
+
+    def detach(self) -> None:
+        self._attached -= 1
+        if self._attached == 0:
+            self._attached_done.set()
+            self._attached_done = trio.Event()
+
+    def emit(self, action: str, **attributes: Any) -> None:
+        # docker puts labels flat among the attributes; ours win over a label of the same key
+        merged = {**self.config.labels, "name": self.name, "image": self.config.image, **attributes}
+        self.deps.publish(Event("container", action, self.id, attributes=merged))
+
+    # --- the actor's life ----------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self)
-            async for cmd in self._receive:
-                await self._execute(cmd)
-                if self.removed:
-                    break
-            self._fail_pending()
-            nursery.cancel_scope.cancel()
-
-    def _fail_pending(self) -> None:
-        self._send.close()
-        while True:
-            try:
-                cmd = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            cmd.error = NotFound(f"no such container: {self.name} (it was removed)")
-            cmd.done.set()
-
-    async def _execute(self, cmd: Command) -> None:
-        handler: Callable[..., Awaitable[Any]] = getattr(self, f"_do_{cmd.name}")
+        """Handle the mailbox until the container is removed. Raises (after failing every
+        caller) when a command hits a bug; the supervisor decides what happens next."""
         try:
-            cmd.result = await handler(**cmd.args)
-        except EngineError as e:
-            cmd.error = e
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                while not self._finished:
+                    try:
+                        item = await self._mailbox.get()
+                    except MailboxClosed:
+                        break
+                    if isinstance(item, Envelope):
+                        await self._handle_command(item)
+                    else:
+                        await self._handle_notice(item)
+                nursery.cancel_scope.cancel()
         except Exception as e:
-            log.exception("container %s: %s failed", self.name, cmd.name)
-            cmd.error = RuntimeFailure(f"{cmd.name} of container {self.name} failed: {type(e).__name__}: {e}")
+            self._crash(e)
+            raise
         finally:
-            cmd.done.set()
+            if self.removed:
+                for envelope in self._mailbox.close(NotFound(f"no such container: {self.name} (it was removed)")):
+                    envelope.fail(NotFound(f"no such container: {self.name} (it was removed)"))
 
-    # --- persistence + events ------------------------------------------------------------------
+    async def _handle_command(self, envelope: Envelope) -> None:
+        command = envelope.command
+        try:
+            result = await self._dispatch(command)
+        except EngineError as e:
+            envelope.fail(e)
+        except Exception as e:
+            envelope.fail(InternalError(
+                f"{_command_name(command)} of container {self.name} failed: {type(e).__name__}: {e}; "
+                "the container's actor restarts from its state on disk"
+            ))
+            raise
+        except BaseException:
+            envelope.fail(Unavailable(f"{_command_name(command)} of container {self.name} was "
+                                      "interrupted: the daemon is shutting down"))
+            raise
+        else:
+            envelope.reply(result)
+
+    async def _dispatch(self, command: c.Command) -> Any:
+        match command:
+            case c.Start():
+                return await self._start()
+            case c.Stop(grace, signal):
+                return await self._stop(grace, signal)
+            case c.Kill(signal):
+                return await self._kill(signal)
+            case c.Restart(grace):
+                return await self._restart(grace)
+            case c.Pause():
+                return await self._pause()
+            case c.Unpause():
+                return await self._unpause()
+            case c.Rename(new_name):
+                return await self._rename(new_name)
+            case c.Remove(force):
+                return await self._remove(force)
+            case c.Connect(network, aliases):
+                return await self._connect(network, aliases)
+            case c.Disconnect(network, force):
+                return await self._disconnect(network, force)
+            case c.ExecStart():
+                return await self._exec_start(command)
+        raise InvalidArgument(f"unknown container command {command!r}")
+
+    async def _handle_notice(self, notice: c.Notice) -> None:
+        match notice:
+            case c.Exited(info, run):
+                await self._exited(info, run)
+            case c.RestartDue(reason):
+                await self._restart_due(reason)
+            case c.ExecEnded(session, exit_code):
+                self._exec_ended(session, exit_code)
+            case c.Adopt():
+                await self._adopt()
+
+    def _crash(self, error: BaseException) -> None:
+        cause = first_leaf(error)
+        self.crashed = f"{type(cause).__name__}: {cause}"
+        log.error("actor of container %s crashed: %s", self.name, self.crashed, exc_info=error)
+        crash = self._crash_error()
+        for envelope in self._mailbox.close(crash):
+            envelope.fail(crash)
+        self._signal_change()
+
+    def abandon(self, reason: str) -> None:
+        """The supervisor gave up on this actor: every later command is refused."""
+        self.crashed = reason
+        self._abandoned = True
+
+    def _crash_error(self) -> Unavailable:
+        if self._abandoned:
+            return Unavailable(f"container {self.name} is unavailable: {self.crashed}", reason=self.crashed)
+        return Unavailable(
+            f"container {self.name} is unavailable: its actor crashed ({self.crashed}); "
+            "the daemon restarts it from its state on disk, retry in a moment",
+            reason=self.crashed,
+        )
+
+    # --- persistence, events, bounded calls --------------------------------------------------
 
     async def _persist(self) -> None:
-        await trio.to_thread.run_sync(self.files.write_status, self.status)
+        data = encode_status(self.status)  # a snapshot, taken on the loop
+        await trio.to_thread.run_sync(self.files.write_status_bytes, data)
+        self._signal_change()
+
+    def _signal_change(self) -> None:
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
@@ -175,14 +296,33 @@ class ContainerActor:
         if action:
             self.emit(action, **attributes)
 
-    def emit(self, action: str, **attributes: Any) -> None:
-        # docker puts labels flat among the attributes; ours win over a label of the same key
-        merged = {**self.config.labels, "name": self.name, "image": self.config.image, **attributes}
-        self.app.events.publish(Event("container", action, self.id, attributes=merged))
+    async def _bounded(self, what: str, call: Awaitable[T], limit: float | None = None) -> T:
+        """A runtime or helper call under the configured time limit."""
+        limit = self.deps.settings.runtime_timeout if limit is None else limit
+        with trio.move_on_after(limit):
+            return await call
+        raise Timeout(f"{what} of container {self.name} took longer than {limit:g}s; "
+                      "the runtime may be stuck (see the daemon log)")
 
-    # --- commands --------------------------------------------------------------------------------
+    async def _cleanup(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """A cleanup step that must finish even when the caller goes away, but not hang:
+        shielded and bounded; its failure is logged (the next start or rm retries)."""
+        limit = self.deps.settings.cleanup_timeout
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(limit) as scope:
+                try:
+                    await step()
+                except EngineError as e:
+                    log.warning("container %s: %s: %s", self.name, what, e)
+            if scope.cancelled_caught:
+                log.warning("container %s: %s took longer than %gs; left for later", self.name, what, limit)
 
-    async def _do_start(self) -> dict[str, Any]:
+    def _runtime(self) -> Runtime:
+        return self.deps.runtimes.usable(self.config.runtime)
+
+    # --- start ---------------------------------------------------------------------------------
+
+    async def _start(self) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.CREATED, S.EXITED, action="start")
         self._cancel_restart_timer()
         self.status.stopped_by_user = False
@@ -190,32 +330,36 @@ class ContainerActor:
         return {"id": self.id}
 
     async def _start_process(self) -> None:
-        runtime = self.app.runtime(self.config.runtime)
+        runtime = self._runtime()
         # A previous run may have left runtime state behind (e.g. after a crash).
-        await self._runtime_cleanup()
+        await self._cleanup("runtime cleanup", self._runtime_cleanup)
+        request = CreateRequest(
+            container_id=self.id,
+            bundle=self.bundle_dir,
+            state_dir=self.run_dir,
+            log_path=self.files.log_path,
+            log_size_max=self.deps.settings.log_size_max,
+            sync_log=not self.config.auto_remove,
+        )
         try:
             self.runtime_knows = True
-            created = await self._create_in_runtime(runtime, CreateRequest(
-                container_id=self.id,
-                bundle=self.bundle_dir,
-                state_dir=self.run_dir,
-                log_path=self.files.log_path,
-                log_size_max=self.app.config.log_size_max,
-                sync_log=not self.config.auto_remove,
-            ))
+            created: Created = await self._bounded(
+                "create", runtime.create_when_ready(request, self._prepare_bundle))
             self.status.pid = created.container_pid
             self.status.monitor_pid = created.monitor_pid
-            await runtime.start(self.id)
+            await self._bounded("start", runtime.start(self.id))
         except BaseException as e:
-            with trio.CancelScope(shield=True):
-                await self._runtime_cleanup()
-                await self._network_teardown()
-                await self.sup.release_rootfs(self)
+            await self._cleanup("runtime cleanup", self._runtime_cleanup)
+            await self._cleanup("network teardown", self._network_teardown)
+            await self._cleanup("unmount", self._unmount)
             if isinstance(e, EngineError):
+                self.status.pid = 0
+                self.status.monitor_pid = 0
                 self.status.error = str(e)
-                self.status.exit_code = _exit_code_for_start_error(str(e))
+                self.status.exit_code = start_exit_code(e)
                 await self._persist()
             raise
+        self._run += 1
         self.status.started_at = time.time()
         self.status.finished_at = 0.0
         self.status.exit_code = 0
@@ -224,18 +368,9 @@ class ContainerActor:
         await self._transition(S.RUNNING, "start")
         self._watch()
 
-    async def _create_in_runtime(self, runtime: Runtime, request: CreateRequest) -> Created:
-        """Prepare the bundle and create the container in the runtime. A runtime that can
-        (``create_when_ready``) starts its monitor first and has it load meanwhile."""
-        create_when_ready = getattr(runtime, "create_when_ready", None)
-        if create_when_ready is None:
-            await self._prepare_bundle()
-            return await runtime.create(request)
-        return await create_when_ready(request, self._prepare_bundle)  # type: ignore[no-any-return]
-
     async def _prepare_bundle(self) -> None:
         rootfs = await self._prepare_rootfs_and_network()
-        await self.sup.write_bundle(self, rootfs)
+        await self.deps.bundles.write_bundle(self.config, self.status, rootfs, self.bundle_dir, self._runtime())
         self.status.log_offset_at_start = await self._log_size()
 
     async def _prepare_rootfs_and_network(self) -> Path:
@@ -243,13 +378,13 @@ class ContainerActor:
         rootfs: list[Path] = []
 
         async def mount() -> None:
-            rootfs.append(await self.sup.prepare_rootfs(self))
+            rootfs.append(await self.deps.rootfs.mount(self.id, list(self.config.layers)))
 
         with unwrap_engine_errors():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(mount)
-                if network := self.app.services.get("network"):
-                    nursery.start_soon(network.setup, self.config, self.status)
+                if self.deps.network is not None:
+                    nursery.start_soon(self.deps.network.setup, self.config, self.status)
         return rootfs[0]
 
     async def _log_size(self) -> int:
@@ -261,38 +396,40 @@ class ContainerActor:
         assert self._nursery is not None
         scope = trio.CancelScope()
         self._watch_scope = scope
-        self._nursery.start_soon(self._watch_exit, scope)
+        self._nursery.start_soon(self._watch_exit, scope, self._run)
 
-    async def _watch_exit(self, scope: trio.CancelScope) -> None:
+    async def _watch_exit(self, scope: trio.CancelScope, run: int) -> None:
         with scope:
-            runtime = self.app.runtime(self.config.runtime)
             try:
-                info = await runtime.wait_exit(self.id, self.run_dir)
+                info = await self.deps.runtimes.usable(self.config.runtime).wait_exit(self.id, self.run_dir)
             except EngineError as e:
                 log.error("container %s: waiting for exit failed: %s", self.name, e)
                 info = ExitInfo(exit_code=255, finished_at=time.time())
-            self.post("exited", info=info)
+            self.notify(c.Exited(info, run))
 
-    async def _do_exited(self, info: ExitInfo) -> None:
-        if self.status.state not in (S.RUNNING, S.PAUSED):
-            return  # a stale notice (e.g. after an explicit stop handled it already)
+    # --- exit and restart policy -----------------------------------------------------------------
+
+    async def _exited(self, info: ExitInfo, run: int) -> None:
+        if run != self._run or self.status.state not in (S.RUNNING, S.PAUSED):
+            return  # a stale notice (an explicit stop handled this exit already)
         if self.config.auto_remove:
             # The exit and the removal in one write: REMOVING on disk has a daemon that
             # restarts meanwhile finish the removal.
             await self._record_exit(info, release=False, next_state=S.REMOVING)
-            self._removed_automatically()
+            await self._remove_automatically()
             return
         await self._record_exit(info)
-        await self._after_exit()
+        await self._apply_restart_policy(daemon_starting=False)
 
     async def _record_exit(self, info: ExitInfo, *, release: bool = True,
                            next_state: ContainerState = S.EXITED) -> None:
-        """Record the exit; ``release``: free what the run held now (not when an automatic
-        removal, which frees it all, follows at once)."""
+        """Record the exit; ``release``: free what the run held now (not when a removal,
+        which frees it all, follows at once)."""
         self._watch_scope = None
         self.status.exit_code = info.exit_code
         self.status.oom_killed = info.oom_killed
-        self.status.finished_at = info.finished_at or time.time()
+        # never before the start: a clock step or an old exit file must not make it so
+        self.status.finished_at = max(info.finished_at or time.time(), self.status.started_at)
         self.status.pid = 0
         self.status.monitor_pid = 0
         # An exited container has no address (docker's inspect); what the teardown needs
@@ -305,31 +442,28 @@ class ContainerActor:
         await self._transition(next_state, "die", exitCode=info.exit_code, oomKilled=info.oom_killed)
         if info.oom_killed:
             self.emit("oom")
+        await self._kill_execs()
         if release:
-            with trio.CancelScope(shield=True):
-                await self.release_run_resources()
+            await self._release_run_resources()
 
-    async def release_run_resources(self) -> None:
+    async def _release_run_resources(self) -> None:
         """What a run holds once its process is gone: the runtime's state, the network and
         the rootfs mount. They are independent of each other (the container's mount
         namespace died with its last process), so they are released side by side."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._runtime_cleanup)
-            nursery.start_soon(self._network_teardown)
-            nursery.start_soon(self.sup.release_rootfs, self)
+            nursery.start_soon(self._cleanup, "runtime cleanup", self._runtime_cleanup)
+            nursery.start_soon(self._cleanup, "network teardown", self._network_teardown)
+            nursery.start_soon(self._cleanup, "unmount", self._unmount)
 
-    async def _after_exit(self) -> None:
-        if self.config.auto_remove:
-            await self._remove_automatically()
-            return
-        policy = RestartPolicy.parse(self.config.restart_policy)
+    async def _apply_restart_policy(self, *, daemon_starting: bool) -> None:
+        """The one place a stopped container may be brought back (``decide``)."""
         verdict = decide(
-            policy,
+            RestartPolicy.parse(self.config.restart_policy),
             exit_code=self.status.exit_code,
             stopped_by_user=self.status.stopped_by_user,
             restart_count=self.status.restart_count,
             run_seconds=self.status.finished_at - self.status.started_at,
-            daemon_starting=False,
+            daemon_starting=daemon_starting,
         )
         if isinstance(verdict, Restart):
             await self._schedule_restart(verdict)
@@ -344,11 +478,11 @@ class ContainerActor:
         async def timer() -> None:
             with scope:
                 await trio.sleep(verdict.delay)
-                self.post("policy_restart", reason=verdict.reason)
+                self.notify(c.RestartDue(verdict.reason))
 
         self._nursery.start_soon(timer)
 
-    async def _do_policy_restart(self, reason: str) -> None:
+    async def _restart_due(self, reason: str) -> None:
         if self.status.state != S.RESTARTING:
             return
         self._restart_scope = None
@@ -362,44 +496,23 @@ class ContainerActor:
             return
         self.emit("restart", reason=reason, restartCount=self.status.restart_count)
 
-    async def _remove_automatically(self) -> None:
-        """``--rm``: the container is gone (name free, events told) as soon as its exit is
-        recorded; the supervisor frees what the run held and deletes the files afterwards
-        (after a crash it finishes that at start-up: the state on disk says REMOVING).
-        Nobody waits on an automatic removal to report its errors, so they go to the log."""
-        await self._transition(S.REMOVING)
-        self._removed_automatically()
-
-    def _removed_automatically(self) -> None:
-        self._cancel_restart_timer()
-        self._mark_removed()
-        self.sup.finish_removal(self)
-
-    def _mark_removed(self) -> None:
-        self.removed = True
-        changed, self._changed = self._changed, trio.Event()
-        changed.set()
-        self.emit("destroy")
-
-    def attach(self) -> None:
-        self.attached += 1
-
-    def detach(self) -> None:
-        self.attached -= 1
-        if self.attached == 0:
-            self._attached_done.set()
-            self._attached_done = trio.Event()
-
-    async def wait_attached_done(self) -> None:
-        if self.attached:
-            await self._attached_done.wait()
-
     def _cancel_restart_timer(self) -> None:
         if self._restart_scope is not None:
             self._restart_scope.cancel()
             self._restart_scope = None
 
-    async def _do_stop(self, grace: float | None = None, signal: str | None = None) -> dict[str, Any]:
+    # --- stop, kill, restart, pause --------------------------------------------------------------
+
+    def _preempt_stop(self, command: c.Command) -> None:
+        """``kill`` (SIGKILL) and ``rm -f`` cut a pending stop's grace period short, as
+        docker's do: the stop goes on to SIGKILL at once."""
+        preempts = (isinstance(command, c.Kill) and command.signal == signals.SIGKILL) or (
+            isinstance(command, c.Remove) and command.force)
+        if preempts and self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._preempted_run = self._run
+
+    async def _stop(self, grace: float | None, signal: str | None) -> dict[str, Any]:
         if self.status.state == S.RESTARTING:
             self._cancel_restart_timer()
             self.status.stopped_by_user = True
@@ -410,170 +523,279 @@ class ContainerActor:
         self.status.stopped_by_user = True
         await self._persist()
         grace = self.config.stop_timeout if grace is None else grace
-        sig = parse_signal(signal or self.config.stop_signal)
-        info = await self._terminate(sig, grace)
-        await self._record_exit(info, release=not self.config.auto_remove)
+        info = await self._terminate(parse_signal(signal or self.config.stop_signal), grace)
+        if self.config.auto_remove:
+            await self._record_exit(info, release=False, next_state=S.REMOVING)
+            self.emit("stop")
+            await self._remove_automatically()
+            return {"stopped": True, "exit_code": info.exit_code}
+        await self._record_exit(info)
         self.emit("stop")
-        await self._after_exit()
+        await self._apply_restart_policy(daemon_starting=False)
         return {"stopped": True, "exit_code": info.exit_code}
 
     async def _terminate(self, sig: int, grace: float) -> ExitInfo:
-        runtime = self.app.runtime(self.config.runtime)
+        """Signal the container, wait up to ``grace`` seconds (inf: for ever), then SIGKILL."""
+        runtime = self._runtime()
         if self._watch_scope is not None:
             self._watch_scope.cancel()  # we wait for the exit ourselves now
             self._watch_scope = None
         if self.status.state == S.PAUSED:
-            await self._ignore_gone(runtime.resume(self.id))
+            await self._ignore_gone(self._bounded("resume", runtime.resume(self.id)))
         if grace > 0:
-            await self._ignore_gone(runtime.kill(self.id, sig, all_processes=False))
-            with trio.move_on_after(grace):
-                return await runtime.wait_exit(self.id, self.run_dir)
-        await self._ignore_gone(runtime.kill(self.id, signals.SIGKILL, all_processes=True))
-        with trio.move_on_after(KILL_WAIT):
+            await self._ignore_gone(self._bounded("kill", runtime.kill(self.id, sig, all_processes=False)))
+            with trio.move_on_after(grace) as scope:
+                self._grace_scope = scope
+                try:
+                    return await runtime.wait_exit(self.id, self.run_dir)
+                finally:
+                    self._grace_scope = None
+        await self._ignore_gone(self._bounded("kill", runtime.kill(self.id, signals.SIGKILL, all_processes=True)))
+        wait = self.deps.settings.kill_wait
+        with trio.move_on_after(wait):
             return await runtime.wait_exit(self.id, self.run_dir)
-        raise RuntimeFailure(f"container {self.name} did not exit {KILL_WAIT:.0f}s after SIGKILL")
+        raise RuntimeFailure(f"container {self.name} did not exit {wait:g}s after SIGKILL")
 
-    async def _ignore_gone(self, aw: Awaitable[Any]) -> None:
+    async def _ignore_gone(self, call: Awaitable[Any]) -> None:
         try:
-            await aw
+            await call
         except (NotFound, Conflict):
             pass  # it exited on its own meanwhile; the exit file tells how
 
-    async def _do_kill(self, signal: str | int = "SIGKILL") -> dict[str, Any]:
-        sig = parse_signal(signal)
+    async def _kill(self, sig: int) -> dict[str, Any]:
+        if sig == signals.SIGKILL and self._preempted_run == self._run and self.status.state not in ACTIVE:
+            return {"signal": sig}  # it cut a stop short, which killed the container already
         require_state(self.name, self.status.state, S.RUNNING, S.PAUSED, action="kill")
-        runtime = self.app.runtime(self.config.runtime)
         if sig == signals.SIGKILL:
             self.status.stopped_by_user = True
             await self._persist()
-        await self._ignore_gone(runtime.kill(self.id, sig, all_processes=sig == signals.SIGKILL))
+        await self._ignore_gone(self._bounded(
+            "kill", self._runtime().kill(self.id, sig, all_processes=sig == signals.SIGKILL)))
         self.emit("kill", signal=sig)
         return {"signal": sig}
 
-    async def _do_restart(self, grace: float | None = None) -> dict[str, Any]:
+    async def _restart(self, grace: float | None) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.EXITED, S.RESTARTING,
                       action="restart")
         if self.status.state in (S.RUNNING, S.PAUSED, S.RESTARTING):
-            await self._do_stop(grace=grace)
+            await self._stop(grace, None)
+            if self.removed:
+                return {"id": self.id}
+        self._cancel_restart_timer()
         self.status.stopped_by_user = False
         await self._start_process()
         self.emit("restart", reason="requested by the user")
         return {"id": self.id}
 
-    async def _do_pause(self) -> dict[str, Any]:
+    async def _pause(self) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.RUNNING, action="pause")
-        await self.app.runtime(self.config.runtime).pause(self.id)
+        await self._bounded("pause", self._runtime().pause(self.id))
         await self._transition(S.PAUSED, "pause")
         return {}
 
-    async def _do_unpause(self) -> dict[str, Any]:
+    async def _unpause(self) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.PAUSED, action="unpause")
-        await self.app.runtime(self.config.runtime).resume(self.id)
+        await self._bounded("unpause", self._runtime().resume(self.id))
         await self._transition(S.RUNNING, "unpause")
         return {}
 
-    async def _do_rename(self, new_name: str) -> dict[str, Any]:
+    # --- rename, networks -------------------------------------------------------------------------
+
+    async def _rename(self, new_name: str) -> dict[str, Any]:
         old = self.config.name
-        self.config = attrs.evolve(self.config, name=new_name)
-        await trio.to_thread.run_sync(self.files.write_config, self.config)
+        renamed = attrs.evolve(self.config, name=new_name)
+        # on disk first: a full disk leaves the old name everywhere
+        await trio.to_thread.run_sync(self.files.write_config, renamed)
+        self.config = renamed
         self.emit("rename", oldName=old)
         return {"name": new_name}
 
-    async def _do_remove(self, force: bool = False) -> dict[str, Any]:
+    def _require_network(self) -> Any:
+        if self.deps.network is None:
+            raise Unavailable("networking is not available in this daemon")
+        return self.deps.network
+
+    async def _connect(self, network: str, aliases: list[str]) -> dict[str, Any]:
+        running = self.status.state in (S.RUNNING, S.PAUSED)
+        details = await self._require_network().connect(self.config, self.status, network, aliases,
+                                                        running=running)
+        if details is not None:
+            await self._set_network_details(details)
+        return {}
+
+    async def _disconnect(self, network: str, force: bool) -> dict[str, Any]:
+        running = self.status.state in (S.RUNNING, S.PAUSED)
+        details = await self._require_network().disconnect(self.config, self.status, network,
+                                                           force=force, running=running)
+        if details is not None:
+            await self._set_network_details(details)
+        return {}
+
+    async def _set_network_details(self, details: dict[str, Any]) -> None:
+        self.status.network_details = details
+        self.status.ip_address = primary_ip(details)
+        await self._persist()
+
+    # --- exec sessions -------------------------------------------------------------------------------
+
+    async def _exec_start(self, command: c.ExecStart) -> c.ExecSession:
+        if self.status.state != S.RUNNING:
+            raise Conflict(f"container {self.name} is not running ({self.status.state.value})",
+                           state=self.status.state.value)
+        if not command.cmd:
+            raise InvalidArgument("exec needs a command")
+        runtime = self._runtime()
+        rootfs = await self.deps.rootfs.mount(self.id, list(self.config.layers))  # mounted: its path
+        process = await self.deps.bundles.exec_process(
+            self.config, self.status, rootfs, list(command.cmd),
+            env=list(command.env), workdir=command.workdir, user=command.user)
+        handle = await self._bounded("exec", runtime.exec(self.id, process, work_dir=self.run_dir))
+        session = self._next_exec
+        self._next_exec += 1
+        self._execs[session] = handle
+        self.emit("exec_start", execID=str(session), command=" ".join(command.cmd))
+        return c.ExecSession(session, handle)
+
+    def _exec_ended(self, session: int, exit_code: int) -> None:
+        if self._execs.pop(session, None) is not None:
+            self.emit("exec_die", execID=str(session), exitCode=exit_code)
+
+    async def _kill_execs(self) -> None:
+        """The container's processes are gone or going: so are its execs (their readers
+        see the end of their streams and report it)."""
+        for handle in list(self._execs.values()):
+            with trio.CancelScope(shield=True), trio.move_on_after(self.deps.settings.kill_wait):
+                await handle.kill(signals.SIGKILL)
+
+    # --- removal -------------------------------------------------------------------------------------
+
+    async def _remove(self, force: bool) -> dict[str, Any]:
         if self.status.state in ACTIVE and not force:
             require_state(self.name, self.status.state, S.CREATED, S.EXITED, S.DEAD, action="remove")
         if self.status.state in (S.RUNNING, S.PAUSED):
             self.status.stopped_by_user = True
             info = await self._terminate(signals.SIGKILL, 0)
-            await self._record_exit(info)
+            await self._record_exit(info, release=False)
         self._cancel_restart_timer()
+        await self._kill_execs()
         if self.status.state != S.REMOVING:
             await self._transition(S.REMOVING)
         try:
             with trio.CancelScope(shield=True):
-                await self._runtime_cleanup()
-                await self._network_teardown()
-                await self.sup.destroy_files(self)
+                await self._destroy()
         except EngineError as e:
             self.status.error = f"removal failed: {e}"
             await self._transition(S.DEAD)
             raise
         self._mark_removed()
+        self._finished = True
         return {"removed": self.id}
 
-    async def _network_teardown(self) -> None:
-        network = self.app.services.get("network")
-        if network is None:
-            return
+    async def _remove_automatically(self) -> None:
+        """``--rm``: the container is gone (name free, events told) as soon as its exit is
+        recorded; then what the run held is freed and the files deleted (after a crash the
+        next daemon finishes that: the state on disk says REMOVING). Nobody waits on an
+        automatic removal to report its errors, so they go to the log."""
+        if self.status.state != S.REMOVING:
+            await self._transition(S.REMOVING)
+        self._cancel_restart_timer()
+        self._mark_removed()
+        # An attached `run --rm` reads the log to its end and replies first: the work
+        # below (process spawns, unmount) would only compete with it for the CPU.
+        if self._attached:
+            with trio.move_on_after(self.deps.settings.attached_readers_wait):
+                await self._attached_done.wait()
         try:
-            await network.teardown(self.config, self.status)
+            with trio.CancelScope(shield=True):
+                await self._destroy()
         except EngineError as e:
-            log.warning("container %s: network teardown: %s", self.name, e)
+            log.error("removal of container %s is incomplete: %s; the daemon finishes it at "
+                      "its next start", self.name, e)
+        self._finished = True
+
+    async def _destroy(self) -> None:
+        """Free everything the container holds; its files last."""
+        await self._release_run_resources()
+        await self._bounded("removal of the writable layer", self.deps.rootfs.remove(self.id),
+                            self.deps.settings.cleanup_timeout)
+        await trio.to_thread.run_sync(remove_tree, self.run_dir)
+        await trio.to_thread.run_sync(remove_tree, self.files.dir)
+
+    def _mark_removed(self) -> None:
+        self.removed = True
+        self.deps.registry.forget(self)
+        self._signal_change()
+        self.emit("destroy")
+
+    # --- what a run leaves behind ---------------------------------------------------------------------
+
+    async def _network_teardown(self) -> None:
+        if self.deps.network is not None:
+            await self.deps.network.teardown(self.config, self.status)
+
+    async def _unmount(self) -> None:
+        await self.deps.rootfs.unmount(self.id)
 
     async def _runtime_cleanup(self) -> None:
         """Make the runtime forget the container. Skipped when we know it holds nothing
         (each runtime call is a process spawn on the start and exit paths)."""
         if self.runtime_knows is False:
             return
-        runtime = self.app.plugins.register.runtimes.get(self.config.runtime)
+        runtime = self.deps.runtimes.installed(self.config.runtime)
         if runtime is None:
             return
         try:
             await runtime.delete(self.id, force=True)
         except NotFound:
             pass
-        except EngineError as e:
-            log.warning("container %s: runtime cleanup: %s", self.name, e)
-            return
         self.runtime_knows = False
 
-    # --- adoption after a daemon restart ---------------------------------------------------------
+    # --- adoption after a daemon (re)start --------------------------------------------------------------
 
-    async def _do_adopt(self) -> None:
+    async def _adopt(self) -> None:
         """Reconcile with what the runtime and the monitor say (podman's syncContainer)."""
-        runtime = self.app.plugins.register.runtimes.get(self.config.runtime)
         state = self.status.state
+        if state == S.REMOVING:
+            await self._remove_automatically()  # removed already as far as anyone could see
+            return
+        runtime = self.deps.runtimes.installed(self.config.runtime)
         if runtime is None:
+            log.warning("container %s: runtime %s is not installed; left as it is", self.name, self.config.runtime)
             return
         if state in (S.RUNNING, S.PAUSED):
-            live = await runtime.state(self.id)
+            live = await self._bounded("state", runtime.state(self.id))
             if live is not None and live.status in ("running", "paused"):
                 actual = S.PAUSED if live.status == "paused" else S.RUNNING
                 if actual != state:
                     await self._transition(actual)
+                self._run += 1
                 self._watch()
                 return
-            info = runtime.read_exit(self.id, self.run_dir) or ExitInfo(
-                exit_code=255, finished_at=time.time()
-            )
-            await self._record_exit(info, release=not self.config.auto_remove)
-            await self._after_exit()
+            info = await trio.to_thread.run_sync(runtime.read_exit, self.id, self.run_dir)
+            info = info or ExitInfo(exit_code=255, finished_at=time.time())
+            if self.config.auto_remove:
+                await self._record_exit(info, release=False, next_state=S.REMOVING)
+                await self._remove_automatically()
+                return
+            await self._record_exit(info)
+            await self._apply_restart_policy(daemon_starting=True)
         elif state == S.EXITED and self.config.auto_remove:
             await self._remove_automatically()  # the daemon stopped between exit and removal
         elif state == S.RESTARTING:
-            self.post("policy_restart", reason=self.status.last_restart_reason or "daemon restart")
+            self.notify(c.RestartDue(self.status.last_restart_reason or "daemon start"))
         elif state in (S.CREATED, S.EXITED):
-            await self._runtime_cleanup()
-            await self.sup.release_rootfs(self)
+            await self._cleanup("runtime cleanup", self._runtime_cleanup)
+            await self._cleanup("unmount", self._unmount)
             if state == S.EXITED:
-                policy = RestartPolicy.parse(self.config.restart_policy)
-                if policy.name == "always" and not self.status.stopped_by_user:
-                    await self._schedule_restart(Restart(0.0, "daemon restart (policy always)"))
+                await self._apply_restart_policy(daemon_starting=True)
 
 
-def _file_size(path: Any) -> int:
+def _command_name(command: Any) -> str:
+    return type(command).__name__.lower()
+
+
+def _file_size(path: Path) -> int:
     try:
         return int(path.stat().st_size)
     except FileNotFoundError:
         return 0
-
-
-def _exit_code_for_start_error(message: str) -> int:
-    """docker's 126/127: the command could not be run / was not found."""
-    lowered = message.lower()
-    if "no such file or directory" in lowered or "not found" in lowered:
-        return 127
-    if "permission denied" in lowered or "exec format error" in lowered:
-        return 126
-    return 125
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,14 @@ class ContainerFiles:
                            durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
+        self.write_status_bytes(encode_status(status))
+
+    def write_status_bytes(self, data: bytes) -> None:
         # Atomic but not fsynced: a daemon crash keeps every rename (the page cache
         # survives it), and after a power loss no container is running whatever the file
         # says: adoption finds the runtime empty and records the exit. One fsync per
         # transition would cost more than the rest of a container start.
-        write_bytes_atomic(self.state_path, json.dumps(converter.unstructure(status)).encode(),
-                           durable=False)
+        write_bytes_atomic(self.state_path, data, durable=False)
 
     def read_config(self) -> ContainerConfig:
         return converter.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
@@ -151,6 +154,26 @@ class ContainerFiles:
             return converter.structure(json.loads(self.state_path.read_bytes()), ContainerStatus)
         except FileNotFoundError:
             return ContainerStatus()
+
+
+def encode_status(status: ContainerStatus) -> bytes:
+    """The status as it goes to disk. Cheap: the actor takes this snapshot on the event loop
+    and hands the bytes to a worker thread, so the loop may change the status meanwhile."""
+    return json.dumps(converter.unstructure(status)).encode()
+
+
+def primary_ip(network_details: dict[str, Any]) -> str:
+    """The address ``inspect`` shows first: that of the lowest-numbered interface."""
+    endpoints = [v for k, v in network_details.items() if not k.startswith("_") and isinstance(v, dict)]
+    for ep in sorted(endpoints, key=lambda e: str(e.get("InterfaceName", ""))):
+        if ep.get("IPAddress"):
+            return str(ep["IPAddress"])
+    return ""
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a container's directory (blocking)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def now() -> float:

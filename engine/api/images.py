@@ -17,7 +17,6 @@ import trio
 from engine.errgroup import unwrap_engine_errors
 from engine.errors import EngineError, InvalidArgument, Unavailable
 from engine.images import archive, auth_config
-from engine.images.content import ContentStore
 from engine.images.records import Image
 from engine.images.store import ImageStore
 from engine.reference import parse_reference
@@ -101,11 +100,7 @@ class LogoutParams:
 
 
 def images(ctx: CallContext) -> ImageStore:
-    store = ctx.app.services.get("images")
-    if store is None:
-        reason = ctx.app.services.get("images_error", "no storage driver")
-        raise Unavailable(f"the image store is unavailable: {reason}")
-    return store  # type: ignore[no-any-return]
+    return ctx.app.services.require_images()
 
 
 def registry_client(app: App) -> Any:
@@ -132,13 +127,7 @@ def summary(image: Image) -> dict[str, Any]:
 def in_use_by_containers(app: App) -> Callable[[str], bool]:
     """rmi/prune ask this: does any container (running or not) use the image?"""
 
-    def in_use(image_id: str) -> bool:
-        sup = app.services.get("containers")
-        if sup is None:
-            return False
-        return any(a.config.image_id == image_id for a in sup.actors.values())
-
-    return in_use
+    return app.services.require_containers().image_in_use
 
 
 def _absolute(path: str) -> Path:
@@ -374,21 +363,3 @@ async def _progress_forwarder(
 
 
 _MAX_PENDING_BYTE_COUNTS = 64
-
-
-async def start_images(app: App, nursery: trio.Nursery) -> None:
-    try:
-        storage = app.storage()
-    except EngineError as e:
-        log.error("images are unavailable: %s", e)
-        app.services["images_error"] = str(e)
-        return
-    layout = app.layout
-
-    def open_store() -> ImageStore:
-        content = ContentStore(layout.blobs_dir, layout.ingest_dir)
-        return ImageStore(layout, content, storage)
-
-    store = await trio.to_thread.run_sync(open_store)
-    await store.reconcile()
-    app.services["images"] = store

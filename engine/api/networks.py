@@ -11,11 +11,12 @@ from typing import Any
 import attrs
 
 from engine.actors.model import iso_time
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import InvalidArgument, NotFound, Unavailable
 from engine.network.networks import DEFAULT_NETWORK, Network
 from engine.network.service import ContainerNetworking
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext
+from engine.supervisor.container_service import ContainerService
 
 _FILTERS = {"name", "id", "driver", "label", "type"}
 
@@ -60,10 +61,10 @@ class DisconnectParams:
 
 
 def service(ctx: CallContext) -> ContainerNetworking:
-    net = ctx.app.services.get("network")
+    net = ctx.app.services.network
     if net is None:
         raise NotFound("networking is not available in this daemon")
-    return net  # type: ignore[no-any-return]
+    return net
 
 
 def _driver(net: Network) -> str:
@@ -119,10 +120,9 @@ def _prefix_of(result: dict[str, Any]) -> int:
 
 
 def _container_name(svc: ContainerNetworking, container_id: str, recorded: str) -> str:
-    sup = svc.app.services.get("containers")
     try:
-        return str(sup.get(container_id).name) if sup is not None else recorded
-    except NotFound:
+        return str(svc.containers().get(container_id).name)
+    except (NotFound, Unavailable):
         return recorded
 
 
@@ -205,11 +205,11 @@ def register(table: MethodTable) -> None:
     @table.method("network.connect", params=ConnectParams)
     async def connect(ctx: CallContext, p: ConnectParams) -> dict[str, Any]:
         """Connect a container to a network (live if it runs, and at every start)."""
-        await service(ctx).connect(p.container, p.network, list(p.aliases))
+        await ContainerService(ctx.app).connect(p.container, p.network, list(p.aliases))
         return {}
 
     @table.method("network.disconnect", params=DisconnectParams)
     async def disconnect(ctx: CallContext, p: DisconnectParams) -> dict[str, Any]:
         """Disconnect a container from a network."""
-        await service(ctx).disconnect(p.container, p.network, force=p.force)
+        await ContainerService(ctx.app).disconnect(p.container, p.network, force=p.force)
         return {}

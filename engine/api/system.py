@@ -93,11 +93,10 @@ def register(table: MethodTable) -> None:
             }
 
         counts: dict[str, int] = {}
-        for service in app.services.values():
-            if hasattr(service, "counts"):
-                counts.update(service.counts())
-        if "images" in app.services:
-            counts["images"] = len(app.services["images"].list())
+        if app.services.containers is not None:
+            counts.update(app.services.containers.counts())
+        if app.services.images is not None:
+            counts["images"] = len(app.services.images.list())
         return {
             "Version": engine.__version__,
             "Root": str(app.layout.root),
@@ -122,7 +121,7 @@ def register(table: MethodTable) -> None:
             "Images": counts.get("images", 0),
             "UptimeSeconds": round(time.time() - app.started_at, 3),
             "EventSubscribers": app.events.subscriber_count,
-            "Connections": app.services["rpc"].connections if "rpc" in app.services else 0,
+            "Connections": app.services.rpc.connections if app.services.rpc is not None else 0,
             "Kernel": platform.release(),
             "NCPU": os.cpu_count(),
         }
@@ -161,7 +160,7 @@ def register(table: MethodTable) -> None:
         from engine.errors import all_error_classes
 
         return {
-            "methods": ctx.app.services["rpc"].methods.describe(),
+            "methods": ctx.app.services.rpc.methods.describe() if ctx.app.services.rpc else {},
             "stream_window": STREAM_WINDOW,
             "max_frame": MAX_FRAME,
             "error_codes": sorted({c.code for c in all_error_classes()}),

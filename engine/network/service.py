@@ -1,9 +1,11 @@
-"""Networking for containers: the daemon's ``app.services["network"]``.
+"""Networking for containers: the daemon's ``app.services.network`` and the container
+actors' ``NetworkProvider``.
 
-The container actor calls three methods: ``prepare_config`` at create (network mode and
-published ports are checked and fixed then, so ``ps``/``port`` show real host ports),
-``setup`` at every start before the OCI bundle is written, and ``teardown`` at every exit,
-stop and removal. ``connect``/``disconnect`` serve ``engctl network connect|disconnect``.
+``prepare_config`` runs at create (network mode and published ports are checked and fixed
+then, so ``ps``/``port`` show real host ports). The container's actor calls ``setup`` at
+every start before the OCI bundle is written, ``teardown`` at every exit, stop and removal,
+and ``connect``/``disconnect`` for ``engctl network connect|disconnect``: this module
+never writes a container's status, the actor records what these return.
 
 Network modes (docker's): ``bridge`` (the default network), a user network's name or id,
 ``none`` (a fresh namespace with only loopback), ``host`` (the host's namespace) and
@@ -19,15 +21,21 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import cattrs
 import trio
 
-from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, PortMapping
+from engine.actors.model import (
+    ContainerConfig,
+    ContainerStatus,
+    PortMapping,
+    primary_ip,
+)
 from engine.errors import (
     AlreadyExists,
     Conflict,
@@ -40,6 +48,7 @@ from engine.network import cni, etc_files, netns, ports
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
 from engine.store.atomic import read_json, write_json_atomic
+from engine.store.layout import Layout
 
 log = logging.getLogger("engine.network")
 
@@ -63,6 +72,12 @@ class Membership:
 @attrs.frozen
 class _Memberships:
     networks: list[Membership] = attrs.field(factory=list)
+
+
+class ContainerLookup(Protocol):
+    """Other containers, for ``--network container:NAME`` (read only)."""
+
+    def get(self, ref: str) -> Any: ...
 
 
 # --- network modes ---------------------------------------------------------------------------
@@ -112,11 +127,12 @@ def _write_text(path: Path, text: str) -> None:
 class ContainerNetworking:
     """Container networking over the CNI plugins; one per daemon."""
 
-    def __init__(self, app: Any, *, plugin_dir: Path = cni.CNI_PATH) -> None:
-        self.app = app
-        self.layout = app.layout
-        self.store = NetworkStore(app.layout.networks_dir)
-        self.netns_dir: Path = app.layout.netns_dir
+    def __init__(self, layout: Layout, containers: Callable[[], ContainerLookup], *,
+                 plugin_dir: Path = cni.CNI_PATH) -> None:
+        self.layout = layout
+        self.containers = containers  # the supervisor, once it is up (container: mode)
+        self.store = NetworkStore(layout.networks_dir)
+        self.netns_dir: Path = layout.netns_dir
         self.plugin_dir = plugin_dir
         self._locks: dict[str, trio.Lock] = {}
 
@@ -130,11 +146,8 @@ class ContainerNetworking:
     def etc_dir(self, container_id: str) -> Path:
         return self.layout.run_container_dir(container_id) / ETC_DIR
 
-    def _containers(self) -> Any:
-        sup = self.app.services.get("containers")
-        if sup is None:
-            raise Conflict("containers are not available yet (the daemon is starting); retry")
-        return sup
+    def _containers(self) -> ContainerLookup:
+        return self.containers()
 
     # --- create --------------------------------------------------------------------------
 
@@ -225,7 +238,7 @@ class ContainerNetworking:
                     await self._teardown_quiet(config)
                 raise
             status.network_details = details
-            status.ip_address = _primary_ip(details)
+            status.ip_address = primary_ip(details)
 
     async def _setup_own(self, config: ContainerConfig) -> dict[str, Any]:
         ns = await netns.create(self.netns_dir, config.id)
@@ -406,19 +419,23 @@ class ContainerNetworking:
 
     # --- connect / disconnect ----------------------------------------------------------------
 
-    async def connect(self, container: str, network: str, aliases: list[str]) -> None:
-        """``network connect``: join now if running, and at every later start."""
-        actor = self._containers().get(container)
+    async def connect(self, config: ContainerConfig, status: ContainerStatus, network: str,
+                      aliases: list[str], *, running: bool) -> dict[str, Any] | None:
+        """``network connect`` (called by the container's actor): join now if ``running``,
+        and at every later start. Returns the container's new network details when it
+        joined now; the actor records them."""
         net = await self.store.get(network)
-        self._require_connectable(actor.config, net)
-        async with self._locked(actor.id):
-            members = await self.memberships(actor.config)
+        self._require_connectable(config, net)
+        async with self._locked(config.id):
+            members = await self.memberships(config)
             if any(m.network == net.name for m in members):
-                raise AlreadyExists(f"container {actor.name} is already connected to network {net.name!r}")
+                raise AlreadyExists(f"container {config.name} is already connected to network {net.name!r}")
             member = Membership(net.name, sorted(set(aliases) - {""}))
-            if _is_running(actor):
-                await self._attach_live(actor, net, member, len(members))
-            await trio.to_thread.run_sync(self._write_memberships, actor.id, [*members, member])
+            details = None
+            if running:
+                details = await self._attach_live(config, status, net, member, len(members))
+            await trio.to_thread.run_sync(self._write_memberships, config.id, [*members, member])
+            return details
 
     def _require_connectable(self, config: ContainerConfig, net: Network) -> None:
         if net.is_pseudo:
@@ -432,56 +449,48 @@ class ContainerNetworking:
                 "network namespace of its own to connect; recreate it on a bridge network"
             )
 
-    async def _attach_live(self, actor: Any, net: Network, member: Membership, index: int) -> None:
-        ns = netns.path_for(self.netns_dir, actor.id)
-        used = {a.ifname for a in await cni.attachments(self.store) if a.container_id == actor.id}
+    async def _attach_live(self, config: ContainerConfig, status: ContainerStatus, net: Network,
+                           member: Membership, index: int) -> dict[str, Any]:
+        ns = netns.path_for(self.netns_dir, config.id)
+        used = {a.ifname for a in await cni.attachments(self.store) if a.container_id == config.id}
         ifname = next(f"eth{i}" for i in range(index, index + len(used) + 2) if f"eth{i}" not in used)
-        res = await self._attach(net, actor.id, ns, ifname=ifname, name=actor.name,
-                                 aliases=member.aliases, etc_dir=self.etc_dir(actor.id))
+        res = await self._attach(net, config.id, ns, ifname=ifname, name=config.name,
+                                 aliases=member.aliases, etc_dir=self.etc_dir(config.id))
         await etc_files.refresh_network(self.store, net)
-        details = dict(actor.status.network_details or {})
+        details = dict(status.network_details or {})
         details[net.name] = _endpoint(res)
-        await self._store_details(actor, details)
+        return details
 
-    async def disconnect(self, container: str, network: str, force: bool = False) -> None:
-        """``network disconnect``: leave now if running, and at every later start."""
-        actor = self._containers().get(container)
+    async def disconnect(self, config: ContainerConfig, status: ContainerStatus, network: str,
+                         *, force: bool, running: bool) -> dict[str, Any] | None:
+        """``network disconnect`` (called by the container's actor): leave now if
+        ``running``, and at every later start. Returns the new details when it left now."""
         try:
-            net = await self.store.get(network)
+            net: Network | None = await self.store.get(network)
         except NotFound:
             if not force:
                 raise
             net = None
-        async with self._locked(actor.id):
-            members = await self.memberships(actor.config)
+        async with self._locked(config.id):
+            members = await self.memberships(config)
             name = net.name if net is not None else network
             if not any(m.network == name for m in members):
-                raise NotFound(f"container {actor.name} is not connected to network {name!r}")
-            if net is not None and _is_running(actor):
+                raise NotFound(f"container {config.name} is not connected to network {name!r}")
+            details = None
+            if net is not None and running:
                 for record in await cni.attachments(self.store, net):
-                    if record.container_id == actor.id:
+                    if record.container_id == config.id:
                         await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
                 await etc_files.refresh_network(self.store, net)
-                details = {k: v for k, v in (actor.status.network_details or {}).items() if k != net.name}
-                await self._store_details(actor, details)
+                details = {k: v for k, v in (status.network_details or {}).items() if k != net.name}
             remaining = [m for m in members if m.network != name]
-            await trio.to_thread.run_sync(self._write_memberships, actor.id, remaining)
-
-    async def _store_details(self, actor: Any, details: dict[str, Any]) -> None:
-        # The actor owns its status; a live connect only changes the network part, which the
-        # actor itself never derives from anything else, so writing it here cannot lose data.
-        actor.status.network_details = details
-        actor.status.ip_address = _primary_ip(details)
-        await trio.to_thread.run_sync(actor.files.write_status, actor.status)
+            await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)
+            return details
 
     # --- for the network API -----------------------------------------------------------------
 
     async def attached(self, network: Network) -> list[cni.Attachment]:
         return [a for a in await cni.attachments(self.store, network) if a.result is not None]
-
-
-def _is_running(actor: Any) -> bool:
-    return str(actor.status.state.value) in _KEEP_STATES
 
 
 def _hostname(config: ContainerConfig) -> str:
@@ -498,44 +507,3 @@ def _endpoint(res: cni.AttachResult) -> dict[str, Any]:
         "Aliases": list(res.aliases),
         "InterfaceName": res.ifname,
     }
-
-
-def _primary_ip(details: dict[str, Any]) -> str:
-    endpoints = [v for k, v in details.items() if not k.startswith("_") and isinstance(v, dict)]
-    for ep in sorted(endpoints, key=lambda e: str(e.get("InterfaceName", ""))):
-        if ep.get("IPAddress"):
-            return str(ep["IPAddress"])
-    return ""
-
-
-def _running_ids(containers_dir: Path) -> set[str]:
-    """Containers whose record says running or paused: their networking must stay."""
-    keep: set[str] = set()
-    try:
-        entries = list(containers_dir.iterdir())
-    except FileNotFoundError:
-        return keep
-    for entry in entries:
-        try:
-            status = ContainerFiles(entry).read_status()
-        except (OSError, ValueError, cattrs.BaseValidationError) as e:
-            # Unreadable: keep its networking rather than cut a live container off.
-            log.warning("container %s: unreadable status (%s); keeping its network", entry.name, e)
-            keep.add(entry.name)
-            continue
-        if status.state.value in _KEEP_STATES:
-            keep.add(entry.name)
-    return keep
-
-
-async def start_networking(app: Any, nursery: trio.Nursery) -> None:
-    """Subsystem start-up: register the service, undo networking left by dead containers."""
-    service = ContainerNetworking(app)
-    app.services["network"] = service
-    keep = await trio.to_thread.run_sync(_running_ids, app.layout.containers_dir)
-    try:
-        if await service.needs_reconcile():
-            await service.reconcile(keep)
-    except EngineError as e:
-        # Networking leftovers must not keep the daemon down; the log says what stayed.
-        log.error("network reconcile failed: %s", e)

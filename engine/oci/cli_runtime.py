@@ -28,6 +28,7 @@ import trio
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
 from engine.oci import conmon
 from engine.oci.exec import ExecHandle
+from engine.oci.runtime_errors import start_error
 from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
 
 _NOT_FOUND = re.compile(
@@ -96,6 +97,10 @@ class CLIRuntime:
             )
         return Availability.yes()
 
+    def adapt_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Nothing to add for a plain runc-compatible runtime (crun overrides this)."""
+        return spec
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _require_binary(self) -> str:
@@ -122,6 +127,8 @@ class CLIRuntime:
         if verb in ("kill", "pause", "resume") and len(args) > 1:
             container = next((a for a in args[1:] if not a.startswith("-")), container)
         text = f"{self.name} {verb} {container}: {message}"
+        if verb == "start":
+            return start_error(text, message)
         if _NOT_FOUND.search(message):
             return NotFound(f"{text} (the runtime does not know this container)",
                             runtime_error=message)  # fmt: skip

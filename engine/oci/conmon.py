@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from engine.errors import RuntimeFailure, Unavailable
+from engine.oci.runtime_errors import start_error
 from engine.plugin import Created, CreateRequest, ExitInfo
 
 CONMON_BINARY = Path("/usr/bin/conmon")
@@ -130,7 +131,7 @@ def _parse_sync_line(raw: bytes, runtime_name: str) -> int:
         raise RuntimeFailure(f"conmon sent an unreadable sync message: {raw[:200]!r}") from None
     if pid <= 0:
         text = str(message.get("message") or "").strip() or "no error text"
-        raise RuntimeFailure(f"{runtime_name} create failed: {text}", runtime_error=text)
+        raise start_error(f"{runtime_name} create failed: {text}", text)
     return pid
 
 

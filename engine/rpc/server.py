@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -25,6 +25,9 @@ from engine.errors import (
 )
 from engine.rpc import protocol
 from engine.rpc.methods import MethodTable, structure_params, unstructure
+
+if TYPE_CHECKING:
+    from engine.supervisor.app import App
 
 log = logging.getLogger("engine.rpc")
 
@@ -65,7 +68,7 @@ class StreamTransport:
 class CallContext:
     """What a handler may know about the call it serves."""
 
-    app: Any
+    app: App
     peer: str
     msgid: int
     method: str

@@ -1,8 +1,10 @@
 """From a container's config to what the runtime runs: the resolved process (docker's rules,
-in ``engine.oci.spec``) and the OCI bundle's config.json."""
+in ``engine.oci.spec``) and the OCI bundle's config.json (``Bundles``, the actors'
+``BundleBuilder``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from engine.oci.spec import (
     merge_env,
     resolve_process,
 )
+from engine.plugin import Runtime
+from engine.store.atomic import write_bytes_atomic
 
 
 def image_process_defaults(image_config: Any) -> dict[str, Any]:
@@ -91,3 +95,26 @@ async def exec_process(config: ContainerConfig, status: ContainerStatus, rootfs:
     process: dict[str, Any] = spec["process"]
     process["terminal"] = False
     return process
+
+
+class Bundles:
+    """Writes a container's OCI bundle at every start. The bundle holds the container's
+    environment (secrets, often): 0700 directory, 0600 config.json."""
+
+    async def write_bundle(self, config: ContainerConfig, status: ContainerStatus, rootfs: Path,
+                           bundle_dir: Path, runtime: Runtime) -> None:
+        options = spec_options(config, status, rootfs)
+        await trio.to_thread.run_sync(_write_spec, bundle_dir, options, runtime)
+
+    async def exec_process(self, config: ContainerConfig, status: ContainerStatus, rootfs: Path,
+                           cmd: list[str], *, env: list[str], workdir: str, user: str) -> dict[str, Any]:
+        return await exec_process(config, status, rootfs, cmd, env=env, workdir=workdir, user=user)
+
+
+def _write_spec(bundle: Path, options: SpecOptions, runtime: Runtime) -> None:
+    # A runtime may add what only it understands (crun: the precompiled seccomp program).
+    spec = runtime.adapt_spec(build_spec(options))
+    bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # compact: the runtime reads it, and it is written at every start
+    data = json.dumps(spec, separators=(",", ":")).encode()
+    write_bytes_atomic(bundle / "config.json", data, mode=0o600, durable=False)

@@ -35,6 +35,7 @@ class DaemonConfig:
     registry_mirrors: list[str] = attrs.field(factory=list)
     max_concurrent_downloads: int = 3
     log_size_max: int = 16 * 1024 * 1024
+    runtime_timeout: float = 120.0  # seconds one runtime call (create, kill, delete...) may take
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
@@ -95,6 +96,8 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
     except cattrs.ClassValidationError as e:
         problems = "; ".join(cattrs.transform_error(e, path=source))
         raise ConfigError(f"invalid configuration: {problems}") from None
+    if not 0 < config.runtime_timeout <= 3600:
+        raise ConfigError(f"invalid runtime-timeout {config.runtime_timeout}: use seconds from 0 to 3600")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     return config
@@ -114,6 +117,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
     p.add_argument("--registry-mirror", dest="registry_mirrors", action="append")
     p.add_argument("--max-concurrent-downloads", dest="max_concurrent_downloads", type=int)
+    p.add_argument("--runtime-timeout", dest="runtime_timeout", type=float,
+                   help="seconds one runtime call may take before it is reported stuck (default 120)")
     p.add_argument("--tlscert", dest="tls_cert")
     p.add_argument("--tlskey", dest="tls_key")
     p.add_argument("--tlscacert", dest="tls_ca")

@@ -1,44 +1,65 @@
 """The container supervisor: owns the nursery of container actors and the name registry.
 
-At start-up it reads every container from disk and adopts it (live-restore): running
-containers keep running and are watched again, those that ended meanwhile get their real
-exit code, half-created ones are removed, and stale mounts and runtime state are cleaned.
-Actors that crash are restarted (the container itself is not touched by that).
+Supervision follows OTP's one-for-one strategy: an actor that crashes (a bug, not a failed
+command) has already failed its callers; the supervisor starts a fresh actor from the state
+on disk after a backoff, and adopts the container again (the container itself keeps
+running: only our bookkeeping restarts). An actor that crashes more than ``max_restarts``
+times within ``window`` seconds is given up on: the container is marked with the reason
+(``inspect``'s State.Error), an ``actor_give_up`` event says so, and its commands are
+refused until the daemon restarts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import random
 import re
-import shutil
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
+from engine.actors.commands import Adopt, Rename
 from engine.actors.container import ContainerActor
+from engine.actors.deps import ActorDeps, Registry
 from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, new_container_id
 from engine.actors.state import ACTIVE, ContainerState
-from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
-from engine.oci.spec import SpecOptions, build_spec
-from engine.store.atomic import write_bytes_atomic
-from engine.supervisor.app import App
+from engine.errors import AlreadyExists, InvalidArgument, NotFound
 
 log = logging.getLogger("engine.supervisor")
-ATTACHED_READERS_WAIT = 10.0  # seconds the files of a removed container wait for its readers
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-ACTOR_RESTART_DELAY = 0.5
 
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet", "swift", "wise")
 _NOUNS = ("turing", "hopper", "lovelace", "ritchie", "thompson", "knuth", "liskov", "dijkstra", "hamilton", "perlman")
 
 
+@attrs.frozen
+class SupervisionPolicy:
+    """OTP's restart intensity: at most ``max_restarts`` actor restarts in ``window``
+    seconds, each after a backoff doubling from ``base_backoff`` up to ``max_backoff``
+    (crashes older than the window are forgotten, which resets the backoff)."""
+
+    max_restarts: int = 5
+    window: float = 60.0
+    base_backoff: float = 0.1
+    max_backoff: float = 5.0
+
+    def backoff(self, recent_crashes: int) -> float:
+        return float(min(self.max_backoff, self.base_backoff * 2 ** max(0, recent_crashes - 1)))
+
+
 class ContainerSupervisor:
-    def __init__(self, app: App) -> None:
-        self.app = app
+    """Implements the actors' ``Registry``: told when a container is gone for everyone."""
+
+    def __init__(self, containers_dir: Path, make_deps: Callable[[Registry], ActorDeps],
+                 *, policy: SupervisionPolicy | None = None) -> None:
+        self.containers_dir = containers_dir
+        self.deps = make_deps(self)
+        self.policy = policy or SupervisionPolicy()
         self.actors: dict[str, ContainerActor] = {}
         self.names: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -73,128 +94,81 @@ class ContainerSupervisor:
             "stopped": sum(s not in ACTIVE for s in states),
         }
 
+    def image_in_use(self, image_id: str) -> bool:
+        """Whether any container (running or not) was created from the image."""
+        return any(a.config.image_id == image_id for a in self.actors.values())
+
+    def running_ids(self) -> set[str]:
+        return {cid for cid, a in self.actors.items() if a.status.state in ACTIVE}
+
     # --- life of the supervisor --------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            loaded = await trio.to_thread.run_sync(self._load_all)
-            for config, status in loaded:
-                if status.state == ContainerState.CREATING:
-                    await self._discard_half_created(config)
-                    continue
-                if status.state == ContainerState.REMOVING:
-                    # removed already as far as anyone could see; its files were not
-                    self.finish_removal(ContainerActor(self, config, status))
-                    continue
-                actor = ContainerActor(self, config, status)
-                await self._spawn(actor)
-                actor.post("adopt")
-            await self._clean_stale_mounts()
             task_status.started(self)
             await trio.sleep_forever()
 
-    def _load_all(self) -> list[tuple[ContainerConfig, ContainerStatus]]:
-        found = []
-        containers_dir = self.app.layout.containers_dir
-        for entry in sorted(containers_dir.iterdir()) if containers_dir.exists() else []:
-            files = ContainerFiles(entry)
-            try:
-                config = files.read_config()
-                status = files.read_status()
-            except (OSError, ValueError, EngineError, Exception) as e:  # noqa: BLE001
-                log.error("skipping unreadable container %s: %s", entry.name, e)
-                continue
-            found.append((config, status))
-        return found
+    async def adopt(self, config: ContainerConfig, status: ContainerStatus) -> ContainerActor:
+        """Take over a container found on disk at start-up (live-restore)."""
+        actor = ContainerActor(self.deps, config, status)
+        await self._spawn(actor)
+        actor.notify(Adopt())
+        return actor
 
     async def _spawn(self, actor: ContainerActor) -> None:
-        assert self._nursery is not None
+        assert self._nursery is not None, "the supervisor is not running"
         self.actors[actor.id] = actor
         self.names[actor.name] = actor.id
         await self._nursery.start(self._supervise, actor)
 
     async def _supervise(self, actor: ContainerActor, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Run an actor; if its code crashes, start a fresh one from disk (the container
-        itself keeps running: only our bookkeeping restarts)."""
-        started = False
+        crashes: deque[float] = deque()
+        status = task_status
         while True:
             try:
-                if not started:
-                    await actor.run(task_status=task_status)
-                    started = True
-                else:
-                    await actor.run()
-            except Exception:
-                log.exception("actor of container %s crashed; restarting it", actor.name)
-                started = True
-                await trio.sleep(ACTOR_RESTART_DELAY)
-                config = await trio.to_thread.run_sync(actor.files.read_config)
-                status = await trio.to_thread.run_sync(actor.files.read_status)
-                actor = ContainerActor(self, config, status)
-                self.actors[actor.id] = actor
-                actor.post("adopt")
-                continue
-            if actor.removed:
-                self.actors.pop(actor.id, None)
-                if self.names.get(actor.name) == actor.id:
-                    self.names.pop(actor.name, None)
-            return
+                await actor.run(task_status=status)
+                return  # removed
+            except Exception as e:  # the actor has failed its callers already
+                reason = actor.crashed or f"{type(e).__name__}: {e}"
+            status = trio.TASK_STATUS_IGNORED
+            now = trio.current_time()
+            crashes.append(now)
+            while crashes and crashes[0] < now - self.policy.window:
+                crashes.popleft()
+            actor.emit("actor_crash", reason=reason, crashes=len(crashes))
+            if len(crashes) > self.policy.max_restarts:
+                await self._give_up(actor, reason, len(crashes))
+                return
+            await trio.sleep(self.policy.backoff(len(crashes)) * (1 + 0.1 * random.random()))
+            actor = await self._fresh_actor(actor)
+            actor.notify(Adopt())
 
-    def finish_removal(self, actor: ContainerActor) -> None:
-        """Free what a removed container still holds and delete its files, in the
-        background (``--rm``: the removal is told at once, the work follows)."""
-        assert self._nursery is not None
-        self._nursery.start_soon(self._complete_removal, actor)
+    async def _fresh_actor(self, old: ContainerActor) -> ContainerActor:
+        config, status = await trio.to_thread.run_sync(_read_container, old.files)
+        actor = ContainerActor(self.deps, config, status)
+        self.actors[actor.id] = actor
+        return actor
 
-    async def _complete_removal(self, actor: ContainerActor) -> None:
+    async def _give_up(self, actor: ContainerActor, reason: str, crashes: int) -> None:
+        message = (f"the daemon stopped supervising this container: its actor crashed {crashes} times "
+                   f"within {self.policy.window:g}s (last: {reason}); restart the daemon to retry")
+        log.error("container %s: %s", actor.name, message)
+        actor.status.error = message
         try:
-            # An attached `run --rm` reads the log to its end and replies first: the work
-            # below (process spawns, unmount) would only compete with it for the CPU.
-            with trio.move_on_after(ATTACHED_READERS_WAIT):
-                await actor.wait_attached_done()
-            await actor.release_run_resources()
-            await self.destroy_files(actor)
-        except EngineError as e:
-            log.error("removal of container %s is incomplete: %s; the daemon finishes it at "
-                      "its next start", actor.name, e)
+            await trio.to_thread.run_sync(actor.files.write_status, actor.status)
+        except OSError as e:
+            log.error("container %s: cannot record the give-up: %s", actor.name, e)
+        actor.abandon(message)
+        actor.emit("actor_give_up", reason=reason, crashes=crashes)
 
-    async def _discard_half_created(self, config: ContainerConfig) -> None:
-        log.info("removing half-created container %s", config.name)
-        storage = self.app.plugins.register.storage_drivers.get(self.app.config.storage_driver)
-        if storage is not None:
-            try:
-                await storage.remove_container(config.id)
-            except EngineError as e:
-                log.warning("cleanup of %s: %s", config.name, e)
-        await trio.to_thread.run_sync(self._remove_dirs, config.id)
-        self.app.events.emit("container", "destroy", config.id, name=config.name, reason="half-created")
+    def forget(self, actor: ContainerActor) -> None:
+        if self.actors.get(actor.id) is actor:
+            self.actors.pop(actor.id, None)
+        if self.names.get(actor.name) == actor.id:
+            self.names.pop(actor.name, None)
 
-    async def _clean_stale_mounts(self) -> None:
-        """Remove what interrupted storage operations left, and unmount the root
-        filesystems of containers that are not running (or no longer exist)."""
-        storage = self.app.plugins.register.storage_drivers.get(self.app.config.storage_driver)
-        cleanup = getattr(storage, "cleanup_stale", None)
-        if storage is None or cleanup is None:
-            return
-        try:
-            report = await cleanup()
-        except EngineError as e:
-            log.warning("stale storage cleanup failed: %s", e)
-            return
-        live = {cid for cid, a in self.actors.items() if a.status.state in ACTIVE}
-        for container_id in getattr(report, "mounted", []):
-            if container_id in live:
-                continue
-            try:
-                if container_id in self.actors:
-                    await storage.unmount(container_id)
-                else:
-                    await storage.remove_container(container_id)
-            except EngineError as e:
-                log.warning("stale mount of %s: %s", container_id, e)
-
-    # --- create ------------------------------------------------------------------------------
+    # --- create, rename ------------------------------------------------------------------------
 
     async def create(self, config: ContainerConfig) -> ContainerActor:
         async with self._registry_lock:
@@ -202,17 +176,14 @@ class ContainerSupervisor:
                 config.name = self._generate_name()
             self._check_name(config.name)
             config.id = config.id or new_container_id()
-            files = ContainerFiles(self.app.layout.container_dir(config.id))
-            status = ContainerStatus(state=ContainerState.CREATED)
-            run_dir = self.app.layout.run_container_dir(config.id)
+            actor = ContainerActor(self.deps, config, ContainerStatus(state=ContainerState.CREATED), new=True)
             try:
-                await trio.to_thread.run_sync(_write_new_container, files, config, status, run_dir)
+                await trio.to_thread.run_sync(_write_new_container, actor.files, config, actor.status,
+                                              actor.run_dir)
             except BaseException:
                 with trio.CancelScope(shield=True):  # a full disk must not leave half a container
-                    await trio.to_thread.run_sync(self._remove_dirs, config.id)
+                    await trio.to_thread.run_sync(_remove_container_dirs, actor)
                 raise
-            actor = ContainerActor(self, config, status)
-            actor.runtime_knows = False
             await self._spawn(actor)
         actor.emit("create")
         return actor
@@ -229,8 +200,6 @@ class ContainerSupervisor:
             )
 
     def _generate_name(self) -> str:
-        import random
-
         for _ in range(100):
             name = f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}"
             if name not in self.names:
@@ -245,47 +214,13 @@ class ContainerSupervisor:
                 return
             self._check_name(new_name)
             old = actor.name
-            await actor.call("rename", new_name=new_name)
+            await actor.call(Rename(new_name))  # applied whole (on disk first) or not at all
             self.names.pop(old, None)
             self.names[new_name] = actor.id
 
-    # --- storage and bundle, used by actors ----------------------------------------------------
 
-    async def prepare_rootfs(self, actor: ContainerActor) -> Path:
-        storage = self.app.storage()
-        return await storage.mount(actor.id, list(actor.config.layers), read_only=False)
-
-    async def release_rootfs(self, actor: ContainerActor) -> None:
-        storage = self.app.plugins.register.storage_drivers.get(self.app.config.storage_driver)
-        if storage is None:
-            return
-        try:
-            await storage.unmount(actor.id)
-        except EngineError as e:
-            log.warning("container %s: unmount failed: %s", actor.name, e)
-
-    async def write_bundle(self, actor: ContainerActor, rootfs: Path) -> Path:
-        from engine.supervisor.bundle import spec_options
-
-        bundle = actor.bundle_dir
-        options = spec_options(actor.config, actor.status, rootfs)
-        # A runtime may add what only it understands (crun: the precompiled seccomp program).
-        adapt = getattr(self.app.runtime(actor.config.runtime), "adapt_spec", None)
-        await trio.to_thread.run_sync(_write_spec, bundle, options, adapt)
-        return bundle
-
-    async def destroy_files(self, actor: ContainerActor) -> None:
-        storage = self.app.plugins.register.storage_drivers.get(self.app.config.storage_driver)
-        if storage is not None:
-            await storage.remove_container(actor.id)
-        hooks = self.app.services.get("container_destroy_hooks", [])
-        for hook in hooks:
-            await hook(actor)
-        await trio.to_thread.run_sync(self._remove_dirs, actor.id)
-
-    def _remove_dirs(self, container_id: str) -> None:
-        shutil.rmtree(self.app.layout.run_container_dir(container_id), ignore_errors=True)
-        shutil.rmtree(self.app.layout.container_dir(container_id), ignore_errors=True)
+def _read_container(files: ContainerFiles) -> tuple[ContainerConfig, ContainerStatus]:
+    return files.read_config(), files.read_status()
 
 
 def _write_new_container(files: ContainerFiles, config: ContainerConfig, status: ContainerStatus,
@@ -297,19 +232,8 @@ def _write_new_container(files: ContainerFiles, config: ContainerConfig, status:
     files.write_status(status)
 
 
-def _write_spec(bundle: Path, options: SpecOptions,
-                adapt: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-    spec = build_spec(options)
-    if adapt is not None:
-        spec = adapt(spec)
-    bundle.mkdir(parents=True, exist_ok=True)
-    # compact: the runtime reads it, and it is written at every start
-    data = json.dumps(spec, separators=(",", ":")).encode()
-    write_bytes_atomic(bundle / "config.json", data, durable=False)
+def _remove_container_dirs(actor: ContainerActor) -> None:
+    from engine.actors.model import remove_tree
 
-
-async def start_containers(app: App, nursery: trio.Nursery) -> None:
-    supervisor = ContainerSupervisor(app)
-    app.services["containers"] = supervisor
-    await nursery.start(supervisor.run)
-
+    remove_tree(actor.run_dir)
+    remove_tree(actor.files.dir)

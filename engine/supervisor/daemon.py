@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import grp
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from engine.actors.deps import ActorDeps, ActorSettings, Registry
 from engine.errors import ConfigError, EngineError, Unavailable
 from engine.pluginmanager import load_plugins
 from engine.rpc.methods import MethodTable
@@ -46,17 +47,62 @@ from engine.supervisor.logs import set_level, setup_logging
 
 log = logging.getLogger("engine.daemon")
 
-# Each subsystem is an async function ``start(app, nursery)`` run at start-up, in order,
-# after the plugins are loaded; it reconciles its on-disk state before the RPC listens.
-Subsystem = Callable[[App, trio.Nursery], Awaitable[None]]
+async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
+    """Bring up images, networking and containers, in that order, then reconcile what is
+    on disk (``engine.supervisor.reconcile``) before anything is served."""
+    from engine.network.service import ContainerNetworking
+    from engine.supervisor.containers import ContainerSupervisor
+    from engine.supervisor.reconcile import reconcile_at_start
+
+    app.availability.start(nursery)
+    await app.check_plugins()
+    await open_image_store(app)
+    app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
+    supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
+    await nursery.start(supervisor.run)
+    app.services.containers = supervisor
+    await reconcile_at_start(app, supervisor)
 
 
-def subsystems() -> list[Subsystem]:
-    from engine.api.images import start_images
-    from engine.network.service import start_networking
-    from engine.supervisor.containers import start_containers
+def actor_deps(app: App, registry: Registry) -> ActorDeps:
+    """What every container actor gets: the daemon's parts behind narrow protocols."""
+    from engine.supervisor.app import RootfsAccess
+    from engine.supervisor.bundle import Bundles
 
-    return [start_images, start_networking, start_containers]
+    return ActorDeps(
+        runtimes=app,
+        rootfs=RootfsAccess(app),
+        bundles=Bundles(),
+        publish=app.events.publish,
+        registry=registry,
+        container_dir=app.layout.container_dir,
+        run_dir=app.layout.run_container_dir,
+        network=app.services.network,
+        settings=ActorSettings(
+            log_size_max=app.config.log_size_max,
+            runtime_timeout=app.config.runtime_timeout,
+            cleanup_timeout=app.config.runtime_timeout,
+        ),
+    )
+
+
+async def open_image_store(app: App) -> None:
+    """The image store over the storage driver; unavailable (with the reason) without one."""
+    from engine.images.content import ContentStore
+    from engine.images.store import ImageStore
+
+    try:
+        storage = app.storage()
+    except EngineError as e:
+        log.error("images are unavailable: %s", e)
+        app.services.images_error = str(e)
+        return
+    layout = app.layout
+
+    def open_store() -> ImageStore:
+        return ImageStore(layout, ContentStore(layout.blobs_dir, layout.ingest_dir), storage)
+
+    app.services.images = await trio.to_thread.run_sync(open_store)
 
 
 class RootLock:
@@ -136,7 +182,7 @@ def reload_config(app: App) -> None:
     """SIGHUP: re-read the file; apply what can change at run time, report the rest."""
     try:
         fields = load_config_file(app.config_path, required=True) if app.config_path else {}
-        new = build_config(fields, app.services.get("flags", {}), str(app.config_path or "flags"))
+        new = build_config(fields, app.services.flags, str(app.config_path or "flags"))
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
         return
@@ -150,7 +196,7 @@ def reload_config(app: App) -> None:
         if getattr(new, n) != getattr(app.config, n)
     ]
     set_level(app.config.log_level)
-    for hook in app.services.get("reload_hooks", []):
+    for hook in app.services.reload_hooks:
         hook(app)
     log.info("configuration reloaded", extra={"changed": ",".join(changed) or "none",
                                               "needs_restart": ",".join(ignored) or "none"})
@@ -178,13 +224,12 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
     try:
         plugins = load_plugins(config.to_plugin_dict())
         app = App(config, config_path, layout, plugins)
-        app.services["flags"] = flags
+        app.services.flags = flags
         server = RPCServer(build_methods(), app)
-        app.services["rpc"] = server
+        app.services.rpc = server
         with trio.CancelScope() as stop:
             async with trio.open_nursery() as nursery:
-                for start in subsystems():
-                    await start(app, nursery)
+                await start_subsystems(app, nursery)
                 sockets = await _listen(app, server, nursery)
                 layout.pid_file.write_text(f"{os.getpid()}\n")
                 nursery.start_soon(_handle_signals, app, stop)

@@ -69,7 +69,7 @@ def test_sigkill_of_the_daemon_then_restart_and_removal_leave_no_trace(
                 scope.container_ids.add(cid)
                 c.call("container.start", id=cid)
                 if net != "none":
-                    ports.append(c.call("container.inspect", id=cid)["NetworkSettings"]["Ports"][0]["host_port"])
+                    ports.append(c.call("container.inspect", id=cid)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
         for i, port in enumerate(ports):
             assert wait_http(f"http://127.0.0.1:{port}/") == f"c{i}\n"
         d.kill9()

@@ -26,9 +26,9 @@ def test_http_server_answers_on_its_published_ports(engine: Daemon) -> None:
     assert wait_http(f"http://127.0.0.1:{fixed}/") == "eighty\n"
     # -p CTR: the host port was chosen at create and is what inspect (engctl port) shows.
     info = engine.call("container.inspect", id=cid)
-    ports = {(p["container_port"], p["protocol"]): p["host_port"] for p in info["NetworkSettings"]["Ports"]}
-    assert ports[(80, "tcp")] == fixed
-    chosen = ports[(8081, "tcp")]
+    published = info["NetworkSettings"]["Ports"]
+    assert published["80/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": str(fixed)}]
+    chosen = int(published["8081/tcp"][0]["HostPort"])
     assert chosen > 0 and chosen != fixed
     assert wait_http(f"http://127.0.0.1:{chosen}/") == "other\n"
     # The container got an address on the default network, shown like docker shows it.
@@ -36,7 +36,7 @@ def test_http_server_answers_on_its_published_ports(engine: Daemon) -> None:
     assert ip.startswith("10.89.0.") and info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == ip
     assert wait_http(f"http://{ip}/") == "eighty\n"
     summary = engine.call("container.list")[0]
-    assert {(p["host_port"], p["container_port"]) for p in summary["Ports"]} == {(fixed, 80), (chosen, 8081)}
+    assert {(p["PublicPort"], p["PrivatePort"]) for p in summary["Ports"]} == {(fixed, 80), (chosen, 8081)}
     # Not checked here: that a restart keeps the ports. A container started again after a
     # stop is often killed at once (exit 137) by the life cycle, networking or not.
 

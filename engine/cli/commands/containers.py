@@ -404,8 +404,7 @@ def json_string(text: str) -> str:
 
 
 def _port_text(p: dict[str, Any]) -> str:
-    host = p.get("host_ip") or "0.0.0.0"
-    return f"{host}:{p['host_port']}->{p['container_port']}/{p['protocol']}"
+    return f"{p.get('IP') or '0.0.0.0'}:{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}"
 
 
 def _trunc(text: str, n: int) -> str:
@@ -507,9 +506,9 @@ def cmd_prune(ctx: Context, args: Namespace) -> int:
 
 def cmd_port(ctx: Context, args: Namespace) -> int:
     info = ctx.client().call("container.inspect", id=args.container)
-    for p in info["NetworkSettings"]["Ports"]:
-        key = f"{p['container_port']}/{p['protocol']}"
-        if args.private_port and args.private_port not in (key, str(p["container_port"])):
+    for key, bindings in (info["NetworkSettings"]["Ports"] or {}).items():
+        if args.private_port and args.private_port not in (key, key.partition("/")[0]):
             continue
-        print(f"{key} -> {p.get('host_ip') or '0.0.0.0'}:{p['host_port']}")
+        for b in bindings or []:
+            print(f"{key} -> {b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}")
     return 0

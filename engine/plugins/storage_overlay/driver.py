@@ -28,12 +28,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-import attrs
 import trio
 
 from engine.errors import Conflict, InvalidArgument, NotFound
 from engine.images.content import check_digest
-from engine.plugin import Availability, LayerInfo, StorageUsage
+from engine.plugin import Availability, LayerInfo, StaleReport, StorageUsage
 from engine.store.atomic import read_json, syncfs, write_json_atomic
 from engine.store.layout import Layout
 
@@ -47,14 +46,6 @@ _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
-
-
-@attrs.frozen
-class StaleReport:
-    """What start-up reconciliation found: debris it removed, containers still mounted."""
-
-    removed: list[str]
-    mounted: list[str]
 
 
 class _KeyedLocks:

@@ -1,8 +1,18 @@
-"""Restart policies as a pure function (containerd's restart.go, with backoff).
+"""Restart policies as a pure function: the one place that decides whether a container that
+is not running should run again (containerd's restart.go and moby's restartmanager, with
+backoff).
 
 ``decide`` looks at the policy, how the container ended and its restart history, and says
 whether to restart and after how long: exponential backoff (100 ms doubling, capped at
 60 s) with jitter, reset once a run has lasted ``RESET_AFTER`` seconds.
+
+Two moments ask it, with docker's semantics for each:
+
+- the runtime reported an exit (``daemon_starting=False``): a container the user stopped is
+  never restarted; otherwise the policy decides;
+- the daemon starts and finds the container not running (``daemon_starting=True``):
+  ``always`` starts it even if the user had stopped it, ``unless-stopped`` only if the user
+  had not, ``on-failure[:N]`` if it failed and has retries left; no delay.
 """
 
 from __future__ import annotations
@@ -64,20 +74,20 @@ def decide(
     daemon_starting: bool = False,
     rng: random.Random | None = None,
 ) -> Restart | NoRestart:
-    if stopped_by_user:
-        return NoRestart("stopped by the user")
     if policy.name == "no":
         return NoRestart("restart policy is no")
+    if stopped_by_user and not (daemon_starting and policy.name == "always"):
+        return NoRestart("stopped by the user")
     if policy.name == "on-failure":
         if exit_code == 0:
             return NoRestart("exited successfully (on-failure)")
         if policy.max_retries and restart_count >= policy.max_retries:
             return NoRestart(f"gave up after {restart_count} restarts (on-failure:{policy.max_retries})")
+    what = "signal " + str(exit_code - 128) if exit_code > 128 else f"code {exit_code}"
+    if daemon_starting:
+        return Restart(0.0, f"daemon start (exited with {what}); policy {policy}")
     # Backoff grows with consecutive quick failures; a long healthy run resets it.
     attempt = 0 if run_seconds >= RESET_AFTER else restart_count
     delay = min(MAX_DELAY, BASE_DELAY * (2**attempt))
     delay *= 1 + 0.1 * (rng or random).random()
-    if daemon_starting:
-        delay = 0.0
-    what = "signal " + str(exit_code - 128) if exit_code > 128 else f"code {exit_code}"
     return Restart(delay, f"exited with {what}; policy {policy}")
