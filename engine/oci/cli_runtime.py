@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import trio
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
 from engine.oci import conmon
 from engine.oci.exec import ExecHandle
-from engine.oci.runtime_errors import start_error
+from engine.oci.runtime_errors import runtime_message, start_error
 from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
 
 _NOT_FOUND = re.compile(
@@ -40,7 +41,7 @@ _WRONG_STATE = re.compile(
     r"|container not|is in state|cannot (kill|pause|resume|delete) .*(state|status)",
     re.I,
 )
-_LOGRUS_MSG = re.compile(r'level=\w+ msg="((?:[^"\\]|\\.)*)"')
+EXEC_REAPER = Path(__file__).with_name("exec_reaper.py")
 _DEFAULT_PROCESS: dict[str, Any] = {
     "terminal": False,
     "user": {"uid": 0, "gid": 0},
@@ -49,19 +50,13 @@ _DEFAULT_PROCESS: dict[str, Any] = {
 }
 
 
-def runtime_message(stderr: bytes) -> str:
-    """The runtime's own words: logrus ``msg="..."`` for runc, the plain text for crun."""
-    text = stderr.decode("utf-8", "replace").strip()
-    found = _LOGRUS_MSG.findall(text)
-    if found:
-        return "; ".join(m.encode().decode("unicode_escape") for m in found)
-    return text
-
-
 class CLIRuntime:
     """A runc-compatible CLI runtime driven through conmon. See the module docstring."""
 
     name: str = "oci"
+    # runc's non-detached exec waits until every holder of the process's output closes it
+    # (a background process keeps it open for ever): such runtimes exec through the reaper.
+    exec_through_reaper: bool = True
 
     def __init__(
         self,
@@ -218,7 +213,10 @@ class CLIRuntime:
             _write_exec_files, spec, work_dir, container_id
         )
         argv = [binary, *self.global_args(), "exec", "--process", str(spec_file),
-                "--pid-file", str(pid_file), container_id]  # fmt: skip
+                "--pid-file", str(pid_file), container_id]
+        if self.exec_through_reaper:
+            # `exec --detach`, and the reaper waits for the process itself (see exec_reaper).
+            argv = [sys.executable, "-S", "-E", str(EXEC_REAPER), *argv[:-1], "--detach", container_id]
         try:
             proc = await trio.lowlevel.open_process(
                 argv,

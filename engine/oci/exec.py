@@ -24,6 +24,28 @@ from types import TracebackType
 
 import trio
 
+from engine.errors import CommandNotExecutable, CommandNotFound
+from engine.oci.runtime_errors import runtime_message, start_error
+
+TAIL = 4096  # bytes of stderr kept to explain an exec the runtime could not start
+
+
+class _TailRecorder(trio.abc.ReceiveStream):
+    """A receive stream that remembers the last bytes it passed on."""
+
+    def __init__(self, inner: trio.abc.ReceiveStream) -> None:
+        self.inner = inner
+        self.tail = bytearray()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.tail += data
+        del self.tail[:-TAIL]
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
 
 class ExecHandle:
     """A running exec; see the module docstring. Created by ``CLIRuntime.exec``."""
@@ -34,8 +56,11 @@ class ExecHandle:
         self._pid_file = pid_file
         assert process.stdout is not None and process.stderr is not None
         self.stdout: trio.abc.ReceiveStream = process.stdout
-        self.stderr: trio.abc.ReceiveStream = process.stderr
+        self.stderr: trio.abc.ReceiveStream = _TailRecorder(process.stderr)
         self.stdin: trio.abc.SendStream | None = process.stdin
+        # Whether the runtime got as far as starting the process (it writes the pid file
+        # then): a failed exec that never started is the runtime's error, not the command's.
+        self.started: bool | None = None
 
     @property
     def pid(self) -> int | None:
@@ -46,9 +71,17 @@ class ExecHandle:
             return None
 
     async def wait(self) -> int:
-        """Wait for the process to end; its exit code (128+N if killed by signal N)."""
+        """Wait for the process to end; its exit code (128+N if killed by signal N). When
+        the runtime could not start the command at all: docker's 127 (not found) or 126
+        (not executable, or any other runtime failure), read from the runtime's message."""
         rc = await self._process.wait()
+        if self.started is None:
+            self.started = await trio.to_thread.run_sync(self._pid_file.exists)
         self._cleanup()
+        if rc != 0 and not self.started:
+            assert isinstance(self.stderr, _TailRecorder)
+            error = start_error("exec", runtime_message(bytes(self.stderr.tail)))
+            return error.exit_code if isinstance(error, CommandNotFound | CommandNotExecutable) else 126
         return 128 - rc if rc < 0 else rc
 
     async def kill(self, sig: int = signal_module.SIGKILL) -> None:

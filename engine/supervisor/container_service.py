@@ -31,6 +31,7 @@ log = logging.getLogger("engine.containers")
 
 AUTO_REMOVE_WAIT = 30.0  # seconds an attached `run --rm` waits for the removal
 FAILED_RUN_REMOVE_WAIT = 30.0  # seconds a `run --rm` whose start failed waits for the removal
+EXEC_OUTPUT_IDLE = 0.1  # seconds without output, after an exec's process ended, to stop reading
 MAX_STOP_TIMEOUT = 10 * 365 * 24 * 3600  # seconds; docker's -1 means for ever
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -381,17 +382,36 @@ class ContainerService:
 
 
 async def pump_exec(handle: Any, send: Send) -> int:
-    """Forward an exec's stdout/stderr as stream items; return its exit code. A command the
-    runtime could not run at all becomes docker's 127/126 with the runtime's message."""
+    """Forward an exec's stdout/stderr as stream items; return its exit code.
+
+    The exec ends when its process does: output still in flight is forwarded while it keeps
+    coming, then reading stops. Processes it started in the background keep running (and
+    may keep the pipes open): docker's exec returns all the same."""
+    received = [0]
+    open_streams = [0]
+    all_closed = trio.Event()
 
     async def forward(name: str, source: Any) -> None:
-        if source is None:
-            return
-        async for chunk in source:
-            await send({"stream": name, "data": chunk})
+        open_streams[0] += 1
+        try:
+            async for chunk in source:
+                received[0] += 1
+                await send({"stream": name, "data": chunk})
+        finally:
+            open_streams[0] -= 1
+            if open_streams[0] == 0:
+                all_closed.set()
 
     async with handle:  # leaving early (client gone) kills the exec'd process
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward, "stdout", handle.stdout)
             nursery.start_soon(forward, "stderr", handle.stderr)
-        return int(await handle.wait())
+            code = int(await handle.wait())
+            while True:
+                seen = received[0]
+                with trio.move_on_after(EXEC_OUTPUT_IDLE):
+                    await all_closed.wait()
+                if all_closed.is_set() or received[0] == seen:
+                    break
+            nursery.cancel_scope.cancel()
+        return code

@@ -48,6 +48,10 @@ def hybrid_fix(controllers: list[str], root: Path = CGROUP_ROOT) -> str:
 class CrunRuntime(CLIRuntime):
     """``crun`` with its state under ``state_root`` (``--root``) and cgroupfs cgroups."""
 
+    # crun hands the process our pipes and returns when it exits; its detached exec would
+    # leave two zombie crun processes in the container's pid namespace per exec.
+    exec_through_reaper = False
+
     def __init__(
         self,
         state_root: Path,
