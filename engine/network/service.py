@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import trio
 
-from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, PortMapping
+from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus
+from engine.convert import ValidationError, disk
 from engine.errors import (
     AlreadyExists,
     Conflict,
@@ -49,7 +49,6 @@ NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/di
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
 ISOLATION_RETRIES = 4
-_converter = cattrs.Converter()
 
 
 @attrs.frozen
@@ -75,14 +74,6 @@ def mode_kind(mode: str) -> str:
     if mode.startswith(CONTAINER_PREFIX):
         return "container"
     return "bridge"
-
-
-def _to_model(mappings: list[ports.PortMapping]) -> list[PortMapping]:
-    return [PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
-
-
-def _to_cni(mappings: list[PortMapping]) -> list[ports.PortMapping]:
-    return [ports.PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
 
 
 def _mount(source: Path, destination: str) -> dict[str, Any]:
@@ -166,7 +157,7 @@ class ContainerNetworking:
             lambda: ports.parse_all(publish, exposed, config.publish_all))
         config.network_mode = mode
         config.networks = [mode]
-        config.ports = [*config.ports, *_to_model(mappings)]
+        config.ports = [*config.ports, *mappings]
 
     def _resolve_container(self, ref: str, config: ContainerConfig) -> str:
         if not ref:
@@ -188,7 +179,7 @@ class ContainerNetworking:
     def _read_memberships(self, config: ContainerConfig) -> list[Membership]:
         path = self._memberships_path(config.id)
         try:
-            return _converter.structure(read_json(path), _Memberships).networks
+            return disk.structure(read_json(path), _Memberships).networks
         except FileNotFoundError:
             pass
         if mode_kind(config.network_mode) != "bridge":
@@ -198,7 +189,7 @@ class ContainerNetworking:
 
     def _write_memberships(self, container_id: str, members: list[Membership]) -> None:
         write_json_atomic(self._memberships_path(container_id),
-                          _converter.unstructure(_Memberships(members)))
+                          disk.unstructure(_Memberships(members)))
 
     async def memberships(self, config: ContainerConfig) -> list[Membership]:
         return await trio.to_thread.run_sync(self._read_memberships, config)
@@ -239,7 +230,7 @@ class ContainerNetworking:
             network = await self._network_for_start(member.network, config)
             res = await self._attach(
                 network, config.id, ns, ifname=f"eth{index}",
-                port_mappings=_to_cni(config.ports) if index == 0 else (),
+                port_mappings=config.ports if index == 0 else (),
                 name=config.name, aliases=member.aliases, etc_dir=etc_dir,
             )
             results.append(res)
@@ -518,7 +509,7 @@ def _running_ids(containers_dir: Path) -> set[str]:
     for entry in entries:
         try:
             status = ContainerFiles(entry).read_status()
-        except (OSError, ValueError, cattrs.BaseValidationError) as e:
+        except (OSError, ValueError, ValidationError) as e:
             # Unreadable: keep its networking rather than cut a live container off.
             log.warning("container %s: unreadable status (%s); keeping its network", entry.name, e)
             keep.add(entry.name)
