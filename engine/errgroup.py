@@ -23,6 +23,11 @@ def leaves(exc: BaseException) -> list[BaseException]:
     return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
 
 
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) groups; ``exc`` itself when it is no group."""
+    return leaves(exc)[0]
+
+
 def engine_errors(exc: BaseException) -> list[EngineError]:
     """Every ``EngineError`` in ``exc`` when that is all it holds; ``[]`` when it holds
     anything else too (a bug or a cancellation must not be reported as a usage error)."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine.errgroup import engine_errors, leaves, unwrap_engine_errors, unwrap_single_error
+from engine.errgroup import (
+    engine_errors,
+    first_leaf,
+    leaves,
+    unwrap_engine_errors,
+    unwrap_single_error,
+)
 from engine.errors import InvalidArgument, NotFound, Unavailable
 
 
@@ -14,6 +20,7 @@ def test_leaves_walk_nested_groups_in_order() -> None:
     group = BaseExceptionGroup("outer", [ExceptionGroup("inner", [a, b]), c])
     assert leaves(group) == [a, b, c]
     assert leaves(a) == [a]
+    assert first_leaf(group) is a and first_leaf(c) is c
 
 
 def test_engine_errors_of_a_nested_group() -> None:
