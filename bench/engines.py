@@ -148,6 +148,16 @@ def _hard_limit(which: int, cap: int) -> int:
     return cap if hard == resource.RLIM_INFINITY else min(hard, cap)
 
 
+# The network backend start() configures, and the helper binaries it needs. Debian's podman
+# only *recommends* them: installed with --no-install-recommends, every pull and run fails
+# with 'could not find "netavark"'. scripts/bench.sh installs these packages with podman.
+PODMAN_NETWORK_BACKEND = "netavark"
+PODMAN_HELPERS = ("netavark", "aardvark-dns")  # each the name of its binary and apt package
+# podman 4.3's default helper_binaries_dir
+PODMAN_HELPER_DIRS = ("/usr/local/libexec/podman", "/usr/local/lib/podman", "/usr/libexec/podman",
+                      "/usr/lib/podman")
+
+
 @attrs.define
 class Podman(Engine):
     registry: str = ""
@@ -162,8 +172,15 @@ class Podman(Engine):
         }
 
     @staticmethod
-    def missing() -> str | None:
-        return None if shutil.which("podman") else "podman is not installed (apt-get install podman)"
+    def missing(helper_dirs: tuple[str, ...] = PODMAN_HELPER_DIRS) -> str | None:
+        install = f"apt-get install podman {' '.join(PODMAN_HELPERS)}"
+        if not shutil.which("podman"):
+            return f"podman is not installed ({install})"
+        for helper in PODMAN_HELPERS:
+            if not any(Path(d, helper).is_file() for d in helper_dirs):
+                return (f"podman's {helper} is not installed, and the harness configures the "
+                        f"{PODMAN_NETWORK_BACKEND} backend ({install})")
+        return None
 
     def start(self) -> None:
         b = self.base
@@ -185,7 +202,7 @@ class Podman(Engine):
             'runtime = "crun"\n'
             f'tmp_dir = "{self.run_base}/tmp"\n'
             "[network]\n"
-            'network_backend = "netavark"\n'
+            f'network_backend = "{PODMAN_NETWORK_BACKEND}"\n'
             f'network_config_dir = "{b}/networks"\n')
         (b / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\nrunroot = "{self.run_base}/run"\ngraphroot = "{b}/storage"\n'

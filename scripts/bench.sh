@@ -7,9 +7,11 @@
 #   scripts/bench.sh --help     every option of bench/run.py
 #
 # Installs what it needs first: the project's own set-up (scripts/setup.sh install), then
-# podman and docker.io from apt (services are not started: dockerd is started by the harness,
-# with iptables off, and stopped by pid) and matplotlib into .venv for the plot. A peer that
-# cannot be installed is skipped with the reason printed. Needs root.
+# podman (with netavark and aardvark-dns, the network backend the harness configures: Debian's
+# podman only recommends them, and --no-install-recommends leaves them out) and docker.io from
+# apt (services are not started: dockerd is started by the harness, with iptables off, and
+# stopped by pid) and matplotlib into .venv for the plot. A peer that cannot be installed is
+# skipped with the reason printed. Needs root.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$HERE/.venv"
@@ -24,9 +26,13 @@ done
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
+# Every package the peers need, named one by one: they are installed without recommends.
+# (bench/engines.py PODMAN_HELPERS; tests/bench checks the two lists agree.)
+PEER_PACKAGES=(podman netavark aardvark-dns docker.io)
+
 install_peers() {
     local missing=()
-    for p in podman docker.io; do installed "$p" || missing+=("$p"); done
+    for p in "${PEER_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]} (apt)"
     # Without systemd, Debian's maintainer scripts would start dockerd through init.d with

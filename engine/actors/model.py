@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from cattrs.preconf.json import make_converter
 
 from engine.actors.state import ContainerState
+from engine.convert import disk
 from engine.store.atomic import write_bytes_atomic
-
-converter = make_converter()
 
 
 @attrs.define
@@ -36,12 +34,14 @@ class TmpfsMount:
     options: str = ""
 
 
-@attrs.define
+@attrs.frozen
 class PortMapping:
+    """A published port (``-p``); engine.network.ports parses them and hands them to CNI."""
+
     host_port: int
     container_port: int
-    protocol: str = "tcp"
-    host_ip: str = ""
+    protocol: str = "tcp"  # tcp | udp | sctp
+    host_ip: str = ""  # "" = every host address
 
 
 @attrs.define
@@ -133,7 +133,7 @@ class ContainerFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         # A --rm container is removed after any power loss anyway (docker does the same),
         # so only the others pay for the fsyncs.
-        write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode(),
+        write_bytes_atomic(self.config_path, json.dumps(disk.unstructure(config)).encode(),
                            durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
@@ -147,11 +147,11 @@ class ContainerFiles:
         write_bytes_atomic(self.state_path, data, durable=False)
 
     def read_config(self) -> ContainerConfig:
-        return converter.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
+        return disk.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
 
     def read_status(self) -> ContainerStatus:
         try:
-            return converter.structure(json.loads(self.state_path.read_bytes()), ContainerStatus)
+            return disk.structure(json.loads(self.state_path.read_bytes()), ContainerStatus)
         except FileNotFoundError:
             return ContainerStatus()
 
@@ -159,7 +159,7 @@ class ContainerFiles:
 def encode_status(status: ContainerStatus) -> bytes:
     """The status as it goes to disk. Cheap: the actor takes this snapshot on the event loop
     and hands the bytes to a worker thread, so the loop may change the status meanwhile."""
-    return json.dumps(converter.unstructure(status)).encode()
+    return json.dumps(disk.unstructure(status)).encode()
 
 
 def primary_ip(network_details: dict[str, Any]) -> str:

@@ -21,11 +21,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 # argparse's own values, so the command modules need not import argparse.
 REMAINDER = "..."
 SUPPRESS = "==SUPPRESS=="
+
+# docker's exit code for an engine or usage error (an unknown flag, a missing argument);
+# argparse's own is 2, which docker scripts would read as the container's exit code.
+EXIT_USAGE = 125
 
 _VARIADIC = ("?", "+", "*")
 
@@ -92,10 +96,8 @@ class Parser:
     def build(self) -> argparse.ArgumentParser:
         """The real argparse parser for this recording (made once)."""
         if self._built is None:
-            import argparse
-
             options = {k: v for k, v in self.kwargs.items() if k not in ("help", "aliases")}
-            self._replay(argparse.ArgumentParser(prog=self.prog, **options))
+            self._replay(_usage_error_parser()(prog=self.prog, **options))
         assert self._built is not None
         return self._built
 
@@ -110,6 +112,55 @@ class Parser:
                 real_sub = real.add_subparsers(**first.kwargs)
                 for name, child in first.parsers.items():
                     child._replay(real_sub.add_parser(name, **child.kwargs))
+
+
+def _usage_error_parser() -> type[argparse.ArgumentParser]:
+    """argparse's parser, but a usage error exits with ``EXIT_USAGE`` and names the command
+    whose help to read. Sub-parsers are made with their parent's class, so every command's
+    errors exit the same way. (Made here: argparse is imported only when the fast path gives
+    up.)"""
+    global _UsageErrorParser
+    if _UsageErrorParser is not None:
+        return _UsageErrorParser
+    import argparse
+    import sys
+
+    class UsageErrorParser(argparse.ArgumentParser):
+        def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+            # argparse would say "unrecognized arguments" from the top-level parser, which
+            # does not say which command they were given to
+            argv = list(sys.argv[1:] if args is None else args)
+            ns, extras = self.parse_known_args(argv, namespace)
+            if extras:
+                kind = "unknown flag" if extras[0].startswith("-") else "unexpected argument"
+                where = _command_words(self, argv)
+                self.error(f"{kind}: {' '.join(extras)}\nSee '{where} --help'.")
+            return ns
+
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    _UsageErrorParser = UsageErrorParser
+    return UsageErrorParser
+
+
+_UsageErrorParser: type[argparse.ArgumentParser] | None = None
+
+
+def _command_words(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """The program and (sub-)command words ``argv`` names: ``engctl network create``."""
+    words = parser.prog
+    while True:
+        choices: dict[str, argparse.ArgumentParser] = {}
+        for action in parser._actions:
+            if action.choices is not None and action.nargs == "A...":  # argparse.PARSER
+                choices = action.choices  # type: ignore[assignment]
+        found = next((i for i, word in enumerate(argv) if word in choices), None)
+        if found is None:
+            return words
+        parser, argv = choices[argv[found]], argv[found + 1 :]
+        words = parser.prog
 
 
 class _GiveUp(Exception):

@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 import trio
 
+from engine.compression import decompress_errors, open_decompressed, sniff_file
 from engine.errors import DigestMismatch, InvalidArgument, NotFound
 from engine.images import types as t
 from engine.images.archive_files import (
@@ -34,9 +35,7 @@ from engine.images.archive_files import (
     DirFiles,
     TarFiles,
     file_sha256,
-    open_decompressed,
     read_small,
-    sniff_compression,
 )
 from engine.images.changes import apply_changes
 from engine.images.content import sha256_digest
@@ -205,7 +204,7 @@ def _docker_layer(loader: _Loader, name: str, diff_id: str) -> dict[str, Any]:
         return loader.layers[name]
     path = loader.files.path(name)
     digest, size = file_sha256(path)
-    kind = sniff_compression(path)
+    kind = sniff_file(path)
     if kind == "none" and digest != diff_id:
         raise DigestMismatch(
             f"{loader.files.origin}: layer {name!r} has digest {digest} but the config says "
@@ -377,7 +376,7 @@ def _write_docker_archive(
 
 def _add_uncompressed(tar: tarfile.TarFile, name: str, blob: Path, dest: Path) -> None:
     """docker-archive layers are plain tars whose digest is the diff_id."""
-    if sniff_compression(blob) == "none":
+    if sniff_file(blob) == "none":
         _tar_add(tar, name, blob)
         return
     plain = dest.with_name(f".{dest.name}.layer-{os.getpid()}")
@@ -507,7 +506,7 @@ def _import_spec(
     try:
         with open_decompressed(tar_path) as src, open(plain, "wb") as out:
             shutil.copyfileobj(src, out, 1024 * 1024)
-    except (OSError, EOFError) as e:
+    except decompress_errors() + (OSError,) as e:
         raise InvalidArgument(f"{tar_path}: cannot decompress ({e})") from None
     if not tarfile.is_tarfile(plain):
         raise InvalidArgument(f"{tar_path} is not a tar archive (plain, gzip or zstd)")

@@ -16,15 +16,12 @@ import posixpath
 import shutil
 import tarfile
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 from engine.errors import InvalidArgument, NotFound, ResourceExhausted, UnsafeContent
 
 MAX_JSON_BYTES = 8 * 1024 * 1024  # manifests, configs, index.json: small documents
 _LINK_DEPTH = 16
-
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class ArchiveFiles(Protocol):
@@ -159,26 +156,3 @@ def file_sha256(path: Path) -> tuple[str, int]:
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256")
     return "sha256:" + digest.hexdigest(), path.stat().st_size
-
-
-def sniff_compression(path: Path) -> str:
-    """``gzip``, ``zstd`` or ``none``, from the magic bytes."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    return "none"
-
-
-def open_decompressed(path: Path) -> IO[bytes]:
-    """A stream of the uncompressed bytes of a (maybe gzip or zstd) file."""
-    kind = sniff_compression(path)
-    if kind == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if kind == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")

@@ -24,19 +24,18 @@ content store, never a half-recorded image (nor a half-unpacked layer: see clean
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import inspect
 import json
 import platform as _platform
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from engine.compression import decompress_errors, open_decompressed
 from engine.errgroup import unwrap_engine_errors
 from engine.errors import EngineError, InvalidArgument, NotFound
 from engine.images.content import ContentStore, sha256_digest
@@ -405,17 +404,14 @@ async def _convert_schema1(
 
 
 def _diff_id(blob: Path) -> str:
-    """sha256 of the uncompressed tar (gzip or plain), streamed."""
+    """sha256 of the uncompressed tar (gzip, zstd or plain), streamed."""
     digest = hashlib.sha256()
-    with open(blob, "rb") as f:
-        magic = f.read(2)
-        f.seek(0)
-        reader = gzip.GzipFile(fileobj=f) if magic == b"\x1f\x8b" else f
-        try:
+    try:
+        with open_decompressed(blob) as reader:
             while chunk := reader.read(1024 * 1024):
                 digest.update(chunk)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InvalidArgument(
-                f"schema1 layer {blob.name} is not a valid gzip stream: {exc}"
-            ) from exc
+    except decompress_errors() as exc:
+        raise InvalidArgument(
+            f"schema1 layer {blob.name} is not a valid compressed stream: {exc}"
+        ) from exc
     return "sha256:" + digest.hexdigest()

@@ -12,9 +12,8 @@ import platform
 from typing import Any
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from engine.convert import ValidationError, describe_error, documents, field_meta
 from engine.errors import InvalidArgument
 
 # --- media types ---------------------------------------------------------------------------
@@ -63,11 +62,6 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 
 
-def _key(name: str) -> dict[str, str]:
-    """Field metadata: the JSON key when it differs from the Python attribute name."""
-    return {"json": name}
-
-
 # --- descriptors ---------------------------------------------------------------------------
 
 
@@ -75,21 +69,21 @@ def _key(name: str) -> dict[str, str]:
 class Platform:
     architecture: str = ""
     os: str = ""
-    os_version: str | None = attrs.field(default=None, metadata=_key("os.version"))
-    os_features: list[str] | None = attrs.field(default=None, metadata=_key("os.features"))
+    os_version: str | None = attrs.field(default=None, metadata=field_meta(name="os.version"))
+    os_features: list[str] | None = attrs.field(default=None, metadata=field_meta(name="os.features"))
     variant: str | None = None
     features: list[str] | None = None
 
 
 @attrs.frozen
 class Descriptor:
-    media_type: str = attrs.field(metadata=_key("mediaType"))
+    media_type: str = attrs.field(metadata=field_meta(name="mediaType"))
     digest: str
     size: int
     urls: list[str] | None = None
     annotations: dict[str, str] | None = None
     platform: Platform | None = None
-    artifact_type: str | None = attrs.field(default=None, metadata=_key("artifactType"))
+    artifact_type: str | None = attrs.field(default=None, metadata=field_meta(name="artifactType"))
 
 
 # --- manifests and indexes -----------------------------------------------------------------
@@ -99,27 +93,27 @@ class Descriptor:
 class Manifest:
     """An OCI image manifest or a Docker schema2 manifest (same shape)."""
 
-    schema_version: int = attrs.field(metadata=_key("schemaVersion"))
+    schema_version: int = attrs.field(metadata=field_meta(name="schemaVersion"))
     config: Descriptor
     layers: list[Descriptor] = attrs.field(factory=list)
-    media_type: str = attrs.field(default=OCI_MANIFEST, metadata=_key("mediaType"))
+    media_type: str = attrs.field(default=OCI_MANIFEST, metadata=field_meta(name="mediaType"))
     annotations: dict[str, str] | None = None
     subject: Descriptor | None = None
-    artifact_type: str | None = attrs.field(default=None, metadata=_key("artifactType"))
-    raw: bytes = attrs.field(default=b"", repr=False, metadata={"omit": True})
+    artifact_type: str | None = attrs.field(default=None, metadata=field_meta(name="artifactType"))
+    raw: bytes = attrs.field(default=b"", repr=False, metadata=field_meta(omit=True))
 
 
 @attrs.frozen
 class Index:
     """An OCI image index or a Docker manifest list (same shape)."""
 
-    schema_version: int = attrs.field(metadata=_key("schemaVersion"))
+    schema_version: int = attrs.field(metadata=field_meta(name="schemaVersion"))
     manifests: list[Descriptor] = attrs.field(factory=list)
-    media_type: str = attrs.field(default=OCI_INDEX, metadata=_key("mediaType"))
+    media_type: str = attrs.field(default=OCI_INDEX, metadata=field_meta(name="mediaType"))
     annotations: dict[str, str] | None = None
     subject: Descriptor | None = None
-    artifact_type: str | None = attrs.field(default=None, metadata=_key("artifactType"))
-    raw: bytes = attrs.field(default=b"", repr=False, metadata={"omit": True})
+    artifact_type: str | None = attrs.field(default=None, metadata=field_meta(name="artifactType"))
+    raw: bytes = attrs.field(default=b"", repr=False, metadata=field_meta(omit=True))
 
 
 # --- image config --------------------------------------------------------------------------
@@ -129,23 +123,24 @@ class Index:
 class ContainerConfig:
     """The ``config`` object of an image config: defaults for containers run from it."""
 
-    user: str = attrs.field(default="", metadata=_key("User"))
-    env: list[str] | None = attrs.field(default=None, metadata=_key("Env"))
-    entrypoint: list[str] | None = attrs.field(default=None, metadata=_key("Entrypoint"))
-    cmd: list[str] | None = attrs.field(default=None, metadata=_key("Cmd"))
-    working_dir: str = attrs.field(default="", metadata=_key("WorkingDir"))
+    user: str = attrs.field(default="", metadata=field_meta(name="User"))
+    env: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Env"))
+    entrypoint: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Entrypoint"))
+    cmd: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Cmd"))
+    working_dir: str = attrs.field(default="", metadata=field_meta(name="WorkingDir"))
     exposed_ports: dict[str, dict[str, Any]] | None = attrs.field(
-        default=None, metadata=_key("ExposedPorts")
+        default=None, metadata=field_meta(name="ExposedPorts")
     )
-    volumes: dict[str, dict[str, Any]] | None = attrs.field(default=None, metadata=_key("Volumes"))
-    labels: dict[str, str] | None = attrs.field(default=None, metadata=_key("Labels"))
-    stop_signal: str = attrs.field(default="", metadata=_key("StopSignal"))
+    volumes: dict[str, dict[str, Any]] | None = attrs.field(default=None, metadata=field_meta(name="Volumes"))
+    labels: dict[str, str] | None = attrs.field(default=None, metadata=field_meta(name="Labels"))
+    stop_signal: str = attrs.field(default="", metadata=field_meta(name="StopSignal"))
 
 
 @attrs.frozen
 class RootFS:
-    type: str = "layers"
-    diff_ids: list[str] = attrs.field(factory=list)
+    # the spec requires both keys even when they hold their defaults
+    type: str = attrs.field(default="layers", metadata=field_meta(keep_default=True))
+    diff_ids: list[str] = attrs.field(factory=list, metadata=field_meta(keep_default=True))
 
 
 @attrs.frozen
@@ -162,111 +157,26 @@ class ImageConfig:
     architecture: str = ""
     os: str = ""
     variant: str | None = None
-    os_version: str | None = attrs.field(default=None, metadata=_key("os.version"))
+    os_version: str | None = attrs.field(default=None, metadata=field_meta(name="os.version"))
     created: str | None = None
     author: str | None = None
     config: ContainerConfig = attrs.field(factory=ContainerConfig)
     rootfs: RootFS = attrs.field(factory=RootFS)
     history: list[History] = attrs.field(factory=list)
-    raw: bytes = attrs.field(default=b"", repr=False, metadata={"omit": True})
-
-
-# --- the converter -------------------------------------------------------------------------
-
-_converter = cattrs.Converter(omit_if_default=True)
-
-
-# cattrs coerces by default (str(12), list("abc")): a manifest with the wrong JSON types is
-# malformed and must be refused, not silently turned into something else.
-def _strict_str(value: Any, _: type) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _strict_int(value: Any, _: type) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _strict_bool(value: Any, _: type) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__}")
-    return value
-
-
-def _strict_str_list(value: Any, _: type) -> list[str]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list of strings, got {type(value).__name__}")
-    return [_strict_str(v, str) for v in value]
-
-
-_converter.register_structure_hook(str, _strict_str)
-_converter.register_structure_hook(int, _strict_int)
-_converter.register_structure_hook(bool, _strict_bool)
-_converter.register_structure_hook_func(lambda t: t == list[str], _strict_str_list)
-
-# JSON null is common in docker configs ("Env": null): treat it as absent for these fields.
-_NULL_TOLERANT = (ContainerConfig, RootFS, History, ImageConfig)
-
-
-# The spec requires these keys even when they hold the default value.
-_KEEP_DEFAULTS = (RootFS,)
-
-
-def _register(cls: type) -> None:
-    overrides: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        if field.metadata.get("omit"):
-            overrides[field.name] = override(omit=True)
-        elif "json" in field.metadata:
-            overrides[field.name] = override(rename=field.metadata["json"])
-    structure: Any = make_dict_structure_fn(cls, _converter, **overrides)
-    if cls in _NULL_TOLERANT:
-        null_fields = {f.name: f for f in attrs.fields(cls)}
-        keys = {
-            f.metadata.get("json", f.name): f
-            for f in null_fields.values()
-            if f.default is not attrs.NOTHING
-        }
-
-        def structure_nulls(data: Any, t: type, _inner: Any = structure) -> Any:
-            if isinstance(data, dict):
-                data = {k: v for k, v in data.items() if not (v is None and k in keys)}
-            return _inner(data, t)
-
-        _converter.register_structure_hook(cls, structure_nulls)
-    else:
-        _converter.register_structure_hook(cls, structure)
-    _converter.register_unstructure_hook(
-        cls,
-        make_dict_unstructure_fn(
-            cls, _converter, _cattrs_omit_if_default=cls not in _KEEP_DEFAULTS, **overrides
-        ),
-    )
-
-
-for _cls in (Platform, Descriptor, Manifest, Index, ContainerConfig, RootFS, History, ImageConfig):
-    _register(_cls)
+    raw: bytes = attrs.field(default=b"", repr=False, metadata=field_meta(omit=True))
 
 
 def structure(data: Any, cls: type[Any]) -> Any:
     """Structure JSON data into one of these types; ``InvalidArgument`` on a bad shape."""
     try:
-        return _converter.structure(data, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as e:
-        detail = (
-            "; ".join(cattrs.transform_error(e))
-            if isinstance(e, cattrs.BaseValidationError)
-            else str(e)
-        )
-        raise InvalidArgument(f"malformed {cls.__name__}: {detail}") from None
+        return documents.structure(data, cls)
+    except (ValidationError, TypeError, ValueError, KeyError) as e:
+        raise InvalidArgument(f"malformed {cls.__name__}: {describe_error(e)}") from None
 
 
 def unstructure(obj: Any) -> Any:
     """JSON-ready dict (for building new documents, e.g. an imported image's config)."""
-    return _converter.unstructure(obj)
+    return documents.unstructure(obj)
 
 
 def to_json_bytes(obj: Any) -> bytes:

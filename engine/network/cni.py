@@ -24,19 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import trio
 
+from engine.actors.model import PortMapping
+from engine.convert import disk
 from engine.errors import EngineError, InvalidArgument, NotFound, RuntimeFailure
 from engine.network import isolation, netns
 from engine.network._proc import run
 from engine.network.networks import CNI_VERSION, Network, NetworkStore, delete_bridge
-from engine.network.ports import PortMapping
+from engine.network.ports import to_cni
 from engine.store.atomic import read_json, write_json_atomic
 
 CNI_PATH = Path("/usr/lib/cni")
 PLUGIN_TIMEOUT = 30.0
-_converter = cattrs.Converter()
 # CNI error codes that mean the request (config, arguments) was wrong, not the host.
 _CALLER_ERRORS = {2, 4, 6, 7}
 _HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -226,12 +226,12 @@ async def _sweep_masquerade(network_name: str, container_id: str) -> None:
 def _write_record(store: NetworkStore, att: Attachment) -> None:
     path = _record_path(store, att.network_id, att.container_id, att.ifname)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, _converter.unstructure(att), mode=0o600)
+    write_json_atomic(path, disk.unstructure(att), mode=0o600)
 
 
 def _read_record(path: Path) -> Attachment | None:
     try:
-        return _converter.structure(read_json(path), Attachment)
+        return disk.structure(read_json(path), Attachment)
     except FileNotFoundError:
         return None
 
@@ -305,7 +305,7 @@ async def attach(
             f"{ifname} already; detach it first"
         )
     conflist = store.conflist(network)
-    runtime = {"portMappings": [p.to_cni() for p in port_mappings]}
+    runtime = {"portMappings": [to_cni(p) for p in port_mappings]}
     record = Attachment(
         container_id=container_id, ifname=ifname, network_id=network.id,
         network_name=network.name, netns=str(netns_path), config=conflist,

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
-import cattrs
 import trio
 
+from engine.convert import disk
 from engine.errors import InvalidArgument
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.store.atomic import read_json, write_bytes_atomic, write_json_atomic
@@ -36,7 +36,6 @@ _BASE_HOSTS = (
     "ff02::1\tip6-allnodes\n"
     "ff02::2\tip6-allrouters\n"
 )
-_converter = cattrs.Converter()
 
 
 @attrs.frozen
@@ -140,7 +139,7 @@ def _write_in_place(path: Path, text: str) -> None:
 def _write_all(etc_dir: Path, config: HostsConfig, hostname_text: str, resolv: str) -> EtcFiles:
     etc_dir.mkdir(parents=True, exist_ok=True)
     files = EtcFiles(etc_dir / HOSTS, etc_dir / HOSTNAME, etc_dir / RESOLV_CONF)
-    write_json_atomic(etc_dir / _STATE, _converter.unstructure(config), durable=False)
+    write_json_atomic(etc_dir / _STATE, disk.unstructure(config), durable=False)
     _write_in_place(files.hosts, hosts_text(config))
     _write_in_place(files.hostname, hostname_text)
     _write_in_place(files.resolv_conf, resolv)
@@ -213,7 +212,7 @@ async def refresh_network(store: NetworkStore, network: Network) -> None:
             etc_dir = next((Path(a.etc_dir) for a in mine if a.etc_dir), None)
             if etc_dir is None or not (etc_dir / _STATE).exists():
                 continue
-            config = _converter.structure(read_json(etc_dir / _STATE), HostsConfig)
+            config = disk.structure(read_json(etc_dir / _STATE), HostsConfig)
             shared = {a.network_id for a in mine if a.network_name != DEFAULT_NETWORK}
             peers = [
                 (a.ip, _peer_names(a)) for a in records

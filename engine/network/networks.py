@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import trio
 
+from engine.convert import disk
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, ResourceExhausted
 from engine.network._proc import run
 from engine.store.atomic import read_json, write_json_atomic
@@ -38,7 +38,6 @@ PSEUDO_NETWORKS = {"host": "host", "none": "null"}
 CNI_VERSION = "1.0.0"
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_converter = cattrs.Converter()
 
 
 @attrs.frozen
@@ -131,7 +130,7 @@ class NetworkStore:
         found = []
         for entry in sorted(os.scandir(self.defs_dir), key=lambda e: e.name):
             if entry.name.endswith(".json") and not entry.name.startswith("."):
-                found.append(_converter.structure(read_json(Path(entry.path)), Network))
+                found.append(disk.structure(read_json(Path(entry.path)), Network))
         return found
 
     async def _load_all(self) -> _Networks:
@@ -223,7 +222,7 @@ class NetworkStore:
 
     def _write(self, network: Network) -> None:
         self.defs_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.defs_dir / f"{network.id}.json", _converter.unstructure(network))
+        write_json_atomic(self.defs_dir / f"{network.id}.json", disk.unstructure(network))
 
     # --- attachments (written by engine.network.cni) ---------------------------------------
     def attachment_dir(self, network: Network) -> Path:

@@ -1,4 +1,5 @@
-"""Published ports: docker's ``-p``/``-P`` forms turned into CNI portMappings.
+"""Published ports: docker's ``-p``/``-P`` forms turned into the container's ``PortMapping``s
+(the one type, kept in its config) and those into CNI portMappings.
 
 Accepted ``-p`` forms (protocol suffix ``/tcp`` (default), ``/udp`` or ``/sctp`` on any)::
 
@@ -16,29 +17,21 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import attrs
-
+from engine.actors.model import PortMapping
 from engine.errors import InvalidArgument, ResourceExhausted
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
 
-@attrs.frozen
-class PortMapping:
-    host_port: int
-    container_port: int
-    protocol: str = "tcp"
-    host_ip: str = ""  # "" = every host address
+def to_cni(mapping: PortMapping) -> dict[str, Any]:
+    """The portMappings entry the CNI portmap plugin reads from runtimeConfig."""
+    return {"hostPort": mapping.host_port, "containerPort": mapping.container_port,
+            "protocol": mapping.protocol, "hostIP": mapping.host_ip}
 
-    def to_cni(self) -> dict[str, Any]:
-        """The portMappings entry the CNI portmap plugin reads from runtimeConfig."""
-        return {"hostPort": self.host_port, "containerPort": self.container_port,
-                "protocol": self.protocol, "hostIP": self.host_ip}
 
-    @classmethod
-    def from_cni(cls, entry: Mapping[str, Any]) -> PortMapping:
-        return cls(int(entry["hostPort"]), int(entry["containerPort"]),
-                   str(entry.get("protocol", "tcp")), str(entry.get("hostIP", "")))
+def from_cni(entry: Mapping[str, Any]) -> PortMapping:
+    return PortMapping(int(entry["hostPort"]), int(entry["containerPort"]),
+                       str(entry.get("protocol", "tcp")), str(entry.get("hostIP", "")))
 
 
 def _bad(spec: str, why: str) -> InvalidArgument:

@@ -27,15 +27,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
-import cattrs
 import trio
 
-from engine.actors.model import (
-    ContainerConfig,
-    ContainerStatus,
-    PortMapping,
-    primary_ip,
-)
+from engine.actors.model import ContainerConfig, ContainerStatus, primary_ip
+from engine.convert import disk
 from engine.errors import (
     AlreadyExists,
     Conflict,
@@ -58,7 +53,6 @@ NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/di
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
 ISOLATION_RETRIES = 4
-_converter = cattrs.Converter()
 
 
 @attrs.frozen
@@ -90,14 +84,6 @@ def mode_kind(mode: str) -> str:
     if mode.startswith(CONTAINER_PREFIX):
         return "container"
     return "bridge"
-
-
-def _to_model(mappings: list[ports.PortMapping]) -> list[PortMapping]:
-    return [PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
-
-
-def _to_cni(mappings: list[PortMapping]) -> list[ports.PortMapping]:
-    return [ports.PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip) for m in mappings]
 
 
 def _mount(source: Path, destination: str) -> dict[str, Any]:
@@ -179,7 +165,7 @@ class ContainerNetworking:
             lambda: ports.parse_all(publish, exposed, config.publish_all))
         config.network_mode = mode
         config.networks = [mode]
-        config.ports = [*config.ports, *_to_model(mappings)]
+        config.ports = [*config.ports, *mappings]
 
     def _resolve_container(self, ref: str, config: ContainerConfig) -> str:
         if not ref:
@@ -201,7 +187,7 @@ class ContainerNetworking:
     def _read_memberships(self, config: ContainerConfig) -> list[Membership]:
         path = self._memberships_path(config.id)
         try:
-            return _converter.structure(read_json(path), _Memberships).networks
+            return disk.structure(read_json(path), _Memberships).networks
         except FileNotFoundError:
             pass
         if mode_kind(config.network_mode) != "bridge":
@@ -211,7 +197,7 @@ class ContainerNetworking:
 
     def _write_memberships(self, container_id: str, members: list[Membership]) -> None:
         write_json_atomic(self._memberships_path(container_id),
-                          _converter.unstructure(_Memberships(members)))
+                          disk.unstructure(_Memberships(members)))
 
     async def memberships(self, config: ContainerConfig) -> list[Membership]:
         return await trio.to_thread.run_sync(self._read_memberships, config)
@@ -252,7 +238,7 @@ class ContainerNetworking:
             network = await self._network_for_start(member.network, config)
             res = await self._attach(
                 network, config.id, ns, ifname=f"eth{index}",
-                port_mappings=_to_cni(config.ports) if index == 0 else (),
+                port_mappings=config.ports if index == 0 else (),
                 name=config.name, aliases=member.aliases, etc_dir=etc_dir,
             )
             results.append(res)

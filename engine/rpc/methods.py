@@ -10,61 +10,14 @@ attrs class to structure them into, and unknown keys or wrong types become
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, get_origin
+from typing import Any, TypeVar
 
 import attrs
-import cattrs
-from cattrs.cols import list_structure_factory, mapping_structure_factory
-from cattrs.preconf.msgpack import make_converter
 
+from engine.convert import ValidationError, describe_error, wire
 from engine.errors import InvalidArgument
 
 T = TypeVar("T")
-
-
-
-def _make_strict_converter() -> cattrs.Converter:
-    """cattrs coerces by default ("5" -> 5, "ab" -> ["a", "b"]); an RPC must not guess."""
-    conv = make_converter(forbid_extra_keys=True)
-
-    def strict(tp: type) -> Callable[[Any, Any], Any]:
-        def hook(value: Any, _: Any) -> Any:
-            ok = type(value) is tp or (tp is float and type(value) is int)
-            if not ok:
-                raise TypeError(f"expected {tp.__name__}, got {type(value).__name__}")
-            return value
-
-        return hook
-
-    for tp in (str, int, float, bool, bytes):
-        conv.register_structure_hook(tp, strict(tp))
-
-    def list_factory(tp: Any, c: cattrs.Converter) -> Callable[[Any, Any], Any]:
-        inner = list_structure_factory(tp, c)
-
-        def hook(value: Any, t: Any) -> Any:
-            if not isinstance(value, list | tuple):
-                raise TypeError(f"expected an array, got {type(value).__name__}")
-            return inner(value, t)
-
-        return hook
-
-    def dict_factory(tp: Any, c: cattrs.Converter) -> Callable[[Any, Any], Any]:
-        inner = mapping_structure_factory(tp, c)
-
-        def hook(value: Any, t: Any) -> Any:
-            if not isinstance(value, dict):
-                raise TypeError(f"expected a map, got {type(value).__name__}")
-            return inner(value, t)
-
-        return hook
-
-    conv.register_structure_hook_factory(lambda t: get_origin(t) is list, list_factory)
-    conv.register_structure_hook_factory(lambda t: get_origin(t) is dict, dict_factory)
-    return conv
-
-
-converter = _make_strict_converter()
 
 
 @attrs.frozen
@@ -116,13 +69,13 @@ def _type_name(tp: Any) -> str:
 
 def structure_params(params: dict[str, Any], params_type: type[T], method: str) -> T:
     try:
-        return converter.structure(params, params_type)
-    except cattrs.ClassValidationError as e:
-        problems = "; ".join(cattrs.transform_error(e, path=method))
+        return wire.structure(params, params_type)
+    except ValidationError as e:
+        problems = describe_error(e, path=method)
         raise InvalidArgument(f"invalid parameters for {method}: {problems}") from None
     except (TypeError, ValueError) as e:
         raise InvalidArgument(f"invalid parameters for {method}: {e}") from None
 
 
 def unstructure(obj: Any) -> Any:
-    return converter.unstructure(obj)
+    return wire.unstructure(obj)

@@ -48,6 +48,9 @@ def resolve(image_config: Any, *, entrypoint: list[str] | None, cmd: list[str] |
 
 
 def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path) -> SpecOptions:
+    """The runtime's view of a container: the one boundary where the stored config's
+    ``-v``/``--tmpfs`` records (engine.actors.model: strings, as the user gave them and as
+    config.json keeps them) become engine.oci.spec's mounts (paths and option tuples)."""
     details = status.network_details or {}
     mounts = [BindMount(Path(b.source), b.destination, b.read_only) for b in config.binds]
     mounts += [

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 
+from engine.convert import ValidationError, describe_error, wire
 from engine.errors import ConfigError
-from engine.rpc.methods import converter as strict_converter
 
 DEFAULT_CONFIG = Path("/etc/engine/daemon.json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -92,9 +91,9 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
 def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], source: str) -> DaemonConfig:
     merged = {**file_fields, **{k: v for k, v in flag_fields.items() if v is not None}}
     try:
-        config = strict_converter.structure(merged, DaemonConfig)
-    except cattrs.ClassValidationError as e:
-        problems = "; ".join(cattrs.transform_error(e, path=source))
+        config = wire.structure(merged, DaemonConfig)
+    except ValidationError as e:
+        problems = describe_error(e, path=source)
         raise ConfigError(f"invalid configuration: {problems}") from None
     if not 0 < config.runtime_timeout <= 3600:
         raise ConfigError(f"invalid runtime-timeout {config.runtime_timeout}: use seconds from 0 to 3600")

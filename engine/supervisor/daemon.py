@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from engine.actors.deps import ActorDeps, ActorSettings, Registry
+from engine.errgroup import engine_errors
 from engine.errors import ConfigError, EngineError, Unavailable
 from engine.pluginmanager import load_plugins
 from engine.rpc.methods import MethodTable
@@ -256,22 +257,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trio.run(run_daemon, config, path, flags)
     except (EngineError, BaseExceptionGroup) as e:
-        errors = _engine_errors(e)
+        errors = engine_errors(e)
         if not errors:
             raise
         for err in errors:
             log.error("%s", err)
             print(f"engined: {err}", file=sys.stderr)
         sys.exit(1)
-
-
-def _engine_errors(exc: BaseException) -> list[EngineError]:
-    if isinstance(exc, EngineError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        found = [e for sub in exc.exceptions for e in _engine_errors(sub)]
-        return found if len(found) == len(exc.exceptions) else []
-    return []
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_command_table_matches_the_modules() -> None:
 def test_help_and_errors_still_come_from_argparse(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main.run(["run"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 125  # docker's usage-error code, not argparse's 2
     assert "the following arguments are required: image" in capsys.readouterr().err
     assert main.run(["network"]) == 0
     assert "engctl network" in capsys.readouterr().out and True

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from engine.actors.model import PortMapping
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
 from engine.network import cni, netns
-from engine.network.ports import PortMapping, parse_publish
+from engine.network.ports import parse_publish
 
 from .conftest import Background, NetEnv, curl, in_netns, serve_http, wait_for_http
 

@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
+from engine.actors.model import PortMapping
 from engine.errors import InvalidArgument
-from engine.network.ports import PortMapping, parse_all, parse_publish, publish_all
+from engine.network.ports import from_cni, parse_all, parse_publish, publish_all, to_cni
 
 
 @pytest.mark.parametrize(
@@ -43,9 +44,15 @@ def test_free_host_port_is_chosen(spec: str) -> None:
 
 
 def test_cni_shape() -> None:
-    assert PortMapping(8080, 80, "udp", "127.0.0.1").to_cni() == {
+    assert to_cni(PortMapping(8080, 80, "udp", "127.0.0.1")) == {
         "hostPort": 8080, "containerPort": 80, "protocol": "udp", "hostIP": "127.0.0.1"}
-    assert PortMapping.from_cni(PortMapping(1, 2).to_cni()) == PortMapping(1, 2)
+    assert from_cni(to_cni(PortMapping(1, 2))) == PortMapping(1, 2)
+
+
+def test_parsed_ports_are_the_container_configs_type() -> None:
+    # one type per concept: what -p parses is what the container's config stores
+    assert parse_publish("8080:80") == [PortMapping(8080, 80)]
+    assert all(type(m) is PortMapping for m in parse_all(["53:53/udp", "9000"]))
 
 
 def test_publish_all_from_exposed_ports() -> None:

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from engine.actors.logs import RecordParser, read_records
+from engine.actors.restart import MAX_DELAY, NoRestart, Restart, RestartPolicy, decide
 from engine.actors.state import TRANSITIONS, ContainerState, can_transition, require_state
 from engine.errors import Conflict, InvalidArgument
-from engine.actors.restart import MAX_DELAY, NoRestart, Restart, RestartPolicy, decide
 
 
 @pytest.mark.parametrize("text, name, retries", [

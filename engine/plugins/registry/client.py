@@ -19,8 +19,8 @@ import functools
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from engine.errgroup import unwrap_single_error
 from engine.errors import (
     DigestMismatch,
     EngineError,
@@ -426,7 +427,8 @@ class DistributionClient:
                 await blob.tee.begin(partial, offset)
             written, buffered_size = offset, 0
             buffered: list[bytes] = []
-            with _single_error():
+            # the retry logic looks at Unavailable, not at a group
+            with unwrap_single_error():
                 async with trio.open_nursery() as nursery:
                     flusher = _Flusher(writer, blob.tee, nursery)
                     try:
@@ -654,18 +656,6 @@ class _Flusher:
         """Until the write in flight (if any) is done."""
         if self._in_flight is not None:
             await self._in_flight.wait()
-
-
-@contextmanager
-def _single_error() -> Iterator[None]:
-    """A nursery's group holding one exception becomes that exception again (the retry
-    logic looks at Unavailable, not at a group)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group
-        raise
 
 
 @attrs.frozen

@@ -26,10 +26,8 @@ OCI whiteouts become overlay whiteouts: ``.wh.NAME`` -> char device 0:0 ``NAME``
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
-import gzip
 import hashlib
 import io
 import os
@@ -37,12 +35,13 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
+from engine.compression import decompress_errors, decompressed
 from engine.errors import (
     DigestMismatch,
     EngineError,
@@ -51,8 +50,6 @@ from engine.errors import (
     UnsafeContent,
 )
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -224,39 +221,6 @@ class MemberData:
             return
         self.stream.seek(member.offset_data)
         self.stream.copy_to(fd, member.size)
-
-
-def detect_compression(head: bytes) -> str:
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    return "none"
-
-
-@contextlib.contextmanager
-def decompressed(raw: ChunkReader) -> Iterator[IO[bytes]]:
-    """The uncompressed tar stream; compression is detected by magic bytes. gzip goes
-    through ISA-L (2-3x zlib's speed, and it inflates without holding the GIL)."""
-    kind = detect_compression(raw.peek(4))
-    # imported here: the decompressors cost the idle daemon ~3 MB of RSS
-    if kind == "gzip":
-        from isal import igzip
-
-        with igzip.IGzipFile(fileobj=raw, mode="rb") as stream:
-            yield stream  # type: ignore[misc]
-    elif kind == "zstd":
-        import zstandard
-
-        # Layers may hold several zstd frames (e.g. written by chunked compressors).
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            raw,  # type: ignore[arg-type]  # any object with read() will do
-            read_across_frames=True,
-        )
-        with reader:
-            yield reader  # type: ignore[misc]
-    else:
-        yield raw  # type: ignore[misc]
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -599,20 +563,10 @@ def extract_stream(
     return UnpackResult(diff_id=tar_stream.digest(), size=extractor.size)
 
 
-# gzip.BadGzipFile is an OSError: these must be caught before OSError is. (ISA-L's error
-# type is declared as an instance in its stubs, hence the type() dance.)
+# decompress_errors() holds gzip.BadGzipFile, an OSError: they must be caught before OSError is.
 @functools.cache
 def _not_a_layer_errors() -> tuple[type[BaseException], ...]:
-    import zstandard
-    from isal import isal_zlib
-
-    return (
-        tarfile.TarError,
-        EOFError,
-        zstandard.ZstdError,
-        gzip.BadGzipFile,
-        isal_zlib.error if isinstance(isal_zlib.error, type) else type(isal_zlib.error),
-    )
+    return (tarfile.TarError, *decompress_errors())
 
 
 def _extract_members(
