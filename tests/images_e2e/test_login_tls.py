@@ -125,3 +125,20 @@ def test_tls_registry_with_ca_in_certs_d(
 
     insecure = make_daemon("--insecure-registry", host)  # TLS, not verified
     ok(insecure, "pull", "-q", ref)
+
+
+def test_first_push_after_start_and_login(
+    make_daemon: DaemonFactory, auth_registry: Registry, layouts: Layouts
+) -> None:
+    """Issue 16 item 8: the first push of a fresh daemon after engctl login was refused
+    ("access denied" on a blob) against an htpasswd registry; the second one worked. The
+    blobs are pushed concurrently, and a request sent before another task had answered the
+    Basic challenge was taken for refused credentials."""
+    host = auth_registry.host
+    daemon = make_daemon("--insecure-registry", host)
+    ok(daemon, "load", "-i", str(layouts.multilayer))  # three blobs: pushed concurrently
+    ok(daemon, "login", "-u", "alice", "--password-stdin", host, input=USERS["alice"] + "\n")
+    target = f"{host}/pushed/multi:first"
+    ok(daemon, "tag", "localhost/test/multilayer:latest", target)
+    out = ok(daemon, "push", target).splitlines()
+    assert out[-1] == f"{target}: digest: {layouts.multilayer_built.manifest.digest}"

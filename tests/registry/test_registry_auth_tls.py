@@ -160,3 +160,39 @@ async def test_check_login(tmp_path: Path) -> None:
                             await client.check_login(reg.host, "alice", "wrong")
             finally:
                 await client.aclose()
+
+
+async def test_concurrent_first_requests_with_basic_auth(tmp_path: Path, content, pushed) -> None:
+    """Issue 16 item 8 at the client level: a fresh client's concurrent first requests all
+    meet the Basic challenge; a request that went out before another task cached the
+    header must retry with it, not report the credentials as refused."""
+    with registry_server(tmp_path, users=USERS) as reg:
+        pushed(small_image("conc"), "test/conc:latest", to=reg, creds=("alice", "s3cret"))
+        ref = parse_reference(f"{reg.host}/test/conc:latest")
+        manifest = json.loads(await _raw_manifest(reg.host, ref))
+        digests = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
+        client = make_client(
+            reg.host, credentials=creds_for({reg.host: Credentials("alice", "s3cret")})
+        )
+        found: list[bool] = []
+
+        async def exists(digest: str) -> None:
+            found.append(await client.blob_exists(ref, digest))
+
+        try:
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for digest in digests * 3:
+                        nursery.start_soon(exists, digest)
+        finally:
+            await client.aclose()
+        assert found == [True] * len(digests) * 3
+
+
+async def _raw_manifest(host: str, ref) -> bytes:
+    client = make_client(host, credentials=creds_for({host: Credentials("alice", "s3cret")}))
+    try:
+        data, _, _ = await client.get_manifest(ref)
+    finally:
+        await client.aclose()
+    return data

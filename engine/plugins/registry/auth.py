@@ -89,16 +89,28 @@ class Authenticator:
         basic = self._basic.get(endpoint.base_url)
         return {"Authorization": basic} if basic else {}
 
-    async def answer(self, endpoint: Endpoint, scopes: tuple[str, ...], header: str) -> bool:
-        """Handle a 401's challenge; True when retrying the request makes sense."""
+    async def answer(
+        self,
+        endpoint: Endpoint,
+        scopes: tuple[str, ...],
+        header: str,
+        *,
+        sent: str | None = None,
+    ) -> bool:
+        """Handle a 401's challenge; True when retrying the request makes sense.
+
+        ``sent`` is the Authorization header the refused request carried. Only that says
+        whether the credentials were refused: requests run concurrently, and another task
+        may have answered the same challenge (and cached the Basic header) while this
+        request was on its way without it."""
         challenges = {c.scheme: c for c in parse_challenges(header)}
         creds = await self.credentials(endpoint.host)
         if "bearer" in challenges:
             await self._fetch_token(endpoint, scopes, challenges["bearer"], creds)
             return True
         if "basic" in challenges and creds is not None:
-            if self._basic.get(endpoint.base_url) == creds.basic_header():
-                return False  # we sent these already and they were refused
+            if sent == creds.basic_header():
+                return False  # these very credentials were refused
             self._basic[endpoint.base_url] = creds.basic_header()
             return True
         return False

@@ -149,11 +149,12 @@ class DistributionClient:
         url = path_or_url if "://" in path_or_url else endpoint.url(path_or_url)
         for attempt in range(2):
             body = content() if callable(content) else content
+            auth = self.auth.headers(endpoint, scopes)
             response = await self.transport.send(
                 method,
                 url,
                 verify_tls=endpoint.verify_tls,
-                headers={**(headers or {}), **self.auth.headers(endpoint, scopes)},
+                headers={**(headers or {}), **auth},
                 content=body,
                 stream=stream,
             )
@@ -161,7 +162,8 @@ class DistributionClient:
                 return response
             challenge = response.headers.get("www-authenticate", "")
             await response.aclose()
-            if not await self.auth.answer(endpoint, scopes, challenge):
+            sent = auth.get("Authorization")
+            if not await self.auth.answer(endpoint, scopes, challenge, sent=sent):
                 return response
         raise AssertionError("unreachable")
 
