@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import inspect
 import json
 import platform as _platform
 import time
@@ -51,6 +50,7 @@ from engine.images.types import (
     parse_config,
     parse_manifest,
 )
+from engine.plugin import RegistryClient, streaming_client
 
 if TYPE_CHECKING:
     from engine.images.records import Image
@@ -73,22 +73,6 @@ _MACHINE_ARCH: dict[str, tuple[str, str | None]] = {
     "s390x": ("s390x", None),
     "riscv64": ("riscv64", None),
 }
-
-
-class BlobFetcher(Protocol):
-    """What pull needs from a registry client (``DistributionClient`` has it)."""
-
-    async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]: ...
-
-    async def fetch_blob(
-        self,
-        ref: Reference,
-        digest: str,
-        size: int | None,
-        content: ContentStore,
-        *,
-        progress: Callable[[int, int | None], None] | None = None,
-    ) -> Path: ...
 
 
 class LayerStream(Protocol):
@@ -212,7 +196,7 @@ _PROGRESS_INTERVAL = 0.1  # seconds
 
 
 async def pull(
-    client: BlobFetcher,
+    client: RegistryClient,
     store: ImageStore,
     ref: Reference,
     *,
@@ -275,7 +259,7 @@ def _diff_ids(config_bytes: bytes, manifest: Manifest) -> list[str] | None:
 
 
 async def _fetch_layers(
-    client: BlobFetcher,
+    client: RegistryClient,
     store: ImageStore,
     ref: Reference,
     layers: list[Descriptor],
@@ -286,7 +270,8 @@ async def _fetch_layers(
     storage driver and the client can stream (the overlay driver and the distribution
     client can), otherwise ``add_image`` unpacks it afterwards."""
     layer_stream = getattr(store.storage, "layer_stream", None)
-    if diff_ids is None or layer_stream is None or not _can_tee(client):
+    streaming = streaming_client(client)  # declares that fetch_blob takes a tee
+    if diff_ids is None or layer_stream is None or streaming is None:
         await _fetch_all(client, store.content, ref, layers, events)
         return
     content = store.content
@@ -298,7 +283,7 @@ async def _fetch_layers(
         stream: LayerStream | None
         async with layer_stream(diff_id) as stream:
             # No fsync per blob or layer: see ``_unsynced_writes``.
-            blob = await client.fetch_blob(  # type: ignore[call-arg]
+            blob = await streaming.fetch_blob(
                 ref,
                 desc.digest,
                 desc.size,
@@ -322,17 +307,8 @@ async def _fetch_layers(
                     nursery.start_soon(fetch, desc, diff_id)
 
 
-def _can_tee(client: BlobFetcher) -> bool:
-    """Whether ``client.fetch_blob`` takes a tee (registry plugins need not)."""
-    try:
-        params = inspect.signature(client.fetch_blob).parameters
-    except (TypeError, ValueError):
-        return False
-    return "tee" in params and "durable" in params
-
-
 async def _fetch_all(
-    client: BlobFetcher,
+    client: RegistryClient,
     content: ContentStore,
     ref: Reference,
     blobs: list[Descriptor],
@@ -370,7 +346,7 @@ def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
 
 
 async def _convert_schema1(
-    client: BlobFetcher,
+    client: RegistryClient,
     content: ContentStore,
     ref: Reference,
     data: bytes,

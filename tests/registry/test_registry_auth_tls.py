@@ -13,7 +13,7 @@ from engine.images import auth_config
 from engine.images.pull import pull
 from engine.images.store import ImageStore
 from engine.plugins.registry.auth import Credentials
-from engine.plugins.registry.plugin import build_client
+from engine.pluginmanager import load_plugins
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import install_ca, registry_server, token_server
@@ -114,19 +114,23 @@ async def test_token_auth(tmp_path: Path, store: ImageStore, pushed) -> None:
         assert ["repository:test/token:pull"] in asked
 
 
-async def test_plugin_reads_auth_config(tmp_path: Path, store: ImageStore, pushed) -> None:
+async def test_plugins_read_the_daemons_auth_file(
+    tmp_path: Path, store: ImageStore, pushed
+) -> None:
+    """The loaded plugins (entry points, as the daemon loads them): the registry client
+    asks the engine_registry_credentials hook, whose built-in answer is the auth file under
+    the daemon's root when no config dir was given."""
     with registry_server(tmp_path, users=USERS) as reg:
         pushed(small_image("file"), "test/file:latest", to=reg, creds=("alice", "s3cret"))
-        auth_file = tmp_path / "conf" / "auth.json"
-        auth_config.store_auth(auth_file, reg.host, "alice", "s3cret")
-        client = build_client(
-            {"config_dir": str(tmp_path / "conf"), "insecure-registries": [reg.host]}
-        )
+        config = {"root": str(tmp_path / "root"), "config_dir": None,
+                  "insecure-registries": [reg.host]}
+        auth_config.store_auth(tmp_path / "root" / "auth.json", reg.host, "alice", "s3cret")
+        client = load_plugins(config).register.registry_client_for(reg.host)
         try:
             with trio.fail_after(30):
                 image = await pull(client, store, parse_reference(f"{reg.host}/test/file:latest"))
         finally:
-            await client.aclose()
+            await client.aclose()  # type: ignore[attr-defined]
         assert image.repo_tags == [f"{reg.host}/test/file:latest"]
 
 

@@ -10,34 +10,23 @@ credentials we stay anonymous, which public repositories allow.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 import attrs
 import trio
 
 from engine.errors import PermissionDenied, Unavailable
+from engine.plugin import CredentialsLookup, RegistryCredentials
 from engine.plugins.registry.transport import Endpoint, Transport, read_body
 
-CredentialsLookup = Callable[[str], Awaitable["Credentials | None"]]
+Credentials = RegistryCredentials  # the name this package has always used
 
 _SCHEME_RE = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9_-]*)(?=\s+[a-zA-Z_]+\s*=|\s*(?:,|$))")
 _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 _TOKEN_MARGIN = 10.0  # renew this many seconds before expiry
 _DEFAULT_TOKEN_LIFETIME = 60.0  # the spec's default when expires_in is missing
-
-
-@attrs.frozen
-class Credentials:
-    username: str
-    password: str = attrs.field(repr=False)
-
-    def basic_header(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
 
 
 @attrs.frozen
