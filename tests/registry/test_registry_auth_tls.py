@@ -12,8 +12,8 @@ from engine.errors import PermissionDenied, Unavailable
 from engine.images import auth_config
 from engine.images.pull import pull
 from engine.images.store import ImageStore
-from engine.plugins.registry.auth import Credentials
 from engine.pluginmanager import load_plugins
+from engine.plugins.registry.auth import Credentials
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import install_ca, registry_server, token_server
