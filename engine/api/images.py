@@ -21,6 +21,7 @@ from engine.images.content import ContentStore
 from engine.images.records import Image
 from engine.images.store import ImageStore
 from engine.plugin import RegistryClient
+from engine.plugins.registry import credhelpers
 from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
@@ -300,7 +301,7 @@ def register(table: MethodTable) -> None:
         client = registry_client(ctx.app, server)
         await client.check_login(server, p.username, p.password)
         path = auth_config.auth_path(ctx.app.config.to_plugin_dict())
-        await trio.to_thread.run_sync(auth_config.store_auth, path, server, p.username, p.password)
+        await credhelpers.store_login(path, server, p.username, p.password)
         client.forget_credentials(server)
         return {"Status": "Login Succeeded", "Server": server}
 
@@ -309,7 +310,7 @@ def register(table: MethodTable) -> None:
         """Forget the stored credentials for a registry."""
         path = auth_config.auth_path(ctx.app.config.to_plugin_dict())
         server = registry_host(p.server)
-        removed = await trio.to_thread.run_sync(auth_config.remove_auth, path, server)
+        removed = await credhelpers.erase_login(path, server)
         registry_client(ctx.app, server).forget_credentials(server)
         return {"Removed": removed, "Server": server}
 

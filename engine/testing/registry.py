@@ -385,8 +385,9 @@ def write_credential_helper(
     """A real docker credential helper, ``bin_dir/docker-credential-NAME`` (POSIX sh), for
     tests to put on PATH. ``get`` answers docker's protocol from ``answers`` (server ->
     (user, secret)); other servers get "credentials not found in native keychain".
-    ``hang``: it never answers (its pid is in ``bin_dir/NAME.pid``). Every call is appended to ``bin_dir/NAME.calls`` as
-    ``ACTION SERVER``."""
+    ``store`` succeeds and ``erase`` succeeds for a server in ``answers`` (the table itself
+    does not change). ``hang``: it never answers (its pid is in ``bin_dir/NAME.pid``).
+    Every call is appended to ``bin_dir/NAME.calls`` as ``ACTION STDIN``."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     calls = bin_dir / f"{name}.calls"
     cases = "".join(
@@ -398,7 +399,12 @@ def write_credential_helper(
 server=$(cat)
 echo "$1 $server" >> {shlex.quote(str(calls))}
 {f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}; exec sleep 600" if hang else ""}
-if [ "$1" != get ]; then echo "unsupported action $1" >&2; exit 2; fi
+case "$1" in
+  get) ;;
+  store) exit 0 ;;
+  erase) ;;
+  *) echo "unsupported action $1" >&2; exit 2 ;;
+esac
 case "$server" in
 {cases}  *) echo "credentials not found in native keychain"; exit 1 ;;
 esac

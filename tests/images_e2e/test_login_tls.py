@@ -77,13 +77,16 @@ def test_login_keeps_other_keys_of_a_docker_config(
     def existing_config(d: Daemon) -> None:
         path = auth_file(d)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # a helper for another host only: this host's login still goes to auths
         path.write_text(json.dumps({"auths": {"other.example:5000": {"auth": "eDp5"}},
-                                    "credsStore": "none"}))
+                                    "credHelpers": {"other.example:6000": "none"},
+                                    "psFormat": "table {{.ID}}"}))
 
     daemon = make_daemon("--insecure-registry", host, prepare=existing_config)
     ok(daemon, "login", "-u", "alice", "-p", USERS["alice"], f"http://{host}/v2/")
     doc = json.loads(auth_file(daemon).read_text())
-    assert doc["credsStore"] == "none"
+    assert doc["credHelpers"] == {"other.example:6000": "none"}
+    assert doc["psFormat"] == "table {{.ID}}"
     assert set(doc["auths"]) == {"other.example:5000", host}
 
 

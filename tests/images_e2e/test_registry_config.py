@@ -97,6 +97,16 @@ def test_pull_with_a_credential_helper(auth_registry: Registry, tmp_path: Path) 
         assert pulled.code == 0, pulled.err
         assert len(daemon.call("image.list")) == 1
         assert (bin_dir / "test.calls").read_text().splitlines()[0] == f"get {host}"
+
+        # login and logout go to the helper in charge, as docker's do
+        ok(daemon, "login", "-u", "alice", "--password-stdin", host, input=USERS["alice"] + "\n")
+        ok(daemon, "logout", host)
+        calls = (bin_dir / "test.calls").read_text().splitlines()
+        stored = json.loads(calls[-2].removeprefix("store "))
+        assert stored == {"ServerURL": host, "Username": "alice", "Secret": USERS["alice"]}
+        assert calls[-1] == f"erase {host}"
+        auth_file = json.loads((daemon.base / "etc" / "auth.json").read_text())
+        assert auth_file == {"credHelpers": {host: "test"}}, "nothing written to auths"
     finally:
         daemon.cleanup()
 

@@ -95,7 +95,7 @@ async def test_helper_failures_are_clear(tmp_path: Path, helper_path: Path) -> N
     }})
     source = DockerConfigCredentials(path)
     with trio.fail_after(20):
-        with pytest.raises(Unavailable, match=r"docker-credential-broken failed .*keychain is locked"):
+        with pytest.raises(Unavailable, match=r"docker-credential-broken failed to get for a:1 .*keychain is locked"):
             await source.get("a:1")
         with pytest.raises(Unavailable, match="docker-credential-garbled answered"):
             await source.get("b:1")
@@ -111,7 +111,7 @@ async def test_a_hung_helper_is_stopped(tmp_path: Path, helper_path: Path) -> No
     write_credential_helper(helper_path, "hang", {}, hang=True)
     path = write_doc(tmp_path / "auth.json", {"credsStore": "hang"})
     source = DockerConfigCredentials(path, helper_timeout=0.5)
-    with trio.fail_after(20), pytest.raises(Unavailable, match=r"did not answer within 0\.5 s"):
+    with trio.fail_after(20), pytest.raises(Unavailable, match=r"docker-credential-hang did not answer get for slow.example:5000 within 0\.5 s"):
         await source.get("slow.example:5000")
     pid = int((helper_path / "hang.pid").read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped
