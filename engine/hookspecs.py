@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from engine.plugin import Register
+    from engine.plugin import CredentialsLookup, CredentialSource, Register
 
 hookspec = pluggy.HookspecMarker("engine")
 
@@ -26,7 +26,7 @@ hookspec = pluggy.HookspecMarker("engine")
 @hookspec(historic=True)
 def engine_configure(config: dict[str, Any]) -> None:
     """Called once with the daemon's resolved configuration (a plain dict: ``root``,
-    ``run_root``, ``config_dir``, plus the plugin's own section under ``plugins.<name>``).
+    ``run_root``, ``config_dir`` (None when not given), plus the plugin's own section under ``plugins.<name>``).
     Historic: a plugin registered later still receives it."""
 
 
@@ -59,18 +59,39 @@ def engine_add_storage_drivers(register: Register, config: dict[str, Any]) -> No
 
 
 @hookspec
-def engine_add_registry_clients(register: Register, config: dict[str, Any]) -> None:
+def engine_add_registry_clients(
+    register: Register, config: dict[str, Any], credentials: CredentialsLookup
+) -> None:
     """Register registry clients with ``register.registry_client(client)``.
 
-    ``client`` satisfies ``engine.plugin.RegistryClient`` (``name``, ``handles(host)``) and
-    offers what ``engine.images.pull``/``push`` call: ``get_manifest(ref)`` → (bytes,
-    media type, digest), ``fetch_blob`` (verified, resumable, into the content store),
-    ``blob_exists``, ``push_blob``, ``push_manifest`` and ``check_login``. The built-in is
-    ``engine.plugins.registry.client.DistributionClient``."""
+    ``client`` satisfies ``engine.plugin.RegistryClient`` (checked at registration): a
+    ``name``, ``capabilities`` (the optional abilities it declares, e.g.
+    ``RegistryCapability.BLOB_TEE``), ``handles(host)``, ``reconfigure(config)`` (SIGHUP),
+    async ``get_manifest``, ``fetch_blob``, ``blob_exists``, ``push_blob``,
+    ``push_manifest``, ``check_login``, and ``forget_credentials``; the protocol has their
+    exact signatures.
+
+    For each registry host the engine uses the first registered client whose
+    ``handles(host)`` is true, in hook call order; the built-in
+    ``engine.plugins.registry.client.DistributionClient`` handles every host and is
+    registered ``trylast``. When no client handles a host, the pull, push or login fails
+    with ``Unavailable`` naming the host.
+
+    ``credentials`` is the engine's async ``host -> RegistryCredentials | None`` (it asks
+    ``engine_registry_credentials``): a client uses it for every registry that asks for
+    authentication, and must not cache its answers past ``forget_credentials(host)``."""
 
 
 @hookspec(firstresult=True)
-def engine_registry_credentials(host: str) -> Any:
-    """Credentials for a registry host, or None. Stops at the first non-None result.
-    The built-in answer reads the docker-compatible ``config.json`` written by
-    ``engctl login``."""
+def engine_registry_credentials(host: str, config: dict[str, Any]) -> CredentialSource | None:
+    """Where the credentials of registry ``host`` (``HOST[:PORT]``; ``docker.io`` for Docker
+    Hub) come from: an ``engine.plugin.CredentialSource``, whose async ``get(host)`` the
+    engine then awaits, or None when this plugin has no say about ``host``. Stops at the
+    first non-None result. Called each time a registry asks for authentication; it must not
+    block (do the I/O in ``get``).
+
+    The built-in answer (``trylast``, so it answers for every host no other plugin took)
+    reads the daemon's docker-compatible auth file that ``engctl login`` writes
+    (``engine.images.auth_config``): a helper named for the host in ``credHelpers``, else
+    the ``credsStore`` helper, is run as ``docker-credential-NAME get`` (docker's protocol,
+    with a time limit); without one, the file's ``auths`` entry answers."""

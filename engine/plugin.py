@@ -21,13 +21,19 @@ run inside the daemon's trio loop: they must not block (use ``trio.run_process``
 
 from __future__ import annotations
 
+import base64
+import enum
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import attrs
 import pluggy
+
+if TYPE_CHECKING:
+    from engine.images.content import ContentStore
+    from engine.reference import Reference
 
 hookimpl = pluggy.HookimplMarker("engine")
 
@@ -259,11 +265,171 @@ class StorageDriver(Protocol):
 # --- registries ----------------------------------------------------------------------------
 
 
+@attrs.frozen
+class RegistryCredentials:
+    """A user name and password (or token) for one registry."""
+
+    username: str
+    password: str = attrs.field(repr=False)
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+# async ``host -> credentials or None``: how a registry client asks for credentials
+CredentialsLookup = Callable[[str], Awaitable[RegistryCredentials | None]]
+
+# (bytes so far, total or None), called as a blob downloads; must not block
+BlobProgress = Callable[[int, int | None], None]
+
+
 @runtime_checkable
-class RegistryClient(Protocol):
+class CredentialSource(Protocol):
+    """Where a registry host's credentials come from: what ``engine_registry_credentials``
+    returns (the built-in: the daemon's docker-style auth file and its credential
+    helpers)."""
+
     name: str
 
-    def handles(self, host: str) -> bool: ...
+    async def get(self, host: str) -> RegistryCredentials | None:
+        """The credentials for ``host`` (``HOST[:PORT]``; ``docker.io`` for Docker Hub), or
+        None (then the registry is used anonymously). Raises ``Unavailable`` when the source
+        cannot answer (a credential helper that failed or hung)."""
+        ...
+
+
+class BlobTee(Protocol):
+    """Receives a blob's bytes while they download, e.g. to unpack a layer on the fly.
+
+    Each download attempt calls ``begin`` with the ingest file and how many bytes of it are
+    kept (a resumed download keeps its earlier bytes; 0 means starting over), then ``data``
+    with the bytes that follow (a list of pieces, about 1 MiB in all), in order, as they
+    are written to that file. Bytes the tee did not get (before ``offset``, or lost to an
+    interrupted attempt) are in the file. The tee must not trust the bytes before
+    ``fetch_blob`` has returned: only then are they verified against the digest."""
+
+    async def begin(self, partial: Path, offset: int) -> None: ...
+
+    async def data(self, chunks: list[bytes]) -> None: ...
+
+
+class RegistryCapability(enum.Enum):
+    """Optional abilities a registry client declares in its ``capabilities``; the engine
+    uses an ability only when it is declared there."""
+
+    # ``fetch_blob`` also takes ``tee=`` and ``durable=``: see ``StreamingRegistryClient``
+    BLOB_TEE = "blob-tee"
+
+
+@runtime_checkable
+class RegistryClient(Protocol):
+    """Talks to registries: the engine's pulls, pushes and logins go through it.
+
+    The engine picks, for each registry host, the first registered client whose
+    ``handles(host)`` is true (the built-in ``distribution`` client handles every host and
+    is tried last). References are ``engine.reference.Reference``; ``content`` is the
+    daemon's ``engine.images.content.ContentStore``. Errors are the engine's own:
+    ``NotFound``, ``PermissionDenied`` (refused credentials), ``DigestMismatch``,
+    ``ResourceExhausted`` (over a size cap), ``Unavailable`` (network; its
+    ``details["transient"]`` says whether retrying may help)."""
+
+    name: str
+    capabilities: frozenset[RegistryCapability]
+
+    def handles(self, host: str) -> bool:
+        """Whether this client serves registry ``host`` (``HOST[:PORT]``)."""
+        ...
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply a reloaded daemon configuration (SIGHUP) to the next requests:
+        ``insecure-registries``, ``registry-mirrors``, ``max_concurrent_downloads``.
+        Raises ``InvalidArgument`` for a value it cannot use, and then keeps the settings
+        it had."""
+        ...
+
+    async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]:
+        """The manifest or index ``ref`` names: (bytes, media type, digest), verified
+        against ``ref.digest`` when it has one."""
+        ...
+
+    async def fetch_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int | None,
+        content: ContentStore,
+        *,
+        progress: BlobProgress | None = None,
+    ) -> Path:
+        """Download blob ``digest`` of ``ref``'s repository into ``content`` (committed
+        only once it matched its digest and ``size``) and return its path there; a blob
+        already in ``content`` is not fetched."""
+        ...
+
+    async def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """Whether ``ref``'s repository holds blob ``digest``."""
+        ...
+
+    async def push_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int,
+        content: ContentStore,
+        *,
+        mount_from: list[str] | None = None,
+    ) -> str:
+        """Make blob ``digest`` (read from ``content``) exist in ``ref``'s repository;
+        ``mount_from`` names other repositories of the registry that may hold it. Returns
+        how: ``"exists"``, ``"mounted"`` or ``"uploaded"``."""
+        ...
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
+        """Upload ``data`` byte for byte under ``ref``'s tag; returns its digest."""
+        ...
+
+    async def check_login(self, host: str, username: str, password: str) -> None:
+        """Check credentials against ``host`` before ``engctl login`` stores them; raises
+        ``PermissionDenied`` when the registry refuses them."""
+        ...
+
+    def forget_credentials(self, host: str) -> None:
+        """Drop whatever auth is cached for ``host``: its stored credentials changed
+        (``engctl login``/``logout``)."""
+        ...
+
+
+class StreamingRegistryClient(RegistryClient, Protocol):
+    """A client declaring ``RegistryCapability.BLOB_TEE``: ``fetch_blob`` hands the bytes
+    to ``tee`` as they arrive (a pull unpacks a layer while it downloads), and with
+    ``durable=False`` skips the blob's fsync (the pull makes the blobs durable later)."""
+
+    async def fetch_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int | None,
+        content: ContentStore,
+        *,
+        progress: BlobProgress | None = None,
+        tee: BlobTee | None = None,
+        durable: bool = True,
+    ) -> Path: ...
+
+
+def streaming_client(client: RegistryClient) -> StreamingRegistryClient | None:
+    """``client`` as a ``StreamingRegistryClient`` when it declares ``BLOB_TEE``."""
+    if RegistryCapability.BLOB_TEE in client.capabilities:
+        return cast(StreamingRegistryClient, client)
+    return None
+
+
+def _missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of ``protocol`` that ``obj`` lacks (for a clear registration error)."""
+    names = {n for n in vars(protocol) if not n.startswith("_")}
+    names |= set(vars(protocol).get("__annotations__", {}))
+    return sorted(n for n in names if not hasattr(obj, n))
 
 
 # --- registration --------------------------------------------------------------------------
@@ -288,8 +454,34 @@ class Register:
         self.storage_drivers[driver.name] = driver
 
     def registry_client(self, client: RegistryClient) -> None:
+        """Clients are asked ``handles(host)`` in the order they were registered."""
+        from engine.errors import InvalidArgument
+
+        missing = _missing_members(client, RegistryClient)
+        if missing:
+            raise InvalidArgument(
+                f"registry client {type(client).__name__} of plugin "
+                f"{self.current_plugin!r} does not implement engine.plugin.RegistryClient: "
+                f"it lacks {', '.join(missing)}"
+            )
         self._claim("registry", client.name)
         self.registry_clients.append(client)
+
+    def registry_client_for(self, host: str) -> RegistryClient:
+        """The client for registry ``host``: the first registered one whose
+        ``handles(host)`` is true. Raises ``Unavailable`` when none does."""
+        from engine.errors import Unavailable
+
+        for client in self.registry_clients:
+            if client.handles(host):
+                return client
+        if not self.registry_clients:
+            raise Unavailable("no registry client plugin is loaded; `engctl info` shows why")
+        names = ", ".join(c.name for c in self.registry_clients)
+        raise Unavailable(
+            f"no registry client plugin handles {host} (loaded: {names}); install or enable "
+            "a plugin for it (`engctl info` lists the plugins and why one failed)"
+        )
 
     def _claim(self, kind: str, name: str) -> None:
         from engine.errors import AlreadyExists

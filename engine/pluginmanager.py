@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from engine import hookspecs
-from engine.plugin import ENTRY_POINT_GROUP, Register
+from engine.plugin import ENTRY_POINT_GROUP, CredentialsLookup, Register, RegistryCredentials
 
 log = logging.getLogger("engine.plugins")
 
@@ -71,14 +71,28 @@ def load_plugins(config: dict[str, Any], extra: list[tuple[str, object]] | None 
     return result
 
 
+def credentials_lookup(pm: pluggy.PluginManager, config: dict[str, Any]) -> CredentialsLookup:
+    """The engine's answer to "credentials for this registry host?": the source chosen by
+    ``engine_registry_credentials``, asked."""
+
+    async def lookup(host: str) -> RegistryCredentials | None:
+        source = pm.hook.engine_registry_credentials(host=host, config=config)
+        return None if source is None else await source.get(host)
+
+    return lookup
+
+
 def _collect(pm: pluggy.PluginManager, result: LoadedPlugins, config: dict[str, Any]) -> None:
     """Call each plugin's ``engine_add_*`` hook on its own, so the register knows the owner
-    of every component and one broken plugin is isolated from the rest."""
+    of every component and one broken plugin is isolated from the rest. They are called
+    in pluggy's call order (``tryfirst`` first, ``trylast`` last), which is the order the
+    engine asks registry clients whether they handle a host."""
+    credentials = credentials_lookup(pm, config)
     for hook_name in ("engine_add_runtimes", "engine_add_storage_drivers", "engine_add_registry_clients"):
         hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
+        for impl in reversed(hook.get_hookimpls()):  # pluggy calls the list back to front
             result.register.current_plugin = impl.plugin_name
-            kwargs = {"register": result.register, "config": config}
+            kwargs = {"register": result.register, "config": config, "credentials": credentials}
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as e:

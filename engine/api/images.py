@@ -15,10 +15,12 @@ import attrs
 import trio
 
 from engine.errgroup import unwrap_engine_errors
-from engine.errors import EngineError, InvalidArgument, Unavailable
+from engine.errors import EngineError, InvalidArgument
 from engine.images import archive, auth_config
 from engine.images.records import Image
 from engine.images.store import ImageStore
+from engine.plugin import RegistryClient
+from engine.plugins.registry import credhelpers
 from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
@@ -103,11 +105,9 @@ def images(ctx: CallContext) -> ImageStore:
     return ctx.app.services.require_images()
 
 
-def registry_client(app: App) -> Any:
-    clients = app.plugins.register.registry_clients
-    if not clients:
-        raise Unavailable("no registry client plugin is loaded; `engctl info` shows why")
-    return clients[0]
+def registry_client(app: App, host: str) -> RegistryClient:
+    """The registry client plugin that handles ``host`` (Unavailable when none does)."""
+    return app.plugins.register.registry_client_for(host)
 
 
 def summary(image: Image) -> dict[str, Any]:
@@ -259,7 +259,7 @@ def register(table: MethodTable) -> None:
         store = images(ctx)
         before = _current_image_id(store, str(ref))
         async with _progress_forwarder(stream) as progress:
-            image = await do_pull(registry_client(ctx.app), store, ref,
+            image = await do_pull(registry_client(ctx.app, ref.domain), store, ref,
                                   platform=p.platform or None, progress=progress)
         ctx.app.events.emit("image", "pull", image.id, name=str(ref))
         digest = image.index_digest or image.manifest_digest
@@ -278,7 +278,7 @@ def register(table: MethodTable) -> None:
                 "(engctl tag IMAGE REPO:TAG first)"
             )
         async with _progress_forwarder(stream) as progress:
-            digest = await do_push(registry_client(ctx.app), images(ctx), ref,
+            digest = await do_push(registry_client(ctx.app, ref.domain), images(ctx), ref,
                                    source=p.source or None, progress=progress)
         ctx.app.events.emit("image", "push", digest, name=str(ref))
         return {"Digest": digest, "Reference": ref.familiar()}
@@ -287,22 +287,20 @@ def register(table: MethodTable) -> None:
     async def login(ctx: CallContext, p: LoginParams) -> dict[str, Any]:
         """Check credentials against the registry and store them (docker-style auths)."""
         server = registry_host(p.server)
-        client = registry_client(ctx.app)
-        check = getattr(client, "check_login", None)
-        if check is not None:
-            await check(server, p.username, p.password)
-        path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
-        await trio.to_thread.run_sync(auth_config.store_auth, path, server, p.username, p.password)
-        _forget_cached_auth(client, server)
+        client = registry_client(ctx.app, server)
+        await client.check_login(server, p.username, p.password)
+        path = auth_config.auth_path(ctx.app.config.to_plugin_dict())
+        await credhelpers.store_login(path, server, p.username, p.password)
+        client.forget_credentials(server)
         return {"Status": "Login Succeeded", "Server": server}
 
     @table.method("registry.logout", params=LogoutParams)
     async def logout(ctx: CallContext, p: LogoutParams) -> dict[str, Any]:
         """Forget the stored credentials for a registry."""
-        path = auth_config.default_auth_path(ctx.app.config.to_plugin_dict())
+        path = auth_config.auth_path(ctx.app.config.to_plugin_dict())
         server = registry_host(p.server)
-        removed = await trio.to_thread.run_sync(auth_config.remove_auth, path, server)
-        _forget_cached_auth(registry_client(ctx.app), server)
+        removed = await credhelpers.erase_login(path, server)
+        registry_client(ctx.app, server).forget_credentials(server)
         return {"Removed": removed, "Server": server}
 
 
@@ -315,12 +313,6 @@ def registry_host(server: str) -> str:
     if not host:
         raise InvalidArgument(f"invalid registry address {server!r}: expected HOST[:PORT]")
     return host
-
-
-def _forget_cached_auth(client: Any, server: str) -> None:
-    forget = getattr(client, "forget_credentials", None)  # not in the RegistryClient protocol
-    if forget is not None:
-        forget(server)
 
 
 def _current_image_id(store: ImageStore, name: str) -> str | None:

@@ -84,7 +84,10 @@ def register(table: MethodTable) -> None:
         reg = app.plugins.register
 
         def describe(kind: str, name: str, obj: Any) -> dict[str, Any]:
-            avail = obj.availability() if hasattr(obj, "availability") else None
+            # runtimes and storage drivers say whether they can work here (the verdict is
+            # kept fresh off the event loop); a registry client always can
+            avail = (app.availability.verdict(f"{kind} {name}", obj.availability)
+                     if kind in ("runtime", "storage") else None)
             return {
                 "name": name,
                 "plugin": reg.owners.get(f"{kind}:{name}", ""),

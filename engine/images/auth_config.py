@@ -2,16 +2,19 @@
 
 The file holds ``{"auths": {"HOST[:PORT]": {"auth": base64("user:password")}}}`` and any
 other keys docker writes (they are kept untouched). Docker Hub's key is
-``https://index.docker.io/v1/``, as docker writes it.
+``https://index.docker.io/v1/``, as docker writes it. ``credHelpers`` (host -> NAME) and
+``credsStore`` (NAME, for every other host) hand a host's credentials to docker's credential
+helper ``docker-credential-NAME`` instead (``engine.plugins.registry.credhelpers``).
 
-Where the file lives (decided here, used by engctl login/logout and by the daemon):
-the engine config key ``auth-config`` when set, else ``$ENGINE_AUTH_CONFIG``, else
-``<config_dir>/auth.json`` (``/etc/engine/auth.json``). The daemon reads it, so it lives with
-the daemon's config rather than in a user's home; ``$DOCKER_CONFIG`` is not consulted, so a
-user's docker credentials never leak into the engine by accident.
+Where the file lives: one per daemon, never shared between daemons. It is
+``<config_dir>/auth.json`` when the daemon was given a config dir (``--config-dir`` or
+``config-dir`` in its config file), else ``<root>/auth.json`` (``/var/lib/engine/auth.json``
+for the default ``--root``). The daemon reads and writes it (``engctl login`` goes through
+the daemon), so it lives with the daemon rather than in a user's home; ``$DOCKER_CONFIG`` is
+not consulted, so a user's docker credentials never leak into the engine by accident.
 
 Writes are atomic (temp file, fsync, rename) with mode 0600. Stdlib only and synchronous:
-engctl imports this without trio; the daemon calls it from a worker thread.
+the daemon calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import base64
 import binascii
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,13 +35,16 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", DOCKER_HUB_KEY}
 
 
-def default_auth_path(config: Mapping[str, Any] | None = None) -> Path:
-    config = config or {}
-    if config.get("auth-config"):
-        return Path(config["auth-config"])
-    if os.environ.get("ENGINE_AUTH_CONFIG"):
-        return Path(os.environ["ENGINE_AUTH_CONFIG"])
-    return Path(config.get("config_dir") or "/etc/engine") / "auth.json"
+AUTH_FILE = "auth.json"
+DEFAULT_ROOT = "/var/lib/engine"
+
+
+def auth_path(config: Mapping[str, Any]) -> Path:
+    """The daemon's own credentials file (see the module docstring). ``config`` is the
+    plugin dict of the daemon's configuration: ``config_dir`` is None unless given."""
+    if config.get("config_dir"):
+        return Path(config["config_dir"]) / AUTH_FILE
+    return Path(config.get("root") or DEFAULT_ROOT) / AUTH_FILE
 
 
 def auth_key(host: str) -> str:
@@ -102,6 +109,30 @@ def load_auths(path: Path) -> dict[str, tuple[str, str]]:
 def lookup(path: Path, host: str) -> tuple[str, str] | None:
     """The credentials for ``host``, or None."""
     return load_auths(path).get(auth_key(host))
+
+
+_HELPER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def credential_helper(path: Path, host: str) -> str | None:
+    """The credential helper NAME in charge of ``host`` (``credHelpers`` for the host, else
+    ``credsStore``), or None when the ``auths`` entries are. As in docker, a helper in
+    charge is the only source: ``auths`` is not consulted for that host."""
+    doc = _read_doc(path)
+    helpers = doc.get("credHelpers") or {}
+    if not isinstance(helpers, dict):
+        raise InvalidArgument(f"{path}: 'credHelpers' must map registry hosts to helper names")
+    name = next((v for k, v in helpers.items() if auth_key(k) == auth_key(host)), None)
+    if name is None:
+        name = doc.get("credsStore") or None
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _HELPER_NAME_RE.match(name):
+        raise InvalidArgument(
+            f"{path}: invalid credential helper name {name!r} for {host} (docker-credential-"
+            "NAME is run: letters, digits, '.', '_', '-')"
+        )
+    return name
 
 
 def store_auth(path: Path, host: str, user: str, password: str) -> None:

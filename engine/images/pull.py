@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import platform as _platform
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -50,6 +49,7 @@ from engine.images.types import (
     parse_config,
     parse_manifest,
 )
+from engine.plugin import LayerStream, RegistryClient, streaming_client
 
 if TYPE_CHECKING:
     from engine.images.records import Image
@@ -72,33 +72,6 @@ _MACHINE_ARCH: dict[str, tuple[str, str | None]] = {
     "s390x": ("s390x", None),
     "riscv64": ("riscv64", None),
 }
-
-
-class BlobFetcher(Protocol):
-    """What pull needs from a registry client (``DistributionClient`` has it)."""
-
-    async def get_manifest(self, ref: Reference) -> tuple[bytes, str, str]: ...
-
-    async def fetch_blob(
-        self,
-        ref: Reference,
-        digest: str,
-        size: int | None,
-        content: ContentStore,
-        *,
-        progress: Callable[[int, int | None], None] | None = None,
-    ) -> Path: ...
-
-
-class LayerStream(Protocol):
-    """What a storage driver's ``layer_stream`` yields (the overlay driver has it): a tee
-    for ``fetch_blob``, finished with the verified blob."""
-
-    async def begin(self, partial: Path, offset: int) -> None: ...
-
-    async def data(self, chunks: list[bytes]) -> None: ...
-
-    async def finish(self, blob: Path) -> object: ...
 
 
 # --- platforms -------------------------------------------------------------------------------
@@ -211,7 +184,7 @@ _PROGRESS_INTERVAL = 0.1  # seconds
 
 
 async def pull(
-    client: BlobFetcher,
+    client: RegistryClient,
     store: ImageStore,
     ref: Reference,
     *,
@@ -274,7 +247,7 @@ def _diff_ids(config_bytes: bytes, manifest: Manifest) -> list[str] | None:
 
 
 async def _fetch_layers(
-    client: BlobFetcher,
+    client: RegistryClient,
     store: ImageStore,
     ref: Reference,
     layers: list[Descriptor],
@@ -284,8 +257,9 @@ async def _fetch_layers(
     """Download the layers concurrently; each one unpacks while it downloads when the
     storage driver and the client can stream (the overlay driver and the distribution
     client can), otherwise ``add_image`` unpacks it afterwards."""
-    layer_stream = getattr(store.storage, "layer_stream", None)
-    if diff_ids is None or layer_stream is None or not _can_tee(client):
+    layer_stream = store.storage.layer_stream  # yields None when the driver cannot stream
+    streaming = streaming_client(client)  # declares that fetch_blob takes a tee
+    if diff_ids is None or streaming is None:
         await _fetch_all(client, store.content, ref, layers, events)
         return
     content = store.content
@@ -297,7 +271,7 @@ async def _fetch_layers(
         stream: LayerStream | None
         async with layer_stream(diff_id) as stream:
             # No fsync per blob or layer: see ``_unsynced_writes``.
-            blob = await client.fetch_blob(  # type: ignore[call-arg]
+            blob = await streaming.fetch_blob(
                 ref,
                 desc.digest,
                 desc.size,
@@ -321,17 +295,8 @@ async def _fetch_layers(
                     nursery.start_soon(fetch, desc, diff_id)
 
 
-def _can_tee(client: BlobFetcher) -> bool:
-    """Whether ``client.fetch_blob`` takes a tee (registry plugins need not)."""
-    try:
-        params = inspect.signature(client.fetch_blob).parameters
-    except (TypeError, ValueError):
-        return False
-    return "tee" in params and "durable" in params
-
-
 async def _fetch_all(
-    client: BlobFetcher,
+    client: RegistryClient,
     content: ContentStore,
     ref: Reference,
     blobs: list[Descriptor],
@@ -369,7 +334,7 @@ def _unique(blobs: list[Descriptor]) -> list[Descriptor]:
 
 
 async def _convert_schema1(
-    client: BlobFetcher,
+    client: RegistryClient,
     content: ContentStore,
     ref: Reference,
     data: bytes,

@@ -25,13 +25,13 @@ from engine.reference import Reference, parse_reference
 
 if TYPE_CHECKING:
     from engine.images.store import ImageStore
-    from engine.plugins.registry.client import DistributionClient
+    from engine.plugin import RegistryClient
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 async def push(
-    client: DistributionClient,
+    client: RegistryClient,
     store: ImageStore,
     ref: Reference,
     *,

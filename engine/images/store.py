@@ -262,9 +262,8 @@ class ImageStore:
             await trio.to_thread.run_sync(self.writeback.sync_soon)
             return
         await trio.to_thread.run_sync(self._recheck_blobs, since)
-        written_at = getattr(self.storage, "layer_written_at", None)  # not in the protocol
         for diff_id in await self.storage.list_layers():
-            when = await written_at(diff_id) if written_at is not None else None
+            when = await self.storage.layer_written_at(diff_id)
             if when is None or when >= since:
                 await self._remove_layer(diff_id)
         await trio.to_thread.run_sync(self.writeback.clear)
@@ -412,10 +411,8 @@ class ImageStore:
                 known = self._known_layer_size(diff_id)
                 if known is not None:
                     return known
-                layer_info = getattr(self.storage, "layer_info", None)  # not in the protocol
-                if layer_info is not None:
-                    with contextlib.suppress(NotFound):
-                        return int((await layer_info(diff_id)).size)
+                with contextlib.suppress(NotFound):
+                    return int((await self.storage.layer_info(diff_id)).size)
                 return await trio.to_thread.run_sync(self.content.size, blob_digest)
             info = await self.storage.unpack_layer(
                 self.content.path(blob_digest), expected_diff_id=diff_id

@@ -24,7 +24,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 class DaemonConfig:
     root: str = "/var/lib/engine"
     run_root: str = "/run/engine"
-    config_dir: str = "/etc/engine"
+    # certs.d (and, when given, the registry credentials); None: certs.d in /etc/engine and
+    # the credentials under root, so daemons never share them by default
+    config_dir: str | None = None
     hosts: list[str] = attrs.field(factory=list)
     log_level: str = "info"
     default_runtime: str = "runc"
@@ -107,7 +109,7 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help=f"JSON config file (default {DEFAULT_CONFIG} if present)")
     p.add_argument("--root", help="persistent state (default /var/lib/engine)")
     p.add_argument("--run-root", dest="run_root", help="runtime state (default /run/engine)")
-    p.add_argument("--config-dir", dest="config_dir", help="certs.d and credentials (default /etc/engine)")
+    p.add_argument("--config-dir", dest="config_dir", help="certs.d and registry credentials (default: certs.d in /etc/engine, credentials under --root)")
     p.add_argument("-H", "--host", dest="hosts", action="append", help="unix:///path, tcp://HOST:PORT, fd:// (repeatable)")
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     p.add_argument("--default-runtime", dest="default_runtime")

@@ -197,6 +197,14 @@ def reload_config(app: App) -> None:
         if getattr(new, n) != getattr(app.config, n)
     ]
     set_level(app.config.log_level)
+    # registry clients built their settings at start: hand them the reloaded ones, so the
+    # next pull sees new insecure registries, mirrors and download limit
+    plugin_config = app.config.to_plugin_dict()
+    for client in app.plugins.register.registry_clients:
+        try:
+            client.reconfigure(plugin_config)
+        except EngineError as e:
+            log.error("registry client %s keeps its settings: %s", client.name, e)
     for hook in app.services.reload_hooks:
         hook(app)
     log.info("configuration reloaded", extra={"changed": ",".join(changed) or "none",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import socket
 import subprocess
 import threading
@@ -372,6 +373,46 @@ def token_server(tmp: Path, users: dict[str, str], **kwargs: Any) -> Iterator[To
 
 
 # --- pushing test images ---------------------------------------------------------------------
+
+
+def write_credential_helper(
+    bin_dir: Path,
+    name: str,
+    answers: dict[str, tuple[str, str]],
+    *,
+    hang: bool = False,
+) -> Path:
+    """A real docker credential helper, ``bin_dir/docker-credential-NAME`` (POSIX sh), for
+    tests to put on PATH. ``get`` answers docker's protocol from ``answers`` (server ->
+    (user, secret)); other servers get "credentials not found in native keychain".
+    ``store`` succeeds and ``erase`` succeeds for a server in ``answers`` (the table itself
+    does not change). ``hang``: it never answers (its pid is in ``bin_dir/NAME.pid``).
+    Every call is appended to ``bin_dir/NAME.calls`` as ``ACTION STDIN``."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls = bin_dir / f"{name}.calls"
+    cases = "".join(
+        f"  {shlex.quote(server)}) printf '%s' "
+        f"{shlex.quote(json.dumps({'ServerURL': server, 'Username': u, 'Secret': p}))} ;;\n"
+        for server, (u, p) in answers.items()
+    )
+    script = f"""#!/bin/sh
+server=$(cat)
+echo "$1 $server" >> {shlex.quote(str(calls))}
+{f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}; exec sleep 600" if hang else ""}
+case "$1" in
+  get) ;;
+  store) exit 0 ;;
+  erase) ;;
+  *) echo "unsupported action $1" >&2; exit 2 ;;
+esac
+case "$server" in
+{cases}  *) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+"""
+    path = bin_dir / f"docker-credential-{name}"
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
 
 
 def push_layout(

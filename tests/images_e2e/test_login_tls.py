@@ -77,13 +77,16 @@ def test_login_keeps_other_keys_of_a_docker_config(
     def existing_config(d: Daemon) -> None:
         path = auth_file(d)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # a helper for another host only: this host's login still goes to auths
         path.write_text(json.dumps({"auths": {"other.example:5000": {"auth": "eDp5"}},
-                                    "credsStore": "none"}))
+                                    "credHelpers": {"other.example:6000": "none"},
+                                    "psFormat": "table {{.ID}}"}))
 
     daemon = make_daemon("--insecure-registry", host, prepare=existing_config)
     ok(daemon, "login", "-u", "alice", "-p", USERS["alice"], f"http://{host}/v2/")
     doc = json.loads(auth_file(daemon).read_text())
-    assert doc["credsStore"] == "none"
+    assert doc["credHelpers"] == {"other.example:6000": "none"}
+    assert doc["psFormat"] == "table {{.ID}}"
     assert set(doc["auths"]) == {"other.example:5000", host}
 
 
@@ -125,3 +128,20 @@ def test_tls_registry_with_ca_in_certs_d(
 
     insecure = make_daemon("--insecure-registry", host)  # TLS, not verified
     ok(insecure, "pull", "-q", ref)
+
+
+def test_first_push_after_start_and_login(
+    make_daemon: DaemonFactory, auth_registry: Registry, layouts: Layouts
+) -> None:
+    """Issue 16 item 8: the first push of a fresh daemon after engctl login was refused
+    ("access denied" on a blob) against an htpasswd registry; the second one worked. The
+    blobs are pushed concurrently, and a request sent before another task had answered the
+    Basic challenge was taken for refused credentials."""
+    host = auth_registry.host
+    daemon = make_daemon("--insecure-registry", host)
+    ok(daemon, "load", "-i", str(layouts.multilayer))  # three blobs: pushed concurrently
+    ok(daemon, "login", "-u", "alice", "--password-stdin", host, input=USERS["alice"] + "\n")
+    target = f"{host}/pushed/multi:first"
+    ok(daemon, "tag", "localhost/test/multilayer:latest", target)
+    out = ok(daemon, "push", target).splitlines()
+    assert out[-1] == f"{target}: digest: {layouts.multilayer_built.manifest.digest}"

@@ -12,8 +12,8 @@ from engine.errors import PermissionDenied, Unavailable
 from engine.images import auth_config
 from engine.images.pull import pull
 from engine.images.store import ImageStore
+from engine.pluginmanager import load_plugins
 from engine.plugins.registry.auth import Credentials
-from engine.plugins.registry.plugin import build_client
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import install_ca, registry_server, token_server
@@ -114,19 +114,23 @@ async def test_token_auth(tmp_path: Path, store: ImageStore, pushed) -> None:
         assert ["repository:test/token:pull"] in asked
 
 
-async def test_plugin_reads_auth_config(tmp_path: Path, store: ImageStore, pushed) -> None:
+async def test_plugins_read_the_daemons_auth_file(
+    tmp_path: Path, store: ImageStore, pushed
+) -> None:
+    """The loaded plugins (entry points, as the daemon loads them): the registry client
+    asks the engine_registry_credentials hook, whose built-in answer is the auth file under
+    the daemon's root when no config dir was given."""
     with registry_server(tmp_path, users=USERS) as reg:
         pushed(small_image("file"), "test/file:latest", to=reg, creds=("alice", "s3cret"))
-        auth_file = tmp_path / "conf" / "auth.json"
-        auth_config.store_auth(auth_file, reg.host, "alice", "s3cret")
-        client = build_client(
-            {"config_dir": str(tmp_path / "conf"), "insecure-registries": [reg.host]}
-        )
+        config = {"root": str(tmp_path / "root"), "config_dir": None,
+                  "insecure-registries": [reg.host]}
+        auth_config.store_auth(tmp_path / "root" / "auth.json", reg.host, "alice", "s3cret")
+        client = load_plugins(config).register.registry_client_for(reg.host)
         try:
             with trio.fail_after(30):
                 image = await pull(client, store, parse_reference(f"{reg.host}/test/file:latest"))
         finally:
-            await client.aclose()
+            await client.aclose()  # type: ignore[attr-defined]
         assert image.repo_tags == [f"{reg.host}/test/file:latest"]
 
 
@@ -160,3 +164,39 @@ async def test_check_login(tmp_path: Path) -> None:
                             await client.check_login(reg.host, "alice", "wrong")
             finally:
                 await client.aclose()
+
+
+async def test_concurrent_first_requests_with_basic_auth(tmp_path: Path, content, pushed) -> None:
+    """Issue 16 item 8 at the client level: a fresh client's concurrent first requests all
+    meet the Basic challenge; a request that went out before another task cached the
+    header must retry with it, not report the credentials as refused."""
+    with registry_server(tmp_path, users=USERS) as reg:
+        pushed(small_image("conc"), "test/conc:latest", to=reg, creds=("alice", "s3cret"))
+        ref = parse_reference(f"{reg.host}/test/conc:latest")
+        manifest = json.loads(await _raw_manifest(reg.host, ref))
+        digests = [manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
+        client = make_client(
+            reg.host, credentials=creds_for({reg.host: Credentials("alice", "s3cret")})
+        )
+        found: list[bool] = []
+
+        async def exists(digest: str) -> None:
+            found.append(await client.blob_exists(ref, digest))
+
+        try:
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    for digest in digests * 3:
+                        nursery.start_soon(exists, digest)
+        finally:
+            await client.aclose()
+        assert found == [True] * len(digests) * 3
+
+
+async def _raw_manifest(host: str, ref) -> bytes:
+    client = make_client(host, credentials=creds_for({host: Credentials("alice", "s3cret")}))
+    try:
+        data, _, _ = await client.get_manifest(ref)
+    finally:
+        await client.aclose()
+    return data

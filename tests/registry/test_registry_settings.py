@@ -12,7 +12,7 @@ from engine.images.pull import pull
 from engine.images.store import ImageStore
 from engine.plugin import Register
 from engine.plugins.registry import plugin
-from engine.plugins.registry.client import DistributionClient
+from engine.plugins.registry.client import DistributionClient, no_credentials
 from engine.plugins.registry.transport import RegistrySettings
 from engine.reference import parse_reference
 from engine.testing.registry import Registry, registry_server
@@ -44,7 +44,7 @@ def test_mirror_config_forms() -> None:
 def test_plugin_registers_distribution_client(tmp_path: Path) -> None:
     register = Register()
     plugin.engine_add_registry_clients(
-        register, {"config_dir": str(tmp_path), "max_concurrent_downloads": 5}
+        register, {"config_dir": str(tmp_path), "max_concurrent_downloads": 5}, no_credentials
     )
     [client] = register.registry_clients
     assert isinstance(client, DistributionClient)

@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,34 +10,23 @@ credentials we stay anonymous, which public repositories allow.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 import attrs
 import trio
 
 from engine.errors import PermissionDenied, Unavailable
+from engine.plugin import CredentialsLookup, RegistryCredentials
 from engine.plugins.registry.transport import Endpoint, Transport, read_body
 
-CredentialsLookup = Callable[[str], Awaitable["Credentials | None"]]
+Credentials = RegistryCredentials  # the name this package has always used
 
 _SCHEME_RE = re.compile(r"(?:^|,)\s*([A-Za-z][A-Za-z0-9_-]*)(?=\s+[a-zA-Z_]+\s*=|\s*(?:,|$))")
 _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 _TOKEN_MARGIN = 10.0  # renew this many seconds before expiry
 _DEFAULT_TOKEN_LIFETIME = 60.0  # the spec's default when expires_in is missing
-
-
-@attrs.frozen
-class Credentials:
-    username: str
-    password: str = attrs.field(repr=False)
-
-    def basic_header(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
 
 
 @attrs.frozen
@@ -89,16 +78,28 @@ class Authenticator:
         basic = self._basic.get(endpoint.base_url)
         return {"Authorization": basic} if basic else {}
 
-    async def answer(self, endpoint: Endpoint, scopes: tuple[str, ...], header: str) -> bool:
-        """Handle a 401's challenge; True when retrying the request makes sense."""
+    async def answer(
+        self,
+        endpoint: Endpoint,
+        scopes: tuple[str, ...],
+        header: str,
+        *,
+        sent: str | None = None,
+    ) -> bool:
+        """Handle a 401's challenge; True when retrying the request makes sense.
+
+        ``sent`` is the Authorization header the refused request carried. Only that says
+        whether the credentials were refused: requests run concurrently, and another task
+        may have answered the same challenge (and cached the Basic header) while this
+        request was on its way without it."""
         challenges = {c.scheme: c for c in parse_challenges(header)}
         creds = await self.credentials(endpoint.host)
         if "bearer" in challenges:
             await self._fetch_token(endpoint, scopes, challenges["bearer"], creds)
             return True
         if "basic" in challenges and creds is not None:
-            if self._basic.get(endpoint.base_url) == creds.basic_header():
-                return False  # we sent these already and they were refused
+            if sent == creds.basic_header():
+                return False  # these very credentials were refused
             self._basic[endpoint.base_url] = creds.basic_header()
             return True
         return False

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -46,6 +46,7 @@ from engine.images.types import (
     SCHEMA1_TYPES,
     detect_media_type,
 )
+from engine.plugin import BlobTee, CredentialsLookup, RegistryCapability
 from engine.plugins.registry import schema1
 from engine.plugins.registry.auth import Authenticator, Credentials, repository_scope
 from engine.plugins.registry.transport import (
@@ -70,22 +71,6 @@ _CHUNK_THRESHOLD = 32 * 1024 * 1024  # blobs above this are uploaded in PATCH ch
 ProgressFn = Callable[[int, int | None], None]  # (bytes so far, total or None)
 
 
-class BlobTee(Protocol):
-    """Receives a blob's bytes while they download, e.g. to unpack a layer on the fly.
-
-    Each download attempt calls ``begin`` with the ingest file and how many bytes of it are
-    kept (a resumed download keeps its earlier bytes; 0 means starting over), then ``data``
-    with the bytes that follow (a list of pieces, about 1 MiB in all), in order, as they
-    are written to that file. Bytes the tee
-    did not get (before ``offset``, or lost to an interrupted attempt) are in the file.
-    The tee must not trust the bytes before ``fetch_blob`` has returned: only then are they
-    verified against the digest."""
-
-    async def begin(self, partial: Path, offset: int) -> None: ...
-
-    async def data(self, chunks: list[bytes]) -> None: ...
-
-
 @attrs.define
 class RetryPolicy:
     attempts: int = 5
@@ -94,23 +79,25 @@ class RetryPolicy:
     max_retry_after: float = 30.0  # longer Retry-After answers are capped, not obeyed
 
 
-async def _no_credentials(host: str) -> Credentials | None:
+async def no_credentials(host: str) -> Credentials | None:
     return None
 
 
 class DistributionClient:
-    """Implements ``engine.plugin.RegistryClient`` for every host (the distribution API).
+    """Implements ``engine.plugin.StreamingRegistryClient`` for every host (the
+    distribution API).
 
     ``credentials`` is an async ``host -> Credentials | None``; the plugin wires it to the
-    ``engine_registry_credentials`` hook (or to the auth config file)."""
+    ``engine_registry_credentials`` hook."""
 
     name = "distribution"
+    capabilities = frozenset({RegistryCapability.BLOB_TEE})
 
     def __init__(
         self,
         settings: RegistrySettings | None = None,
         *,
-        credentials: Callable[[str], Awaitable[Credentials | None]] = _no_credentials,
+        credentials: CredentialsLookup = no_credentials,
         max_concurrent_downloads: int = 3,
         max_blob_size: int = 64 * 1024**3,
         retry: RetryPolicy | None = None,
@@ -129,6 +116,14 @@ class DistributionClient:
 
     def handles(self, host: str) -> bool:
         return True
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """SIGHUP: insecure registries, mirrors and the download limit of the reloaded
+        configuration apply to the next requests (downloads under way keep going)."""
+        settings = RegistrySettings.from_config(config)  # raises before anything changes
+        downloads = _positive_int(config, "max_concurrent_downloads", 3)
+        self.transport.reconfigure(settings)
+        self.download_limit.total_tokens = downloads
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -150,11 +145,12 @@ class DistributionClient:
         url = path_or_url if "://" in path_or_url else endpoint.url(path_or_url)
         for attempt in range(2):
             body = content() if callable(content) else content
+            auth = self.auth.headers(endpoint, scopes)
             response = await self.transport.send(
                 method,
                 url,
                 verify_tls=endpoint.verify_tls,
-                headers={**(headers or {}), **self.auth.headers(endpoint, scopes)},
+                headers={**(headers or {}), **auth},
                 content=body,
                 stream=stream,
             )
@@ -162,7 +158,8 @@ class DistributionClient:
                 return response
             challenge = response.headers.get("www-authenticate", "")
             await response.aclose()
-            if not await self.auth.answer(endpoint, scopes, challenge):
+            sent = auth.get("Authorization")
+            if not await self.auth.answer(endpoint, scopes, challenge, sent=sent):
                 return response
         raise AssertionError("unreachable")
 
@@ -669,6 +666,13 @@ class _Download:
     progress: ProgressFn | None
     tee: BlobTee | None
     durable: bool
+
+
+def _positive_int(config: dict[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"config key {key!r} must be a positive integer, got {value!r}")
+    return value
 
 
 def _oversized(digest: str, size: int | None, limit: int) -> EngineError:

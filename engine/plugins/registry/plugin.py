@@ -1,4 +1,4 @@
-"""Registration of the distribution registry client.
+"""Registration of the distribution registry client and of the built-in credential source.
 
 Config keys read (the daemon's resolved config dict):
 
@@ -6,43 +6,33 @@ Config keys read (the daemon's resolved config dict):
   verified). Loopback is not insecure unless listed.
 - ``registry-mirrors``: list of mirror URLs for docker.io (dockerd's form), or a map
   ``registry -> [mirror URLs]``.
-- ``config_dir`` (default ``/etc/engine``): CAs and client certs in ``certs.d/HOST:PORT/``.
+- ``config_dir`` (``/etc/engine`` when not given): CAs and client certs in
+  ``certs.d/HOST:PORT/``.
 - ``max_concurrent_downloads`` (default 3), ``max_blob_size`` (default 64 GiB).
-- ``auth-config``: the docker-style credentials file; default ``$ENGINE_AUTH_CONFIG``, else
-  ``<config_dir>/auth.json`` (see ``engine.images.auth_config``).
+- ``root`` / ``config_dir``: where the daemon's credentials file is
+  (``engine.images.auth_config.auth_path``).
 
-Credentials: the client registered here reads the auth file itself. A daemon that wants
-other plugins' ``engine_registry_credentials`` answers first sets
-``client.auth.credentials`` to an async function that calls the hook.
+The first three are reloaded on SIGHUP (``DistributionClient.reconfigure``).
+
+Credentials: the client asks the engine's ``credentials`` lookup, which asks the
+``engine_registry_credentials`` hook; this plugin's answer (tried last, so other plugins
+can take over a host) is the daemon's auth file with docker's credential helpers.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import trio
-
 from engine.images import auth_config
-from engine.plugin import Register, hookimpl
-from engine.plugins.registry.auth import Credentials
-from engine.plugins.registry.client import DistributionClient
+from engine.plugin import CredentialsLookup, Register, hookimpl
+from engine.plugins.registry.client import DistributionClient, no_credentials
+from engine.plugins.registry.credhelpers import DockerConfigCredentials
 from engine.plugins.registry.transport import RegistrySettings
 
-_auth_path: Path = auth_config.default_auth_path()
 
-
-def credentials_from_file(path: Path, host: str) -> Credentials | None:
-    found = auth_config.lookup(path, host)
-    return Credentials(*found) if found else None
-
-
-def build_client(config: dict[str, Any]) -> DistributionClient:
-    path = auth_config.default_auth_path(config)
-
-    async def credentials(host: str) -> Credentials | None:
-        return await trio.to_thread.run_sync(credentials_from_file, path, host)
-
+def build_client(
+    config: dict[str, Any], credentials: CredentialsLookup = no_credentials
+) -> DistributionClient:
     return DistributionClient(
         RegistrySettings.from_config(config),
         credentials=credentials,
@@ -51,19 +41,15 @@ def build_client(config: dict[str, Any]) -> DistributionClient:
     )
 
 
-@hookimpl
-def engine_configure(config: dict[str, Any]) -> None:
-    global _auth_path
-    _auth_path = auth_config.default_auth_path(config)
+@hookimpl(trylast=True)  # handles every host: a plugin for particular hosts comes first
+def engine_add_registry_clients(
+    register: Register, config: dict[str, Any], credentials: CredentialsLookup
+) -> None:
+    register.registry_client(build_client(config, credentials))
 
 
-@hookimpl
-def engine_add_registry_clients(register: Register, config: dict[str, Any]) -> None:
-    register.registry_client(build_client(config))
-
-
-@hookimpl
-def engine_registry_credentials(host: str) -> Credentials | None:
-    """The built-in answer: the auth file written by ``engctl login`` (blocking read of a
-    small file; pluggy hooks are synchronous)."""
-    return credentials_from_file(_auth_path, host)
+@hookimpl(trylast=True)
+def engine_registry_credentials(host: str, config: dict[str, Any]) -> DockerConfigCredentials:
+    """The built-in answer for every host: the daemon's auth file (``engctl login``) and the
+    credential helpers it names."""
+    return DockerConfigCredentials(auth_config.auth_path(config))

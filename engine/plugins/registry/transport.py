@@ -187,6 +187,12 @@ class Transport:
         self._schemes: dict[str, str] = {}  # insecure host -> scheme found by probing
         self._probe_lock = trio.Lock()
 
+    def reconfigure(self, settings: RegistrySettings) -> None:
+        """Use ``settings`` from the next request on (a SIGHUP reload). Open clients stay:
+        they are keyed by scheme, host and verification, which settings only select."""
+        self.settings = settings
+        self._schemes.clear()  # a host listed or unlisted as insecure is probed afresh
+
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
