@@ -100,6 +100,7 @@ class ContainerActor:
         self._restart_scope: trio.CancelScope | None = None
         self._grace_scope: trio.CancelScope | None = None
         self._run = 0  # which run of the process an exit notice belongs to
+        self._run_started: float | None = None  # trio's clock at this run's start
         self._preempted_run = -1
         self._execs: dict[int, Any] = {}
         self._next_exec = 1
@@ -360,6 +361,7 @@ class ContainerActor:
                 await self._persist()
             raise
         self._run += 1
+        self._run_started = trio.current_time()
         self.status.started_at = time.time()
         self.status.finished_at = 0.0
         self.status.exit_code = 0
@@ -462,11 +464,18 @@ class ContainerActor:
             exit_code=self.status.exit_code,
             stopped_by_user=self.status.stopped_by_user,
             restart_count=self.status.restart_count,
-            run_seconds=self.status.finished_at - self.status.started_at,
+            run_seconds=self._run_seconds(),
             daemon_starting=daemon_starting,
         )
         if isinstance(verdict, Restart):
             await self._schedule_restart(verdict)
+
+    def _run_seconds(self) -> float:
+        """How long the last run lasted: on trio's monotonic clock when this actor started
+        it (wall clocks step), else from the recorded times (a run adopted after a restart)."""
+        if self._run_started is not None:
+            return trio.current_time() - self._run_started
+        return self.status.finished_at - self.status.started_at
 
     async def _schedule_restart(self, verdict: Restart) -> None:
         self.status.last_restart_reason = verdict.reason
@@ -769,6 +778,7 @@ class ContainerActor:
                 if actual != state:
                     await self._transition(actual)
                 self._run += 1
+                self._run_started = None
                 self._watch()
                 return
             info = await trio.to_thread.run_sync(runtime.read_exit, self.id, self.run_dir)

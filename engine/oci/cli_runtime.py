@@ -122,13 +122,13 @@ class CLIRuntime:
         if verb in ("kill", "pause", "resume") and len(args) > 1:
             container = next((a for a in args[1:] if not a.startswith("-")), container)
         text = f"{self.name} {verb} {container}: {message}"
-        if verb == "start":
-            return start_error(text, message)
         if _NOT_FOUND.search(message):
             return NotFound(f"{text} (the runtime does not know this container)",
                             runtime_error=message)  # fmt: skip
         if _WRONG_STATE.search(message):
             return Conflict(f"{text} (check the container's state first)", runtime_error=message)
+        if verb == "start":
+            return start_error(text, message)
         return RuntimeFailure(text, runtime_error=message)
 
     # --- the Runtime protocol -----------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +15,14 @@ from engine.store.layout import Layout
 def _service(tmp_path: Path) -> ContainerNetworking:
     layout = Layout(tmp_path / "root", tmp_path / "run")
     layout.ensure()
-    return ContainerNetworking(SimpleNamespace(layout=layout, services={}))
+    return ContainerNetworking(layout, lambda: NoContainers())
+
+
+class NoContainers:
+    """The container lookup of a daemon that has none."""
+
+    def get(self, ref: str) -> object:
+        raise NotFound(f"no such container: {ref}")
 
 
 def _config(**kw: object) -> ContainerConfig:
