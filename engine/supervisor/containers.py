@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import AlreadyExists, EngineError, InvalidArgument, NotFound
 from engine.oci.spec import SpecOptions, build_spec
 from engine.store.atomic import write_bytes_atomic
+from engine.store.rmtree import remove_tree
 from engine.supervisor.app import App
 
 log = logging.getLogger("engine.supervisor")
@@ -284,8 +284,12 @@ class ContainerSupervisor:
         await trio.to_thread.run_sync(self._remove_dirs, actor.id)
 
     def _remove_dirs(self, container_id: str) -> None:
-        shutil.rmtree(self.app.layout.run_container_dir(container_id), ignore_errors=True)
-        shutil.rmtree(self.app.layout.container_dir(container_id), ignore_errors=True)
+        for path in (self.app.layout.run_container_dir(container_id),
+                     self.app.layout.container_dir(container_id)):
+            try:
+                remove_tree(path)  # iterative: no depth makes it fail
+            except OSError as e:
+                log.warning("cannot delete %s: %s", path, e)
 
 
 def _write_new_container(files: ContainerFiles, config: ContainerConfig, status: ContainerStatus,

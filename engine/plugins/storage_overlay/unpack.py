@@ -33,7 +33,6 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -50,6 +49,7 @@ from engine.errors import (
     ResourceExhausted,
     UnsafeContent,
 )
+from engine.store.rmtree import remove_at, remove_tree
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -520,7 +520,7 @@ def _remove_existing(parent: int, name: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent)
+        remove_at(parent, name)
     else:
         os.unlink(name, dir_fd=parent)
 
@@ -690,6 +690,7 @@ def unpack_stream_into(
                 actual=result.diff_id,
             )
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # else cleanup_stale deletes it at the next start
+            remove_tree(temp)
         raise
     return temp, result
