@@ -129,11 +129,12 @@ class ContainerFiles:
         return self.dir / "ctr.log"
 
     def write_config(self, config: ContainerConfig) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Owner only: the config holds the container's environment (passwords, tokens).
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A --rm container is removed after any power loss anyway (docker does the same),
         # so only the others pay for the fsyncs.
         write_bytes_atomic(self.config_path, json.dumps(converter.unstructure(config)).encode(),
-                           durable=not config.auto_remove)
+                           mode=0o600, durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
         # Atomic but not fsynced: a daemon crash keeps every rename (the page cache
@@ -141,7 +142,7 @@ class ContainerFiles:
         # says: adoption finds the runtime empty and records the exit. One fsync per
         # transition would cost more than the rest of a container start.
         write_bytes_atomic(self.state_path, json.dumps(converter.unstructure(status)).encode(),
-                           durable=False)
+                           mode=0o600, durable=False)
 
     def read_config(self) -> ContainerConfig:
         return converter.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)

@@ -296,7 +296,7 @@ def _write_new_container(files: ContainerFiles, config: ContainerConfig, status:
                          run_dir: Path) -> None:
     """The status file goes last: a crash before it leaves a config without a status,
     which reads as CREATING and is discarded at the next start."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the bundle's spec holds the env
     files.write_config(config)
     files.write_status(status)
 
@@ -306,10 +306,11 @@ def _write_spec(bundle: Path, options: SpecOptions,
     spec = build_spec(options)
     if adapt is not None:
         spec = adapt(spec)
-    bundle.mkdir(parents=True, exist_ok=True)
-    # compact: the runtime reads it, and it is written at every start
+    bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # compact: the runtime reads it, and it is written at every start; owner only: it
+    # holds the container's environment
     data = json.dumps(spec, separators=(",", ":")).encode()
-    write_bytes_atomic(bundle / "config.json", data, durable=False)
+    write_bytes_atomic(bundle / "config.json", data, mode=0o600, durable=False)
 
 
 async def start_containers(app: App, nursery: trio.Nursery) -> None:
