@@ -49,6 +49,8 @@ _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
+# Per layer, sparse files at full size: far above real images, far below a disk-filling bomb.
+DEFAULT_MAX_APPARENT_SIZE = 256 * 1024**3
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +92,19 @@ class OverlayDriver:
     ``durable`` syncs the filesystem before a layer becomes visible, so a crash can't leave
     a visible layer with missing content (tests turn it off for speed).
     ``prefer_new_mount_api=False`` forces the mount(8) path (for tests of the fallback).
+    ``max_apparent_size`` caps one layer's files, sparse files at their full size (a tiny
+    layer may describe terabytes of holes; copying or exporting them would be real).
     """
 
     name = "overlay"
 
     def __init__(
-        self, layout: Layout, *, durable: bool = True, prefer_new_mount_api: bool = True
+        self,
+        layout: Layout,
+        *,
+        durable: bool = True,
+        prefer_new_mount_api: bool = True,
+        max_apparent_size: int = DEFAULT_MAX_APPARENT_SIZE,
     ) -> None:
         self.layout = layout
         self.root = layout.storage_dir(self.name)
@@ -103,6 +112,7 @@ class OverlayDriver:
         self.links_dir = self.root / "l"
         self.containers_dir = self.root / "containers"
         self.durable = durable
+        self.max_apparent_size = max_apparent_size
         self._mounter = OverlayMounter(prefer_new_api=prefer_new_mount_api)
         self._layer_locks = _KeyedLocks()
         self._container_locks = _KeyedLocks()
@@ -212,6 +222,7 @@ class OverlayDriver:
             self.layers_dir,
             expected_diff_id=expected_diff_id,
             check_cancelled=trio.from_thread.check_cancelled,
+            max_apparent_size=self.max_apparent_size,
         )
         try:
             return self._commit_layer(temp, result.diff_id, result.size)
@@ -274,6 +285,7 @@ class OverlayDriver:
                     self.layers_dir,
                     expected_diff_id=diff_id,
                     what=f"layer {diff_id}",
+                    max_apparent_size=self.max_apparent_size,
                 )
             except _Restart:
                 pass  # the download started over: so does the unpack
