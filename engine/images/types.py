@@ -210,6 +210,10 @@ _converter.register_structure_hook_func(lambda t: t == list[str], _strict_str_li
 # JSON null is common in docker configs ("Env": null): treat it as absent for these fields.
 _NULL_TOLERANT = (ContainerConfig, RootFS, History, ImageConfig)
 
+# Docker reads Entrypoint and Cmd as a "string slice": a plain string is a one-element list
+# (docker's strslice.StrSlice), and images built by other tools do carry that form.
+_STRING_OR_LIST: dict[type, tuple[str, ...]] = {ContainerConfig: ("Entrypoint", "Cmd")}
+
 
 # The spec requires these keys even when they hold the default value.
 _KEEP_DEFAULTS = (RootFS,)
@@ -231,9 +235,15 @@ def _register(cls: type) -> None:
             if f.default is not attrs.NOTHING
         }
 
+        one_or_many = _STRING_OR_LIST.get(cls, ())
+
         def structure_nulls(data: Any, t: type, _inner: Any = structure) -> Any:
             if isinstance(data, dict):
-                data = {k: v for k, v in data.items() if not (v is None and k in keys)}
+                data = {
+                    k: [v] if k in one_or_many and isinstance(v, str) else v
+                    for k, v in data.items()
+                    if not (v is None and k in keys)
+                }
             return _inner(data, t)
 
         _converter.register_structure_hook(cls, structure_nulls)
