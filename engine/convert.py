@@ -41,16 +41,21 @@ ValidationError = cattrs.BaseValidationError
 _WIRE_NAME = "engine.wire_name"
 _OMIT = "engine.omit"
 _KEEP_DEFAULT = "engine.keep_default"
+_STRING_AS_LIST = "engine.string_as_list"
 
 
 def field_meta(
-    *, name: str | None = None, omit: bool = False, keep_default: bool = False
+    *, name: str | None = None, omit: bool = False, keep_default: bool = False,
+    string_as_list: bool = False,
 ) -> dict[str, Any]:
     """Field metadata for the converters: ``name`` is the key on the wire when it differs
     from the attribute's; ``omit`` keeps the field off the wire both ways (e.g. the raw bytes
     a document was parsed from); ``keep_default`` writes the field even when it holds its
     default, where a converter leaves defaults out (a spec requires the key)."""
     meta: dict[str, Any] = {}
+    if string_as_list:
+        # docker reads Entrypoint/Cmd as a "string slice": a plain string is one element
+        meta[_STRING_AS_LIST] = True
     if name is not None:
         meta[_WIRE_NAME] = name
     if omit:
@@ -156,9 +161,17 @@ def _register_attrs_hooks(
             if f.default is not attrs.NOTHING
         }
 
+        one_or_many = {
+            f.metadata.get(_WIRE_NAME, f.name) for f in attrs.fields(cls) if f.metadata.get(_STRING_AS_LIST)
+        }
+
         def structure_nulls(data: Any, t: Any) -> Any:
             if isinstance(data, dict):
-                data = {k: v for k, v in data.items() if not (v is None and k in optional)}
+                data = {
+                    k: [v] if k in one_or_many and isinstance(v, str) else v
+                    for k, v in data.items()
+                    if not (v is None and k in optional)
+                }
             return inner(data, t)
 
         return structure_nulls

@@ -189,11 +189,13 @@ class StorageUsage:
 
 @attrs.frozen
 class StaleReport:
-    """What a storage driver's start-up clean-up found: debris it removed, and the
-    containers whose root filesystems are still mounted."""
+    """What a storage driver's start-up clean-up found: debris it removed, the containers
+    whose root filesystems are still mounted, and debris it could not remove (logged;
+    retried after later removals and at the next start)."""
 
     removed: list[str]
     mounted: list[str]
+    failed: list[str] = attrs.field(factory=list)
 
 
 class LayerStream(Protocol):

@@ -38,7 +38,7 @@ from engine.actors.model import (
     ContainerStatus,
     encode_status,
     primary_ip,
-    remove_tree,
+    remove_dir,
 )
 from engine.actors.restart import Restart, RestartPolicy, decide
 from engine.actors.state import ACTIVE, ContainerState, can_transition, require_state
@@ -727,8 +727,8 @@ class ContainerActor:
         await self._release_run_resources()
         await self._bounded("removal of the writable layer", self.deps.rootfs.remove(self.id),
                             self.deps.settings.cleanup_timeout)
-        await trio.to_thread.run_sync(remove_tree, self.run_dir)
-        await trio.to_thread.run_sync(remove_tree, self.files.dir)
+        await trio.to_thread.run_sync(remove_dir, self.run_dir)
+        await trio.to_thread.run_sync(remove_dir, self.files.dir)
 
     def _mark_removed(self) -> None:
         self.removed = True

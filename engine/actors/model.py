@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ import attrs
 
 from engine.actors.state import ContainerState
 from engine.convert import disk
+from engine.errors import RuntimeFailure
 from engine.store.atomic import write_bytes_atomic
+from engine.store.rmtree import remove_tree
 
 
 @attrs.define
@@ -130,11 +131,12 @@ class ContainerFiles:
         return self.dir / "ctr.log"
 
     def write_config(self, config: ContainerConfig) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Owner only: the config holds the container's environment (passwords, tokens).
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A --rm container is removed after any power loss anyway (docker does the same),
         # so only the others pay for the fsyncs.
         write_bytes_atomic(self.config_path, json.dumps(disk.unstructure(config)).encode(),
-                           durable=not config.auto_remove)
+                           mode=0o600, durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
         self.write_status_bytes(encode_status(status))
@@ -144,7 +146,7 @@ class ContainerFiles:
         # survives it), and after a power loss no container is running whatever the file
         # says: adoption finds the runtime empty and records the exit. One fsync per
         # transition would cost more than the rest of a container start.
-        write_bytes_atomic(self.state_path, data, durable=False)
+        write_bytes_atomic(self.state_path, data, mode=0o600, durable=False)
 
     def read_config(self) -> ContainerConfig:
         return disk.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
@@ -171,9 +173,13 @@ def primary_ip(network_details: dict[str, Any]) -> str:
     return ""
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a container's directory (blocking)."""
-    shutil.rmtree(path, ignore_errors=True)
+def remove_dir(path: Path) -> None:
+    """Delete a container's directory tree, at any depth and without following a symlink
+    (blocking). Failures are an engine error naming the path (rm -f retries)."""
+    try:
+        remove_tree(path)
+    except OSError as e:
+        raise RuntimeFailure(f"cannot remove {path}: {e.strerror or e}; `rm -f` retries") from None
 
 
 def now() -> float:

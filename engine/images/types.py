@@ -125,8 +125,9 @@ class ContainerConfig:
 
     user: str = attrs.field(default="", metadata=field_meta(name="User"))
     env: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Env"))
-    entrypoint: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Entrypoint"))
-    cmd: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Cmd"))
+    entrypoint: list[str] | None = attrs.field(
+        default=None, metadata=field_meta(name="Entrypoint", string_as_list=True))
+    cmd: list[str] | None = attrs.field(default=None, metadata=field_meta(name="Cmd", string_as_list=True))
     working_dir: str = attrs.field(default="", metadata=field_meta(name="WorkingDir"))
     exposed_ports: dict[str, dict[str, Any]] | None = attrs.field(
         default=None, metadata=field_meta(name="ExposedPorts")

@@ -195,8 +195,21 @@ class Decoder:
             except StopIteration:
                 return
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
-                raise ProtocolError(f"unreadable msgpack data: {e}") from None
+                raise ProtocolError(f"unreadable msgpack data: {_reason(msgpack, e)}") from None
             yield obj
+
+
+# msgpack's C unpacker keeps a fixed stack: arrays and maps nest at most this deep.
+MSGPACK_MAX_DEPTH = 1024
+
+
+def _reason(msgpack: ModuleType, e: Exception) -> str:
+    """What was wrong, in words: msgpack's errors of this kind carry no message."""
+    if isinstance(e, msgpack.StackError):
+        return f"arrays/maps nested deeper than {MSGPACK_MAX_DEPTH} levels"
+    if isinstance(e, msgpack.FormatError):
+        return "a byte that starts no msgpack value (such as 0xc1)"
+    return str(e) or type(e).__name__
 
 
 # --- Small frames without msgpack ------------------------------------------------------------

@@ -11,19 +11,20 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket as stdsocket
 import ssl
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from engine.errors import ConfigError, Unavailable
 from engine.rpc import protocol
@@ -53,7 +54,7 @@ def parse_host(host: str) -> tuple[str, str]:
     """``unix:///p`` → ("unix", "/p"); ``tcp://h:p`` → ("tcp", "h:p"); ``fd://`` → ("fd", "")."""
     if host.startswith("/"):
         return "unix", host
-    parsed = urlparse(host)
+    parsed = urlsplit(host)
     if parsed.scheme == "unix" and (parsed.path or parsed.netloc):
         return "unix", parsed.netloc + parsed.path
     if parsed.scheme == "tcp" and parsed.hostname and parsed.port:
@@ -155,25 +156,126 @@ class WebSocketTransport:
         await self.ws.aclose()
 
 
+async def open_tcp_listeners(address: str, *, loopback_only: bool) -> list[trio.SocketListener]:
+    """Bind ``host:port`` (a name is resolved; every address it has is bound).
+
+    With ``loopback_only`` (a listener without TLS), each bound socket's own address must be
+    a loopback one: what the name resolves to decides, not how it is spelled.
+    Errors: ConfigError for a name that does not resolve, an address that cannot be bound,
+    or a non-loopback address when ``loopback_only``."""
+    host, _, port_text = address.rpartition(":")
+    try:
+        listeners = await trio.open_tcp_listeners(int(port_text), host=host)
+    except OSError as e:  # socket.gaierror included
+        raise ConfigError(
+            f"cannot listen on tcp://{_bracketed(host)}:{port_text}: "
+            f"{e.strerror or e}; check the address in --host"
+        ) from None
+    if loopback_only:
+        exposed = [
+            name for name in (_bound_address(listener) for listener in listeners)
+            if not _is_loopback(name)
+        ]
+        if exposed:
+            for listener in listeners:
+                await listener.aclose()
+            raise ConfigError(
+                f"refusing to serve tcp://{_bracketed(host)}:{port_text} without TLS: it binds "
+                f"{', '.join(exposed)}, which is not a loopback address. Set tlscert/tlskey (and "
+                "tlscacert to require client certificates), or listen on 127.0.0.1 or [::1]"
+            )
+    return listeners
+
+
+def _bound_address(listener: trio.SocketListener) -> str:
+    return str(listener.socket.getsockname()[0])
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# --- WebSocket origins -------------------------------------------------------------------------
+#
+# A browser lets any web page open a WebSocket to 127.0.0.1; the handshake then carries the
+# page's Origin. Only non-browser clients (no Origin) and origins the daemon's config names
+# explicitly may pass.
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalise_origin(text: str) -> str:
+    """An origin as browsers serialise it: ``scheme://host[:port]``, lower case, the
+    default port left out; ``null`` stays ``null``. ValueError for anything else."""
+    text = text.strip()
+    if text.lower() == "null":
+        return "null"
+    parts = urlsplit(text)
+    if not parts.scheme or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{text!r} is not an origin: use scheme://host[:port]")
+    scheme = parts.scheme.lower()
+    port = parts.port  # ValueError for a bad one
+    host = _bracketed(parts.hostname.lower())
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def origin_refusal(headers: list[tuple[bytes, bytes]], allowed: Collection[str]) -> str | None:
+    """Why a handshake with these headers must be refused, or None to accept it."""
+    origins = [value for name, value in headers if name.lower() == b"origin"]
+    if not origins:
+        return None  # not a browser: our SDK, engctl, scripts
+    if len(origins) > 1:
+        return "more than one Origin header"
+    raw = origins[0].decode("latin-1")
+    try:
+        origin = normalise_origin(raw)
+    except ValueError:
+        return f"malformed Origin {raw!r}"
+    if origin in allowed:
+        return None
+    return (
+        f"Origin {raw!r} is not allowed; the daemon's owner can allow it with "
+        "--ws-allowed-origin (ws-allowed-origins in daemon.json)"
+    )
+
+
 async def serve_websocket_rpc(
     server: RPCServer,
-    address: str,
+    listeners: list[trio.SocketListener],
     tls: TLSConfig | None,
+    allowed_origins: Callable[[], Collection[str]] = frozenset,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    host, _, port = address.rpartition(":")
-    ssl_context = tls.server_context() if tls else None
+    """Serve the RPC over WebSocket on ``listeners`` (TLS when ``tls``). A handshake with
+    an ``Origin`` header that ``allowed_origins()`` (read at each handshake, so a config
+    reload applies) does not list is refused with 403."""
+    ws_listeners: list[Any] = list(listeners)
+    if tls is not None:
+        ctx = tls.server_context()
+        ws_listeners = [trio.SSLListener(lst, ctx, https_compatible=True) for lst in listeners]
 
     async def handler(request: WebSocketRequest) -> None:
+        refusal = origin_refusal(request.headers, allowed_origins())
+        if refusal is not None:
+            log.warning("refused a WebSocket handshake: %s", refusal)
+            await request.reject(403, body=refusal.encode())
+            return
         ws = await request.accept()
         await server.handle_transport(WebSocketTransport(ws, server.max_frame), peer="websocket")
 
-    await serve_websocket(
-        handler,
-        host,
-        int(port),
-        ssl_context=ssl_context,
-        max_message_size=server.max_frame,
-        task_status=task_status,
-    )
+    ws_server = WebSocketServer(handler, ws_listeners, max_message_size=server.max_frame)
+    await ws_server.run(task_status=task_status)

@@ -15,6 +15,7 @@ import attrs
 
 from engine.convert import ValidationError, describe_error, wire
 from engine.errors import ConfigError
+from engine.rpc.transports import normalise_origin
 
 DEFAULT_CONFIG = Path("/etc/engine/daemon.json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -41,6 +42,9 @@ class DaemonConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     socket_group: str | None = None
+    # Origins (scheme://host[:port]) whose web pages may open the WebSocket RPC; none by
+    # default: a browser handshake carries an Origin, our clients send none.
+    ws_allowed_origins: list[str] = attrs.field(factory=list)
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
     def to_plugin_dict(self) -> dict[str, Any]:
@@ -54,7 +58,7 @@ class DaemonConfig:
 
 
 RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads",
-              "default_runtime", "default_network")
+              "default_runtime", "default_network", "ws_allowed_origins")
 
 
 def _file_key_to_field(key: str) -> str:
@@ -101,7 +105,18 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
         raise ConfigError(f"invalid runtime-timeout {config.runtime_timeout}: use seconds from 0 to 3600")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    config.ws_allowed_origins = [_origin(o) for o in config.ws_allowed_origins]
     return config
+
+
+def _origin(text: str) -> str:
+    if text.strip() == "*":
+        raise ConfigError("ws-allowed-origins: '*' is not accepted; list each origin that may "
+                          "use the RPC from a browser (e.g. http://localhost:8080)")
+    try:
+        return normalise_origin(text)
+    except ValueError as e:
+        raise ConfigError(f"invalid ws-allowed-origins entry: {e}") from None
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -124,6 +139,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--tlskey", dest="tls_key")
     p.add_argument("--tlscacert", dest="tls_ca")
     p.add_argument("--group", dest="socket_group", help="group owning the unix socket")
+    p.add_argument("--ws-allowed-origin", dest="ws_allowed_origins", action="append",
+                   metavar="ORIGIN", help="let web pages from ORIGIN (scheme://host[:port]) use "
+                   "the tcp:// WebSocket RPC; none by default (repeatable)")
     return p
 
 

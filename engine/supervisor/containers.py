@@ -25,7 +25,13 @@ import trio
 from engine.actors.commands import Adopt, Rename
 from engine.actors.container import ContainerActor
 from engine.actors.deps import ActorDeps, Registry
-from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, new_container_id
+from engine.actors.model import (
+    ContainerConfig,
+    ContainerFiles,
+    ContainerStatus,
+    new_container_id,
+    remove_dir,
+)
 from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -227,13 +233,11 @@ def _write_new_container(files: ContainerFiles, config: ContainerConfig, status:
                          run_dir: Path) -> None:
     """The status file goes last: a crash before it leaves a config without a status,
     which reads as CREATING and is discarded at the next start."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the bundle's spec holds the env
     files.write_config(config)
     files.write_status(status)
 
 
 def _remove_container_dirs(actor: ContainerActor) -> None:
-    from engine.actors.model import remove_tree
-
-    remove_tree(actor.run_dir)
-    remove_tree(actor.files.dir)
+    remove_dir(actor.run_dir)
+    remove_dir(actor.files.dir)

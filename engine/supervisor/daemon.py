@@ -30,6 +30,7 @@ from engine.rpc.server import RPCServer
 from engine.rpc.transports import (
     TLSConfig,
     inherited_listeners,
+    open_tcp_listeners,
     parse_host,
     serve_stream_listeners,
     serve_websocket_rpc,
@@ -168,12 +169,11 @@ async def _listen(app: App, server: RPCServer, nursery: trio.Nursery) -> list[Pa
                     Path(app.config.tls_key),
                     Path(app.config.tls_ca) if app.config.tls_ca else None,
                 )
-            elif not address.startswith(("127.", "localhost", "[::1]")):
-                raise ConfigError(
-                    f"refusing to serve {host} without TLS: set tlscert/tlskey (and tlscacert "
-                    "to require client certificates), or listen on a loopback address"
-                )
-            await nursery.start(serve_websocket_rpc, server, address, tls)
+            # Plain only on loopback: checked on the bound sockets, whatever the name says.
+            tcp = await open_tcp_listeners(address, loopback_only=tls is None)
+            await nursery.start(
+                serve_websocket_rpc, server, tcp, tls, lambda: app.config.ws_allowed_origins
+            )
         app.listeners.append(host)
         log.info("listening", extra={"host": host})
     return sockets

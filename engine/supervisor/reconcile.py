@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, remove_tree
+from engine.actors.model import ContainerConfig, ContainerFiles, ContainerStatus, remove_dir
 from engine.actors.state import ContainerState
 from engine.errors import EngineError
 from engine.plugin import StaleReport
@@ -88,8 +88,8 @@ async def _discard_half_created(app: App, config: ContainerConfig) -> None:
             await storage.remove_container(config.id)
         except EngineError as e:
             log.warning("cleanup of %s: %s", config.name, e)
-    await trio.to_thread.run_sync(remove_tree, app.layout.run_container_dir(config.id))
-    await trio.to_thread.run_sync(remove_tree, app.layout.container_dir(config.id))
+    await trio.to_thread.run_sync(remove_dir, app.layout.run_container_dir(config.id))
+    await trio.to_thread.run_sync(remove_dir, app.layout.container_dir(config.id))
     app.events.emit("container", "destroy", config.id, name=config.name, reason="half-created")
 
 

@@ -60,6 +60,7 @@ class TestImage:
     cmd: list[str] = ["sh"]
     env: list[str] = [DEFAULT_PATH]
     labels: dict[str, str] = attrs.field(factory=dict)
+    config_extra: dict[str, Any] = attrs.field(factory=dict)  # more keys for "config", as is
 
 
 @attrs.frozen
@@ -250,6 +251,7 @@ def build(image: TestImage, compression: str = "gzip") -> BuiltImage:
     }
     if image.labels:
         config_doc["config"]["Labels"] = dict(image.labels)
+    config_doc["config"].update(image.config_extra)
     config_data = _json(config_doc)
     config = Blob(OCI_CONFIG, config_data, sha256(config_data))
     manifest_data = _json(

@@ -135,4 +135,13 @@ def test_bad_configs() -> None:
     with pytest.raises(InvalidArgument, match="diff_id"):
         t.parse_config(json.dumps({"rootfs": {"type": "layers", "diff_ids": ["md5:x"]}}).encode())
     with pytest.raises(InvalidArgument, match="malformed ImageConfig"):
-        t.parse_config(json.dumps({"config": {"Cmd": "not-a-list"}}).encode())
+        t.parse_config(json.dumps({"config": {"Cmd": 42}}).encode())
+    with pytest.raises(InvalidArgument, match="malformed ImageConfig"):
+        t.parse_config(json.dumps({"config": {"Entrypoint": ["sh", 1]}}).encode())
+
+
+def test_string_entrypoint_and_cmd_are_one_element_lists() -> None:
+    # docker's StrSlice: a plain string is one argument (not split, not refused).
+    config = t.parse_config(json.dumps(
+        {"config": {"Entrypoint": "/bin/sh -c", "Cmd": "echo hi"}}).encode())
+    assert config.config.entrypoint == ["/bin/sh -c"] and config.config.cmd == ["echo hi"]

@@ -19,11 +19,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import logging
 import math
 import os
 import re
-import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +36,7 @@ from engine.images.content import check_digest
 from engine.plugin import Availability, LayerInfo, StaleReport, StorageUsage
 from engine.store.atomic import read_json, syncfs, write_json_atomic
 from engine.store.layout import Layout
+from engine.store.rmtree import remove_tree, tree_bytes
 
 from .mount import OverlayMounter, OverlaySpec, filesystem_of, is_mounted, read_mountinfo, unmount
 from .unpack import TEMP_PREFIX, ChunkReader, UnpackResult, unpack_into, unpack_stream_into
@@ -46,6 +48,10 @@ _LINK_LEN = 10  # 50 random bits; 11 bytes per layer in legacy mount options
 
 _STREAM_BUFFER = 8  # chunk lists (about 1 MiB each) queued between a download and its unpack
 _READ_CHUNK = 1024 * 1024
+# Per layer, sparse files at full size: far above real images, far below a disk-filling bomb.
+DEFAULT_MAX_APPARENT_SIZE = 256 * 1024**3
+
+log = logging.getLogger(__name__)
 
 
 class _KeyedLocks:
@@ -75,12 +81,19 @@ class OverlayDriver:
     ``durable`` syncs the filesystem before a layer becomes visible, so a crash can't leave
     a visible layer with missing content (tests turn it off for speed).
     ``prefer_new_mount_api=False`` forces the mount(8) path (for tests of the fallback).
+    ``max_apparent_size`` caps one layer's files, sparse files at their full size (a tiny
+    layer may describe terabytes of holes; copying or exporting them would be real).
     """
 
     name = "overlay"
 
     def __init__(
-        self, layout: Layout, *, durable: bool = True, prefer_new_mount_api: bool = True
+        self,
+        layout: Layout,
+        *,
+        durable: bool = True,
+        prefer_new_mount_api: bool = True,
+        max_apparent_size: int = DEFAULT_MAX_APPARENT_SIZE,
     ) -> None:
         self.layout = layout
         self.root = layout.storage_dir(self.name)
@@ -88,6 +101,7 @@ class OverlayDriver:
         self.links_dir = self.root / "l"
         self.containers_dir = self.root / "containers"
         self.durable = durable
+        self.max_apparent_size = max_apparent_size
         self._mounter = OverlayMounter(prefer_new_api=prefer_new_mount_api)
         self._layer_locks = _KeyedLocks()
         self._container_locks = _KeyedLocks()
@@ -95,6 +109,8 @@ class OverlayDriver:
         # waiting meanwhile keep downloading into their ingest files.
         self._unpack_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._blob_diff_ids: dict[tuple[str, int, int, int], str] = {}
+        self._debris: set[Path] = set()  # leftovers whose deletion failed: retried
+        self._retrying = threading.Lock()
 
     # --- host check --------------------------------------------------------------------------
 
@@ -195,11 +211,12 @@ class OverlayDriver:
             self.layers_dir,
             expected_diff_id=expected_diff_id,
             check_cancelled=trio.from_thread.check_cancelled,
+            max_apparent_size=self.max_apparent_size,
         )
         try:
             return self._commit_layer(temp, result.diff_id, result.size)
         finally:
-            shutil.rmtree(temp, ignore_errors=True)  # gone already unless we lost a race
+            self._discard(temp)  # gone already unless we lost a race
 
     @contextlib.asynccontextmanager
     async def layer_stream(self, diff_id: str) -> AsyncIterator[LayerStream | None]:
@@ -247,7 +264,7 @@ class OverlayDriver:
         try:
             return self._commit_layer(temp, result.diff_id, result.size, sync=False)
         finally:
-            shutil.rmtree(temp, ignore_errors=True)  # gone already unless we lost a race
+            self._discard(temp)  # gone already unless we lost a race
 
     def _extract_feed(self, feed: _Feed, diff_id: str) -> tuple[Path, UnpackResult]:
         while True:
@@ -257,6 +274,7 @@ class OverlayDriver:
                     self.layers_dir,
                     expected_diff_id=diff_id,
                     what=f"layer {diff_id}",
+                    max_apparent_size=self.max_apparent_size,
                 )
             except _Restart:
                 pass  # the download started over: so does the unpack
@@ -328,7 +346,7 @@ class OverlayDriver:
         os.rename(final, doomed / "layer")  # invisible at once; deletion may take a while
         if link:
             (self.links_dir / link).unlink(missing_ok=True)
-        shutil.rmtree(doomed, ignore_errors=True)
+        self._discard(doomed)
 
     def _mounted_users(self, diff_id: str) -> list[str]:
         users = []
@@ -425,7 +443,7 @@ class OverlayDriver:
             return
         doomed = Path(tempfile.mkdtemp(prefix=REMOVING_PREFIX, dir=self.containers_dir))
         os.rename(cdir, doomed / "container")
-        shutil.rmtree(doomed, ignore_errors=True)
+        self._discard(doomed)
 
     # --- accounting and start-up -------------------------------------------------------------------
 
@@ -439,7 +457,7 @@ class OverlayDriver:
             with contextlib.suppress(OSError, NotFound, KeyError, ValueError):
                 layers_bytes += self._layer_info_sync(diff_id).size
         containers = self._container_ids()
-        containers_bytes = sum(_tree_bytes(self.containers_dir / c / "upper") for c in containers)
+        containers_bytes = sum(tree_bytes(self.containers_dir / c / "upper") for c in containers)
         return StorageUsage(
             layers=len(layers),
             layers_bytes=layers_bytes,
@@ -475,19 +493,50 @@ class OverlayDriver:
 
     def cleanup_stale_sync(self) -> StaleReport:
         removed: list[str] = []
+        failed: list[str] = []
         for parent in (self.layers_dir, self.containers_dir):
             if not parent.exists():
                 continue
             for entry in os.scandir(parent):
                 if entry.name.startswith((TEMP_PREFIX, REMOVING_PREFIX)):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                    removed.append(entry.path)
+                    if self._discard(Path(entry.path)):
+                        removed.append(entry.path)
+                    else:
+                        failed.append(entry.path)
         if self.links_dir.exists():
             for entry in os.scandir(self.links_dir):
                 if entry.is_symlink() and not os.path.exists(entry.path):
-                    os.unlink(entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
                     removed.append(entry.path)
-        return StaleReport(removed=sorted(removed), mounted=self._mounted_container_ids())
+        return StaleReport(
+            removed=sorted(removed), mounted=self._mounted_container_ids(), failed=sorted(failed)
+        )
+
+    def _discard(self, debris: Path) -> bool:
+        """Delete ``debris`` (a temp or ``.removing-*`` dir, invisible to everything else).
+        It is the driver's own business: a failure is logged, not raised, and the debris is
+        tried again after the next removal and at every start (``cleanup_stale``). Also
+        retries earlier failures. Returns whether ``debris`` is gone."""
+        ok = self._try_remove(debris)
+        if self._debris and self._retrying.acquire(blocking=False):  # one thread retries
+            try:
+                for earlier in sorted(self._debris - {debris}):
+                    self._try_remove(earlier)
+            finally:
+                self._retrying.release()
+        return ok
+
+    def _try_remove(self, debris: Path) -> bool:
+        try:
+            remove_tree(debris)
+        except Exception as e:  # noqa: BLE001 - the caller's operation succeeded regardless
+            if debris not in self._debris:
+                log.warning("cannot delete %s (retried later): %s", debris, e)
+            self._debris.add(debris)
+            return False
+        self._debris.discard(debris)
+        return True
 
 
 # --- streaming a layer while it downloads ----------------------------------------------------
@@ -682,11 +731,3 @@ def _blob_key(blob: Path) -> tuple[str, int, int, int]:
         raise NotFound(f"layer blob {blob} does not exist; pull the image again") from None
     return (os.path.abspath(blob), st.st_ino, st.st_size, st.st_mtime_ns)
 
-
-def _tree_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total

@@ -26,12 +26,13 @@ OCI whiteouts become overlay whiteouts: ``.wh.NAME`` -> char device 0:0 ``NAME``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
 import io
+import math
 import os
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -49,6 +50,7 @@ from engine.errors import (
     ResourceExhausted,
     UnsafeContent,
 )
+from engine.store.rmtree import remove_at, remove_tree
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -205,22 +207,40 @@ class TarStream:
 
 
 class MemberData:
-    """How ``Extractor`` gets at a member's content: straight from the stream, or through
-    tarfile for the rare sparse member."""
+    """How ``Extractor`` gets at a member's content, straight from the stream: a sparse
+    member's data regions are written at their offsets and its holes stay holes."""
 
     def __init__(self, tar: tarfile.TarFile, stream: TarStream) -> None:
         self.tar = tar
         self.stream = stream
 
     def copy_to(self, member: tarfile.TarInfo, fd: int) -> None:
-        if member.sparse is not None:
-            source = self.tar.extractfile(member)
-            if source is not None:
-                while chunk := source.read(_READ_CHUNK):
-                    _write_all(fd, chunk)
+        if member.sparse is None:
+            self.stream.seek(member.offset_data)
+            self.stream.copy_to(fd, member.size)
             return
-        self.stream.seek(member.offset_data)
-        self.stream.copy_to(fd, member.size)
+        # The regions' bytes are stored one after the other (GNU and PAX sparse formats
+        # alike, as tarfile parses them); seek over the holes, then set the real size.
+        stored = member.offset_data
+        for offset, length in _sparse_map(member):
+            self.stream.seek(stored)
+            os.lseek(fd, offset, os.SEEK_SET)
+            self.stream.copy_to(fd, length)
+            stored += length
+        os.ftruncate(fd, member.size)
+
+
+def _sparse_map(member: tarfile.TarInfo) -> list[tuple[int, int]]:
+    raw: Any = member.sparse or []  # [(offset, length), ...] as tarfile parses it
+    regions = [(int(offset), int(length)) for offset, length in raw]
+    for offset, length in regions:
+        if offset < 0 or length < 0 or offset + length > member.size:
+            raise UnsafeContent(
+                f"layer entry {member.name!r} has a sparse region ({offset}, {length}) outside "
+                f"its size {member.size}; the layer is corrupt",
+                entry=member.name,
+            )
+    return regions
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -247,16 +267,53 @@ def normalise_name(name: str) -> list[str]:
     return parts
 
 
+# uid/gid are 32-bit on Linux and (2**32 - 1) means "unchanged" to chown(2).
+_MAX_ID = 2**32 - 2
+# Nanoseconds since the epoch must fit a signed 64-bit value (about the years 1678-2262).
+_MAX_MTIME = (2**63 - 1) // 1_000_000_000
+
+
+def check_fields(member: tarfile.TarInfo) -> None:
+    """Refuse numeric fields the kernel cannot take (pax headers may say anything: a NaN or
+    1e400 mtime, a 2**40 uid) with an error that names the entry, not an internal error."""
+    problems = []
+    for field in ("uid", "gid"):
+        value = getattr(member, field)
+        if not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+            problems.append(f"{field} {value!r} (must be 0-{_MAX_ID})")
+    mtime = member.mtime
+    try:
+        ok = math.isfinite(mtime) and abs(mtime) <= _MAX_MTIME
+    except TypeError:
+        ok = False
+    if not ok:
+        problems.append(f"mtime {mtime!r} (must be a finite time within +/-{_MAX_MTIME} s)")
+    if member.size < 0:
+        problems.append(f"size {member.size!r}")
+    if member.ischr() or member.isblk():
+        for field in ("devmajor", "devminor"):
+            value = getattr(member, field)
+            if not isinstance(value, int) or not 0 <= value <= 2**32 - 1:
+                problems.append(f"{field} {value!r}")
+    if problems:
+        raise UnsafeContent(
+            f"layer entry {member.name!r} has an invalid {', '.join(problems)}; the layer is "
+            "corrupt or hostile: do not use this image",
+            entry=member.name,
+        )
+
+
 # --- directory walking -------------------------------------------------------------------------
 
 
 class Extractor:
     """Applies tar members under ``root`` (an existing, empty directory we own)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, max_apparent_size: int | None = None) -> None:
         self.root = root
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.size = 0
+        self.size = 0  # apparent bytes of regular files (a sparse file's holes count)
+        self.max_apparent_size = max_apparent_size
         # Directory mtimes are applied last: creating children would bump them again.
         self._dir_times: dict[tuple[str, ...], int] = {}
 
@@ -298,6 +355,7 @@ class Extractor:
     # --- members -----------------------------------------------------------------------------
 
     def apply(self, member: tarfile.TarInfo, data: MemberData) -> None:
+        check_fields(member)
         parts = normalise_name(member.name)
         if not parts:
             self._apply_root(member)
@@ -394,6 +452,16 @@ class Extractor:
         _set_xattrs_fd(fd, member)
 
     def _regular(self, parent: int, base: str, member: tarfile.TarInfo, data: MemberData) -> None:
+        limit = self.max_apparent_size
+        if limit is not None and self.size + member.size > limit:
+            raise ResourceExhausted(
+                f"layer entry {member.name!r} takes the layer's files to "
+                f"{self.size + member.size} bytes (counting sparse files at their full size), "
+                f"over the limit of {limit}; if the image is trusted, raise the overlay "
+                "storage option max_apparent_size (plugins.overlay in daemon.json)",
+                entry=member.name,
+                limit=limit,
+            )
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, 0o600, dir_fd=parent)
         try:
@@ -484,7 +552,7 @@ def _remove_existing(parent: int, name: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=parent)
+        remove_at(parent, name)
     else:
         os.unlink(name, dir_fd=parent)
 
@@ -521,7 +589,11 @@ def _set_xattrs_fd(fd: int, member: tarfile.TarInfo) -> None:
 
 
 def extract(
-    blob: Path, target: Path, *, check_cancelled: Callable[[], None] = lambda: None
+    blob: Path,
+    target: Path,
+    *,
+    check_cancelled: Callable[[], None] = lambda: None,
+    max_apparent_size: int | None = None,
 ) -> UnpackResult:
     """Extract ``blob`` into the existing empty directory ``target``; return its diff_id.
 
@@ -530,7 +602,13 @@ def extract(
     """
     with open(blob, "rb", buffering=0) as raw:
         source = ChunkReader(lambda: raw.read(_READ_CHUNK), raw.readinto)
-        return extract_stream(source, target, check_cancelled=check_cancelled, what=str(blob))
+        return extract_stream(
+            source,
+            target,
+            check_cancelled=check_cancelled,
+            what=str(blob),
+            max_apparent_size=max_apparent_size,
+        )
 
 
 def extract_stream(
@@ -539,14 +617,17 @@ def extract_stream(
     *,
     check_cancelled: Callable[[], None] = lambda: None,
     what: str = "layer",
+    max_apparent_size: int | None = None,
 ) -> UnpackResult:
     """Extract the (compressed) layer read from ``source`` into ``target``, as ``extract``.
 
+    ``max_apparent_size`` caps the total size of the layer's regular files, sparse files
+    counted at their full size (ResourceExhausted beyond it).
     Errors raised by ``source`` itself (cancellation, a restarted download) pass through."""
     try:
         with decompressed(source) as stream:
             tar_stream = TarStream(stream)
-            extractor = Extractor(target)
+            extractor = Extractor(target, max_apparent_size=max_apparent_size)
             try:
                 _extract_members(tar_stream, extractor, check_cancelled)
                 extractor.finish()
@@ -583,6 +664,12 @@ def _extract_members(
             except OSError as e:
                 e.filename = e.filename or member.name
                 raise
+            except (ValueError, OverflowError) as e:  # a value no syscall takes (NUL, range)
+                raise UnsafeContent(
+                    f"layer entry {member.name!r} cannot be unpacked: {e}; the layer is corrupt "
+                    "or hostile: do not use this image",
+                    entry=member.name,
+                ) from None
             tar.members = []  # type: ignore[attr-defined]  # streaming: flat memory
 
 
@@ -601,6 +688,7 @@ def unpack_into(
     *,
     expected_diff_id: str | None,
     check_cancelled: Callable[[], None] = lambda: None,
+    max_apparent_size: int | None = None,
 ) -> tuple[Path, UnpackResult]:
     """Extract ``blob`` into ``<parent>/.unpack-XXXX/diff`` and check its diff_id.
 
@@ -617,6 +705,7 @@ def unpack_into(
             expected_diff_id=expected_diff_id,
             check_cancelled=check_cancelled,
             what=str(blob),
+            max_apparent_size=max_apparent_size,
         )
 
 
@@ -627,6 +716,7 @@ def unpack_stream_into(
     expected_diff_id: str | None,
     check_cancelled: Callable[[], None] = lambda: None,
     what: str = "layer",
+    max_apparent_size: int | None = None,
 ) -> tuple[Path, UnpackResult]:
     """``unpack_into`` for a layer read from ``source`` (e.g. while it downloads)."""
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent))
@@ -634,7 +724,13 @@ def unpack_stream_into(
         diff = temp / "diff"
         diff.mkdir()
         diff.chmod(0o755)
-        result = extract_stream(source, diff, check_cancelled=check_cancelled, what=what)
+        result = extract_stream(
+            source,
+            diff,
+            check_cancelled=check_cancelled,
+            what=what,
+            max_apparent_size=max_apparent_size,
+        )
         if expected_diff_id is not None and result.diff_id != expected_diff_id:
             raise DigestMismatch(
                 f"layer blob {what} unpacks to {result.diff_id}, but the image config says "
@@ -644,6 +740,7 @@ def unpack_stream_into(
                 actual=result.diff_id,
             )
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # else cleanup_stale deletes it at the next start
+            remove_tree(temp)
         raise
     return temp, result
