@@ -80,7 +80,18 @@ class Writeback:
         self._lock = threading.Lock()
         self._active = 0  # pulls writing unsynced data now
         self._generation = 0  # bumped by every begin: a sync that saw an older one is stale
-        self._syncing: threading.Thread | None = None
+        self._syncing = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run the background syncs as tasks of ``nursery`` (the daemon's): a sync is then a
+        worker thread owned by a task there, cancelled with the daemon. Unattached (a store
+        used outside a daemon), a sync runs in a thread of its own."""
+        self._nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
 
     def begin(self) -> None:
         with self._lock:
@@ -109,12 +120,20 @@ class Writeback:
                 self._start_sync()
 
     def _start_sync(self) -> None:
-        """With the lock held: sync in the background unless a pull or a sync is running."""
-        if self._active == 0 and self._syncing is None:
-            self._syncing = threading.Thread(
-                target=self._sync, name="engine-writeback", daemon=True
-            )
-            self._syncing.start()
+        """With the lock held: sync in the background unless a pull or a sync is running.
+        May be called from a worker thread (``sync_soon``) or from the event loop."""
+        if self._active or self._syncing:
+            return
+        self._syncing = True
+        self._idle.clear()
+        nursery, token = self._nursery, self._token
+        if nursery is None or token is None:
+            threading.Thread(target=self._sync, name="engine-writeback", daemon=True).start()
+            return
+        token.run_sync_soon(nursery.start_soon, self._sync_task)
+
+    async def _sync_task(self) -> None:
+        await trio.to_thread.run_sync(self._sync)
 
     def _sync(self) -> None:
         while True:
@@ -124,13 +143,13 @@ class Writeback:
                 syncfs(self.fs_path)
             except OSError:
                 with self._lock:
-                    self._syncing = None
+                    self._done_syncing()
                 return  # the marker stays: the next start-up checks
             with self._lock:
                 if self._generation == seen or self._active:
                     if self._generation == seen and not self._active:
                         self._remove_marker()
-                    self._syncing = None
+                    self._done_syncing()
                     return
             # a pull began and ended meanwhile: sync once more for its data
 
@@ -139,14 +158,13 @@ class Writeback:
             self.marker.unlink()
             fsync_dir(self.marker.parent)
 
+    def _done_syncing(self) -> None:
+        self._syncing = False
+        self._idle.set()
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait for the background sync (tests, shutdown); True when none is running."""
-        with self._lock:
-            thread = self._syncing
-        if thread is not None:
-            thread.join(timeout)
-        with self._lock:
-            return self._syncing is None
+        return self._idle.wait(timeout)
 
     def _marker_boot(self) -> str | None:
         try:

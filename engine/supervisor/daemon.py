@@ -58,7 +58,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
 
     app.availability.start(nursery)
     await app.check_plugins()
-    await open_image_store(app)
+    await open_image_store(app, nursery)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)
@@ -88,7 +88,7 @@ def actor_deps(app: App, registry: Registry) -> ActorDeps:
     )
 
 
-async def open_image_store(app: App) -> None:
+async def open_image_store(app: App, nursery: trio.Nursery) -> None:
     """The image store over the storage driver; unavailable (with the reason) without one."""
     from engine.images.content import ContentStore
     from engine.images.store import ImageStore
@@ -104,7 +104,9 @@ async def open_image_store(app: App) -> None:
     def open_store() -> ImageStore:
         return ImageStore(layout, ContentStore(layout.blobs_dir, layout.ingest_dir), storage)
 
-    app.services.images = await trio.to_thread.run_sync(open_store)
+    store = await trio.to_thread.run_sync(open_store)
+    store.writeback.attach(nursery)
+    app.services.images = store
 
 
 class RootLock:
