@@ -88,10 +88,10 @@ class Scope:
 
     def learn(self, d: Daemon) -> None:
         for net in d.call("network.list"):
-            if net["Driver"] != "bridge" or net["Name"] == "bridge":
-                # The default network's bridge and subnet are the same in every engine on
-                # the host; only user networks are this daemon's alone.
+            if net["Driver"] != "bridge":
                 continue
+            # The default network's bridge and subnet are this daemon's alone too (each test
+            # daemon has its own, engine.testing.daemon.NetSlot).
             self.names.add(net["Name"])
             self.bridges.add(net["Options"]["com.docker.network.bridge.name"])
             for cfg in net["IPAM"]["Config"]:
@@ -99,7 +99,8 @@ class Scope:
 
     def markers(self) -> list[str]:
         found = [*self.bridges, *self.subnets, *self.container_ids]
-        found += [f'name: \\"{n}\\"' for n in self.names]
+        # Every engine's default network is called "bridge": its name marks nobody's rules.
+        found += [f'name: \\"{n}\\"' for n in self.names if n != "bridge"]
         for name in self.names:
             for cid in self.container_ids:
                 digest = hashlib.sha512((name + cid).encode()).hexdigest()
