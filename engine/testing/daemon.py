@@ -163,6 +163,14 @@ class Daemon:
             record.write_text(str(self._net.index))
         return self._net
 
+    def network_settings(self) -> Any:
+        """The daemon's engine.network.settings.NetworkSettings, read from its flags and
+        config file as the daemon reads them (to sweep its networking after it stopped)."""
+        from engine.supervisor.config import config_from_args
+
+        config, _, _ = config_from_args(self.args()[len(ENGINED):])
+        return config.network_settings()
+
     def release_net(self) -> None:
         if self._net is not None:
             self._net.release()
