@@ -32,6 +32,9 @@ from engine.network.networks import Network
 from engine.network.settings import CHAIN_PREFIX
 
 _COMMENT = "engine network isolation"
+# Isolation jumps of other engines: ours need not come before them. ENGINE-ISOLATION- is the
+# host-wide chain of engines from before per-daemon chains (they keep moving theirs first).
+_ISOLATION_PREFIXES = (CHAIN_PREFIX, "ENGINE-ISOLATION-")
 # One rebuild at a time in this process (two stores of one daemon share its chains).
 _lock = trio.Lock()
 
@@ -98,7 +101,7 @@ async def _ensure_jump_first(chain_1: str) -> None:
         target = _target(line)
         if target == chain_1:
             return
-        if not target.startswith(CHAIN_PREFIX):
+        if not target.startswith(_ISOLATION_PREFIXES):
             break  # a foreign rule comes first: put ours in front
     while await _ipt("-D", "FORWARD", *_jump(chain_1), check=False) == 0:
         pass
