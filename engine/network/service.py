@@ -38,7 +38,7 @@ from engine.errors import (
 from engine.network import cni, etc_files, netns, ports
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
-from engine.network.settings import claim_bridge
+from engine.network.settings import NetworkSettings, claim_bridge
 from engine.store.atomic import read_json, write_json_atomic
 
 log = logging.getLogger("engine.network")
@@ -375,6 +375,13 @@ class ContainerNetworking:
 
     # --- start-up --------------------------------------------------------------------------
 
+    async def use_settings(self, settings: NetworkSettings) -> None:
+        """At daemon start, before anything attaches: this daemon's bridge, bip and pools
+        (DaemonConfig.network_settings). The bridge is claimed host-wide until the process
+        exits, so a second daemon given the same one is refused (ConfigError)."""
+        self.bridge_claim = await trio.to_thread.run_sync(claim_bridge, settings.bridge)
+        self.store.settings = settings
+
     async def needs_reconcile(self) -> bool:
         """Whether anything is recorded at all: attachments, namespaces or IPAM leases.
 
@@ -522,11 +529,8 @@ def _running_ids(containers_dir: Path) -> set[str]:
 
 async def start_networking(app: Any, nursery: trio.Nursery) -> None:
     """Subsystem start-up: register the service, undo networking left by dead containers."""
-    settings = app.config.network_settings()
-    # Held until the daemon exits: a second daemon given the same bridge is refused.
-    app.services["network_bridge"] = await trio.to_thread.run_sync(claim_bridge, settings.bridge)
     service = ContainerNetworking(app)
-    service.store = NetworkStore(app.layout.networks_dir, settings)
+    await service.use_settings(app.config.network_settings())
     app.services["network"] = service
     keep = await trio.to_thread.run_sync(_running_ids, app.layout.containers_dir)
     try:
