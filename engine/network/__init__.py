@@ -3,7 +3,8 @@
     netns       network namespaces as files under layout.netns_dir
     networks    NetworkStore: definitions under layout.networks_dir, CNI conflists
     cni         attach / detach (ADD/DEL with a persistent result cache), setup_loopback
-    isolation   ENGINE-ISOLATION-1/2 iptables chains between our bridges
+    settings    per-daemon bridge, bip and address pools (two daemons on one host)
+    isolation   the daemon's ENGINE-ISO-<bridge>-1/2 iptables chains between its bridges
     ports       docker -p / -P parsing into CNI portMappings
     etc_files   /etc/hosts, /etc/hostname, /etc/resolv.conf per container
     reconcile   undo the networking of containers that should have none (after a crash)

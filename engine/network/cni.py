@@ -268,7 +268,7 @@ def _net_lock(store: NetworkStore, network_id: str) -> trio.Lock:
 async def _sync_isolation(store: NetworkStore) -> None:
     in_use = {a.network_id for a in await attachments(store)}
     nets = [n for n in await store.list() if n.id in in_use]
-    await isolation.sync(nets)
+    await isolation.sync(store.settings.chains, nets)
 
 
 # --- the public operations -----------------------------------------------------------------

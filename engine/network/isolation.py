@@ -1,57 +1,68 @@
-"""Isolation between the engine's bridge networks, docker's DOCKER-ISOLATION made ours.
+"""Isolation between a daemon's bridge networks, docker's DOCKER-ISOLATION made ours.
 
 The CNI bridge plugin turns on ip_forward and masquerades, so without extra rules the host
-would route between two networks' bridges. Two chains in the filter table, jumped to first
-from FORWARD, stop that:
+would route between two networks' bridges. Two chains in the filter table, jumped to from
+FORWARD ahead of the firewall plugin's ACCEPTs, stop that:
 
-    ENGINE-ISOLATION-1   -i <br> ! -o <br> -j ENGINE-ISOLATION-2   (each network's bridge)
-                         -i <internal br> ! -o <internal br> -j DROP
-                         -o <internal br> ! -i <internal br> -j DROP
-    ENGINE-ISOLATION-2   -o <br> -j DROP                           (each network's bridge)
+    <chain 1>   -i <br> ! -o <br> -j <chain 2>         (each network's bridge)
+                -i <internal br> ! -o <internal br> -j DROP
+                -o <internal br> ! -i <internal br> -j DROP
+    <chain 2>   -o <br> -j DROP                        (each network's bridge)
 
 so traffic leaving one of our bridges for another of our bridges is dropped, and an internal
-network talks to nothing but itself (and the host directly). The chains are rebuilt from the
-networks in use on every change, and removed entirely when no network is in use.
+network talks to nothing but itself (and the host directly).
+
+The chains are the daemon's own: named after its default bridge (``ENGINE-ISO-<bridge>-1``
+and ``-2``, see settings.NetworkSettings.chains), so engines on one host with different
+bridges never rebuild each other's. Each daemon hooks its chain 1 into FORWARD with one rule,
+added and removed idempotently. A rebuild is one ``iptables-restore --noflush``: the chains
+change atomically, never seen half-built. They are removed when no network is in use.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
-from pathlib import Path
+import shlex
+from collections.abc import Iterable
 
 import trio
 
+from engine.errors import EngineError, RuntimeFailure
 from engine.network._proc import run
 from engine.network.networks import Network
+from engine.network.settings import CHAIN_PREFIX
 
-CHAIN_1 = "ENGINE-ISOLATION-1"
-CHAIN_2 = "ENGINE-ISOLATION-2"
-HOST_LOCK = Path("/run/lock/engine-isolation.lock")
-_JUMP = ["-j", CHAIN_1, "-m", "comment", "--comment", "engine network isolation"]
-# One rebuild at a time in this process; iptables' own lock (-w) covers other processes.
+_COMMENT = "engine network isolation"
+# Isolation jumps of other engines: ours need not come before them. ENGINE-ISOLATION- is the
+# host-wide chain of engines from before per-daemon chains (they keep moving theirs first).
+_ISOLATION_PREFIXES = (CHAIN_PREFIX, "ENGINE-ISOLATION-")
+# One rebuild at a time in this process (two stores of one daemon share its chains).
 _lock = trio.Lock()
 
 
+class IsolationError(RuntimeFailure):
+    """iptables refused a change to the isolation chains."""
+
+
+def _jump(chain_1: str) -> list[str]:
+    return ["-j", chain_1, "-m", "comment", "--comment", _COMMENT]
+
+
 async def _ipt(*args: str, check: bool = True) -> int:
-    proc = await run(["iptables", "-w", "5", "-t", "filter", *args], check=check)
+    try:
+        proc = await run(["iptables", "-w", "5", "-t", "filter", *args], check=check)
+    except EngineError as e:
+        raise IsolationError(f"updating the network isolation rules failed: {e}") from None
     return proc.returncode
 
 
-async def _chain_exists(chain: str) -> bool:
-    return await _ipt("-n", "-L", chain, check=False) == 0
-
-
-def _rules_1(networks: list[Network]) -> list[list[str]]:
+def _rules_1(networks: list[Network], chain_2: str) -> list[list[str]]:
     rules = []
     for net in networks:
         if net.internal:
             rules.append(["-i", net.bridge, "!", "-o", net.bridge, "-j", "DROP"])
             rules.append(["-o", net.bridge, "!", "-i", net.bridge, "-j", "DROP"])
     for net in networks:
-        rules.append(["-i", net.bridge, "!", "-o", net.bridge, "-j", CHAIN_2])
+        rules.append(["-i", net.bridge, "!", "-o", net.bridge, "-j", chain_2])
     return rules
 
 
@@ -59,56 +70,68 @@ def _rules_2(networks: list[Network]) -> list[list[str]]:
     return [["-o", net.bridge, "-j", "DROP"] for net in networks]
 
 
-async def _ensure_jump_first() -> None:
-    """Our jump must come before the firewall plugin's ACCEPTs (which it inserts first)."""
-    proc = await run(["iptables", "-w", "5", "-t", "filter", "-S", "FORWARD"])
-    rules = [line for line in proc.stdout.decode().splitlines() if line.startswith("-A ")]
-    if rules and f"-j {CHAIN_1}" in rules[0]:
-        return
-    while await _ipt("-D", "FORWARD", *_JUMP, check=False) == 0:
-        pass
-    await _ipt("-I", "FORWARD", "1", *_JUMP)
+def restore_input(chains: tuple[str, str], networks: list[Network]) -> str:
+    """iptables-restore input that (re)defines both chains; declaring a chain flushes it."""
+    chain_1, chain_2 = chains
+    lines = ["*filter", f":{chain_1} - [0:0]", f":{chain_2} - [0:0]"]
+    # Plain words: bridge names hold no spaces or quotes (settings and networks check them).
+    lines += [" ".join(["-A", chain_1, *r]) for r in _rules_1(networks, chain_2)]
+    lines.append(f"-A {chain_1} -j RETURN")
+    lines += [" ".join(["-A", chain_2, *r]) for r in _rules_2(networks)]
+    lines += [f"-A {chain_2} -j RETURN", "COMMIT", ""]
+    return "\n".join(lines)
 
 
-async def sync(networks: Iterable[Network]) -> None:
-    """Make the isolation chains match ``networks`` (the bridge networks in use)."""
-    active = sorted((n for n in networks if not n.is_pseudo), key=lambda n: n.bridge)
-    async with _lock, _host_lock():
-        if not active:
-            await _remove()
-            return
-        for chain in (CHAIN_1, CHAIN_2):
-            if not await _chain_exists(chain):
-                await _ipt("-N", chain)
-            await _ipt("-F", chain)
-        for rule in _rules_1(active):
-            await _ipt("-A", CHAIN_1, *rule)
-        await _ipt("-A", CHAIN_1, "-j", "RETURN")
-        for rule in _rules_2(active):
-            await _ipt("-A", CHAIN_2, *rule)
-        await _ipt("-A", CHAIN_2, "-j", "RETURN")
-        await _ensure_jump_first()
+def _target(rule: str) -> str:
+    words = shlex.split(rule)
+    return words[words.index("-j") + 1] if "-j" in words[:-1] else ""
 
 
-@asynccontextmanager
-async def _host_lock() -> AsyncIterator[None]:
-    """The chains are host-wide: serialise their rebuild across engine processes too (an
-    flock taken in a thread; released when the file is closed)."""
-    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+async def _ensure_jump_first(chain_1: str) -> None:
+    """Our jump must come before the firewall plugin's ACCEPTs (which it inserts first).
+    Other engines' isolation jumps may come before ours: each one only drops traffic of its
+    own bridges, so their order among themselves does not matter (and they never fight)."""
     try:
-        await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=False)
-        yield
-    finally:
-        os.close(fd)
-
-
-async def _remove() -> None:
-    while await _ipt("-D", "FORWARD", *_JUMP, check=False) == 0:
+        proc = await run(["iptables", "-w", "5", "-t", "filter", "-S", "FORWARD"])
+    except EngineError as e:
+        raise IsolationError(f"reading the FORWARD chain failed: {e}") from None
+    for line in proc.stdout.decode().splitlines():
+        if not line.startswith("-A "):
+            continue
+        target = _target(line)
+        if target == chain_1:
+            return
+        if not target.startswith(_ISOLATION_PREFIXES):
+            break  # a foreign rule comes first: put ours in front
+    while await _ipt("-D", "FORWARD", *_jump(chain_1), check=False) == 0:
         pass
-    for chain in (CHAIN_1, CHAIN_2):
-        if await _chain_exists(chain):
+    await _ipt("-I", "FORWARD", "1", *_jump(chain_1))
+
+
+async def sync(chains: tuple[str, str], networks: Iterable[Network]) -> None:
+    """Make the daemon's isolation ``chains`` match ``networks`` (the bridge networks in use)."""
+    active = sorted((n for n in networks if not n.is_pseudo), key=lambda n: n.bridge)
+    async with _lock:
+        if not active:
+            await remove(chains)
+            return
+        try:
+            await run(["iptables-restore", "-w", "5", "--noflush"],
+                      stdin=restore_input(chains, active).encode())
+        except EngineError as e:
+            raise IsolationError(f"rebuilding the network isolation chains {chains[0]}/{chains[1]} "
+                                 f"failed: {e}") from None
+        await _ensure_jump_first(chains[0])
+
+
+async def remove(chains: tuple[str, str]) -> None:
+    """Unhook and delete the chains (absent is fine)."""
+    chain_1, chain_2 = chains
+    while await _ipt("-D", "FORWARD", *_jump(chain_1), check=False) == 0:
+        pass
+    for chain in (chain_1, chain_2):  # chain 1 refers to chain 2: empty both, then delete
+        if await _ipt("-n", "-L", chain, check=False) == 0:
             await _ipt("-F", chain)
-    for chain in (CHAIN_1, CHAIN_2):
-        if await _chain_exists(chain):
+    for chain in (chain_1, chain_2):
+        if await _ipt("-n", "-L", chain, check=False) == 0:
             await _ipt("-X", chain)

@@ -6,14 +6,18 @@ Layout under the directory the engine passes (``layout.networks_dir``)::
     ipam/<network name>/<ip>               host-local IPAM leases (CNI dataDir)
     attachments/<network id>/<ctr>.<if>.json  one cached CNI ADD result per attachment
 
-The default network "bridge" (bridge ``engine0``, 10.89.0.0/24) is created on first use.
-"host" and "none" are pseudo-networks: they have no definition file and no CNI config.
+The default network "bridge" is created on first use from the daemon's settings
+(engine.network.settings: by default bridge ``engine0``, 10.89.0.0/24), and follows them
+when they change while no container is attached to it. User networks get their subnets from
+the settings' address pools. "host" and "none" are pseudo-networks: they have no definition
+file and no CNI config.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,13 +31,14 @@ import trio
 from engine.convert import disk
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, ResourceExhausted
 from engine.network._proc import run
+from engine.network.settings import DEFAULT_BRIDGE as DEFAULT_BRIDGE  # re-exported
+from engine.network.settings import NetworkSettings
 from engine.store.atomic import read_json, write_json_atomic
 
+log = logging.getLogger("engine.network")
+
 DEFAULT_NETWORK = "bridge"
-DEFAULT_BRIDGE = "engine0"
-DEFAULT_SUBNET = "10.89.0.0/24"
-# User networks get /24s from here; 10.89.0.0/24 itself is the default network's.
-SUBNET_POOL = "10.89.0.0/16"
+DEFAULT_SUBNET = NetworkSettings().subnet  # of a daemon with the default settings
 PSEUDO_NETWORKS = {"host": "host", "none": "null"}
 CNI_VERSION = "1.0.0"
 
@@ -117,8 +122,9 @@ _Names = list[str]
 class NetworkStore:
     """The persisted set of networks. One instance per daemon; methods are trio-async."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, settings: NetworkSettings | None = None) -> None:
         self.directory = directory
+        self.settings = settings or NetworkSettings()
         self.defs_dir = directory / "defs"
         self.ipam_dir = directory / "ipam"
         self.attachments_dir = directory / "attachments"
@@ -163,13 +169,41 @@ class NetworkStore:
     async def ensure_default(self) -> Network:
         for net in await self._load_all():
             if net.name == DEFAULT_NETWORK:
-                return net
+                return await self._follow_settings(net)
+        s = self.settings
         try:
             return await self.create(
-                DEFAULT_NETWORK, subnet=DEFAULT_SUBNET, _bridge=DEFAULT_BRIDGE, _allow_default=True
+                DEFAULT_NETWORK, subnet=s.subnet, gateway=s.gateway, _bridge=s.bridge,
+                _allow_default=True,
             )
         except AlreadyExists:  # created concurrently
             return await self.get(DEFAULT_NETWORK)
+        except Conflict as e:
+            raise Conflict(f"the default network cannot use the daemon's bip {s.bip}: {e}") from None
+
+    async def _follow_settings(self, default: Network) -> Network:
+        """The default network as the settings say (--bridge/--bip changed since it was
+        written), unless containers are still attached to its old bridge: those keep it
+        until the last one leaves, so a running container is never cut off."""
+        s = self.settings
+        if (default.bridge, default.subnet, default.gateway) == (s.bridge, s.subnet, s.gateway):
+            return default
+        async with self._lock:
+            if await self.attached_containers(default):
+                log.warning("default network keeps bridge %s (%s) while containers are attached; "
+                            "it moves to %s (%s) when they are gone",
+                            default.bridge, default.subnet, s.bridge, s.subnet)
+                return default
+            others = [n for n in await self._load_all() if n.id != default.id and n.subnet]
+            for other in others:
+                if ipaddress.IPv4Network(other.subnet).overlaps(s.bip.network):
+                    raise Conflict(f"the daemon's bip {s.bip} overlaps subnet {other.subnet} of "
+                                   f"network {other.name!r}; remove that network or choose another bip")
+            moved = attrs.evolve(default, bridge=s.bridge, subnet=s.subnet, gateway=s.gateway)
+            await trio.to_thread.run_sync(self._write, moved)
+            await trio.to_thread.run_sync(_rmtree_quiet, self.ipam_dir / DEFAULT_NETWORK)
+        # The old bridge went with its last attachment; its name may be another daemon's now.
+        return moved
 
     async def create(
         self,
@@ -189,7 +223,7 @@ class NetworkStore:
             existing = await self._load_all()
             if any(n.name == name for n in existing):
                 raise AlreadyExists(f"network {name!r} exists already; remove it first or pick another name")
-            net = await self._choose_subnet(subnet, existing)
+            net = await self._choose_subnet(subnet, existing, for_default=_allow_default)
             net_id = secrets.token_hex(32)
             network = Network(
                 name=name, id=net_id, subnet=str(net), gateway=_pick_gateway(net, gateway),
@@ -200,24 +234,26 @@ class NetworkStore:
             return network
 
     async def _choose_subnet(
-        self, subnet: str | None, existing: _Networks
+        self, subnet: str | None, existing: _Networks, *, for_default: bool = False
     ) -> ipaddress.IPv4Network:
         taken = [ipaddress.IPv4Network(n.subnet) for n in existing if n.subnet]
-        routed = await host_routes()
+        if not for_default and not any(n.name == DEFAULT_NETWORK for n in existing):
+            taken.append(self.settings.bip.network)  # the default network's, made on first use
         if subnet:
             net = _parse_subnet(subnet)
             for other in taken:
                 if net.overlaps(other):
                     raise Conflict(f"subnet {net} overlaps subnet {other} of another network; pick another")
             return net
-        for candidate in ipaddress.IPv4Network(SUBNET_POOL).subnets(new_prefix=24):
-            if str(candidate) == DEFAULT_SUBNET:
-                continue
-            if not any(candidate.overlaps(o) for o in taken + routed):
-                return candidate
+        routed = await host_routes()
+        for pool in self.settings.pools:
+            for candidate in pool.base.subnets(new_prefix=pool.size):
+                if not any(candidate.overlaps(o) for o in taken + routed):
+                    return candidate
+        pools = ", ".join(f"{p.base} (/{p.size}s)" for p in self.settings.pools)
         raise ResourceExhausted(
-            f"no free /24 left in {SUBNET_POOL}; remove unused networks (`network prune`) "
-            "or give --subnet"
+            f"no free subnet left in the address pools {pools}; remove unused networks "
+            "(`network prune`), give --subnet, or give the daemon more default-address-pools"
         )
 
     def _write(self, network: Network) -> None:

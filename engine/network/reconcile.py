@@ -84,5 +84,5 @@ async def reconcile(
     for net in networks:
         if not net.is_pseudo and net.id not in in_use:
             await delete_bridge(net)
-    await isolation.sync([n for n in networks if n.id in in_use])
+    await isolation.sync(store.settings.chains, [n for n in networks if n.id in in_use])
     return report

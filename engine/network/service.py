@@ -20,7 +20,6 @@ written from outside the actor.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +41,7 @@ from engine.errors import (
 from engine.network import cni, etc_files, netns, ports
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
+from engine.network.settings import NetworkSettings, claim_bridge
 from engine.store.atomic import read_json, write_json_atomic
 from engine.store.layout import Layout
 
@@ -52,7 +52,6 @@ ETC_DIR = "net"  # under the container's run dir: its generated /etc files
 NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
-ISOLATION_RETRIES = 4
 
 
 @attrs.frozen
@@ -91,6 +90,7 @@ def _mount(source: Path, destination: str) -> dict[str, Any]:
 
 
 def _host_hosts_text(extra: list[tuple[str, str]]) -> str:
+    """The host's /etc/hosts plus ``extra`` (blocking: run it in a thread)."""
     try:
         text = HOST_HOSTS.read_text()
     except FileNotFoundError:
@@ -98,6 +98,11 @@ def _host_hosts_text(extra: list[tuple[str, str]]) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     return text + "".join(f"{ip}\t{name}\n" for name, ip in extra)
+
+
+def _write_host_hosts(path: Path, extra: list[tuple[str, str]]) -> None:
+    # Read and written in one worker-thread trip: /etc/hosts is a file like any other.
+    _write_text(path, _host_hosts_text(extra))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -256,21 +261,9 @@ class ContainerNetworking:
         return details
 
     async def _attach(self, network: Network, container_id: str, ns: Path, **kw: Any) -> cni.AttachResult:
-        """cni.attach, retried when another process rebuilt the isolation chains meanwhile.
-
-        isolation.sync flushes and refills host-wide chains one iptables call at a time, so
-        two engines on one host (parallel test runs) can trip over each other's half-built
-        chains. attach undoes everything on failure, so trying again is safe."""
-        for attempt in range(ISOLATION_RETRIES):
-            try:
-                return await cni.attach(self.store, network, container_id, ns,
-                                        plugin_dir=self.plugin_dir, **kw)
-            except RuntimeFailure as e:
-                if "ENGINE-ISOLATION" not in str(e) or attempt == ISOLATION_RETRIES - 1:
-                    raise
-                log.info("container %s: isolation chains changed under us; retrying", container_id[:12])
-                await trio.sleep(random.uniform(0.02, 0.2))
-        raise AssertionError("unreachable")
+        # No retry: the isolation chains are this daemon's own (named after its bridge), so
+        # no other engine rebuilds them under us; a failure there is an IsolationError.
+        return await cni.attach(self.store, network, container_id, ns, plugin_dir=self.plugin_dir, **kw)
 
     async def _setup_private(self, config: ContainerConfig) -> dict[str, Any]:
         """``none``: the runtime makes a fresh namespace as it creates the container and
@@ -299,7 +292,7 @@ class ContainerNetworking:
             dns=config.dns, dns_search=config.dns_search, network_mode="host",
         )
         extra = [etc_files.parse_add_host(h) for h in config.add_hosts]
-        await trio.to_thread.run_sync(_write_text, files.hosts, _host_hosts_text(extra))
+        await trio.to_thread.run_sync(_write_host_hosts, files.hosts, extra)
         return {"_netns": "host", "_mounts": [_mount(s, d) for s, d in files.mounts()]}
 
     async def _setup_shared(self, config: ContainerConfig) -> dict[str, Any]:
@@ -381,12 +374,18 @@ class ContainerNetworking:
 
     # --- start-up --------------------------------------------------------------------------
 
+    async def use_settings(self, settings: NetworkSettings) -> None:
+        """At daemon start, before anything attaches: this daemon's bridge, bip and pools
+        (DaemonConfig.network_settings). The bridge is claimed host-wide until the process
+        exits, so a second daemon given the same one is refused (ConfigError)."""
+        self.bridge_claim = await trio.to_thread.run_sync(claim_bridge, settings.bridge)
+        self.store.settings = settings
+
     async def needs_reconcile(self) -> bool:
         """Whether anything is recorded at all: attachments, namespaces or IPAM leases.
 
-        A daemon with nothing recorded skips reconcile, which also rebuilds the host-wide
-        isolation chains and removes idle bridges: on a host where several engines run
-        (tests do), a fresh one must not touch what the others set up."""
+        A daemon with nothing recorded skips reconcile (which rebuilds the daemon's isolation
+        chains and removes its idle bridges): there is nothing of its own to undo."""
         if await cni.attachments(self.store) or await netns.list_names(self.netns_dir):
             return True
         ipam = self.store.ipam_dir

@@ -15,10 +15,30 @@ import attrs
 
 from engine.convert import ValidationError, describe_error, wire
 from engine.errors import ConfigError
+from engine.network.settings import (
+    DEFAULT_BIP,
+    DEFAULT_BRIDGE,
+    DEFAULT_POOLS,
+    NetworkSettings,
+    parse_pool_flag,
+    parse_settings,
+)
 from engine.rpc.transports import normalise_origin
 
 DEFAULT_CONFIG = Path("/etc/engine/daemon.json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@attrs.define
+class AddressPoolConfig:
+    """One of dockerd's default-address-pools: subnets of ``size`` bits out of ``base``."""
+
+    base: str
+    size: int
+
+
+def _default_pools() -> list[AddressPoolConfig]:
+    return [AddressPoolConfig(base, size) for base, size in DEFAULT_POOLS]
 
 
 @attrs.define
@@ -32,6 +52,11 @@ class DaemonConfig:
     log_level: str = "info"
     default_runtime: str = "runc"
     default_network: str = "bridge"  # podman's containers.conf `netns`; "none" for no networking
+    # This daemon's default bridge, its address and the user networks' pools: two daemons on
+    # one host need their own (engine.network.settings).
+    bridge: str = DEFAULT_BRIDGE
+    bip: str = DEFAULT_BIP
+    default_address_pools: list[AddressPoolConfig] = attrs.field(factory=_default_pools)
     storage_driver: str = "overlay"
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
@@ -54,7 +79,12 @@ class DaemonConfig:
         data["insecure-registries"] = self.insecure_registries
         data["registry-mirrors"] = self.registry_mirrors
         data["max-concurrent-downloads"] = self.max_concurrent_downloads
+        data["default-address-pools"] = data["default_address_pools"]
         return data
+
+    def network_settings(self) -> NetworkSettings:
+        """The checked network settings (build_config has checked them already)."""
+        return parse_settings(self.bridge, self.bip, [attrs.asdict(p) for p in self.default_address_pools])
 
 
 RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads",
@@ -106,6 +136,7 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     config.ws_allowed_origins = [_origin(o) for o in config.ws_allowed_origins]
+    config.network_settings()  # a bad bridge, bip or pool is a ConfigError naming it
     return config
 
 
@@ -129,6 +160,13 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     p.add_argument("--default-runtime", dest="default_runtime")
     p.add_argument("--default-network", dest="default_network", help="network of containers run without --network (default bridge)")
+    p.add_argument("--bridge", dest="bridge", help=f"the default network's bridge (default {DEFAULT_BRIDGE}); "
+                   "each daemon on a host needs its own")
+    p.add_argument("--bip", dest="bip", help=f"the default bridge's address and prefix (default {DEFAULT_BIP})")
+    p.add_argument("--default-address-pool", "--default-address-pools", dest="default_address_pools",
+                   action="append", metavar="base=SUBNET,size=N",
+                   help="where user networks' subnets come from (repeatable; default "
+                        f"base={DEFAULT_POOLS[0][0]},size={DEFAULT_POOLS[0][1]})")
     p.add_argument("--storage-driver", dest="storage_driver")
     p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
     p.add_argument("--registry-mirror", dest="registry_mirrors", action="append")
@@ -150,6 +188,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[DaemonConfig, Path 
     (kept so a SIGHUP reload can merge the re-read file with the same flags)."""
     args = arg_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    if "default_address_pools" in flags:
+        flags["default_address_pools"] = [parse_pool_flag(text) for text in flags["default_address_pools"]]
     path: Path | None = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     file_fields = load_config_file(path, required=args.config is not None) if path else {}
     return build_config(file_fields, flags, str(path or "flags")), path, flags

@@ -60,6 +60,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     await app.check_plugins()
     await open_image_store(app, nursery)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
+    await app.services.network.use_settings(app.config.network_settings())
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)
     app.services.containers = supervisor
@@ -195,7 +196,8 @@ def reload_config(app: App) -> None:
             setattr(app.config, name, getattr(new, name))
             changed.append(name)
     ignored = [
-        n for n in ("root", "run_root", "hosts", "storage_driver")
+        n for n in ("root", "run_root", "hosts", "storage_driver", "bridge", "bip", "default_address_pools",
+                    "runtime_timeout")
         if getattr(new, n) != getattr(app.config, n)
     ]
     set_level(app.config.log_level)

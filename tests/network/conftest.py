@@ -18,18 +18,14 @@ import attrs
 import pytest
 import trio
 
-from engine.network import netns
-from engine.network.networks import NetworkStore
+from engine.network import isolation, netns
+from engine.network.networks import NetworkStore, delete_bridge
 from engine.network.reconcile import reconcile
 from engine.store.layout import Layout
-from engine.testing.daemon import require, require_binary
+from engine.testing.daemon import claim_net_slot, require, require_binary
 
 CNI_DIR = Path("/usr/lib/cni")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
-
-
-
-
 
 
 def require_root_networking() -> None:
@@ -81,7 +77,9 @@ class NetEnv:
 async def env(tmp_path: Path, host_guard: None) -> AsyncIterator[NetEnv]:
     layout = Layout(tmp_path / "root", tmp_path / "run")
     layout.ensure()
-    store = NetworkStore(layout.networks_dir)
+    # A bridge, subnet and pool of the test's own: it runs beside daemons and other tests.
+    slot = claim_net_slot()
+    store = NetworkStore(layout.networks_dir, slot.settings())
     try:
         yield NetEnv(layout, store)
     finally:
@@ -90,10 +88,10 @@ async def env(tmp_path: Path, host_guard: None) -> AsyncIterator[NetEnv]:
             await reconcile(store, layout.netns_dir, keep=())
             for net in await store.list():
                 if not net.is_pseudo:
-                    from engine.network.networks import delete_bridge
-
                     await delete_bridge(net)
+            await isolation.remove(store.settings.chains)
             await netns.release_dir(layout.netns_dir)
+            slot.release()
 
 
 class Background:

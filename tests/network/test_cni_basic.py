@@ -117,7 +117,9 @@ async def test_default_network_and_refusals(env: NetEnv) -> None:
     default = await env.store.get("bridge")
     ns = await env.netns("dflt0001")
     res = await cni.attach(env.store, default, "dflt0001", ns)
-    assert res.ip.startswith("10.89.0.") and res.bridge == "engine0"
+    settings = env.store.settings
+    assert ipaddress.ip_address(res.ip) in settings.bip.network and res.bridge == settings.bridge
+    assert default.subnet == settings.subnet and res.gateway == settings.gateway
     with pytest.raises(InvalidArgument, match="already"):
         await cni.attach(env.store, default, "dflt0001", ns)
     with pytest.raises(InvalidArgument, match="not attachable"):

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from engine.network import cni, etc_files, isolation, netns
-from engine.network.isolation import CHAIN_1
 
 from .conftest import Background, NetEnv, curl, in_netns, serve_http, sh, uplink, wait_for_http
 
@@ -68,14 +67,15 @@ async def test_other_network_is_isolated(env: NetEnv, background: Background, tm
     ping = await in_netns(ns_green, "busybox", "ping", "-c", "1", "-W", "1", blue.ip, check=False)
     assert ping.returncode != 0
     assert "b1" not in _hosts(env, "gren0001")
-    rules = (await sh("iptables", "-S", CHAIN_1)).stdout.decode()
+    chains = env.store.settings.chains
+    rules = (await sh("iptables", "-S", chains[0])).stdout.decode()
     assert (await env.store.get("blue")).bridge in rules
     # Without our chains the host would route between the bridges: the chains are why.
-    await isolation.sync([])
+    await isolation.sync(chains, [])
     try:
         assert await curl(f"http://{blue.ip}/", netns_path=ns_green, seconds=2) == "blue\n"
     finally:
-        await isolation.sync([await env.store.get("blue"), await env.store.get("green")])
+        await isolation.sync(chains, [await env.store.get("blue"), await env.store.get("green")])
     assert await curl(f"http://{blue.ip}/", netns_path=ns_green, seconds=2) is None
 
 
@@ -113,9 +113,10 @@ async def test_internal_network_has_no_route_out_and_no_masquerade(
 async def test_isolation_chain_goes_with_last_network(env: NetEnv) -> None:
     net = await env.store.create("solo")
     ns = await env.netns("solo0001")
+    chain_1 = env.store.settings.chains[0]
     await cni.attach(env.store, net, "solo0001", ns)
-    assert (await sh("iptables", "-S", CHAIN_1, check=False)).returncode == 0
+    assert (await sh("iptables", "-S", chain_1, check=False)).returncode == 0
     await cni.detach(env.store, net, "solo0001")
     await netns.delete(env.netns_dir, "solo0001")
-    assert (await sh("iptables", "-S", CHAIN_1, check=False)).returncode != 0
+    assert (await sh("iptables", "-S", chain_1, check=False)).returncode != 0
     assert (await sh("ip", "link", "show", net.bridge, check=False)).returncode != 0

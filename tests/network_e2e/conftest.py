@@ -13,11 +13,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import trio
 
-from engine.network import netns
+from engine.network import isolation, netns
 from engine.network.networks import NetworkStore, delete_bridge
 from engine.network.reconcile import reconcile
 from engine.testing.daemon import Daemon, require_binary
@@ -55,21 +56,25 @@ def busybox_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sweep_networking(d: Daemon) -> None:
     """Undo every bit of networking the daemon's root still records (after it stopped)."""
     async def _sweep() -> None:
-        store = NetworkStore(d.root / "networks")
+        store = NetworkStore(d.root / "networks", d.network_settings())
         run_netns = d.run_root / "netns"
         await reconcile(store, run_netns, keep=())
         for net in await store.list():
             await delete_bridge(net)
+        await isolation.remove(store.settings.chains)
         if await trio.to_thread.run_sync(run_netns.exists):
             await netns.release_dir(run_netns)
 
     trio.run(_sweep)
 
 
-def start_engine(busybox_archive: Path, runtime: str, base: Path | None = None) -> Daemon:
+def start_engine(busybox_archive: Path, runtime: str, base: Path | None = None,
+                 config: dict[str, Any] | None = None) -> Daemon:
+    """A daemon with its own bridge, subnet and pool (a NetSlot of engine.testing.daemon,
+    unless ``config`` gives them)."""
     require_binary(runtime)
     require_binary("conmon")
-    d = Daemon(base, extra_args=["--default-runtime", runtime])
+    d = Daemon(base, extra_args=["--default-runtime", runtime], config=config)
     d.start()
     d.call("image.load", path=str(busybox_archive))
     return d

@@ -88,18 +88,19 @@ class Scope:
 
     def learn(self, d: Daemon) -> None:
         for net in d.call("network.list"):
-            if net["Driver"] != "bridge" or net["Name"] == "bridge":
-                # The default network's bridge and subnet are the same in every engine on
-                # the host; only user networks are this daemon's alone.
+            if net["Driver"] != "bridge":
                 continue
+            # The default network's bridge and subnet are this daemon's alone too (each test
+            # daemon has its own, engine.testing.daemon.NetSlot).
             self.names.add(net["Name"])
             self.bridges.add(net["Options"]["com.docker.network.bridge.name"])
             for cfg in net["IPAM"]["Config"]:
                 self.subnets.add(cfg["Subnet"].rsplit(".", 1)[0] + ".")
 
     def markers(self) -> list[str]:
+        # Not the network names: the CNI plugins' comments name the network *and* the
+        # container id, and another run of the same test on this host uses the same names.
         found = [*self.bridges, *self.subnets, *self.container_ids]
-        found += [f'name: \\"{n}\\"' for n in self.names]
         for name in self.names:
             for cid in self.container_ids:
                 digest = hashlib.sha512((name + cid).encode()).hexdigest()
