@@ -448,24 +448,18 @@ class Register:
     current_plugin: str = ""
 
     def runtime(self, runtime: Runtime) -> None:
+        self._require_complete("runtime", runtime, Runtime)
         self._claim("runtime", runtime.name)
         self.runtimes[runtime.name] = runtime
 
     def storage_driver(self, driver: StorageDriver) -> None:
+        self._require_complete("storage driver", driver, StorageDriver)
         self._claim("storage", driver.name)
         self.storage_drivers[driver.name] = driver
 
     def registry_client(self, client: RegistryClient) -> None:
         """Clients are asked ``handles(host)`` in the order they were registered."""
-        from engine.errors import InvalidArgument
-
-        missing = _missing_members(client, RegistryClient)
-        if missing:
-            raise InvalidArgument(
-                f"registry client {type(client).__name__} of plugin "
-                f"{self.current_plugin!r} does not implement engine.plugin.RegistryClient: "
-                f"it lacks {', '.join(missing)}"
-            )
+        self._require_complete("registry client", client, RegistryClient)
         self._claim("registry", client.name)
         self.registry_clients.append(client)
 
@@ -484,6 +478,17 @@ class Register:
             f"no registry client plugin handles {host} (loaded: {names}); install or enable "
             "a plugin for it (`engctl info` lists the plugins and why one failed)"
         )
+
+    def _require_complete(self, kind: str, obj: object, protocol: type) -> None:
+        """Every method the engine calls is there, or the plugin fails now, by name."""
+        from engine.errors import InvalidArgument
+
+        missing = _missing_members(obj, protocol)
+        if missing:
+            raise InvalidArgument(
+                f"{kind} {type(obj).__name__} of plugin {self.current_plugin!r} does not "
+                f"implement engine.plugin.{protocol.__name__}: it lacks {', '.join(missing)}"
+            )
 
     def _claim(self, kind: str, name: str) -> None:
         from engine.errors import AlreadyExists
