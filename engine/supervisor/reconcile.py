@@ -88,8 +88,12 @@ async def _discard_half_created(app: App, config: ContainerConfig) -> None:
             await storage.remove_container(config.id)
         except EngineError as e:
             log.warning("cleanup of %s: %s", config.name, e)
-    await trio.to_thread.run_sync(remove_dir, app.layout.run_container_dir(config.id))
-    await trio.to_thread.run_sync(remove_dir, app.layout.container_dir(config.id))
+    try:
+        await trio.to_thread.run_sync(remove_dir, app.layout.run_container_dir(config.id))
+        await trio.to_thread.run_sync(remove_dir, app.layout.container_dir(config.id))
+    except EngineError as e:
+        log.error("half-created container %s stays on disk (the next start retries): %s", config.name, e)
+        return
     app.events.emit("container", "destroy", config.id, name=config.name, reason="half-created")
 
 
