@@ -90,6 +90,8 @@ class ContainerActor:
         self.deps = deps
         self.config = config
         self.status = status
+        # parsed once (checked at create); a container whose policy changes gets it anew
+        self.restart_policy = RestartPolicy.parse(config.restart_policy)
         self.files = ContainerFiles(deps.container_dir(config.id))
         self.run_dir = deps.run_dir(config.id)
         self.bundle_dir = self.run_dir / "bundle"
@@ -460,7 +462,7 @@ class ContainerActor:
     async def _apply_restart_policy(self, *, daemon_starting: bool) -> None:
         """The one place a stopped container may be brought back (``decide``)."""
         verdict = decide(
-            RestartPolicy.parse(self.config.restart_policy),
+            self.restart_policy,
             exit_code=self.status.exit_code,
             stopped_by_user=self.status.stopped_by_user,
             restart_count=self.status.restart_count,

@@ -11,7 +11,6 @@ import attrs
 
 from engine.actors.container import ContainerActor
 from engine.actors.model import iso_time
-from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState, docker_status
 from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
@@ -177,8 +176,8 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
         "Driver": storage_driver,
         "HostConfig": {
             "Runtime": c.runtime,
-            "RestartPolicy": {"Name": RestartPolicy.parse(c.restart_policy).name,
-                              "MaximumRetryCount": RestartPolicy.parse(c.restart_policy).max_retries},
+            "RestartPolicy": {"Name": actor.restart_policy.name,
+                              "MaximumRetryCount": actor.restart_policy.max_retries},
             "AutoRemove": c.auto_remove,
             "Binds": [f"{b.source}:{b.destination}{':ro' if b.read_only else ''}" for b in c.binds],
             "Tmpfs": {t.destination: t.options for t in c.tmpfs},
