@@ -182,11 +182,15 @@ async def _listen(app: App, server: RPCServer, nursery: trio.Nursery) -> list[Pa
     return sockets
 
 
-def reload_config(app: App) -> None:
-    """SIGHUP: re-read the file; apply what can change at run time, report the rest."""
-    try:
+async def reload_config(app: App) -> None:
+    """SIGHUP: re-read the file (in a worker thread); apply what can change at run time,
+    report the rest."""
+    def read() -> DaemonConfig:
         fields = load_config_file(app.config_path, required=True) if app.config_path else {}
-        new = build_config(fields, app.services.flags, str(app.config_path or "flags"))
+        return build_config(fields, app.services.flags, str(app.config_path or "flags"))
+
+    try:
+        new = await trio.to_thread.run_sync(read)
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
         return
@@ -220,7 +224,7 @@ async def _handle_signals(app: App, stop: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                reload_config(app)
+                await reload_config(app)
             else:
                 log.info("shutting down", extra={"signal": signal.Signals(signum).name})
                 stop.cancel()
@@ -244,7 +248,7 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
             async with trio.open_nursery() as nursery:
                 await start_subsystems(app, nursery)
                 sockets = await _listen(app, server, nursery)
-                layout.pid_file.write_text(f"{os.getpid()}\n")
+                await trio.to_thread.run_sync(layout.pid_file.write_text, f"{os.getpid()}\n")
                 nursery.start_soon(_handle_signals, app, stop)
                 app.events.emit("daemon", "start", str(os.getpid()))
                 log.info("engined ready", extra={"root": str(layout.root), "pid": os.getpid()})
