@@ -381,6 +381,15 @@ class ContainerNetworking:
         self.bridge_claim = await trio.to_thread.run_sync(claim_bridge, settings.bridge)
         self.store.settings = settings
 
+    async def close(self) -> None:
+        """At daemon stop: undo the namespace directory's self-bind when no namespace is
+        left in it (running containers keep theirs, and the mount, for the next daemon)."""
+        try:
+            if not await netns.list_names(self.netns_dir):
+                await netns.release_dir(self.netns_dir)
+        except EngineError as e:
+            log.warning("namespace directory %s stays mounted: %s", self.netns_dir, e)
+
     async def needs_reconcile(self) -> bool:
         """Whether anything is recorded at all: attachments, namespaces or IPAM leases.
 

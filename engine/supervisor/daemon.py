@@ -253,6 +253,9 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
                 app.events.emit("daemon", "start", str(os.getpid()))
                 log.info("engined ready", extra={"root": str(layout.root), "pid": os.getpid()})
                 task_status.started(app)
+        if app.services.network is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await app.services.network.close()
     finally:
         for path in sockets:
             path.unlink(missing_ok=True)
