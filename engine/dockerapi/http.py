@@ -15,6 +15,7 @@ turned into responses by the caller's ``handle`` function (``engine.dockerapi.se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -256,7 +257,9 @@ async def serve_connection(
                 request = Request(conn, event)
                 reply = await handle(request)
             except h11.RemoteProtocolError as e:
-                await _send_simple(conn, error_reply(e, request), extra_headers())
+                # h11 lets a server answer a broken request (even before its head was whole)
+                with contextlib.suppress(h11.LocalProtocolError):
+                    await _send_simple(conn, error_reply(e, request), extra_headers(), force=True)
                 return
             keep_going = await _send_reply(conn, request, reply, error_reply, extra_headers())
             if not keep_going:
@@ -276,11 +279,16 @@ async def serve_connection(
             await stream.aclose()
 
 
-async def _send_simple(conn: _Connection, response: Response, extra: list[tuple[str, str]]) -> None:
-    if conn.h11.our_state is not h11.SEND_RESPONSE:
-        return
-    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
-               *extra, *response.headers]
+async def _send_simple(conn: _Connection, response: Response, extra: list[tuple[str, str]],
+                       *, force: bool = False) -> None:
+    if conn.h11.our_state is not h11.SEND_RESPONSE and not force:
+        return  # a response is on its way already (a stream that broke off)
+    headers: list[tuple[str, str]] = []
+    if response.content_type:
+        headers.append(("Content-Type", response.content_type))
+    if response.status not in (204, 304):  # these have no body, and say nothing of its length
+        headers.append(("Content-Length", str(len(response.body))))
+    headers += [*extra, *response.headers]
     await conn.send(h11.Response(status_code=response.status, headers=_headers(headers)))
     if response.body:
         await conn.send(h11.Data(data=response.body))

@@ -143,8 +143,8 @@ class Router:
                 return route.handler, m.groupdict()
             wrong_method = True
         if wrong_method:
-            raise InvalidArgument(f"method {method} is not allowed on {path}")
-        raise NotFound(f"page not found: {path} is not part of the Docker API this engine serves")
+            raise NotFound(f"{method} {path}: no such endpoint (the path takes other methods)")
+        raise NotFound(f"page not found: {path} is not part of the Docker API")
 
 
 def split_version(path: str) -> tuple[tuple[int, int], str]:

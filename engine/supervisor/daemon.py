@@ -257,8 +257,9 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
         with trio.CancelScope() as stop:
             async with trio.open_nursery() as nursery:
                 await start_subsystems(app, nursery)
-                sockets = await _listen(app, server, nursery)
-                sockets += await _listen_docker(app, nursery)
+                # the Docker API first: once the RPC answers, every listener is up
+                sockets = await _listen_docker(app, nursery)
+                sockets += await _listen(app, server, nursery)
                 layout.pid_file.write_text(f"{os.getpid()}\n")
                 nursery.start_soon(_handle_signals, app, stop)
                 app.events.emit("daemon", "start", str(os.getpid()))

@@ -302,7 +302,10 @@ def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
     })
     host = doc["HostConfig"]
     host.update({
-        "LogConfig": {"Type": "k8s-file", "Config": {}},
+        # conmon writes k8s-file, but clients decide by this name whether logs can be read
+        # back through the API (docker-py's run() reads them only for json-file/journald):
+        # it reads back as json-file's does
+        "LogConfig": {"Type": "json-file", "Config": {}},
         "Dns": list(c.dns),
         "DnsSearch": list(c.dns_search),
         "DnsOptions": [],
@@ -516,7 +519,7 @@ async def logs(api: DockerAPI, req: Request) -> StreamResponse:
 # --- exec create (start and inspect are in routes.execs) --------------------------------------------
 
 EXEC_HANDLED = {"Cmd", "Env", "WorkingDir", "User", "Tty", "AttachStdin", "Privileged"}
-EXEC_IGNORED = {"AttachStdout", "AttachStderr", "Detach", "DetachKeys", "ConsoleSize"}
+EXEC_IGNORED = {"AttachStdout", "AttachStderr", "Detach", "DetachKeys", "ConsoleSize", "Container"}
 
 
 async def exec_create(api: DockerAPI, req: Request) -> Response:

@@ -115,7 +115,7 @@ async def info(api: DockerAPI, req: Request) -> Response:
         "Driver": app.config.storage_driver,
         "DriverStatus": [["Backing Filesystem", "overlay"]],
         "Plugins": {"Volume": [], "Network": ["bridge", "null"], "Authorization": None,
-                    "Log": ["k8s-file"]},
+                    "Log": ["json-file"]},
         "MemoryLimit": True,
         "SwapLimit": False,
         "CpuCfsPeriod": True,
@@ -129,7 +129,7 @@ async def info(api: DockerAPI, req: Request) -> Response:
         "OomKillDisable": False,
         "NGoroutines": 0,
         "SystemTime": rfc3339(time.time()),
-        "LoggingDriver": "k8s-file",
+        "LoggingDriver": "json-file",  # as HostConfig.LogConfig says (routes.containers)
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": "1",
         "NEventsListener": app.events.subscriber_count,
