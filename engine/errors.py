@@ -144,6 +144,13 @@ class Cancelled(EngineError):
     code = "cancelled"
 
 
+class NotImplementedByEngine(EngineError):
+    """A well-formed request for something the engine does not do (yet): a Docker API
+    endpoint it does not serve, a feature it lacks."""
+
+    code = "not_implemented"
+
+
 class ConfigError(InvalidArgument):
     """The daemon's configuration (flags or JSON file) is invalid."""
 

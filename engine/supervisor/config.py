@@ -49,6 +49,8 @@ class DaemonConfig:
     # the credentials under root, so daemons never share them by default
     config_dir: str | None = None
     hosts: list[str] = attrs.field(factory=list)
+    # Where the Docker Engine API is served (engine.dockerapi); none unless asked for.
+    docker_hosts: list[str] = attrs.field(factory=list)
     log_level: str = "info"
     default_runtime: str = "runc"
     default_network: str = "bridge"  # podman's containers.conf `netns`; "none" for no networking
@@ -157,6 +159,9 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-root", dest="run_root", help="runtime state (default /run/engine)")
     p.add_argument("--config-dir", dest="config_dir", help="certs.d and registry credentials (default: certs.d in /etc/engine, credentials under --root)")
     p.add_argument("-H", "--host", dest="hosts", action="append", help="unix:///path, tcp://HOST:PORT, fd:// (repeatable)")
+    p.add_argument("--docker-host", dest="docker_hosts", action="append",
+                   help="serve the Docker Engine API on unix:///path, tcp://HOST:PORT or fd:// "
+                        "(repeatable; off unless given)")
     p.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS)
     p.add_argument("--default-runtime", dest="default_runtime")
     p.add_argument("--default-network", dest="default_network", help="network of containers run without --network (default bridge)")

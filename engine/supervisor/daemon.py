@@ -182,6 +182,20 @@ async def _listen(app: App, server: RPCServer, nursery: trio.Nursery) -> list[Pa
     return sockets
 
 
+async def _listen_docker(app: App, nursery: trio.Nursery) -> list[Path]:
+    """The Docker Engine API front door, when --docker-host (docker-hosts) asks for it."""
+    if not app.config.docker_hosts:
+        return []
+    from engine.dockerapi.server import DockerAPI, listen
+
+    gid = grp.getgrnam(app.config.socket_group).gr_gid if app.config.socket_group else None
+    rpc_uses_fd = any(parse_host(h)[0] == "fd" for h in app.config.hosts)
+    sockets = await listen(app, DockerAPI(app), app.config.docker_hosts, nursery, gid=gid,
+                           rpc_uses_fd=rpc_uses_fd)
+    app.listeners.extend(f"docker+{host}" for host in app.config.docker_hosts)
+    return sockets
+
+
 async def reload_config(app: App) -> None:
     """SIGHUP: re-read the file (in a worker thread); apply what can change at run time,
     report the rest."""
@@ -200,7 +214,7 @@ async def reload_config(app: App) -> None:
             setattr(app.config, name, getattr(new, name))
             changed.append(name)
     ignored = [
-        n for n in ("root", "run_root", "hosts", "storage_driver", "bridge", "bip", "default_address_pools",
+        n for n in ("root", "run_root", "hosts", "docker_hosts", "storage_driver", "bridge", "bip", "default_address_pools",
                     "runtime_timeout")
         if getattr(new, n) != getattr(app.config, n)
     ]
@@ -247,7 +261,9 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
         with trio.CancelScope() as stop:
             async with trio.open_nursery() as nursery:
                 await start_subsystems(app, nursery)
-                sockets = await _listen(app, server, nursery)
+                # the Docker API first: once the RPC answers, every listener is up
+                sockets = await _listen_docker(app, nursery)
+                sockets += await _listen(app, server, nursery)
                 await trio.to_thread.run_sync(layout.pid_file.write_text, f"{os.getpid()}\n")
                 nursery.start_soon(_handle_signals, app, stop)
                 app.events.emit("daemon", "start", str(os.getpid()))

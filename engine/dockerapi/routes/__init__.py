@@ -1,0 +1,58 @@
+"""The Docker API's routes, one module per noun."""
+
+from __future__ import annotations
+
+from engine.dockerapi.http import Request, Response
+from engine.dockerapi.server import DockerAPI, Router, json_response
+from engine.errors import NotFound, NotImplementedByEngine
+
+# Docker API endpoints this engine does not serve yet: a 501 that says so, rather than a 404
+# that reads like a typo in the client.
+NOT_YET = [
+    ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/session"),
+    ("GET", "/images/get"), ("GET", "/images/{name:path}/get"), ("POST", "/images/load"),
+    ("GET", "/images/search"), ("POST", "/commit"),
+    ("POST", "/containers/{id}/attach"), ("GET", "/containers/{id}/attach/ws"),
+    ("GET", "/containers/{id}/stats"), ("GET", "/containers/{id}/top"),
+    ("GET", "/containers/{id}/changes"), ("GET", "/containers/{id}/export"),
+    ("GET", "/containers/{id}/archive"), ("PUT", "/containers/{id}/archive"),
+    ("HEAD", "/containers/{id}/archive"), ("POST", "/containers/{id}/resize"),
+    ("POST", "/containers/{id}/update"), ("GET", "/system/df"),
+    ("POST", "/volumes/create"), ("POST", "/volumes/prune"), ("DELETE", "/volumes/{name}"),
+    ("PUT", "/volumes/{name}"), ("GET", "/swarm"), ("GET", "/nodes"), ("GET", "/services"),
+    ("GET", "/tasks"), ("GET", "/secrets"), ("GET", "/configs"), ("GET", "/distribution/{name:path}/json"),
+]
+
+
+async def not_served_yet(api: DockerAPI, req: Request) -> Response:
+    raise NotImplementedByEngine(f"{req.method} {req.path} is not served by engine's Docker API yet")
+
+
+# Kinds of objects the engine has none of (yet): lookups answer 404 and lists are empty, so
+# clients that probe every kind (docker inspect NAME) go on to the next.
+async def no_volumes(api: DockerAPI, req: Request) -> Response:
+    return json_response({"Volumes": [], "Warnings": None})
+
+
+async def no_plugins(api: DockerAPI, req: Request) -> Response:
+    return json_response([])
+
+
+async def no_such_object(api: DockerAPI, req: Request) -> Response:
+    kind = req.path.strip("/").split("/")[0].rstrip("s")
+    raise NotFound(f"no such {kind}: {req.path_params['name']}")
+
+
+def build_router() -> Router:
+    from engine.dockerapi.routes import containers, execs, images, networks, system
+
+    router = Router()
+    for module in (system, images, containers, execs, networks):
+        module.register(router)
+    router.route("GET", "/volumes")(no_volumes)
+    router.route("GET", "/volumes/{name}")(no_such_object)
+    router.route("GET", "/plugins")(no_plugins)
+    router.route("GET", "/plugins/{name:path}/json")(no_such_object)
+    for method, template in NOT_YET:  # after the served routes: those win
+        router.route(method, template)(not_served_yet)
+    return router

@@ -1,0 +1,544 @@
+"""Containers: create, start, stop, restart, kill, pause, unpause, wait, remove, rename,
+inspect, list, logs, exec create, prune.
+
+Every verb calls the ``ContainerService`` method the RPC handler of the same verb calls; the
+docker shapes start from the RPC's own views (``engine.api.containers``) and are completed
+and typed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.actors.container import ContainerActor
+from engine.actors.state import ACTIVE, ContainerState
+from engine.api.containers import inspect as engine_inspect
+from engine.api.containers import list_filter, summary
+from engine.dockerapi.http import Request, Response, StreamResponse, Write
+from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
+from engine.dockerapi.shapes import (
+    is_empty,
+    parse_filters,
+    parse_timestamp,
+    refuse_unsupported,
+    rfc3339_nano,
+    stdcopy_frame,
+    str_list,
+    str_map,
+)
+from engine.errors import Conflict, InvalidArgument, NotFound
+from engine.supervisor.container_service import ContainerService, CreateSpec, ExecSpec, LogsSpec
+
+
+def register(router: Router) -> None:
+    router.route("POST", "/containers/create")(create)
+    router.route("GET", "/containers/json")(list_containers)
+    router.route("POST", "/containers/prune")(prune)
+    router.route("GET", "/containers/{id}/json")(inspect)
+    router.route("POST", "/containers/{id}/start")(start)
+    router.route("POST", "/containers/{id}/stop")(stop)
+    router.route("POST", "/containers/{id}/restart")(restart)
+    router.route("POST", "/containers/{id}/kill")(kill)
+    router.route("POST", "/containers/{id}/pause")(pause)
+    router.route("POST", "/containers/{id}/unpause")(unpause)
+    router.route("POST", "/containers/{id}/wait")(wait)
+    router.route("POST", "/containers/{id}/rename")(rename)
+    router.route("GET", "/containers/{id}/logs")(logs)
+    router.route("POST", "/containers/{id}/exec")(exec_create)
+    router.route("DELETE", "/containers/{id}")(remove)
+
+
+def service(api: DockerAPI) -> ContainerService:
+    return ContainerService(api.app)
+
+
+# --- create: docker's Config / HostConfig / NetworkingConfig → CreateSpec -------------------------
+
+# Config fields the engine maps; ones it may ignore (client-side or informational); every
+# other field must be left at its zero value, or the request is refused naming it.
+CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entrypoint", "Labels",
+                  "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig"}
+CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped", "Shell",
+                  "ExposedPorts", "Domainname", "OnBuild"}
+HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
+                "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
+                "Memory", "NanoCpus", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
+                "Isolation"}
+HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
+LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
+
+
+def _restart_policy(doc: Any) -> str:
+    if not doc:
+        return "no"
+    name = str(doc.get("Name") or "no")
+    retries = int(doc.get("MaximumRetryCount") or 0)
+    if name == "on-failure" and retries > 0:
+        return f"on-failure:{retries}"
+    return name
+
+
+def _publish(bindings: Any) -> list[str]:
+    """``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` → ``["8080:80/tcp"]``."""
+    specs: list[str] = []
+    for key, entries in (bindings or {}).items():
+        port, _, proto = str(key).partition("/")
+        proto = proto or "tcp"
+        for entry in entries or [{}]:
+            ip = str((entry or {}).get("HostIp") or "")
+            host_port = str((entry or {}).get("HostPort") or "")
+            if ":" in ip:
+                ip = f"[{ip}]"
+            if ip:
+                specs.append(f"{ip}:{host_port}:{port}/{proto}")
+            elif host_port:
+                specs.append(f"{host_port}:{port}/{proto}")
+            else:
+                specs.append(f"{port}/{proto}")
+    return specs
+
+
+def _mounts(mounts: Any) -> tuple[list[str], list[str]]:
+    """HostConfig.Mounts of type bind and tmpfs, as -v and --tmpfs values."""
+    binds: list[str] = []
+    tmpfs: list[str] = []
+    for i, m in enumerate(mounts or []):
+        kind = m.get("Type", "")
+        target = m.get("Target", "")
+        refuse_unsupported(f"HostConfig.Mounts[{i}]", m, {"Type", "Source", "Target", "ReadOnly",
+                                                          "TmpfsOptions"}, {"Consistency", "BindOptions"})
+        if kind == "bind":
+            binds.append(f"{m.get('Source', '')}:{target}{':ro' if m.get('ReadOnly') else ''}")
+        elif kind == "tmpfs":
+            opts = m.get("TmpfsOptions") or {}
+            parts = []
+            if opts.get("SizeBytes"):
+                parts.append(f"size={int(opts['SizeBytes'])}")
+            if opts.get("Mode"):
+                parts.append(f"mode={int(opts['Mode']):o}")
+            tmpfs.append(target + (":" + ",".join(parts) if parts else ""))
+        else:
+            raise InvalidArgument(f"HostConfig.Mounts[{i}].Type {kind!r} is not supported by engine "
+                                  "(bind and tmpfs are)")
+    return binds, tmpfs
+
+
+def _network(host: dict[str, Any], networking: dict[str, Any], disabled: bool) -> tuple[str, list[str]]:
+    mode = str(host.get("NetworkMode") or "")
+    if mode == "default":
+        mode = ""
+    endpoints = (networking or {}).get("EndpointsConfig") or {}
+    if len(endpoints) > 1:
+        raise InvalidArgument("NetworkingConfig.EndpointsConfig names several networks; a container is "
+                              "created on one (connect it to others afterwards)")
+    aliases: list[str] = []
+    for name, endpoint in endpoints.items():
+        endpoint = endpoint or {}
+        refuse_unsupported(f"NetworkingConfig.EndpointsConfig.{name}", endpoint, {"Aliases"},
+                           {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
+                            "DNSNames", "Links"})
+        if mode and mode != name:
+            raise InvalidArgument(f"HostConfig.NetworkMode {mode!r} and NetworkingConfig's network {name!r} differ")
+        mode = name
+        aliases = str_list(endpoint.get("Aliases"), "Aliases") or []
+    if disabled:
+        mode = "none"
+    return mode, aliases
+
+
+def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
+    """docker's container create body as the engine's CreateSpec; a field the engine does
+    not support is refused by name (400) rather than silently dropped."""
+    host = doc.get("HostConfig") or {}
+    networking = doc.get("NetworkingConfig") or {}
+    if not isinstance(host, dict) or not isinstance(networking, dict):
+        raise InvalidArgument("HostConfig and NetworkingConfig must be objects")
+    if doc.get("Tty"):
+        raise InvalidArgument("Config.Tty is not supported by engine yet (no TTYs): run without -t")
+    if doc.get("OpenStdin"):
+        raise InvalidArgument("Config.OpenStdin is not supported by engine yet (no attached stdin): run without -i")
+    refuse_unsupported("Config", doc, CONFIG_HANDLED | {"Tty", "OpenStdin"}, CONFIG_IGNORED | {"Volumes"})
+    if not is_empty(doc.get("Volumes")):
+        raise InvalidArgument("Config.Volumes (anonymous volumes) is not supported by engine yet; "
+                              "bind a host path instead")
+    if doc.get("Domainname"):
+        raise InvalidArgument("Config.Domainname is not supported by engine")
+    refuse_unsupported("HostConfig", host, HOST_HANDLED, HOST_IGNORED)
+    if not is_empty(host.get("Links")):
+        raise InvalidArgument("HostConfig.Links is not supported by engine; use a user network and names")
+    log_type = str((host.get("LogConfig") or {}).get("Type") or "")
+    if log_type not in LOG_DRIVERS:
+        raise InvalidArgument(f"HostConfig.LogConfig.Type {log_type!r} is not supported by engine (it keeps "
+                              "logs in k8s-file format)")
+    if str(host.get("CgroupnsMode") or "private") not in ("private", "host"):
+        raise InvalidArgument(f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported")
+    if str(host.get("IpcMode") or "private") not in ("private", "shareable", "none"):
+        raise InvalidArgument(f"HostConfig.IpcMode {host['IpcMode']!r} is not supported by engine")
+    if str(host.get("Isolation") or "default") != "default":
+        raise InvalidArgument(f"HostConfig.Isolation {host['Isolation']!r} is not supported on linux")
+    image = str(doc.get("Image") or "")
+    if not image:
+        raise InvalidArgument("Config.Image is required")
+    mount_binds, mount_tmpfs = _mounts(host.get("Mounts"))
+    network, aliases = _network(host, networking, bool(doc.get("NetworkDisabled")))
+    pids = host.get("PidsLimit")
+    nano_cpus = int(host.get("NanoCpus") or 0)
+    tmpfs = [f"{path}:{opts}" if opts else path for path, opts in str_map(host.get("Tmpfs"), "HostConfig.Tmpfs").items()]
+    stop_timeout = doc.get("StopTimeout")
+    return CreateSpec(
+        image=image,
+        name=name,
+        cmd=str_list(doc.get("Cmd"), "Config.Cmd"),
+        entrypoint=str_list(doc.get("Entrypoint"), "Config.Entrypoint"),
+        env=str_list(doc.get("Env"), "Config.Env") or [],
+        workdir=str(doc.get("WorkingDir") or ""),
+        user=str(doc.get("User") or ""),
+        hostname=str(doc.get("Hostname") or ""),
+        volumes=[*(str_list(host.get("Binds"), "HostConfig.Binds") or []), *mount_binds],
+        tmpfs=[*tmpfs, *mount_tmpfs],
+        read_only=bool(host.get("ReadonlyRootfs")),
+        init=bool(host.get("Init")),
+        memory=int(host.get("Memory") or 0) or None,
+        cpus=nano_cpus / 1e9 if nano_cpus else None,
+        pids_limit=int(pids) if pids and int(pids) > 0 else None,
+        restart=_restart_policy(host.get("RestartPolicy")),
+        auto_remove=bool(host.get("AutoRemove")),
+        labels=str_map(doc.get("Labels"), "Config.Labels"),
+        runtime=str(host.get("Runtime") or ""),
+        stop_signal=str(doc.get("StopSignal") or ""),
+        stop_timeout=int(stop_timeout) if stop_timeout is not None else None,
+        network=network,
+        network_aliases=aliases,
+        publish=_publish(host.get("PortBindings")),
+        publish_all=bool(host.get("PublishAllPorts")),
+        dns=str_list(host.get("Dns"), "HostConfig.Dns") or [],
+        dns_search=str_list(host.get("DnsSearch"), "HostConfig.DnsSearch") or [],
+        add_hosts=str_list(host.get("ExtraHosts"), "HostConfig.ExtraHosts") or [],
+        cap_add=str_list(host.get("CapAdd"), "HostConfig.CapAdd") or [],
+        cap_drop=str_list(host.get("CapDrop"), "HostConfig.CapDrop") or [],
+        platform=platform,
+    )
+
+
+async def create(api: DockerAPI, req: Request) -> Response:
+    doc = await req.json_object()
+    spec = create_spec(doc, req.param("name"), req.param("platform"))
+    try:
+        actor = await service(api).create(spec)
+    except NotFound as e:
+        if "missing_image" in e.details:
+            # what the docker CLI and docker-py look for before they pull
+            raise NotFound(f"No such image: {spec.image}", **e.details) from None
+        raise
+    return json_response({"Id": actor.id, "Warnings": []}, 201)
+
+
+# --- views --------------------------------------------------------------------------------------
+
+
+def _mounts_view(actor: ContainerActor) -> list[dict[str, Any]]:
+    c = actor.config
+    found: list[dict[str, Any]] = [
+        {"Type": "bind", "Source": b.source, "Destination": b.destination, "Mode": "ro" if b.read_only else "",
+         "RW": not b.read_only, "Propagation": "rprivate"}
+        for b in c.binds
+    ]
+    found += [{"Type": "tmpfs", "Source": "", "Destination": t.destination, "Mode": t.options, "RW": True,
+               "Propagation": ""} for t in c.tmpfs]
+    return found
+
+
+def _networks_view(actor: ContainerActor) -> dict[str, Any]:
+    networks: dict[str, Any] = {}
+    for name, details in (actor.status.network_details or {}).items():
+        if name.startswith("_") or not isinstance(details, dict):
+            continue
+        networks[name] = {
+            "IPAMConfig": None,
+            "Links": None,
+            "Aliases": list(details.get("Aliases") or []) or None,
+            "NetworkID": str(details.get("NetworkID") or ""),
+            "EndpointID": "",
+            "Gateway": str(details.get("Gateway") or ""),
+            "IPAddress": str(details.get("IPAddress") or ""),
+            "IPPrefixLen": int(details.get("IPPrefixLen") or 0),
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "MacAddress": str(details.get("MacAddress") or ""),
+            "DriverOpts": None,
+        }
+    return networks
+
+
+def container_summary(actor: ContainerActor) -> dict[str, Any]:
+    doc = summary(actor)
+    doc["Names"] = ["/" + actor.config.name]
+    doc["Ports"] = [{**p, "PrivatePort": int(p["PrivatePort"]), "PublicPort": int(p["PublicPort"])}
+                    for p in doc["Ports"]]
+    doc["SizeRw"] = 0
+    doc["HostConfig"] = {"NetworkMode": actor.config.network_mode or "default"}
+    doc["NetworkSettings"] = {"Networks": _networks_view(actor)}
+    doc["Mounts"] = _mounts_view(actor)
+    return doc
+
+
+def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
+    doc = engine_inspect(actor, api.app.config.storage_driver)
+    c = actor.config
+    config = doc["Config"]
+    config.update({
+        "Domainname": "",
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "ExposedPorts": (c.image_config or {}).get("ExposedPorts") or None,
+        "Tty": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "Volumes": None,
+        "OnBuild": None,
+        "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
+    })
+    host = doc["HostConfig"]
+    host.update({
+        # conmon writes k8s-file, but clients decide by this name whether logs can be read
+        # back through the API (docker-py's run() reads them only for json-file/journald):
+        # it reads back as json-file's does
+        "LogConfig": {"Type": "json-file", "Config": {}},
+        "Dns": list(c.dns),
+        "DnsSearch": list(c.dns_search),
+        "DnsOptions": [],
+        "ExtraHosts": list(c.add_hosts) or None,
+        "PublishAllPorts": c.publish_all,
+        "Privileged": False,
+        "Memory": int(c.memory or 0),
+        "PidsLimit": c.pids_limit,
+        "ConsoleSize": [0, 0],
+        "Binds": host.get("Binds") or None,
+    })
+    network = doc["NetworkSettings"]
+    networks = _networks_view(actor)
+    first: dict[str, Any] = next(iter(networks.values()), {})
+    network.update({
+        "Networks": networks,
+        "Bridge": "",
+        "SandboxID": "",
+        "SandboxKey": "",
+        "Gateway": first.get("Gateway", ""),
+        "IPPrefixLen": first.get("IPPrefixLen", 0),
+        "MacAddress": first.get("MacAddress", ""),
+        "IPAddress": network.get("IPAddress") or first.get("IPAddress", ""),
+    })
+    doc.update({
+        "Platform": "linux",
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": api.execs.for_container(actor.id) or None,
+        "GraphDriver": {"Name": api.app.config.storage_driver, "Data": {}},
+        "Mounts": _mounts_view(actor),
+    })
+    return doc
+
+
+async def inspect(api: DockerAPI, req: Request) -> Response:
+    return json_response(container_inspect(api, service(api).get(req.path_params["id"])))
+
+
+async def list_containers(api: DockerAPI, req: Request) -> Response:
+    filters = parse_filters(req.param("filters"))
+    match = list_filter(filters)
+    limit = req.int_param("limit", -1) or -1
+    show_all = req.bool_param("all") or limit > 0 or "status" in filters
+    found = [container_summary(a) for a in service(api).supervisor.all()
+             if (show_all or a.status.state in ACTIVE) and match(a)]
+    return json_response(found[:limit] if limit > 0 else found)
+
+
+# --- life cycle ---------------------------------------------------------------------------------
+
+
+async def start(api: DockerAPI, req: Request) -> Response:
+    body = await req.json()
+    if body and not is_empty(body):
+        raise InvalidArgument("a HostConfig given at start is not supported (docker dropped it in API 1.24); "
+                              "give it at create")
+    try:
+        await service(api).start(req.path_params["id"])
+    except Conflict as e:
+        if e.details.get("state") in ("running", "paused"):
+            return no_content(304)
+        raise
+    return no_content()
+
+
+def _stop_timeout(req: Request) -> int | None:
+    return req.int_param("t", None)
+
+
+def _signal(req: Request) -> str:
+    # `signal` on stop and restart arrived in API 1.42; older clients never send it
+    return req.param("signal") if req.api_version >= (1, 42) else ""
+
+
+async def stop(api: DockerAPI, req: Request) -> Response:
+    result = await service(api).stop(req.path_params["id"], _stop_timeout(req), _signal(req))
+    return no_content() if result.get("stopped", True) else no_content(304)
+
+
+async def restart(api: DockerAPI, req: Request) -> Response:
+    await service(api).restart(req.path_params["id"], _stop_timeout(req))
+    return no_content()
+
+
+async def kill(api: DockerAPI, req: Request) -> Response:
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if actor.status.state not in (ContainerState.RUNNING, ContainerState.PAUSED):
+        raise Conflict(f"cannot kill container {actor.name}: it is not running")
+    await svc.kill(req.path_params["id"], req.param("signal") or "SIGKILL")
+    return no_content()
+
+
+async def pause(api: DockerAPI, req: Request) -> Response:
+    await service(api).pause(req.path_params["id"])
+    return no_content()
+
+
+async def unpause(api: DockerAPI, req: Request) -> Response:
+    await service(api).unpause(req.path_params["id"])
+    return no_content()
+
+
+async def rename(api: DockerAPI, req: Request) -> Response:
+    name = req.param("name")
+    if not name:
+        raise InvalidArgument("name is required: the container's new name")
+    await service(api).rename(req.path_params["id"], name)
+    return no_content()
+
+
+async def remove(api: DockerAPI, req: Request) -> Response:
+    if req.bool_param("link"):
+        raise InvalidArgument("link=true: links are not supported by engine")
+    await service(api).remove(req.path_params["id"], req.bool_param("force"))
+    return no_content()
+
+
+async def wait(api: DockerAPI, req: Request) -> StreamResponse:
+    """``condition``: not-running (default), next-exit, removed. The headers go out at once
+    (clients wait for them before they start the container)."""
+    condition = req.param("condition") or "not-running"
+    if condition not in ("not-running", "next-exit", "removed"):
+        raise InvalidArgument(f"invalid condition {condition!r}: use not-running, next-exit or removed")
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+
+    async def produce(write: Write) -> None:
+        if condition == "not-running":
+            result = await svc.wait(actor.id)
+        else:
+            seen = {"run": actor.status.started_at, "running": actor.status.state in ACTIVE}
+
+            def ended(status: Any) -> bool:
+                if status.state in ACTIVE:
+                    seen["running"] = True
+                    seen["run"] = status.started_at
+                    return False
+                if condition == "removed":
+                    return False  # wait_for returns once the actor is removed
+                return bool(seen["running"] or status.started_at != seen["run"])
+
+            status = await actor.wait_for(ended)
+            result = {"StatusCode": status.exit_code}
+        await write(json_line({"StatusCode": int(result.get("StatusCode") or 0), "Error": None}))
+
+    return StreamResponse(produce, eager_headers=True)
+
+
+async def prune(api: DockerAPI, req: Request) -> Response:
+    filters = parse_filters(req.param("filters"))
+    until = parse_timestamp((filters.pop("until", None) or [""])[-1], "until")
+    unknown = set(filters) - {"label"}
+    if unknown:
+        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: containers are pruned by until and label")
+    match = list_filter(filters)
+
+    def wanted(actor: ContainerActor) -> bool:
+        return match(actor) and (until is None or actor.config.created < until)
+
+    removed = await service(api).prune(wanted)
+    return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def log_content_type(req: Request) -> str:
+    # API 1.42 named the multiplexed stream for what it is
+    if req.api_version >= (1, 42):
+        return "application/vnd.docker.multiplexed-stream"
+    return "application/vnd.docker.raw-stream"
+
+
+async def logs(api: DockerAPI, req: Request) -> StreamResponse:
+    want = {name for name in ("stdout", "stderr") if req.bool_param(name)}
+    if not want:
+        raise InvalidArgument("Bad parameters: you must choose at least one stream (stdout or stderr)")
+    tail_text = req.param("tail") or "all"
+    tail = None
+    if tail_text != "all":
+        try:
+            tail = int(tail_text)
+        except ValueError:
+            raise InvalidArgument(f"invalid tail {tail_text!r}: a number or all") from None
+        tail = None if tail < 0 else tail
+    until = parse_timestamp(req.param("until"), "until")
+    since = parse_timestamp(req.param("since"), "since")
+    spec = LogsSpec(id=req.path_params["id"], follow=req.bool_param("follow"), tail=tail,
+                    since=since or None, until=until, timestamps=req.bool_param("timestamps"))
+    svc = service(api)
+    svc.get(spec.id)  # 404 before the stream starts
+
+    async def produce(write: Write) -> None:
+        async for record in svc.logs(spec):
+            if record.stream not in want:
+                continue
+            data = record.text
+            if spec.timestamps:
+                data = rfc3339_nano(record.time).encode() + b" " + data
+            await write(stdcopy_frame(record.stream, data))
+
+    return StreamResponse(produce, content_type=log_content_type(req), eager_headers=True)
+
+
+# --- exec create (start and inspect are in routes.execs) --------------------------------------------
+
+EXEC_HANDLED = {"Cmd", "Env", "WorkingDir", "User", "Tty", "AttachStdin", "Privileged"}
+EXEC_IGNORED = {"AttachStdout", "AttachStderr", "Detach", "DetachKeys", "ConsoleSize", "Container"}
+
+
+async def exec_create(api: DockerAPI, req: Request) -> Response:
+    doc = await req.json_object()
+    refuse_unsupported("ExecConfig", doc, EXEC_HANDLED, EXEC_IGNORED)
+    if doc.get("Tty"):
+        raise InvalidArgument("Tty is not supported by engine's exec yet: run without -t")
+    if doc.get("AttachStdin"):
+        raise InvalidArgument("AttachStdin is not supported by engine's exec yet: run without -i")
+    if doc.get("Privileged"):
+        raise InvalidArgument("Privileged exec is not supported by engine")
+    cmd = str_list(doc.get("Cmd"), "Cmd")
+    if not cmd:
+        raise InvalidArgument("Cmd is required: the command to run")
+    actor = service(api).get(req.path_params["id"])
+    if actor.status.state != ContainerState.RUNNING:
+        raise Conflict(f"container {actor.id} is not running")
+    spec = ExecSpec(id=actor.id, cmd=cmd, env=str_list(doc.get("Env"), "Env") or [],
+                    workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""))
+    instance = api.execs.create(actor.id, spec)
+    return json_response({"Id": instance.id}, 201)
+

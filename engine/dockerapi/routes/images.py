@@ -1,0 +1,328 @@
+"""Images: list, inspect, history, create (pull), tag, delete, prune, push.
+
+Pulls and pushes go through the same functions as the RPC's ``image.pull``/``image.push``
+(``engine.images.pull``/``push`` with the registry client the plugins chose) and emit the
+same events. ``X-Registry-Auth`` credentials are used for that one request only: they get a
+client of their own, so no token or password they unlock is cached for anyone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import trio
+
+from engine.api.images import in_use_by_containers, list_filter, registry_client
+from engine.dockerapi.http import Request, Response, StreamResponse, Write
+from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
+from engine.dockerapi.shapes import parse_filters, rfc3339, unix_seconds
+from engine.errgroup import unwrap_engine_errors
+from engine.errors import EngineError, InvalidArgument, NotImplementedByEngine
+from engine.images.records import Image
+from engine.images.store import ImageStore
+from engine.plugin import RegistryClient, RegistryCredentials
+from engine.reference import Reference, parse_reference
+
+MAX_PENDING_BYTE_COUNTS = 64  # progress "Downloading" events queued before some are dropped
+
+
+def register(router: Router) -> None:
+    router.route("GET", "/images/json")(list_images)
+    router.route("POST", "/images/create")(create)
+    router.route("POST", "/images/prune")(prune)
+    router.route("GET", "/images/{name:path}/json")(inspect)
+    router.route("GET", "/images/{name:path}/history")(history)
+    router.route("POST", "/images/{name:path}/tag")(tag)
+    router.route("POST", "/images/{name:path}/push")(push)
+    router.route("DELETE", "/images/{name:path}")(delete)
+
+
+def store_of(api: DockerAPI) -> ImageStore:
+    return api.app.services.require_images()
+
+
+def image_summary(image: Image, req: Request) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "Id": image.id,
+        "ParentId": "",
+        "RepoTags": image.familiar_tags(),
+        "RepoDigests": image.familiar_digests(),
+        "Created": unix_seconds(image.created),
+        "Size": image.size,
+        "SharedSize": -1,
+        "Labels": image.config.config.labels or {},
+        "Containers": -1,
+    }
+    if req.api_version < (1, 44):
+        doc["VirtualSize"] = image.size
+    return doc
+
+
+async def list_images(api: DockerAPI, req: Request) -> Response:
+    store = store_of(api)
+    filters = parse_filters(req.param("filters"))
+    match = list_filter(store, filters)
+    return json_response([image_summary(i, req) for i in store.list() if match(i)])
+
+
+async def inspect(api: DockerAPI, req: Request) -> Response:
+    store = store_of(api)
+    name = req.path_params["name"]
+    image = store.get(name)
+    doc = store.inspect(name)
+    metadata = doc.get("Metadata") or {}
+    doc.update({
+        "Parent": "",
+        "Comment": "",
+        "DockerVersion": "",
+        "Container": "",
+        "GraphDriver": {"Name": api.app.config.storage_driver, "Data": {}},
+        "Metadata": {"LastTagTime": rfc3339(float(metadata.get("LastTagTime") or 0))},
+    })
+    if req.api_version < (1, 44):
+        doc["VirtualSize"] = image.size
+    return json_response(doc)
+
+
+async def history(api: DockerAPI, req: Request) -> Response:
+    rows = store_of(api).history(req.path_params["name"])
+    return json_response([{**row, "Created": unix_seconds(row.get("Created"))} for row in rows])
+
+
+async def tag(api: DockerAPI, req: Request) -> Response:
+    repo = req.param("repo")
+    if not repo:
+        raise InvalidArgument("repo is required: the name to give the image")
+    tag_ = req.param("tag") or "latest"
+    target = f"{repo}:{tag_}"
+    image = await store_of(api).tag(req.path_params["name"], target)
+    api.app.events.emit("image", "tag", image.id, name=target)
+    return no_content(201)
+
+
+async def delete(api: DockerAPI, req: Request) -> Response:
+    name = req.path_params["name"]
+    report = await store_of(api).remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
+    api.app.events.emit("image", "delete", name)
+    return json_response(report)
+
+
+async def prune(api: DockerAPI, req: Request) -> Response:
+    filters = parse_filters(req.param("filters"))
+    unknown = set(filters) - {"dangling"}
+    if unknown:
+        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: images are pruned by dangling only")
+    dangling = filters.get("dangling", ["true"])[-1].lower() not in ("false", "0")
+    result = await store_of(api).prune(dangling_only=dangling, in_use=in_use_by_containers(api.app))
+    return json_response({"ImagesDeleted": result["ImagesDeleted"] or None,
+                          "SpaceReclaimed": result["SpaceReclaimed"]})
+
+
+# --- registry credentials from X-Registry-Auth ---------------------------------------------------
+
+
+def request_credentials(req: Request) -> RegistryCredentials | None:
+    """docker's ``X-Registry-Auth``: base64url JSON (username/password, or ``auth`` as
+    ``user:pass`` in base64); None when it carries no credentials."""
+    header = req.headers.get("x-registry-auth", "").strip()
+    if not header:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        doc = json.loads(raw) if raw.strip() else {}
+    except (ValueError, binascii.Error):
+        try:
+            doc = json.loads(base64.b64decode(header + "=" * (-len(header) % 4)))
+        except (ValueError, binascii.Error):
+            raise InvalidArgument("invalid X-Registry-Auth header: expected base64 JSON") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("invalid X-Registry-Auth header: expected a JSON object")
+    username, password = str(doc.get("username") or ""), str(doc.get("password") or "")
+    if not username and doc.get("auth"):
+        try:
+            username, _, password = base64.b64decode(str(doc["auth"])).decode().partition(":")
+        except (ValueError, binascii.Error):
+            raise InvalidArgument("invalid X-Registry-Auth header: auth is not base64 user:password") from None
+    if doc.get("identitytoken"):
+        username, password = "<token>", str(doc["identitytoken"])
+    return RegistryCredentials(username, password) if username else None
+
+
+@contextlib.asynccontextmanager
+async def client_for(api: DockerAPI, ref: Reference, creds: RegistryCredentials | None) -> AsyncIterator[RegistryClient]:
+    """The registry client for ``ref``; with request credentials and the built-in client,
+    a fresh one that knows only them (closed afterwards)."""
+    from engine.plugins.registry.client import DistributionClient
+    from engine.plugins.registry.plugin import build_client
+
+    client = registry_client(api.app, ref.domain)
+    if creds is None or not isinstance(client, DistributionClient):
+        yield client
+        return
+
+    async def only_these(_host: str) -> RegistryCredentials | None:
+        return creds
+
+    own = build_client(api.app.config.to_plugin_dict(), only_these)
+    try:
+        yield own
+    finally:
+        with trio.CancelScope(shield=True):
+            await own.aclose()
+
+
+# --- progress in docker's JSON stream -------------------------------------------------------------
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def progress_message(event: dict[str, Any]) -> dict[str, Any]:
+    """An engine progress event (``id``, ``status``, ``current``, ``total``) as docker's
+    JSONMessage."""
+    doc: dict[str, Any] = {"status": event.get("status", "")}
+    if "id" in event:
+        doc["id"] = event["id"]
+    current, total = event.get("current"), event.get("total")
+    if current is not None:
+        detail: dict[str, Any] = {"current": current}
+        if total:
+            detail["total"] = total
+            width = 50
+            filled = min(width, int(width * current / total))
+            bar = "=" * filled + (">" if filled < width else "") + " " * max(0, width - filled - 1)
+            doc["progress"] = f"[{bar}] {_human(current):>8}/{_human(total)}"
+        doc["progressDetail"] = detail
+    else:
+        doc["progressDetail"] = {}
+    return doc
+
+
+def error_message(error: BaseException) -> dict[str, Any]:
+    from engine.dockerapi.server import docker_message
+
+    text = docker_message(error)
+    return {"errorDetail": {"message": text}, "error": text}
+
+
+async def run_with_progress(write: Write, job: Callable[[Callable[[dict[str, Any]], None]], Awaitable[Any]]) -> Any:
+    """Run ``job(progress)`` while its progress events go out as JSON lines. Byte counts are
+    dropped when the client falls behind; state changes never are."""
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+    pending = [0]
+    result: list[Any] = []
+
+    def progress(event: dict[str, Any]) -> None:
+        if "current" in event and pending[0] >= MAX_PENDING_BYTE_COUNTS:
+            return
+        pending[0] += 1
+        send.send_nowait(event)
+
+    async def run_job() -> None:
+        with send:
+            result.append(await job(progress))
+
+    with unwrap_engine_errors():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_job)
+            async for event in receive:
+                pending[0] -= 1
+                await write(json_line(progress_message(event)))
+    return result[0]
+
+
+# --- create (pull) and push --------------------------------------------------------------------------
+
+
+def pull_reference(from_image: str, tag_: str) -> Reference:
+    if tag_:
+        from_image = f"{from_image}@{tag_}" if ":" in tag_ and tag_.startswith("sha256:") else f"{from_image}:{tag_}"
+    return parse_reference(from_image)
+
+
+async def create(api: DockerAPI, req: Request) -> StreamResponse:
+    if req.param("fromSrc"):
+        raise NotImplementedByEngine("importing an image (fromSrc) through the Docker API is not supported "
+                                     "yet; use engctl import")
+    from_image = req.param("fromImage")
+    if not from_image:
+        raise InvalidArgument("fromImage is required (or fromSrc to import)")
+    ref = pull_reference(from_image, req.param("tag"))
+    platform = req.param("platform")
+    creds = request_credentials(req)
+    store = store_of(api)
+
+    async def produce(write: Write) -> None:
+        from engine.images.pull import pull
+
+        try:
+            before = store.get(str(ref)).id
+        except EngineError:
+            before = None
+        await write(json_line({"status": f"Pulling from {ref.repository().familiar().split(':')[0]}",
+                               "id": ref.tag or ref.digest or "latest"}))
+        try:
+            async with client_for(api, ref, creds) as client:
+                image = await run_with_progress(write, lambda progress: pull(
+                    client, store, ref, platform=platform or None, progress=progress))
+        except EngineError as e:
+            await write(json_line(error_message(e)))
+            return
+        api.app.events.emit("image", "pull", image.id, name=str(ref))
+        digest = image.index_digest or image.manifest_digest
+        await write(json_line({"status": f"Digest: {digest}"}))
+        word = "Image is up to date for" if before == image.id else "Downloaded newer image for"
+        await write(json_line({"status": f"Status: {word} {ref.familiar()}"}))
+
+    return StreamResponse(produce)
+
+
+async def push(api: DockerAPI, req: Request) -> StreamResponse:
+    from engine.images.push import push as do_push
+
+    name = req.path_params["name"]
+    tag_ = req.param("tag")
+    ref = parse_reference(f"{name}:{tag_}" if tag_ else name)
+    if ref.digest is not None:
+        raise InvalidArgument(f"cannot push to a digest reference {ref}: push to a tag")
+    creds = request_credentials(req)
+    store = store_of(api)
+    store.get(str(ref))  # 404 before the stream starts
+
+    async def produce(write: Write) -> None:
+        await write(json_line({"status": f"The push refers to repository [{ref.repository().familiar().split(':')[0]}]"}))
+        sizes: dict[str, int] = {}
+
+        def remember(progress: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+            def inner(event: dict[str, Any]) -> None:
+                if event.get("status") == "Pushed manifest":
+                    sizes["size"] = int(event.get("size") or 0)
+                    return
+                progress(event)
+            return inner
+
+        try:
+            async with client_for(api, ref, creds) as client:
+                digest = await run_with_progress(write, lambda progress: do_push(
+                    client, store, ref, progress=remember(progress)))
+        except EngineError as e:
+            await write(json_line(error_message(e)))
+            return
+        api.app.events.emit("image", "push", digest, name=str(ref))
+        shown_tag = ref.tag or "latest"
+        size = sizes.get("size", 0)
+        await write(json_line({"status": f"{shown_tag}: digest: {digest} size: {size}"}))
+        await write(json_line({"progressDetail": {}, "aux": {"Tag": shown_tag, "Digest": digest, "Size": size}}))
+
+    return StreamResponse(produce)

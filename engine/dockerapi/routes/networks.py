@@ -1,0 +1,140 @@
+"""Networks: list, inspect, create, remove, connect, disconnect, prune.
+
+The same network store calls and events as the RPC's ``network.*`` handlers, and the same
+docker-shaped views (``engine.api.networks``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.api.networks import _check_filters, _matches
+from engine.api.networks import inspect as network_inspect
+from engine.api.networks import summary as network_summary
+from engine.dockerapi.http import Request, Response
+from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
+from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
+from engine.errors import InvalidArgument, NotFound
+from engine.network.service import ContainerNetworking
+from engine.supervisor.container_service import ContainerService
+
+CREATE_HANDLED = {"Name", "Driver", "Internal", "IPAM", "Labels"}
+CREATE_IGNORED = {"CheckDuplicate", "Attachable", "Scope", "ConfigOnly", "ConfigFrom", "Ingress"}
+
+
+def register(router: Router) -> None:
+    router.route("GET", "/networks")(list_networks)
+    router.route("POST", "/networks/create")(create)
+    router.route("POST", "/networks/prune")(prune)
+    router.route("GET", "/networks/{id}")(inspect)
+    router.route("DELETE", "/networks/{id}")(remove)
+    router.route("POST", "/networks/{id}/connect")(connect)
+    router.route("POST", "/networks/{id}/disconnect")(disconnect)
+
+
+def networking(api: DockerAPI) -> ContainerNetworking:
+    net = api.app.services.network
+    if net is None:
+        raise NotFound("networking is not available in this daemon")
+    return net
+
+
+def _docker_view(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.setdefault("Containers", {})
+    doc.setdefault("ConfigOnly", False)
+    doc.setdefault("ConfigFrom", {"Network": ""})
+    return doc
+
+
+async def list_networks(api: DockerAPI, req: Request) -> Response:
+    filters = parse_filters(req.param("filters"))
+    _check_filters(filters)
+    nets = await networking(api).store.list()
+    return json_response([_docker_view(network_summary(n)) for n in nets if _matches(n, filters)])
+
+
+async def inspect(api: DockerAPI, req: Request) -> Response:
+    svc = networking(api)
+    return json_response(_docker_view(await network_inspect(svc, await svc.store.get(req.path_params["id"]))))
+
+
+def _ipam(doc: Any) -> tuple[str, str]:
+    """IPAM.Config: at most one IPv4 subnet with its gateway."""
+    if not doc:
+        return "", ""
+    refuse_unsupported("IPAM", doc, {"Driver", "Config"}, {"Options"})
+    if str(doc.get("Driver") or "default") != "default":
+        raise InvalidArgument(f"IPAM.Driver {doc['Driver']!r} is not supported by engine (default is)")
+    configs = doc.get("Config") or []
+    if len(configs) > 1:
+        raise InvalidArgument("IPAM.Config: engine networks have one subnet")
+    if not configs:
+        return "", ""
+    config = configs[0]
+    refuse_unsupported("IPAM.Config[0]", config, {"Subnet", "Gateway"}, set())
+    return str(config.get("Subnet") or ""), str(config.get("Gateway") or "")
+
+
+async def create(api: DockerAPI, req: Request) -> Response:
+    doc = await req.json_object()
+    name = str(doc.get("Name") or "")
+    if not name:
+        raise InvalidArgument("Name is required")
+    refuse_unsupported("NetworkCreate", doc, CREATE_HANDLED | {"Options", "EnableIPv6"}, CREATE_IGNORED)
+    if doc.get("EnableIPv6"):
+        raise InvalidArgument("EnableIPv6 is not supported by engine (its networks are IPv4)")
+    options = str_map(doc.get("Options"), "Options")
+    if options:
+        raise InvalidArgument(f"Options {', '.join(sorted(options))} are not supported by engine")
+    driver = str(doc.get("Driver") or "bridge")
+    if driver != "bridge":
+        raise InvalidArgument(f"network driver {driver!r} is not supported; use bridge")
+    subnet, gateway = _ipam(doc.get("IPAM"))
+    if gateway and not subnet:
+        raise InvalidArgument("IPAM.Config[0].Gateway needs a Subnet")
+    net = await networking(api).store.create(name, subnet=subnet or None, gateway=gateway or None,
+                                             internal=bool(doc.get("Internal")),
+                                             labels=str_map(doc.get("Labels"), "Labels"))
+    api.app.events.emit("network", "create", net.id, name=net.name, driver="bridge")
+    return json_response({"Id": net.id, "Warning": ""}, 201)
+
+
+async def remove(api: DockerAPI, req: Request) -> Response:
+    svc = networking(api)
+    net = await svc.store.get(req.path_params["id"])
+    await svc.store.remove(net.id if not net.is_pseudo else net.name)
+    api.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
+    return no_content()
+
+
+async def prune(api: DockerAPI, req: Request) -> Response:
+    if parse_filters(req.param("filters")):
+        raise InvalidArgument("network prune filters (until, label) are not supported by engine yet")
+    removed = await networking(api).store.prune()
+    for name in removed:
+        api.app.events.emit("network", "destroy", name, name=name, driver="bridge")
+    return json_response({"NetworksDeleted": removed or None})
+
+
+async def connect(api: DockerAPI, req: Request) -> Response:
+    doc = await req.json_object()
+    container = str(doc.get("Container") or "")
+    if not container:
+        raise InvalidArgument("Container is required")
+    endpoint = doc.get("EndpointConfig") or {}
+    refuse_unsupported("EndpointConfig", endpoint, {"Aliases"},
+                       {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
+                        "DNSNames", "Links"})
+    net = await networking(api).store.get(req.path_params["id"])
+    aliases = str_list(endpoint.get("Aliases"), "EndpointConfig.Aliases") or []
+    await ContainerService(api.app).connect(container, net.name, aliases)
+    return no_content(200)
+
+
+async def disconnect(api: DockerAPI, req: Request) -> Response:
+    doc = await req.json_object()
+    container = str(doc.get("Container") or "")
+    if not container:
+        raise InvalidArgument("Container is required")
+    net = await networking(api).store.get(req.path_params["id"])
+    await ContainerService(api.app).disconnect(container, net.name, force=bool(doc.get("Force")))
+    return no_content(200)
