@@ -232,9 +232,9 @@ def setup(sub: Any) -> None:
 
 
 def add_sig_proxy_flag(p: Parser) -> None:
-    # docker's --sig-proxy is a boolean written --sig-proxy=false
-    p.add_argument("--sig-proxy", nargs="?", const="true", default="true",
-                   choices=("true", "false", "1", "0"))
+    # docker's boolean, written --sig-proxy=false (a value is required here: an option with
+    # an optional value would send every run through argparse, see engine.cli.argspec)
+    p.add_argument("--sig-proxy", default="true", choices=("true", "false", "1", "0"))
 
 
 def add_ps_parser(sub: Any, name: str) -> None:
