@@ -132,9 +132,9 @@ def _write_control(bundle: Path, message: bytes) -> None:
     with _directory_fd(bundle) as short:
         try:
             fd = os.open(f"{short}/{CONTROL_FIFO}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except (FileNotFoundError, OSError) as e:
-            # ENXIO: no reader (conmon is gone)
-            if isinstance(e, FileNotFoundError) or e.errno == errno.ENXIO:
+        except OSError as e:
+            # no fifo, or ENXIO: nobody reads it (conmon is gone)
+            if e.errno in (errno.ENOENT, errno.ENXIO):
                 raise Conflict(f"no terminal control fifo in {bundle}: the container is not running") from None
             raise
     try:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 from engine.testing.daemon import Daemon
 from tests.interactive.conftest import engctl
+from tests.interactive.pty_session import ENGCTL
 
 MiB = 1024 * 1024
 
@@ -119,3 +122,45 @@ def test_describe_marks_the_methods_that_take_input(engine: Daemon) -> None:
         assert methods[name]["input"] is True, name
     assert methods["container.logs"]["input"] is False
     assert described["max_input_item"] == 64 * 1024
+
+
+def _running(d: Daemon, name: str) -> bool:
+    try:
+        return bool(d.call("container.inspect", id=name)["State"]["Running"])
+    except Exception:
+        return False
+
+
+def _engctl_popen(d: Daemon, *argv: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ENGINE_HOST": d.host}
+    return subprocess.Popen([*ENGCTL, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+TRAP = 'trap "echo got-term; exit 5" TERM; echo ready; while :; do sleep 0.1; done'
+
+
+def test_sig_proxy_sends_engctls_signals_to_the_container(engine: Daemon) -> None:
+    proc = _engctl_popen(engine, "run", "-i", "--name", "trapper", "busybox", "sh", "-c", TRAP)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 5
+    assert out == b"got-term\n"
+
+
+def test_without_sig_proxy_a_signal_leaves_the_container_alone(engine: Daemon) -> None:
+    proc = _engctl_popen(engine, "run", "-i", "--sig-proxy=false", "--name", "alone", "busybox", "sh", "-c", TRAP)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    assert _running(engine, "alone")
