@@ -68,7 +68,9 @@ class CreateRequest:
     state_dir: Path  # per-container dir under --run-root for the monitor's files
     log_path: Path  # the container's output, size-capped by the monitor
     log_size_max: int = 16 * 1024 * 1024
-    terminal: bool = False
+    terminal: bool = False  # a pseudo-terminal as the container's stdio
+    stdin: bool = False  # keep a stdin open for attached clients to write to
+    stdin_once: bool = False  # close that stdin when the first attached client closes its own
     # fsync the log once the container ended; pointless for a container removed on exit
     sync_log: bool = True
 
@@ -166,7 +168,20 @@ class Runtime(Protocol):
     async def exec(self, container_id: str, process: dict[str, Any], **options: Any) -> Any:
         """Run an extra process (an OCI runtime-spec ``process`` object) in the container.
         Returns a handle with ``stdout``/``stderr`` streams, ``wait()``, ``kill(sig)`` and
-        ``aclose()`` (``engine.oci.exec.ExecHandle``)."""
+        ``aclose()`` (``engine.oci.exec.ExecHandle``). Options ``stdin=True``: the handle's
+        ``stdin`` stream feeds the process; ``tty=True``: the process gets a pseudo-terminal
+        and the handle a ``resize(rows, cols)`` (``engine.oci.exec.TtyExecHandle``)."""
+        ...
+
+    async def attach(self, container_id: str, bundle: Path) -> Any:
+        """A connection to the running container's stdio, from now on, through its monitor:
+        ``receive()`` → ``(stream, bytes)`` or None at the end, ``write(bytes)`` to its
+        stdin, ``close_stdin()``, ``aclose()`` (``engine.oci.attach.ConmonAttach``).
+        ``Conflict`` when the container is not running."""
+        ...
+
+    async def resize(self, container_id: str, bundle: Path, rows: int, cols: int) -> None:
+        """Set the window size of the running container's terminal."""
         ...
 
 

@@ -17,7 +17,9 @@ from engine.plugin import ExitInfo
 
 @attrs.frozen
 class Start:
-    pass
+    # connect to the container's stdio after it is created, before its process runs (no
+    # output is missed); the reply's "attach" holds the AttachSession
+    attach: bool = False
 
 
 @attrs.frozen
@@ -74,9 +76,25 @@ class ExecStart:
     env: list[str] = attrs.field(factory=list)
     workdir: str = ""
     user: str = ""
+    stdin: bool = False  # the handle's stdin feeds the process
+    tty: bool = False  # the process gets a pseudo-terminal
 
 
-Command = Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect | ExecStart
+@attrs.frozen
+class Attach:
+    """Connect to the running container's stdio (output from now on, its stdin)."""
+
+
+@attrs.frozen
+class Resize:
+    """The window size of the container's terminal."""
+
+    rows: int
+    cols: int
+
+
+Command = (Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect
+           | ExecStart | Attach | Resize)
 
 # Commands that cut a pending stop's grace period short (docker: kill and rm -f preempt it).
 PREEMPTS_STOP = (Kill, Remove)
@@ -106,7 +124,12 @@ class ExecEnded:
     exit_code: int
 
 
-Notice = Adopt | Exited | RestartDue | ExecEnded
+@attrs.frozen
+class AttachEnded:
+    session: int
+
+
+Notice = Adopt | Exited | RestartDue | ExecEnded | AttachEnded
 
 
 @attrs.frozen
@@ -115,3 +138,12 @@ class ExecSession:
 
     session: int
     handle: Any  # the runtime's exec handle (engine.oci.exec.ExecHandle for CLI runtimes)
+
+
+@attrs.frozen
+class AttachSession:
+    """A connection to the container's stdio opened by the actor: the caller pumps it and
+    reports its end (``AttachEnded``)."""
+
+    session: int
+    connection: Any  # the runtime's attach connection (engine.oci.attach.ConmonAttach)

@@ -106,6 +106,8 @@ class ContainerActor:
         self._preempted_run = -1
         self._execs: dict[int, Any] = {}
         self._next_exec = 1
+        self._attaches: dict[int, Any] = {}  # attach sessions: their connections
+        self._next_attach = 1
         self._attached = 0
         self._attached_done = trio.Event()
         self._finished = False
@@ -222,8 +224,8 @@ class ContainerActor:
 
     async def _dispatch(self, command: c.Command) -> Any:
         match command:
-            case c.Start():
-                return await self._start()
+            case c.Start(attach):
+                return await self._start(attach)
             case c.Stop(grace, signal):
                 return await self._stop(grace, signal)
             case c.Kill(signal):
@@ -244,6 +246,10 @@ class ContainerActor:
                 return await self._disconnect(network, force)
             case c.ExecStart():
                 return await self._exec_start(command)
+            case c.Attach():
+                return await self._attach()
+            case c.Resize(rows, cols):
+                return await self._resize(rows, cols)
         raise InvalidArgument(f"unknown container command {command!r}")
 
     async def _handle_notice(self, notice: c.Notice) -> None:
@@ -256,6 +262,8 @@ class ContainerActor:
                 self._exec_ended(session, exit_code)
             case c.Adopt():
                 await self._adopt()
+            case c.AttachEnded(session):
+                self._attach_ended(session)
 
     def _crash(self, error: BaseException) -> None:
         cause = first_leaf(error)
@@ -325,14 +333,14 @@ class ContainerActor:
 
     # --- start ---------------------------------------------------------------------------------
 
-    async def _start(self) -> dict[str, Any]:
+    async def _start(self, attach: bool = False) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.CREATED, S.EXITED, action="start")
         self._cancel_restart_timer()
         self.status.stopped_by_user = False
-        await self._start_process()
-        return {"id": self.id}
+        session = await self._start_process(attach=attach)
+        return {"id": self.id, "attach": session} if attach else {"id": self.id}
 
-    async def _start_process(self) -> None:
+    async def _start_process(self, *, attach: bool = False) -> c.AttachSession | None:
         runtime = self._runtime()
         # A previous run may have left runtime state behind (e.g. after a crash).
         await self._cleanup("runtime cleanup", self._runtime_cleanup)
@@ -343,15 +351,25 @@ class ContainerActor:
             log_path=self.files.log_path,
             log_size_max=self.deps.settings.log_size_max,
             sync_log=not self.config.auto_remove,
+            terminal=self.config.tty,
+            stdin=self.config.open_stdin,
+            stdin_once=self.config.stdin_once,
         )
+        session: c.AttachSession | None = None
         try:
             self.runtime_knows = True
             created: Created = await self._bounded(
                 "create", runtime.create_when_ready(request, self._prepare_bundle))
             self.status.pid = created.container_pid
             self.status.monitor_pid = created.monitor_pid
+            if attach:  # before the process runs: not a byte of its output is missed
+                session = await self._open_attach(runtime)
             await self._bounded("start", runtime.start(self.id))
         except BaseException as e:
+            if session is not None:
+                self._attaches.pop(session.session, None)
+                with trio.CancelScope(shield=True):
+                    await session.connection.aclose()
             await self._cleanup("runtime cleanup", self._runtime_cleanup)
             await self._cleanup("network teardown", self._network_teardown)
             await self._cleanup("unmount", self._unmount)
@@ -371,6 +389,7 @@ class ContainerActor:
         self.status.error = ""
         await self._transition(S.RUNNING, "start")
         self._watch()
+        return session
 
     async def _prepare_bundle(self) -> None:
         rootfs = await self._prepare_rootfs_and_network()
@@ -660,7 +679,8 @@ class ContainerActor:
         process = await self.deps.bundles.exec_process(
             self.config, self.status, rootfs, list(command.cmd),
             env=list(command.env), workdir=command.workdir, user=command.user)
-        handle = await self._bounded("exec", runtime.exec(self.id, process, work_dir=self.run_dir))
+        handle = await self._bounded("exec", runtime.exec(self.id, process, work_dir=self.run_dir,
+                                                          stdin=command.stdin, tty=command.tty))
         session = self._next_exec
         self._next_exec += 1
         self._execs[session] = handle
@@ -670,6 +690,31 @@ class ContainerActor:
     def _exec_ended(self, session: int, exit_code: int) -> None:
         if self._execs.pop(session, None) is not None:
             self.emit("exec_die", execID=str(session), exitCode=exit_code)
+
+    # --- attach sessions, terminal size (the plumbing is in engine.supervisor.attach) ----------------
+
+    async def _attach(self) -> c.AttachSession:
+        require_state(self.name, self.status.state, S.RUNNING, S.PAUSED, action="attach to")
+        return await self._open_attach(self._runtime())
+
+    async def _open_attach(self, runtime: Runtime) -> c.AttachSession:
+        connection = await self._bounded("attach", runtime.attach(self.id, self.bundle_dir))
+        session = self._next_attach
+        self._next_attach += 1
+        self._attaches[session] = connection
+        self.emit("attach")
+        return c.AttachSession(session, connection)
+
+    def _attach_ended(self, session: int) -> None:
+        if self._attaches.pop(session, None) is not None:
+            self.emit("detach")
+
+    async def _resize(self, rows: int, cols: int) -> dict[str, Any]:
+        require_state(self.name, self.status.state, S.RUNNING, S.PAUSED, action="resize the terminal of")
+        if not self.config.tty:
+            raise Conflict(f"container {self.name} has no terminal to resize (create it with -t)")
+        await self._bounded("resize", self._runtime().resize(self.id, self.bundle_dir, rows, cols))
+        return {}
 
     async def _kill_execs(self) -> None:
         """The container's processes are gone or going: so are its execs (their readers

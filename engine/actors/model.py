@@ -84,6 +84,9 @@ class ContainerConfig:
     cap_drop: list[str] = attrs.field(factory=list)
     layers: list[str] = attrs.field(factory=list)  # the image's diff_ids, bottom first
     image_config: dict[str, Any] = attrs.field(factory=dict)
+    tty: bool = False  # a pseudo-terminal as the container's stdio (-t)
+    open_stdin: bool = False  # stdin kept open for attached clients (-i)
+    stdin_once: bool = False  # closed when the first attached client closes its stdin
 
     @property
     def short_id(self) -> str:

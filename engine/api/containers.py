@@ -14,8 +14,9 @@ from engine.actors.model import iso_time
 from engine.actors.state import ACTIVE, ContainerState, docker_status
 from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
-from engine.rpc.server import CallContext, StreamSender
+from engine.rpc.server import CallContext, StreamInput, StreamSender
 from engine.supervisor.container_service import (
+    AttachSpec,
     ContainerService,
     CreateSpec,
     ExecSpec,
@@ -28,6 +29,7 @@ CreateParams = CreateSpec
 RunParams = RunSpec
 ExecParams = ExecSpec
 LogsParams = LogsSpec
+AttachParams = AttachSpec
 
 
 @attrs.frozen
@@ -39,6 +41,14 @@ class RefParams:
 class StartParams:
     id: str
     attach: bool = False
+    detach_keys: str = ""  # start -ai of a container with a terminal
+
+
+@attrs.frozen
+class ResizeParams:
+    id: str
+    rows: int
+    cols: int
 
 
 @attrs.frozen
@@ -202,6 +212,9 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "Labels": c.labels,
             "StopSignal": c.stop_signal,
             "StopTimeout": c.stop_timeout,
+            "Tty": c.tty,
+            "OpenStdin": c.open_stdin,
+            "StdinOnce": c.stdin_once,
         },
         "NetworkSettings": {
             "IPAddress": s.ip_address,
@@ -247,20 +260,41 @@ def register(table: MethodTable) -> None:
         actor = await containers(ctx).create(p)
         return {"Id": actor.id, "Name": actor.name, "Warnings": []}
 
-    @table.method("container.start", params=StartParams, stream=True)
-    async def start(ctx: CallContext, p: StartParams, stream: StreamSender) -> dict[str, Any]:
+    @table.method("container.start", params=StartParams, stream=True, input=True)
+    async def start(ctx: CallContext, p: StartParams, stream: StreamSender,
+                    input: StreamInput) -> dict[str, Any]:
         """Start a container. With attach, stream its output until it exits and return
-        its exit code (docker run without -d)."""
-        return await containers(ctx).start(p.id, stream.send if p.attach else None)
+        its exit code (docker start -a); a container created with a terminal or an open
+        stdin (tty, open_stdin) takes the client's input items (stdin, eof, resize,
+        signal: see the README) and may be left with the detach keys ({"Detached": true})."""
+        return await containers(ctx).start(p.id, stream.send if p.attach else None, input, p.detach_keys)
 
-    @table.method("container.run", params=RunParams, stream=True)
-    async def run(ctx: CallContext, p: RunParams, stream: StreamSender) -> dict[str, Any]:
+    @table.method("container.run", params=RunParams, stream=True, input=True)
+    async def run(ctx: CallContext, p: RunParams, stream: StreamSender,
+                  input: StreamInput) -> dict[str, Any]:
         """Create and start a container in one call (docker run). Attached (the default):
         stream its output and return its exit code, after its removal with auto_remove.
+        With tty or open_stdin, the client's input items (stdin, eof, resize, signal) go to
+        the container and the detach keys leave it running ({"Detached": true}).
         Detached: return once it runs. A failed start keeps its error and adds details
         container_id and exit_code (126/127: the command could not be run / was not
         found); with auto_remove the container is removed before the reply."""
-        return await containers(ctx).run(p, stream.send)
+        return await containers(ctx).run(p, stream.send, input)
+
+    @table.method("container.attach", params=AttachParams, stream=True, input=True)
+    async def attach(ctx: CallContext, p: AttachParams, stream: StreamSender,
+                     input: StreamInput) -> dict[str, Any]:
+        """Join a running container's stdio (docker attach): its output from now on; the
+        client's input items (stdin when the container keeps one open and stdin is true,
+        eof, resize, signal). Ends with its exit code, or {"Detached": true} when the
+        detach keys came (a terminal only; default ctrl-p,ctrl-q)."""
+        return await containers(ctx).attach(p, stream.send, input)
+
+    @table.method("container.resize", params=ResizeParams)
+    async def resize(ctx: CallContext, p: ResizeParams) -> dict[str, Any]:
+        """Set the window size of a running container's terminal."""
+        await containers(ctx).resize(p.id, p.rows, p.cols)
+        return {}
 
     @table.method("container.stop", params=StopParams)
     async def stop(ctx: CallContext, p: StopParams) -> dict[str, Any]:
@@ -326,11 +360,13 @@ def register(table: MethodTable) -> None:
             await stream.send(record.to_wire(p.timestamps))
         return {}
 
-    @table.method("container.exec", params=ExecParams, stream=True)
-    async def exec_(ctx: CallContext, p: ExecParams, stream: StreamSender) -> dict[str, Any]:
+    @table.method("container.exec", params=ExecParams, stream=True, input=True)
+    async def exec_(ctx: CallContext, p: ExecParams, stream: StreamSender,
+                    input: StreamInput) -> dict[str, Any]:
         """Run a command in a running container; stream its output, return its exit code
-        (127: command not found, 126: not executable)."""
-        return await containers(ctx).exec(p, stream.send)
+        (127: command not found, 126: not executable). stdin: the client's stdin items
+        feed it; tty: it gets a pseudo-terminal (resize items set its size)."""
+        return await containers(ctx).exec(p, stream.send, input)
 
     @table.method("container.prune", params=PruneParams)
     async def prune(ctx: CallContext, p: PruneParams) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import engine
 from engine.actors.events import Event
 from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
-from engine.rpc.protocol import MAX_FRAME, STREAM_WINDOW
+from engine.rpc.protocol import MAX_FRAME, MAX_INPUT_ITEM, STREAM_WINDOW
 from engine.rpc.server import CallContext, StreamSender
 
 API_VERSION = "1.0"
@@ -159,12 +159,14 @@ def register(table: MethodTable) -> None:
 
     @table.method("rpc.describe")
     async def describe(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
-        """The method table, the streaming window, the frame limit and the error codes."""
+        """The method table (``input``: the method reads ``$stream.in`` items), the streaming
+        window (both directions), the frame limit, the largest input item and the error codes."""
         from engine.errors import all_error_classes
 
         return {
             "methods": ctx.app.services.rpc.methods.describe() if ctx.app.services.rpc else {},
             "stream_window": STREAM_WINDOW,
             "max_frame": MAX_FRAME,
+            "max_input_item": MAX_INPUT_ITEM,
             "error_codes": sorted({c.code for c in all_error_classes()}),
         }

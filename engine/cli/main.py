@@ -31,7 +31,7 @@ COMMANDS = {
     **dict.fromkeys(("version", "info", "events"), "system"),
     **dict.fromkeys(
         ("run", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "ps",
-         "inspect", "logs", "wait", "exec", "rename", "container", "port"),
+         "inspect", "logs", "wait", "exec", "rename", "container", "port", "attach"),
         "containers",
     ),
     **dict.fromkeys(

@@ -6,6 +6,13 @@
             async for event in events:
                 ...
 
+Calls that take input (attach, run -i, exec -i) are duplex streams::
+
+        async with c.attach("web") as session:
+            await session.write(b"echo hi\n")
+            async for item in session:       # {"stream": "stdout", "data": b"..."}
+                ...
+
 Calls are multiplexed over one connection: a background task reads responses and routes
 them to the waiting calls by msgid.
 """
@@ -15,7 +22,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -34,6 +41,13 @@ class _Call:
         self.items: tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]] | None = (
             trio.open_memory_channel(math.inf) if stream else None
         )
+        self.credit = protocol.STREAM_WINDOW  # input items the server will take now
+        self.credit_changed = trio.Event()
+
+    def grant(self, n: int) -> None:
+        self.credit += max(0, n)
+        self.credit_changed.set()
+        self.credit_changed = trio.Event()
 
 
 class AsyncStream:
@@ -69,6 +83,39 @@ class AsyncStream:
             await self._client._send(protocol.encode_notification(protocol.CANCEL, [self._msgid]))
 
 
+class AsyncDuplexStream(AsyncStream):
+    """A streaming call that also takes input (``$stream.in``): ``await send(item)`` waits
+    for the server's credit; ``write``, ``close_stdin``, ``resize`` and ``signal`` are the
+    items of attached sessions. Iterate for the output; ``result`` once it has ended."""
+
+    async def send(self, item: Any) -> bool:
+        """False when the call has ended (the item is dropped)."""
+        call = self._call
+        while call.credit <= 0 and not call.done.is_set():
+            await call.credit_changed.wait()  # set by a grant and by the end of the call
+        if call.done.is_set():
+            return False
+        call.credit -= 1
+        await self._client._send(protocol.encode_notification(protocol.STREAM_IN, [self._msgid, item]))
+        return True
+
+    async def write(self, data: bytes) -> bool:
+        step = protocol.MAX_INPUT_ITEM
+        for start in range(0, len(data), step):
+            if not await self.send({"stdin": bytes(data[start:start + step])}):
+                return False
+        return True
+
+    async def close_stdin(self) -> bool:
+        return await self.send({"eof": True})
+
+    async def resize(self, rows: int, cols: int) -> bool:
+        return await self.send({"resize": [int(rows), int(cols)]})
+
+    async def signal(self, signum: int) -> bool:
+        return await self.send({"signal": int(signum)})
+
+
 class AsyncClient:
     def __init__(self, send: Any, close: Any) -> None:
         self._send_raw = send
@@ -92,11 +139,16 @@ class AsyncClient:
             if call.items is not None:
                 call.items[0].close()
             call.done.set()
+            call.grant(0)
         elif isinstance(message, protocol.Notification):
             if message.method == protocol.STREAM_ITEM and len(message.params) == 2:
                 call = self._calls.get(message.params[0])
                 if call is not None and call.items is not None:
                     call.items[0].send_nowait(message.params[1])
+            elif message.method == protocol.STREAM_IN_ACK and len(message.params) == 2:
+                call = self._calls.get(message.params[0])
+                if call is not None and isinstance(message.params[1], int):
+                    call.grant(message.params[1])
             elif message.method == protocol.ERROR_EVENT:
                 self._fail_all(from_wire(message.params[0] if message.params else None))
 
@@ -107,6 +159,7 @@ class AsyncClient:
             if call.items is not None:
                 call.items[0].close()
             call.done.set()
+            call.grant(0)
         self._calls.clear()
 
     async def _start(self, method: str, params: dict[str, Any], stream: bool) -> tuple[int, _Call]:
@@ -142,6 +195,25 @@ class AsyncClient:
             if not call.done.is_set():
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await stream.cancel()
+
+    @asynccontextmanager
+    async def duplex(
+        self, method: str, params: dict[str, Any] | None = None, **kw: Any
+    ) -> AsyncIterator[AsyncDuplexStream]:
+        """A streaming call of a method that takes input (``rpc.describe``: input)."""
+        msgid, call = await self._start(method, {**(params or {}), **kw}, stream=True)
+        stream = AsyncDuplexStream(self, msgid, call)
+        try:
+            yield stream
+        finally:
+            if not call.done.is_set():
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.cancel()
+
+    def attach(self, container: str, *, stdin: bool = True,
+               detach_keys: str = "") -> AbstractAsyncContextManager[AsyncDuplexStream]:
+        """Join a running container's stdio (``container.attach``); see ``duplex``."""
+        return self.duplex("container.attach", id=container, stdin=stdin, detach_keys=detach_keys)
 
 
 @asynccontextmanager

@@ -5,6 +5,10 @@
         print(c.call("system.version"))
         for event in c.stream("system.events"):
             ...
+        with c.attach("web") as session:     # a duplex stream: output in, stdin out
+            session.write(b"echo hi\n")
+            for item in session:             # {"stream": "stdout", "data": b"..."}
+                ...
 """
 
 from __future__ import annotations
@@ -80,6 +84,114 @@ class Stream:
             self._client._send(
                 protocol.encode_notification(protocol.CANCEL, [self._msgid], small=True)
             )
+
+
+class DuplexStream(Stream):
+    """A streaming call that also takes input (``$stream.in``): ``send(item)`` under the
+    server's credit, and the helpers ``write(bytes)``, ``close_stdin()``, ``resize(rows,
+    cols)`` and ``signal(n)`` for attached sessions. Iterate for the output.
+
+    For event loops (engctl's terminal): ``fileno()`` is the connection's socket,
+    ``credit`` how many items may be sent without waiting, ``pump()`` reads what the
+    daemon sent (one ``recv`` when nothing is buffered) and returns the output items that
+    arrived; ``done`` and ``result`` are set once the call has ended.
+
+    ``send`` waits when the credit is spent; output that arrives meanwhile is kept (and
+    acknowledged, so the daemon never waits on a client that waits on it) for the next
+    iteration or ``pump``."""
+
+    def __init__(self, client: Client, msgid: int) -> None:
+        super().__init__(client, msgid)
+        self.credit = protocol.STREAM_WINDOW
+        self._ready: list[Any] = []
+        self._error: EngineError | None = None
+
+    def __enter__(self) -> DuplexStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def fileno(self) -> int:
+        assert self._client._sock is not None
+        return self._client._sock.fileno()
+
+    def _route(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Notification):
+            params = message.params
+            if message.method == protocol.STREAM_ITEM and params and params[0] == self._msgid:
+                self._ready.append(params[1])
+                self._ack_one()
+            elif message.method == protocol.STREAM_IN_ACK and params and params[0] == self._msgid:
+                self.credit += int(params[1]) if len(params) > 1 else 1
+            elif message.method == protocol.ERROR_EVENT:
+                self.done = True
+                self._error = from_wire(params[0] if params else None)
+        elif isinstance(message, protocol.Response) and message.msgid == self._msgid:
+            self.done = True
+            if message.error is not None:
+                self._error = from_wire(message.error)
+            else:
+                self.result = message.result
+
+    def buffered(self) -> bool:
+        """Whether messages already read wait to be handled (``pump`` would not block)."""
+        return bool(self._client._pending)
+
+    def pump(self) -> list[Any]:
+        """Handle what the daemon sent: one ``recv`` unless messages are buffered already.
+        The output items that arrived (and those kept while ``send`` waited). Raises the
+        call's error once it has ended with one."""
+        if not self.done:
+            self._route(self._client._next_message())
+            while self._client._pending and not self.done:
+                self._route(self._client._next_message())
+        items, self._ready = self._ready, []
+        if self.done and self._error is not None and not items:
+            error, self._error = self._error, None
+            raise error
+        return items
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            if self._ready:
+                items, self._ready = self._ready, []
+                yield from items
+                continue
+            if self.done:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                return
+            self._route(self._client._next_message())
+
+    def send(self, item: Any) -> bool:
+        """Send one input item, waiting for credit; False when the call has ended (the item
+        is dropped)."""
+        while self.credit <= 0 and not self.done:
+            self._route(self._client._next_message())
+        if self.done:
+            return False
+        self.credit -= 1
+        self._client._send(protocol.encode_notification(protocol.STREAM_IN, [self._msgid, item]))
+        return True
+
+    def write(self, data: bytes) -> bool:
+        """Data for the process's stdin, in items of at most ``MAX_INPUT_ITEM`` bytes."""
+        step = protocol.MAX_INPUT_ITEM
+        for start in range(0, len(data), step):
+            if not self.send({"stdin": bytes(data[start:start + step])}):
+                return False
+        return True
+
+    def close_stdin(self) -> bool:
+        return self.send({"eof": True})
+
+    def resize(self, rows: int, cols: int) -> bool:
+        return self.send({"resize": [int(rows), int(cols)]})
+
+    def signal(self, signum: int) -> bool:
+        return self.send({"signal": int(signum)})
 
 
 class Client:
@@ -167,3 +279,14 @@ class Client:
     def stream(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Stream:
         msgid = self._request(method, {**(params or {}), **kw})
         return Stream(self, msgid)
+
+    def duplex(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> DuplexStream:
+        """A streaming call of a method that takes input (``rpc.describe``: input)."""
+        msgid = self._request(method, {**(params or {}), **kw})
+        return DuplexStream(self, msgid)
+
+    def attach(self, container: str, *, stdin: bool = True, detach_keys: str = "") -> DuplexStream:
+        """Join a running container's stdio (``container.attach``): iterate for its output,
+        ``write``/``close_stdin``/``resize``/``signal`` for input; ``result`` at the end holds
+        ``ExitCode``, or ``Detached``."""
+        return self.duplex("container.attach", id=container, stdin=stdin, detach_keys=detach_keys)

@@ -28,7 +28,8 @@ import trio
 
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
 from engine.oci import conmon
-from engine.oci.exec import ExecHandle
+from engine.oci.attach import ConmonAttach, ConsoleSocket, resize_conmon_terminal
+from engine.oci.exec import ExecHandle, TtyExecHandle
 from engine.oci.runtime_errors import runtime_message, start_error
 from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
 
@@ -195,40 +196,89 @@ class CLIRuntime:
         process: dict[str, Any],
         *,
         stdin: bool = False,
+        tty: bool = False,
         work_dir: Path | None = None,
         **options: Any,
     ) -> ExecHandle:
         """Start ``process`` (an OCI ``process`` object; missing keys get defaults) in the
-        running container and return its ``ExecHandle`` (see ``engine.oci.exec``).
+        running container and return its ``ExecHandle`` (see ``engine.oci.exec``). ``stdin``:
+        the handle's ``stdin`` feeds the process; ``tty``: the process gets a
+        pseudo-terminal (a ``TtyExecHandle``, through ``--console-socket``).
 
         ``work_dir`` holds the temporary process and pid files (default: the system tmp).
         Cancellation: if cancelled while starting, nothing is left running.
         Errors: ``NotFound``/``Conflict``/``RuntimeFailure`` surface through the handle's
         exit code and stderr (the runtime reports them there once it runs)."""
         binary = self._require_binary()
-        spec = {**_DEFAULT_PROCESS, **process, "terminal": False}
+        spec = {**_DEFAULT_PROCESS, **process, "terminal": tty}
         if not spec.get("args"):
             raise InvalidArgument("exec needs a command: process['args'] is empty")
         spec_file, pid_file = await trio.to_thread.run_sync(
             _write_exec_files, spec, work_dir, container_id
         )
         argv = [binary, *self.global_args(), "exec", "--process", str(spec_file),
-                "--pid-file", str(pid_file), container_id]
-        if self.exec_through_reaper:
-            # `exec --detach`, and the reaper waits for the process itself (see exec_reaper).
-            argv = [sys.executable, "-S", "-E", str(EXEC_REAPER), *argv[:-1], "--detach", container_id]
+                "--pid-file", str(pid_file)]
+        console: ConsoleSocket | None = None
         try:
+            if tty:
+                console = ConsoleSocket(work_dir or Path(tempfile.gettempdir()), spec_file.stem + ".sock")
+                await console.listen()
+                argv += ["--console-socket", console.path]
+            argv.append(container_id)
+            if self.exec_through_reaper:
+                # `exec --detach`, and the reaper waits for the process itself (see exec_reaper).
+                argv = [sys.executable, "-S", "-E", str(EXEC_REAPER), *argv[:-1], "--detach", container_id]
             proc = await trio.lowlevel.open_process(
                 argv,
                 env=conmon.runtime_environment(),
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdin=subprocess.PIPE if stdin and not tty else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if tty else subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
+            if console is None:
+                return ExecHandle(proc, spec_file, pid_file)
+            try:
+                master = await _receive_terminal(console, proc)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    proc.kill()
+                    await proc.wait()
+                raise
+            return TtyExecHandle(proc, spec_file, pid_file, master)
         except BaseException:
             spec_file.unlink(missing_ok=True)
             raise
-        return ExecHandle(proc, spec_file, pid_file)
+        finally:
+            if console is not None:
+                console.close()
+
+    async def attach(self, container_id: str, bundle: Path) -> ConmonAttach:
+        """A connection to the running container's stdio through its conmon."""
+        return await ConmonAttach.connect(bundle)
+
+    async def resize(self, container_id: str, bundle: Path, rows: int, cols: int) -> None:
+        """Set the window size of the container's terminal (through its conmon)."""
+        await resize_conmon_terminal(bundle, rows, cols)
+
+
+async def _receive_terminal(console: ConsoleSocket, proc: trio.Process) -> int | None:
+    """The terminal the runtime sends, or None when it ended without sending one (it could
+    not start the process: its stderr says why)."""
+    master: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            master.append(await console.receive())
+            nursery.cancel_scope.cancel()
+
+        async def runtime_ended() -> None:
+            await proc.wait()
+            await trio.sleep(0.5)  # a terminal sent just before it exited is still taken
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(receive)
+        nursery.start_soon(runtime_ended)
+    return master[0] if master else None
 
 
 def _write_exec_files(

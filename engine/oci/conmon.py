@@ -110,7 +110,12 @@ def conmon_argv(
         "--full-attach",
     ]  # fmt: skip
     if request.terminal:
+        # a terminal is the container's stdin too; conmon never closes it
         argv.append("--terminal")
+    elif request.stdin:
+        argv.append("--stdin")
+        if not request.stdin_once:
+            argv.append("--leave-stdin-open")
     if not request.sync_log:
         argv.append("--no-sync-log")
     for arg in runtime_args:

@@ -135,3 +135,54 @@ class ExecHandle:
     def _cleanup(self) -> None:
         for path in (self._spec_file, self._pid_file):
             path.unlink(missing_ok=True)
+
+
+class _NoOutput(trio.abc.ReceiveStream):
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class TtyExecHandle(ExecHandle):
+    """An exec with a pseudo-terminal (``exec -t``): ``stdout`` is everything the process
+    writes to its terminal, ``stdin`` goes to the terminal, ``resize(rows, cols)`` sets its
+    window size. ``stderr`` holds only the runtime's own errors. ``master`` is the
+    terminal's master side, received from the runtime (None when it failed before
+    sending it: ``wait`` then explains the failure as for any exec)."""
+
+    def __init__(self, process: trio.Process, spec_file: Path, pid_file: Path,
+                 master: int | None) -> None:
+        from engine.oci.attach import TerminalReader
+
+        self._process = process
+        self._spec_file = spec_file
+        self._pid_file = pid_file
+        self._master = master
+        assert process.stderr is not None
+        self.stderr = _TailRecorder(process.stderr)
+        self.started = None
+        if master is None:
+            self.stdout = _NoOutput()
+            self.stdin = None
+        else:
+            self.stdout = TerminalReader(trio.lowlevel.FdStream(os.dup(master)))
+            self.stdin = trio.lowlevel.FdStream(master)
+
+    def resize(self, rows: int, cols: int) -> None:
+        from engine.oci.attach import set_window
+
+        if self._master is not None and self.stdin is not None:
+            try:
+                set_window(self.stdin.fileno(), rows, cols)  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                pass  # the terminal is closed: the exec is ending
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for stream in (self.stdout, self.stdin):
+                if stream is not None:
+                    await stream.aclose()
+            await super().aclose()

@@ -2,7 +2,10 @@
 
 A handler is ``async def handler(ctx, params) -> result`` or, for a streaming method,
 ``async def handler(ctx, params, stream) -> result`` where ``await stream.send(item)`` waits
-for the client's credit (backpressure). ``params`` arrive as a dict; a handler declares an
+for the client's credit (backpressure). A method that takes input from the client
+(``input=True``, a streaming method) is ``async def handler(ctx, params, stream, input)``:
+``await input.receive()`` (or ``async for item in input``) gives the items the client sends
+with ``$stream.in``, and consuming them is what grants the client more credit. ``params`` arrive as a dict; a handler declares an
 attrs class to structure them into, and unknown keys or wrong types become
 ``InvalidArgument`` naming the field.
 """
@@ -27,6 +30,7 @@ class MethodInfo:
     params_type: type | None
     stream: bool
     doc: str
+    input: bool = False
 
 
 class MethodTable:
@@ -34,12 +38,16 @@ class MethodTable:
         self._methods: dict[str, MethodInfo] = {}
 
     def method(
-        self, name: str, *, params: type | None = None, stream: bool = False
+        self, name: str, *, params: type | None = None, stream: bool = False, input: bool = False
     ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+        if input and not stream:
+            raise ValueError(f"RPC method {name}: a method that takes input must stream")
+
         def register(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             if name in self._methods:
                 raise ValueError(f"RPC method {name} registered twice")
-            self._methods[name] = MethodInfo(name, fn, params, stream, (fn.__doc__ or "").strip())
+            self._methods[name] = MethodInfo(name, fn, params, stream, (fn.__doc__ or "").strip(),
+                                             input)
             return fn
 
         return register
@@ -52,7 +60,8 @@ class MethodTable:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"name": m.name, "stream": m.stream, "doc": m.doc, "params": _describe_params(m)}
+            {"name": m.name, "stream": m.stream, "input": m.input, "doc": m.doc,
+             "params": _describe_params(m)}
             for m in sorted(self._methods.values(), key=lambda m: m.name)
         ]
 

@@ -17,6 +17,17 @@ Streaming convention (logs -f, events, pull progress, attach):
         [2, "$cancel", [msgid]]
     and a closed connection cancels every call on it.
 
+Client-to-server streams (stdin and window sizes of attach, run -i, exec -i): a method
+that takes input (``rpc.describe``: ``"input": true``) reads items the client sends as
+        [2, "$stream.in", [msgid, item]]
+    under the same credit scheme the other way round: the client may have ``STREAM_WINDOW``
+    items un-acknowledged; the server grants more with
+        [2, "$stream.in_ack", [msgid, n]]
+    once it has consumed ``n`` of them. An item beyond the credit, or one holding more than
+    ``MAX_INPUT_ITEM`` bytes, fails the call (``resource_exhausted``): the daemon never holds
+    more than window x item size of a client's input. Input for a call that has ended, or
+    takes none, is dropped (the client may race the end of the call).
+
 Framing: msgpack is self-delimiting; a message larger than ``MAX_FRAME`` bytes is a protocol
 error and the connection is closed.
 """
@@ -45,6 +56,9 @@ MAX_MSGID = 2**32 - 1
 
 STREAM_ITEM = "$stream.item"
 STREAM_ACK = "$stream.ack"
+STREAM_IN = "$stream.in"
+STREAM_IN_ACK = "$stream.in_ack"
+MAX_INPUT_ITEM = 64 * 1024  # bytes of data in one client-to-server item
 CANCEL = "$cancel"
 ERROR_EVENT = "$error"
 

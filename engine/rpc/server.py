@@ -99,6 +99,68 @@ class StreamSender:
         )
 
 
+class StreamInput:
+    """Items the client sends to one call (``$stream.in``), read by its handler under the
+    server's credit: at most ``STREAM_WINDOW`` wait here, and each item leaving the queue
+    counts towards the next ``$stream.in_ack``. A client that sends beyond its credit, or an
+    item over ``MAX_INPUT_ITEM`` bytes, fails the call (see ``violation``)."""
+
+    def __init__(self, conn: Connection, msgid: int, scope: trio.CancelScope) -> None:
+        self._conn = conn
+        self._msgid = msgid
+        self._scope = scope
+        self._send, self._receive = trio.open_memory_channel[Any](protocol.STREAM_WINDOW)
+        self._consumed = 0
+        self.received = 0
+        self.violation: EngineError | None = None
+
+    def deliver(self, item: Any) -> None:
+        """From the connection's read loop: queue an item without waiting."""
+        if self.violation is not None:
+            return
+        size = _item_bytes(item)
+        if size > protocol.MAX_INPUT_ITEM:
+            self._violate(f"a stream input item of {size} bytes is over the "
+                          f"{protocol.MAX_INPUT_ITEM}-byte limit; split it")
+            return
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self._violate(f"the client sent stream input beyond its credit of "
+                          f"{protocol.STREAM_WINDOW} un-acknowledged items")
+
+    def _violate(self, message: str) -> None:
+        self.violation = ResourceExhausted(message)
+        self._scope.cancel()
+
+    async def receive(self) -> Any:
+        """The next item; waits for the client."""
+        item = await self._receive.receive()
+        self.received += 1
+        self._consumed += 1
+        if self._consumed >= protocol.STREAM_WINDOW // 2:
+            n, self._consumed = self._consumed, 0
+            await self._conn.send(protocol.encode_notification(protocol.STREAM_IN_ACK, [self._msgid, n]))
+        return item
+
+    def __aiter__(self) -> StreamInput:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.receive()
+
+
+def _item_bytes(item: Any) -> int:
+    """Bytes of data an input item carries (its strings and byte strings, one level deep)."""
+    if isinstance(item, bytes | str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(len(v) for v in item.values() if isinstance(v, bytes | str))
+    if isinstance(item, list):
+        return sum(len(v) for v in item if isinstance(v, bytes | str))
+    return 0
+
+
 class Connection:
     def __init__(self, server: RPCServer, transport: MessageTransport, peer: str) -> None:
         self.server = server
@@ -107,6 +169,7 @@ class Connection:
         self._send_lock = trio.Lock()
         self._calls: dict[int, trio.CancelScope] = {}
         self._streams: dict[int, StreamSender] = {}
+        self._inputs: dict[int, StreamInput] = {}
 
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
@@ -162,6 +225,10 @@ class Connection:
                 return
             scope = trio.CancelScope()
             self._calls[message.msgid] = scope
+            info = self.server.methods.get(message.method)
+            if info is not None and info.input:
+                # now, not when the call's task runs: input may follow the request at once
+                self._inputs[message.msgid] = StreamInput(self, message.msgid, scope)
             nursery.start_soon(self._run_call, message, scope)
         elif isinstance(message, protocol.Notification):
             self._handle_notification(message)
@@ -174,6 +241,9 @@ class Connection:
             n = params[1] if len(params) > 1 and isinstance(params[1], int) else 1
             if sender := self._streams.get(msgid):
                 sender.grant(n)
+        elif note.method == protocol.STREAM_IN and msgid is not None and len(params) > 1:
+            if receiver := self._inputs.get(msgid):
+                receiver.deliver(params[1])
         elif note.method == protocol.CANCEL and msgid is not None:
             if scope := self._calls.get(msgid):
                 scope.cancel()
@@ -185,7 +255,11 @@ class Connection:
             with scope:
                 result = await self._dispatch(request)
             if scope.cancelled_caught:
-                error = Cancelled(f"{request.method} was cancelled by the client").to_wire()
+                receiver = self._inputs.get(request.msgid)
+                if receiver is not None and receiver.violation is not None:
+                    error = receiver.violation.to_wire()
+                else:
+                    error = Cancelled(f"{request.method} was cancelled by the client").to_wire()
         except EngineError as e:
             error = e.to_wire()
         except Exception as e:  # a bug: report it, keep serving
@@ -197,6 +271,7 @@ class Connection:
         finally:
             self._calls.pop(request.msgid, None)
             self._streams.pop(request.msgid, None)
+            self._inputs.pop(request.msgid, None)
         try:
             payload = protocol.encode_response(request.msgid, error, unstructure(result))
         except (TypeError, ValueError) as e:
@@ -218,6 +293,8 @@ class Connection:
         if info.stream:
             sender = StreamSender(self, request.msgid)
             self._streams[request.msgid] = sender
+            if info.input:
+                return await info.handler(ctx, params, sender, self._inputs[request.msgid])
             return await info.handler(ctx, params, sender)
         return await info.handler(ctx, params)
 

@@ -65,7 +65,7 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         container_id=config.id,
         rootfs=rootfs,
         args=list(config.args),
-        env=list(config.env),
+        env=with_term(list(config.env)) if config.tty else list(config.env),
         cwd=config.workdir or "/",
         user=config.user,
         hostname=config.hostname or config.id[:12],
@@ -79,7 +79,15 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cap_add=list(config.cap_add),
         cap_drop=list(config.cap_drop),
         network_ns=details.get("_netns"),
+        terminal=config.tty,
     )
+
+
+def with_term(env: list[str]) -> list[str]:
+    """A terminal's programs need TERM; docker sets xterm unless the user chose one."""
+    if any(item.startswith("TERM=") for item in env):
+        return env
+    return [*env, "TERM=xterm"]
 
 
 async def exec_process(config: ContainerConfig, status: ContainerStatus, rootfs: Path,

@@ -25,6 +25,14 @@ from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
 from engine.supervisor.app import App
+from engine.supervisor.attach import (
+    DetachMatcher,
+    InputHandlers,
+    exec_handlers,
+    feed_input,
+    parse_detach_keys,
+    pump_attach,
+)
 from engine.supervisor.containers import ContainerSupervisor
 
 log = logging.getLogger("engine.containers")
@@ -70,6 +78,9 @@ class CreateSpec:
     cap_add: list[str] = attrs.field(factory=list)
     cap_drop: list[str] = attrs.field(factory=list)
     platform: str = ""
+    tty: bool = False  # -t: a pseudo-terminal
+    open_stdin: bool = False  # -i: stdin kept open for attached clients
+    stdin_once: bool = False  # close it when the first attached client's stdin ends
 
 
 @attrs.frozen
@@ -77,6 +88,14 @@ class RunSpec(CreateSpec):
     """container.run: everything container.create takes, and whether to stay attached."""
 
     detach: bool = False
+    detach_keys: str = ""  # with a terminal; "" is ctrl-p,ctrl-q
+
+
+@attrs.frozen
+class AttachSpec:
+    id: str
+    stdin: bool = True  # pass the client's stdin on (if the container keeps one open)
+    detach_keys: str = ""
 
 
 @attrs.frozen
@@ -86,6 +105,8 @@ class ExecSpec:
     env: list[str] = attrs.field(factory=list)
     workdir: str = ""
     user: str = ""
+    stdin: bool = False  # -i: the client's stdin feeds the command
+    tty: bool = False  # -t: the command gets a pseudo-terminal
 
 
 @attrs.frozen
@@ -205,6 +226,9 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         cap_drop=list(p.cap_drop),
         layers=list(image.diff_ids),
         image_config={"ExposedPorts": img.exposed_ports or {}},
+        tty=p.tty,
+        open_stdin=p.open_stdin,
+        stdin_once=p.stdin_once and p.open_stdin,
     )
     return config, list(p.publish)
 
@@ -234,36 +258,50 @@ class ContainerService:
             raise InvalidArgument("publishing ports needs networking, which is unavailable")
         return await self.supervisor.create(config)
 
-    async def start(self, ref: str, send: Send | None = None) -> dict[str, Any]:
-        """Start; with ``send``, stream the output until the exit (docker start -a)."""
+    async def start(self, ref: str, send: Send | None = None, input: Any | None = None,
+                    detach_keys: str = "") -> dict[str, Any]:
+        """Start; with ``send``, stream the output until the exit (docker start -a), and
+        for a container with a terminal or an open stdin, take ``input`` (start -ai)."""
         actor = self.get(ref)
         if send is None:
             await actor.call(c.Start())
             return {"Id": actor.id}
+        if actor.config.tty or actor.config.open_stdin:
+            return await self._start_interactive(actor, send, input, detach_keys, self._start_io_plain)
         return await self._start_attached(actor, send, self._start_plain)
 
-    async def run(self, spec: RunSpec, send: Send) -> dict[str, Any]:
+    async def run(self, spec: RunSpec, send: Send, input: Any | None = None) -> dict[str, Any]:
         """Create and start in one call (docker run). Attached: stream the output and return
-        the exit code, after the removal with auto_remove. A failed start keeps its error and
-        adds details container_id and exit_code; a ``--rm`` container is removed first."""
+        the exit code, after the removal with auto_remove; with a terminal or an open stdin,
+        ``input`` carries the client's stdin and window size. A failed start keeps its error
+        and adds details container_id and exit_code; a ``--rm`` container is removed first."""
+        parse_detach_keys(spec.detach_keys)  # a bad value fails before anything is created
         actor = await self.create(spec)
         if spec.detach:
             await self._start_for_run(actor)
             return {"Id": actor.id, "Warnings": []}
+        if spec.tty or spec.open_stdin:
+            return await self._start_interactive(actor, send, input, spec.detach_keys, self._start_io_for_run)
         return await self._start_attached(actor, send, self._start_for_run)
 
     async def _start_plain(self, actor: ContainerActor) -> None:
         await actor.call(c.Start())
 
-    async def _start_for_run(self, actor: ContainerActor) -> None:
+    async def _start_for_run(self, actor: ContainerActor, attach: bool = False) -> Any:
         try:
-            await actor.call(c.Start())
+            return await actor.call(c.Start(attach=attach))
         except EngineError as e:
             e.details["container_id"] = actor.id
             e.details["exit_code"] = start_exit_code(e)
             if actor.config.auto_remove:
                 await self._remove_after_failed_start(actor)
             raise
+
+    async def _start_io_for_run(self, actor: ContainerActor) -> c.AttachSession:
+        return (await self._start_for_run(actor, attach=True))["attach"]  # type: ignore[no-any-return]
+
+    async def _start_io_plain(self, actor: ContainerActor) -> c.AttachSession:
+        return (await actor.call(c.Start(attach=True)))["attach"]  # type: ignore[no-any-return]
 
     async def _remove_after_failed_start(self, actor: ContainerActor) -> None:
         # Shielded: a client that gave up must not leave a `--rm` container behind.
@@ -298,6 +336,70 @@ class ContainerService:
             with trio.move_on_after(AUTO_REMOVE_WAIT):
                 await actor.wait_for(lambda _status: False)
         return result
+
+    # --- attached sessions with input (engine.supervisor.attach) ---------------------------------
+
+    async def attach(self, spec: AttachSpec, send: Send, input: Any | None) -> dict[str, Any]:
+        """Join a running container's stdio (docker attach): its output from now on, the
+        client's input. Returns its exit code when it ends, or Detached."""
+        actor = self.get(spec.id)
+        return await self._start_interactive(actor, send, input if spec.stdin else _NoStdin(input),
+                                             spec.detach_keys, self._attach_running)
+
+    async def _attach_running(self, actor: ContainerActor) -> c.AttachSession:
+        return await actor.call(c.Attach())  # type: ignore[no-any-return]
+
+    async def resize(self, ref: str, rows: int, cols: int) -> None:
+        await self.get(ref).call(c.Resize(rows, cols))
+
+    async def _start_interactive(self, actor: ContainerActor, send: Send, input: Any | None,
+                                 detach_keys: str,
+                                 start: Callable[[ContainerActor], Awaitable[c.AttachSession]],
+                                 ) -> dict[str, Any]:
+        keys = parse_detach_keys(detach_keys)
+        matcher = DetachMatcher(keys) if actor.config.tty else None
+        actor.attach()
+        try:
+            session = await start(actor)
+            started_at = actor.status.started_at
+            try:
+                detached = await pump_attach(session.connection, send, input,
+                                             self._attach_handlers(actor, session, input), matcher)
+            finally:
+                actor.notify(c.AttachEnded(session.session))
+                with trio.CancelScope(shield=True):
+                    await session.connection.aclose()
+            if detached:
+                return {"Id": actor.id, "Detached": True}
+            status = await actor.wait_for(lambda s: s.started_at != started_at or s.state not in (
+                ContainerState.RUNNING, ContainerState.PAUSED))
+            result = {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
+        finally:
+            actor.detach()
+        if actor.config.auto_remove:
+            with trio.move_on_after(AUTO_REMOVE_WAIT):
+                await actor.wait_for(lambda _status: False)
+        return result
+
+    def _attach_handlers(self, actor: ContainerActor, session: c.AttachSession,
+                         input: Any | None) -> InputHandlers:
+        connection = session.connection
+        stdin = actor.config.open_stdin and not isinstance(input, _NoStdin)
+
+        async def close_stdin() -> None:
+            if not actor.config.tty:
+                connection.close_stdin()
+            await trio.lowlevel.checkpoint()
+
+        async def resize(rows: int, cols: int) -> None:
+            if actor.config.tty:
+                await actor.call(c.Resize(rows, cols))
+
+        async def signal(sig: int) -> None:
+            await actor.call(c.Kill(sig))
+
+        return InputHandlers(write=connection.write if stdin else None, close_stdin=close_stdin,
+                             resize=resize, signal=signal)
 
     # --- the other verbs --------------------------------------------------------------------------
 
@@ -366,16 +468,22 @@ class ContainerService:
                     break
                 yield record
 
-    async def exec(self, spec: ExecSpec, send: Send) -> dict[str, Any]:
+    async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None) -> dict[str, Any]:
         """Run a command in a running container; stream its output, return its exit code.
         The actor starts the session (so it cannot race a removal) and kills it if the
         container goes; the output is pumped here, outside the actor's mailbox."""
         actor = self.get(spec.id)
+        env = list(spec.env)
+        if spec.tty and not any(e.startswith("TERM=") for e in env):
+            env.append("TERM=xterm")
         session: c.ExecSession = await actor.call(
-            c.ExecStart(list(spec.cmd), list(spec.env), spec.workdir, spec.user))
+            c.ExecStart(list(spec.cmd), env, spec.workdir, spec.user, stdin=spec.stdin, tty=spec.tty))
         code = 255
         try:
-            code = await pump_exec(session.handle, send)
+            if input is not None and (spec.stdin or spec.tty):
+                code = await pump_exec_with_input(session.handle, send, input, stdin=spec.stdin, tty=spec.tty)
+            else:
+                code = await pump_exec(session.handle, send)
         finally:
             actor.notify(c.ExecEnded(session.session, code))
         return {"ExitCode": code}
@@ -415,3 +523,36 @@ async def pump_exec(handle: Any, send: Send) -> int:
                     break
             nursery.cancel_scope.cancel()
         return code
+
+
+async def pump_exec_with_input(handle: Any, send: Send, input: Any, *, stdin: bool, tty: bool) -> int:
+    """``pump_exec``, and the client's input (stdin, window size, signals) meanwhile."""
+    handlers = exec_handlers(handle, stdin=stdin, tty=tty)
+    async with trio.open_nursery() as nursery:
+
+        async def feed() -> None:
+            await feed_input(input, handlers, None)
+
+        nursery.start_soon(feed)
+        code = await pump_exec(handle, send)
+        nursery.cancel_scope.cancel()
+    return code
+
+
+class _NoStdin:
+    """The input of an attach without stdin (``--no-stdin``): window sizes and signals
+    still count, stdin data is dropped."""
+
+    def __init__(self, input: Any | None) -> None:
+        self._input = input
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        if self._input is None:
+            return
+        async for item in self._input:
+            if isinstance(item, dict) and ("stdin" in item or "eof" in item):
+                continue
+            yield item

@@ -94,7 +94,7 @@ def test_run_params_are_described(engine: Daemon) -> None:
     methods = {m["name"]: m for m in engine.call("rpc.describe")["methods"]}
     run_params = methods["container.run"]["params"]
     assert run_params["detach"] == "bool" and run_params["image"] == "str"
-    assert set(methods["container.create"]["params"]) == set(run_params) - {"detach"}
+    assert set(methods["container.create"]["params"]) == set(run_params) - {"detach", "detach_keys"}
 
 
 def test_engctl_run_exit_codes(engine: Daemon, monkeypatch: pytest.MonkeyPatch,

@@ -1,5 +1,6 @@
 """engctl container verbs, docker-compatible: run, create, start, stop, restart, kill, pause,
-unpause, rm, ps, inspect, logs, wait, exec, rename, container prune, port."""
+unpause, rm, ps, inspect, logs, wait, exec, rename, container prune, port, attach.
+Sessions with stdin or a terminal (-i, -t, attach) go through engine.cli.interactive."""
 
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def create_params(args: Namespace) -> dict[str, Any]:
         "cap_add": args.cap_add,
         "cap_drop": args.cap_drop,
         "platform": args.platform,
+        "tty": args.tty,
+        "open_stdin": args.interactive,
     }
     if args.command:
         params["cmd"] = list(args.command)
@@ -128,17 +131,30 @@ def setup(sub: Any) -> None:
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true")
     p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("--detach-keys", default="")
+    add_sig_proxy_flag(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("create", help="create a container", add_help=False)
     p.add_argument("--help", action="help")
     add_create_flags(p)
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
     p.set_defaults(func=cmd_create)
 
     p = sub.add_parser("start", help="start containers")
     p.add_argument("-a", "--attach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("--detach-keys", default="")
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("attach", help="attach to a running container's input and output")
+    p.add_argument("--detach-keys", default="")
+    p.add_argument("--no-stdin", action="store_true")
+    add_sig_proxy_flag(p)
+    p.add_argument("container")
+    p.set_defaults(func=cmd_attach)
 
     for verb, helptext in (("stop", "stop containers"), ("restart", "restart containers")):
         p = sub.add_parser(verb, help=helptext)
@@ -215,6 +231,12 @@ def setup(sub: Any) -> None:
     p.set_defaults(func=cmd_port)
 
 
+def add_sig_proxy_flag(p: Parser) -> None:
+    # docker's boolean, written --sig-proxy=false (a value is required here: an option with
+    # an optional value would send every run through argparse, see engine.cli.argspec)
+    p.add_argument("--sig-proxy", default="true", choices=("true", "false", "1", "0"))
+
+
 def add_ps_parser(sub: Any, name: str) -> None:
     """``ps`` and its aliases ``container ls|list``."""
     p = sub.add_parser(name, help="list containers")
@@ -283,17 +305,56 @@ def cmd_create(ctx: Context, args: Namespace) -> int:
 
 def cmd_run(ctx: Context, args: Namespace) -> int:
     """One container.run round trip: the daemon creates, starts (and with --rm removes)."""
-    if args.interactive or args.tty:
-        print("engctl: -i/-t are not supported yet; running without stdin", file=sys.stderr)
     params = create_params(args)
     if args.detach:
         params["detach"] = True
+    elif args.interactive or args.tty:
+        _require_terminal(args.interactive, args.tty)
+        params["stdin_once"] = args.interactive
+        params["detach_keys"] = args.detach_keys
+        try:
+            # the image first: a retry after a pull could not replay stdin already sent
+            _ensure_image(ctx, args)
+            return _interactive(lambda: ctx.client().duplex("container.run", params),
+                                stdin=args.interactive, tty=args.tty, sig_proxy=_flag(args.sig_proxy))
+        except EngineError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return int(e.details.get("exit_code") or 125)
     try:
         return _pulling(ctx, args, lambda: _run_once(ctx, args, params))  # type: ignore[no-any-return]
     except EngineError as e:
         print(f"Error: {e}", file=sys.stderr)
         # a failed start carries docker's 126/127 (or 125); any other error is the engine's 125
         return int(e.details.get("exit_code") or 125)
+
+
+def _flag(value: str) -> bool:
+    return value in ("true", "1")
+
+
+def _require_terminal(interactive: bool, tty: bool) -> None:
+    """docker refuses -it when its stdin is not a terminal."""
+    import os
+
+    if interactive and tty and not os.isatty(0):
+        raise InvalidArgument("the input device is not a TTY; drop -t to pipe input in")
+
+
+def _ensure_image(ctx: Context, args: Namespace) -> None:
+    """The pull policy, applied before an interactive run (see _pulling)."""
+    if args.pull == "always":
+        _pull(ctx, args)
+    elif args.pull == "missing":
+        try:
+            ctx.client().call("image.inspect", id=args.image)
+        except NotFound:
+            _pull(ctx, args)
+
+
+def _interactive(open_session: Any, *, stdin: bool, tty: bool, sig_proxy: bool = True) -> int:
+    from engine.cli.interactive import run_session, session_exit
+
+    return session_exit(lambda: run_session(open_session(), stdin=stdin, tty=tty, sig_proxy=sig_proxy))
 
 
 def _run_once(ctx: Context, args: Namespace, params: dict[str, Any]) -> int:
@@ -319,9 +380,16 @@ def _each(ctx: Context, names: list[str], fn: Any) -> int:
 
 def cmd_start(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
-    if args.attach:
+    if args.attach or args.interactive:
         if len(args.containers) != 1:
             raise InvalidArgument("you cannot start and attach multiple containers at once")
+        config = client.call("container.inspect", id=args.containers[0])["Config"]
+        if config.get("Tty") or config.get("OpenStdin"):
+            stdin = bool(args.interactive and config.get("OpenStdin"))
+            _require_terminal(stdin, bool(config.get("Tty")))
+            return _interactive(lambda: client.duplex("container.start", id=args.containers[0], attach=True,
+                                                      detach_keys=args.detach_keys),
+                                stdin=stdin, tty=bool(config.get("Tty")))
         return _forward_until_exit(client.stream("container.start", id=args.containers[0], attach=True))
     return _each(ctx, args.containers, lambda n: client.call("container.start", id=n))
 
@@ -480,9 +548,27 @@ def cmd_wait(ctx: Context, args: Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_attach(ctx: Context, args: Namespace) -> int:
+    client = ctx.client()
+    info = client.call("container.inspect", id=args.container)
+    if not info["State"]["Running"]:
+        raise InvalidArgument(f"you cannot attach to a stopped container {args.container}, start it first")
+    config = info["Config"]
+    tty = bool(config.get("Tty"))
+    stdin = bool(config.get("OpenStdin")) and not args.no_stdin
+    _require_terminal(stdin, tty)
+    return _interactive(lambda: client.attach(args.container, stdin=stdin, detach_keys=args.detach_keys),
+                        stdin=stdin, tty=tty, sig_proxy=_flag(args.sig_proxy))
+
+
 def cmd_exec(ctx: Context, args: Namespace) -> int:
     if not args.command:
         raise InvalidArgument("exec needs a command: engctl exec CONTAINER COMMAND [ARG...]")
+    if args.interactive or args.tty:
+        _require_terminal(args.interactive, args.tty)
+        return _interactive(lambda: ctx.client().duplex(
+            "container.exec", id=args.container, cmd=args.command, env=args.env, workdir=args.workdir,
+            user=args.user, stdin=args.interactive, tty=args.tty), stdin=args.interactive, tty=args.tty)
     return _forward_until_exit(ctx.client().stream(
         "container.exec", id=args.container, cmd=args.command, env=args.env,
         workdir=args.workdir, user=args.user))
