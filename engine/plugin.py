@@ -163,6 +163,12 @@ class Runtime(Protocol):
         engine calls it in a worker thread."""
         ...
 
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Change a running container's cgroup limits: ``resources`` is an OCI
+        ``linux.resources`` object holding only what changes (``memory.limit``,
+        ``cpu.quota``/``cpu.period``, ``pids.limit``)."""
+        ...
+
     async def exec(self, container_id: str, process: dict[str, Any], **options: Any) -> Any:
         """Run an extra process (an OCI runtime-spec ``process`` object) in the container.
         Returns a handle with ``stdout``/``stderr`` streams, ``wait()``, ``kill(sig)`` and

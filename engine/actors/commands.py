@@ -76,7 +76,25 @@ class ExecStart:
     user: str = ""
 
 
-Command = Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect | ExecStart
+@attrs.frozen
+class Update:
+    """docker update: new limits (None: unchanged) and restart policy."""
+
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    restart_policy: str | None = None
+
+
+@attrs.frozen
+class OpenRootfs:
+    """An fd of the container's root filesystem (running or not) for cp/export: the caller
+    owns and closes it. A stopped container's filesystem is mounted for the call and
+    detached again at once: the fd keeps the detached mount alive until it is closed."""
+
+
+Command = (Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect
+           | ExecStart | Update | OpenRootfs)
 
 # Commands that cut a pending stop's grace period short (docker: kill and rm -f preempt it).
 PREEMPTS_STOP = (Kill, Remove)
@@ -106,7 +124,15 @@ class ExecEnded:
     exit_code: int
 
 
-Notice = Adopt | Exited | RestartDue | ExecEnded
+@attrs.frozen
+class HealthResult:
+    """A health probe finished (engine.actors.health); ``run``: the run it probed."""
+
+    run: int
+    result: Any  # engine.actors.health.ProbeResult
+
+
+Notice = Adopt | Exited | RestartDue | ExecEnded | HealthResult
 
 
 @attrs.frozen

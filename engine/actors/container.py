@@ -29,8 +29,10 @@ import attrs
 import trio
 
 from engine.actors import commands as c
+from engine.actors import verbs
 from engine.actors.deps import ActorDeps
 from engine.actors.events import Event
+from engine.actors.health import HealthMonitor
 from engine.actors.mailbox import Envelope, Mailbox, MailboxClosed
 from engine.actors.model import (
     ContainerConfig,
@@ -113,6 +115,7 @@ class ContainerActor:
         # Whether the runtime may hold state for this container: unknown (None) for a
         # container read from disk, False for a new one, True once created there.
         self.runtime_knows: bool | None = False if new else None
+        self._health = HealthMonitor(self._health_exec, self.notify)
 
     # --- the public surface ---------------------------------------------------------------
 
@@ -242,6 +245,10 @@ class ContainerActor:
                 return await self._disconnect(network, force)
             case c.ExecStart():
                 return await self._exec_start(command)
+            case c.Update():
+                return await verbs.update(self, command)
+            case c.OpenRootfs():
+                return await verbs.open_rootfs(self)
         raise InvalidArgument(f"unknown container command {command!r}")
 
     async def _handle_notice(self, notice: c.Notice) -> None:
@@ -254,6 +261,8 @@ class ContainerActor:
                 self._exec_ended(session, exit_code)
             case c.Adopt():
                 await self._adopt()
+            case c.HealthResult(run, result):
+                await verbs.health_result(self, run, result)
 
     def _crash(self, error: BaseException) -> None:
         cause = first_leaf(error)
@@ -399,6 +408,7 @@ class ContainerActor:
         scope = trio.CancelScope()
         self._watch_scope = scope
         self._nursery.start_soon(self._watch_exit, scope, self._run)
+        verbs.start_health(self, self._health, self._nursery)
 
     async def _watch_exit(self, scope: trio.CancelScope, run: int) -> None:
         with scope:
@@ -428,6 +438,7 @@ class ContainerActor:
         """Record the exit; ``release``: free what the run held now (not when a removal,
         which frees it all, follows at once)."""
         self._watch_scope = None
+        self._health.stop()
         self.status.exit_code = info.exit_code
         self.status.oom_killed = info.oom_killed
         # never before the start: a clock step or an old exit file must not make it so
@@ -675,6 +686,9 @@ class ContainerActor:
         for handle in list(self._execs.values()):
             with trio.CancelScope(shield=True), trio.move_on_after(self.deps.settings.kill_wait):
                 await handle.kill(signals.SIGKILL)
+
+    async def _health_exec(self, cmd: list[str]) -> c.ExecSession:
+        return await self.call(c.ExecStart(cmd))  # type: ignore[no-any-return]
 
     # --- removal -------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from engine.actors.health import HealthConfig, HealthState
 from engine.actors.state import ContainerState
 from engine.convert import disk
 from engine.errors import RuntimeFailure
@@ -84,6 +85,7 @@ class ContainerConfig:
     cap_drop: list[str] = attrs.field(factory=list)
     layers: list[str] = attrs.field(factory=list)  # the image's diff_ids, bottom first
     image_config: dict[str, Any] = attrs.field(factory=dict)
+    healthcheck: HealthConfig | None = None
 
     @property
     def short_id(self) -> str:
@@ -106,6 +108,7 @@ class ContainerStatus:
     ip_address: str = ""
     network_details: dict[str, Any] = attrs.field(factory=dict)
     log_offset_at_start: int = 0
+    health: HealthState | None = None  # this run's, when the container has a check
 
 
 def new_container_id() -> str:

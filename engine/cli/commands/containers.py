@@ -7,7 +7,7 @@ import sys
 import time
 
 from engine.cli.argspec import REMAINDER
-from engine.cli.format import format_path, print_json, print_table
+from engine.cli.format import format_path, print_formatted, print_json, print_table
 from engine.cli.main import Context, parse_filters, parse_time
 from engine.errors import EngineError, InvalidArgument, NotFound
 
@@ -371,6 +371,11 @@ def cmd_ps(ctx: Context, args: Namespace) -> int:
         return 0
     if args.format == "json":
         print_json(rows)
+        return 0
+    if args.format:
+        from engine.cli.views import PS_HEADERS, ps_row
+
+        print_formatted(args.format, [ps_row(r, args.no_trunc) for r in rows], PS_HEADERS)
         return 0
     print_table(
         ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
