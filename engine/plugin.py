@@ -249,6 +249,16 @@ class StorageDriver(Protocol):
 
     async def remove_container(self, container_id: str) -> None: ...
 
+    async def changes(self, container_id: str) -> list[tuple[str, str]]:
+        """The container's changes to its image (docker diff): ``(kind, path)`` with kind
+        ``A`` (added), ``C`` (changed) or ``D`` (deleted), sorted by path."""
+        ...
+
+    async def diff_layer(self, container_id: str, dest: Path) -> None:
+        """Write the container's changes as an uncompressed OCI layer tar at ``dest``
+        (whiteouts ``.wh.NAME``, opaque directories ``.wh..wh..opq``): docker commit."""
+        ...
+
     async def usage(self) -> StorageUsage: ...
 
     async def layer_info(self, diff_id: str) -> LayerInfo: ...

@@ -88,9 +88,8 @@ class Update:
 
 @attrs.frozen
 class OpenRootfs:
-    """An fd of the container's root filesystem (running or not) for cp/export: the caller
-    owns and closes it. A stopped container's filesystem is mounted for the call and
-    detached again at once: the fd keeps the detached mount alive until it is closed."""
+    """An fd of the container's root filesystem (running or not) for cp/export, mounted
+    if it was not: the caller closes the fd and then posts ``ReleaseRootfs``."""
 
 
 Command = (Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect
@@ -132,7 +131,12 @@ class HealthResult:
     result: Any  # engine.actors.health.ProbeResult
 
 
-Notice = Adopt | Exited | RestartDue | ExecEnded | HealthResult
+@attrs.frozen
+class ReleaseRootfs:
+    """A user of ``OpenRootfs`` is done: the last one unmounts a stopped container."""
+
+
+Notice = Adopt | Exited | RestartDue | ExecEnded | HealthResult | ReleaseRootfs
 
 
 @attrs.frozen

@@ -116,6 +116,7 @@ class ContainerActor:
         # container read from disk, False for a new one, True once created there.
         self.runtime_knows: bool | None = False if new else None
         self._health = HealthMonitor(self._health_exec, self.notify)
+        self.rootfs_users = 0  # cp/export holding the root filesystem (OpenRootfs)
 
     # --- the public surface ---------------------------------------------------------------
 
@@ -263,6 +264,8 @@ class ContainerActor:
                 await self._adopt()
             case c.HealthResult(run, result):
                 await verbs.health_result(self, run, result)
+            case c.ReleaseRootfs():
+                await verbs.release_rootfs(self)
 
     def _crash(self, error: BaseException) -> None:
         cause = first_leaf(error)

@@ -77,18 +77,25 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
 
 
 async def open_rootfs(actor: ContainerActor) -> int:
-    """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``)."""
+    """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
+    container's stays mounted until its last user posts ``ReleaseRootfs``; a start
+    meanwhile finds it mounted already (mounting is idempotent)."""
     require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
                   action="copy files of")
-    running = actor.status.state in (S.RUNNING, S.PAUSED)
     path = await actor.deps.rootfs.mount(actor.id, list(actor.config.layers))
+    actor.rootfs_users += 1
     try:
         return await trio.to_thread.run_sync(
             os.open, path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    finally:
-        if not running:
-            # busy with our fd: detached lazily, alive until the caller closes the fd
-            await actor._cleanup("unmount", actor._unmount)
+    except BaseException:
+        await release_rootfs(actor)
+        raise
+
+
+async def release_rootfs(actor: ContainerActor) -> None:
+    actor.rootfs_users = max(0, actor.rootfs_users - 1)
+    if actor.rootfs_users == 0 and actor.status.state not in (S.RUNNING, S.PAUSED) and not actor.removed:
+        await actor._cleanup("unmount", actor._unmount)
 
 
 # --- health ------------------------------------------------------------------------------------

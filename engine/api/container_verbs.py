@@ -18,6 +18,7 @@ from engine.actors.state import ContainerState
 from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
+from engine.supervisor import commit
 from engine.supervisor import copy as cp
 from engine.supervisor import stats as st
 from engine.supervisor.container_service import ContainerService
@@ -66,6 +67,7 @@ def _stats_targets(service: ContainerService, p: StatsParams) -> list[st.Target]
 
 def register(table: MethodTable) -> None:
     register_copy(table)
+    register_layers(table)
 
     @table.method("container.update", params=UpdateParams)
     async def update(ctx: CallContext, p: UpdateParams) -> dict[str, Any]:
@@ -139,6 +141,7 @@ async def open_root(actor: ContainerActor) -> AsyncIterator[int]:
         yield fd
     finally:
         os.close(fd)
+        actor.notify(c.ReleaseRootfs())
 
 
 async def stream_from_thread(work: Callable[[Callable[[bytes], None]], Any], send: Send) -> Any:
@@ -235,3 +238,42 @@ def register_copy(table: MethodTable) -> None:
 @attrs.frozen
 class RefParams:
     id: str
+
+
+# --- diff, commit ----------------------------------------------------------------------------------
+
+DIFF_KINDS = {"C": 0, "A": 1, "D": 2}  # docker's Kind numbers
+# files the runtime creates as targets of the engine's bind mounts: not the container's
+MOUNT_POINTS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
+
+
+@attrs.frozen
+class CommitParams:
+    id: str
+    reference: str = ""
+    message: str = ""
+    author: str = ""
+    changes: list[str] = attrs.field(factory=list)
+    pause: bool = True
+
+
+def register_layers(table: MethodTable) -> None:
+    @table.method("container.diff", params=RefParams)
+    async def diff(ctx: CallContext, p: RefParams) -> list[dict[str, Any]]:
+        """The container's changes to its image's filesystem: [{Path, Kind}] with Kind 0
+        changed, 1 added, 2 deleted (docker's numbers)."""
+        actor = containers(ctx).get(p.id)
+        found = await ctx.app.storage().changes(actor.id)
+        return [{"Path": path, "Kind": DIFF_KINDS[kind]} for kind, path in found
+                if not (kind == "A" and path in MOUNT_POINTS)]
+
+    @table.method("container.commit", params=CommitParams)
+    async def commit_(ctx: CallContext, p: CommitParams) -> dict[str, Any]:
+        """A new image from the container's changes (docker commit): the container's run
+        settings, then ``changes`` (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR,
+        VOLUME, STOPSIGNAL); ``pause`` pauses a running container meanwhile."""
+        actor = containers(ctx).get(p.id)
+        image = await commit.commit(ctx.app, actor, reference=p.reference, message=p.message,
+                                    author=p.author, changes=list(p.changes), pause=p.pause)
+        ctx.app.events.emit("container", "commit", actor.id, name=actor.name, image=image.id)
+        return {"Id": image.id}

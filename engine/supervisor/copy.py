@@ -41,6 +41,7 @@ RESOLVE_IN_ROOT = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 UPLOAD_IDLE_LIMIT = 3600.0  # seconds an unfinished upload is kept
 CHUNK = 256 * 1024
+_EAGAIN_RETRIES = 1000
 
 
 class _OpenHow(ctypes.Structure):
@@ -54,13 +55,18 @@ def open_in_root(root_fd: int, path: str, flags: int, *, follow: bool = True) ->
     if not follow:
         flags |= os.O_NOFOLLOW
     how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, root_fd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))
-    if fd < 0:
+    for _ in range(_EAGAIN_RETRIES):
+        fd = _libc.syscall(_SYS_OPENAT2, root_fd, rel.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0:
+            return int(fd)
         err = ctypes.get_errno()
-        if err == errno.ENOSYS:
-            raise Unavailable("copying files needs openat2 (Linux 5.6 or later)")
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
+        # EAGAIN: a rename or mount anywhere on the host raced a ".." step; the kernel
+        # asks the caller to try again (openat2(2))
+        if err != errno.EAGAIN:
+            break
+    if err == errno.ENOSYS:
+        raise Unavailable("copying files needs openat2 (Linux 5.6 or later)")
+    raise OSError(err, os.strerror(err), path)
 
 
 def _split(path: str) -> tuple[str, str]:
