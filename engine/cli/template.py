@@ -61,6 +61,8 @@ def _json(value: Any) -> str:
 
     if isinstance(value, Missing):
         value = None
+    elif isinstance(value, dict):  # a row's methods ({{.Label "k"}}) are not data
+        value = {k: v for k, v in value.items() if not callable(v)}
     return json.dumps(value, default=str, separators=(",", ":"))
 
 
