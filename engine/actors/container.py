@@ -760,6 +760,8 @@ class ContainerActor:
             await self.deps.network.teardown(self.config, self.status)
 
     async def _unmount(self) -> None:
+        if self.rootfs_users:
+            return  # a cp/export still reads it; the last one unmounts (verbs.release_rootfs)
         await self.deps.rootfs.unmount(self.id)
 
     async def _runtime_cleanup(self) -> None:
