@@ -165,6 +165,12 @@ class Runtime(Protocol):
         engine calls it in a worker thread."""
         ...
 
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """Change a running container's cgroup limits: ``resources`` is an OCI
+        ``linux.resources`` object holding only what changes (``memory.limit``,
+        ``cpu.quota``/``cpu.period``, ``pids.limit``)."""
+        ...
+
     async def exec(self, container_id: str, process: dict[str, Any], **options: Any) -> Any:
         """Run an extra process (an OCI runtime-spec ``process`` object) in the container.
         Returns a handle with ``stdout``/``stderr`` streams, ``wait()``, ``kill(sig)`` and
@@ -257,6 +263,16 @@ class StorageDriver(Protocol):
     async def unmount(self, container_id: str) -> None: ...
 
     async def remove_container(self, container_id: str) -> None: ...
+
+    async def changes(self, container_id: str) -> list[tuple[str, str]]:
+        """The container's changes to its image (docker diff): ``(kind, path)`` with kind
+        ``A`` (added), ``C`` (changed) or ``D`` (deleted), sorted by path."""
+        ...
+
+    async def diff_layer(self, container_id: str, dest: Path) -> None:
+        """Write the container's changes as an uncompressed OCI layer tar at ``dest``
+        (whiteouts ``.wh.NAME``, opaque directories ``.wh..wh..opq``): docker commit."""
+        ...
 
     async def usage(self) -> StorageUsage: ...
 

@@ -93,8 +93,24 @@ class Resize:
     cols: int
 
 
+@attrs.frozen
+class Update:
+    """docker update: new limits (None: unchanged) and restart policy."""
+
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    restart_policy: str | None = None
+
+
+@attrs.frozen
+class OpenRootfs:
+    """An fd of the container's root filesystem (running or not) for cp/export, mounted
+    if it was not: the caller closes the fd and then posts ``ReleaseRootfs``."""
+
+
 Command = (Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect
-           | ExecStart | Attach | Resize)
+           | ExecStart | Attach | Resize | Update | OpenRootfs)
 
 # Commands that cut a pending stop's grace period short (docker: kill and rm -f preempt it).
 PREEMPTS_STOP = (Kill, Remove)
@@ -129,7 +145,20 @@ class AttachEnded:
     session: int
 
 
-Notice = Adopt | Exited | RestartDue | ExecEnded | AttachEnded
+@attrs.frozen
+class HealthResult:
+    """A health probe finished (engine.actors.health); ``run``: the run it probed."""
+
+    run: int
+    result: Any  # engine.actors.health.ProbeResult
+
+
+@attrs.frozen
+class ReleaseRootfs:
+    """A user of ``OpenRootfs`` is done: the last one unmounts a stopped container."""
+
+
+Notice = Adopt | Exited | RestartDue | ExecEnded | AttachEnded | HealthResult | ReleaseRootfs
 
 
 @attrs.frozen

@@ -29,8 +29,10 @@ import attrs
 import trio
 
 from engine.actors import commands as c
+from engine.actors import verbs
 from engine.actors.deps import ActorDeps
 from engine.actors.events import Event
+from engine.actors.health import HealthMonitor
 from engine.actors.mailbox import Envelope, Mailbox, MailboxClosed
 from engine.actors.model import (
     ContainerConfig,
@@ -117,6 +119,8 @@ class ContainerActor:
         # Whether the runtime may hold state for this container: unknown (None) for a
         # container read from disk, False for a new one, True once created there.
         self.runtime_knows: bool | None = False if new else None
+        self._health = HealthMonitor(self._health_exec, self.notify)
+        self.rootfs_users = 0  # cp/export holding the root filesystem (OpenRootfs)
 
     # --- the public surface ---------------------------------------------------------------
 
@@ -250,6 +254,10 @@ class ContainerActor:
                 return await self._attach()
             case c.Resize(rows, cols):
                 return await self._resize(rows, cols)
+            case c.Update():
+                return await verbs.update(self, command)
+            case c.OpenRootfs():
+                return await verbs.open_rootfs(self)
         raise InvalidArgument(f"unknown container command {command!r}")
 
     async def _handle_notice(self, notice: c.Notice) -> None:
@@ -264,6 +272,10 @@ class ContainerActor:
                 await self._adopt()
             case c.AttachEnded(session):
                 self._attach_ended(session)
+            case c.HealthResult(run, result):
+                await verbs.health_result(self, run, result)
+            case c.ReleaseRootfs():
+                await verbs.release_rootfs(self)
 
     def _crash(self, error: BaseException) -> None:
         cause = first_leaf(error)
@@ -420,6 +432,7 @@ class ContainerActor:
         scope = trio.CancelScope()
         self._watch_scope = scope
         self._nursery.start_soon(self._watch_exit, scope, self._run)
+        verbs.start_health(self, self._health, self._nursery)
 
     async def _watch_exit(self, scope: trio.CancelScope, run: int) -> None:
         with scope:
@@ -449,6 +462,7 @@ class ContainerActor:
         """Record the exit; ``release``: free what the run held now (not when a removal,
         which frees it all, follows at once)."""
         self._watch_scope = None
+        self._health.stop()
         self.status.exit_code = info.exit_code
         self.status.oom_killed = info.oom_killed
         # never before the start: a clock step or an old exit file must not make it so
@@ -723,6 +737,9 @@ class ContainerActor:
             with trio.CancelScope(shield=True), trio.move_on_after(self.deps.settings.kill_wait):
                 await handle.kill(signals.SIGKILL)
 
+    async def _health_exec(self, cmd: list[str]) -> c.ExecSession:
+        return await self.call(c.ExecStart(cmd))  # type: ignore[no-any-return]
+
     # --- removal -------------------------------------------------------------------------------------
 
     async def _remove(self, force: bool) -> dict[str, Any]:
@@ -790,6 +807,8 @@ class ContainerActor:
             await self.deps.network.teardown(self.config, self.status)
 
     async def _unmount(self) -> None:
+        if self.rootfs_users:
+            return  # a cp/export still reads it; the last one unmounts (verbs.release_rootfs)
         await self.deps.rootfs.unmount(self.id)
 
     async def _runtime_cleanup(self) -> None:

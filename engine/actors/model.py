@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from engine.actors.health import HealthConfig, HealthState
 from engine.actors.state import ContainerState
 from engine.convert import disk
 from engine.errors import RuntimeFailure
@@ -87,6 +88,7 @@ class ContainerConfig:
     tty: bool = False  # a pseudo-terminal as the container's stdio (-t)
     open_stdin: bool = False  # stdin kept open for attached clients (-i)
     stdin_once: bool = False  # closed when the first attached client closes its stdin
+    healthcheck: HealthConfig | None = None
 
     @property
     def short_id(self) -> str:
@@ -109,6 +111,7 @@ class ContainerStatus:
     ip_address: str = ""
     network_details: dict[str, Any] = attrs.field(factory=dict)
     log_offset_at_start: int = 0
+    health: HealthState | None = None  # this run's, when the container has a check
 
 
 def new_container_id() -> str:

@@ -12,6 +12,13 @@ import attrs
 from engine.actors.container import ContainerActor
 from engine.actors.model import iso_time
 from engine.actors.state import ACTIVE, ContainerState, docker_status
+from engine.api.container_views import (
+    WaitParams,
+    health_suffix,
+    health_view,
+    health_word,
+    wait_condition,
+)
 from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamInput, StreamSender
@@ -121,7 +128,7 @@ def status_text(actor: ContainerActor) -> str:
     from engine.humanize import human_duration
 
     if s.state == ContainerState.RUNNING:
-        return f"Up {human_duration(now - s.started_at)}"
+        return f"Up {human_duration(now - s.started_at)}{health_suffix(actor)}"
     if s.state == ContainerState.PAUSED:
         return f"Up {human_duration(now - s.started_at)} (Paused)"
     if s.state == ContainerState.RESTARTING:
@@ -179,6 +186,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "Error": s.error,
             "StartedAt": iso_time(s.started_at),
             "FinishedAt": iso_time(s.finished_at),
+            **health_view(actor),
         },
         "RestartCount": s.restart_count,
         "RestartReason": s.last_restart_reason,
@@ -215,6 +223,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "Tty": c.tty,
             "OpenStdin": c.open_stdin,
             "StdinOnce": c.stdin_once,
+            **({"Healthcheck": c.healthcheck.to_docker()} if c.healthcheck else {}),
         },
         "NetworkSettings": {
             "IPAddress": s.ip_address,
@@ -225,7 +234,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
 
 
 def list_filter(filters: dict[str, list[str]]) -> Any:
-    allowed = {"id", "name", "status", "label", "ancestor", "exited"}
+    allowed = {"id", "name", "status", "label", "ancestor", "exited", "health"}
     unknown = set(filters) - allowed
     if unknown:
         raise InvalidArgument(f"unknown filter {', '.join(sorted(unknown))}; use {', '.join(sorted(allowed))}")
@@ -238,6 +247,8 @@ def list_filter(filters: dict[str, list[str]]) -> Any:
             if key == "name" and not any(v.lstrip("/") in c.name for v in values):
                 return False
             if key == "status" and docker_status(s.state) not in values:
+                return False
+            if key == "health" and health_word(actor) not in values:
                 return False
             if key == "exited" and not (s.state == ContainerState.EXITED and str(s.exit_code) in values):
                 return False
@@ -348,10 +359,12 @@ def register(table: MethodTable) -> None:
         """Low-level information on a container (docker inspect's shape)."""
         return inspect(containers(ctx).get(p.id), ctx.app.config.storage_driver)
 
-    @table.method("container.wait", params=RefParams)
-    async def wait(ctx: CallContext, p: RefParams) -> dict[str, Any]:
-        """Wait until the container is not running; returns its exit code."""
-        return await containers(ctx).wait(p.id)
+    @table.method("container.wait", params=WaitParams)
+    async def wait(ctx: CallContext, p: WaitParams) -> dict[str, Any]:
+        """Wait until the container is not running (condition not-running, the default),
+        until its next exit (next-exit) or until it is removed (removed); returns its
+        exit code."""
+        return await wait_condition(containers(ctx), p.id, p.condition)
 
     @table.method("container.logs", params=LogsParams, stream=True)
     async def logs(ctx: CallContext, p: LogsParams, stream: StreamSender) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def event_filter(filters: dict[str, list[str]]) -> Any:
         for key, values in filters.items():
             if key == "type" and event.type not in values:
                 return False
-            if key in ("event", "action") and event.action not in values:
+            # docker: "health_status" matches "health_status: healthy" and the like
+            if key in ("event", "action") and event.action not in values \
+                    and event.action.partition(":")[0] not in values:
                 return False
             if key in ("container", "image", "network", "id"):
                 if key != "id" and event.type != key:

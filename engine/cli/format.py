@@ -1,4 +1,4 @@
-"""Output helpers for engctl: tables, JSON, Go-template-free ``--format`` values."""
+"""Output helpers for engctl: tables, JSON, ``--format`` Go templates (engine.cli.template)."""
 
 from __future__ import annotations
 
@@ -30,26 +30,20 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def format_path(obj: Any, fmt: str) -> str:
-    """A small subset of Go templates: ``{{.State.Status}}``, ``{{json .Config}}``."""
-    import json
-    import re
+    """One object through a ``--format`` Go template (engine.cli.template's subset)."""
+    from engine.cli.template import Template
 
-    out = fmt
-    for expr in re.findall(r"\{\{\s*([^}]*)\s*\}\}", fmt):
-        value: Any = obj
-        path = expr.strip()
-        wrap_json = path.startswith("json ")
-        path = path.removeprefix("json ").strip()
-        for part in [p for p in path.split(".") if p]:
-            value = value.get(part) if isinstance(value, dict) else None
-        if wrap_json or isinstance(value, dict | list):
-            text = json.dumps(value)
-        elif value is None:
-            text = "<no value>"
-        else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-        out = out.replace("{{" + expr + "}}", text, 1)
-    return out
+    return Template(fmt).render(obj)
+
+
+def print_formatted(fmt: str, rows: Sequence[Any], headers: dict[str, str] | None = None) -> None:
+    """``--format``: ``json`` prints each row as one JSON line (docker's form); anything
+    else is a Go template (``table`` in front adds a header and aligns the columns)."""
+    if fmt == "json":
+        fmt = "{{json .}}"
+    from engine.cli.template import render_rows
+
+    sys.stdout.write(render_rows(fmt, list(rows), headers))
 
 
 def inspect_each(refs: Sequence[str], fetch: Callable[[str], Any], fmt: str) -> int:

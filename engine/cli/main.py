@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any, NoReturn
 
-COMMAND_MODULES = ("system", "containers", "images", "networks")
+COMMAND_MODULES = ("system", "containers", "verbs", "images", "networks")
 
 # Which module defines each top-level command, so that engctl imports and records only the
 # one it runs (tests/cli checks this table against the modules).
@@ -40,6 +40,7 @@ COMMANDS = {
         "images",
     ),
     "network": "networks",
+    **dict.fromkeys(("update", "top", "stats", "cp", "diff", "export", "commit"), "verbs"),
 }
 
 EXIT_ENGINE_ERROR = 125

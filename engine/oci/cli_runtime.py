@@ -171,6 +171,15 @@ class CLIRuntime:
             if not force:
                 raise
 
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``BINARY update --resources FILE ID``: runc and crun both take an OCI
+        ``linux.resources`` document there."""
+        path = await trio.to_thread.run_sync(_write_resources, resources, container_id)
+        try:
+            await self._run("update", f"--resources={path}", container_id)
+        finally:
+            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
     async def state(self, container_id: str) -> RuntimeState | None:
         try:
             out = await self._run("state", container_id)
@@ -279,6 +288,13 @@ async def _receive_terminal(console: ConsoleSocket, proc: trio.Process) -> int |
         nursery.start_soon(receive)
         nursery.start_soon(runtime_ended)
     return master[0] if master else None
+
+
+def _write_resources(resources: dict[str, Any], container_id: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f"update-{container_id[:12]}-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(resources, fh)
+    return Path(name)
 
 
 def _write_exec_files(

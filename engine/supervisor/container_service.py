@@ -19,6 +19,7 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
+from engine.actors.health import health_config, image_healthcheck
 from engine.actors.logs import LogRecord, follow, read_records
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
@@ -81,6 +82,13 @@ class CreateSpec:
     tty: bool = False  # -t: a pseudo-terminal
     open_stdin: bool = False  # -i: stdin kept open for attached clients
     stdin_once: bool = False  # close it when the first attached client's stdin ends
+    # health checks (docker's --health-*; seconds)
+    health_cmd: str = ""
+    health_interval: float | None = None
+    health_timeout: float | None = None
+    health_start_period: float | None = None
+    health_retries: int | None = None
+    no_healthcheck: bool = False
 
 
 @attrs.frozen
@@ -229,6 +237,10 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         tty=p.tty,
         open_stdin=p.open_stdin,
         stdin_once=p.stdin_once and p.open_stdin,
+        healthcheck=health_config(
+            image_healthcheck(image.config.raw), cmd=p.health_cmd, interval=p.health_interval,
+            timeout=p.health_timeout, start_period=p.health_start_period, retries=p.health_retries,
+            disabled=p.no_healthcheck),
     )
     return config, list(p.publish)
 

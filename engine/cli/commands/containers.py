@@ -8,7 +8,7 @@ import sys
 import time
 
 from engine.cli.argspec import REMAINDER
-from engine.cli.format import format_path, print_json, print_table
+from engine.cli.format import format_path, print_formatted, print_json, print_table
 from engine.cli.main import Context, parse_filters, parse_time
 from engine.errors import EngineError, InvalidArgument, NotFound
 
@@ -62,6 +62,12 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--cap-drop", action="append", default=[])
     p.add_argument("--platform", default="")
     p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
+    p.add_argument("--health-cmd", default="")
+    p.add_argument("--health-interval", default=None)
+    p.add_argument("--health-timeout", default=None)
+    p.add_argument("--health-start-period", default=None)
+    p.add_argument("--health-retries", type=int, default=None)
+    p.add_argument("--no-healthcheck", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("image")
     p.add_argument("command", nargs=REMAINDER)
@@ -120,7 +126,48 @@ def create_params(args: Namespace) -> dict[str, Any]:
         params["pids_limit"] = args.pids_limit
     if args.stop_timeout is not None:
         params["stop_timeout"] = args.stop_timeout
+    params.update(health_params(args))
     return params
+
+
+def health_params(args: Namespace) -> dict[str, Any]:
+    """--health-* (durations like docker's: 30s, 1m30s, 500ms; plain numbers are seconds)."""
+    params: dict[str, Any] = {}
+    if args.health_cmd:
+        params["health_cmd"] = args.health_cmd
+    for flag in ("interval", "timeout", "start_period"):
+        value = getattr(args, f"health_{flag}")
+        if value is not None:
+            params[f"health_{flag}"] = parse_duration(value, f"--health-{flag.replace('_', '-')}")
+    if args.health_retries is not None:
+        params["health_retries"] = args.health_retries
+    if args.no_healthcheck:
+        params["no_healthcheck"] = True
+    return params
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Go's durations (``1m30s``, ``500ms``, ``2h``) or plain seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "us": 1e-6, "ns": 1e-9}
+    total, number, i = 0.0, "", 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = text[i:i + 2] if text[i:i + 2] in units else ch
+        if unit not in units or not number:
+            raise InvalidArgument(f"invalid {flag} {text!r}: use a duration like 30s, 1m30s or 500ms")
+        total += float(number) * units[unit]
+        number, i = "", i + len(unit)
+    if number:
+        raise InvalidArgument(f"invalid {flag} {text!r}: a unit is missing (30s, 1m, 500ms)")
+    return total
 
 
 def setup(sub: Any) -> None:
@@ -158,7 +205,7 @@ def setup(sub: Any) -> None:
 
     for verb, helptext in (("stop", "stop containers"), ("restart", "restart containers")):
         p = sub.add_parser(verb, help=helptext)
-        p.add_argument("-t", "--time", "--timeout", type=float, default=None, dest="time")
+        p.add_argument("-t", "--time", "--timeout", type=int, default=None, dest="time")
         p.add_argument("-s", "--signal", default="")
         p.add_argument("containers", nargs="+")
         p.set_defaults(func=cmd_stop if verb == "stop" else cmd_restart)
@@ -197,6 +244,7 @@ def setup(sub: Any) -> None:
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("wait", help="wait for containers to stop; print their exit codes")
+    p.add_argument("--condition", default="not-running", choices=("not-running", "next-exit", "removed"))
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_wait)
 
@@ -440,6 +488,11 @@ def cmd_ps(ctx: Context, args: Namespace) -> int:
     if args.format == "json":
         print_json(rows)
         return 0
+    if args.format:
+        from engine.cli.views import PS_HEADERS, ps_row
+
+        print_formatted(args.format, [ps_row(r, args.no_trunc) for r in rows], PS_HEADERS)
+        return 0
     print_table(
         ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
         [
@@ -541,7 +594,7 @@ def cmd_wait(ctx: Context, args: Namespace) -> int:
     failed = False
     for name in args.containers:
         try:
-            print(client.call("container.wait", id=name)["StatusCode"])
+            print(client.call("container.wait", id=name, condition=args.condition)["StatusCode"])
         except EngineError as e:
             print(f"Error: {e}", file=sys.stderr)
             failed = True

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from engine.cli.format import inspect_each, print_json, print_table
+from engine.cli.format import inspect_each, print_formatted, print_json, print_table
 from engine.cli.main import Context, parse_filters
 from engine.errors import EngineError, InvalidArgument
 from engine.humanize import human_duration, human_size
@@ -244,6 +244,12 @@ def cmd_images(ctx: Context, args: Namespace) -> int:
     rows = ctx.client().call("image.list", all=args.all, filters=filters)
     if args.format == "json":
         print_json(rows)
+        return 0
+    if args.format:
+        from engine.cli.views import IMAGE_HEADERS, image_rows
+
+        view = [row for r in rows for row in image_rows(r, args.no_trunc, _created(r["Created"]))]
+        print_formatted(args.format, view, IMAGE_HEADERS)
         return 0
     if args.quiet:
         seen = []

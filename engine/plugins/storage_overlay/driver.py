@@ -445,6 +445,27 @@ class OverlayDriver:
         os.rename(cdir, doomed / "container")
         self._discard(doomed)
 
+    async def changes(self, container_id: str) -> list[tuple[str, str]]:
+        """docker diff: the container's writable layer as (A|C|D, path)."""
+        from .changes import changes
+
+        cdir = self.container_dir(container_id)
+        lowers = await trio.to_thread.run_sync(self._lower_dirs, cdir)
+        return await trio.to_thread.run_sync(changes, cdir / "upper", lowers)
+
+    async def diff_layer(self, container_id: str, dest: Path) -> None:
+        """Write the container's writable layer as an uncompressed OCI layer tar."""
+        from .changes import write_layer
+
+        await trio.to_thread.run_sync(write_layer, self.container_dir(container_id) / "upper", dest)
+
+    def _lower_dirs(self, cdir: Path) -> list[Path]:
+        try:
+            layers = read_json(cdir / "layers.json")
+        except FileNotFoundError:
+            return []
+        return [self.layer_dir(diff_id) / "diff" for diff_id in layers]
+
     # --- accounting and start-up -------------------------------------------------------------------
 
     async def usage(self) -> StorageUsage:

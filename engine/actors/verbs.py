@@ -1,0 +1,124 @@
+"""The container actor's everyday verbs beyond the life cycle: ``update`` of limits and
+restart policy, the root filesystem handed to ``cp``/``export``, and the health probe
+results. Each runs inside the actor (from its ``_dispatch`` or ``_handle_notice``), so one
+at a time with every other change of the container."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from engine.actors import commands as c
+from engine.actors.health import HealthMonitor, HealthState, ProbeResult, apply_result
+from engine.actors.restart import RestartPolicy
+from engine.actors.state import ContainerState, require_state
+from engine.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from engine.actors.container import ContainerActor
+
+S = ContainerState
+CFS_PERIOD = 100_000  # µs, as engine.oci.spec uses at create
+MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum
+
+
+# --- update --------------------------------------------------------------------------------
+
+
+def _resources(command: c.Update) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(changes to the config, the OCI ``linux.resources`` for the runtime)."""
+    changes: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    if command.memory is not None:
+        if command.memory < MIN_MEMORY:
+            raise InvalidArgument("memory limit must be at least 6 MiB (docker's minimum)")
+        changes["memory"] = command.memory
+        resources["memory"] = {"limit": command.memory}
+    if command.cpus is not None:
+        if not 0 < command.cpus < float("inf"):
+            raise InvalidArgument("--cpus must be a positive number")
+        changes["cpus"] = command.cpus
+        resources["cpu"] = {"quota": int(command.cpus * CFS_PERIOD), "period": CFS_PERIOD}
+    if command.pids_limit is not None:
+        if command.pids_limit <= 0:
+            raise InvalidArgument("--pids-limit must be positive")
+        changes["pids_limit"] = command.pids_limit
+        resources["pids"] = {"limit": command.pids_limit}
+    return changes, resources
+
+
+async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
+    """Apply new limits to the running container's cgroup (through the runtime) and keep
+    them, with the restart policy, in its config: the next start uses them too. The
+    runtime first: a limit the kernel refuses changes nothing."""
+    require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
+                  action="update")
+    changes, resources = _resources(command)
+    if command.restart_policy is not None:
+        policy = RestartPolicy.parse(command.restart_policy)
+        if actor.config.auto_remove and policy.name != "no":
+            raise InvalidArgument("a restart policy cannot be set on a --rm container (docker refuses it too)")
+        changes["restart_policy"] = str(policy)
+    if not changes:
+        raise InvalidArgument("nothing to update: give --memory, --cpus, --pids-limit or --restart")
+    if resources and actor.status.state in (S.RUNNING, S.PAUSED):
+        await actor._bounded("update", actor._runtime().update(actor.id, resources))
+    updated = attrs.evolve(actor.config, **changes)
+    await trio.to_thread.run_sync(actor.files.write_config, updated)
+    actor.config = updated
+    actor.emit("update")
+    return {"Warnings": []}
+
+
+# --- the root filesystem for cp and export ----------------------------------------------------
+
+
+async def open_rootfs(actor: ContainerActor) -> int:
+    """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
+    container's stays mounted until its last user posts ``ReleaseRootfs``; a start
+    meanwhile finds it mounted already (mounting is idempotent)."""
+    require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
+                  action="copy files of")
+    path = await actor.deps.rootfs.mount(actor.id, list(actor.config.layers))
+    actor.rootfs_users += 1
+    try:
+        return await trio.to_thread.run_sync(
+            os.open, path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except BaseException:
+        await release_rootfs(actor)
+        raise
+
+
+async def release_rootfs(actor: ContainerActor) -> None:
+    actor.rootfs_users = max(0, actor.rootfs_users - 1)
+    if actor.rootfs_users == 0 and actor.status.state not in (S.RUNNING, S.PAUSED) and not actor.removed:
+        await actor._cleanup("unmount", actor._unmount)
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def start_health(actor: ContainerActor, monitor: HealthMonitor, nursery: trio.Nursery) -> None:
+    """A run began (or was adopted): probe it when the container has a check. A new run
+    starts ``starting``; an adopted one keeps the state it had."""
+    check = actor.config.healthcheck
+    if check is None:
+        actor.status.health = None
+    elif actor.status.health is None or actor._run_started is not None:
+        actor.status.health = HealthState()
+    monitor.start(nursery, check, actor._run)
+
+
+async def health_result(actor: ContainerActor, run: int, result: ProbeResult) -> None:
+    check = actor.config.healthcheck
+    if run != actor._run or check is None or actor.status.state != S.RUNNING:
+        return  # a probe of an earlier run, or the container stopped meanwhile
+    health = actor.status.health or HealthState()
+    actor.status.health = health
+    changed = apply_result(health, check, result, actor.status.started_at)
+    await actor._persist()
+    if changed:
+        actor.emit(f"health_status: {health.status}")
