@@ -92,8 +92,7 @@ class ContainerActor:
         self.deps = deps
         self.config = config
         self.status = status
-        # parsed once (checked at create); a container whose policy changes gets it anew
-        self.restart_policy = RestartPolicy.parse(config.restart_policy)
+        self._policy = RestartPolicy.parse(config.restart_policy)  # checked at create
         self.files = ContainerFiles(deps.container_dir(config.id))
         self.run_dir = deps.run_dir(config.id)
         self.bundle_dir = self.run_dir / "bundle"
@@ -131,6 +130,13 @@ class ContainerActor:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        """Parsed once per value of the config's policy (``update`` may change it)."""
+        if str(self._policy) != self.config.restart_policy:
+            self._policy = RestartPolicy.parse(self.config.restart_policy)
+        return self._policy
 
     async def call(self, command: c.Command) -> Any:
         """Queue a command and wait for its answer. A caller that goes away does not undo
