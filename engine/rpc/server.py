@@ -24,12 +24,34 @@ from engine.errors import (
     ResourceExhausted,
 )
 from engine.rpc import protocol
-from engine.rpc.methods import MethodTable, structure_params, unstructure
+from engine.rpc.methods import MethodTable, clip, forget_traceback, structure_params, unstructure
 
 if TYPE_CHECKING:
     from engine.supervisor.app import App
 
 log = logging.getLogger("engine.rpc")
+
+# Calls in flight (running or streaming) one connection may have, and the whole daemon: each
+# holds its params and a task, a stream its subscription too. A request beyond either limit
+# is answered with ResourceExhausted at once; the connection stays usable.
+MAX_CALLS_PER_CONNECTION = 1024
+MAX_CALLS = 8192
+# An error's details larger than this (msgpack bytes) are left out of its answer.
+MAX_ERROR_DETAILS = 4096
+
+
+def bounded_error(error: EngineError) -> dict[str, Any]:
+    """The error's wire form, no larger than a client's mistake deserves."""
+    wire = error.to_wire()
+    wire["message"] = clip(wire["message"])
+    if "details" in wire:
+        try:
+            fits = len(protocol.pack(unstructure(wire["details"]))) <= MAX_ERROR_DETAILS
+        except (TypeError, ValueError):
+            fits = False
+        if not fits:
+            wire["details"] = {"truncated": True}
+    return wire
 
 
 class MessageTransport(Protocol):
@@ -156,16 +178,31 @@ class Connection:
                 await self._send_error_event(e)
             return
         if isinstance(message, protocol.Request):
-            if message.msgid in self._calls:
-                err = ProtocolError(f"msgid {message.msgid} is already in use on this connection")
-                await self.send(protocol.encode_response(message.msgid, err.to_wire(), None))
+            refusal = self._refusal(message)
+            if refusal is not None:
+                await self.send(protocol.encode_response(message.msgid, refusal.to_wire(), None))
                 return
             scope = trio.CancelScope()
             self._calls[message.msgid] = scope
+            self.server.calls += 1
             nursery.start_soon(self._run_call, message, scope)
         elif isinstance(message, protocol.Notification):
             self._handle_notification(message)
         # Responses from a client are meaningless here; ignore them.
+
+    def _refusal(self, request: protocol.Request) -> EngineError | None:
+        """Why this request cannot be taken now, if it cannot."""
+        if request.msgid in self._calls:
+            return ProtocolError(f"msgid {request.msgid} is already in use on this connection")
+        if len(self._calls) >= MAX_CALLS_PER_CONNECTION:
+            return ResourceExhausted(
+                f"{request.method} refused: this connection has {len(self._calls)} calls in "
+                f"flight, the limit; wait for some to finish or cancel them")
+        if self.server.calls >= MAX_CALLS:
+            return ResourceExhausted(
+                f"{request.method} refused: the daemon has {self.server.calls} calls in flight, "
+                "the limit; try again later")
+        return None
 
     def _handle_notification(self, note: protocol.Notification) -> None:
         params = note.params
@@ -187,15 +224,18 @@ class Connection:
             if scope.cancelled_caught:
                 error = Cancelled(f"{request.method} was cancelled by the client").to_wire()
         except EngineError as e:
-            error = e.to_wire()
+            error = bounded_error(e)
+            forget_traceback(e)  # its frames hold the request's params
         except Exception as e:  # a bug: report it, keep serving
             log.exception("RPC method %s failed", request.method)
-            error = InternalError(
+            error = bounded_error(InternalError(
                 f"internal error in {request.method}: {type(e).__name__}: {e}; "
                 "see the daemon's log"
-            ).to_wire()
+            ))
+            forget_traceback(e)
         finally:
-            self._calls.pop(request.msgid, None)
+            if self._calls.pop(request.msgid, None) is not None:
+                self.server.calls -= 1
             self._streams.pop(request.msgid, None)
         try:
             payload = protocol.encode_response(request.msgid, error, unstructure(result))
@@ -228,6 +268,7 @@ class RPCServer:
         self.app = app
         self.max_frame = max_frame
         self.connections = 0
+        self.calls = 0  # in flight, over every connection
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "unix") -> None:
         await self.handle_transport(StreamTransport(stream, self.max_frame), peer)
