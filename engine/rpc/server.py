@@ -9,6 +9,7 @@ notification. A client that goes away cancels every call it had running.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +39,23 @@ MAX_CALLS_PER_CONNECTION = 1024
 MAX_CALLS = 8192
 # An error's details larger than this (msgpack bytes) are left out of its answer.
 MAX_ERROR_DETAILS = 4096
+# A request frame this large decodes into tens of megabytes of objects; once it is answered,
+# the allocator is asked to give the freed memory back (glibc keeps it otherwise), at most
+# once per TRIM_INTERVAL seconds.
+LARGE_FRAME = 1024 * 1024
+TRIM_INTERVAL = 0.5
+
+
+def _malloc_trim() -> None:
+    """Blocking: glibc's malloc_trim(0); nothing where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def bounded_error(error: EngineError) -> dict[str, Any]:
@@ -59,6 +77,10 @@ class MessageTransport(Protocol):
 
     def messages(self) -> AsyncIterator[Any]: ...
 
+    @property
+    def last_frame_size(self) -> int:
+        """Bytes of the message ``messages`` yielded last."""
+
     async def send(self, data: bytes) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -71,6 +93,10 @@ class StreamTransport:
         self.stream = stream
         self.decoder = protocol.Decoder(max_frame)
 
+    @property
+    def last_frame_size(self) -> int:
+        return self.decoder.last_frame_size
+
     async def messages(self) -> AsyncIterator[Any]:
         while True:
             data = await self.stream.receive_some(65536)
@@ -78,6 +104,7 @@ class StreamTransport:
                 return
             for obj in self.decoder.feed(data):
                 yield obj
+                del obj  # not kept alive while the client is idle
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -152,6 +179,7 @@ class Connection:
         try:
             async for obj in self.transport.messages():
                 await self._handle_object(obj, nursery)
+                del obj  # a large request must not stay alive until the next one comes
         except (ProtocolError, ResourceExhausted) as e:
             log.warning("closing RPC connection from %s: %s", self.peer, e)
             with trio.move_on_after(1):
@@ -185,7 +213,8 @@ class Connection:
             scope = trio.CancelScope()
             self._calls[message.msgid] = scope
             self.server.calls += 1
-            nursery.start_soon(self._run_call, message, scope)
+            large = self.transport.last_frame_size >= LARGE_FRAME
+            nursery.start_soon(self._run_call, message, scope, large)
         elif isinstance(message, protocol.Notification):
             self._handle_notification(message)
         # Responses from a client are meaningless here; ignore them.
@@ -215,7 +244,7 @@ class Connection:
             if scope := self._calls.get(msgid):
                 scope.cancel()
 
-    async def _run_call(self, request: protocol.Request, scope: trio.CancelScope) -> None:
+    async def _run_call(self, request: protocol.Request, scope: trio.CancelScope, large: bool) -> None:
         error: dict[str, Any] | None = None
         result: Any = None
         try:
@@ -244,6 +273,9 @@ class Connection:
                 request.msgid, InternalError(f"unencodable result: {e}").to_wire(), None
             )
         await self.send(payload)
+        if large:
+            del request, result, payload
+            await self.server.release_memory()
 
     async def _dispatch(self, request: protocol.Request) -> Any:
         info = self.server.methods.get(request.method)
@@ -269,6 +301,20 @@ class RPCServer:
         self.max_frame = max_frame
         self.connections = 0
         self.calls = 0  # in flight, over every connection
+        self._trim_pending = False
+        self._last_trim = -math.inf
+
+    async def release_memory(self) -> None:
+        """Return freed memory to the system soon (one trim for a burst of large calls)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+        try:
+            await trio.sleep_until(self._last_trim + TRIM_INTERVAL)
+            await trio.to_thread.run_sync(_malloc_trim)
+        finally:
+            self._trim_pending = False
+            self._last_trim = trio.current_time()
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "unix") -> None:
         await self.handle_transport(StreamTransport(stream, self.max_frame), peer)

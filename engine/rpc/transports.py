@@ -133,6 +133,7 @@ class WebSocketTransport:
     def __init__(self, ws: Any, max_frame: int) -> None:
         self.ws = ws
         self.max_frame = max_frame
+        self.last_frame_size = 0
 
     async def messages(self) -> AsyncIterator[Any]:
         while True:
@@ -143,8 +144,10 @@ class WebSocketTransport:
             if isinstance(data, str):
                 data = data.encode()
             decoder = protocol.Decoder(self.max_frame)
+            self.last_frame_size = len(data)
             for obj in decoder.feed(data):
                 yield obj
+                del obj
 
     async def send(self, data: bytes) -> None:
         try:
