@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from engine.compression import decompress_errors, open_decompressed, sniff_file
-from engine.errors import DigestMismatch, InvalidArgument, NotFound
+from engine.errors import DigestMismatch, InvalidArgument, NotFound, disk_full, no_space
 from engine.images import types as t
 from engine.images.archive_files import (
     ArchiveFiles,
@@ -507,6 +507,8 @@ def _import_spec(
         with open_decompressed(tar_path) as src, open(plain, "wb") as out:
             shutil.copyfileobj(src, out, 1024 * 1024)
     except decompress_errors() + (OSError,) as e:
+        if (full := no_space(e)) is not None:
+            raise disk_full(full, plain) from None
         raise InvalidArgument(f"{tar_path}: cannot decompress ({e})") from None
     if not tarfile.is_tarfile(plain):
         raise InvalidArgument(f"{tar_path} is not a tar archive (plain, gzip or zstd)")

@@ -23,6 +23,8 @@ from engine.errors import (
     MethodNotFound,
     ProtocolError,
     ResourceExhausted,
+    disk_full,
+    no_space,
 )
 from engine.rpc import protocol
 from engine.rpc.methods import MethodTable, clip, forget_traceback, structure_params, unstructure
@@ -252,16 +254,9 @@ class Connection:
                 result = await self._dispatch(request)
             if scope.cancelled_caught:
                 error = Cancelled(f"{request.method} was cancelled by the client").to_wire()
-        except EngineError as e:
-            error = bounded_error(e)
+        except Exception as e:
+            error = self._error_answer(request, e)
             forget_traceback(e)  # its frames hold the request's params
-        except Exception as e:  # a bug: report it, keep serving
-            log.exception("RPC method %s failed", request.method)
-            error = bounded_error(InternalError(
-                f"internal error in {request.method}: {type(e).__name__}: {e}; "
-                "see the daemon's log"
-            ))
-            forget_traceback(e)
         finally:
             if self._calls.pop(request.msgid, None) is not None:
                 self.server.calls -= 1
@@ -276,6 +271,24 @@ class Connection:
         if large:
             del request, result, payload
             await self.server.release_memory()
+
+    def _error_answer(self, request: protocol.Request, e: Exception) -> dict[str, Any]:
+        """What the client is told of a failed call. A full disk is ResourceExhausted naming
+        the path, also where a handler turned the OSError into another error (a "corrupt
+        archive" that was only a failed write) or a nursery grouped it."""
+        full = no_space(e)
+        if full is not None and not isinstance(e, ResourceExhausted):
+            log.warning("%s failed, the disk is full: %s", request.method, full)
+            return bounded_error(disk_full(full, self._storage_root()))
+        if isinstance(e, EngineError):
+            return bounded_error(e)
+        log.exception("RPC method %s failed", request.method)  # a bug: report it, keep serving
+        return bounded_error(InternalError(
+            f"internal error in {request.method}: {type(e).__name__}: {e}; see the daemon's log"))
+
+    def _storage_root(self) -> object:
+        layout = getattr(self.server.app, "layout", None)
+        return getattr(layout, "root", None)
 
     async def _dispatch(self, request: protocol.Request) -> Any:
         info = self.server.methods.get(request.method)
