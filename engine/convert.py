@@ -23,7 +23,7 @@ its own hooks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import attrs
 import cattrs
@@ -92,6 +92,11 @@ def describe_error(exc: BaseException, path: str = "$") -> str:
     return str(exc)
 
 
+def wire_keys(cls: type) -> set[str]:
+    """The keys an attrs class is read from (its fields' wire names), omitted fields aside."""
+    return {f.metadata.get(_WIRE_NAME, f.name) for f in attrs.fields(cls) if not f.metadata.get(_OMIT)}
+
+
 # --- the hooks -----------------------------------------------------------------------------
 
 
@@ -104,12 +109,40 @@ def _strict_scalar(tp: type) -> Callable[[Any, Any], Any]:
     return hook
 
 
+_SCALARS = (str, int, float, bool, bytes)
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """False when the strict hooks would surely refuse ``value`` as a ``tp`` (scalars and
+    lists/maps of them); True when they accept it or ``tp`` is beyond this quick look."""
+    if tp in _SCALARS:
+        return type(value) is tp or (tp is float and type(value) is int)
+    origin = get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            return False
+        (item_type,) = get_args(tp) or (Any,)
+        return all(_fits(item, item_type) for item in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        key_type, value_type = get_args(tp) or (Any, Any)
+        return all(_fits(k, key_type) and _fits(v, value_type) for k, v in value.items())
+    return True
+
+
 def _strict_list_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
     inner = list_structure_factory(tp, conv)
+    (item_type,) = get_args(tp) or (Any,)
 
     def hook(value: Any, t: Any) -> Any:
         if not isinstance(value, list | tuple):  # msgpack may hand over tuples
             raise TypeError(f"expected an array, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            if not _fits(item, item_type):
+                # cattrs would report every bad item (a million of them for a hostile
+                # request, gigabytes of exceptions): it sees the items up to the first one.
+                return inner(value[: i + 1], t)
         return inner(value, t)
 
     return hook
@@ -117,10 +150,14 @@ def _strict_list_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any]
 
 def _strict_dict_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
     inner = mapping_structure_factory(tp, conv)
+    key_type, value_type = get_args(tp) or (Any, Any)
 
     def hook(value: Any, t: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError(f"expected a map, got {type(value).__name__}")
+        for k, v in value.items():
+            if not (_fits(k, key_type) and _fits(v, value_type)):
+                return inner({k: v}, t)  # the first bad entry only (see the list hook)
         return inner(value, t)
 
     return hook

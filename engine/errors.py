@@ -163,6 +163,38 @@ class DaemonNotRunning(Unavailable):
     code = "daemon_not_running"
 
 
+# errno values of a full disk or an exhausted quota (ENOSPC, EDQUOT on Linux)
+_NO_SPACE = (28, 122)
+
+
+def no_space(error: BaseException) -> OSError | None:
+    """The OSError saying the disk (or quota) is full inside ``error`` (itself, one it was
+    raised from, or one of a group), if there is one."""
+    pending = [error]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return e
+        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        pending.extend(getattr(e, "exceptions", ()))
+    return None
+
+
+def disk_full(error: OSError, where: object = None) -> ResourceExhausted:
+    """A full disk in words: which path, and what to do."""
+    path = error.filename or where
+    place = f" writing {path}" if path else ""
+    return ResourceExhausted(
+        f"no space left on device{place} ({error.strerror or 'ENOSPC'}): nothing was changed; "
+        "free some space (e.g. `engctl image prune`, `engctl container prune`) and retry",
+        **({"path": str(path)} if path else {}),
+    )
+
+
 def all_error_classes() -> list[type[EngineError]]:
     found: list[type[EngineError]] = []
     pending: list[type[EngineError]] = [EngineError]

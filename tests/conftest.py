@@ -17,3 +17,14 @@ def daemon() -> Iterator[Daemon]:
         yield d
     finally:
         d.cleanup()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the long variants of bounded tests (fuzzing: many more frames)")
+
+
+@pytest.fixture
+def slow(request: pytest.FixtureRequest) -> bool:
+    """True under `pytest --slow`: a bounded test may then run its long variant."""
+    return bool(request.config.getoption("--slow"))

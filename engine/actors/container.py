@@ -220,10 +220,12 @@ class ContainerActor:
         except EngineError as e:
             envelope.fail(e)
         except Exception as e:
-            envelope.fail(InternalError(
+            failure = InternalError(
                 f"{_command_name(command)} of container {self.name} failed: {type(e).__name__}: {e}; "
                 "the container's actor restarts from its state on disk"
-            ))
+            )
+            failure.__cause__ = e  # the RPC answers a full disk (ENOSPC) as resource_exhausted
+            envelope.fail(failure)
             raise
         except BaseException:
             envelope.fail(Unavailable(f"{_command_name(command)} of container {self.name} was "

@@ -1,9 +1,10 @@
 """Events: what happened to containers, images, networks and the daemon.
 
-The bus keeps the most recent events (for ``events --since``) and fans each new one out to
-subscribers through bounded channels. A subscriber that falls ``SUBSCRIBER_BUFFER`` events
-behind is cut off (its channel closes with a "lagged" marker) rather than slowing the
-daemon or growing memory without bound.
+The bus keeps the most recent events (for ``events --since``: at most ``HISTORY`` of them
+and ``HISTORY_BYTES`` of their text) and fans each new one out to subscribers through
+bounded channels. A subscriber that falls ``SUBSCRIBER_BUFFER`` events or
+``SUBSCRIBER_BYTES`` behind is cut off (its channel closes with a "lagged" marker) rather
+than slowing the daemon or growing memory without bound.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import attrs
 import trio
 
 HISTORY = 2048
+HISTORY_BYTES = 8 * 1024 * 1024
 SUBSCRIBER_BUFFER = 1024
+SUBSCRIBER_BYTES = 2 * HISTORY_BYTES  # a replay of the whole history must fit
+EVENT_OVERHEAD = 256  # bytes an event costs besides its attributes' text
+
+
+def event_size(attributes: dict[str, Any]) -> int:
+    """About what an event holds in memory: its attributes' text (labels can be large)."""
+    return EVENT_OVERHEAD + sum(len(str(k)) + len(str(v)) for k, v in attributes.items())
 
 
 @attrs.frozen
@@ -27,6 +36,11 @@ class Event:
     id: str
     time: float = attrs.field(factory=time.time)
     attributes: dict[str, Any] = attrs.field(factory=dict)
+    size: int = attrs.field(init=False, eq=False, repr=False)
+
+    @size.default
+    def _size(self) -> int:
+        return event_size(self.attributes)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -47,9 +61,14 @@ class Subscription:
         self.filter = flt
         self.send, self.receive = trio.open_memory_channel[Event | None](SUBSCRIBER_BUFFER)
         self.lagged = False
+        self.pending_bytes = 0  # of events offered and not yet taken
 
     def offer(self, event: Event) -> None:
         if self.filter is not None and not self.filter(event):
+            return
+        if self.pending_bytes + event.size > SUBSCRIBER_BYTES:
+            self.lagged = True
+            self.bus.unsubscribe(self)
             return
         try:
             self.send.send_nowait(event)
@@ -58,6 +77,12 @@ class Subscription:
             self.bus.unsubscribe(self)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.bus.unsubscribe(self)
+        else:
+            self.pending_bytes += event.size
+
+    def taken(self, event: Event) -> None:
+        """The consumer has ``event`` out of the channel: it no longer counts as pending."""
+        self.pending_bytes -= event.size
 
     def close(self) -> None:
         self.send.close()
@@ -65,11 +90,15 @@ class Subscription:
 
 class EventBus:
     def __init__(self) -> None:
-        self.history: deque[Event] = deque(maxlen=HISTORY)
+        self.history: deque[Event] = deque()
+        self.history_bytes = 0
         self._subscribers: set[Subscription] = set()
 
     def publish(self, event: Event) -> None:
         self.history.append(event)
+        self.history_bytes += event.size
+        while len(self.history) > HISTORY or self.history_bytes > HISTORY_BYTES:
+            self.history_bytes -= self.history.popleft().size
         for sub in list(self._subscribers):
             sub.offer(event)
 

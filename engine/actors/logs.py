@@ -8,7 +8,6 @@ truncating it, so a follower that sees the file shrink starts again from the top
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -66,31 +65,110 @@ class RecordParser:
         return LogRecord(ts, stream, whole)
 
 
+# How much of a log file one worker-thread read takes: what a `logs` call holds in memory
+# while its client reads (it used to hold the whole file, ~29 MB a reader).
+BATCH_BYTES = 256 * 1024
+
+
+@attrs.define
+class LogScan:
+    """A pass over a log file's complete lines from ``offset`` up to ``end`` (the size when
+    the pass began), in batches: memory is one batch whatever the file's size.
+    ``skip`` matching records are passed over first (how ``tail`` is served)."""
+
+    path: Path
+    since: float | None = None
+    until: float | None = None
+    skip: int = 0
+    offset: int = 0
+    end: int = 0
+    parser: RecordParser = attrs.field(factory=RecordParser)
+
+    def matches(self, record: LogRecord) -> bool:
+        return not ((self.since is not None and record.time < self.since)
+                    or (self.until is not None and record.time > self.until))
+
+    def next_batch(self) -> list[LogRecord] | None:
+        """Blocking: the next records, or None at ``end``."""
+        lines = _read_lines(self.path, self.offset, self.end, BATCH_BYTES)
+        if not lines:
+            return None
+        records = []
+        for line in lines.splitlines(keepends=True):
+            record = self.parser.feed_line(line)
+            if record is None or not self.matches(record):
+                continue
+            if self.skip > 0:
+                self.skip -= 1
+                continue
+            records.append(record)
+        self.offset += len(lines)
+        return records
+
+
+def _read_lines(path: Path, offset: int, end: int, size: int) -> bytes:
+    """Whole lines of ``path`` from ``offset``, about ``size`` bytes of them (more when a
+    single line is longer), never past ``end``; b"" when none is complete."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        while True:
+            want = min(size, end - offset)
+            if want <= 0:
+                return b""
+            chunk = os.pread(fd, want, offset)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                return chunk[: cut + 1]
+            if len(chunk) < want or want < size:
+                return b""  # the file ends inside a line: conmon is still writing it
+            size *= 2
+    finally:
+        os.close(fd)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def start_scan(path: Path, *, since: float | None = None, until: float | None = None,
+               tail: int | None = None) -> LogScan:
+    """Blocking: a scan of the file as it is now. For ``tail``, a first pass counts the
+    matching records (in batches, keeping none) so the scan skips all but the last ones."""
+    end = _file_size(path)
+    skip = 0
+    if tail is not None:
+        counter = LogScan(path, since, until, end=end)
+        total = 0
+        while (batch := counter.next_batch()) is not None:
+            total += len(batch)
+        end = counter.offset  # the second pass reads exactly what was counted
+        skip = max(0, total - tail)
+    return LogScan(path, since, until, skip=skip, end=end)
+
+
 def read_records(path: Path, *, since: float | None = None, until: float | None = None,
                  tail: int | None = None) -> tuple[list[LogRecord], int]:
-    """Blocking: the records in the file now, and the offset where reading stopped."""
-    parser = RecordParser()
-    keep: deque[LogRecord] | list[LogRecord] = deque(maxlen=tail) if tail is not None else []
-    offset = 0
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # a line conmon is still writing: the follower picks it up
-                offset += len(line)
-                record = parser.feed_line(line)
-                if record is None:
-                    continue
-                if since is not None and record.time < since:
-                    continue
-                if until is not None and record.time > until:
-                    continue
-                keep.append(record)
-    except FileNotFoundError:
-        pass
-    if tail == 0:
-        return [], offset
-    return list(keep), offset
+    """Blocking: the records in the file now, and the offset where reading stopped (all in
+    memory: for small files and tests; the daemon streams with ``scan_records``)."""
+    scan = start_scan(path, since=since, until=until, tail=tail)
+    records: list[LogRecord] = []
+    while (batch := scan.next_batch()) is not None:
+        records.extend(batch)
+    return records, scan.offset
+
+
+async def scan_records(scan: LogScan) -> AsyncIterator[LogRecord]:
+    """The scan's records, read a batch at a time in a worker thread as the consumer takes
+    them (a client that does not read holds one batch, not the file)."""
+    while (batch := await trio.to_thread.run_sync(scan.next_batch)) is not None:
+        for record in batch:
+            yield record
 
 
 async def follow(path: Path, offset: int, *, finished: Callable[[], bool],

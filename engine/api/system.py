@@ -147,6 +147,7 @@ def register(table: MethodTable) -> None:
                     break
                 if event is None or (params.until is not None and event.time > params.until):
                     break
+                sub.taken(event)
                 await stream.send(event.to_wire())
             with trio.CancelScope() as scope:
                 if params.until is not None:
@@ -154,6 +155,7 @@ def register(table: MethodTable) -> None:
                 async for live in sub.receive:
                     if live is None or (params.until is not None and live.time > params.until):
                         break
+                    sub.taken(live)
                     await stream.send(live.to_wire())
         finally:
             ctx.app.events.unsubscribe(sub)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import attrs
 import trio
 
 from engine.compression import decompress_errors, open_decompressed, sniff_file
-from engine.errors import DigestMismatch, InvalidArgument, NotFound
+from engine.errors import DigestMismatch, InvalidArgument, NotFound, disk_full, no_space
 from engine.images import types as t
 from engine.images.archive_files import (
     ArchiveFiles,
@@ -104,6 +105,8 @@ async def load(store: ImageStore, path: Path | str) -> list[Image]:
     loader: _Loader | None = None
     loaded = False
     try:
+        if await trio.to_thread.run_sync(_is_fifo, path):
+            path = await copy_fifo(path, scratch / "from-fifo.tar")
         loader = await trio.to_thread.run_sync(_open, store, path, scratch)
         specs = await trio.to_thread.run_sync(_read_specs, loader)
         images = await store.add_images(specs)
@@ -116,6 +119,44 @@ async def load(store: ImageStore, path: Path | str) -> list[Image]:
             if not loaded:
                 with trio.CancelScope(shield=True):
                     await store.discard_unreferenced(loader.held)
+
+
+def _is_fifo(path: Path) -> bool:
+    try:
+        return stat.S_ISFIFO(path.stat().st_mode)
+    except OSError:
+        return False  # _open says what is wrong with it
+
+
+FIFO_CHUNK = 1024 * 1024
+
+
+async def copy_fifo(fifo: Path, target: Path) -> Path:
+    """Read a named pipe (``load -i <fifo>``) into ``target``; return ``target``.
+
+    A blocking open or read of a pipe in a worker thread could not be cancelled: a daemon
+    told to stop while nobody writes would stop serving and never exit. So the pipe is
+    opened non-blocking and read on the event loop when it is readable; only the file
+    writes go to a thread."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        out = await trio.to_thread.run_sync(lambda: open(target, "wb"))
+        try:
+            while True:
+                # Linux reports no hang-up on a pipe no writer has opened yet: this waits
+                # for the first writer, then for data, then for its close (EOF).
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = os.read(fd, FIFO_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return target
+                await trio.to_thread.run_sync(out.write, data)
+        finally:
+            out.close()
+    finally:
+        os.close(fd)
 
 
 def _open(store: ImageStore, path: Path, scratch: Path) -> _Loader:
@@ -507,6 +548,8 @@ def _import_spec(
         with open_decompressed(tar_path) as src, open(plain, "wb") as out:
             shutil.copyfileobj(src, out, 1024 * 1024)
     except decompress_errors() + (OSError,) as e:
+        if (full := no_space(e)) is not None:
+            raise disk_full(full, plain) from None
         raise InvalidArgument(f"{tar_path}: cannot decompress ({e})") from None
     if not tarfile.is_tarfile(plain):
         raise InvalidArgument(f"{tar_path} is not a tar archive (plain, gzip or zstd)")

@@ -18,7 +18,14 @@ import tarfile
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import InvalidArgument, NotFound, ResourceExhausted, UnsafeContent
+from engine.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    UnsafeContent,
+    disk_full,
+    no_space,
+)
 
 MAX_JSON_BYTES = 8 * 1024 * 1024  # manifests, configs, index.json: small documents
 _LINK_DEPTH = 16
@@ -72,7 +79,11 @@ class TarFiles:
             try:
                 for number, member in enumerate(tar):
                     self._add(tar, member, scratch / f"{number:08d}")
-            except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+            except OSError as e:
+                if (full := no_space(e)) is not None:  # our write failed, not their archive
+                    raise disk_full(full, scratch) from None
+                raise InvalidArgument(f"{tar_path}: truncated or corrupt tar ({e})") from None
+            except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
                 raise InvalidArgument(f"{tar_path}: truncated or corrupt tar ({e})") from None
 
     def _add(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:

@@ -12,12 +12,13 @@ attrs class to structure them into, and unknown keys or wrong types become
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
 
-from engine.convert import ValidationError, describe_error, wire
+from engine.convert import ValidationError, describe_error, wire, wire_keys
 from engine.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -76,14 +77,63 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# An error message names at most this many characters of what was wrong: a hostile request
+# (a map of a million unknown keys) must not get an answer the size of itself.
+MAX_ERROR_TEXT = 2048
+# unknown keys an error names before it only counts the rest
+NAMED_EXTRA_KEYS = 10
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def forget_traceback(exc: BaseException, *, clear_frames: bool = False) -> None:
+    """Drop what a failure of the client's making keeps alive: the frames of its traceback
+    (and of every exception grouped or chained under it) hold the request's params, often
+    in reference cycles that only a full collection would free. ``clear_frames`` also
+    empties those frames, which is only safe when none of them can be a suspended
+    coroutine's (Python 3.11 finalises a coroutine whose frame is cleared)."""
+    pending = [exc]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            if clear_frames:
+                traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
+        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        e.__cause__ = e.__context__ = None
+        pending.extend(getattr(e, "exceptions", ()))
+
+
 def structure_params(params: dict[str, Any], params_type: type[T], method: str) -> T:
+    if isinstance(params, dict) and attrs.has(params_type):
+        # Named before cattrs runs: it would build an error per unknown key.
+        known = wire_keys(params_type)
+        extra = [k for k in params if k not in known]
+        if extra:
+            named = ", ".join(clip(repr(k), 100) for k in extra[:NAMED_EXTRA_KEYS])
+            more = f" and {len(extra) - NAMED_EXTRA_KEYS} more" if len(extra) > NAMED_EXTRA_KEYS else ""
+            raise InvalidArgument(
+                f"invalid parameters for {method}: extra fields found ({named}{more}); "
+                "`rpc.describe` lists each method's fields")
     try:
         return wire.structure(params, params_type)
     except ValidationError as e:
         problems = describe_error(e, path=method)
-        raise InvalidArgument(f"invalid parameters for {method}: {problems}") from None
+        forget_traceback(e, clear_frames=True)  # cattrs' own frames, all finished
     except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"invalid parameters for {method}: {e}") from None
+        problems = str(e)
+        forget_traceback(e, clear_frames=True)
+    # Raised out here, not in the except blocks, so it carries no context (and no params).
+    raise InvalidArgument(f"invalid parameters for {method}: {clip(problems)}")
 
 
 def unstructure(obj: Any) -> Any:

@@ -186,17 +186,30 @@ class Decoder:
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
-        msgpack = self._msgpack = _msgpack()
-        self._unpacker = msgpack.Unpacker(
+        self._msgpack = _msgpack()
+        self._new_unpacker()
+        self.last_frame_size = 0  # bytes of the message yielded last
+
+    def _new_unpacker(self) -> None:
+        self._unpacker = self._msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max_frame,
+            max_buffer_size=self.max_frame,
             use_list=True,
             timestamp=0,
         )
+        self._frame_start = 0
+        self._fed = 0
+        self._buffer_grown = False
 
     def feed(self, data: bytes | bytearray) -> Iterator[Any]:
         msgpack = self._msgpack
+        if self._buffer_grown and self._frame_start == self._fed:
+            # The unpacker's buffer never shrinks: after a large frame, with nothing
+            # pending, a fresh one keeps an idle connection from holding megabytes.
+            self._new_unpacker()
+        self._fed += len(data)
+        self._buffer_grown = self._buffer_grown or self._fed - self._frame_start > SMALL_FRAME
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
@@ -210,7 +223,11 @@ class Decoder:
                 return
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
                 raise ProtocolError(f"unreadable msgpack data: {_reason(msgpack, e)}") from None
+            end = self._unpacker.tell()
+            self.last_frame_size = end - self._frame_start
+            self._frame_start = end
             yield obj
+            del obj  # a suspended generator must not keep the last message alive
 
 
 # msgpack's C unpacker keeps a fixed stack: arrays and maps nest at most this deep.

@@ -9,6 +9,7 @@ notification. A client that goes away cancels every call it had running.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,20 +23,65 @@ from engine.errors import (
     MethodNotFound,
     ProtocolError,
     ResourceExhausted,
+    disk_full,
+    no_space,
 )
 from engine.rpc import protocol
-from engine.rpc.methods import MethodTable, structure_params, unstructure
+from engine.rpc.methods import MethodTable, clip, forget_traceback, structure_params, unstructure
 
 if TYPE_CHECKING:
     from engine.supervisor.app import App
 
 log = logging.getLogger("engine.rpc")
 
+# Calls in flight (running or streaming) one connection may have, and the whole daemon: each
+# holds its params and a task, a stream its subscription too. A request beyond either limit
+# is answered with ResourceExhausted at once; the connection stays usable.
+MAX_CALLS_PER_CONNECTION = 1024
+MAX_CALLS = 8192
+# An error's details larger than this (msgpack bytes) are left out of its answer.
+MAX_ERROR_DETAILS = 4096
+# A request frame this large decodes into tens of megabytes of objects; once it is answered,
+# the allocator is asked to give the freed memory back (glibc keeps it otherwise), at most
+# once per TRIM_INTERVAL seconds.
+LARGE_FRAME = 1024 * 1024
+TRIM_INTERVAL = 0.5
+
+
+def _malloc_trim() -> None:
+    """Blocking: glibc's malloc_trim(0); nothing where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def bounded_error(error: EngineError) -> dict[str, Any]:
+    """The error's wire form, no larger than a client's mistake deserves."""
+    wire = error.to_wire()
+    wire["message"] = clip(wire["message"])
+    if "details" in wire:
+        try:
+            fits = len(protocol.pack(unstructure(wire["details"]))) <= MAX_ERROR_DETAILS
+        except (TypeError, ValueError):
+            fits = False
+        if not fits:
+            wire["details"] = {"truncated": True}
+    return wire
+
 
 class MessageTransport(Protocol):
     """What a connection needs from its transport (unix stream, WebSocket)."""
 
     def messages(self) -> AsyncIterator[Any]: ...
+
+    @property
+    def last_frame_size(self) -> int:
+        """Bytes of the message ``messages`` yielded last."""
 
     async def send(self, data: bytes) -> None: ...
 
@@ -49,6 +95,10 @@ class StreamTransport:
         self.stream = stream
         self.decoder = protocol.Decoder(max_frame)
 
+    @property
+    def last_frame_size(self) -> int:
+        return self.decoder.last_frame_size
+
     async def messages(self) -> AsyncIterator[Any]:
         while True:
             data = await self.stream.receive_some(65536)
@@ -56,6 +106,7 @@ class StreamTransport:
                 return
             for obj in self.decoder.feed(data):
                 yield obj
+                del obj  # not kept alive while the client is idle
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -193,6 +244,7 @@ class Connection:
         try:
             async for obj in self.transport.messages():
                 await self._handle_object(obj, nursery)
+                del obj  # a large request must not stay alive until the next one comes
         except (ProtocolError, ResourceExhausted) as e:
             log.warning("closing RPC connection from %s: %s", self.peer, e)
             with trio.move_on_after(1):
@@ -219,9 +271,9 @@ class Connection:
                 await self._send_error_event(e)
             return
         if isinstance(message, protocol.Request):
-            if message.msgid in self._calls:
-                err = ProtocolError(f"msgid {message.msgid} is already in use on this connection")
-                await self.send(protocol.encode_response(message.msgid, err.to_wire(), None))
+            refusal = self._refusal(message)
+            if refusal is not None:
+                await self.send(protocol.encode_response(message.msgid, refusal.to_wire(), None))
                 return
             scope = trio.CancelScope()
             self._calls[message.msgid] = scope
@@ -229,10 +281,26 @@ class Connection:
             if info is not None and info.input:
                 # now, not when the call's task runs: input may follow the request at once
                 self._inputs[message.msgid] = StreamInput(self, message.msgid, scope)
-            nursery.start_soon(self._run_call, message, scope)
+            self.server.calls += 1
+            large = self.transport.last_frame_size >= LARGE_FRAME
+            nursery.start_soon(self._run_call, message, scope, large)
         elif isinstance(message, protocol.Notification):
             self._handle_notification(message)
         # Responses from a client are meaningless here; ignore them.
+
+    def _refusal(self, request: protocol.Request) -> EngineError | None:
+        """Why this request cannot be taken now, if it cannot."""
+        if request.msgid in self._calls:
+            return ProtocolError(f"msgid {request.msgid} is already in use on this connection")
+        if len(self._calls) >= MAX_CALLS_PER_CONNECTION:
+            return ResourceExhausted(
+                f"{request.method} refused: this connection has {len(self._calls)} calls in "
+                f"flight, the limit; wait for some to finish or cancel them")
+        if self.server.calls >= MAX_CALLS:
+            return ResourceExhausted(
+                f"{request.method} refused: the daemon has {self.server.calls} calls in flight, "
+                "the limit; try again later")
+        return None
 
     def _handle_notification(self, note: protocol.Notification) -> None:
         params = note.params
@@ -248,7 +316,7 @@ class Connection:
             if scope := self._calls.get(msgid):
                 scope.cancel()
 
-    async def _run_call(self, request: protocol.Request, scope: trio.CancelScope) -> None:
+    async def _run_call(self, request: protocol.Request, scope: trio.CancelScope, large: bool) -> None:
         error: dict[str, Any] | None = None
         result: Any = None
         try:
@@ -260,16 +328,12 @@ class Connection:
                     error = receiver.violation.to_wire()
                 else:
                     error = Cancelled(f"{request.method} was cancelled by the client").to_wire()
-        except EngineError as e:
-            error = e.to_wire()
-        except Exception as e:  # a bug: report it, keep serving
-            log.exception("RPC method %s failed", request.method)
-            error = InternalError(
-                f"internal error in {request.method}: {type(e).__name__}: {e}; "
-                "see the daemon's log"
-            ).to_wire()
+        except Exception as e:
+            error = self._error_answer(request, e)
+            forget_traceback(e)  # its frames hold the request's params
         finally:
-            self._calls.pop(request.msgid, None)
+            if self._calls.pop(request.msgid, None) is not None:
+                self.server.calls -= 1
             self._streams.pop(request.msgid, None)
             self._inputs.pop(request.msgid, None)
         try:
@@ -279,6 +343,27 @@ class Connection:
                 request.msgid, InternalError(f"unencodable result: {e}").to_wire(), None
             )
         await self.send(payload)
+        if large:
+            del request, result, payload
+            await self.server.release_memory()
+
+    def _error_answer(self, request: protocol.Request, e: Exception) -> dict[str, Any]:
+        """What the client is told of a failed call. A full disk is ResourceExhausted naming
+        the path, also where a handler turned the OSError into another error (a "corrupt
+        archive" that was only a failed write) or a nursery grouped it."""
+        full = no_space(e)
+        if full is not None and not isinstance(e, ResourceExhausted):
+            log.warning("%s failed, the disk is full: %s", request.method, full)
+            return bounded_error(disk_full(full, self._storage_root()))
+        if isinstance(e, EngineError):
+            return bounded_error(e)
+        log.exception("RPC method %s failed", request.method)  # a bug: report it, keep serving
+        return bounded_error(InternalError(
+            f"internal error in {request.method}: {type(e).__name__}: {e}; see the daemon's log"))
+
+    def _storage_root(self) -> object:
+        layout = getattr(self.server.app, "layout", None)
+        return getattr(layout, "root", None)
 
     async def _dispatch(self, request: protocol.Request) -> Any:
         info = self.server.methods.get(request.method)
@@ -305,6 +390,21 @@ class RPCServer:
         self.app = app
         self.max_frame = max_frame
         self.connections = 0
+        self.calls = 0  # in flight, over every connection
+        self._trim_pending = False
+        self._last_trim = -math.inf
+
+    async def release_memory(self) -> None:
+        """Return freed memory to the system soon (one trim for a burst of large calls)."""
+        if self._trim_pending:
+            return
+        self._trim_pending = True
+        try:
+            await trio.sleep_until(self._last_trim + TRIM_INTERVAL)
+            await trio.to_thread.run_sync(_malloc_trim)
+        finally:
+            self._trim_pending = False
+            self._last_trim = trio.current_time()
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "unix") -> None:
         await self.handle_transport(StreamTransport(stream, self.max_frame), peer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import os
 import socket as stdsocket
 import ssl
@@ -26,7 +27,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
-from engine.errors import ConfigError, Unavailable
+from engine.errors import ConfigError, ResourceExhausted, Unavailable
 from engine.rpc import protocol
 from engine.rpc.server import RPCServer
 
@@ -120,19 +121,89 @@ def inherited_listeners() -> list[trio.SocketListener]:
     return listeners
 
 
+# File descriptors kept for the daemon's own work (runtimes, monitors, logs, layers) when
+# capping connections: a quarter of the limit, at least this many.
+FD_RESERVE = 256
+# errnos of an accept that failed for want of descriptors or memory: wait, then accept again
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY = 0.1  # seconds
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections
+
+
+def max_connections() -> int:
+    """Connections the daemon takes at once: below its descriptor limit (read each time,
+    so a raised limit applies at once), leaving room for the work the calls start."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - max(FD_RESERVE, soft // 4))
+
+
+class RefusalLog:
+    """Says once (then at most every REFUSAL_LOG_INTERVAL, with a count) why connections
+    are refused: a flood must not turn into a flood of log lines."""
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+        self._since = 0
+
+    def refused(self, why: str) -> None:
+        self._since += 1
+        now = trio.current_time()
+        if now >= self._next:
+            log.warning("refusing RPC connections: %s (%d since the last report)", why, self._since)
+            self._next = now + REFUSAL_LOG_INTERVAL
+            self._since = 0
+
+
 async def serve_stream_listeners(
     server: RPCServer, listeners: list[trio.SocketListener], *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
-    async def handler(stream: trio.SocketStream) -> None:
-        await server.handle_stream(stream, peer="unix")
+    """Accept loops (trio.serve_listeners logs a traceback per failed accept, ten a second
+    when out of descriptors): a connection beyond ``max_connections()`` is told why and
+    closed; an accept that fails for want of descriptors is retried after a pause."""
+    refusals = RefusalLog()
 
-    await trio.serve_listeners(handler, listeners, task_status=task_status)  # type: ignore[arg-type]
+    async def refuse(stream: trio.SocketStream, limit: int) -> None:
+        error = ResourceExhausted(f"too many connections to the daemon ({limit}, the limit); "
+                                  "close idle ones and retry")
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(protocol.encode_notification(protocol.ERROR_EVENT, [error.to_wire()]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                refusals.refused(f"accept failed: {os.strerror(e.errno)}")
+                await trio.sleep(_ACCEPT_RETRY)
+                continue
+            limit = max_connections()
+            if server.connections >= limit:
+                refusals.refused(f"{server.connections} connections open, the limit is {limit}")
+                nursery.start_soon(refuse, stream, limit)
+                continue
+            nursery.start_soon(server.handle_stream, stream, "unix")
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, nursery)
+        task_status.started(listeners)
 
 
 class WebSocketTransport:
     def __init__(self, ws: Any, max_frame: int) -> None:
         self.ws = ws
         self.max_frame = max_frame
+        self.last_frame_size = 0
 
     async def messages(self) -> AsyncIterator[Any]:
         while True:
@@ -143,8 +214,10 @@ class WebSocketTransport:
             if isinstance(data, str):
                 data = data.encode()
             decoder = protocol.Decoder(self.max_frame)
+            self.last_frame_size = len(data)
             for obj in decoder.feed(data):
                 yield obj
+                del obj
 
     async def send(self, data: bytes) -> None:
         try:
@@ -268,7 +341,14 @@ async def serve_websocket_rpc(
         ctx = tls.server_context()
         ws_listeners = [trio.SSLListener(lst, ctx, https_compatible=True) for lst in listeners]
 
+    refusals = RefusalLog()
+
     async def handler(request: WebSocketRequest) -> None:
+        limit = max_connections()
+        if server.connections >= limit:
+            refusals.refused(f"{server.connections} connections open, the limit is {limit}")
+            await request.reject(503, body=b"too many connections to the daemon")
+            return
         refusal = origin_refusal(request.headers, allowed_origins())
         if refusal is not None:
             log.warning("refused a WebSocket handshake: %s", refusal)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import posixpath
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,7 +22,7 @@ import trio
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
 from engine.actors.health import health_config, image_healthcheck
-from engine.actors.logs import LogRecord, follow, read_records
+from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
@@ -42,6 +44,14 @@ AUTO_REMOVE_WAIT = 30.0  # seconds an attached `run --rm` waits for the removal
 FAILED_RUN_REMOVE_WAIT = 30.0  # seconds a `run --rm` whose start failed waits for the removal
 EXEC_OUTPUT_IDLE = 0.1  # seconds without output, after an exec's process ended, to stop reading
 MAX_STOP_TIMEOUT = 10 * 365 * 24 * 3600  # seconds; docker's -1 means for ever
+# Sizes a create may ask for (issue 16.6): labels travel in every event of the container and
+# stay in the event history; the kernel refuses one environment string over 128 KiB
+# (MAX_ARG_STRLEN) and an exec whose arguments and environment pass ~2 MiB.
+MAX_LABELS_BYTES = 256 * 1024
+MAX_ENV_ENTRY_BYTES = 128 * 1024 - 1
+MAX_ENV_BYTES = 1024 * 1024
+# Mount destinations the runtime must own: a mount there hides or breaks the container.
+RESERVED_DESTINATIONS = ("/proc", "/sys")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -139,6 +149,45 @@ def stop_grace(timeout: int | None) -> float | None:
     return float(timeout)
 
 
+def check_sizes(p: CreateSpec) -> None:
+    """Labels and environment within what the daemon keeps and the kernel takes."""
+    label_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in p.labels.items())
+    if label_bytes > MAX_LABELS_BYTES:
+        raise InvalidArgument(f"labels too large: {label_bytes} bytes, the limit is {MAX_LABELS_BYTES}")
+    env_bytes = 0
+    for item in p.env:
+        size = len(item.encode())
+        if size > MAX_ENV_ENTRY_BYTES:
+            raise InvalidArgument(f"environment entry {item[:40]!r}… too large: {size} bytes, "
+                                  f"the limit is {MAX_ENV_ENTRY_BYTES}")
+        env_bytes += size + 1
+    if env_bytes > MAX_ENV_BYTES:
+        raise InvalidArgument(f"environment too large: {env_bytes} bytes, the limit is {MAX_ENV_BYTES}")
+
+
+def check_destination(spec: str, destination: str, what: str) -> str:
+    """A mount destination normalised: absolute, not ``/``, not /proc or /sys (or under)."""
+    if not destination.startswith("/"):
+        raise InvalidArgument(f"invalid {what} {spec!r}: the destination must be an absolute path")
+    normal = posixpath.normpath("/" + destination.lstrip("/"))
+    if normal == "/":
+        raise InvalidArgument(f"invalid {what} {spec!r}: the destination cannot be '/'")
+    for reserved in RESERVED_DESTINATIONS:
+        if normal == reserved or normal.startswith(reserved + "/"):
+            raise InvalidArgument(
+                f"invalid {what} {spec!r}: {reserved} belongs to the runtime; choose another destination")
+    return normal
+
+
+def check_bind_sources(binds: list[BindMount]) -> None:
+    """Blocking: every bind source exists (docker refuses a missing one at create)."""
+    for bind in binds:
+        if not os.path.exists(bind.source):
+            raise InvalidArgument(
+                f"invalid volume {bind.source}:{bind.destination}: bind source path does not "
+                f"exist: {bind.source}")
+
+
 def parse_volume(spec: str) -> BindMount:
     parts = spec.split(":")
     if len(parts) == 1:
@@ -155,15 +204,13 @@ def parse_volume(spec: str) -> BindMount:
         raise InvalidArgument(
             f"invalid volume {spec!r}: the source must be an absolute host path (named volumes are not supported yet)"
         )
-    if not destination.startswith("/"):
-        raise InvalidArgument(f"invalid volume {spec!r}: the destination must be an absolute path")
+    destination = check_destination(spec, destination, "volume")
     return BindMount(source, destination, mode == "ro")
 
 
 def parse_tmpfs(spec: str) -> TmpfsMount:
     destination, _, options = spec.partition(":")
-    if not destination.startswith("/"):
-        raise InvalidArgument(f"invalid --tmpfs {spec!r}: the path must be absolute")
+    destination = check_destination(spec, destination, "--tmpfs")
     return TmpfsMount(destination, options)
 
 
@@ -183,9 +230,10 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
             raise InvalidArgument("--memory and --pids-limit must be positive")
     if p.cpus is not None and not 0 < p.cpus < math.inf:
         raise InvalidArgument("--cpus must be a positive number")
+    check_sizes(p)
     for item in p.env:
         if "=" not in item:
-            raise InvalidArgument(f"invalid environment entry {item!r}: expected KEY=VALUE")
+            raise InvalidArgument(f"invalid environment entry {item[:100]!r}: expected KEY=VALUE")
     stop_timeout = stop_grace(p.stop_timeout)
     runtime_name = p.runtime or app.config.default_runtime
     app.runtime(runtime_name)  # a clear error now rather than at start
@@ -263,6 +311,7 @@ class ContainerService:
     async def create(self, spec: CreateSpec) -> ContainerActor:
         """Validate, build the config, let the network fill its part in, register."""
         config, publish = build_config(self.app, spec)
+        await trio.to_thread.run_sync(check_bind_sources, config.binds)
         network = self.app.services.network
         if network is not None:
             await network.prepare_config(config, publish)
@@ -465,10 +514,12 @@ class ContainerService:
         actor = self.get(spec.id)
         if spec.tail is not None and spec.tail < 0:
             raise InvalidArgument("--tail must be 0 or more")
-        records, offset = await trio.to_thread.run_sync(
-            lambda: read_records(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
-        for record in records:
+        # Streamed from disk a batch at a time, as the client takes them (issue 16.6).
+        scan = await trio.to_thread.run_sync(
+            lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
+        async for record in scan_records(scan):
             yield record
+        offset = scan.offset
         if spec.follow and actor.status.state in ACTIVE:
             started_at = actor.status.started_at
 

@@ -74,3 +74,26 @@ def test_flags_after_the_image_go_to_the_container(engine_with_busybox: Daemon) 
     # and an unknown flag before the image is refused with the daemon up, too
     out = engctl("run", "--bogus", "--rm", "busybox", "true", host=engine_with_busybox.host)
     assert out.returncode == 125 and "unknown flag: --bogus" in out.stderr
+
+
+@pytest.mark.parametrize("bad", ["nan", "1e308", "inf", "1.5", "-2", "315360001"])
+def test_stop_timeout_that_is_not_whole_seconds_exits_125(engine_with_busybox: Daemon, bad: str) -> None:
+    """issue 16.5: `stop -t nan` / `-t 1e308` are usage errors (125) naming the flag; the
+    container is left running, and a good -t still stops it."""
+    host = engine_with_busybox.host
+    name = f"t{abs(hash(bad)) % 10**8}"
+    out = engctl("run", "-d", "--name", name, "busybox", "sleep", "600", host=host)
+    assert out.returncode == 0, out.stderr
+    try:
+        out = engctl("stop", "-t", bad, name, host=host)
+        assert out.returncode == 125, out.stderr
+        assert f"-t/--time/--timeout: invalid timeout '{bad}'" in out.stderr
+        assert "whole seconds" in out.stderr
+        assert engine_with_busybox.call("container.inspect", id=name)["State"]["Running"] is True
+        out = engctl("create", "--stop-timeout", bad, "busybox", host=host)
+        assert out.returncode == 125 and "--stop-timeout: invalid timeout" in out.stderr
+        out = engctl("stop", "-t", "0", name, host=host)
+        assert out.returncode == 0, out.stderr
+        assert engine_with_busybox.call("container.inspect", id=name)["State"]["Running"] is False
+    finally:
+        engctl("rm", "-f", name, host=host)

@@ -30,6 +30,30 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * factor)
 
 
+# The daemon's bound (engine.supervisor.container_service.MAX_STOP_TIMEOUT), repeated here so
+# that a bad -t is a usage error before any connection (importing the daemon side costs
+# engctl its start-up budget).
+MAX_STOP_SECONDS = 10 * 365 * 24 * 3600
+
+
+def stop_seconds(text: str) -> int:
+    """docker's ``stop -t`` / ``--stop-timeout``: whole seconds, -1 waits for ever."""
+    try:
+        seconds = int(text.strip())
+    except ValueError:
+        seconds = None
+    if seconds is not None and -1 <= seconds <= MAX_STOP_SECONDS:
+        return seconds
+    import argparse  # an error path: argparse prints the message and exits 125
+
+    class BadSeconds(argparse.ArgumentTypeError, ValueError):
+        """ValueError for the fast parser (it hands over to argparse), ArgumentTypeError
+        so that argparse shows this message rather than "invalid value"."""
+
+    raise BadSeconds(f"invalid timeout {text!r}: use whole seconds from 0 to "
+                     f"{MAX_STOP_SECONDS}, or -1 to wait for ever")
+
+
 def add_create_flags(p: Parser) -> None:
     p.add_argument("--name", default="")
     p.add_argument("-e", "--env", action="append", default=[])
@@ -50,7 +74,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("--runtime", default="")
     p.add_argument("--stop-signal", default="")
-    p.add_argument("--stop-timeout", type=float, default=None)
+    p.add_argument("--stop-timeout", type=stop_seconds, default=None)
     p.add_argument("--network", "--net", default="")
     p.add_argument("--network-alias", action="append", default=[])
     p.add_argument("-p", "--publish", action="append", default=[])
@@ -205,7 +229,7 @@ def setup(sub: Any) -> None:
 
     for verb, helptext in (("stop", "stop containers"), ("restart", "restart containers")):
         p = sub.add_parser(verb, help=helptext)
-        p.add_argument("-t", "--time", "--timeout", type=int, default=None, dest="time")
+        p.add_argument("-t", "--time", "--timeout", type=stop_seconds, default=None, dest="time")
         p.add_argument("-s", "--signal", default="")
         p.add_argument("containers", nargs="+")
         p.set_defaults(func=cmd_stop if verb == "stop" else cmd_restart)
