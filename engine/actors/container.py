@@ -92,7 +92,8 @@ class ContainerActor:
         self.status = status
         # parsed once (checked at create); a container whose policy changes gets it anew
         self.restart_policy = RestartPolicy.parse(config.restart_policy)
-        self.files = ContainerFiles(deps.container_dir(config.id))
+        self.files = ContainerFiles(deps.container_dir(config.id),
+                                    Path(config.log_path) if config.log_path else None)
         self.run_dir = deps.run_dir(config.id)
         self.bundle_dir = self.run_dir / "bundle"
         self._mailbox = Mailbox(MAILBOX_SIZE)

@@ -138,6 +138,7 @@ class SpecOptions:
     seccomp_profile: Path | None = None  # None = default; Path("unconfined") = none
     no_new_privileges: bool = False
     annotations: dict[str, str] = attrs.field(factory=dict)
+    spec_patch: dict[str, Any] = attrs.field(factory=dict)  # merged over the result (apply_patch)
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -434,7 +435,7 @@ def build_spec(options: SpecOptions) -> dict[str, Any]:
         raise InvalidArgument(f"root filesystem {options.rootfs} is not a directory")
     user = resolve_user(options.rootfs, options.user)
     caps = capabilities(options)
-    return {
+    spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": _process(options, user, caps),
         "root": {"path": str(options.rootfs), "readonly": options.read_only},
@@ -443,3 +444,19 @@ def build_spec(options: SpecOptions) -> dict[str, Any]:
         "linux": _linux(options, caps),
         "annotations": dict(options.annotations),
     }
+    if not any(ns["type"] == "uts" for ns in spec["linux"]["namespaces"]):
+        del spec["hostname"]  # the host's UTS namespace: runtimes refuse to set a hostname
+    return apply_patch(spec, options.spec_patch) if options.spec_patch else spec
+
+
+def apply_patch(spec: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` merged over ``spec``: nested dicts merge key by key, anything else
+    (lists included) replaces; a ``None`` value deletes the key."""
+    for key, value in patch.items():
+        if value is None:
+            spec.pop(key, None)
+        elif isinstance(value, dict) and isinstance(spec.get(key), dict):
+            apply_patch(spec[key], value)
+        else:
+            spec[key] = value
+    return spec

@@ -79,6 +79,14 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cap_add=list(config.cap_add),
         cap_drop=list(config.cap_drop),
         network_ns=details.get("_netns"),
+        namespaces=dict(config.namespaces),
+        cgroups_path=config.cgroups_path or None,
+        annotations=dict(config.annotations),
+        privileged=config.privileged,
+        no_new_privileges=config.no_new_privileges,
+        seccomp_profile=Path(config.seccomp_profile) if config.seccomp_profile else None,
+        sysctls=dict(config.sysctls),
+        spec_patch=dict(config.spec_patch),
     )
 
 
