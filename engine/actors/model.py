@@ -27,6 +27,7 @@ class BindMount:
     source: str
     destination: str
     read_only: bool = False
+    propagation: str = ""  # "" (the runtime's default, rprivate), rprivate, rslave or rshared
 
 
 @attrs.define
@@ -95,6 +96,7 @@ class ContainerConfig:
     sysctls: dict[str, str] = attrs.field(factory=dict)
     # merged over the built OCI spec (engine.oci.spec.apply_patch): dicts merge, lists replace
     spec_patch: dict[str, Any] = attrs.field(factory=dict)
+    additional_gids: list[int] = attrs.field(factory=list)
 
     @property
     def short_id(self) -> str:

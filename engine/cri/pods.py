@@ -84,6 +84,42 @@ def _by_prefix(items: dict[str, Any], ref: str, kind: str) -> Any:
     raise NotFound(f"no such {kind}: {ref!r}")
 
 
+_PROPAGATION = {
+    pb.PROPAGATION_PRIVATE: "rprivate",
+    pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+    pb.PROPAGATION_BIDIRECTIONAL: "rshared",
+}
+
+
+def seccomp_profile(security: Any) -> str:
+    """The container's seccomp profile as ContainerConfig.seccomp_profile names it. The CRI's
+    ``seccomp`` (SecurityProfile) wins over the older ``seccomp_profile_path`` string
+    (``runtime/default``, ``docker/default``, ``unconfined``, ``localhost/<path>``); with
+    neither, the CRI's default is unconfined (kubelet asks for RuntimeDefault explicitly)."""
+    if security.HasField("seccomp"):
+        kind = security.seccomp.profile_type
+        if kind == pb.SecurityProfile.RuntimeDefault:
+            return ""
+        if kind == pb.SecurityProfile.Localhost:
+            return _localhost_profile(security.seccomp.localhost_ref)
+        return "unconfined"
+    path = security.seccomp_profile_path
+    if not path or path == "unconfined":
+        return "unconfined"
+    if path in ("runtime/default", "docker/default"):
+        return ""
+    if path.startswith("localhost/"):
+        return _localhost_profile(path.removeprefix("localhost/"))
+    raise InvalidArgument(f"unknown seccomp profile {path!r}: use runtime/default, unconfined "
+                          "or localhost/<absolute path>")
+
+
+def _localhost_profile(path: str) -> str:
+    if not path.startswith("/"):
+        raise InvalidArgument(f"seccomp profile {path!r} must be an absolute path on the host")
+    return path
+
+
 def _own_oom_score_adj() -> int:
     try:
         return int(Path("/proc/self/oom_score_adj").read_text())
@@ -267,6 +303,7 @@ class RuntimeHandlers:
             annotations=dict(config.annotations),
             privileged=security.privileged,
             sysctls=dict(config.linux.sysctls),
+            seccomp_profile=seccomp_profile(security),
             user=str(security.run_as_user.value) if security.HasField("run_as_user") else "",
         )
 
@@ -422,19 +459,20 @@ class RuntimeHandlers:
             user = str(security.run_as_user.value)
         elif security.run_as_username:
             user = security.run_as_username
-        if user and security.HasField("run_as_group"):
+        if security.HasField("run_as_group"):
+            if not user:
+                raise InvalidArgument("CreateContainer: run_as_group needs run_as_user or run_as_username")
             user += f":{security.run_as_group.value}"
         args, env, workdir, user = resolve(
             image.config, entrypoint=list(config.command) or None, cmd=list(config.args) or None,
             env=[f"{kv.key}={kv.value}" for kv in config.envs], workdir=config.working_dir,
             user=user)
-        mounts = [BindMount(m.host_path, m.container_path, m.readonly) for m in config.mounts]
+        mounts = [BindMount(m.host_path, m.container_path, m.readonly, _PROPAGATION[m.propagation])
+                  for m in config.mounts]
         taken = {m.container_path for m in config.mounts}
         namespaces = self._container_namespaces(sandbox, infra_pid, security.namespace_options)
         patch: dict[str, Any] = {}
         process: dict[str, Any] = {}
-        if security.supplemental_groups:
-            process["user"] = {"additionalGids": list(security.supplemental_groups)}
         resources = linux.resources
         if resources.oom_score_adj:
             # never below the daemon's own: lowering it needs CAP_SYS_RESOURCE
@@ -454,18 +492,17 @@ class RuntimeHandlers:
             cpu["mems"] = resources.cpuset_mems
         if cpu:
             linux_patch["resources"] = {"cpu": cpu}
+        propagations = {m.propagation for m in config.mounts}
+        if pb.PROPAGATION_BIDIRECTIONAL in propagations:
+            linux_patch["rootfsPropagation"] = "rshared"  # mounts made inside reach the host
+        elif pb.PROPAGATION_HOST_TO_CONTAINER in propagations:
+            linux_patch["rootfsPropagation"] = "rslave"
         if linux_patch:
             patch["linux"] = linux_patch
         log_path = ""
         if sandbox.log_directory and config.log_path:
             log_path = str(Path(sandbox.log_directory) / config.log_path)
-        seccomp = ""
-        if security.HasField("seccomp"):
-            kind = security.seccomp.profile_type
-            if kind == pb.SecurityProfile.Unconfined:
-                seccomp = "unconfined"
-            elif kind == pb.SecurityProfile.Localhost:
-                seccomp = security.seccomp.localhost_ref
+        seccomp = seccomp_profile(security)
         name = _safe(f"k8s_{config.metadata.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_"
                      f"{config.metadata.attempt}")
         return ContainerConfig(
@@ -486,6 +523,7 @@ class RuntimeHandlers:
             annotations=dict(config.annotations), log_path=log_path,
             privileged=security.privileged, no_new_privileges=security.no_new_privs,
             seccomp_profile=seccomp, spec_patch=patch,
+            additional_gids=list(security.supplemental_groups),
         )
 
     def _container_namespaces(self, sandbox: SandboxRecord, infra_pid: int,
@@ -632,6 +670,46 @@ class RuntimeHandlers:
         return pb.ExecSyncResponse(stdout=bytes(output["stdout"]), stderr=bytes(output["stderr"]),
                                    exit_code=code)
 
+    # --- stats ------------------------------------------------------------------------------
+
+    async def container_stats(self, request: pb.ContainerStatsRequest) -> pb.ContainerStatsResponse:
+        record = self._container(request.container_id)
+        return pb.ContainerStatsResponse(stats=await self._stats(record))
+
+    async def list_container_stats(self, request: pb.ListContainerStatsRequest,
+                                   ) -> pb.ListContainerStatsResponse:
+        f = request.filter if request.HasField("filter") else None
+        out = []
+        for record in list(self.containers.items.values()):
+            if f is not None:
+                if f.id and not record.id.startswith(f.id):
+                    continue
+                if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
+                    continue
+                if not _matches(dict(f.label_selector), record.labels):
+                    continue
+            out.append(await self._stats(record))
+        return pb.ListContainerStatsResponse(stats=out)
+
+    async def _stats(self, record: ContainerRecord) -> pb.ContainerStats:
+        actor = self._actor(record.id)
+        cgroup = ""
+        if actor is not None:
+            cgroup = actor.config.cgroups_path or f"/engine/{record.id}"
+        usage = await trio.to_thread.run_sync(read_cgroup_usage, cgroup)
+        now = time.time_ns()
+        stats = pb.ContainerStats(attributes=pb.ContainerAttributes(
+            id=record.id, metadata=self._container_meta(record), labels=record.labels,
+            annotations=record.annotations))
+        stats.cpu.timestamp = now
+        stats.cpu.usage_core_nano_seconds.value = usage["cpu"]
+        stats.memory.timestamp = now
+        stats.memory.working_set_bytes.value = usage["working_set"]
+        stats.writable_layer.timestamp = now
+        stats.writable_layer.fs_id.mountpoint = str(self.app.layout.root)
+        stats.writable_layer.used_bytes.value = 0  # not measured yet
+        return stats
+
     async def reopen_container_log(self, request: pb.ReopenContainerLogRequest,
                                    ) -> pb.ReopenContainerLogResponse:
         record = self._container(request.container_id)
@@ -657,6 +735,31 @@ async def _conmon_reopen_log(bundle_dir: Path) -> None:
         await trio.to_thread.run_sync(write)
     except OSError as e:
         raise Unavailable(f"cannot ask the container's monitor to reopen its log: {e}") from None
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def read_cgroup_usage(cgroup: str) -> dict[str, int]:
+    """CPU time (ns) and memory working set (bytes) of a cgroup v1 path; 0 for what cannot
+    be read (a container that is not running has no cgroup). Blocking."""
+
+    def read(controller: str, name: str) -> str:
+        try:
+            return (CGROUP_ROOT / controller / cgroup.lstrip("/") / name).read_text()
+        except OSError:
+            return ""
+
+    if not cgroup:
+        return {"cpu": 0, "working_set": 0}
+    cpu = int(read("cpuacct", "cpuacct.usage").strip() or 0)
+    used = int(read("memory", "memory.usage_in_bytes").strip() or 0)
+    inactive = 0
+    for line in read("memory", "memory.stat").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "total_inactive_file":
+            inactive = int(value or 0)
+    return {"cpu": cpu, "working_set": max(used - inactive, 0)}
 
 
 def _remove_tree_quiet(path: Path) -> None:

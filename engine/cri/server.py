@@ -73,9 +73,16 @@ def servicer_class(base: type, handlers: object, portal: TrioPortal) -> type:
         if name.startswith("_") or not name[0].isupper():
             continue
         handler = getattr(handlers, _snake(name), None)
-        if handler is not None:
-            methods[name] = _rpc(name, handler, portal)
+        methods[name] = _rpc(name, handler, portal) if handler is not None else _unimplemented(name)
     return type(f"Engine{base.__name__}", (base,), methods)
+
+
+def _unimplemented(name: str) -> Any:
+    async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by engine yet")
+
+    method.__name__ = name
+    return method
 
 
 def _rpc(name: str, handler: Handler, portal: TrioPortal) -> Any:

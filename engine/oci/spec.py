@@ -139,6 +139,7 @@ class SpecOptions:
     no_new_privileges: bool = False
     annotations: dict[str, str] = attrs.field(factory=dict)
     spec_patch: dict[str, Any] = attrs.field(factory=dict)  # merged over the result (apply_patch)
+    additional_gids: list[int] = attrs.field(factory=list)  # beside the user's groups in the image
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -222,7 +223,21 @@ def _all_capabilities() -> list[str]:
         "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
         "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
     ]  # fmt: skip
-    return ["CAP_" + n for n in names[: last + 1]]
+    every = ["CAP_" + n for n in names[: last + 1]]
+    # "all" can only be what this process holds: a capability outside its bounding set
+    # makes the runtime fail with EPERM (root here lacks CAP_SYS_RESOURCE)
+    bounding = _own_bounding_set()
+    return [cap for i, cap in enumerate(every) if bounding is None or bounding >> i & 1]
+
+
+def _own_bounding_set() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _normalise_cap(name: str) -> str:
@@ -396,8 +411,9 @@ def _process(options: SpecOptions, user: ExecUser, caps: list[str]) -> dict[str,
         "rlimits": rlimits(options),
         "noNewPrivileges": options.no_new_privileges,
     }
-    if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
+    gids = list(user.additional_gids) + [g for g in options.additional_gids if g not in user.additional_gids]
+    if gids:
+        process["user"]["additionalGids"] = gids
     if options.oom_score_adj is not None:
         process["oomScoreAdj"] = options.oom_score_adj
     return process
