@@ -45,6 +45,7 @@ INFRA_BINARY = "/catatonit"
 SANDBOX_LABEL = "io.engine.cri.sandbox"  # on the engine containers: which pod
 KIND_LABEL = "io.engine.cri.kind"  # "sandbox" | "container"
 SANDBOX_STOP_GRACE = 2.0  # seconds the infra process gets (it holds nothing)
+REOPEN_WAIT = 5.0  # seconds conmon gets to reopen a rotated log
 EXEC_OUTPUT_MAX = 16 * 1024 * 1024  # bytes of ExecSync output kept per stream
 NS_MODE = pb.NamespaceMode  # POD=0, CONTAINER=1, NODE=2, TARGET=3
 
@@ -717,7 +718,15 @@ class RuntimeHandlers:
         if actor.status.state != ContainerState.RUNNING:
             raise InvalidArgument(f"container {record.id[:12]} is not running")
         await _conmon_reopen_log(actor.bundle_dir)
-        return pb.ReopenContainerLogResponse()
+        # conmon reopens asynchronously; kubelet expects the new file once we answer
+        log_path = actor.files.log_path
+        with trio.move_on_after(REOPEN_WAIT):
+            for _ in range(int(REOPEN_WAIT / 0.01)):  # conmon gives no signal: poll the file
+                if await trio.to_thread.run_sync(log_path.exists):
+                    return pb.ReopenContainerLogResponse()
+                await trio.sleep(0.01)
+        raise Unavailable(f"the monitor of container {record.id[:12]} did not reopen {log_path} "
+                          f"within {REOPEN_WAIT:g}s")
 
 
 async def _conmon_reopen_log(bundle_dir: Path) -> None:
