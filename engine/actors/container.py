@@ -93,7 +93,8 @@ class ContainerActor:
         self.config = config
         self.status = status
         self._policy = RestartPolicy.parse(config.restart_policy)  # checked at create
-        self.files = ContainerFiles(deps.container_dir(config.id))
+        self.files = ContainerFiles(deps.container_dir(config.id),
+                                    Path(config.log_path) if config.log_path else None)
         self.run_dir = deps.run_dir(config.id)
         self.bundle_dir = self.run_dir / "bundle"
         self._mailbox = Mailbox(MAILBOX_SIZE)

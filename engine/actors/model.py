@@ -28,6 +28,7 @@ class BindMount:
     source: str
     destination: str
     read_only: bool = False
+    propagation: str = ""  # "" (the runtime's default, rprivate), rprivate, rslave or rshared
 
 
 @attrs.define
@@ -89,6 +90,18 @@ class ContainerConfig:
     open_stdin: bool = False  # stdin kept open for attached clients (-i)
     stdin_once: bool = False  # closed when the first attached client closes its stdin
     healthcheck: HealthConfig | None = None
+    # Set by the CRI (engine.cri) for pods' containers; empty for engctl's.
+    namespaces: dict[str, str] = attrs.field(factory=dict)  # type -> path to join, or "host"
+    cgroups_path: str = ""  # "" = /engine/<id>
+    annotations: dict[str, str] = attrs.field(factory=dict)  # OCI annotations
+    log_path: str = ""  # where the monitor writes the output; "" = ctr.log in the container's dir
+    privileged: bool = False
+    no_new_privileges: bool = False
+    seccomp_profile: str = ""  # "" = the default profile, "unconfined", or a profile's path
+    sysctls: dict[str, str] = attrs.field(factory=dict)
+    # merged over the built OCI spec (engine.oci.spec.apply_patch): dicts merge, lists replace
+    spec_patch: dict[str, Any] = attrs.field(factory=dict)
+    additional_gids: list[int] = attrs.field(factory=list)
 
     @property
     def short_id(self) -> str:
@@ -121,8 +134,9 @@ def new_container_id() -> str:
 class ContainerFiles:
     """The files of one container under ``<root>/containers/<id>``. Blocking methods."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, log_path: Path | None = None) -> None:
         self.dir = directory
+        self._log_path = log_path  # a CRI container's log lives where kubelet said
 
     @property
     def config_path(self) -> Path:
@@ -134,7 +148,7 @@ class ContainerFiles:
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "ctr.log"
+        return self._log_path or self.dir / "ctr.log"
 
     def write_config(self, config: ContainerConfig) -> None:
         # Owner only: the config holds the container's environment (passwords, tokens).

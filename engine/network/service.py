@@ -48,6 +48,8 @@ from engine.store.layout import Layout
 log = logging.getLogger("engine.network")
 
 CONTAINER_PREFIX = "container:"
+# The CRI's pods (engine.cri): their namespace, CNI attachment and /etc files are the CRI's.
+EXTERNAL = "external"
 ETC_DIR = "net"  # under the container's run dir: its generated /etc files
 NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
 HOST_HOSTS = Path("/etc/hosts")
@@ -78,7 +80,7 @@ class ContainerLookup(Protocol):
 
 def mode_kind(mode: str) -> str:
     """bridge (any CNI network), none, host or container."""
-    if mode in ("none", "host"):
+    if mode in ("none", "host", EXTERNAL):
         return mode
     if mode.startswith(CONTAINER_PREFIX):
         return "container"
@@ -213,6 +215,10 @@ class ContainerNetworking:
         """Give the container its namespace, networks and /etc files (at every start)."""
         async with self._locked(config.id):
             kind = mode_kind(config.network_mode)
+            if kind == EXTERNAL:
+                status.network_details = {}
+                status.ip_address = ""
+                return
             if kind == "bridge":
                 await self._detach_quiet(config.id)  # a start that failed half-way before
             try:

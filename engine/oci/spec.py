@@ -138,6 +138,8 @@ class SpecOptions:
     seccomp_profile: Path | None = None  # None = default; Path("unconfined") = none
     no_new_privileges: bool = False
     annotations: dict[str, str] = attrs.field(factory=dict)
+    spec_patch: dict[str, Any] = attrs.field(factory=dict)  # merged over the result (apply_patch)
+    additional_gids: list[int] = attrs.field(factory=list)  # beside the user's groups in the image
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -221,7 +223,21 @@ def _all_capabilities() -> list[str]:
         "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
         "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
     ]  # fmt: skip
-    return ["CAP_" + n for n in names[: last + 1]]
+    every = ["CAP_" + n for n in names[: last + 1]]
+    # "all" can only be what this process holds: a capability outside its bounding set
+    # makes the runtime fail with EPERM (root here lacks CAP_SYS_RESOURCE)
+    bounding = _own_bounding_set()
+    return [cap for i, cap in enumerate(every) if bounding is None or bounding >> i & 1]
+
+
+def _own_bounding_set() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _normalise_cap(name: str) -> str:
@@ -395,8 +411,9 @@ def _process(options: SpecOptions, user: ExecUser, caps: list[str]) -> dict[str,
         "rlimits": rlimits(options),
         "noNewPrivileges": options.no_new_privileges,
     }
-    if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
+    gids = list(user.additional_gids) + [g for g in options.additional_gids if g not in user.additional_gids]
+    if gids:
+        process["user"]["additionalGids"] = gids
     if options.oom_score_adj is not None:
         process["oomScoreAdj"] = options.oom_score_adj
     return process
@@ -434,7 +451,7 @@ def build_spec(options: SpecOptions) -> dict[str, Any]:
         raise InvalidArgument(f"root filesystem {options.rootfs} is not a directory")
     user = resolve_user(options.rootfs, options.user)
     caps = capabilities(options)
-    return {
+    spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": _process(options, user, caps),
         "root": {"path": str(options.rootfs), "readonly": options.read_only},
@@ -443,3 +460,19 @@ def build_spec(options: SpecOptions) -> dict[str, Any]:
         "linux": _linux(options, caps),
         "annotations": dict(options.annotations),
     }
+    if not any(ns["type"] == "uts" for ns in spec["linux"]["namespaces"]):
+        del spec["hostname"]  # the host's UTS namespace: runtimes refuse to set a hostname
+    return apply_patch(spec, options.spec_patch) if options.spec_patch else spec
+
+
+def apply_patch(spec: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``patch`` merged over ``spec``: nested dicts merge key by key, anything else
+    (lists included) replaces; a ``None`` value deletes the key."""
+    for key, value in patch.items():
+        if value is None:
+            spec.pop(key, None)
+        elif isinstance(value, dict) and isinstance(spec.get(key), dict):
+            apply_patch(spec[key], value)
+        else:
+            spec[key] = value
+    return spec

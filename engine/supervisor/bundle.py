@@ -52,7 +52,8 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
     ``-v``/``--tmpfs`` records (engine.actors.model: strings, as the user gave them and as
     config.json keeps them) become engine.oci.spec's mounts (paths and option tuples)."""
     details = status.network_details or {}
-    mounts = [BindMount(Path(b.source), b.destination, b.read_only) for b in config.binds]
+    mounts = [BindMount(Path(b.source), b.destination, b.read_only,
+                        (b.propagation,) if b.propagation else ()) for b in config.binds]
     mounts += [
         BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
         for m in details.get("_mounts", [])
@@ -80,6 +81,15 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cap_drop=list(config.cap_drop),
         network_ns=details.get("_netns"),
         terminal=config.tty,
+        namespaces=dict(config.namespaces),
+        cgroups_path=config.cgroups_path or None,
+        annotations=dict(config.annotations),
+        privileged=config.privileged,
+        no_new_privileges=config.no_new_privileges,
+        seccomp_profile=Path(config.seccomp_profile) if config.seccomp_profile else None,
+        sysctls=dict(config.sysctls),
+        spec_patch=dict(config.spec_patch),
+        additional_gids=list(config.additional_gids),
     )
 
 

@@ -73,13 +73,20 @@ class DaemonConfig:
     # default: a browser handshake carries an Origin, our clients send none.
     ws_allowed_origins: list[str] = attrs.field(factory=list)
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    # The Kubernetes CRI (engine.cri): off unless a socket is given. CNI as kubelet lays it
+    # out: the lexically first config in cni_conf_dir; plugins searched in cni_bin_dirs.
+    cri_socket: str = ""
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: list[str] = attrs.field(factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    # The pod sandbox's infra process: catatonit (no image) unless an image is named here
+    cri_pause_image: str = ""
 
     def to_plugin_dict(self) -> dict[str, Any]:
         """The plain dict every plugin hook receives as ``config``."""
         data = attrs.asdict(self)
         # dockerd spellings too, so plugins written against docker's names work.
         data["insecure-registries"] = self.insecure_registries
-        data["registry-mirrors"] = self.registry_mirrors
+        data["registry-mirrors"] = mirrors_for_plugins(self.registry_mirrors)
         data["max-concurrent-downloads"] = self.max_concurrent_downloads
         data["default-address-pools"] = data["default_address_pools"]
         return data
@@ -87,6 +94,21 @@ class DaemonConfig:
     def network_settings(self) -> NetworkSettings:
         """The checked network settings (build_config has checked them already)."""
         return parse_settings(self.bridge, self.bip, [attrs.asdict(p) for p in self.default_address_pools])
+
+
+def mirrors_for_plugins(entries: list[str]) -> list[str] | dict[str, list[str]]:
+    """``--registry-mirror URL`` mirrors docker.io (dockerd's form); ``HOST=URL`` mirrors
+    registry HOST (e.g. ``registry.k8s.io=http://127.0.0.1:5600``). With any ``HOST=URL``
+    the registry plugins get the map form ``host -> [URLs]``."""
+    if not any("=" in e for e in entries):
+        return list(entries)
+    mirrors: dict[str, list[str]] = {}
+    for entry in entries:
+        host, sep, url = entry.partition("=")
+        if not sep:
+            host, url = "docker.io", entry
+        mirrors.setdefault(host.strip(), []).append(url.strip())
+    return mirrors
 
 
 RELOADABLE = ("log_level", "insecure_registries", "registry_mirrors", "max_concurrent_downloads",
@@ -174,7 +196,9 @@ def arg_parser() -> argparse.ArgumentParser:
                         f"base={DEFAULT_POOLS[0][0]},size={DEFAULT_POOLS[0][1]})")
     p.add_argument("--storage-driver", dest="storage_driver")
     p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
-    p.add_argument("--registry-mirror", dest="registry_mirrors", action="append")
+    p.add_argument("--registry-mirror", dest="registry_mirrors", action="append",
+                   metavar="[HOST=]URL", help="a mirror of docker.io, or HOST=URL: a mirror of "
+                   "registry HOST (repeatable)")
     p.add_argument("--max-concurrent-downloads", dest="max_concurrent_downloads", type=int)
     p.add_argument("--runtime-timeout", dest="runtime_timeout", type=float,
                    help="seconds one runtime call may take before it is reported stuck (default 120)")
@@ -185,6 +209,14 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws-allowed-origin", dest="ws_allowed_origins", action="append",
                    metavar="ORIGIN", help="let web pages from ORIGIN (scheme://host[:port]) use "
                    "the tcp:// WebSocket RPC; none by default (repeatable)")
+    p.add_argument("--cri-socket", dest="cri_socket", metavar="unix:///PATH",
+                   help="serve the Kubernetes CRI (runtime.v1) on this unix socket (off unless given)")
+    p.add_argument("--cni-conf-dir", dest="cni_conf_dir",
+                   help="the CRI's CNI configuration directory (default /etc/cni/net.d)")
+    p.add_argument("--cni-bin-dir", dest="cni_bin_dirs", action="append",
+                   help="where the CRI finds CNI plugins (repeatable; default /opt/cni/bin, /usr/lib/cni)")
+    p.add_argument("--cri-pause-image", dest="cri_pause_image",
+                   help="image of pod sandboxes' infra container (default: catatonit, no image)")
     return p
 
 

@@ -196,6 +196,17 @@ async def _listen_docker(app: App, nursery: trio.Nursery) -> list[Path]:
     return sockets
 
 
+async def _listen_cri(app: App, nursery: trio.Nursery) -> list[Path]:
+    """The Kubernetes CRI (engine.cri), when --cri-socket (cri-socket) asks for it."""
+    if not app.config.cri_socket:
+        return []
+    from engine.cri.server import serve_cri
+
+    path = await nursery.start(serve_cri, app, app.config.cri_socket)
+    app.listeners.append(f"cri+unix://{path}")
+    return [path]
+
+
 async def reload_config(app: App) -> None:
     """SIGHUP: re-read the file (in a worker thread); apply what can change at run time,
     report the rest."""
@@ -215,7 +226,7 @@ async def reload_config(app: App) -> None:
             changed.append(name)
     ignored = [
         n for n in ("root", "run_root", "hosts", "docker_hosts", "storage_driver", "bridge", "bip", "default_address_pools",
-                    "runtime_timeout")
+                    "runtime_timeout", "cri_socket", "cni_conf_dir", "cni_bin_dirs", "cri_pause_image")
         if getattr(new, n) != getattr(app.config, n)
     ]
     set_level(app.config.log_level)
@@ -263,6 +274,7 @@ async def run_daemon(config: DaemonConfig, config_path: Path | None, flags: dict
                 await start_subsystems(app, nursery)
                 # the Docker API first: once the RPC answers, every listener is up
                 sockets = await _listen_docker(app, nursery)
+                sockets += await _listen_cri(app, nursery)
                 sockets += await _listen(app, server, nursery)
                 await trio.to_thread.run_sync(layout.pid_file.write_text, f"{os.getpid()}\n")
                 nursery.start_soon(_handle_signals, app, stop)
