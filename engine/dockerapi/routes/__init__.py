@@ -10,7 +10,6 @@ from engine.errors import NotFound, NotImplementedByEngine
 # that reads like a typo in the client.
 NOT_YET = [
     ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/session"),
-    ("GET", "/images/get"), ("GET", "/images/{name:path}/get"), ("POST", "/images/load"),
     ("GET", "/images/search"),
     ("GET", "/containers/{id}/attach/ws"),
     ("GET", "/system/df"),
