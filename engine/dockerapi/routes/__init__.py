@@ -12,7 +12,6 @@ NOT_YET = [
     ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/session"),
     ("GET", "/images/search"),
     ("GET", "/containers/{id}/attach/ws"),
-    ("GET", "/system/df"),
     ("POST", "/volumes/create"), ("POST", "/volumes/prune"), ("DELETE", "/volumes/{name}"),
     ("PUT", "/volumes/{name}"), ("GET", "/swarm"), ("GET", "/nodes"), ("GET", "/services"),
     ("GET", "/tasks"), ("GET", "/secrets"), ("GET", "/configs"), ("GET", "/distribution/{name:path}/json"),

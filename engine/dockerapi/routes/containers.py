@@ -314,8 +314,26 @@ def _mounts_view(actor: ContainerActor) -> list[dict[str, Any]]:
     return found
 
 
-def _networks_view(actor: ContainerActor) -> dict[str, Any]:
-    networks: dict[str, Any] = {}
+def _endpoint(network_id: str = "", aliases: list[str] | None = None) -> dict[str, Any]:
+    return {"IPAMConfig": None, "Links": None, "Aliases": aliases or None, "NetworkID": network_id,
+            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None}
+
+
+async def configured_networks(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
+    """The networks a container that is not running will join (docker lists them, without
+    addresses; docker-compose reads them to decide what to connect)."""
+    network = api.app.services.network
+    if network is None or actor.status.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+        return {}
+    found: dict[str, Any] = {}
+    for member in await network.memberships(actor.config):
+        found[member.network] = _endpoint(aliases=list(member.aliases))
+    return found
+
+
+def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = None) -> dict[str, Any]:
+    networks: dict[str, Any] = dict(configured or {})
     for name, details in (actor.status.network_details or {}).items():
         if name.startswith("_") or not isinstance(details, dict):
             continue
@@ -349,7 +367,8 @@ def container_summary(actor: ContainerActor) -> dict[str, Any]:
     return doc
 
 
-def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
+def container_inspect(api: DockerAPI, actor: ContainerActor,
+                      configured: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = engine_inspect(actor, api.app.config.storage_driver)
     c = actor.config
     config = doc["Config"]
@@ -384,7 +403,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
         "Binds": host.get("Binds") or None,
     })
     network = doc["NetworkSettings"]
-    networks = _networks_view(actor)
+    networks = _networks_view(actor, configured)
     first: dict[str, Any] = next(iter(networks.values()), {})
     network.update({
         "Networks": networks,
@@ -412,7 +431,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
 
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
-    return json_response(container_inspect(api, service(api).get(req.path_params["id"])))
+    actor = service(api).get(req.path_params["id"])
+    return json_response(container_inspect(api, actor, await configured_networks(api, actor)))
 
 
 async def list_containers(api: DockerAPI, req: Request) -> Response:
