@@ -15,6 +15,7 @@ APT_PACKAGES=(
     runc crun conmon containernetworking-plugins iptables iproute2 util-linux
     golang-github-containers-common docker-registry busybox-static catatonit
     skopeo umoci curl jq openssl apache2-utils zstd python3-venv
+    docker-compose  # tests/dockerapi/test_compose.py: Debian's compose 1.29 against the Docker API
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -3,27 +3,16 @@ export, commit."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
 
-from engine.actors import commands as c
-from engine.actors.container import ContainerActor
-from engine.actors.state import ContainerState
-from engine.errors import InvalidArgument
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
-from engine.supervisor import commit
 from engine.supervisor import copy as cp
-from engine.supervisor import stats as st
-from engine.supervisor.container_service import ContainerService
-
-MIN_STATS_INTERVAL = 0.1
+from engine.supervisor.container_verbs import ContainerVerbs
 
 
 @attrs.frozen
@@ -49,20 +38,8 @@ class StatsParams:
     interval: float = 1.0
 
 
-def containers(ctx: CallContext) -> ContainerService:
-    return ContainerService(ctx.app)
-
-
-def _target(actor: ContainerActor) -> st.Target:
-    running = actor.status.state in (ContainerState.RUNNING, ContainerState.PAUSED)
-    return st.Target(actor.id, actor.name, actor.status.pid if running else 0)
-
-
-def _stats_targets(service: ContainerService, p: StatsParams) -> list[st.Target]:
-    if p.ids:
-        return [_target(service.get(ref)) for ref in p.ids]
-    return [_target(a) for a in service.supervisor.all()
-            if p.all or a.status.state in (ContainerState.RUNNING, ContainerState.PAUSED)]
+def verbs(ctx: CallContext) -> ContainerVerbs:
+    return ContainerVerbs(ctx.app)
 
 
 def register(table: MethodTable) -> None:
@@ -73,32 +50,23 @@ def register(table: MethodTable) -> None:
     async def update(ctx: CallContext, p: UpdateParams) -> dict[str, Any]:
         """Change a container's memory, CPU and pids limits (applied to the running
         container's cgroup at once) and its restart policy; kept for later starts."""
-        actor = containers(ctx).get(p.id)
-        return await actor.call(c.Update(p.memory, p.cpus, p.pids_limit, p.restart))  # type: ignore[no-any-return]
+        return await verbs(ctx).update(p.id, memory=p.memory, cpus=p.cpus, pids_limit=p.pids_limit,
+                                       restart=p.restart)
 
     @table.method("container.top", params=TopParams)
     async def top(ctx: CallContext, p: TopParams) -> dict[str, Any]:
         """The container's processes as ``ps`` shows them (ps_args: ps options, default
         -ef; the output must have a PID column)."""
-        actor = containers(ctx).get(p.id)
-        return await st.top(_target(actor).pid, list(p.ps_args))
+        return await verbs(ctx).top(p.id, list(p.ps_args))
 
     @table.method("container.stats", params=StatsParams, stream=True)
     async def stats(ctx: CallContext, p: StatsParams, stream: StreamSender) -> dict[str, Any]:
         """Resource usage from the cgroups: one item per interval holding a list with
         every container (CPU %, memory usage/limit, network and block I/O, pids). Without
         stream: one item, after two samples one interval apart (CPU % needs both)."""
-        if not MIN_STATS_INTERVAL <= p.interval <= 3600:
-            raise InvalidArgument(f"stats interval must be {MIN_STATS_INTERVAL} to 3600 seconds")
-        service = containers(ctx)
-        sampler = st.Sampler()
-        await sampler.tick(_stats_targets(service, p))
-        while True:
-            await trio.sleep(p.interval)
-            items = await sampler.tick(_stats_targets(service, p))
+        async for items in verbs(ctx).stats(list(p.ids), all_=p.all, stream=p.stream, interval=p.interval):
             await stream.send(items)
-            if not p.stream:
-                return {}
+        return {}
 
 
 # --- cp, export ----------------------------------------------------------------------------------
@@ -131,42 +99,11 @@ class CopyToParams:
 
 
 def uploads(ctx: CallContext) -> cp.Uploads:
-    return cp.Uploads(ctx.app.layout.root / "uploads")
+    return verbs(ctx).uploads()
 
 
-@contextlib.asynccontextmanager
-async def open_root(actor: ContainerActor) -> AsyncIterator[int]:
-    fd: int = await actor.call(c.OpenRootfs())
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-        actor.notify(c.ReleaseRootfs())
-
-
-async def stream_from_thread(work: Callable[[Callable[[bytes], None]], Any], send: Send) -> Any:
-    """Run ``work(emit)`` in a worker thread; each chunk it emits is sent as a stream item
-    ``{"data": chunk}``, with the client's backpressure reaching the thread. Cancelling
-    (the client went away) makes the thread's next ``emit`` fail, so it ends."""
-    sender, receiver = trio.open_memory_channel[bytes](4)
-    result: list[Any] = []
-
-    def emit(chunk: bytes) -> None:
-        trio.from_thread.run(sender.send, chunk)
-
-    async def produce() -> None:
-        async with sender:
-            result.append(await trio.to_thread.run_sync(work, emit))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(produce)
-        async with receiver:
-            async for chunk in receiver:
-                await send({"data": chunk})
-    return result[0] if result else None
-
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+async def send_data(stream: StreamSender, chunk: bytes) -> None:
+    await stream.send({"data": chunk})
 
 
 def register_copy(table: MethodTable) -> None:
@@ -174,21 +111,15 @@ def register_copy(table: MethodTable) -> None:
     async def stat_path(ctx: CallContext, p: PathParams) -> dict[str, Any]:
         """What a path in the container is (name, size, mode, mtime, is_dir, link_target);
         symlinks resolve inside the container."""
-        async with open_root(containers(ctx).get(p.id)) as root:
-            return await trio.to_thread.run_sync(
-                functools.partial(cp.describe_path, root, p.path, follow=p.follow_link))
+        return await verbs(ctx).stat_path(p.id, p.path, follow_link=p.follow_link)
 
     @table.method("container.copy_from", params=PathParams, stream=True)
     async def copy_from(ctx: CallContext, p: PathParams, stream: StreamSender) -> dict[str, Any]:
         """A tar of a path in the container (running or not), streamed as items
         ``{"data": bytes}``; its top entry is named after the path's last component.
         follow_link: a symlink named by the path is followed (inside the container)."""
-        async with open_root(containers(ctx).get(p.id)) as root:
-            info = await trio.to_thread.run_sync(
-                functools.partial(cp.describe_path, root, p.path, follow=p.follow_link))
-            await stream_from_thread(
-                lambda emit: cp.archive_path(root, p.path, emit, follow=p.follow_link), stream.send)
-        return {"stat": info}
+        return await verbs(ctx).copy_from(p.id, p.path, functools.partial(send_data, stream),
+                                          follow_link=p.follow_link)
 
     @table.method("container.upload_begin")
     async def upload_begin(ctx: CallContext, p: Any) -> dict[str, Any]:
@@ -212,26 +143,13 @@ def register_copy(table: MethodTable) -> None:
         """Extract an uploaded tar at a path in the container (running or not): into it
         when it is a directory, else as it (the archive's one top entry renamed). The
         upload is consumed. copy_uid_gid keeps the archive's owners (else 0:0)."""
-        store = uploads(ctx)
-        path = await trio.to_thread.run_sync(store.path, p.upload)
-        try:
-            async with open_root(containers(ctx).get(p.id)) as root:
-
-                def extract() -> cp.CopyInResult:
-                    with open(path, "rb") as archive:
-                        return cp.extract_into(root, p.path, archive, copy_uid_gid=p.copy_uid_gid)
-
-                done = await trio.to_thread.run_sync(extract)
-        finally:
-            await trio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
-        return {"entries": done.entries, "bytes": done.bytes}
+        return await verbs(ctx).copy_to(p.id, p.path, p.upload, copy_uid_gid=p.copy_uid_gid)
 
     @table.method("container.export", params=RefParams, stream=True)
     async def export(ctx: CallContext, p: RefParams, stream: StreamSender) -> dict[str, Any]:
         """The container's filesystem (running or not) as a tar, streamed as items
         ``{"data": bytes}`` (docker export)."""
-        async with open_root(containers(ctx).get(p.id)) as root:
-            await stream_from_thread(lambda emit: cp.export_root(root, emit), stream.send)
+        await verbs(ctx).export(p.id, functools.partial(send_data, stream))
         return {}
 
 
@@ -241,10 +159,6 @@ class RefParams:
 
 
 # --- diff, commit ----------------------------------------------------------------------------------
-
-DIFF_KINDS = {"C": 0, "A": 1, "D": 2}  # docker's Kind numbers
-# files the runtime creates as targets of the engine's bind mounts: not the container's
-MOUNT_POINTS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
 
 
 @attrs.frozen
@@ -262,18 +176,13 @@ def register_layers(table: MethodTable) -> None:
     async def diff(ctx: CallContext, p: RefParams) -> list[dict[str, Any]]:
         """The container's changes to its image's filesystem: [{Path, Kind}] with Kind 0
         changed, 1 added, 2 deleted (docker's numbers)."""
-        actor = containers(ctx).get(p.id)
-        found = await ctx.app.storage().changes(actor.id)
-        return [{"Path": path, "Kind": DIFF_KINDS[kind]} for kind, path in found
-                if not (kind == "A" and path in MOUNT_POINTS)]
+        return await verbs(ctx).diff(p.id)
 
     @table.method("container.commit", params=CommitParams)
     async def commit_(ctx: CallContext, p: CommitParams) -> dict[str, Any]:
         """A new image from the container's changes (docker commit): the container's run
         settings, then ``changes`` (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR,
         VOLUME, STOPSIGNAL); ``pause`` pauses a running container meanwhile."""
-        actor = containers(ctx).get(p.id)
-        image = await commit.commit(ctx.app, actor, reference=p.reference, message=p.message,
-                                    author=p.author, changes=list(p.changes), pause=p.pause)
-        ctx.app.events.emit("container", "commit", actor.id, name=actor.name, image=image.id)
+        image = await verbs(ctx).commit(p.id, reference=p.reference, message=p.message,
+                                        author=p.author, changes=list(p.changes), pause=p.pause)
         return {"Id": image.id}

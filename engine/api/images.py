@@ -191,6 +191,22 @@ def _label_matches(image: Image, wanted: str) -> bool:
     return key in labels and (not sep or labels[key] == value)
 
 
+async def load_images(app: App, path: Path) -> list[Image]:
+    """docker load (the RPC's image.load and the Docker API's POST /images/load)."""
+    loaded = await archive.load(app.services.require_images(), path)
+    for image in loaded:
+        app.events.emit("image", "load", image.id)
+    return loaded
+
+
+async def import_image(app: App, path: Path, reference: str, *, changes: list[str], message: str) -> Image:
+    """docker import (the RPC's image.import and the Docker API's fromSrc)."""
+    image = await archive.import_rootfs(app.services.require_images(), path, reference or None,
+                                        changes=changes, message=message)
+    app.events.emit("image", "import", image.id)
+    return image
+
+
 def register(table: MethodTable) -> None:
     @table.method("image.list", params=ListParams)
     async def list_(ctx: CallContext, p: ListParams) -> list[dict[str, Any]]:
@@ -231,9 +247,7 @@ def register(table: MethodTable) -> None:
     @table.method("image.load", params=PathParams)
     async def load(ctx: CallContext, p: PathParams) -> dict[str, Any]:
         """Load a docker-archive tar or an OCI layout (directory or tar) from a path."""
-        loaded = await archive.load(images(ctx), _absolute(p.path))
-        for image in loaded:
-            ctx.app.events.emit("image", "load", image.id)
+        loaded = await load_images(ctx.app, _absolute(p.path))
         return {"Images": [summary(i) for i in loaded]}
 
     @table.method("image.save", params=SaveParams)
@@ -245,9 +259,8 @@ def register(table: MethodTable) -> None:
     @table.method("image.import", params=ImportParams)
     async def import_(ctx: CallContext, p: ImportParams) -> dict[str, Any]:
         """docker import: a root filesystem tarball becomes a one-layer image."""
-        image = await archive.import_rootfs(images(ctx), _absolute(p.path), p.reference or None,
-                                           changes=p.changes, message=p.message)
-        ctx.app.events.emit("image", "import", image.id)
+        image = await import_image(ctx.app, _absolute(p.path), p.reference, changes=p.changes,
+                                   message=p.message)
         return summary(image)
 
     @table.method("image.pull", params=PullParams, stream=True)

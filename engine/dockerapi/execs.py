@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from typing import Any
 
 import attrs
 
@@ -26,6 +27,8 @@ class ExecInstance:
     started: bool = False
     running: bool = False
     exit_code: int | None = None
+    console_size: tuple[int, int] | None = None  # rows, cols: the terminal's, until it runs
+    input: Any = None  # its connection's input (engine.dockerapi.attach.ConnectionInput) while it runs
 
     def inspect(self) -> dict[str, object]:
         cmd = self.spec.cmd
@@ -35,13 +38,13 @@ class ExecInstance:
             "Running": self.running,
             "ExitCode": self.exit_code,
             "ProcessConfig": {
-                "tty": False,
+                "tty": self.spec.tty,
                 "entrypoint": cmd[0] if cmd else "",
                 "arguments": cmd[1:],
                 "privileged": False,
                 "user": self.spec.user,
             },
-            "OpenStdin": False,
+            "OpenStdin": self.spec.stdin,
             "OpenStderr": True,
             "OpenStdout": True,
             "CanRemove": not self.running,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,6 +92,9 @@ class HijackResponse:
 
     run: Callable[[Hijacked], Awaitable[None]]
     content_type: str = "application/vnd.docker.raw-stream"
+    # called when the connection could not be taken over (``run`` never runs): what the
+    # handler set up for it is undone
+    abandon: Callable[[], None] | None = None
 
 
 Reply = Response | StreamResponse | HijackResponse
@@ -150,6 +153,11 @@ class Request:
     async def body(self, limit: int = MAX_JSON_BODY) -> bytes:
         return await self._conn.read_body(limit)
 
+    def body_chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, any size (image archives, cp uploads): the caller writes
+        it somewhere rather than holding it."""
+        return self._conn.body_chunks()
+
     async def json(self, *, required: bool = False) -> Any:
         data = await self.body()
         if not data.strip():
@@ -176,6 +184,7 @@ class _Connection:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.initial = b""  # bytes that came after a hijacked request's head
 
     async def next_event(self) -> Any:
         while True:
@@ -205,6 +214,15 @@ class _Connection:
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
         return b"".join(chunks)
+
+    async def body_chunks(self) -> AsyncIterator[bytes]:
+        while self.h11.their_state is h11.SEND_BODY:
+            with trio.fail_after(HEAD_TIMEOUT):
+                event = await self.next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
 
     async def discard_body(self) -> bool:
         """Skip what is left of the request body; False when the connection cannot go on."""
@@ -365,16 +383,27 @@ async def _hijack(conn: _Connection, request: Request, reply: HijackResponse,
                   extra: list[tuple[str, str]]) -> None:
     """Switch protocols (101 for ``Upgrade: tcp``; a raw 200 for clients that predate it),
     then hand the raw stream over."""
+    try:
+        await _switch_protocols(conn, request, reply, extra)
+    except BaseException:
+        if reply.abandon is not None:
+            reply.abandon()
+        raise
+    await reply.run(Hijacked(conn.stream, conn.initial))
+
+
+async def _switch_protocols(conn: _Connection, request: Request, reply: HijackResponse,
+                            extra: list[tuple[str, str]]) -> None:
     await conn.read_body(MAX_JSON_BODY)  # the handler read it already; this only checks
     if request.wants_upgrade:
         headers = [("Content-Type", reply.content_type), ("Connection", "Upgrade"),
                    ("Upgrade", "tcp"), *extra]
         await conn.send(h11.InformationalResponse(status_code=101, headers=_headers(headers)))
         initial, _closed = conn.h11.trailing_data
+        conn.initial = bytes(initial)
     else:
         head = "HTTP/1.1 200 OK\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in [("Content-Type", reply.content_type), *extra]) + "\r\n"
         with trio.fail_after(SEND_TIMEOUT):
             await conn.stream.send_all(head.encode("latin-1"))
-        initial = b""
-    await reply.run(Hijacked(conn.stream, bytes(initial)))
+        conn.initial = b""

@@ -172,12 +172,14 @@ class DockerAPI:
     own bookkeeping (exec instances, which docker names before they run)."""
 
     def __init__(self, app: App) -> None:
+        from engine.dockerapi.attach import PendingStarts
         from engine.dockerapi.execs import ExecRegistry
         from engine.dockerapi.routes import build_router
 
         self.app = app
         self.router = build_router()
         self.execs = ExecRegistry()
+        self.pending_starts = PendingStarts()  # attached connections waiting for a start
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:

@@ -224,6 +224,9 @@ def stats_item(target: Target, now: Sample, before: Sample | None) -> dict[str, 
         "MemoryLimit": now.memory_limit, "MemoryPercent": round(memory_percent, 4),
         "NetRx": now.net_rx, "NetTx": now.net_tx,
         "BlockRead": now.block_read, "BlockWrite": now.block_write, "Pids": now.pids,
+        # the previous sample's (0 without one): what CPUPercent came from
+        "PreCPUUsage": before.cpu_usage if before else 0,
+        "PreSystemUsage": before.system_usage if before else 0,
     }
 
 

@@ -122,8 +122,8 @@ def test_errors_have_docker_status_and_words(engine: Engine) -> None:
     refused = engine.docker("run", "-d", "--privileged", ref, "true", check=False)
     assert refused.returncode == 125
     assert "HostConfig.Privileged is not supported" in refused.stderr
-    tty = engine.docker("run", "-d", "-t", ref, "true", check=False)
-    assert "Config.Tty" in tty.stderr
+    domain = engine.docker("run", "-d", "--domainname", "example.org", ref, "true", check=False)
+    assert domain.returncode == 125 and "Config.Domainname" in domain.stderr
     engine.docker("run", "-d", "--name", "busy", ref, "sleep", "300")
     conflict = engine.docker("rm", "busy", check=False)
     assert conflict.returncode == 1 and "stop it first" in conflict.stderr

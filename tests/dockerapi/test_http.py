@@ -224,9 +224,20 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
     for body, field in [
         ({"Image": "b", "HostConfig": {"Privileged": True}}, "HostConfig.Privileged"),
         ({"Image": "b", "HostConfig": {"Devices": [{"PathOnHost": "/dev/fuse"}]}}, "HostConfig.Devices"),
-        ({"Image": "b", "Healthcheck": {"Test": ["CMD", "true"]}}, "Config.Healthcheck"),
+        ({"Image": "b", "Healthcheck": {"Test": ["CMD"]}}, "Config.Healthcheck.Test"),
+        ({"Image": "b", "Healthcheck": {"Test": ["NONE"], "Interval": 1.5}}, "Config.Healthcheck.Interval"),
         ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "volume", "Target": "/d"}]}},
          "HostConfig.Mounts[0].Type"),
     ]:
         with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
             create_spec(body, "", "")
+    checked = create_spec({"Image": "b", "Tty": True, "OpenStdin": True, "StdinOnce": True, "Healthcheck": {
+        "Test": ["CMD", "cat", "/tmp/a b"], "Interval": 2_000_000_000, "Timeout": 500_000_000,
+        "StartPeriod": 0, "Retries": 4}}, "", "")
+    assert (checked.tty, checked.open_stdin, checked.stdin_once) == (True, True, True)
+    assert checked.health_cmd == "cat '/tmp/a b'"
+    assert (checked.health_interval, checked.health_timeout, checked.health_start_period,
+            checked.health_retries) == (2.0, 0.5, None, 4)
+    assert create_spec({"Image": "b", "Healthcheck": {"Test": ["NONE"]}}, "", "").no_healthcheck
+    assert create_spec({"Image": "b", "Healthcheck": {"Test": ["CMD-SHELL", "test -f /x"]}}, "", "").health_cmd == (
+        "test -f /x")

@@ -8,13 +8,26 @@ and typed here.
 
 from __future__ import annotations
 
+import logging
+import shlex
 from typing import Any
+
+import trio
 
 from engine.actors.container import ContainerActor
 from engine.actors.state import ACTIVE, ContainerState
+from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
 from engine.api.containers import list_filter, summary
-from engine.dockerapi.http import Request, Response, StreamResponse, Write
+from engine.dockerapi.attach import (
+    GONE,
+    ConnectionInput,
+    drive_start,
+    handed_start,
+    output_sender,
+    wait_for_start,
+)
+from engine.dockerapi.http import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
 from engine.dockerapi.shapes import (
     is_empty,
@@ -26,8 +39,19 @@ from engine.dockerapi.shapes import (
     str_list,
     str_map,
 )
-from engine.errors import Conflict, InvalidArgument, NotFound
-from engine.supervisor.container_service import ContainerService, CreateSpec, ExecSpec, LogsSpec
+from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
+from engine.supervisor.attach import parse_detach_keys
+from engine.supervisor.container_service import (
+    AttachSpec,
+    ContainerService,
+    CreateSpec,
+    ExecSpec,
+    LogsSpec,
+)
+
+log = logging.getLogger("engine.dockerapi")
+
+FAILED_START_REMOVE_WAIT = 30.0  # seconds
 
 
 def register(router: Router) -> None:
@@ -46,6 +70,8 @@ def register(router: Router) -> None:
     router.route("GET", "/containers/{id}/logs")(logs)
     router.route("POST", "/containers/{id}/exec")(exec_create)
     router.route("DELETE", "/containers/{id}")(remove)
+    router.route("POST", "/containers/{id}/attach")(attach)
+    router.route("POST", "/containers/{id}/resize")(resize)
 
 
 def service(api: DockerAPI) -> ContainerService:
@@ -57,9 +83,12 @@ def service(api: DockerAPI) -> ContainerService:
 # Config fields the engine maps; ones it may ignore (client-side or informational); every
 # other field must be left at its zero value, or the request is refused naming it.
 CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entrypoint", "Labels",
-                  "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig"}
-CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "StdinOnce", "ArgsEscaped", "Shell",
+                  "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig",
+                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck"}
+CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell",
                   "ExposedPorts", "Domainname", "OnBuild"}
+HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
+HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
                 "Memory", "NanoCpus", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
@@ -153,11 +182,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
     networking = doc.get("NetworkingConfig") or {}
     if not isinstance(host, dict) or not isinstance(networking, dict):
         raise InvalidArgument("HostConfig and NetworkingConfig must be objects")
-    if doc.get("Tty"):
-        raise InvalidArgument("Config.Tty is not supported by engine yet (no TTYs): run without -t")
-    if doc.get("OpenStdin"):
-        raise InvalidArgument("Config.OpenStdin is not supported by engine yet (no attached stdin): run without -i")
-    refuse_unsupported("Config", doc, CONFIG_HANDLED | {"Tty", "OpenStdin"}, CONFIG_IGNORED | {"Volumes"})
+    refuse_unsupported("Config", doc, CONFIG_HANDLED, CONFIG_IGNORED | {"Volumes"})
     if not is_empty(doc.get("Volumes")):
         raise InvalidArgument("Config.Volumes (anonymous volumes) is not supported by engine yet; "
                               "bind a host path instead")
@@ -217,7 +242,48 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         cap_add=str_list(host.get("CapAdd"), "HostConfig.CapAdd") or [],
         cap_drop=str_list(host.get("CapDrop"), "HostConfig.CapDrop") or [],
         platform=platform,
+        tty=bool(doc.get("Tty")),
+        open_stdin=bool(doc.get("OpenStdin")),
+        stdin_once=bool(doc.get("StdinOnce")),
+        **_healthcheck(doc.get("Healthcheck")),
     )
+
+
+def _nanoseconds(value: Any, field: str) -> float | None:
+    if not value:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"Config.Healthcheck.{field} must be a whole number of nanoseconds")
+    return value / 1e9
+
+
+def _healthcheck(doc: Any) -> dict[str, Any]:
+    """docker's ``Config.Healthcheck`` as CreateSpec's health fields. ``["CMD", args...]``
+    runs as a shell command of the quoted args (the engine's checks are shell commands)."""
+    if not doc:
+        return {}
+    if not isinstance(doc, dict):
+        raise InvalidArgument("Config.Healthcheck must be an object")
+    refuse_unsupported("Config.Healthcheck", doc, HEALTH_HANDLED, HEALTH_IGNORED)
+    spec: dict[str, Any] = {}
+    test = str_list(doc.get("Test"), "Config.Healthcheck.Test") or []
+    if test:
+        kind, args = test[0], test[1:]
+        if kind == "NONE":
+            spec["no_healthcheck"] = True
+        elif kind in ("CMD", "CMD-SHELL") and args:
+            spec["health_cmd"] = " ".join(args) if kind == "CMD-SHELL" else shlex.join(args)
+        else:
+            raise InvalidArgument(f"invalid Config.Healthcheck.Test {test!r}: use [\"CMD\", args...], "
+                                  "[\"CMD-SHELL\", command] or [\"NONE\"]")
+    for key, name in (("Interval", "health_interval"), ("Timeout", "health_timeout"),
+                      ("StartPeriod", "health_start_period")):
+        seconds = _nanoseconds(doc.get(key), key)
+        if seconds is not None:
+            spec[name] = seconds
+    if doc.get("Retries"):
+        spec["health_retries"] = int(doc["Retries"])
+    return spec
 
 
 async def create(api: DockerAPI, req: Request) -> Response:
@@ -248,8 +314,26 @@ def _mounts_view(actor: ContainerActor) -> list[dict[str, Any]]:
     return found
 
 
-def _networks_view(actor: ContainerActor) -> dict[str, Any]:
-    networks: dict[str, Any] = {}
+def _endpoint(network_id: str = "", aliases: list[str] | None = None) -> dict[str, Any]:
+    return {"IPAMConfig": None, "Links": None, "Aliases": aliases or None, "NetworkID": network_id,
+            "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None}
+
+
+async def configured_networks(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
+    """The networks a container that is not running will join (docker lists them, without
+    addresses; docker-compose reads them to decide what to connect)."""
+    network = api.app.services.network
+    if network is None or actor.status.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+        return {}
+    found: dict[str, Any] = {}
+    for member in await network.memberships(actor.config):
+        found[member.network] = _endpoint(aliases=list(member.aliases))
+    return found
+
+
+def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = None) -> dict[str, Any]:
+    networks: dict[str, Any] = dict(configured or {})
     for name, details in (actor.status.network_details or {}).items():
         if name.startswith("_") or not isinstance(details, dict):
             continue
@@ -283,19 +367,20 @@ def container_summary(actor: ContainerActor) -> dict[str, Any]:
     return doc
 
 
-def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
+def container_inspect(api: DockerAPI, actor: ContainerActor,
+                      configured: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = engine_inspect(actor, api.app.config.storage_driver)
     c = actor.config
     config = doc["Config"]
     config.update({
         "Domainname": "",
-        "AttachStdin": False,
+        "AttachStdin": c.open_stdin,
         "AttachStdout": False,
         "AttachStderr": False,
         "ExposedPorts": (c.image_config or {}).get("ExposedPorts") or None,
-        "Tty": False,
-        "OpenStdin": False,
-        "StdinOnce": False,
+        "Tty": c.tty,
+        "OpenStdin": c.open_stdin,
+        "StdinOnce": c.stdin_once,
         "Volumes": None,
         "OnBuild": None,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
@@ -318,7 +403,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
         "Binds": host.get("Binds") or None,
     })
     network = doc["NetworkSettings"]
-    networks = _networks_view(actor)
+    networks = _networks_view(actor, configured)
     first: dict[str, Any] = next(iter(networks.values()), {})
     network.update({
         "Networks": networks,
@@ -346,7 +431,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor) -> dict[str, Any]:
 
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
-    return json_response(container_inspect(api, service(api).get(req.path_params["id"])))
+    actor = service(api).get(req.path_params["id"])
+    return json_response(container_inspect(api, actor, await configured_networks(api, actor)))
 
 
 async def list_containers(api: DockerAPI, req: Request) -> Response:
@@ -367,13 +453,37 @@ async def start(api: DockerAPI, req: Request) -> Response:
     if body and not is_empty(body):
         raise InvalidArgument("a HostConfig given at start is not supported (docker dropped it in API 1.24); "
                               "give it at create")
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
     try:
-        await service(api).start(req.path_params["id"])
+        pending = api.pending_starts.claim(actor.id)
+        if pending is not None:  # an attached connection starts it, with its streams
+            await handed_start(pending)
+        else:
+            await svc.start(actor.id)
     except Conflict as e:
         if e.details.get("state") in ("running", "paused"):
             return no_content(304)
+        await remove_after_failed_start(svc, actor)
+        raise
+    except EngineError:
+        await remove_after_failed_start(svc, actor)
         raise
     return no_content()
+
+
+async def remove_after_failed_start(svc: ContainerService, actor: ContainerActor) -> None:
+    """An AutoRemove container whose start failed is removed, as dockerd does (``docker run
+    --rm`` waits for the removal before it reports the error)."""
+    if not actor.config.auto_remove:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(FAILED_START_REMOVE_WAIT):
+        try:
+            await svc.remove(actor.id, True)
+        except NotFound:
+            pass
+        except EngineError as e:
+            log.warning("container %s: removal after its failed start: %s", actor.name, e)
 
 
 def _stop_timeout(req: Request) -> int | None:
@@ -433,28 +543,13 @@ async def wait(api: DockerAPI, req: Request) -> StreamResponse:
     """``condition``: not-running (default), next-exit, removed. The headers go out at once
     (clients wait for them before they start the container)."""
     condition = req.param("condition") or "not-running"
-    if condition not in ("not-running", "next-exit", "removed"):
+    if condition not in WAIT_CONDITIONS:
         raise InvalidArgument(f"invalid condition {condition!r}: use not-running, next-exit or removed")
     svc = service(api)
     actor = svc.get(req.path_params["id"])
 
     async def produce(write: Write) -> None:
-        if condition == "not-running":
-            result = await svc.wait(actor.id)
-        else:
-            seen = {"run": actor.status.started_at, "running": actor.status.state in ACTIVE}
-
-            def ended(status: Any) -> bool:
-                if status.state in ACTIVE:
-                    seen["running"] = True
-                    seen["run"] = status.started_at
-                    return False
-                if condition == "removed":
-                    return False  # wait_for returns once the actor is removed
-                return bool(seen["running"] or status.started_at != seen["run"])
-
-            status = await actor.wait_for(ended)
-            result = {"StatusCode": status.exit_code}
+        result = await wait_condition(svc, actor.id, condition)
         await write(json_line({"StatusCode": int(result.get("StatusCode") or 0), "Error": None}))
 
     return StreamResponse(produce, eager_headers=True)
@@ -518,27 +613,110 @@ async def logs(api: DockerAPI, req: Request) -> StreamResponse:
 
 # --- exec create (start and inspect are in routes.execs) --------------------------------------------
 
-EXEC_HANDLED = {"Cmd", "Env", "WorkingDir", "User", "Tty", "AttachStdin", "Privileged"}
-EXEC_IGNORED = {"AttachStdout", "AttachStderr", "Detach", "DetachKeys", "ConsoleSize", "Container"}
+EXEC_HANDLED = {"Cmd", "Env", "WorkingDir", "User", "Tty", "AttachStdin", "Privileged", "DetachKeys",
+                "ConsoleSize"}
+EXEC_IGNORED = {"AttachStdout", "AttachStderr", "Detach", "Container"}
 
 
 async def exec_create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     refuse_unsupported("ExecConfig", doc, EXEC_HANDLED, EXEC_IGNORED)
-    if doc.get("Tty"):
-        raise InvalidArgument("Tty is not supported by engine's exec yet: run without -t")
-    if doc.get("AttachStdin"):
-        raise InvalidArgument("AttachStdin is not supported by engine's exec yet: run without -i")
     if doc.get("Privileged"):
         raise InvalidArgument("Privileged exec is not supported by engine")
     cmd = str_list(doc.get("Cmd"), "Cmd")
     if not cmd:
         raise InvalidArgument("Cmd is required: the command to run")
+    detach_keys = str(doc.get("DetachKeys") or "")
+    parse_detach_keys(detach_keys)
     actor = service(api).get(req.path_params["id"])
     if actor.status.state != ContainerState.RUNNING:
         raise Conflict(f"container {actor.id} is not running")
     spec = ExecSpec(id=actor.id, cmd=cmd, env=str_list(doc.get("Env"), "Env") or [],
-                    workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""))
+                    workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
+                    stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
     instance = api.execs.create(actor.id, spec)
+    instance.console_size = console_size(doc.get("ConsoleSize"))
     return json_response({"Id": instance.id}, 201)
 
+
+def console_size(value: Any) -> tuple[int, int] | None:
+    """docker's ``ConsoleSize``: [rows, cols]; [0, 0] or null for none."""
+    if not value:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise InvalidArgument("ConsoleSize must be [rows, columns]")
+    return (value[0], value[1]) if any(value) else None
+
+
+# --- attach, resize -------------------------------------------------------------------------------
+
+
+async def attach(api: DockerAPI, req: Request) -> HijackResponse:
+    """docker attach (and the attach ``docker run``/``start -a`` make before the start):
+    ``stream`` for output from now on and the client's stdin, ``logs`` for what was written
+    before; ``stdout``/``stderr`` choose the streams, ``stdin`` whether the client's input
+    goes to the container. To a container that is not running, the connection waits for
+    its start (``POST …/start`` hands it over: not a byte of the run is missed)."""
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    stream, logs = req.bool_param("stream"), req.bool_param("logs")
+    stdin = req.bool_param("stdin")
+    streams = {name for name in ("stdout", "stderr") if req.bool_param(name)}
+    detach_keys = req.param("detachKeys")
+    parse_detach_keys(detach_keys)  # a bad value is a 400, before the connection is taken over
+    if not stream and not logs:
+        raise InvalidArgument("attach needs stream or logs (or both)")
+    tty = actor.config.tty
+    pending = None
+    if stream and actor.status.state not in (ContainerState.RUNNING, ContainerState.PAUSED):
+        pending = api.pending_starts.add(actor.id)
+
+    def abandon() -> None:
+        if pending is not None:
+            api.pending_starts.discard(pending)
+
+    async def replay_logs(send: Any) -> None:
+        async for record in svc.logs(LogsSpec(id=actor.id)):
+            await send(record.to_wire(False))
+
+    async def talk(conn: Hijacked) -> None:
+        send = output_sender(conn, tty=tty, streams=streams)
+        input = ConnectionInput(conn, stdin=stdin and actor.config.open_stdin)
+        try:
+            if logs:
+                await replay_logs(send)
+            if not stream:
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(input.read)
+                if pending is not None and await wait_for_start(pending, actor):
+                    await drive_start(pending, actor, lambda: svc.start(actor.id, send, input, detach_keys))
+                elif actor.status.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+                    await svc.attach(AttachSpec(actor.id, stdin=stdin, detach_keys=detach_keys), send, input)
+                nursery.cancel_scope.cancel()
+        except* GONE:
+            log.debug("attach to %s: the client went away", actor.name)
+        except* EngineError as group:
+            # the connection is raw bytes now: say it on the error stream and end
+            for error in group.exceptions:
+                log.info("attach to %s ended: %s", actor.name, error)
+                with trio.move_on_after(1):
+                    await output_sender(conn, tty=tty, streams={"stderr"})(
+                        {"stream": "stderr", "data": f"Error: {error}\n".encode()})
+        finally:
+            abandon()
+
+    return HijackResponse(talk, content_type=log_content_type(req) if not tty else "application/vnd.docker.raw-stream",
+                          abandon=abandon)
+
+
+def window(req: Request) -> tuple[int, int]:
+    rows, cols = req.int_param("h", 0), req.int_param("w", 0)
+    return int(rows or 0), int(cols or 0)
+
+
+async def resize(api: DockerAPI, req: Request) -> Response:
+    rows, cols = window(req)
+    await service(api).resize(req.path_params["id"], rows, cols)
+    return Response(200, b"", content_type="text/plain; charset=utf-8")

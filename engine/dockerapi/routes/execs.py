@@ -1,7 +1,8 @@
 """Exec start, inspect and resize (create is a container route).
 
 A started exec that is not detached takes the connection over (``Upgrade: tcp`` → 101) and
-streams the command's output as stdcopy frames; the connection closes when the command ends,
+streams the command's output as stdcopy frames (raw bytes with a terminal), and the client's
+stdin to it (``AttachStdin``); the connection closes when the command ends,
 and ``GET /exec/{id}/json`` then has its exit code. Errors found before the upgrade (no
 such exec, container not running) are ordinary error responses.
 """
@@ -14,12 +15,13 @@ from typing import Any
 import trio
 
 from engine.actors.state import ContainerState
+from engine.dockerapi.attach import GONE, ConnectionInput, output_sender
 from engine.dockerapi.execs import ExecInstance
 from engine.dockerapi.http import Hijacked, HijackResponse, Request, Response
-from engine.dockerapi.routes.containers import log_content_type, service
+from engine.dockerapi.routes.containers import console_size, log_content_type, service, window
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
-from engine.dockerapi.shapes import stdcopy_frame
 from engine.errors import Conflict, EngineError, InvalidArgument
+from engine.oci.attach import check_window
 
 log = logging.getLogger("engine.dockerapi")
 
@@ -37,15 +39,23 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
 
 
 async def resize(api: DockerAPI, req: Request) -> Response:
-    api.execs.get(req.path_params["id"])
-    raise InvalidArgument("cannot resize an exec without a TTY (engine's execs have none yet)")
+    instance = api.execs.get(req.path_params["id"])
+    if not instance.spec.tty:
+        raise InvalidArgument(f"exec {instance.id[:12]} has no terminal to resize (create it with Tty)")
+    rows, cols = window(req)
+    check_window(rows, cols)
+    if instance.input is not None and instance.running:
+        await instance.input.control({"resize": [rows, cols]})
+    else:
+        instance.console_size = (rows, cols)  # given to the terminal when it starts
+    return Response(200, b"", content_type="text/plain; charset=utf-8")
 
 
-async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any) -> None:
+async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any = None) -> None:
     """Run the exec through the container service; record how it ended."""
     code = EXEC_FAILED
     try:
-        result = await service(api).exec(instance.spec, send)
+        result = await service(api).exec(instance.spec, send, input)
         code = int(result.get("ExitCode", EXEC_FAILED))
     except EngineError as e:
         code = e.exit_code if e.exit_code in (126, 127) else EXEC_FAILED
@@ -53,13 +63,18 @@ async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any) -> None:
     finally:
         instance.exit_code = code
         instance.running = False
+        instance.input = None
 
 
 async def start(api: DockerAPI, req: Request) -> Response | HijackResponse:
+    """Detached: the exec runs on its own (its output is dropped). Otherwise the connection
+    is taken over: its output (stdcopy frames, or raw with a terminal), the client's stdin
+    with AttachStdin, and the terminal's size from ``/exec/{id}/resize``."""
     doc = await req.json_object()
-    if doc.get("Tty"):
-        raise InvalidArgument("Tty is not supported by engine's exec yet: run without -t")
     instance = api.execs.get(req.path_params["id"])
+    if doc.get("Tty") and not instance.spec.tty:
+        raise InvalidArgument("Tty at start needs Tty at create: the exec was created without a terminal")
+    size = console_size(doc.get("ConsoleSize")) or instance.console_size
     actor = service(api).get(instance.container_id)
     if actor.status.state != ContainerState.RUNNING:
         raise Conflict(f"container {actor.id} is not running")
@@ -72,24 +87,21 @@ async def start(api: DockerAPI, req: Request) -> Response | HijackResponse:
         api.background(run_exec, api, instance, discard)
         return no_content(200)
 
+    tty = instance.spec.tty
+
     async def talk(conn: Hijacked) -> None:
-        async def send(item: dict[str, Any]) -> None:
-            await conn.send_all(stdcopy_frame(str(item.get("stream", "stdout")), bytes(item["data"])))
-
-        async def drain_stdin() -> None:
-            # no stdin for engine's execs: read and drop what comes, until EOF
-            try:
-                while await conn.receive_some():
-                    pass
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
+        send = output_sender(conn, tty=tty, streams={"stdout", "stderr"})
+        input = ConnectionInput(conn, stdin=instance.spec.stdin)
+        instance.input = input
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(drain_stdin)
-                await run_exec(api, instance, send)
+                nursery.start_soon(input.read)
+                if tty and size:
+                    await input.control({"resize": list(size)})
+                await run_exec(api, instance, send, input if (tty or instance.spec.stdin) else None)
                 nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+        except* GONE:
             log.debug("exec %s: the client went away", instance.id[:12])
 
-    return HijackResponse(talk, content_type=log_content_type(req))
+    content_type = "application/vnd.docker.raw-stream" if tty else log_content_type(req)
+    return HijackResponse(talk, content_type=content_type)

@@ -1,4 +1,5 @@
-"""Images: list, inspect, history, create (pull), tag, delete, prune, push.
+"""Images: list, inspect, history, create (pull, and import with fromSrc), tag, delete, prune,
+push, save (get), load.
 
 Pulls and pushes go through the same functions as the RPC's ``image.pull``/``image.push``
 (``engine.images.pull``/``push`` with the registry client the plugins chose) and emit the
@@ -13,33 +14,46 @@ import binascii
 import contextlib
 import json
 import math
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from engine.api.images import in_use_by_containers, list_filter, registry_client
+from engine.api.images import (
+    import_image,
+    in_use_by_containers,
+    list_filter,
+    load_images,
+    registry_client,
+)
 from engine.dockerapi.http import Request, Response, StreamResponse, Write
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, rfc3339, unix_seconds
 from engine.errgroup import unwrap_engine_errors
 from engine.errors import EngineError, InvalidArgument, NotImplementedByEngine
-from engine.images.records import Image
+from engine.images import archive
+from engine.images.records import Image, scratch_dir
 from engine.images.store import ImageStore
 from engine.plugin import RegistryClient, RegistryCredentials
 from engine.reference import Reference, parse_reference
 
+ARCHIVE_BUFFER = 1024 * 1024  # bytes of an image archive read or written at a time
 MAX_PENDING_BYTE_COUNTS = 64  # progress "Downloading" events queued before some are dropped
 
 
 def register(router: Router) -> None:
     router.route("GET", "/images/json")(list_images)
+    router.route("GET", "/images/get")(save)
+    router.route("POST", "/images/load")(load)
     router.route("POST", "/images/create")(create)
     router.route("POST", "/images/prune")(prune)
     router.route("GET", "/images/{name:path}/json")(inspect)
     router.route("GET", "/images/{name:path}/history")(history)
     router.route("POST", "/images/{name:path}/tag")(tag)
     router.route("POST", "/images/{name:path}/push")(push)
+    router.route("GET", "/images/{name:path}/get")(save)
     router.route("DELETE", "/images/{name:path}")(delete)
 
 
@@ -253,8 +267,7 @@ def pull_reference(from_image: str, tag_: str) -> Reference:
 
 async def create(api: DockerAPI, req: Request) -> StreamResponse:
     if req.param("fromSrc"):
-        raise NotImplementedByEngine("importing an image (fromSrc) through the Docker API is not supported "
-                                     "yet; use engctl import")
+        return await import_from_body(api, req)
     from_image = req.param("fromImage")
     if not from_image:
         raise InvalidArgument("fromImage is required (or fromSrc to import)")
@@ -324,5 +337,96 @@ async def push(api: DockerAPI, req: Request) -> StreamResponse:
         size = sizes.get("size", 0)
         await write(json_line({"status": f"{shown_tag}: digest: {digest} size: {size}"}))
         await write(json_line({"progressDetail": {}, "aux": {"Tag": shown_tag, "Digest": digest, "Size": size}}))
+
+    return StreamResponse(produce)
+
+
+# --- save, load, import (archives through the request and response bodies) ---------------------------
+
+
+@contextlib.asynccontextmanager
+async def scratch(api: DockerAPI) -> AsyncIterator[Path]:
+    """A private directory for an archive on its way in or out, removed afterwards."""
+    directory = await trio.to_thread.run_sync(scratch_dir, api.app.layout.images_dir)
+    try:
+        yield directory
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, directory, True)
+
+
+async def receive_body(req: Request, path: Path) -> int:
+    """The request body into ``path`` (any size; written in worker threads)."""
+    size = 0
+    with await trio.to_thread.run_sync(open, path, "wb") as out:
+        buffered = bytearray()
+        async for chunk in req.body_chunks():
+            buffered += chunk
+            size += len(chunk)
+            if len(buffered) >= ARCHIVE_BUFFER:
+                await trio.to_thread.run_sync(out.write, bytes(buffered))
+                buffered.clear()
+        if buffered:
+            await trio.to_thread.run_sync(out.write, bytes(buffered))
+    return size
+
+
+async def save(api: DockerAPI, req: Request) -> StreamResponse:
+    """docker save: a docker-archive tar of the images named (``names``, repeated, or the
+    one in the path); written by the same code as the RPC's image.save, then streamed."""
+    names = [req.path_params["name"]] if "name" in req.path_params else req.query.get("names", [])
+    if not names:
+        raise InvalidArgument("names is required: the images to save")
+    store = store_of(api)
+    for name in names:
+        store.resolve(name)  # 404 before the stream starts
+
+    async def produce(write: Write) -> None:
+        async with scratch(api) as directory:
+            path = directory / "save.tar"
+            await archive.save(store, list(names), path, "docker-archive")
+            with await trio.to_thread.run_sync(open, path, "rb") as source:
+                while chunk := await trio.to_thread.run_sync(source.read, ARCHIVE_BUFFER):
+                    await write(chunk)
+
+    return StreamResponse(produce, content_type="application/x-tar")
+
+
+async def load(api: DockerAPI, req: Request) -> Response:
+    """docker load: a docker-archive (or OCI layout) tar in the body."""
+    quiet = req.bool_param("quiet")
+    async with scratch(api) as directory:
+        path = directory / "load.tar"
+        if not await receive_body(req, path):
+            raise InvalidArgument("the request body is empty: send the image archive")
+        loaded = await load_images(api.app, path)
+    lines = []
+    for image in loaded:
+        tags = image.familiar_tags()
+        texts = [f"Loaded image: {tag}" for tag in tags] or [f"Loaded image ID: {image.id}"]
+        lines += [json_line({"stream": text + "\n"}) for text in texts]
+    body = b"" if quiet and not lines else b"".join(lines)
+    return Response(200, body, content_type="application/json")
+
+
+async def import_from_body(api: DockerAPI, req: Request) -> StreamResponse:
+    """docker import: ``fromSrc=-`` with a root filesystem tar in the body; ``repo`` (which
+    may hold the tag), ``tag``, ``message``, ``changes`` (repeated)."""
+    if req.param("fromSrc") != "-":
+        raise NotImplementedByEngine("importing from a URL is not supported by engine: send the archive "
+                                     "in the body (fromSrc=-)")
+    repo, tag_ = req.param("repo"), req.param("tag")
+    reference = f"{repo}:{tag_}" if repo and tag_ else repo
+    if reference:
+        parse_reference(reference)  # a bad name fails before the upload
+    changes = [line for value in req.query.get("changes", []) for line in value.splitlines() if line.strip()]
+    message = req.param("message")
+    async with scratch(api) as directory:
+        path = directory / "import.tar"
+        await receive_body(req, path)
+        image = await import_image(api.app, path, reference, changes=changes, message=message)
+
+    async def produce(write: Write) -> None:
+        await write(json_line({"status": image.id}))
 
     return StreamResponse(produce)

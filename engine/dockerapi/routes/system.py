@@ -36,6 +36,7 @@ def register(router: Router) -> None:
     router.route("GET", "/info")(info)
     router.route("GET", "/events")(events)
     router.route("POST", "/auth")(auth)
+    router.route("GET", "/system/df")(disk_usage)
 
 
 async def ping(api: DockerAPI, req: Request) -> Response:
@@ -216,3 +217,48 @@ async def auth(api: DockerAPI, req: Request) -> Response:
         raise InvalidArgument("username is required")
     await registry_client(api.app, server).check_login(server, username, password)
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
+
+
+# --- system df --------------------------------------------------------------------------------------
+
+DF_TYPES = {"container", "image", "volume", "build-cache"}
+
+
+async def disk_usage(api: DockerAPI, req: Request) -> Response:
+    """docker system df, from what the engine can tell today: images (the store's usage:
+    layers shared between images count once; each image's shared part and the containers
+    using it), containers (their writable layers' size is not measured: 0). Volumes and the
+    build cache are empty lists."""
+    from engine.dockerapi.routes.containers import container_summary
+    from engine.dockerapi.routes.images import image_summary
+
+    types = set(req.query.get("type", [])) or DF_TYPES
+    unknown = types - DF_TYPES
+    if unknown:
+        raise InvalidArgument(f"invalid type {', '.join(sorted(unknown))}: use container, image, volume or "
+                              "build-cache")
+    app = api.app
+    actors = app.services.containers.all() if app.services.containers is not None else []
+    doc: dict[str, object] = {"Volumes": [], "BuildCache": []}
+    if "image" in types:
+        store = app.services.require_images()
+        images = store.list()
+        users: dict[str, int] = {}
+        for actor in actors:
+            users[actor.config.image_id] = users.get(actor.config.image_id, 0) + 1
+        layer_images: dict[str, int] = {}
+        for image in images:
+            for diff_id in set(image.diff_ids):
+                layer_images[diff_id] = layer_images.get(diff_id, 0) + 1
+        rows = []
+        for image in images:
+            row = image_summary(image, req)
+            row["Containers"] = users.get(image.id, 0)
+            row["SharedSize"] = sum(size for diff_id, size in zip(image.diff_ids, image.layer_sizes, strict=False)
+                                    if layer_images.get(diff_id, 0) > 1)
+            rows.append(row)
+        doc["Images"] = rows
+        doc["LayersSize"] = int(store.usage()["Size"])
+    if "container" in types:
+        doc["Containers"] = [{**container_summary(a), "SizeRw": 0, "SizeRootFs": 0} for a in actors]
+    return json_response(doc)

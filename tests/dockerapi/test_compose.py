@@ -1,0 +1,93 @@
+"""docker-compose (Debian's 1.29, on docker-py) against engine's Docker API: a two-service
+project (busybox httpd and a client that fetches from it by service name) on a user network
+with a published port; up, ps, logs, the port from the host, down. Also system df."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from engine.testing.daemon import require_binary
+
+from .conftest import Engine, EngineFactory
+
+COMPOSE_FILE = """\
+version: "2.4"
+services:
+  web:
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && echo web up && exec httpd -f -v -p 8080 -h /www"]
+    ports: ["127.0.0.1:{port}:8080"]
+    networks: [appnet]
+  client:
+    image: busybox
+    command: ["sh", "-c", "for i in $$(seq 1 100); do if wget -q -O - http://web:8080/; then exit 0; fi; sleep 0.2; done; exit 1"]
+    depends_on: [web]
+    networks: [appnet]
+networks:
+  appnet: {{}}
+"""
+
+
+@pytest.fixture
+def engine(make_engine: EngineFactory, busybox_archive: Path) -> Engine:
+    return make_engine(load_busybox=busybox_archive)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
+    compose = require_binary("docker-compose")
+    port = free_port()
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE.format(port=port))
+    env = {**engine.env(), "COMPOSE_PROJECT_NAME": "smoke"}
+
+    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([compose, "--ansi", "never", *args], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, (f"docker-compose {' '.join(args)} failed ({result.returncode}):\n"
+                                            f"{result.stdout}\n{result.stderr}\n{engine.daemon.log()[-4000:]}")
+        return result
+
+    try:
+        run("up", "-d")
+        networks = {n["Name"]: n for n in engine.daemon.call("network.list")}
+        assert "smoke_appnet" in networks
+        deadline = time.monotonic() + 30
+        while True:
+            client = engine.daemon.call("container.inspect", id="smoke_client_1")["State"]
+            if client["Status"] == "exited":
+                break
+            assert time.monotonic() < deadline, client
+            time.sleep(0.2)
+        assert client["ExitCode"] == 0  # it reached web by its service name on the user network
+        ps = run("ps").stdout
+        assert "smoke_web_1" in ps and "Up" in ps and f"127.0.0.1:{port}->8080/tcp" in ps
+        assert "smoke_client_1" in ps and "Exit 0" in ps
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.read() == b"hello-from-web\n"
+        logs = run("logs", "--no-color").stdout
+        assert "web_1" in logs and "web up" in logs
+        assert "client_1" in logs and "hello-from-web" in logs
+        df = json.loads(engine.docker("system", "df", "--format", "{{json .}}").stdout.splitlines()[0])
+        assert df["Type"] == "Images" and df["TotalCount"] == "1" and df["Active"] == "1"
+        verbose = engine.docker_py().df()
+        assert {c["Names"][0] for c in verbose["Containers"]} == {"/smoke_web_1", "/smoke_client_1"}
+        assert verbose["Images"][0]["Containers"] == 2 and verbose["LayersSize"] > 0
+        assert verbose["Volumes"] == []
+    finally:
+        down = run("down", "--timeout", "1", check=False)
+    assert down.returncode == 0, down.stderr
+    assert engine.daemon.call("container.list", all=True) == []
+    assert "smoke_appnet" not in {n["Name"] for n in engine.daemon.call("network.list")}
