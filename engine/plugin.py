@@ -267,6 +267,44 @@ class StorageDriver(Protocol):
 # --- registries ----------------------------------------------------------------------------
 
 
+# --- volume drivers ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VolumeDriver(Protocol):
+    """Keeps volumes' data (docker's volume plugins). The engine owns the records (name,
+    driver, options, labels), decides when a volume is needed and calls the driver then;
+    ``options`` is what the volume was created with (``--opt KEY=VALUE``).
+
+    Errors are the engine's own: ``InvalidArgument`` for options the driver does not take
+    (from ``create``, before anything is made), ``RuntimeFailure`` when a mount fails."""
+
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    async def create(self, name: str, options: dict[str, str]) -> None:
+        """Check ``options`` and prepare the volume's storage (nothing mounted yet)."""
+        ...
+
+    async def remove(self, name: str, options: dict[str, str]) -> None:
+        """Delete the volume's storage (it is unmounted). Idempotent."""
+        ...
+
+    async def mount(self, name: str, options: dict[str, str]) -> Path:
+        """Make the data reachable; the host directory containers bind. Idempotent: after
+        a daemon restart it is called for volumes that are still mounted."""
+        ...
+
+    async def unmount(self, name: str, options: dict[str, str]) -> None:
+        """No running container needs the volume now. Idempotent."""
+        ...
+
+    async def usage(self, name: str, options: dict[str, str]) -> int:
+        """Bytes the volume's data takes on disk (as ``du`` counts them), -1 if unknown."""
+        ...
+
+
 @attrs.frozen
 class RegistryCredentials:
     """A user name and password (or token) for one registry."""
@@ -444,6 +482,7 @@ class Register:
     runtimes: dict[str, Runtime] = attrs.field(factory=dict)
     storage_drivers: dict[str, StorageDriver] = attrs.field(factory=dict)
     registry_clients: list[RegistryClient] = attrs.field(factory=list)
+    volume_drivers: dict[str, VolumeDriver] = attrs.field(factory=dict)
     owners: dict[str, str] = attrs.field(factory=dict)  # "runtime:runc" -> plugin name
     current_plugin: str = ""
 
@@ -454,6 +493,18 @@ class Register:
     def storage_driver(self, driver: StorageDriver) -> None:
         self._claim("storage", driver.name)
         self.storage_drivers[driver.name] = driver
+
+    def volume_driver(self, driver: VolumeDriver) -> None:
+        from engine.errors import InvalidArgument
+
+        missing = _missing_members(driver, VolumeDriver)
+        if missing:
+            raise InvalidArgument(
+                f"volume driver {type(driver).__name__} of plugin {self.current_plugin!r} "
+                f"does not implement engine.plugin.VolumeDriver: it lacks {', '.join(missing)}"
+            )
+        self._claim("volume", driver.name)
+        self.volume_drivers[driver.name] = driver
 
     def registry_client(self, client: RegistryClient) -> None:
         """Clients are asked ``handles(host)`` in the order they were registered."""

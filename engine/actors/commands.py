@@ -54,6 +54,7 @@ class Rename:
 @attrs.frozen
 class Remove:
     force: bool = False
+    volumes: bool = False  # rm -v: the container's anonymous volumes go too
 
 
 @attrs.frozen

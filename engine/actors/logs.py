@@ -12,11 +12,86 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 POLL_INTERVAL = 0.05
+
+FILE_DRIVERS = ("k8s-file", "json-file", "local", "file")  # one built-in file driver, docker's names
+DRIVERS = (*FILE_DRIVERS, "none")
+DEFAULT_MAX_SIZE = 10 * 1024 * 1024
+DEFAULT_MAX_FILE = 3
+LOG_OPTS = ("max-size", "max-file", "compress")
+
+
+@attrs.frozen
+class LogPolicy:
+    """How a container's output is kept: the driver (``k8s-file``, the monitor's file, or
+    ``none``), the size cap of one file (0: none) and how many files (the current one and
+    the rotated ``ctr.log.1`` … ``ctr.log.N-1``) are kept; ``compress`` gzips rotated files
+    from ``ctr.log.2`` on (``ctr.log.1`` stays plain for followers that fell behind)."""
+
+    driver: str = "k8s-file"
+    max_size: int = DEFAULT_MAX_SIZE
+    max_file: int = DEFAULT_MAX_FILE
+    compress: bool = False
+
+    @classmethod
+    def parse(cls, driver: str, opts: dict[str, str]) -> LogPolicy:
+        from engine.errors import InvalidArgument
+        from engine.humanize import parse_size
+
+        driver = driver or "k8s-file"
+        if driver not in DRIVERS:
+            raise InvalidArgument(f"unknown log driver {driver!r}: use k8s-file (json-file, local) or none")
+        unknown = sorted(set(opts) - set(LOG_OPTS))
+        if unknown:
+            raise InvalidArgument(f"unknown log option(s) {', '.join(unknown)}: use {', '.join(LOG_OPTS)}")
+        if driver == "none":
+            return cls("none", 0, 1, False)
+        max_size, max_file, compress = DEFAULT_MAX_SIZE, DEFAULT_MAX_FILE, False
+        if "max-size" in opts:
+            text = str(opts["max-size"]).strip()
+            try:
+                max_size = 0 if text == "-1" else parse_size(text)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid log option max-size: {e}") from None
+            if 0 < max_size < 4096:
+                raise InvalidArgument(f"invalid log option max-size {text!r}: at least 4k (or -1 for no cap)")
+        if "max-file" in opts:
+            try:
+                max_file = int(str(opts["max-file"]))
+            except ValueError:
+                raise InvalidArgument(f"invalid log option max-file {opts['max-file']!r}: a whole number") from None
+            if not 1 <= max_file <= 100:
+                raise InvalidArgument(f"invalid log option max-file {max_file}: from 1 to 100")
+        if "compress" in opts:
+            value = str(opts["compress"]).lower()
+            if value not in ("true", "false", "1", "0"):
+                raise InvalidArgument(f"invalid log option compress {opts['compress']!r}: true or false")
+            compress = value in ("true", "1")
+        return cls("k8s-file", max_size, max_file, compress)
+
+    @classmethod
+    def resolve(cls, config: Any, default_driver: str, default_opts: dict[str, str]) -> LogPolicy:
+        """A container's policy: its own driver and options over the daemon's defaults
+        (the daemon's options apply only with the daemon's driver, as in docker)."""
+        driver = config.log_driver or default_driver
+        same = (driver in FILE_DRIVERS) == ((default_driver or "k8s-file") in FILE_DRIVERS)
+        opts = {**(default_opts if same else {}), **config.log_opts}
+        return cls.parse(driver, opts)
+
+    def monitor_path(self, log_path: Path) -> Path:
+        """Where the monitor writes: the log file, or nowhere for ``none``."""
+        return Path(os.devnull) if self.driver == "none" else log_path
+
+    @property
+    def monitor_size_max(self) -> int:
+        """conmon's --log-size-max (-1: no cap). At the cap conmon starts a new file, which
+        the engine's rotation (engine.supervisor.logrotate) keeps as ``ctr.log.1``."""
+        return self.max_size if self.max_size > 0 else -1
 
 
 @attrs.frozen

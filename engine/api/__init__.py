@@ -6,9 +6,10 @@ from engine.rpc.methods import MethodTable
 
 
 def register_all(table: MethodTable) -> None:
-    from engine.api import containers, images, networks, system
+    from engine.api import containers, images, networks, system, volumes
 
     system.register(table)
     containers.register(table)
     images.register(table)
     networks.register(table)
+    volumes.register(table)

@@ -23,6 +23,7 @@ from engine.supervisor.container_service import (
     LogsSpec,
     RunSpec,
 )
+from engine.supervisor.volume_views import mounts_view
 
 # The params of container.create / run / exec / logs are the service's own types.
 CreateParams = CreateSpec
@@ -59,6 +60,7 @@ class KillParams:
 class RemoveParams:
     id: str
     force: bool = False
+    volumes: bool = False  # rm -v: the anonymous volumes too
 
 
 @attrs.frozen
@@ -204,6 +206,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "StopSignal": c.stop_signal,
             "StopTimeout": c.stop_timeout,
         },
+        "Mounts": mounts_view(c, s),
         "NetworkSettings": {
             "IPAddress": s.ip_address,
             "Networks": {k: v for k, v in s.network_details.items() if not k.startswith("_")},
@@ -292,7 +295,7 @@ def register(table: MethodTable) -> None:
     @table.method("container.remove", params=RemoveParams)
     async def remove(ctx: CallContext, p: RemoveParams) -> dict[str, Any]:
         """Remove a container (force: kill it first)."""
-        return await containers(ctx).remove(p.id, p.force)
+        return await containers(ctx).remove(p.id, p.force, p.volumes)
 
     @table.method("container.rename", params=RenameParams)
     async def rename(ctx: CallContext, p: RenameParams) -> dict[str, Any]:

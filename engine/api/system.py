@@ -87,7 +87,7 @@ def register(table: MethodTable) -> None:
             # runtimes and storage drivers say whether they can work here (the verdict is
             # kept fresh off the event loop); a registry client always can
             avail = (app.availability.verdict(f"{kind} {name}", obj.availability)
-                     if kind in ("runtime", "storage") else None)
+                     if kind in ("runtime", "storage", "volume") else None)
             return {
                 "name": name,
                 "plugin": reg.owners.get(f"{kind}:{name}", ""),
@@ -100,6 +100,8 @@ def register(table: MethodTable) -> None:
             counts.update(app.services.containers.counts())
         if app.services.images is not None:
             counts["images"] = len(app.services.images.list())
+        if app.services.volumes is not None:
+            counts["volumes"] = len(app.services.volumes.store.list())
         return {
             "Version": engine.__version__,
             "Root": str(app.layout.root),
@@ -110,6 +112,7 @@ def register(table: MethodTable) -> None:
             "StorageDriver": app.config.storage_driver,
             "Runtimes": [describe("runtime", n, r) for n, r in sorted(reg.runtimes.items())],
             "StorageDrivers": [describe("storage", n, d) for n, d in sorted(reg.storage_drivers.items())],
+            "VolumeDrivers": [describe("volume", n, d) for n, d in sorted(reg.volume_drivers.items())],
             "RegistryClients": [
                 describe("registry", c.name, c) for c in reg.registry_clients
             ],

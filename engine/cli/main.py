@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any, NoReturn
 
-COMMAND_MODULES = ("system", "containers", "images", "networks")
+COMMAND_MODULES = ("system", "containers", "images", "networks", "volumes")
 
 # Which module defines each top-level command, so that engctl imports and records only the
 # one it runs (tests/cli checks this table against the modules).
 COMMANDS = {
-    **dict.fromkeys(("version", "info", "events"), "system"),
+    **dict.fromkeys(("version", "info", "events", "system"), "system"),
     **dict.fromkeys(
         ("run", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "ps",
          "inspect", "logs", "wait", "exec", "rename", "container", "port"),
@@ -40,6 +40,7 @@ COMMANDS = {
         "images",
     ),
     "network": "networks",
+    "volume": "volumes",
 }
 
 EXIT_ENGINE_ERROR = 125

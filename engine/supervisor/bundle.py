@@ -57,6 +57,10 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
         for m in details.get("_mounts", [])
     ]
+    mounts += [
+        BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
+        for m in status.volume_mounts
+    ]
     tmpfs = [
         TmpfsMount(t.destination, tuple(o for o in t.options.split(",") if o) or TmpfsMount(t.destination).options)
         for t in config.tmpfs

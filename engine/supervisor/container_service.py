@@ -26,6 +26,7 @@ from engine.actors.state import ACTIVE, ContainerState
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
 from engine.supervisor.app import App
 from engine.supervisor.containers import ContainerSupervisor
+from engine.volumes.specs import is_bind_spec
 
 log = logging.getLogger("engine.containers")
 
@@ -47,7 +48,11 @@ class CreateSpec:
     workdir: str = ""
     user: str = ""
     hostname: str = ""
-    volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro]
+    volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro], -v NAME:DST, -v DST
+    mounts: list[str] = attrs.field(factory=list)  # --mount type=…,src=…,dst=…
+    volumes_from: list[str] = attrs.field(factory=list)  # --volumes-from CTR[:ro|rw]
+    log_driver: str = ""
+    log_opts: dict[str, str] = attrs.field(factory=dict)
     tmpfs: list[str] = attrs.field(factory=list)  # --tmpfs DST[:opts]
     read_only: bool = False
     init: bool = False
@@ -183,7 +188,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         workdir=workdir,
         user=user,
         hostname=p.hostname,
-        binds=[parse_volume(v) for v in p.volumes],
+        binds=[parse_volume(v) for v in p.volumes if is_bind_spec(v)],
         tmpfs=[parse_tmpfs(t) for t in p.tmpfs],
         read_only=p.read_only,
         init=p.init,
@@ -205,7 +210,12 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         cap_drop=list(p.cap_drop),
         layers=list(image.diff_ids),
         image_config={"ExposedPorts": img.exposed_ports or {}},
+        log_driver=p.log_driver,
+        log_opts=dict(p.log_opts),
     )
+    from engine.actors.logs import LogPolicy
+
+    LogPolicy.resolve(config, app.config.log_driver, app.config.log_opts)  # a clear error now
     return config, list(p.publish)
 
 
@@ -232,7 +242,20 @@ class ContainerService:
             await network.prepare_config(config, publish)
         elif publish:
             raise InvalidArgument("publishing ports needs networking, which is unavailable")
-        return await self.supervisor.create(config)
+        volumes = self.app.services.volumes
+        if volumes is None:
+            if config.volumes or spec.mounts or spec.volumes_from or any(not is_bind_spec(v) for v in spec.volumes):
+                raise InvalidArgument("volumes are unavailable in this daemon")
+            return await self.supervisor.create(config)
+        image_volumes = sorted(self.app.services.require_images().get(spec.image).config.config.volumes or {})
+        made = await volumes.attach(config, volumes=list(spec.volumes), mounts=list(spec.mounts),
+                                    volumes_from=list(spec.volumes_from), image_volumes=image_volumes)
+        try:
+            return await self.supervisor.create(config)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await volumes.discard(made)
+            raise
 
     async def start(self, ref: str, send: Send | None = None) -> dict[str, Any]:
         """Start; with ``send``, stream the output until the exit (docker start -a)."""
@@ -319,8 +342,8 @@ class ContainerService:
     async def unpause(self, ref: str) -> dict[str, Any]:
         return await self.get(ref).call(c.Unpause())  # type: ignore[no-any-return]
 
-    async def remove(self, ref: str, force: bool) -> dict[str, Any]:
-        return await self.get(ref).call(c.Remove(force=force))  # type: ignore[no-any-return]
+    async def remove(self, ref: str, force: bool, volumes: bool = False) -> dict[str, Any]:
+        return await self.get(ref).call(c.Remove(force=force, volumes=volumes))  # type: ignore[no-any-return]
 
     async def rename(self, ref: str, name: str) -> None:
         await self.supervisor.rename(ref, name)

@@ -60,6 +60,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     await app.check_plugins()
     await open_image_store(app)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
+    app.services.volumes = await open_volumes(app)
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)
     app.services.containers = supervisor
@@ -80,12 +81,30 @@ def actor_deps(app: App, registry: Registry) -> ActorDeps:
         container_dir=app.layout.container_dir,
         run_dir=app.layout.run_container_dir,
         network=app.services.network,
+        volumes=app.services.volumes,
         settings=ActorSettings(
             log_size_max=app.config.log_size_max,
+            log_driver=app.config.log_driver,
+            log_opts=dict(app.config.log_opts),
             runtime_timeout=app.config.runtime_timeout,
             cleanup_timeout=app.config.runtime_timeout,
         ),
     )
+
+
+async def open_volumes(app: App) -> Any:
+    """The volume store (records read in a thread) and its service."""
+    from engine.supervisor.volumes import VolumeService
+    from engine.volumes.store import VolumeStore
+
+    def publish(action: str, record: Any, **attributes: Any) -> None:
+        app.events.emit("volume", action, record.name, driver=record.driver, **attributes)
+
+    store = VolumeStore(app.layout.volumes_dir, lambda: app.plugins.register.volume_drivers, publish)
+    await trio.to_thread.run_sync(store.load)
+    for name, why in store.broken.items():
+        log.error("volume %s is broken (%s); `engctl system check --repair` removes it", name, why)
+    return VolumeService(store, app.services.require_containers)
 
 
 async def open_image_store(app: App) -> None:

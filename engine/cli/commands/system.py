@@ -74,6 +74,10 @@ def cmd_info(ctx: Context, args: Namespace) -> int:
     for d in info["StorageDrivers"]:
         state = "available" if d["available"] else f"UNAVAILABLE: {d['reason']}"
         print(f"  {d['name']}: {state}")
+    print("Volume Drivers:")
+    for d in info.get("VolumeDrivers", []):
+        state = "available" if d["available"] else f"UNAVAILABLE: {d['reason']}"
+        print(f"  {d['name']}: {state}")
     plugins = info["Plugins"]
     print(f"Plugins: {', '.join(plugins['loaded']) or 'none'}")
     for name, error in plugins["failed"].items():
