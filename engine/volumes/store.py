@@ -71,6 +71,9 @@ class VolumeStore:
         self._locks: dict[str, trio.Lock] = {}
         # volume name -> ids of the containers that mounted it through this daemon
         self._holders: dict[str, set[str]] = {}
+        # volumes this daemon unmounted and has not mounted since (others: maybe mounted,
+        # e.g. by the daemon before a restart)
+        self._unmounted: set[str] = set()
         self.broken: dict[str, str] = {}  # name -> why its record is unreadable
 
     # --- records --------------------------------------------------------------------------
@@ -187,6 +190,7 @@ class VolumeStore:
         record = self.get(name)
         async with self._lock(name):
             path = await self.driver(record.driver).mount(name, record.options)
+            self._unmounted.discard(name)
             holders = self._holders.setdefault(name, set())
             first = not holders
             holders.add(container_id)
@@ -203,10 +207,11 @@ class VolumeStore:
         async with self._lock(name):
             holders = self._holders.get(name, set())
             holders.discard(container_id)
-            if holders or still_used:
+            if holders or still_used or name in self._unmounted:
                 return
             self._holders.pop(name, None)
             await self.driver(record.driver).unmount(name, record.options)
+            self._unmounted.add(name)
         self._publish("unmount", record, container=container_id)
 
     def holders(self, name: str) -> set[str]:
