@@ -90,8 +90,16 @@ class LogPolicy:
     @property
     def monitor_size_max(self) -> int:
         """conmon's --log-size-max (-1: no cap). At the cap conmon starts a new file, which
-        the engine's rotation (engine.supervisor.logrotate) keeps as ``ctr.log.1``."""
-        return self.max_size if self.max_size > 0 else -1
+        the engine's rotation (engine.supervisor.logrotate) keeps as ``ctr.log.1``.
+
+        The engine learns of a new file only after conmon made it, and deletes the oldest
+        then. Until it does, conmon may switch once more (into the file the engine staged;
+        a third switch drops an unheld file, so never more): ``max_file + 2`` files at
+        most. Each is capped so that even then they fit in ``max_file × max_size``
+        (docker's bound for the whole log), however late the engine is."""
+        if self.max_size <= 0:
+            return -1
+        return max(4096, self.max_file * self.max_size // (self.max_file + 2))
 
 
 @attrs.frozen
@@ -141,58 +149,260 @@ class RecordParser:
         return LogRecord(ts, stream, whole)
 
 
-def read_records(path: Path, *, since: float | None = None, until: float | None = None,
-                 tail: int | None = None) -> tuple[list[LogRecord], int]:
-    """Blocking: the records in the file now, and the offset where reading stopped."""
+# --- the files of one log, in order ----------------------------------------------------------
+#
+# conmon writes ``ctr.log``; at its size cap it opens ``ctr.log.tmp`` (truncating it) and
+# renames it over ``ctr.log``. The engine (engine.supervisor.logrotate) keeps a hard link to
+# every file conmon writes (``.log-links/current``), stages the next one (``.log-links/next``,
+# linked as ``ctr.log.tmp``) before conmon needs it, and shifts finished files into
+# ``ctr.log.1`` … ``ctr.log.N-1`` (``.gz`` from 2 on with compress). Readers go by inode:
+# a file is finished once ``ctr.log`` names another one.
+
+LINKS_DIR = ".log-links"
+
+
+@attrs.frozen
+class LogPosition:
+    """Where a reader stopped: the file (by inode; 0: none yet) and the offset in it."""
+
+    ino: int
+    offset: int
+
+
+def _rotated_index(name: str, base: str) -> tuple[int, bool] | None:
+    rest = name[len(base) + 1:] if name.startswith(base + ".") else ""
+    gz = rest.endswith(".gz")
+    digits = rest[:-3] if gz else rest
+    return (int(digits), gz) if digits.isdigit() else None
+
+
+def log_chain(path: Path, *, compressed: bool = True) -> list[tuple[Path, os.stat_result]]:
+    """Blocking: the log's files oldest first, each file once (by inode); empty staged files
+    left out."""
+    found: list[tuple[int, bool, Path]] = []
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        index = _rotated_index(name, path.name)
+        if index is not None and (compressed or not index[1]):
+            found.append((index[0], index[1], path.parent / name))
+    candidates = [p for _, _, p in sorted(found, key=lambda f: (-f[0], f[1]))]
+    links = path.parent / LINKS_DIR
+    candidates += [links / "current", links / "next", path]
+    chain: list[tuple[Path, os.stat_result]] = []
+    seen: set[int] = set()
+    current_ino = _ino(path)
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        if st.st_ino in seen:
+            continue
+        if candidate.name == "next" and st.st_size == 0 and st.st_ino != current_ino:
+            continue  # staged for later, not written yet
+        seen.add(st.st_ino)
+        chain.append((candidate, st))
+    # the current file last, wherever a link put it
+    chain.sort(key=lambda item: item[1].st_ino == current_ino)
+    return chain
+
+
+def _ino(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return 0
+
+
+def open_chain(path: Path, *, compressed: bool = True) -> list[tuple[Any, int]]:
+    """Blocking: the log's files opened, oldest first, with their inodes. Files move while
+    the log rotates: each is checked to be the one listed, else the listing starts over."""
+    import gzip
+
+    for _attempt in range(20):
+        opened: list[tuple[Any, int]] = []
+        consistent = True
+        for file_path, st in log_chain(path, compressed=compressed):
+            try:
+                f = open(file_path, "rb")  # noqa: SIM115 - handed to the caller
+            except FileNotFoundError:
+                consistent = False
+                break
+            if os.fstat(f.fileno()).st_ino != st.st_ino:
+                f.close()
+                consistent = False
+                break
+            opened.append((gzip.GzipFile(fileobj=f) if file_path.name.endswith(".gz") else f, st.st_ino))
+        if consistent:
+            return opened
+        for f, _ in opened:
+            f.close()
+    return []
+
+
+def read_log(path: Path, *, since: float | None = None, until: float | None = None,
+             tail: int | None = None) -> tuple[list[LogRecord], LogPosition]:
+    """Blocking: the records in every file of the log now, oldest first, and where reading
+    stopped (for ``follow``)."""
     parser = RecordParser()
     keep: deque[LogRecord] | list[LogRecord] = deque(maxlen=tail) if tail is not None else []
-    offset = 0
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # a line conmon is still writing: the follower picks it up
-                offset += len(line)
-                record = parser.feed_line(line)
-                if record is None:
-                    continue
-                if since is not None and record.time < since:
-                    continue
-                if until is not None and record.time > until:
-                    continue
-                keep.append(record)
-    except FileNotFoundError:
-        pass
+    position = LogPosition(0, 0)
+    for f, ino in open_chain(path):
+        offset = 0
+        try:
+            with f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a line conmon is still writing: the follower picks it up
+                    offset += len(line)
+                    record = parser.feed_line(line)
+                    if record is None:
+                        continue
+                    if since is not None and record.time < since:
+                        continue
+                    if until is not None and record.time > until:
+                        continue
+                    keep.append(record)
+        except (OSError, EOFError):
+            continue  # a damaged archive
+        position = LogPosition(ino, offset)
     if tail == 0:
-        return [], offset
-    return list(keep), offset
+        return [], position
+    return list(keep), position
 
 
-async def follow(path: Path, offset: int, *, finished: Callable[[], bool],
+def read_records(path: Path, *, since: float | None = None, until: float | None = None,
+                 tail: int | None = None) -> tuple[list[LogRecord], int]:
+    """``read_log`` with the offset in the last file only."""
+    records, position = read_log(path, since=since, until=until, tail=tail)
+    return records, position.offset
+
+
+class _Cursor:
+    """A follower's open file: read to its end, and once the writer moved on (``ctr.log``
+    names another file), on to the next file of the chain. Blocking methods."""
+
+    def __init__(self, path: Path, start: LogPosition | int) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.ino = 0
+        self.offset = 0
+        if isinstance(start, LogPosition):
+            self._open_at(start)
+        else:
+            self._open_current(start)
+
+    def _open_current(self, offset: int) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        self._use(fd, offset)
+
+    def _open_at(self, position: LogPosition) -> None:
+        if position.ino == 0:
+            self._open_current(0)
+            return
+        for file_path, st in log_chain(self.path, compressed=False):
+            if st.st_ino == position.ino:
+                try:
+                    fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    break
+                if os.fstat(fd).st_ino == position.ino:
+                    self._use(fd, position.offset)
+                    return
+                os.close(fd)
+                break
+        # rotated away since it was read: go on from the oldest file there is
+        self._advance()
+
+    def _use(self, fd: int, offset: int) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = fd
+        self.ino = os.fstat(fd).st_ino
+        self.offset = offset
+
+    def _advance(self) -> bool:
+        """Move to the file after this one; False when there is none yet."""
+        chain = log_chain(self.path, compressed=False)
+        inos = [st.st_ino for _, st in chain]
+        if self.ino in inos:
+            following = chain[inos.index(self.ino) + 1:]
+        else:
+            # Fell behind the rotation: ours was deleted, and every file read before it
+            # earlier still (oldest go first), so the oldest file there is comes next: a
+            # gap, never a repeat. (Our open fd keeps our inode number from being reused.)
+            following = chain
+        for file_path, st in following:
+            try:
+                fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            if os.fstat(fd).st_ino != st.st_ino:
+                os.close(fd)
+                continue
+            self._use(fd, 0)
+            return True
+        return False
+
+    def read(self) -> tuple[bytes, bool]:
+        """New bytes, and whether to read again at once (it moved to another file)."""
+        if self.fd is None:
+            if self.ino:
+                return b"", self._advance()
+            self._open_current(0)
+            if self.fd is None:
+                return b"", False
+        data = os.pread(self.fd, 1 << 20, self.offset)
+        if data:
+            self.offset += len(data)
+            return data, True
+        current = _ino(self.path)
+        if current == self.ino:
+            return b"", False
+        # ctr.log names another file (or none): ours is finished once conmon let go of
+        # it, which it did before the rename; read what came last, then move on
+        data = os.pread(self.fd, 1 << 20, self.offset)
+        if data:
+            self.offset += len(data)
+            return data, True
+        return b"", self._advance()  # none when ctr.log was rotated away after the run
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def follow(path: Path, start: LogPosition | int, *, finished: Callable[[], bool],
                  changes: Callable[[], trio.Event] | None = None) -> AsyncIterator[LogRecord]:
-    """Yield records appended after ``offset`` until ``finished()`` is true and the file has
-    been read to its end. New output is polled for; ``changes()`` gives an event set when
-    the container's state changes, so an exit ends the stream at once, not a poll later."""
+    """Yield records written after ``start`` (a position from ``read_log``, or an offset in
+    the current file) until ``finished()`` is true and the log has been read to its end.
+    Rotations are followed file by file (nothing lost, nothing repeated) as long as the
+    follower is not a whole rotation chain behind. New output is polled for; ``changes()``
+    gives an event set when the container's state changes, so an exit ends the stream at
+    once, not a poll later."""
+    cursor = await trio.to_thread.run_sync(_Cursor, path, start)
     parser = RecordParser()
     pending = b""
-    inode: int | None = None
-    while True:
-        changed = changes() if changes is not None else None
-        done = finished()  # read it before draining, so nothing written before exit is lost
-        chunk, size, ino = await trio.to_thread.run_sync(_read_from, path, offset)
-        if inode is None:
-            inode = ino
-        if size < offset or (ino and ino != inode):  # rotated by the size cap
-            offset, pending, inode = 0, b"", ino
-            continue
-        offset += len(chunk)
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            record = parser.feed_line(line + b"\n")
-            if record is not None:
-                yield record
-        if not chunk:
+    try:
+        while True:
+            changed = changes() if changes is not None else None
+            done = finished()  # read it before draining, so nothing written before exit is lost
+            chunk, again = await trio.to_thread.run_sync(cursor.read)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                record = parser.feed_line(line + b"\n")
+                if record is not None:
+                    yield record
+            if again:
+                continue
             if done:
                 return
             if changed is None:
@@ -200,17 +410,5 @@ async def follow(path: Path, offset: int, *, finished: Callable[[], bool],
             else:
                 with trio.move_on_after(POLL_INTERVAL):
                     await changed.wait()
-
-
-def _read_from(path: Path, offset: int) -> tuple[bytes, int, int]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return b"", offset, 0
-    try:
-        st = os.fstat(fd)
-        if st.st_size < offset:
-            return b"", st.st_size, st.st_ino
-        return os.pread(fd, 1 << 20, offset), st.st_size, st.st_ino
     finally:
-        os.close(fd)
+        cursor.close()

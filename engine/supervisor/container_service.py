@@ -19,7 +19,7 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
-from engine.actors.logs import LogRecord, follow, read_records
+from engine.actors.logs import LogRecord, follow, read_log
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
@@ -375,7 +375,7 @@ class ContainerService:
         if spec.tail is not None and spec.tail < 0:
             raise InvalidArgument("--tail must be 0 or more")
         records, offset = await trio.to_thread.run_sync(
-            lambda: read_records(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
+            lambda: read_log(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
         for record in records:
             yield record
         if spec.follow and actor.status.state in ACTIVE:

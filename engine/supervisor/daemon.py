@@ -54,6 +54,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     on disk (``engine.supervisor.reconcile``) before anything is served."""
     from engine.network.service import ContainerNetworking
     from engine.supervisor.containers import ContainerSupervisor
+    from engine.supervisor.logrotate import LogRotator
     from engine.supervisor.reconcile import reconcile_at_start
 
     app.availability.start(nursery)
@@ -64,7 +65,11 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)
     app.services.containers = supervisor
+    # before adoption: the exits it records are rotation points
+    rotator = LogRotator(app)
+    await nursery.start(rotator.run)
     await reconcile_at_start(app, supervisor)
+    await rotator.watch_running()
 
 
 def actor_deps(app: App, registry: Registry) -> ActorDeps:
