@@ -258,6 +258,20 @@ class StorageDriver(Protocol):
         stream* (the engine then downloads first and calls ``unpack_layer``)."""
         ...
 
+    def layer_path(self, diff_id: str) -> Path:
+        """Where the unpacked layer lives (``system df`` measures it as ``du`` would,
+        ``system check`` looks for it)."""
+        ...
+
+    def container_layer_path(self, container_id: str) -> Path:
+        """Where the container's writable layer lives (``system df``)."""
+        ...
+
+    def container_ids(self) -> list[str]:
+        """The containers this driver holds a writable layer for (``system check`` finds
+        those no container owns). Blocking; cheap (a directory listing)."""
+        ...
+
     async def cleanup_stale(self) -> StaleReport:
         """At daemon start: remove what interrupted operations left; report mounted
         containers. Must not fail on one bad leftover: log it and go on."""

@@ -338,5 +338,9 @@ def register(table: MethodTable) -> None:
 
     @table.method("container.prune", params=PruneParams)
     async def prune(ctx: CallContext, p: PruneParams) -> dict[str, Any]:
-        """Remove every stopped container."""
-        return {"ContainersDeleted": await containers(ctx).prune(list_filter(p.filters))}
+        """Remove every stopped container; filters until (created before), label, label!."""
+        from engine.supervisor.system import container_filter
+
+        own = {k: v for k, v in p.filters.items() if k in ("until", "label!")}
+        rest, extra = list_filter({k: v for k, v in p.filters.items() if k not in own}), container_filter(own)
+        return {"ContainersDeleted": await containers(ctx).prune(lambda a: rest(a) and extra(a))}

@@ -97,6 +97,22 @@ class VolumeStore:
                 continue
             self._records[record.name] = record
 
+    def rescan(self) -> None:
+        """Look at the records on disk again (blocking): ``broken`` then names every
+        volume directory whose record cannot be read now (``system check``)."""
+        for entry in sorted(self.dir.iterdir()) if self.dir.exists() else []:
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            try:
+                record = disk.structure(json.loads((entry / RECORD).read_bytes()), VolumeRecord)
+            except Exception as e:  # unreadable, not JSON, or not a record
+                self.broken[entry.name] = f"unreadable {RECORD}: {e}"
+                self._records.pop(entry.name, None)
+                continue
+            if record.name != entry.name:
+                self.broken[entry.name] = f"{RECORD} names {record.name!r}"
+                self._records.pop(entry.name, None)
+
     def _write(self, record: VolumeRecord) -> None:
         directory = self.dir / record.name
         directory.mkdir(mode=0o711, exist_ok=True)
