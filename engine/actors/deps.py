@@ -100,7 +100,6 @@ class Registry(Protocol):
 
 @attrs.frozen
 class ActorSettings:
-    log_size_max: int = 16 * 1024 * 1024  # unused since per-container log policies (below)
     log_driver: str = "k8s-file"  # the daemon's default --log-driver
     log_opts: dict[str, str] = attrs.field(factory=dict)  # the daemon's default --log-opt
     runtime_timeout: float = 120.0  # bound on one runtime call (create, kill, delete...)

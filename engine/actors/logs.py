@@ -1,8 +1,8 @@
 """Reading container logs written by conmon in the k8s-file format.
 
 Each line: ``<RFC3339Nano time> <stdout|stderr> <F|P> <text>``; ``P`` marks a partial line
-whose text continues on the next record. conmon caps the file at ``--log-size-max`` by
-truncating it, so a follower that sees the file shrink starts again from the top.
+whose text continues on the next record. The log is a chain of files (rotation: see
+``log_chain`` below and engine.supervisor.logrotate); readers go through them in order.
 """
 
 from __future__ import annotations

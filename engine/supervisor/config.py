@@ -36,7 +36,7 @@ class DaemonConfig:
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
     max_concurrent_downloads: int = 3
-    log_size_max: int = 16 * 1024 * 1024  # no longer used: log-opts max-size / max-file
+    log_size_max: int = 16 * 1024 * 1024  # accepted for old config files, ignored: log-opts
     log_driver: str = "k8s-file"  # docker's log-driver (json-file and local name it too)
     log_opts: dict[str, str] = attrs.field(factory=dict)  # docker's log-opts (max-size...)
     runtime_timeout: float = 120.0  # seconds one runtime call (create, kill, delete...) may take

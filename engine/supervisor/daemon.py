@@ -88,7 +88,6 @@ def actor_deps(app: App, registry: Registry) -> ActorDeps:
         network=app.services.network,
         volumes=app.services.volumes,
         settings=ActorSettings(
-            log_size_max=app.config.log_size_max,
             log_driver=app.config.log_driver,
             log_opts=dict(app.config.log_opts),
             runtime_timeout=app.config.runtime_timeout,

@@ -10,6 +10,7 @@ from engine.actors.model import ContainerConfig, ContainerStatus
 def mounts_view(config: ContainerConfig, status: ContainerStatus) -> list[dict[str, Any]]:
     """The host path of a volume is the one its last run mounted (unknown before a run)."""
     sources = {m.get("name"): m.get("source", "") for m in status.volume_mounts}
+    drivers = {m.get("name"): m.get("driver", "") for m in status.volume_mounts}
     mounts: list[dict[str, Any]] = []
     for b in config.binds:
         mounts.append({"Type": "bind", "Source": b.source, "Destination": b.destination,
@@ -17,7 +18,7 @@ def mounts_view(config: ContainerConfig, status: ContainerStatus) -> list[dict[s
                        "Propagation": "rprivate"})
     for v in config.volumes:
         mounts.append({"Type": "volume", "Name": v.name, "Source": sources.get(v.name, ""), "Destination": v.destination,
-                       "Driver": "", "Mode": "z", "RW": not v.read_only, "Propagation": "",
+                       "Driver": drivers.get(v.name, ""), "Mode": "z", "RW": not v.read_only, "Propagation": "",
                        "Anonymous": v.anonymous})
     for t in config.tmpfs:
         mounts.append({"Type": "tmpfs", "Source": "", "Destination": t.destination,

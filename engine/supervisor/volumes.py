@@ -131,11 +131,14 @@ class VolumeService:
         result = []
         try:
             for v in config.volumes:
-                path = await self.store.mount(v.name, config.id)
-                if not v.nocopy:
-                    await seed(rootfs, v.destination, path)
+                async def prepare(path: Path, v: VolumeMount = v) -> None:
+                    if not v.nocopy:
+                        await seed(rootfs, v.destination, path)
+
+                path = await self.store.mount(v.name, config.id, prepare)
                 result.append({"source": str(path), "destination": v.destination,
-                               "read_only": v.read_only, "name": v.name})
+                               "read_only": v.read_only, "name": v.name,
+                               "driver": self.store.get(v.name).driver})
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.unmount(config)

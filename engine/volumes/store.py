@@ -17,7 +17,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +202,20 @@ class VolumeStore:
 
     # --- mounts ---------------------------------------------------------------------------
 
-    async def mount(self, name: str, container_id: str) -> Path:
+    async def mount(self, name: str, container_id: str,
+                    prepare: Callable[[Path], Awaitable[None]] | None = None) -> Path:
+        """Mount for ``container_id``; ``prepare(path)`` runs once mounted, under the
+        volume's lock (two containers starting on a new volume seed it once)."""
         record = self.get(name)
         async with self._lock(name):
             path = await self.driver(record.driver).mount(name, record.options)
+            if prepare is not None:
+                await prepare(path)
             self._unmounted.discard(name)
             holders = self._holders.setdefault(name, set())
-            first = not holders
+            new = container_id not in holders
             holders.add(container_id)
-        if first:
+        if new:  # docker's: one mount event per container
             self._publish("mount", record, container=container_id)
         return path
 
@@ -222,13 +227,15 @@ class VolumeStore:
             return
         async with self._lock(name):
             holders = self._holders.get(name, set())
+            held = container_id in holders
             holders.discard(container_id)
-            if holders or still_used or name in self._unmounted:
-                return
-            self._holders.pop(name, None)
-            await self.driver(record.driver).unmount(name, record.options)
-            self._unmounted.add(name)
-        self._publish("unmount", record, container=container_id)
+            if not (holders or still_used or name in self._unmounted):
+                self._holders.pop(name, None)
+                await self.driver(record.driver).unmount(name, record.options)
+                self._unmounted.add(name)
+                held = True  # (after a daemon restart the count started empty)
+        if held:
+            self._publish("unmount", record, container=container_id)
 
     def holders(self, name: str) -> set[str]:
         return set(self._holders.get(name, ()))
