@@ -106,8 +106,10 @@ def register(table: MethodTable) -> None:
         """Create a volume (docker volume create); an existing one of that name and driver
         is returned as it is."""
         service = volumes(ctx)
+        # without a name it gets a random one, but it is not anonymous (docker 23+: only
+        # volumes made for a container are; `volume prune` without -a keeps this one)
         record = await service.store.create(p.name, driver=p.driver, options=dict(p.options),
-                                            labels=dict(p.labels), anonymous=not p.name)
+                                            labels=dict(p.labels))
         return view(service, record)
 
     @table.method("volume.list", params=ListParams)

@@ -178,6 +178,34 @@ def test_rotation_by_default_and_per_run_files(busybox_archive: Path) -> None:
         d.cleanup()
 
 
+def test_compressed_rotated_files_are_read_in_order_with_since(busybox_archive: Path) -> None:
+    d = start_engine(busybox_archive, "runc")
+    try:
+        cid = d.call("container.create", image="busybox", cmd=["sh", "-c",
+                     # paced: a file every 80 ms or so (the engine keeps each one)
+                     "i=0; while [ $i -lt 4000 ]; do echo line$i; i=$((i+1)); "
+                     "[ $((i % 100)) -eq 0 ] && usleep 20000; done; sleep 1.2; echo late"],
+                     log_opts={"max-size": "32k", "max-file": "5", "compress": "true"})["Id"]
+        d.call("container.start", id=cid)
+        d.call("container.wait", id=cid)
+        log_path = Path(d.call("container.inspect", id=cid)["LogPath"])
+        names = set(log_files(log_path))
+        assert {"ctr.log.2.gz", "ctr.log.3.gz", "ctr.log.4.gz"} <= names and "ctr.log.1" in names, names
+        with d.client() as c:
+            items = list(c.stream("container.logs", id=cid))
+            texts = [i["data"] for i in items]
+            assert texts[-1] == b"late\n"
+            first = int(texts[0].removeprefix(b"line"))
+            assert texts[:-1] == [b"line%d\n" % n for n in range(first, 4000)]
+            since = items[-1]["time"] - 0.6
+            assert [i["data"] for i in c.stream("container.logs", id=cid, since=since)] == [b"late\n"]
+            until = items[-2]["time"]
+            last = [i["data"] for i in c.stream("container.logs", id=cid, until=until, tail=2)]
+            assert last == [b"line3998\n", b"line3999\n"]
+    finally:
+        d.cleanup()
+
+
 def test_daemon_log_opts_apply_to_every_container(busybox_archive: Path) -> None:
     d: Daemon = start_engine(busybox_archive, "runc",
                              config={"log-opts": {"max-size": "8k", "max-file": "2"}})

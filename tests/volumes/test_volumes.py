@@ -154,6 +154,25 @@ def test_mount_flag_local_tmpfs_volume_and_volumes_from(engine: Daemon, tmp_path
     assert [a for a, name in actions if name == "fast"] == ["create", "mount", "mount", "unmount", "unmount"]
 
 
+def test_local_bind_volume_of_a_host_path(engine: Daemon, tmp_path: Path) -> None:
+    d = engine
+    host = tmp_path / "device"
+    host.mkdir()
+    (host / "from-host").write_text("host data\n")
+    created = d.call("volume.create", name="bound", options={"type": "none", "o": "bind", "device": str(host)})
+    data = Path(created["Mountpoint"])
+    code, out, err, _ = run(d, "busybox", volumes=["bound:/b"], cmd=["sh", "-c", "cat /b/from-host; echo back > /b/new"])
+    assert (code, out) == (0, b"host data\n"), err
+    assert (host / "new").read_text() == "back\n"
+    deadline = time.monotonic() + 10
+    while mounted(data):  # the exit is told first, the release follows
+        assert time.monotonic() < deadline, "still mounted after its container ended"
+        time.sleep(0.05)
+    d.call("container.prune")
+    d.call("volume.remove", name="bound")
+    assert (host / "from-host").exists() and (host / "new").exists()
+
+
 def test_bad_volume_requests_are_refused_and_lose_nothing(engine: Daemon) -> None:
     d = engine
     for params in (
