@@ -67,11 +67,19 @@ class EventBus:
     def __init__(self) -> None:
         self.history: deque[Event] = deque(maxlen=HISTORY)
         self._subscribers: set[Subscription] = set()
+        self._observers: list[Callable[[Event], None]] = []
 
     def publish(self, event: Event) -> None:
         self.history.append(event)
+        for observer in self._observers:
+            observer(event)
         for sub in list(self._subscribers):
             sub.offer(event)
+
+    def observe(self, callback: Callable[[Event], None]) -> None:
+        """A part of the daemon that must see every event (log rotation): called at once
+        for each, never dropped, not counted among the subscribers. It must not block."""
+        self._observers.append(callback)
 
     def emit(self, type: str, action: str, id: str, **attributes: Any) -> Event:
         event = Event(type, action, id, attributes=attributes)

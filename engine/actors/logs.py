@@ -129,6 +129,11 @@ class RecordParser:
     def __init__(self) -> None:
         self._partial: dict[str, bytearray] = {}
 
+    @property
+    def pending(self) -> bool:
+        """Whether a line's first parts were read and its last is still to come."""
+        return any(self._partial.values())
+
     def feed_line(self, line: bytes) -> LogRecord | None:
         parts = line.rstrip(b"\n").split(b" ", 3)
         if len(parts) < 3:
@@ -159,6 +164,35 @@ class RecordParser:
 # a file is finished once ``ctr.log`` names another one.
 
 LINKS_DIR = ".log-links"
+# in LINKS_DIR: the inodes (one a line) of files whose first record ends a line begun in
+# the file before (conmon switched files between a line's ``P`` parts and its ``F``); a
+# reader that starts at such a file without the one before drops that first record
+CONTINUED = "continued"
+
+
+def continued_inodes(path: Path) -> set[int]:
+    """Blocking: the files of ``path``'s log that begin mid-line (see ``CONTINUED``)."""
+    try:
+        text = (path.parent / LINKS_DIR / CONTINUED).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {int(word) for word in text.split() if word.isdigit()}
+
+
+def ends_mid_line(path: Path) -> bool:
+    """Blocking: whether the file's last record is a ``P`` (its line goes on elsewhere)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+    except FileNotFoundError:
+        return False
+    lines = [line for line in tail.split(b"\n") if line]
+    if not lines:
+        return False
+    parts = lines[-1].split(b" ", 3)
+    return len(parts) >= 3 and parts[2].startswith(b"P")
 
 
 @attrs.frozen
@@ -250,7 +284,10 @@ def read_log(path: Path, *, since: float | None = None, until: float | None = No
     parser = RecordParser()
     keep: deque[LogRecord] | list[LogRecord] = deque(maxlen=tail) if tail is not None else []
     position = LogPosition(0, 0)
-    for f, ino in open_chain(path):
+    chain = open_chain(path)
+    # the oldest file may begin with the end of a line whose start was rotated away
+    orphan = bool(chain) and chain[0][1] in continued_inodes(path)
+    for f, ino in chain:
         offset = 0
         try:
             with f:
@@ -259,7 +296,13 @@ def read_log(path: Path, *, since: float | None = None, until: float | None = No
                         break  # a line conmon is still writing: the follower picks it up
                     offset += len(line)
                     record = parser.feed_line(line)
+                    if not parser.pending:
+                        # the follower goes on from here: never from inside a line's parts
+                        position = LogPosition(ino, offset)
                     if record is None:
+                        continue
+                    if orphan:
+                        orphan = False
                         continue
                     if since is not None and record.time < since:
                         continue
@@ -268,7 +311,8 @@ def read_log(path: Path, *, since: float | None = None, until: float | None = No
                     keep.append(record)
         except (OSError, EOFError):
             continue  # a damaged archive
-        position = LogPosition(ino, offset)
+        if offset == 0 and not parser.pending:
+            position = LogPosition(ino, 0)
     if tail == 0:
         return [], position
     return list(keep), position
@@ -290,6 +334,7 @@ class _Cursor:
         self.fd: int | None = None
         self.ino = 0
         self.offset = 0
+        self.jumped = False  # it skipped files (fell behind the rotation): a fresh start
         if isinstance(start, LogPosition):
             self._open_at(start)
         else:
@@ -318,6 +363,7 @@ class _Cursor:
                 os.close(fd)
                 break
         # rotated away since it was read: go on from the oldest file there is
+        self.jumped = True
         self._advance()
 
     def _use(self, fd: int, offset: int) -> None:
@@ -338,6 +384,7 @@ class _Cursor:
             # earlier still (oldest go first), so the oldest file there is comes next: a
             # gap, never a repeat. (Our open fd keeps our inode number from being reused.)
             following = chain
+            self.jumped = True
         for file_path, st in following:
             try:
                 fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -390,16 +437,26 @@ async def follow(path: Path, start: LogPosition | int, *, finished: Callable[[],
     cursor = await trio.to_thread.run_sync(_Cursor, path, start)
     parser = RecordParser()
     pending = b""
+    drop_first = False
     try:
         while True:
             changed = changes() if changes is not None else None
             done = finished()  # read it before draining, so nothing written before exit is lost
             chunk, again = await trio.to_thread.run_sync(cursor.read)
+            if cursor.jumped:
+                # what was read of a line before the gap has no end; and the first record
+                # of the new file may be the end of a line rotated away
+                cursor.jumped = False
+                parser, pending = RecordParser(), b""
+                drop_first = cursor.ino in await trio.to_thread.run_sync(continued_inodes, path)
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 record = parser.feed_line(line + b"\n")
                 if record is not None:
+                    if drop_first:
+                        drop_first = False
+                        continue
                     yield record
             if again:
                 continue

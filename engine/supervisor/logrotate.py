@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import gzip
 import logging
+import math
 import os
 import select
 import shutil
@@ -33,7 +34,16 @@ from typing import TYPE_CHECKING
 import trio
 
 from engine.actors.events import Event
-from engine.actors.logs import LINKS_DIR, LogPolicy, _rotated_index
+from engine.actors.logs import (
+    CONTINUED,
+    LINKS_DIR,
+    LogPolicy,
+    _rotated_index,
+    continued_inodes,
+    ends_mid_line,
+    log_chain,
+)
+from engine.store.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     from engine.supervisor.app import App
@@ -94,6 +104,14 @@ def _gzip(path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _mark_continued(log_path: Path, ino: int) -> None:
+    """Note that file ``ino`` begins mid-line; notes of files gone are dropped."""
+    present = {st.st_ino for _, st in log_chain(log_path)}
+    marks = (continued_inodes(log_path) & present) | {ino}
+    write_bytes_atomic(log_path.parent / LINKS_DIR / CONTINUED,
+                       "".join(f"{i}\n" for i in sorted(marks)).encode(), mode=0o600, durable=False)
+
+
 def _link_over(source: Path, target: Path) -> None:
     temp = target.with_name(target.name + ".new")
     temp.unlink(missing_ok=True)
@@ -129,13 +147,19 @@ def rotate_step(log_path: Path, policy: LogPolicy) -> int:
             break  # steady: the file conmon writes is held
         st_next = _stat(nxt)
         # conmon moved on: what it finished goes into the chain, oldest first
+        finished: list[tuple[Path, int]] = []
         if st_cur is not None:
-            _shift_in(log_path, current, policy.max_file, policy.compress)
-            shifted += 1
+            finished.append((current, st_cur.st_ino))
         if st_next is not None and st_next.st_ino != st_log.st_ino and st_next.st_size > 0:
-            _shift_in(log_path, nxt, policy.max_file, policy.compress)
+            finished.append((nxt, st_next.st_ino))
+        following = [ino for _, ino in finished[1:]] + [st_log.st_ino]
+        for (done, _ino), after in zip(finished, following, strict=False):
+            if ends_mid_line(done):
+                _mark_continued(log_path, after)
+        for done, _ino in finished:
+            _shift_in(log_path, done, policy.max_file, policy.compress)
             shifted += 1
-        elif st_next is not None and st_next.st_ino == st_log.st_ino:
+        if st_next is not None and st_next.st_ino == st_log.st_ino:
             os.rename(nxt, current)  # the staged file is the current one now
             continue
         try:
@@ -228,18 +252,24 @@ class LogRotator:
             self._inotify = _Inotify()
         except OSError as e:
             log.warning("inotify is unavailable (%s): logs are rotated by the sweep alone", e)
-        sub = self.app.events.subscribe(lambda e: e.type == "container"
-                                        and e.action in ("start", "die", "destroy"))
+        # unbounded: container starts and exits only, and none may be missed
+        send, receive = trio.open_memory_channel[Event](math.inf)
+
+        def observe(event: Event) -> None:
+            if event.type == "container" and event.action in ("start", "die", "destroy"):
+                send.send_nowait(event)
+
+        self.app.events.observe(observe)
         self._thread = threading.Thread(target=self._loop, name="log-rotator", daemon=True)
         self._thread.start()
         try:
             task_status.started()
-            async for event in sub.receive:
-                if event is None:
-                    break
-                await self._on_event(event)
+            async for event in receive:
+                try:
+                    await self._on_event(event)
+                except Exception:  # a bug here must not take the daemon down
+                    log.exception("log rotation: handling %s %s failed", event.action, event.id)
         finally:
-            self.app.events.unsubscribe(sub)
             self._stop.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._thread.join, 5.0)
@@ -317,6 +347,8 @@ class LogRotator:
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ENOTDIR):
                     log.error("log rotation of %s failed: %s", log_path, e)
+            except Exception:  # a bug here must cost the log its rotation, not the daemon
+                log.exception("log rotation of %s failed", log_path)
 
     def _loop(self) -> None:
         """The thread: rotate on inotify's word, and sweep every watched log each second."""
