@@ -55,6 +55,24 @@ def engine_add_storage_drivers(register: Register, config: dict[str, Any]) -> No
     ``remove_container``), and report ``usage``."""
 
 
+# --- volumes ---------------------------------------------------------------------------------
+
+
+@hookspec
+def engine_add_volume_drivers(register: Register, config: dict[str, Any]) -> None:
+    """Register volume drivers with ``register.volume_driver(driver)``.
+
+    ``driver`` satisfies ``engine.plugin.VolumeDriver``: a ``name`` (what ``volume create
+    --driver NAME`` and ``--mount volume-driver=NAME`` select), ``availability()``, and
+    async ``create/remove`` (a volume's storage, given its name and ``--opt`` options),
+    ``mount/unmount`` (called when the first running container needs the volume and when
+    no running container does any more; ``mount`` returns the host directory to bind into
+    containers and must be idempotent: after a daemon restart it is called again for a
+    volume that is still mounted) and ``usage`` (bytes on disk, or -1). The engine keeps
+    each volume's record (name, driver, options, labels) and its reference counts; the
+    built-in ``local`` driver is ``engine.plugins.volume_local``."""
+
+
 # --- registries ------------------------------------------------------------------------------
 
 

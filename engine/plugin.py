@@ -289,6 +289,20 @@ class StorageDriver(Protocol):
         stream* (the engine then downloads first and calls ``unpack_layer``)."""
         ...
 
+    def layer_path(self, diff_id: str) -> Path:
+        """Where the unpacked layer lives (``system df`` measures it as ``du`` would,
+        ``system check`` looks for it)."""
+        ...
+
+    def container_layer_path(self, container_id: str) -> Path:
+        """Where the container's writable layer lives (``system df``)."""
+        ...
+
+    def container_ids(self) -> list[str]:
+        """The containers this driver holds a writable layer for (``system check`` finds
+        those no container owns). Blocking; cheap (a directory listing)."""
+        ...
+
     async def cleanup_stale(self) -> StaleReport:
         """At daemon start: remove what interrupted operations left; report mounted
         containers. Must not fail on one bad leftover: log it and go on."""
@@ -296,6 +310,44 @@ class StorageDriver(Protocol):
 
 
 # --- registries ----------------------------------------------------------------------------
+
+
+# --- volume drivers ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VolumeDriver(Protocol):
+    """Keeps volumes' data (docker's volume plugins). The engine owns the records (name,
+    driver, options, labels), decides when a volume is needed and calls the driver then;
+    ``options`` is what the volume was created with (``--opt KEY=VALUE``).
+
+    Errors are the engine's own: ``InvalidArgument`` for options the driver does not take
+    (from ``create``, before anything is made), ``RuntimeFailure`` when a mount fails."""
+
+    name: str
+
+    def availability(self) -> Availability: ...
+
+    async def create(self, name: str, options: dict[str, str]) -> None:
+        """Check ``options`` and prepare the volume's storage (nothing mounted yet)."""
+        ...
+
+    async def remove(self, name: str, options: dict[str, str]) -> None:
+        """Delete the volume's storage (it is unmounted). Idempotent."""
+        ...
+
+    async def mount(self, name: str, options: dict[str, str]) -> Path:
+        """Make the data reachable; the host directory containers bind. Idempotent: after
+        a daemon restart it is called for volumes that are still mounted."""
+        ...
+
+    async def unmount(self, name: str, options: dict[str, str]) -> None:
+        """No running container needs the volume now. Idempotent."""
+        ...
+
+    async def usage(self, name: str, options: dict[str, str]) -> int:
+        """Bytes the volume's data takes on disk (as ``du`` counts them), -1 if unknown."""
+        ...
 
 
 @attrs.frozen
@@ -475,6 +527,7 @@ class Register:
     runtimes: dict[str, Runtime] = attrs.field(factory=dict)
     storage_drivers: dict[str, StorageDriver] = attrs.field(factory=dict)
     registry_clients: list[RegistryClient] = attrs.field(factory=list)
+    volume_drivers: dict[str, VolumeDriver] = attrs.field(factory=dict)
     owners: dict[str, str] = attrs.field(factory=dict)  # "runtime:runc" -> plugin name
     current_plugin: str = ""
 
@@ -487,6 +540,18 @@ class Register:
         self._require_complete("storage driver", driver, StorageDriver)
         self._claim("storage", driver.name)
         self.storage_drivers[driver.name] = driver
+
+    def volume_driver(self, driver: VolumeDriver) -> None:
+        from engine.errors import InvalidArgument
+
+        missing = _missing_members(driver, VolumeDriver)
+        if missing:
+            raise InvalidArgument(
+                f"volume driver {type(driver).__name__} of plugin {self.current_plugin!r} "
+                f"does not implement engine.plugin.VolumeDriver: it lacks {', '.join(missing)}"
+            )
+        self._claim("volume", driver.name)
+        self.volume_drivers[driver.name] = driver
 
     def registry_client(self, client: RegistryClient) -> None:
         """Clients are asked ``handles(host)`` in the order they were registered."""

@@ -88,7 +88,8 @@ def _collect(pm: pluggy.PluginManager, result: LoadedPlugins, config: dict[str, 
     in pluggy's call order (``tryfirst`` first, ``trylast`` last), which is the order the
     engine asks registry clients whether they handle a host."""
     credentials = credentials_lookup(pm, config)
-    for hook_name in ("engine_add_runtimes", "engine_add_storage_drivers", "engine_add_registry_clients"):
+    for hook_name in ("engine_add_runtimes", "engine_add_storage_drivers", "engine_add_registry_clients",
+                      "engine_add_volume_drivers"):
         hook = getattr(pm.hook, hook_name)
         for impl in reversed(hook.get_hookimpls()):  # pluggy calls the list back to front
             result.register.current_plugin = impl.plugin_name

@@ -56,6 +56,7 @@ class Rename:
 @attrs.frozen
 class Remove:
     force: bool = False
+    volumes: bool = False  # rm -v: the container's anonymous volumes go too
 
 
 @attrs.frozen

@@ -33,6 +33,7 @@ from engine.actors import verbs
 from engine.actors.deps import ActorDeps
 from engine.actors.events import Event
 from engine.actors.health import HealthMonitor
+from engine.actors.logs import LogPolicy
 from engine.actors.mailbox import Envelope, Mailbox, MailboxClosed
 from engine.actors.model import (
     ContainerConfig,
@@ -116,6 +117,7 @@ class ContainerActor:
         self.removed = False
         self.crashed: str | None = None  # why the actor crashed, once it has
         self._abandoned = False
+        self._remove_volumes = False  # rm -v asked for the anonymous volumes to go too
         # Whether the runtime may hold state for this container: unknown (None) for a
         # container read from disk, False for a new one, True once created there.
         self.runtime_knows: bool | None = False if new else None
@@ -251,7 +253,8 @@ class ContainerActor:
                 return await self._unpause()
             case c.Rename(new_name):
                 return await self._rename(new_name)
-            case c.Remove(force):
+            case c.Remove(force, volumes):
+                self._remove_volumes = volumes
                 return await self._remove(force)
             case c.Connect(network, aliases):
                 return await self._connect(network, aliases)
@@ -365,12 +368,14 @@ class ContainerActor:
         runtime = self._runtime()
         # A previous run may have left runtime state behind (e.g. after a crash).
         await self._cleanup("runtime cleanup", self._runtime_cleanup)
+        settings = self.deps.settings
+        logging_ = LogPolicy.resolve(self.config, settings.log_driver, settings.log_opts)
         request = CreateRequest(
             container_id=self.id,
             bundle=self.bundle_dir,
             state_dir=self.run_dir,
-            log_path=self.files.log_path,
-            log_size_max=self.deps.settings.log_size_max,
+            log_path=logging_.monitor_path(self.files.log_path),
+            log_size_max=logging_.monitor_size_max,
             sync_log=not self.config.auto_remove,
             terminal=self.config.tty,
             stdin=self.config.open_stdin,
@@ -394,6 +399,7 @@ class ContainerActor:
             await self._cleanup("runtime cleanup", self._runtime_cleanup)
             await self._cleanup("network teardown", self._network_teardown)
             await self._cleanup("unmount", self._unmount)
+            await self._cleanup("volume unmount", self._volumes_unmount)
             if isinstance(e, EngineError):
                 self.status.pid = 0
                 self.status.monitor_pid = 0
@@ -414,6 +420,8 @@ class ContainerActor:
 
     async def _prepare_bundle(self) -> None:
         rootfs = await self._prepare_rootfs_and_network()
+        if self.deps.volumes is not None and self.config.volumes:
+            self.status.volume_mounts = await self.deps.volumes.mount(self.config, rootfs)
         await self.deps.bundles.write_bundle(self.config, self.status, rootfs, self.bundle_dir, self._runtime())
         self.status.log_offset_at_start = await self._log_size()
 
@@ -500,6 +508,7 @@ class ContainerActor:
             nursery.start_soon(self._cleanup, "runtime cleanup", self._runtime_cleanup)
             nursery.start_soon(self._cleanup, "network teardown", self._network_teardown)
             nursery.start_soon(self._cleanup, "unmount", self._unmount)
+            nursery.start_soon(self._cleanup, "volume unmount", self._volumes_unmount)
 
     async def _apply_restart_policy(self, *, daemon_starting: bool) -> None:
         """The one place a stopped container may be brought back (``decide``)."""
@@ -800,6 +809,8 @@ class ContainerActor:
         await self._release_run_resources()
         await self._bounded("removal of the writable layer", self.deps.rootfs.remove(self.id),
                             self.deps.settings.cleanup_timeout)
+        if self.deps.volumes is not None and (self.config.auto_remove or self._remove_volumes):
+            await self._cleanup("removal of anonymous volumes", self._volumes_remove)
         await trio.to_thread.run_sync(remove_dir, self.run_dir)
         await trio.to_thread.run_sync(remove_dir, self.files.dir)
 
@@ -819,6 +830,14 @@ class ContainerActor:
         if self.rootfs_users:
             return  # a cp/export still reads it; the last one unmounts (verbs.release_rootfs)
         await self.deps.rootfs.unmount(self.id)
+
+    async def _volumes_unmount(self) -> None:
+        if self.deps.volumes is not None and self.config.volumes:
+            await self.deps.volumes.unmount(self.config)
+
+    async def _volumes_remove(self) -> None:
+        if self.deps.volumes is not None and self.config.volumes:
+            await self.deps.volumes.remove_anonymous(self.config)
 
     async def _runtime_cleanup(self) -> None:
         """Make the runtime forget the container. Skipped when we know it holds nothing
@@ -871,6 +890,7 @@ class ContainerActor:
         elif state in (S.CREATED, S.EXITED):
             await self._cleanup("runtime cleanup", self._runtime_cleanup)
             await self._cleanup("unmount", self._unmount)
+            await self._cleanup("volume unmount", self._volumes_unmount)
             if state == S.EXITED:
                 await self._apply_restart_policy(daemon_starting=True)
 

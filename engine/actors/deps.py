@@ -63,6 +63,26 @@ class NetworkProvider(Protocol):
         ...
 
 
+class VolumeProvider(Protocol):
+    """The container's volumes (``config.volumes``): mounted by their drivers when a run
+    starts (a new, empty volume seeded from the image's content at its path), released
+    when it ends."""
+
+    async def mount(self, config: ContainerConfig, rootfs: Path) -> list[dict[str, Any]]:
+        """Mount them all; the host directories to bind (``source``, ``destination``,
+        ``read_only``), which the bundle reads from ``status.volume_mounts``."""
+        ...
+
+    async def unmount(self, config: ContainerConfig) -> None:
+        """This container no longer needs them (each is unmounted when no running
+        container does). Idempotent."""
+        ...
+
+    async def remove_anonymous(self, config: ContainerConfig) -> None:
+        """``rm -v`` and ``--rm``: remove the anonymous volumes made for this container."""
+        ...
+
+
 class BundleBuilder(Protocol):
     async def write_bundle(self, config: ContainerConfig, status: ContainerStatus, rootfs: Path,
                            bundle_dir: Path, runtime: Runtime) -> None: ...
@@ -80,7 +100,8 @@ class Registry(Protocol):
 
 @attrs.frozen
 class ActorSettings:
-    log_size_max: int = 16 * 1024 * 1024
+    log_driver: str = "k8s-file"  # the daemon's default --log-driver
+    log_opts: dict[str, str] = attrs.field(factory=dict)  # the daemon's default --log-opt
     runtime_timeout: float = 120.0  # bound on one runtime call (create, kill, delete...)
     cleanup_timeout: float = 60.0  # bound on each shielded cleanup step
     kill_wait: float = 10.0  # after SIGKILL, how long an exit may take before it is stuck
@@ -97,4 +118,5 @@ class ActorDeps:
     container_dir: Callable[[str], Path]
     run_dir: Callable[[str], Path]
     network: NetworkProvider | None = None
+    volumes: VolumeProvider | None = None
     settings: ActorSettings = ActorSettings()

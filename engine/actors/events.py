@@ -93,14 +93,22 @@ class EventBus:
         self.history: deque[Event] = deque()
         self.history_bytes = 0
         self._subscribers: set[Subscription] = set()
+        self._observers: list[Callable[[Event], None]] = []
 
     def publish(self, event: Event) -> None:
         self.history.append(event)
         self.history_bytes += event.size
         while len(self.history) > HISTORY or self.history_bytes > HISTORY_BYTES:
             self.history_bytes -= self.history.popleft().size
+        for observer in self._observers:
+            observer(event)
         for sub in list(self._subscribers):
             sub.offer(event)
+
+    def observe(self, callback: Callable[[Event], None]) -> None:
+        """A part of the daemon that must see every event (log rotation): called at once
+        for each, never dropped, not counted among the subscribers. It must not block."""
+        self._observers.append(callback)
 
     def emit(self, type: str, action: str, id: str, **attributes: Any) -> Event:
         event = Event(type, action, id, attributes=attributes)

@@ -37,6 +37,18 @@ class TmpfsMount:
     options: str = ""
 
 
+@attrs.define
+class VolumeMount:
+    """A volume a container mounts (``-v NAME:/path``, ``-v /path``, ``--mount
+    type=volume``, the image's ``VOLUME``); engine.volumes keeps the volume itself."""
+
+    name: str
+    destination: str
+    read_only: bool = False
+    nocopy: bool = False  # don't seed a new, empty volume from the image's content there
+    anonymous: bool = False  # made for this container: `rm -v` and `--rm` remove it
+
+
 @attrs.frozen
 class PortMapping:
     """A published port (``-p``); engine.network.ports parses them and hands them to CNI."""
@@ -102,6 +114,9 @@ class ContainerConfig:
     # merged over the built OCI spec (engine.oci.spec.apply_patch): dicts merge, lists replace
     spec_patch: dict[str, Any] = attrs.field(factory=dict)
     additional_gids: list[int] = attrs.field(factory=list)
+    volumes: list[VolumeMount] = attrs.field(factory=list)
+    log_driver: str = ""  # "": the daemon's default (engine.actors.logs.LogPolicy)
+    log_opts: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def short_id(self) -> str:
@@ -125,6 +140,8 @@ class ContainerStatus:
     network_details: dict[str, Any] = attrs.field(factory=dict)
     log_offset_at_start: int = 0
     health: HealthState | None = None  # this run's, when the container has a check
+    # the host directories of the volumes this run mounted: {source, destination, read_only}
+    volume_mounts: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 def new_container_id() -> str:

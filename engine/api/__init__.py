@@ -6,10 +6,11 @@ from engine.rpc.methods import MethodTable
 
 
 def register_all(table: MethodTable) -> None:
-    from engine.api import container_verbs, containers, images, networks, system
+    from engine.api import container_verbs, containers, images, networks, system, volumes
 
     system.register(table)
     containers.register(table)
     container_verbs.register(table)
     images.register(table)
     networks.register(table)
+    volumes.register(table)

@@ -30,6 +30,7 @@ from engine.supervisor.container_service import (
     LogsSpec,
     RunSpec,
 )
+from engine.supervisor.volume_views import mounts_view
 
 # The params of container.create / run / exec / logs are the service's own types.
 CreateParams = CreateSpec
@@ -75,6 +76,7 @@ class KillParams:
 class RemoveParams:
     id: str
     force: bool = False
+    volumes: bool = False  # rm -v: the anonymous volumes too
 
 
 @attrs.frozen
@@ -225,6 +227,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "StdinOnce": c.stdin_once,
             **({"Healthcheck": c.healthcheck.to_docker()} if c.healthcheck else {}),
         },
+        "Mounts": mounts_view(c, s),
         "NetworkSettings": {
             "IPAddress": s.ip_address,
             "Networks": {k: v for k, v in s.network_details.items() if not k.startswith("_")},
@@ -336,7 +339,7 @@ def register(table: MethodTable) -> None:
     @table.method("container.remove", params=RemoveParams)
     async def remove(ctx: CallContext, p: RemoveParams) -> dict[str, Any]:
         """Remove a container (force: kill it first)."""
-        return await containers(ctx).remove(p.id, p.force)
+        return await containers(ctx).remove(p.id, p.force, p.volumes)
 
     @table.method("container.rename", params=RenameParams)
     async def rename(ctx: CallContext, p: RenameParams) -> dict[str, Any]:
@@ -383,5 +386,9 @@ def register(table: MethodTable) -> None:
 
     @table.method("container.prune", params=PruneParams)
     async def prune(ctx: CallContext, p: PruneParams) -> dict[str, Any]:
-        """Remove every stopped container."""
-        return {"ContainersDeleted": await containers(ctx).prune(list_filter(p.filters))}
+        """Remove every stopped container; filters until (created before), label, label!."""
+        from engine.supervisor.system import container_filter
+
+        own = {k: v for k, v in p.filters.items() if k in ("until", "label!")}
+        rest, extra = list_filter({k: v for k, v in p.filters.items() if k not in own}), container_filter(own)
+        return {"ContainersDeleted": await containers(ctx).prune(lambda a: rest(a) and extra(a))}

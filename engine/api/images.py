@@ -55,6 +55,7 @@ class RemoveParams:
 @attrs.frozen
 class PruneParams:
     all: bool = False
+    filters: dict[str, list[str]] = attrs.field(factory=dict)  # until, label, label!
 
 
 @attrs.frozen
@@ -241,8 +242,13 @@ def register(table: MethodTable) -> None:
 
     @table.method("image.prune", params=PruneParams)
     async def prune(ctx: CallContext, p: PruneParams) -> Any:
-        """Remove dangling images (all unused ones with all)."""
-        return await images(ctx).prune(dangling_only=not p.all, in_use=in_use_by_containers(ctx.app))
+        """Remove dangling images (all unused ones with all); filters until (created
+        before), label, label!."""
+        from engine.supervisor.system import image_filter, prune_images
+
+        filters = dict(p.filters)
+        all_images = p.all or filters.pop("dangling", ["true"])[-1].lower() in ("false", "0")
+        return await prune_images(ctx.app, all_images=all_images, match=image_filter(filters))
 
     @table.method("image.load", params=PathParams)
     async def load(ctx: CallContext, p: PathParams) -> dict[str, Any]:

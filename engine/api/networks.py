@@ -43,7 +43,7 @@ class ListParams:
 
 @attrs.frozen
 class PruneParams:
-    """No parameters yet (docker's label/until filters are not supported)."""
+    filters: dict[str, list[str]] = attrs.field(factory=dict)  # until, label, label!
 
 
 @attrs.frozen
@@ -197,7 +197,9 @@ def register(table: MethodTable) -> None:
     @table.method("network.prune", params=PruneParams)
     async def prune(ctx: CallContext, p: PruneParams) -> dict[str, Any]:
         """Remove every user-defined network no container is attached to."""
-        removed = await service(ctx).store.prune()
+        from engine.supervisor.system import network_filter
+
+        removed = await service(ctx).store.prune(network_filter(p.filters))
         for name in removed:
             ctx.app.events.emit("network", "destroy", name, name=name, driver="bridge")
         return {"NetworksDeleted": removed}

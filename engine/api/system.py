@@ -20,6 +20,18 @@ API_VERSION = "1.0"
 
 
 @attrs.frozen
+class SystemPruneParams:
+    all: bool = False  # unused images too, not only dangling ones
+    volumes: bool = False  # unused anonymous volumes too
+    filters: dict[str, list[str]] = attrs.field(factory=dict)  # until, label, label!
+
+
+@attrs.frozen
+class CheckParams:
+    repair: bool = False
+
+
+@attrs.frozen
 class EventsParams:
     since: float | None = None
     until: float | None = None
@@ -89,7 +101,7 @@ def register(table: MethodTable) -> None:
             # runtimes and storage drivers say whether they can work here (the verdict is
             # kept fresh off the event loop); a registry client always can
             avail = (app.availability.verdict(f"{kind} {name}", obj.availability)
-                     if kind in ("runtime", "storage") else None)
+                     if kind in ("runtime", "storage", "volume") else None)
             return {
                 "name": name,
                 "plugin": reg.owners.get(f"{kind}:{name}", ""),
@@ -102,6 +114,8 @@ def register(table: MethodTable) -> None:
             counts.update(app.services.containers.counts())
         if app.services.images is not None:
             counts["images"] = len(app.services.images.list())
+        if app.services.volumes is not None:
+            counts["volumes"] = len(app.services.volumes.store.list())
         return {
             "Version": engine.__version__,
             "Root": str(app.layout.root),
@@ -112,6 +126,7 @@ def register(table: MethodTable) -> None:
             "StorageDriver": app.config.storage_driver,
             "Runtimes": [describe("runtime", n, r) for n, r in sorted(reg.runtimes.items())],
             "StorageDrivers": [describe("storage", n, d) for n, d in sorted(reg.storage_drivers.items())],
+            "VolumeDrivers": [describe("volume", n, d) for n, d in sorted(reg.volume_drivers.items())],
             "RegistryClients": [
                 describe("registry", c.name, c) for c in reg.registry_clients
             ],
@@ -160,6 +175,30 @@ def register(table: MethodTable) -> None:
         finally:
             ctx.app.events.unsubscribe(sub)
         return {"sent": stream.sent, "lagged": sub.lagged}
+
+    @table.method("system.df")
+    async def df(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        """Disk usage of images (shared and unique), containers and volumes, as du counts
+        it, and what a prune could reclaim (docker's system df -v)."""
+        from engine.supervisor.system import disk_usage_report
+
+        return await disk_usage_report(ctx.app)
+
+    @table.method("system.prune", params=SystemPruneParams)
+    async def prune(ctx: CallContext, p: SystemPruneParams) -> dict[str, Any]:
+        """Remove stopped containers, unused networks, dangling images (all unused ones
+        with all) and, with volumes, unused anonymous volumes; filters until and label."""
+        from engine.supervisor.system import system_prune
+
+        return await system_prune(ctx.app, all_images=p.all, volumes=p.volumes, filters=dict(p.filters))
+
+    @table.method("system.check", params=CheckParams)
+    async def check(ctx: CallContext, p: CheckParams) -> dict[str, Any]:
+        """Verify blobs, image records, layers, container roots and volume records; with
+        repair, mend what is broken and leave the rest alone."""
+        from engine.supervisor.check import system_check
+
+        return await system_check(ctx.app, repair=p.repair)
 
     @table.method("rpc.describe")
     async def describe(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any, NoReturn
 
-COMMAND_MODULES = ("system", "containers", "verbs", "images", "networks")
+COMMAND_MODULES = ("system", "containers", "verbs", "images", "networks", "volumes")
 
 # Which module defines each top-level command, so that engctl imports and records only the
 # one it runs (tests/cli checks this table against the modules).
 COMMANDS = {
-    **dict.fromkeys(("version", "info", "events"), "system"),
+    **dict.fromkeys(("version", "info", "events", "system"), "system"),
     **dict.fromkeys(
         ("run", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "ps",
          "inspect", "logs", "wait", "exec", "rename", "container", "port", "attach"),
@@ -41,6 +41,7 @@ COMMANDS = {
     ),
     "network": "networks",
     **dict.fromkeys(("update", "top", "stats", "cp", "diff", "export", "commit"), "verbs"),
+    "volume": "volumes",
 }
 
 EXIT_ENGINE_ERROR = 125

@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,10 +295,13 @@ class NetworkStore:
         _rmtree_quiet(self.ipam_dir / network.name)
         _rmtree_quiet(self.attachment_dir(network))
 
-    async def prune(self) -> _Names:
-        """Remove user-defined networks without containers; returns their names."""
+    async def prune(self, match: Callable[[Network], bool] | None = None) -> _Names:
+        """Remove user-defined networks without containers (and that ``match``, the
+        prune's filters); returns their names."""
         removed: _Names = []
         for net in await self._load_all():
+            if match is not None and not match(net):
+                continue
             if net.name == DEFAULT_NETWORK or await self.attached_containers(net):
                 continue
             try:

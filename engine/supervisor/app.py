@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from engine.network.service import ContainerNetworking
     from engine.rpc.server import RPCServer
     from engine.supervisor.containers import ContainerSupervisor
+    from engine.supervisor.volumes import VolumeService
 
 AVAILABILITY_TTL = 2.0  # seconds
 
@@ -81,6 +82,7 @@ class Services:
     images_error: str = ""  # why images are unavailable, when they are
     network: ContainerNetworking | None = None
     rpc: RPCServer | None = None
+    volumes: VolumeService | None = None
     flags: dict[str, Any] = attrs.field(factory=dict)  # kept for SIGHUP: file + same flags
     reload_hooks: list[Callable[[App], None]] = attrs.field(factory=list)
 

@@ -5,7 +5,7 @@ in ``engine.oci.spec``) and the OCI bundle's config.json (``Bundles``, the actor
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import attrs
@@ -58,6 +58,12 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
         for m in details.get("_mounts", [])
     ]
+    mounts += [
+        BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
+        for m in status.volume_mounts
+    ]
+    # docker's order: a mount inside another one's destination goes after it
+    mounts.sort(key=lambda m: len(PurePosixPath(m.destination).parts))
     tmpfs = [
         TmpfsMount(t.destination, tuple(o for o in t.options.split(",") if o) or TmpfsMount(t.destination).options)
         for t in config.tmpfs

@@ -63,7 +63,9 @@ class DaemonConfig:
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
     max_concurrent_downloads: int = 3
-    log_size_max: int = 16 * 1024 * 1024
+    log_size_max: int = 16 * 1024 * 1024  # accepted for old config files, ignored: log-opts
+    log_driver: str = "k8s-file"  # docker's log-driver (json-file and local name it too)
+    log_opts: dict[str, str] = attrs.field(factory=dict)  # docker's log-opts (max-size...)
     runtime_timeout: float = 120.0  # seconds one runtime call (create, kill, delete...) may take
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -161,6 +163,12 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
         raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     config.ws_allowed_origins = [_origin(o) for o in config.ws_allowed_origins]
     config.network_settings()  # a bad bridge, bip or pool is a ConfigError naming it
+    from engine.actors.logs import LogPolicy
+
+    try:
+        LogPolicy.parse(config.log_driver, config.log_opts)
+    except Exception as e:
+        raise ConfigError(f"invalid log-driver / log-opts: {e}") from None
     return config
 
 

@@ -37,6 +37,7 @@ from engine.supervisor.attach import (
     pump_attach,
 )
 from engine.supervisor.containers import ContainerSupervisor
+from engine.volumes.specs import is_bind_spec
 
 log = logging.getLogger("engine.containers")
 
@@ -66,7 +67,11 @@ class CreateSpec:
     workdir: str = ""
     user: str = ""
     hostname: str = ""
-    volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro]
+    volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro], -v NAME:DST, -v DST
+    mounts: list[str] = attrs.field(factory=list)  # --mount type=…,src=…,dst=…
+    volumes_from: list[str] = attrs.field(factory=list)  # --volumes-from CTR[:ro|rw]
+    log_driver: str = ""
+    log_opts: dict[str, str] = attrs.field(factory=dict)
     tmpfs: list[str] = attrs.field(factory=list)  # --tmpfs DST[:opts]
     read_only: bool = False
     init: bool = False
@@ -260,7 +265,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         workdir=workdir,
         user=user,
         hostname=p.hostname,
-        binds=[parse_volume(v) for v in p.volumes],
+        binds=[parse_volume(v) for v in p.volumes if is_bind_spec(v)],
         tmpfs=[parse_tmpfs(t) for t in p.tmpfs],
         read_only=p.read_only,
         init=p.init,
@@ -289,7 +294,12 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
             image_healthcheck(image.config.raw), cmd=p.health_cmd, interval=p.health_interval,
             timeout=p.health_timeout, start_period=p.health_start_period, retries=p.health_retries,
             disabled=p.no_healthcheck),
+        log_driver=p.log_driver,
+        log_opts=dict(p.log_opts),
     )
+    from engine.actors.logs import LogPolicy
+
+    LogPolicy.resolve(config, app.config.log_driver, app.config.log_opts)  # a clear error now
     return config, list(p.publish)
 
 
@@ -317,7 +327,20 @@ class ContainerService:
             await network.prepare_config(config, publish)
         elif publish:
             raise InvalidArgument("publishing ports needs networking, which is unavailable")
-        return await self.supervisor.create(config)
+        volumes = self.app.services.volumes
+        if volumes is None:
+            if config.volumes or spec.mounts or spec.volumes_from or any(not is_bind_spec(v) for v in spec.volumes):
+                raise InvalidArgument("volumes are unavailable in this daemon")
+            return await self.supervisor.create(config)
+        image_volumes = sorted(self.app.services.require_images().get(spec.image).config.config.volumes or {})
+        made = await volumes.attach(config, volumes=list(spec.volumes), mounts=list(spec.mounts),
+                                    volumes_from=list(spec.volumes_from), image_volumes=image_volumes)
+        try:
+            return await self.supervisor.create(config)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await volumes.discard(made)
+            raise
 
     async def start(self, ref: str, send: Send | None = None, input: Any | None = None,
                     detach_keys: str = "") -> dict[str, Any]:
@@ -482,8 +505,8 @@ class ContainerService:
     async def unpause(self, ref: str) -> dict[str, Any]:
         return await self.get(ref).call(c.Unpause())  # type: ignore[no-any-return]
 
-    async def remove(self, ref: str, force: bool) -> dict[str, Any]:
-        return await self.get(ref).call(c.Remove(force=force))  # type: ignore[no-any-return]
+    async def remove(self, ref: str, force: bool, volumes: bool = False) -> dict[str, Any]:
+        return await self.get(ref).call(c.Remove(force=force, volumes=volumes))  # type: ignore[no-any-return]
 
     async def rename(self, ref: str, name: str) -> None:
         await self.supervisor.rename(ref, name)
@@ -514,19 +537,20 @@ class ContainerService:
         actor = self.get(spec.id)
         if spec.tail is not None and spec.tail < 0:
             raise InvalidArgument("--tail must be 0 or more")
-        # Streamed from disk a batch at a time, as the client takes them (issue 16.6).
+        # Streamed from disk a batch at a time, as the client takes them (issue 16.6),
+        # across every file of the rotated log.
         scan = await trio.to_thread.run_sync(
             lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
         async for record in scan_records(scan):
             yield record
-        offset = scan.offset
+        position = scan.position
         if spec.follow and actor.status.state in ACTIVE:
             started_at = actor.status.started_at
 
             def finished() -> bool:
                 return actor.removed or actor.status.started_at != started_at or actor.status.state not in ACTIVE
 
-            async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
+            async for record in follow(actor.files.log_path, position, finished=finished, changes=actor.changes):
                 if spec.until is not None and record.time > spec.until:
                     break
                 yield record

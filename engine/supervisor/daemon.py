@@ -54,6 +54,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     on disk (``engine.supervisor.reconcile``) before anything is served."""
     from engine.network.service import ContainerNetworking
     from engine.supervisor.containers import ContainerSupervisor
+    from engine.supervisor.logrotate import LogRotator
     from engine.supervisor.reconcile import reconcile_at_start
 
     app.availability.start(nursery)
@@ -61,10 +62,15 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     await open_image_store(app, nursery)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
     await app.services.network.use_settings(app.config.network_settings())
+    app.services.volumes = await open_volumes(app)
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)
     app.services.containers = supervisor
+    # before adoption: the exits it records are rotation points
+    rotator = LogRotator(app)
+    await nursery.start(rotator.run)
     await reconcile_at_start(app, supervisor)
+    await rotator.watch_running()
 
 
 def actor_deps(app: App, registry: Registry) -> ActorDeps:
@@ -81,12 +87,29 @@ def actor_deps(app: App, registry: Registry) -> ActorDeps:
         container_dir=app.layout.container_dir,
         run_dir=app.layout.run_container_dir,
         network=app.services.network,
+        volumes=app.services.volumes,
         settings=ActorSettings(
-            log_size_max=app.config.log_size_max,
+            log_driver=app.config.log_driver,
+            log_opts=dict(app.config.log_opts),
             runtime_timeout=app.config.runtime_timeout,
             cleanup_timeout=app.config.runtime_timeout,
         ),
     )
+
+
+async def open_volumes(app: App) -> Any:
+    """The volume store (records read in a thread) and its service."""
+    from engine.supervisor.volumes import VolumeService
+    from engine.volumes.store import VolumeStore
+
+    def publish(action: str, record: Any, **attributes: Any) -> None:
+        app.events.emit("volume", action, record.name, driver=record.driver, **attributes)
+
+    store = VolumeStore(app.layout.volumes_dir, lambda: app.plugins.register.volume_drivers, publish)
+    await trio.to_thread.run_sync(store.load)
+    for name, why in store.broken.items():
+        log.error("volume %s is broken (%s); `engctl system check --repair` removes it", name, why)
+    return VolumeService(store, app.services.require_containers)
 
 
 async def open_image_store(app: App, nursery: trio.Nursery) -> None:

@@ -60,6 +60,10 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--env-file", action="append", default=[])
     p.add_argument("-v", "--volume", action="append", default=[])
     p.add_argument("--tmpfs", action="append", default=[])
+    p.add_argument("--mount", action="append", default=[])
+    p.add_argument("--volumes-from", action="append", default=[])
+    p.add_argument("--log-driver", default="")
+    p.add_argument("--log-opt", action="append", default=[])
     p.add_argument("-w", "--workdir", default="")
     p.add_argument("-u", "--user", default="")
     p.add_argument("-h", "--hostname", default="")
@@ -150,6 +154,14 @@ def create_params(args: Namespace) -> dict[str, Any]:
         params["pids_limit"] = args.pids_limit
     if args.stop_timeout is not None:
         params["stop_timeout"] = args.stop_timeout
+    if args.mount:
+        params["mounts"] = list(args.mount)
+    if args.volumes_from:
+        params["volumes_from"] = list(args.volumes_from)
+    if args.log_driver:
+        params["log_driver"] = args.log_driver
+    if args.log_opt:
+        params["log_opts"] = parse_log_opts(args.log_opt)
     params.update(health_params(args))
     return params
 
@@ -192,6 +204,18 @@ def parse_duration(text: str, flag: str) -> float:
     if number:
         raise InvalidArgument(f"invalid {flag} {text!r}: a unit is missing (30s, 1m, 500ms)")
     return total
+
+
+def parse_log_opts(values: list[str]) -> dict[str, str]:
+    """``--log-opt max-size=1m`` (repeatable; one may also hold several, comma separated)."""
+    opts: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            key, sep, v = item.partition("=")
+            if not sep or not key.strip():
+                raise InvalidArgument(f"invalid --log-opt {item!r}: expected KEY=VALUE")
+            opts[key.strip()] = v.strip()
+    return opts
 
 
 def setup(sub: Any) -> None:
@@ -494,7 +518,8 @@ def cmd_simple(ctx: Context, args: Namespace) -> int:
 
 def cmd_rm(ctx: Context, args: Namespace) -> int:
     client = ctx.client()
-    return _each(ctx, args.containers, lambda n: client.call("container.remove", id=n, force=args.force))
+    return _each(ctx, args.containers, lambda n: client.call("container.remove", id=n, force=args.force,
+                                                                    volumes=args.volumes))
 
 
 def cmd_ps(ctx: Context, args: Namespace) -> int:

@@ -80,6 +80,7 @@ def setup(sub: Any) -> None:
     pp = isub.add_parser("prune", help="remove unused images")
     pp.add_argument("-a", "--all", action="store_true")
     pp.add_argument("-f", "--force", action="store_true")
+    pp.add_argument("--filter", action="append", default=[])
     pp.set_defaults(func=cmd_image_prune)
     for name in ("ls", "list"):
         pl = isub.add_parser(name, help="list images")
@@ -383,7 +384,9 @@ def cmd_image_inspect(ctx: Context, args: Namespace) -> int:
 
 
 def cmd_image_prune(ctx: Context, args: Namespace) -> int:
-    result = ctx.client().call("image.prune", all=args.all)
+    from engine.cli.main import parse_filters
+
+    result = ctx.client().call("image.prune", all=args.all, filters=parse_filters(args.filter))
     for entry in result.get("ImagesDeleted") or result.get("deleted") or []:
         for key, value in entry.items():
             print(f"{key}: {value}")

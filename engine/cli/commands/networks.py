@@ -60,6 +60,7 @@ def setup(sub: Any) -> None:
 
     pp = nsub.add_parser("prune", help="remove networks no container uses")
     pp.add_argument("-f", "--force", action="store_true")
+    pp.add_argument("--filter", action="append", default=[])
     pp.set_defaults(func=cmd_prune)
 
     p.set_defaults(func=lambda ctx, args: _usage(p))
@@ -146,7 +147,7 @@ def cmd_prune(ctx: Context, args: Namespace) -> int:
         sys.stdout.flush()
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             return 0
-    result = ctx.client().call("network.prune")
+    result = ctx.client().call("network.prune", filters=parse_filters(args.filter))
     deleted = result.get("NetworksDeleted") or []
     if deleted:
         print("Deleted Networks:")

@@ -151,6 +151,15 @@ class OverlayDriver:
             )
         return self.containers_dir / container_id
 
+    def layer_path(self, diff_id: str) -> Path:
+        return self.layer_dir(diff_id)
+
+    def container_layer_path(self, container_id: str) -> Path:
+        return self.container_dir(container_id) / "upper"
+
+    def container_ids(self) -> list[str]:
+        return self._container_ids()
+
     def mountpoint(self, container_id: str) -> Path:
         return self.container_dir(container_id) / "merged"
 
