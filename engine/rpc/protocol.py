@@ -184,8 +184,11 @@ class Decoder:
     ``ProtocolError`` for bytes that are not msgpack; the connection cannot recover from
     either, so the caller closes it."""
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, *, max_entries: int | None = None) -> None:
         self.max_frame = max_frame
+        # A server refuses maps and arrays with more entries than any request needs: a
+        # frame of a few MB could otherwise unpack into a hundred MB of objects.
+        self.max_entries = max_entries
         self._msgpack = _msgpack()
         self._new_unpacker()
         self.last_frame_size = 0  # bytes of the message yielded last
@@ -197,6 +200,8 @@ class Decoder:
             max_buffer_size=self.max_frame,
             use_list=True,
             timestamp=0,
+            **({"max_map_len": self.max_entries, "max_array_len": self.max_entries}
+               if self.max_entries is not None else {}),
         )
         self._frame_start = 0
         self._fed = 0
@@ -230,6 +235,10 @@ class Decoder:
             del obj  # a suspended generator must not keep the last message alive
 
 
+# The most entries a map or an array in a request may hold (the server's decoders): far more
+# than any method's params (a `cmd`, an `env`, labels), far less than what pins memory.
+MAX_REQUEST_ENTRIES = 65536
+
 # msgpack's C unpacker keeps a fixed stack: arrays and maps nest at most this deep.
 MSGPACK_MAX_DEPTH = 1024
 
@@ -240,7 +249,12 @@ def _reason(msgpack: ModuleType, e: Exception) -> str:
         return f"arrays/maps nested deeper than {MSGPACK_MAX_DEPTH} levels"
     if isinstance(e, msgpack.FormatError):
         return "a byte that starts no msgpack value (such as 0xc1)"
-    return str(e) or type(e).__name__
+    text = str(e)
+    if "exceeds max_map_len" in text or "exceeds max_array_len" in text:
+        count = text.split()[0]
+        return (f"a map or array of {count} entries, more than the {MAX_REQUEST_ENTRIES} a "
+                "request may hold")
+    return text or type(e).__name__
 
 
 # --- Small frames without msgpack ------------------------------------------------------------

@@ -93,7 +93,7 @@ class StreamTransport:
 
     def __init__(self, stream: trio.abc.Stream, max_frame: int) -> None:
         self.stream = stream
-        self.decoder = protocol.Decoder(max_frame)
+        self.decoder = protocol.Decoder(max_frame, max_entries=protocol.MAX_REQUEST_ENTRIES)
 
     @property
     def last_frame_size(self) -> int:
@@ -392,19 +392,25 @@ class RPCServer:
         self.connections = 0
         self.calls = 0  # in flight, over every connection
         self._trim_pending = False
+        self._trim_wanted = False
         self._last_trim = -math.inf
 
     async def release_memory(self) -> None:
-        """Return freed memory to the system soon (one trim for a burst of large calls)."""
+        """Return freed memory to the system soon (one trim for a burst of large calls). A
+        call that ends while a trim is pending or running asks for one more after it, so
+        the last large call of a burst is always followed by a trim."""
+        self._trim_wanted = True
         if self._trim_pending:
             return
         self._trim_pending = True
         try:
-            await trio.sleep_until(self._last_trim + TRIM_INTERVAL)
-            await trio.to_thread.run_sync(_malloc_trim)
+            while self._trim_wanted:
+                self._trim_wanted = False
+                await trio.sleep_until(self._last_trim + TRIM_INTERVAL)
+                await trio.to_thread.run_sync(_malloc_trim)
+                self._last_trim = trio.current_time()
         finally:
             self._trim_pending = False
-            self._last_trim = trio.current_time()
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "unix") -> None:
         await self.handle_transport(StreamTransport(stream, self.max_frame), peer)

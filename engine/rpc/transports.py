@@ -213,7 +213,7 @@ class WebSocketTransport:
                 return
             if isinstance(data, str):
                 data = data.encode()
-            decoder = protocol.Decoder(self.max_frame)
+            decoder = protocol.Decoder(self.max_frame, max_entries=protocol.MAX_REQUEST_ENTRIES)
             self.last_frame_size = len(data)
             for obj in decoder.feed(data):
                 yield obj
