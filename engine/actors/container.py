@@ -326,8 +326,12 @@ class ContainerActor:
     async def _transition(self, new: ContainerState, action: str | None = None, **attributes: Any) -> None:
         if not can_transition(self.status.state, new):
             raise Conflict(f"container {self.name}: cannot go from {self.status.state} to {new}")
-        self.status.state = new
-        await self._persist()  # on disk before anyone hears of it
+        old, self.status.state = self.status.state, new
+        try:
+            await self._persist()  # on disk before anyone hears of it
+        except EngineError:
+            self.status.state = old  # nobody heard of it: it did not happen
+            raise
         if action:
             self.emit(action, **attributes)
 

@@ -6,10 +6,12 @@ rewrites it under the actor), the status after every transition, always atomical
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import attrs
 from engine.actors.health import HealthConfig, HealthState
 from engine.actors.state import ContainerState
 from engine.convert import disk
-from engine.errors import RuntimeFailure
+from engine.errors import RuntimeFailure, disk_full, no_space
 from engine.store.atomic import write_bytes_atomic
 from engine.store.rmtree import remove_tree
 
@@ -168,12 +170,15 @@ class ContainerFiles:
         return self._log_path or self.dir / "ctr.log"
 
     def write_config(self, config: ContainerConfig) -> None:
-        # Owner only: the config holds the container's environment (passwords, tokens).
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # A --rm container is removed after any power loss anyway (docker does the same),
-        # so only the others pay for the fsyncs.
-        write_bytes_atomic(self.config_path, json.dumps(disk.unstructure(config)).encode(),
-                           mode=0o600, durable=not config.auto_remove)
+        """Raises an engine error when the disk refuses (full: ``resource_exhausted``); the
+        file keeps its old content then."""
+        with _written(self.config_path):
+            # Owner only: the config holds the container's environment (passwords, tokens).
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A --rm container is removed after any power loss anyway (docker does the same),
+            # so only the others pay for the fsyncs.
+            write_bytes_atomic(self.config_path, json.dumps(disk.unstructure(config)).encode(),
+                               mode=0o600, durable=not config.auto_remove)
 
     def write_status(self, status: ContainerStatus) -> None:
         self.write_status_bytes(encode_status(status))
@@ -183,7 +188,8 @@ class ContainerFiles:
         # survives it), and after a power loss no container is running whatever the file
         # says: adoption finds the runtime empty and records the exit. One fsync per
         # transition would cost more than the rest of a container start.
-        write_bytes_atomic(self.state_path, data, mode=0o600, durable=False)
+        with _written(self.state_path):
+            write_bytes_atomic(self.state_path, data, mode=0o600, durable=False)
 
     def read_config(self) -> ContainerConfig:
         return disk.structure(json.loads(self.config_path.read_bytes()), ContainerConfig)
@@ -193,6 +199,18 @@ class ContainerFiles:
             return disk.structure(json.loads(self.state_path.read_bytes()), ContainerStatus)
         except FileNotFoundError:
             return ContainerStatus()
+
+
+@contextlib.contextmanager
+def _written(path: Path) -> Iterator[None]:
+    """A container file that cannot be written is the host's trouble, not a bug in the
+    actor: an engine error naming the file (a full disk: ``resource_exhausted``)."""
+    try:
+        yield
+    except OSError as e:
+        if no_space(e) is not None:
+            raise disk_full(e, path) from None
+        raise RuntimeFailure(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def encode_status(status: ContainerStatus) -> bytes:

@@ -142,3 +142,41 @@ def test_a_full_disk_is_resource_exhausted_and_changes_are_whole(
         loaded = c.call("image.load", path=str(archive))
         assert loaded
         assert c.call("system.ping") == "pong"
+        # a write the disk refused is the host's trouble, not a bug: no actor crashed
+        crashes = list(c.stream("system.events", since=0, until=time.time(),
+                                filters={"event": ["actor_crash"]}))
+        assert crashes == []
+
+
+def last_number(c: Any, cid: str) -> int:
+    items = list(c.stream("container.logs", id=cid, tail=1))
+    text = b"".join(i["data"] for i in items).decode().strip()
+    return int(text.split()[-1]) if text else -1
+
+
+def test_a_container_logging_into_a_full_disk(full_disk_engine: tuple[Daemon, Path]) -> None:
+    """The container keeps running while its output has nowhere to go, the daemon keeps
+    serving, and once there is space the log goes on; the container stops and is removed
+    as usual."""
+    d, filler = full_disk_engine
+    with d.client() as c:
+        cid = c.call("container.run", image="busybox", detach=True, log_opts={"max-size": "-1"},
+                     cmd=["sh", "-c", "i=0; while :; do echo line $i; i=$((i+1)); usleep 2000; done"])["Id"]
+        deadline = time.monotonic() + 20
+        while last_number(c, cid) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        fill(filler)
+        time.sleep(2)  # the container writes into a full disk meanwhile
+        assert c.call("system.ping") == "pong"
+        assert c.call("container.inspect", id=cid)["State"]["Status"] == "running"
+        stuck = last_number(c, cid)
+        assert stuck >= 10  # what was written before is still readable
+        filler.unlink()
+        deadline = time.monotonic() + 20
+        while last_number(c, cid) <= stuck:
+            assert time.monotonic() < deadline, "the log did not go on once there was space"
+            time.sleep(0.1)
+        c.call("container.stop", id=cid, timeout=1)
+        c.call("container.remove", id=cid)
+        assert c.call("container.list", all=True) == []
