@@ -77,6 +77,9 @@ class LogPolicy:
     def resolve(cls, config: Any, default_driver: str, default_opts: dict[str, str]) -> LogPolicy:
         """A container's policy: its own driver and options over the daemon's defaults
         (the daemon's options apply only with the daemon's driver, as in docker)."""
+        if getattr(config, "log_path", ""):
+            # the CRI names the file and kubelet rotates it (ReopenContainerLog): no cap here
+            return cls("k8s-file", 0, 1, False)
         driver = config.log_driver or default_driver
         same = (driver in FILE_DRIVERS) == ((default_driver or "k8s-file") in FILE_DRIVERS)
         opts = {**(default_opts if same else {}), **config.log_opts}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import gzip
 import logging
 import math
@@ -241,7 +242,6 @@ class LogRotator:
         self._step_locks: dict[str, threading.Lock] = {}
         self._inotify: _Inotify | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def policy_of(self, config: object) -> LogPolicy:
         settings = self.app.config
@@ -260,19 +260,21 @@ class LogRotator:
                 send.send_nowait(event)
 
         self.app.events.observe(observe)
-        self._thread = threading.Thread(target=self._loop, name="log-rotator", daemon=True)
-        self._thread.start()
         try:
-            task_status.started()
-            async for event in receive:
+            async with trio.open_nursery() as nursery:
+                # the rotating loop is a worker thread owned by a task of this nursery: it
+                # ends (within a poll interval) once _stop is set, and the nursery waits for it
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, self._loop))
+                task_status.started()
                 try:
-                    await self._on_event(event)
-                except Exception:  # a bug here must not take the daemon down
-                    log.exception("log rotation: handling %s %s failed", event.action, event.id)
+                    async for event in receive:
+                        try:
+                            await self._on_event(event)
+                        except Exception:  # a bug here must not take the daemon down
+                            log.exception("log rotation: handling %s %s failed", event.action, event.id)
+                finally:
+                    self._stop.set()
         finally:
-            self._stop.set()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._thread.join, 5.0)
             if self._inotify is not None:
                 self._inotify.close()
 
