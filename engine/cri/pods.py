@@ -48,6 +48,11 @@ SANDBOX_STOP_GRACE = 2.0  # seconds the infra process gets (it holds nothing)
 REOPEN_WAIT = 5.0  # seconds conmon gets to reopen a rotated log
 EXEC_OUTPUT_MAX = 16 * 1024 * 1024  # bytes of ExecSync output kept per stream
 NS_MODE = pb.NamespaceMode  # POD=0, CONTAINER=1, NODE=2, TARGET=3
+# Kubernetes' own cap on a pod's annotations (TotalAnnotationSizeLimitB); the same for labels.
+# Anything bigger comes from a broken client, and would be written into several files.
+METADATA_MAX = 256 * 1024
+# Linux refuses an execve whose arguments and environment pass ~2 MiB (ARG_MAX); say so early.
+COMMAND_MAX = 1024 * 1024
 
 _STATE_OF: dict[ContainerState, Any] = {
     ContainerState.CREATING: pb.CONTAINER_CREATED,
@@ -74,7 +79,26 @@ def _matches(wanted: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def check_metadata_size(rpc: str, **maps: Any) -> None:
+    """Labels and annotations of a pod or container stay under ``METADATA_MAX`` bytes each."""
+    for field, mapping in maps.items():
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in mapping.items())
+        if size > METADATA_MAX:
+            raise InvalidArgument(f"{rpc}: {field} take {size} bytes; at most {METADATA_MAX} "
+                                  "are accepted")
+
+
+def check_command_size(rpc: str, config: pb.ContainerConfig) -> None:
+    size = sum(len(a.encode()) + 1 for a in [*config.command, *config.args])
+    size += sum(len(kv.key.encode()) + len(kv.value.encode()) + 2 for kv in config.envs)
+    if size > COMMAND_MAX:
+        raise InvalidArgument(f"{rpc}: command, args and envs take {size} bytes; at most "
+                              f"{COMMAND_MAX} are accepted")
+
+
 def _by_prefix(items: dict[str, Any], ref: str, kind: str) -> Any:
+    if not ref:
+        raise InvalidArgument(f"a {kind} id is required")
     if ref in items:
         return items[ref]
     found = [v for k, v in items.items() if k.startswith(ref)] if ref else []
@@ -145,6 +169,35 @@ class RuntimeHandlers:
     async def open(self) -> None:
         await trio.to_thread.run_sync(self.sandboxes.load)
         await trio.to_thread.run_sync(self.containers.load)
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """After a restart (a SIGKILL included) the records on disk and the engine's
+        containers (adopted by then) agree again. A record is written before its engine
+        container is created and deleted after it is removed, so a crash in between leaves a
+        record without a container (its create was discarded as half-made): a container's
+        record goes, a sandbox's stays NOTREADY (its network is released by StopPodSandbox).
+        Engine containers labelled as the CRI's but with no record are removed: nobody could
+        reach them through the CRI any more."""
+        for record in list(self.containers.items.values()):
+            if self._actor(record.id) is None:
+                log.warning("CRI container %s has no engine container any more: forgotten",
+                            record.id[:12])
+                await trio.to_thread.run_sync(self.containers.delete, record.id)
+        for record in list(self.sandboxes.items.values()):
+            if record.ready and self._actor(record.id) is None:
+                record.ready = False
+                await self._save(self.sandboxes, record)
+        known = set(self.sandboxes.items) | set(self.containers.items)
+        for actor in self.supervisor.all():
+            if KIND_LABEL in actor.config.labels and actor.config.id not in known:
+                log.warning("removing engine container %s: made for the CRI, but no CRI record "
+                            "names it", actor.config.id[:12])
+                try:
+                    with trio.fail_after(60):
+                        await actor.call(c.Remove(force=True))
+                except (EngineError, trio.TooSlowError) as e:
+                    log.error("cannot remove orphaned CRI container %s: %s", actor.config.id[:12], e)
 
     def _lock(self, sandbox_id: str) -> trio.Lock:
         return self._locks.setdefault(sandbox_id, trio.Lock())
@@ -213,6 +266,7 @@ class RuntimeHandlers:
         meta = config.metadata
         if not meta.name or not meta.namespace or not meta.uid:
             raise InvalidArgument("RunPodSandbox: metadata name, namespace and uid are required")
+        check_metadata_size("RunPodSandbox", labels=config.labels, annotations=config.annotations)
         options = config.linux.security_context.namespace_options
         record = SandboxRecord(
             id=new_container_id(), name=meta.name, uid=meta.uid, namespace=meta.namespace,
@@ -419,6 +473,10 @@ class RuntimeHandlers:
         config = request.config
         if not config.metadata.name:
             raise InvalidArgument("CreateContainer: metadata name is required")
+        if not config.image.image:
+            raise InvalidArgument("CreateContainer: image is required")
+        check_metadata_size("CreateContainer", labels=config.labels, annotations=config.annotations)
+        check_command_size("CreateContainer", config)
         infra = self._actor(sandbox.id)
         if infra is None or infra.status.state != ContainerState.RUNNING or not infra.status.pid:
             raise InvalidArgument(f"pod sandbox {sandbox.id[:12]} is not ready: its containers "
@@ -711,6 +769,85 @@ class RuntimeHandlers:
         stats.writable_layer.used_bytes.value = 0  # not measured yet
         return stats
 
+    async def pod_sandbox_stats(self, request: pb.PodSandboxStatsRequest) -> pb.PodSandboxStatsResponse:
+        record = self._sandbox(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=await self._sandbox_stats(record))
+
+    async def list_pod_sandbox_stats(self, request: pb.ListPodSandboxStatsRequest,
+                                     ) -> pb.ListPodSandboxStatsResponse:
+        f = request.filter if request.HasField("filter") else None
+        out = []
+        for record in list(self.sandboxes.items.values()):
+            if f is not None:
+                if f.id and not record.id.startswith(f.id):
+                    continue
+                if not _matches(dict(f.label_selector), record.labels):
+                    continue
+            out.append(await self._sandbox_stats(record))
+        return pb.ListPodSandboxStatsResponse(stats=out)
+
+    async def _sandbox_stats(self, record: SandboxRecord) -> pb.PodSandboxStats:
+        """The pod's usage: its containers' and its infra process's cgroups added up (the
+        pod has no cgroup of its own unless kubelet gives a cgroup parent), and the traffic
+        of the pod's network namespace, read through the infra process."""
+        containers = [await self._stats(r) for r in list(self.containers.items.values())
+                      if r.sandbox_id == record.id]
+        infra = self._actor(record.id)
+        infra_usage = {"cpu": 0, "working_set": 0}
+        interfaces: list[dict[str, Any]] = []
+        if infra is not None:
+            infra_usage = await trio.to_thread.run_sync(
+                read_cgroup_usage, infra.config.cgroups_path or f"/engine/{record.id}")
+            if infra.status.pid and record.netns:
+                interfaces = await trio.to_thread.run_sync(read_net_dev, infra.status.pid)
+        now = time.time_ns()
+        stats = pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(
+            id=record.id, metadata=self._sandbox_meta(record), labels=record.labels,
+            annotations=record.annotations))
+        linux = stats.linux
+        linux.cpu.timestamp = now
+        linux.cpu.usage_core_nano_seconds.value = infra_usage["cpu"] + sum(
+            c.cpu.usage_core_nano_seconds.value for c in containers)
+        linux.memory.timestamp = now
+        linux.memory.working_set_bytes.value = infra_usage["working_set"] + sum(
+            c.memory.working_set_bytes.value for c in containers)
+        linux.containers.extend(containers)
+        if interfaces:
+            linux.network.timestamp = now
+            usages = [pb.NetworkInterfaceUsage(name=i["name"], rx_bytes=pb.UInt64Value(value=i["rx_bytes"]),
+                                               rx_errors=pb.UInt64Value(value=i["rx_errors"]),
+                                               tx_bytes=pb.UInt64Value(value=i["tx_bytes"]),
+                                               tx_errors=pb.UInt64Value(value=i["tx_errors"]))
+                      for i in interfaces]
+            default = next((u for u in usages if u.name == "eth0"), usages[0])
+            linux.network.default_interface.CopyFrom(default)
+            linux.network.interfaces.extend(usages)
+        return stats
+
+    async def update_container_resources(self, request: pb.UpdateContainerResourcesRequest,
+                                         ) -> pb.UpdateContainerResourcesResponse:
+        """Memory and CPU quota, through the actor (the engine's update: the running
+        cgroup first, then the config for the next start). What engine cannot apply yet is
+        refused by name rather than silently dropped."""
+        record = self._container(request.container_id)
+        actor = self._require_actor(record)
+        r = request.linux
+        unsupported = [name for name, value in (
+            ("cpu_shares", r.cpu_shares), ("cpuset_cpus", r.cpuset_cpus), ("cpuset_mems", r.cpuset_mems),
+            ("hugepage_limits", len(r.hugepage_limits)), ("unified", len(r.unified)),
+            ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes)) if value]
+        if unsupported:
+            raise InvalidArgument(f"UpdateContainerResources: engine cannot change {', '.join(unsupported)} "
+                                  "of a container yet (memory_limit_in_bytes, cpu_quota and cpu_period it can)")
+        if r.cpu_quota < 0 and r.cpu_quota != -1:
+            raise InvalidArgument(f"UpdateContainerResources: invalid cpu_quota {r.cpu_quota}")
+        memory = r.memory_limit_in_bytes or None
+        cpus = r.cpu_quota / (r.cpu_period or 100_000) if r.cpu_quota > 0 else None
+        if memory is None and cpus is None:
+            return pb.UpdateContainerResourcesResponse()  # nothing asked: nothing to do
+        await actor.call(c.Update(memory=memory, cpus=cpus))
+        return pb.UpdateContainerResourcesResponse()
+
     async def reopen_container_log(self, request: pb.ReopenContainerLogRequest,
                                    ) -> pb.ReopenContainerLogResponse:
         record = self._container(request.container_id)
@@ -769,6 +906,24 @@ def read_cgroup_usage(cgroup: str) -> dict[str, int]:
         if key == "total_inactive_file":
             inactive = int(value or 0)
     return {"cpu": cpu, "working_set": max(used - inactive, 0)}
+
+
+def read_net_dev(pid: int) -> list[dict[str, Any]]:
+    """The interfaces of ``pid``'s network namespace but loopback, with their byte and error
+    counters (``/proc/<pid>/net/dev``); [] when the process is gone. Blocking."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        name, _, counters = line.partition(":")
+        fields = counters.split()
+        if name.strip() == "lo" or len(fields) < 16:
+            continue
+        found.append({"name": name.strip(), "rx_bytes": int(fields[0]), "rx_errors": int(fields[2]),
+                      "tx_bytes": int(fields[8]), "tx_errors": int(fields[10])})
+    return found
 
 
 def _remove_tree_quiet(path: Path) -> None:

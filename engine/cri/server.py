@@ -5,6 +5,12 @@ listens, and stops the server when the daemon stops. Each RPC of the generated s
 that engine implements is routed through ``TrioPortal.call`` to a handler of
 ``RuntimeHandlers``/``ImageHandlers`` (trio code); the rest answer UNIMPLEMENTED, grpcio's
 default. Engine errors become gRPC status codes (``STATUS_FOR_CODE``).
+
+The services are registered from the proto's descriptor (``add_service``) rather than by
+the generated ``add_*_to_server``, so that a request that does not parse is answered
+INVALID_ARGUMENT naming the message, instead of grpcio's UNKNOWN with a logged traceback.
+Unknown fields parse (proto3: a newer kubelet's additions are ignored, as containerd does);
+a message over ``MAX_MESSAGE`` is refused by grpcio itself with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import grpc
 import trio
 
 from engine.cri.bridge import TrioPortal
+from engine.cri.gen import api_pb2 as pb
 from engine.cri.gen import api_pb2_grpc
 from engine.errors import ConfigError, EngineError, InternalError
 from engine.supervisor.app import App
@@ -30,6 +38,7 @@ log = logging.getLogger("engine.cri")
 
 STARTUP_TIMEOUT = 30.0  # seconds for grpcio to bind the socket
 STOP_GRACE = 2.0  # seconds in-flight calls get when the daemon stops
+MAX_MESSAGE = 16 * 1024 * 1024  # kubelet sends and expects up to 16 MiB (ListContainers on big nodes)
 
 STATUS_FOR_CODE = {
     "not_found": grpc.StatusCode.NOT_FOUND,
@@ -65,6 +74,41 @@ def _snake(name: str) -> str:
 Handler = Callable[[Any], Awaitable[Any]]
 
 
+@attrs.frozen
+class Undecodable:
+    """What a request that is not a valid protobuf of its type deserializes to: the method
+    answers INVALID_ARGUMENT with this instead of running."""
+
+    message_type: str
+    error: str
+
+
+def lenient_parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as e:  # DecodeError, or a nesting too deep for the parser
+            return Undecodable(message_class.__name__, str(e) or type(e).__name__)
+
+    return parse
+
+
+def add_service(server: Any, service_name: str, servicer: object) -> None:
+    """Register ``servicer``'s methods for ``runtime.v1.<service_name>`` (what the generated
+    ``add_<service>Servicer_to_server`` does, with ``lenient_parser`` for requests)."""
+    service = pb.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=lenient_parser(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def servicer_class(base: type, handlers: object, portal: TrioPortal) -> type:
     """A subclass of the generated ``base`` servicer whose RPCs call ``handlers``'
     snake_case methods on trio; RPCs without a handler keep the UNIMPLEMENTED default."""
@@ -87,6 +131,10 @@ def _unimplemented(name: str) -> Any:
 
 def _rpc(name: str, handler: Handler, portal: TrioPortal) -> Any:
     async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{name}: the request is not a valid {request.message_type} "
+                                f"message: {request.error}")
         try:
             return await portal.call(handler, request)
         except EngineError as e:
@@ -103,10 +151,10 @@ def _rpc(name: str, handler: Handler, portal: TrioPortal) -> Any:
 class _GrpcThread:
     """The thread that owns the asyncio loop and grpcio's server."""
 
-    def __init__(self, path: Path, portal: TrioPortal, servicers: list[tuple[Any, object]]) -> None:
+    def __init__(self, path: Path, portal: TrioPortal, servicers: list[tuple[str, object]]) -> None:
         self.path = path
         self.portal = portal
-        self.servicers = servicers  # (add_..._to_server, servicer instance)
+        self.servicers = servicers  # (service name, servicer instance)
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -125,12 +173,11 @@ class _GrpcThread:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         server = grpc.aio.server(options=[
-            # kubelet sends and expects up to 16 MiB messages (ListContainers on big nodes)
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
         ])
-        for add, servicer in self.servicers:
-            add(servicer, server)
+        for service_name, servicer in self.servicers:
+            add_service(server, service_name, servicer)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         if server.add_insecure_port(f"unix:{self.path}") == 0:
@@ -163,11 +210,9 @@ async def serve_cri(app: App, address: str, *, task_status: Any = trio.TASK_STAT
     await runtime.open()
     async with trio.open_nursery() as nursery:
         portal = TrioPortal(trio.lowlevel.current_trio_token(), nursery)
-        servicers = [
-            (api_pb2_grpc.add_RuntimeServiceServicer_to_server,
-             servicer_class(api_pb2_grpc.RuntimeServiceServicer, runtime, portal)()),
-            (api_pb2_grpc.add_ImageServiceServicer_to_server,
-             servicer_class(api_pb2_grpc.ImageServiceServicer, images, portal)()),
+        servicers: list[tuple[str, object]] = [
+            ("RuntimeService", servicer_class(api_pb2_grpc.RuntimeServiceServicer, runtime, portal)()),
+            ("ImageService", servicer_class(api_pb2_grpc.ImageServiceServicer, images, portal)()),
         ]
         grpc_thread = _GrpcThread(path, portal, servicers)
         grpc_thread.thread.start()

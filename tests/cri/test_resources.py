@@ -1,0 +1,54 @@
+"""UpdateContainerResources (memory and CPU quota reach the running container's cgroup;
+what engine cannot apply is refused by name) and PodSandboxStats (the pod's containers,
+its CPU and memory, its network interface), through crictl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.cri.conftest import CRI
+from tests.cri.test_crictl import BUSYBOX, _write
+
+
+def test_update_resources_and_pod_stats(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod = _write(tmp_path / "pod.json", {
+        "metadata": {"name": "res", "namespace": "default", "uid": "uid-res", "attempt": 0},
+        "linux": {},
+    })
+    ctr = _write(tmp_path / "ctr.json", {
+        "metadata": {"name": "busy"}, "image": {"image": BUSYBOX},
+        "command": ["sh", "-c", "x=; while :; do x=$x.; sleep 0.05; done"], "linux": {},
+    })
+    pod_id = cri.crictl("runp", pod).stdout.strip()
+    ctr_id = cri.crictl("create", pod_id, ctr, pod).stdout.strip()
+    cri.crictl("start", ctr_id)
+
+    cri.crictl("update", "--memory", str(64 * 1024 * 1024), "--cpu-quota", "50000",
+               "--cpu-period", "100000", ctr_id)
+    limit = cri.crictl("exec", "-s", ctr_id, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout
+    assert int(limit) == 64 * 1024 * 1024
+    quota = cri.crictl("exec", "-s", ctr_id, "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").stdout
+    period = cri.crictl("exec", "-s", ctr_id, "cat", "/sys/fs/cgroup/cpu/cpu.cfs_period_us").stdout
+    assert int(quota) / int(period) == 0.5
+    refused = cri.crictl("update", "--cpuset-cpus", "0", ctr_id, check=False)
+    assert refused.returncode != 0 and "cpuset_cpus" in refused.stderr
+    assert int(cri.crictl("exec", "-s", ctr_id, "cat",
+                          "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout) == 64 * 1024 * 1024
+
+    stats = json.loads(cri.crictl("statsp", "-o", "json", "--id", pod_id).stdout)["stats"]
+    assert len(stats) == 1
+    pod_stats = stats[0]
+    assert pod_stats["attributes"]["id"] == pod_id
+    assert pod_stats["attributes"]["metadata"]["name"] == "res"
+    linux = pod_stats["linux"]
+    assert [c["attributes"]["id"] for c in linux["containers"]] == [ctr_id]
+    assert int(linux["cpu"]["usageCoreNanoSeconds"]["value"]) > 0
+    assert int(linux["memory"]["workingSetBytes"]["value"]) > 0
+    assert linux["network"]["defaultInterface"]["name"] == "eth0"
+
+    missing = cri.crictl("statsp", "--id", "feedface0000", "-o", "json", check=False)
+    assert missing.returncode == 0 and json.loads(missing.stdout).get("stats", []) == []
+    cri.crictl("stopp", pod_id)
+    cri.crictl("rmp", pod_id)

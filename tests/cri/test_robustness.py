@@ -1,0 +1,209 @@
+"""The CRI under the issue's robustness checks: a pod's containers share one network
+namespace (localhost between them); a SIGKILLed engined comes back with the same pods and
+containers, in the same states, still controllable; bad gRPC input gets a clear status and
+the daemon keeps serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from engine.cri.gen import api_pb2 as pb
+from engine.cri.gen import api_pb2_grpc
+from tests.cri.conftest import CRI
+from tests.cri.test_crictl import BUSYBOX, _wait_for, _write
+
+FETCH = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8080"
+
+
+def _pod(tmp_path: Path, name: str) -> str:
+    log_dir = tmp_path / f"logs-{name}"
+    log_dir.mkdir()
+    return _write(tmp_path / f"{name}-pod.json", {
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "attempt": 0},
+        "log_directory": str(log_dir), "linux": {},
+    })
+
+
+def _container(tmp_path: Path, name: str, script: str) -> str:
+    return _write(tmp_path / f"{name}.json", {
+        "metadata": {"name": name}, "image": {"image": BUSYBOX}, "log_path": f"{name}.log",
+        "command": ["sh", "-c", script], "linux": {},
+    })
+
+
+def _state(cri: CRI, ctr_id: str) -> str:
+    return str(json.loads(cri.crictl("inspect", ctr_id).stdout)["status"]["state"])
+
+
+def test_two_containers_share_the_pod_network(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod = _pod(tmp_path, "shared")
+    pod_id = cri.crictl("runp", pod).stdout.strip()
+    # the server listens on the pod's loopback only: the client reaches it only if both
+    # containers are in the same network namespace
+    server = _container(tmp_path, "server", "mkdir -p /srv && echo shared-netns-ok > /srv/index.html"
+                        " && exec httpd -f -p 127.0.0.1:8080 -h /srv")
+    client = _container(tmp_path, "client", f"until {FETCH} > /tmp/got && grep -q shared-netns-ok /tmp/got;"
+                        " do sleep 0.2; done; echo fetched: $(grep shared-netns /tmp/got); exec sleep 3600")
+    server_id = cri.crictl("create", pod_id, server, pod).stdout.strip()
+    client_id = cri.crictl("create", pod_id, client, pod).stdout.strip()
+    cri.crictl("start", client_id)  # first: it retries until the server listens
+    cri.crictl("start", server_id)
+    assert _wait_for(lambda: "fetched: shared-netns-ok" in cri.crictl("logs", client_id).stdout, 20), \
+        cri.crictl("logs", client_id).stdout + cri.daemon.log()[-3000:]
+
+    # and on demand, with the whole HTTP answer
+    answer = cri.crictl("exec", "-s", client_id, "sh", "-c", FETCH).stdout
+    assert answer.startswith("HTTP/1.") and " 200 " in answer.splitlines()[0], answer
+    assert "shared-netns-ok" in answer
+    netns = {cri.crictl("exec", "-s", cid, "readlink", "/proc/self/ns/net").stdout.strip()
+             for cid in (server_id, client_id)}
+    assert len(netns) == 1 and netns.pop().startswith("net:[")
+    # the pod's localhost is not the host's
+    host = json.loads(cri.crictl("inspectp", pod_id).stdout)["status"]["network"]["ip"]
+    assert host and not host.startswith("127.")
+
+    cri.crictl("stopp", pod_id)
+    cri.crictl("rmp", pod_id)
+    assert cri.crictl("ps", "-a", "-q").stdout.strip() == ""
+    assert cri.daemon.call("container.list", all=True) == []
+
+
+def test_pod_survives_a_sigkill_of_the_daemon(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod = _pod(tmp_path, "survivor")
+    pod_id = cri.crictl("runp", pod).stdout.strip()
+    web = _container(tmp_path, "web", "echo web-up; exec httpd -f -p 8080 -h /etc")
+    once = _container(tmp_path, "once", "echo done-once; exit 7")
+    idle = _container(tmp_path, "idle", "sleep 3600")
+    web_id = cri.crictl("create", pod_id, web, pod).stdout.strip()
+    once_id = cri.crictl("create", pod_id, once, pod).stdout.strip()
+    idle_id = cri.crictl("create", pod_id, idle, pod).stdout.strip()  # never started
+    cri.crictl("start", web_id)
+    cri.crictl("start", once_id)
+    assert _wait_for(lambda: _state(cri, once_id) == "CONTAINER_EXITED", 15)
+    before_pods = json.loads(cri.crictl("pods", "-o", "json").stdout)["items"]
+    before = {c["id"]: c["state"] for c in json.loads(cri.crictl("ps", "-a", "-o", "json").stdout)["containers"]}
+    assert before == {web_id: "CONTAINER_RUNNING", once_id: "CONTAINER_EXITED", idle_id: "CONTAINER_CREATED"}
+    pod_ip = json.loads(cri.crictl("inspectp", pod_id).stdout)["status"]["network"]["ip"]
+
+    cri.daemon.kill9()
+    cri.daemon.start()
+
+    after_pods = json.loads(cri.crictl("pods", "-o", "json").stdout)["items"]
+    assert [(p["id"], p["state"], p["metadata"]) for p in after_pods] == \
+        [(p["id"], p["state"], p["metadata"]) for p in before_pods]
+    assert after_pods[0]["state"] == "SANDBOX_READY"
+    after = {c["id"]: c["state"] for c in json.loads(cri.crictl("ps", "-a", "-o", "json").stdout)["containers"]}
+    assert after == before
+    status = json.loads(cri.crictl("inspect", once_id).stdout)["status"]
+    assert status["exitCode"] == 7
+    inspectp = json.loads(cri.crictl("inspectp", pod_id).stdout)["status"]
+    assert inspectp["network"]["ip"] == pod_ip
+
+    # still controllable: exec, logs, start of the created one, then stop and remove
+    assert "web-up" in cri.crictl("logs", web_id).stdout
+    assert "done-once" in cri.crictl("logs", once_id).stdout
+    answer = cri.crictl("exec", "-s", idle_id, "true", check=False)
+    assert answer.returncode != 0  # not running yet: an error, not a hang
+    cri.crictl("start", idle_id)
+    assert _state(cri, idle_id) == "CONTAINER_RUNNING"
+    fetched = cri.crictl("exec", "-s", idle_id, "sh", "-c",
+                         "printf 'GET /hostname HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8080").stdout
+    assert " 200 " in fetched.splitlines()[0], fetched  # a new container joins the old pod's netns
+
+    cri.crictl("stop", web_id)
+    assert _state(cri, web_id) == "CONTAINER_EXITED"
+    cri.crictl("stopp", pod_id)
+    assert json.loads(cri.crictl("inspectp", pod_id).stdout)["status"]["state"] == "SANDBOX_NOTREADY"
+    cri.crictl("rmp", pod_id)
+    assert cri.crictl("pods", "-q").stdout.strip() == ""
+    assert cri.crictl("ps", "-a", "-q").stdout.strip() == ""
+    assert cri.daemon.call("container.list", all=True) == []
+    netns_dir = cri.daemon.run_root / "cri" / "netns"
+    assert not netns_dir.exists() or not any(netns_dir.iterdir())
+
+    # and the records stay right across a second (clean) restart
+    cri.daemon.stop()
+    cri.daemon.start()
+    assert cri.crictl("pods", "-q").stdout.strip() == ""
+
+
+@pytest.fixture
+def stub(cri: CRI) -> api_pb2_grpc.RuntimeServiceStub:
+    channel = grpc.insecure_channel(cri.endpoint.replace("unix://", "unix:"))
+    return api_pb2_grpc.RuntimeServiceStub(channel)
+
+
+def _error(call, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=60)
+    return info.value
+
+
+def _raw(cri: CRI, method: str, response_class):  # type: ignore[no-untyped-def]
+    """A RuntimeService method taking the request as bytes (no serializer)."""
+    channel = grpc.insecure_channel(cri.endpoint.replace("unix://", "unix:"))
+    return channel.unary_unary(f"/runtime.v1.RuntimeService/{method}",
+                               response_deserializer=response_class.FromString)
+
+
+def test_bad_grpc_input_gets_a_clear_status(cri: CRI, stub: api_pb2_grpc.RuntimeServiceStub) -> None:
+    # a sandbox id that does not exist
+    e = _error(stub.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id="feedface0000"))
+    assert e.code() == grpc.StatusCode.NOT_FOUND and "feedface0000" in e.details()
+    e = _error(stub.CreateContainer, pb.CreateContainerRequest(
+        pod_sandbox_id="feedface0000", config=pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=BUSYBOX))))
+    assert e.code() == grpc.StatusCode.NOT_FOUND and "feedface0000" in e.details()
+    e = _error(stub.ContainerStatus, pb.ContainerStatusRequest(container_id="feedface0000"))
+    assert e.code() == grpc.StatusCode.NOT_FOUND and "feedface0000" in e.details()
+
+    # missing required fields
+    e = _error(stub.RunPodSandbox, pb.RunPodSandboxRequest())
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "uid" in e.details()
+    e = _error(stub.CreateContainer, pb.CreateContainerRequest())
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "pod sandbox id is required" in e.details()
+    e = _error(stub.ExecSync, pb.ExecSyncRequest())
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "container id is required" in e.details()
+
+    # unknown fields are ignored (proto3: a newer kubelet's additions); field 111, varint 1
+    unknown = b"\xf8\x06\x01"
+    version = _raw(cri, "Version", pb.VersionResponse)(
+        pb.VersionRequest(version="v1").SerializeToString() + unknown, timeout=60)
+    assert version.runtime_name == "engine"
+    listed = _raw(cri, "ListPodSandbox", pb.ListPodSandboxResponse)(unknown, timeout=60)
+    assert list(listed.items) == []
+
+    # bytes that are no protobuf at all
+    with pytest.raises(grpc.RpcError) as info:
+        _raw(cri, "RunPodSandbox", pb.RunPodSandboxResponse)(b"\x0a\xff\xff\xff\xff\x0f", timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid RunPodSandboxRequest" in info.value.details()
+
+    # a huge config: over the 16 MiB message limit, and under it but with absurd metadata
+    huge = pb.RunPodSandboxRequest(config=pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="huge", namespace="d", uid="u"),
+        annotations={"blob": "x" * (17 * 1024 * 1024)}))
+    e = _error(stub.RunPodSandbox, huge)
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in e.details()
+    big = pb.RunPodSandboxRequest(config=pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="big", namespace="d", uid="u"),
+        labels={f"k{i}": "v" * 100 for i in range(20000)}))
+    e = _error(stub.RunPodSandbox, big)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels take" in e.details()
+
+    # a method engine does not implement says so
+    e = _error(stub.Attach, pb.AttachRequest(container_id="x"))
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "Attach" in e.details()
+
+    # nothing was made, and the daemon keeps serving
+    assert cri.daemon.proc is not None and cri.daemon.proc.poll() is None
+    assert stub.Version(pb.VersionRequest(), timeout=60).runtime_api_version == "v1"
+    assert list(stub.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=60).items) == []
+    assert cri.daemon.call("container.list", all=True) == []
+    assert "Traceback" not in cri.daemon.log()
