@@ -80,9 +80,12 @@ def runtime_config(port_mappings: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def add(settings: CNISettings, sandbox_id: str, netns: Path,
-              port_mappings: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Bring lo up and attach ``eth0``; returns (conflist used, the ADD result)."""
-    conflist = await trio.to_thread.run_sync(load_conflist, settings.conf_dir)
+              port_mappings: list[dict[str, Any]], conflist: dict[str, Any] | None = None,
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bring lo up and attach ``eth0`` with ``conflist`` (default: the configured one);
+    returns (conflist used, the ADD result)."""
+    if conflist is None:
+        conflist = await trio.to_thread.run_sync(load_conflist, settings.conf_dir)
     directory = await trio.to_thread.run_sync(plugin_dir, settings, conflist)
     await engine_cni.setup_loopback(netns, plugin_dir=directory)
     result = await engine_cni._add_list(directory, conflist, runtime_config(port_mappings),

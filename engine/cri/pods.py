@@ -289,10 +289,15 @@ class RuntimeHandlers:
             try:
                 await self._write_etc_files(record, config.dns_config, host_network)
                 if not host_network:
+                    # Write-ahead: the record names the namespace and the CNI config before
+                    # either is used, so that after a crash in between, StopPodSandbox of
+                    # the (NOTREADY) pod still releases what was made (CNI DEL is idempotent).
+                    record.netns = str(netns.path_for(self.netns_dir, record.id))
+                    record.cni_conflist = await trio.to_thread.run_sync(cni.load_conflist, self.cni.conf_dir)
+                    await self._save(self.sandboxes, record)
                     ns = await netns.create(self.netns_dir, record.id)
-                    record.netns = str(ns)
                     record.cni_conflist, record.cni_result = await cni.add(
-                        self.cni, record.id, ns, record.port_mappings)
+                        self.cni, record.id, ns, record.port_mappings, record.cni_conflist)
                     record.ips = cni.first_ips(record.cni_result)
                     await self._write_etc_files(record, config.dns_config, host_network)
                 await self._save(self.sandboxes, record)

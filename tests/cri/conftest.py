@@ -148,6 +148,8 @@ def cri(tmp_path: Path, cri_tools: Path, cri_registry: str) -> Iterator[CRI]:
     daemon = Daemon(extra_args=[
         *slot.args(), "--cri-socket", f"unix://{socket}", "--cni-conf-dir", str(conf_dir),
         "--cni-bin-dir", "/usr/lib/cni",
+        # searched only for a conflist naming a plugin /usr/lib/cni lacks (a test's own)
+        "--cni-bin-dir", str(tmp_path / "cni-bin"),
         "--registry-mirror", f"registry.k8s.io=http://{REGISTRY}",
         "--registry-mirror", f"gcr.io=http://{REGISTRY}", "--insecure-registry", REGISTRY,
     ])

@@ -5,7 +5,11 @@ the daemon keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -163,6 +167,62 @@ def test_restart_settles_what_a_crash_left_half_made(cri: CRI, tmp_path: Path) -
     cri.crictl("start", kept_id)
     cri.crictl("stopp", pod_id)
     cri.crictl("rmp", pod_id)
+    assert cri.daemon.call("container.list", all=True) == []
+
+
+STALL_PLUGIN = """#!/bin/sh
+# a CNI plugin that never finishes ADD (it records its pid), and whose DEL succeeds
+if [ "$CNI_COMMAND" = ADD ]; then echo $$ > {marker}; exec sleep 300; fi
+exit 0
+"""
+
+
+def test_sigkill_during_run_pod_sandbox_leaves_a_pod_that_releases_its_network(
+        cri: CRI, tmp_path: Path) -> None:
+    """The daemon dies while CNI ADD runs (the bridge plugin has made the veth and leased an
+    IP; the next plugin of the chain hangs). After the restart the pod is listed NOTREADY,
+    and StopPodSandbox/RemovePodSandbox release its namespace and its IP lease."""
+    bin_dir = tmp_path / "cni-bin"
+    bin_dir.mkdir()
+    for name in ("bridge", "host-local", "portmap", "loopback"):
+        (bin_dir / name).symlink_to(f"/usr/lib/cni/{name}")
+    marker = tmp_path / "stall.pid"
+    (bin_dir / "stall").write_text(STALL_PLUGIN.format(marker=marker))
+    (bin_dir / "stall").chmod(0o755)
+    conf = next((tmp_path / "cni").glob("*.conflist"))
+    conflist = json.loads(conf.read_text())
+    conflist["plugins"].insert(1, {"type": "stall"})
+    conf.write_text(json.dumps(conflist))
+    ipam_dir = tmp_path / "ipam"
+
+    pod = _pod(tmp_path, "interrupted")
+    runp = subprocess.Popen([str(cri.crictl_bin), "-r", cri.endpoint, "runp", pod],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: marker.exists() and marker.read_text().strip() != "", 30), \
+            cri.daemon.log()[-3000:]
+        cri.daemon.kill9()
+    finally:
+        runp.kill()
+        runp.wait(10)
+        if marker.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(marker.read_text().strip()), signal.SIGKILL)
+    leases = [f for f in ipam_dir.rglob("*") if f.is_file() and f.name[0].isdigit()]
+    assert leases, "the bridge plugin did not lease an address before the crash"
+    cri.daemon.start()
+
+    pods = json.loads(cri.crictl("pods", "-o", "json").stdout)["items"]
+    assert [(p["metadata"]["name"], p["state"]) for p in pods] == [("interrupted", "SANDBOX_NOTREADY")]
+    pod_id = pods[0]["id"]
+    netns_file = cri.daemon.run_root / "cri" / "netns" / pod_id
+    assert netns_file.exists()
+    cri.crictl("stopp", pod_id)
+    cri.crictl("rmp", pod_id)
+    assert cri.crictl("pods", "-q").stdout.strip() == ""
+    assert not netns_file.exists()
+    assert not [f for f in ipam_dir.rglob("*") if f.is_file() and f.name[0].isdigit()], \
+        "the pod's IP lease was not released"
     assert cri.daemon.call("container.list", all=True) == []
 
 
