@@ -227,10 +227,11 @@ DF_TYPES = {"container", "image", "volume", "build-cache"}
 async def disk_usage(api: DockerAPI, req: Request) -> Response:
     """docker system df, from what the engine can tell today: images (the store's usage:
     layers shared between images count once; each image's shared part and the containers
-    using it), containers (their writable layers' size is not measured: 0). Volumes and the
-    build cache are empty lists."""
+    using it), containers (their writable layers' size is not measured: 0), volumes (each
+    one's size and how many containers use it). The build cache is an empty list."""
     from engine.dockerapi.routes.containers import container_summary
     from engine.dockerapi.routes.images import image_summary
+    from engine.dockerapi.routes.volumes import disk_usage as volume_usage
 
     types = set(req.query.get("type", [])) or DF_TYPES
     unknown = types - DF_TYPES
@@ -240,6 +241,8 @@ async def disk_usage(api: DockerAPI, req: Request) -> Response:
     app = api.app
     actors = app.services.containers.all() if app.services.containers is not None else []
     doc: dict[str, object] = {"Volumes": [], "BuildCache": []}
+    if "volume" in types and app.services.volumes is not None:
+        doc["Volumes"] = await volume_usage(app.services.volumes)
     if "image" in types:
         store = app.services.require_images()
         images = store.list()
