@@ -195,6 +195,7 @@ class _Connection:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.initial = b""  # bytes that came after a hijacked request's head
+        self.body_refused = False  # a body over its cap: answered, not drained; the connection ends
 
     async def next_event(self) -> Any:
         while True:
@@ -210,6 +211,9 @@ class _Connection:
         event = self.h11.next_event()
         if event is not h11.NEED_DATA:
             return event
+        if self.h11.trailing_data[0]:  # part of a head came already (after the last request)
+            with trio.fail_after(HEAD_TIMEOUT):
+                return await self.next_event()
         with trio.move_on_after(IDLE_TIMEOUT):
             data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
             self.h11.receive_data(data)
@@ -232,6 +236,7 @@ class _Connection:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
+                    self.body_refused = True
                     raise BodyTooLarge(f"the request body is larger than {limit} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
@@ -302,7 +307,7 @@ async def serve_connection(
                     await _send_simple(conn, error_reply(e, request), extra_headers(), force=True)
                 return
             keep_going = await _send_reply(conn, request, reply, error_reply, extra_headers())
-            if not keep_going:
+            if not keep_going or conn.body_refused:
                 return
             if conn.h11.their_state is h11.SEND_BODY and not await conn.discard_body():
                 return

@@ -25,8 +25,10 @@ def engine(make_engine: EngineFactory) -> Engine:
 
 def connect(engine: Engine, timeout: float = 15) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    # a blocking connect waits while the listen backlog is full (a timeout would make it
+    # non-blocking: EAGAIN at once on a unix socket)
     sock.connect(str(engine.docker_socket))
+    sock.settimeout(timeout)
     return sock
 
 
@@ -74,8 +76,13 @@ def assert_serving(engine: Engine) -> None:
 
 
 def open_sockets(pid: int) -> int:
-    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir()
-               if os.readlink(fd).startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except FileNotFoundError:  # closed while we looked
+            pass
+    return count
 
 
 def volume_names(engine: Engine) -> set[str]:
