@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Engine, EngineFactory
+from .conftest import Engine, EngineFactory, docker_clients
 
 IMAGE = "busybox"
 
@@ -127,3 +127,24 @@ def test_docker_py_volumes_and_disk_usage(engine: Engine) -> None:
         assert client.df()["Volumes"] == []
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("binary", docker_clients())
+def test_volume_verbs_with_each_cli_and_prune_by_api_version(engine: Engine, binary: str) -> None:
+    """docker 28 talks API 1.47, where prune takes anonymous volumes only; Debian's 20.10
+    talks 1.41, where it takes every unused volume (the daemon answers each as dockerd did)."""
+    api = json.loads(engine.docker("version", "--format", "{{json .Client}}", binary=binary).stdout)["ApiVersion"]
+    assert api in ("1.41", "1.47")
+    engine.docker("volume", "create", "kept", binary=binary)
+    engine.docker("run", "--rm", "-v", "kept:/k", IMAGE, "sh", "-c", "echo v > /k/v", binary=binary)
+    out = engine.docker("run", "--rm", "--mount", "source=kept,target=/k", IMAGE, "cat", "/k/v", binary=binary)
+    assert out.stdout == "v\n"
+    assert json.loads(engine.docker("volume", "inspect", "kept", binary=binary).stdout)[0]["Name"] == "kept"
+    engine.docker("create", "--name", "holder", "-v", "kept:/k", IMAGE, binary=binary)
+    engine.docker("volume", "prune", "-f", binary=binary)
+    assert volume_names(engine) == {"kept"}  # in use: never pruned
+    engine.docker("rm", "holder", binary=binary)
+    engine.docker("volume", "prune", "-f", binary=binary)
+    assert volume_names(engine) == (set() if api == "1.41" else {"kept"})
+    engine.docker("volume", "rm", "-f", "kept", binary=binary)
+    assert engine.docker("volume", "ls", "-q", binary=binary).stdout.strip() == ""
