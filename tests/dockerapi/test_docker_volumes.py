@@ -6,6 +6,7 @@ is compared with the engine's own RPC."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,11 @@ def test_cli_volume_verbs_and_data_shared_between_containers(engine: Engine) -> 
     assert "made" in pruned and "other" in pruned
     assert engine.docker("volume", "ls", "-q").stdout.strip() == ""
     assert volume_names(engine) == set()
+    # the volume events, by name (docker's volume= filter)
+    seen = engine.docker("events", "--since", "0", "--until", f"{time.time():.3f}", "--filter", "volume=data",
+                         "--format", "{{.Type}} {{.Action}} {{.Actor.ID}}", timeout=20).stdout.splitlines()
+    assert seen[0] == "volume create data" and seen[-1] == "volume destroy data", seen
+    assert "volume mount data" in seen and {line.split()[2] for line in seen} == {"data"}
 
 
 def test_docker_py_volumes_and_disk_usage(engine: Engine) -> None:
