@@ -105,6 +105,13 @@ def test_docker_py_volumes_and_disk_usage(engine: Engine) -> None:
             "volume.inspect", name="pyvol")["Mountpoint"]
         with pytest.raises(docker.errors.NotFound):
             client.volumes.get("missing")
+        for bad, status, words in [({"name": "../escape"}, 400, "invalid volume name"),
+                                   ({"name": "x", "driver": "nope"}, 404, "not installed"),
+                                   ({"name": "y", "labels": {"k": 1}}, 400, "Labels")]:
+            with pytest.raises(docker.errors.APIError) as refused:
+                client.volumes.create(**bad)
+            assert refused.value.status_code == status and words in str(refused.value), refused.value
+        assert [v.name for v in client.volumes.list()] == ["pyvol"]  # nothing made by a refusal
 
         out = client.containers.run(IMAGE, ["sh", "-c", "echo py > /v/f; cat /v/f"],
                                     volumes={"pyvol": {"bind": "/v", "mode": "rw"}}, name="py-writer")

@@ -138,6 +138,9 @@ def _csv_value(text: str) -> str:
 def _volume_mount(i: int, m: dict[str, Any]) -> str:
     """HostConfig.Mounts[i] of type volume as a ``--mount`` value."""
     opts = m.get("VolumeOptions") or {}
+    driver = opts.get("DriverConfig") or {} if isinstance(opts, dict) else None
+    if not isinstance(opts, dict) or not isinstance(driver, dict):
+        raise InvalidArgument(f"HostConfig.Mounts[{i}].VolumeOptions must be an object")
     refuse_unsupported(f"HostConfig.Mounts[{i}].VolumeOptions", opts, {"NoCopy", "Labels", "DriverConfig"},
                        set())
     parts = ["type=volume", f"dst={_csv_value(str(m.get('Target', '')))}"]
@@ -149,7 +152,6 @@ def _volume_mount(i: int, m: dict[str, Any]) -> str:
         parts.append("volume-nocopy=true")
     for key, value in str_map(opts.get("Labels"), f"HostConfig.Mounts[{i}].VolumeOptions.Labels").items():
         parts.append(_csv_value(f"volume-label={key}={value}"))
-    driver = opts.get("DriverConfig") or {}
     if driver.get("Name"):
         parts.append(f"volume-driver={_csv_value(str(driver['Name']))}")
     for key, value in str_map(driver.get("Options"), f"HostConfig.Mounts[{i}].VolumeOptions.DriverConfig").items():
@@ -162,7 +164,11 @@ def _mounts(mounts: Any) -> tuple[list[str], list[str], list[str]]:
     binds: list[str] = []
     tmpfs: list[str] = []
     volumes: list[str] = []
+    if mounts is not None and not isinstance(mounts, list):
+        raise InvalidArgument("HostConfig.Mounts must be a list of objects")
     for i, m in enumerate(mounts or []):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"HostConfig.Mounts[{i}] must be an object")
         kind = m.get("Type", "")
         target = m.get("Target", "")
         refuse_unsupported(f"HostConfig.Mounts[{i}]", m, {"Type", "Source", "Target", "ReadOnly",
