@@ -259,7 +259,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         user=str(doc.get("User") or ""),
         hostname=str(doc.get("Hostname") or ""),
         volumes=[*(str_list(host.get("Binds"), "HostConfig.Binds") or []), *mount_binds,
-                 *_uncovered(anonymous, host, mount_tmpfs, mount_volumes, tmpfs)],
+                 *_uncovered(anonymous, host, [*tmpfs, *mount_tmpfs])],
         mounts=mount_volumes,
         volumes_from=str_list(host.get("VolumesFrom"), "HostConfig.VolumesFrom") or [],
         tmpfs=[*tmpfs, *mount_tmpfs],
@@ -300,20 +300,16 @@ def str_map_keys(value: Any, field: str) -> list[str]:
     return [str(k) for k in value]
 
 
-def _uncovered(paths: list[str], host: dict[str, Any], *taken_lists: list[str]) -> list[str]:
+def _uncovered(paths: list[str], host: dict[str, Any], tmpfs: list[str]) -> list[str]:
     """Config.Volumes paths that no bind, mount or tmpfs of the create covers (docker: the
     explicit one wins), as anonymous ``-v DST`` values."""
-    taken: set[str] = set()
+    taken: set[str] = {t.split(":")[0] for t in tmpfs}
     for spec in str_list(host.get("Binds"), "HostConfig.Binds") or []:
         parts = spec.split(":")
         taken.add(parts[1] if len(parts) > 1 else parts[0])
-    for m in host.get("Mounts") or []:
-        taken.add(str(m.get("Target", "")))
-    for items in taken_lists:
-        for item in items:
-            taken.add(item.split(":")[0])
-    taken |= set(str_map(host.get("Tmpfs"), "HostConfig.Tmpfs"))
-    return [p for p in paths if p.rstrip("/") not in {t.rstrip("/") for t in taken}]
+    taken |= {str(m.get("Target", "")) for m in host.get("Mounts") or []}
+    covered = {t.rstrip("/") or "/" for t in taken}
+    return [p for p in paths if (p.rstrip("/") or "/") not in covered]
 
 
 def _nanoseconds(value: Any, field: str) -> float | None:
