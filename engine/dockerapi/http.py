@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,10 +36,19 @@ MAX_HEADER_BYTES = 64 * 1024  # a request line plus headers (h11's incomplete-ev
 MAX_JSON_BODY = 16 * 1024 * 1024  # bytes; container/network create bodies are a few KiB
 MAX_PIPELINED = 1024 * 1024  # bytes of a next request buffered while a stream is sent
 IDLE_TIMEOUT = 300.0  # seconds a kept-alive connection may wait for its next request
-HEAD_TIMEOUT = 60.0  # seconds a started request may take to send its head and body
+# seconds a started request may take to send its head (from its first byte), and each
+# later read of its body; a client that stalls mid-request loses its connection. Tests
+# shorten it through the environment (a stall test should not wait a minute).
+HEAD_TIMEOUT = float(os.environ.get("ENGINE_DOCKER_API_REQUEST_TIMEOUT") or 60.0)
 SEND_TIMEOUT = 120.0  # seconds one chunk may take to leave (a reader that stopped reading)
 
 Write = Callable[[bytes], Awaitable[None]]
+
+
+class BodyTooLarge(ResourceExhausted):
+    """A request body over the handler's cap: the client's fault (413), unlike a full disk."""
+
+    http_status = 413
 
 
 @attrs.define
@@ -185,6 +195,7 @@ class _Connection:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.initial = b""  # bytes that came after a hijacked request's head
+        self.body_refused = False  # a body over its cap: answered, not drained; the connection ends
 
     async def next_event(self) -> Any:
         while True:
@@ -193,6 +204,22 @@ class _Connection:
                 return event
             data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
             self.h11.receive_data(data)
+
+    async def next_request(self) -> Any:
+        """The next request's head: the wait for its first byte is the idle one (None when
+        it runs out); from there the whole head must come within HEAD_TIMEOUT."""
+        event = self.h11.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        if self.h11.trailing_data[0]:  # part of a head came already (after the last request)
+            with trio.fail_after(HEAD_TIMEOUT):
+                return await self.next_event()
+        with trio.move_on_after(IDLE_TIMEOUT):
+            data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+            self.h11.receive_data(data)
+            with trio.fail_after(HEAD_TIMEOUT):
+                return await self.next_event()
+        return None
 
     async def send(self, event: Any) -> None:
         data = self.h11.send(event)
@@ -209,7 +236,8 @@ class _Connection:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise ResourceExhausted(f"the request body is larger than {limit} bytes")
+                    self.body_refused = True
+                    raise BodyTooLarge(f"the request body is larger than {limit} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
@@ -266,9 +294,8 @@ async def serve_connection(
         while True:
             request = None
             try:
-                with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                    event = await conn.next_event()
-                if idle.cancelled_caught or isinstance(event, h11.ConnectionClosed):
+                event = await conn.next_request()
+                if event is None or isinstance(event, h11.ConnectionClosed):
                     return
                 if not isinstance(event, h11.Request):
                     return  # PAUSED or stray data: nothing sensible to answer
@@ -280,7 +307,7 @@ async def serve_connection(
                     await _send_simple(conn, error_reply(e, request), extra_headers(), force=True)
                 return
             keep_going = await _send_reply(conn, request, reply, error_reply, extra_headers())
-            if not keep_going:
+            if not keep_going or conn.body_refused:
                 return
             if conn.h11.their_state is h11.SEND_BODY and not await conn.discard_body():
                 return

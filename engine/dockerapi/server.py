@@ -22,6 +22,7 @@ import trio
 
 import engine
 from engine.dockerapi.http import (
+    BodyTooLarge,
     HijackResponse,
     Reply,
     Request,
@@ -64,6 +65,8 @@ def version_text(version: tuple[int, int]) -> str:
 
 
 def status_for(error: BaseException) -> int:
+    if isinstance(error, BodyTooLarge):
+        return BodyTooLarge.http_status
     if isinstance(error, EngineError):
         return STATUS_FOR_CODE.get(error.code, 500)
     if isinstance(error, h11.RemoteProtocolError):

@@ -104,9 +104,9 @@ def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     started: list[Daemon] = []
 
     def start(*extra: str, registry: Registry | None = None, load_busybox: Path | None = None,
-              network: str = "none") -> Engine:
+              network: str = "none", env: dict[str, str] | None = None) -> Engine:
         require_binary("runc")
-        daemon = Daemon()
+        daemon = Daemon(env=env)
         socket = daemon.base / "docker.sock"
         args = ["--docker-host", f"unix://{socket}", "--default-network", network, *extra]
         if registry is not None:

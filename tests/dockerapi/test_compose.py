@@ -1,6 +1,7 @@
 """docker-compose (Debian's 1.29, on docker-py) against engine's Docker API: a two-service
-project (busybox httpd and a client that fetches from it by service name) on a user network
-with a published port; up, ps, logs, the port from the host, down. Also system df."""
+project (busybox httpd serving a NAMED volume, and a client that fetches from it by service
+name) on a user network with a published port; up, ps, logs, exec, the port from the host,
+down -v leaving no container, network or volume of the project. Also system df."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ version: "2.4"
 services:
   web:
     image: busybox
-    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && echo web up && exec httpd -f -v -p 8080 -h /www"]
+    command: ["sh", "-c", "echo hello-from-web > /www/index.html && echo web up && exec httpd -f -v -p 8080 -h /www"]
+    volumes: ["www:/www"]
     ports: ["127.0.0.1:{port}:8080"]
     networks: [appnet]
   client:
@@ -32,6 +34,8 @@ services:
     networks: [appnet]
 networks:
   appnet: {{}}
+volumes:
+  www: {{}}
 """
 
 
@@ -64,6 +68,11 @@ def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
         run("up", "-d")
         networks = {n["Name"]: n for n in engine.daemon.call("network.list")}
         assert "smoke_appnet" in networks
+        volume = engine.daemon.call("volume.inspect", name="smoke_www")
+        assert volume["Labels"]["com.docker.compose.project"] == "smoke"
+        web = engine.daemon.call("container.inspect", id="smoke_web_1")
+        assert [(m["Type"], m["Name"], m["Destination"]) for m in web["Mounts"]] == [
+            ("volume", "smoke_www", "/www")]
         deadline = time.monotonic() + 30
         while True:
             client = engine.daemon.call("container.inspect", id="smoke_client_1")["State"]
@@ -77,6 +86,12 @@ def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
         assert "smoke_client_1" in ps and "Exit 0" in ps
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
             assert response.read() == b"hello-from-web\n"
+        # the page lives in the named volume, on the host too
+        assert (Path(volume["Mountpoint"]) / "index.html").read_text() == "hello-from-web\n"
+        served = run("exec", "-T", "web", "sh", "-c", "cat /www/index.html; pidof httpd")
+        assert served.stdout == "hello-from-web\n1\n"  # the service's own process is pid 1
+        failed = run("exec", "-T", "web", "sh", "-c", "exit 7", check=False)
+        assert failed.returncode == 7
         logs = run("logs", "--no-color").stdout
         assert "web_1" in logs and "web up" in logs
         assert "client_1" in logs and "hello-from-web" in logs
@@ -85,9 +100,12 @@ def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
         verbose = engine.docker_py().df()
         assert {c["Names"][0] for c in verbose["Containers"]} == {"/smoke_web_1", "/smoke_client_1"}
         assert verbose["Images"][0]["Containers"] == 2 and verbose["LayersSize"] > 0
-        assert verbose["Volumes"] == []
+        assert [(v["Name"], v["UsageData"]["RefCount"]) for v in verbose["Volumes"]] == [("smoke_www", 1)]
+        assert verbose["Volumes"][0]["UsageData"]["Size"] > 0
     finally:
-        down = run("down", "--timeout", "1", check=False)
+        down = run("down", "-v", "--timeout", "1", check=False)
     assert down.returncode == 0, down.stderr
     assert engine.daemon.call("container.list", all=True) == []
     assert "smoke_appnet" not in {n["Name"] for n in engine.daemon.call("network.list")}
+    assert engine.daemon.call("volume.list")["Volumes"] == []
+    assert engine.docker("volume", "ls", "-q").stdout.strip() == ""

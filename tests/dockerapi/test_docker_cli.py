@@ -180,8 +180,8 @@ def test_events_stream_and_history(engine: Engine) -> None:
                          "{{.Type}} {{.Action}} {{.Actor.ID}}", timeout=20).stdout.splitlines()
     assert f"container start {cid}" in past and f"container destroy {cid}" in past
     assert f"image pull {engine.daemon.call('image.inspect', id=ref)['Id']}" not in past  # before since
-    bad = engine.docker("events", "--filter", "volume=x", "--until", "0", check=False)
-    assert bad.returncode == 1 and "invalid filter volume" in bad.stderr
+    bad = engine.docker("events", "--filter", "plugin=x", "--until", "0", check=False)
+    assert bad.returncode == 1 and "invalid filter plugin" in bad.stderr
 
 
 def test_push_and_login_with_registry_auth(make_engine: EngineFactory, tmp_path, busybox_archive) -> None:

@@ -226,8 +226,16 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
         ({"Image": "b", "HostConfig": {"Devices": [{"PathOnHost": "/dev/fuse"}]}}, "HostConfig.Devices"),
         ({"Image": "b", "Healthcheck": {"Test": ["CMD"]}}, "Config.Healthcheck.Test"),
         ({"Image": "b", "Healthcheck": {"Test": ["NONE"], "Interval": 1.5}}, "Config.Healthcheck.Interval"),
-        ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "volume", "Target": "/d"}]}},
+        ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/d"}]}},
          "HostConfig.Mounts[0].Type"),
+        ({"Image": "b", "HostConfig": {"Mounts": ["/d"]}}, "HostConfig.Mounts[0]"),
+        ({"Image": "b", "HostConfig": {"Mounts": {"Type": "volume"}}}, "HostConfig.Mounts"),
+        ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "volume", "Target": "/d", "VolumeOptions": [1]}]}},
+         "HostConfig.Mounts[0].VolumeOptions"),
+        ({"Image": "b", "Volumes": ["/d"]}, "Config.Volumes"),
+        ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "volume", "Target": "/d",
+                                                    "VolumeOptions": {"Subpath": "x"}}]}},
+         "HostConfig.Mounts[0].VolumeOptions.Subpath"),
     ]:
         with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
             create_spec(body, "", "")
@@ -239,5 +247,18 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
     assert (checked.health_interval, checked.health_timeout, checked.health_start_period,
             checked.health_retries) == (2.0, 0.5, None, 4)
     assert create_spec({"Image": "b", "Healthcheck": {"Test": ["NONE"]}}, "", "").no_healthcheck
+    volumes = create_spec({
+        "Image": "b", "Volumes": {"/anon": {}, "/data": {}, "/t": {}},
+        "HostConfig": {"Binds": ["data:/data:ro"], "Tmpfs": {"/t": ""}, "VolumesFrom": ["other:ro"], "Mounts": [
+            {"Type": "volume", "Source": "cache", "Target": "/cache", "ReadOnly": True,
+             "VolumeOptions": {"NoCopy": True, "Labels": {"a": "1"},
+                               "DriverConfig": {"Name": "local", "Options": {"o": "x,y"}}}},
+            {"Type": "volume", "Target": "/scratch"}]}}, "", "")
+    # the explicit bind and tmpfs win over Config.Volumes' /data and /t; /anon is anonymous
+    assert volumes.volumes == ["data:/data:ro", "/anon"]
+    assert volumes.mounts == [
+        'type=volume,dst=/cache,src=cache,readonly,volume-nocopy=true,volume-label=a=1,volume-driver=local,'
+        '"volume-opt=o=x,y"', "type=volume,dst=/scratch"]
+    assert volumes.volumes_from == ["other:ro"]
     assert create_spec({"Image": "b", "Healthcheck": {"Test": ["CMD-SHELL", "test -f /x"]}}, "", "").health_cmd == (
         "test -f /x")

@@ -12,7 +12,6 @@ NOT_YET = [
     ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/session"),
     ("GET", "/images/search"),
     ("GET", "/containers/{id}/attach/ws"),
-    ("POST", "/volumes/create"), ("POST", "/volumes/prune"), ("DELETE", "/volumes/{name}"),
     ("PUT", "/volumes/{name}"), ("GET", "/swarm"), ("GET", "/nodes"), ("GET", "/services"),
     ("GET", "/tasks"), ("GET", "/secrets"), ("GET", "/configs"), ("GET", "/distribution/{name:path}/json"),
 ]
@@ -24,10 +23,6 @@ async def not_served_yet(api: DockerAPI, req: Request) -> Response:
 
 # Kinds of objects the engine has none of (yet): lookups answer 404 and lists are empty, so
 # clients that probe every kind (docker inspect NAME) go on to the next.
-async def no_volumes(api: DockerAPI, req: Request) -> Response:
-    return json_response({"Volumes": [], "Warnings": None})
-
-
 async def no_plugins(api: DockerAPI, req: Request) -> Response:
     return json_response([])
 
@@ -38,13 +33,11 @@ async def no_such_object(api: DockerAPI, req: Request) -> Response:
 
 
 def build_router() -> Router:
-    from engine.dockerapi.routes import containers, execs, images, networks, system, verbs
+    from engine.dockerapi.routes import containers, execs, images, networks, system, verbs, volumes
 
     router = Router()
-    for module in (system, images, containers, verbs, execs, networks):
+    for module in (system, images, containers, verbs, execs, networks, volumes):
         module.register(router)
-    router.route("GET", "/volumes")(no_volumes)
-    router.route("GET", "/volumes/{name}")(no_such_object)
     router.route("GET", "/plugins")(no_plugins)
     router.route("GET", "/plugins/{name:path}/json")(no_such_object)
     for method, template in NOT_YET:  # after the served routes: those win

@@ -48,6 +48,7 @@ from engine.supervisor.container_service import (
     ExecSpec,
     LogsSpec,
 )
+from engine.supervisor.volume_views import mounts_view
 
 log = logging.getLogger("engine.dockerapi")
 
@@ -92,7 +93,7 @@ HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
                 "Memory", "NanoCpus", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
-                "Isolation"}
+                "Isolation", "VolumesFrom"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
 LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
 
@@ -127,15 +128,52 @@ def _publish(bindings: Any) -> list[str]:
     return specs
 
 
-def _mounts(mounts: Any) -> tuple[list[str], list[str]]:
-    """HostConfig.Mounts of type bind and tmpfs, as -v and --tmpfs values."""
+def _csv_value(text: str) -> str:
+    """A value in a ``--mount`` string: quoted when it has a comma (docker's csv)."""
+    if '"' in text:
+        raise InvalidArgument(f"invalid mount value {text!r}: double quotes are not supported")
+    return f'"{text}"' if "," in text else text
+
+
+def _volume_mount(i: int, m: dict[str, Any]) -> str:
+    """HostConfig.Mounts[i] of type volume as a ``--mount`` value."""
+    opts = m.get("VolumeOptions") or {}
+    driver = opts.get("DriverConfig") or {} if isinstance(opts, dict) else None
+    if not isinstance(opts, dict) or not isinstance(driver, dict):
+        raise InvalidArgument(f"HostConfig.Mounts[{i}].VolumeOptions must be an object")
+    refuse_unsupported(f"HostConfig.Mounts[{i}].VolumeOptions", opts, {"NoCopy", "Labels", "DriverConfig"},
+                       set())
+    parts = ["type=volume", f"dst={_csv_value(str(m.get('Target', '')))}"]
+    if m.get("Source"):
+        parts.append(f"src={_csv_value(str(m['Source']))}")
+    if m.get("ReadOnly"):
+        parts.append("readonly")
+    if opts.get("NoCopy"):
+        parts.append("volume-nocopy=true")
+    for key, value in str_map(opts.get("Labels"), f"HostConfig.Mounts[{i}].VolumeOptions.Labels").items():
+        parts.append(_csv_value(f"volume-label={key}={value}"))
+    if driver.get("Name"):
+        parts.append(f"volume-driver={_csv_value(str(driver['Name']))}")
+    for key, value in str_map(driver.get("Options"), f"HostConfig.Mounts[{i}].VolumeOptions.DriverConfig").items():
+        parts.append(_csv_value(f"volume-opt={key}={value}"))
+    return ",".join(parts)
+
+
+def _mounts(mounts: Any) -> tuple[list[str], list[str], list[str]]:
+    """HostConfig.Mounts as -v values (binds), --tmpfs values and --mount values (volumes)."""
     binds: list[str] = []
     tmpfs: list[str] = []
+    volumes: list[str] = []
+    if mounts is not None and not isinstance(mounts, list):
+        raise InvalidArgument("HostConfig.Mounts must be a list of objects")
     for i, m in enumerate(mounts or []):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"HostConfig.Mounts[{i}] must be an object")
         kind = m.get("Type", "")
         target = m.get("Target", "")
         refuse_unsupported(f"HostConfig.Mounts[{i}]", m, {"Type", "Source", "Target", "ReadOnly",
-                                                          "TmpfsOptions"}, {"Consistency", "BindOptions"})
+                                                          "TmpfsOptions", "VolumeOptions"},
+                           {"Consistency", "BindOptions"})
         if kind == "bind":
             binds.append(f"{m.get('Source', '')}:{target}{':ro' if m.get('ReadOnly') else ''}")
         elif kind == "tmpfs":
@@ -146,10 +184,12 @@ def _mounts(mounts: Any) -> tuple[list[str], list[str]]:
             if opts.get("Mode"):
                 parts.append(f"mode={int(opts['Mode']):o}")
             tmpfs.append(target + (":" + ",".join(parts) if parts else ""))
+        elif kind == "volume":
+            volumes.append(_volume_mount(i, m))
         else:
             raise InvalidArgument(f"HostConfig.Mounts[{i}].Type {kind!r} is not supported by engine "
-                                  "(bind and tmpfs are)")
-    return binds, tmpfs
+                                  "(bind, volume and tmpfs are)")
+    return binds, tmpfs, volumes
 
 
 def _network(host: dict[str, Any], networking: dict[str, Any], disabled: bool) -> tuple[str, list[str]]:
@@ -183,9 +223,8 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
     if not isinstance(host, dict) or not isinstance(networking, dict):
         raise InvalidArgument("HostConfig and NetworkingConfig must be objects")
     refuse_unsupported("Config", doc, CONFIG_HANDLED, CONFIG_IGNORED | {"Volumes"})
-    if not is_empty(doc.get("Volumes")):
-        raise InvalidArgument("Config.Volumes (anonymous volumes) is not supported by engine yet; "
-                              "bind a host path instead")
+    # Config.Volumes: {"/path": {}}, an anonymous volume each (unless a bind or mount covers it)
+    anonymous = sorted(str_map_keys(doc.get("Volumes"), "Config.Volumes"))
     if doc.get("Domainname"):
         raise InvalidArgument("Config.Domainname is not supported by engine")
     refuse_unsupported("HostConfig", host, HOST_HANDLED, HOST_IGNORED)
@@ -204,7 +243,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
     image = str(doc.get("Image") or "")
     if not image:
         raise InvalidArgument("Config.Image is required")
-    mount_binds, mount_tmpfs = _mounts(host.get("Mounts"))
+    mount_binds, mount_tmpfs, mount_volumes = _mounts(host.get("Mounts"))
     network, aliases = _network(host, networking, bool(doc.get("NetworkDisabled")))
     pids = host.get("PidsLimit")
     nano_cpus = int(host.get("NanoCpus") or 0)
@@ -219,7 +258,10 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         workdir=str(doc.get("WorkingDir") or ""),
         user=str(doc.get("User") or ""),
         hostname=str(doc.get("Hostname") or ""),
-        volumes=[*(str_list(host.get("Binds"), "HostConfig.Binds") or []), *mount_binds],
+        volumes=[*(str_list(host.get("Binds"), "HostConfig.Binds") or []), *mount_binds,
+                 *_uncovered(anonymous, host, [*tmpfs, *mount_tmpfs])],
+        mounts=mount_volumes,
+        volumes_from=str_list(host.get("VolumesFrom"), "HostConfig.VolumesFrom") or [],
         tmpfs=[*tmpfs, *mount_tmpfs],
         read_only=bool(host.get("ReadonlyRootfs")),
         init=bool(host.get("Init")),
@@ -247,6 +289,27 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         stdin_once=bool(doc.get("StdinOnce")),
         **_healthcheck(doc.get("Healthcheck")),
     )
+
+
+def str_map_keys(value: Any, field: str) -> list[str]:
+    # not is_empty(): {"/path": {}} is all zero values, yet it names a path
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{field} must be an object of paths")
+    return [str(k) for k in value]
+
+
+def _uncovered(paths: list[str], host: dict[str, Any], tmpfs: list[str]) -> list[str]:
+    """Config.Volumes paths that no bind, mount or tmpfs of the create covers (docker: the
+    explicit one wins), as anonymous ``-v DST`` values."""
+    taken: set[str] = {t.split(":")[0] for t in tmpfs}
+    for spec in str_list(host.get("Binds"), "HostConfig.Binds") or []:
+        parts = spec.split(":")
+        taken.add(parts[1] if len(parts) > 1 else parts[0])
+    taken |= {str(m.get("Target", "")) for m in host.get("Mounts") or []}
+    covered = {t.rstrip("/") or "/" for t in taken}
+    return [p for p in paths if (p.rstrip("/") or "/") not in covered]
 
 
 def _nanoseconds(value: Any, field: str) -> float | None:
@@ -303,15 +366,8 @@ async def create(api: DockerAPI, req: Request) -> Response:
 
 
 def _mounts_view(actor: ContainerActor) -> list[dict[str, Any]]:
-    c = actor.config
-    found: list[dict[str, Any]] = [
-        {"Type": "bind", "Source": b.source, "Destination": b.destination, "Mode": "ro" if b.read_only else "",
-         "RW": not b.read_only, "Propagation": "rprivate"}
-        for b in c.binds
-    ]
-    found += [{"Type": "tmpfs", "Source": "", "Destination": t.destination, "Mode": t.options, "RW": True,
-               "Propagation": ""} for t in c.tmpfs]
-    return found
+    """Binds, volumes and tmpfs mounts: the RPC's inspect view (one shape for both APIs)."""
+    return mounts_view(actor.config, actor.status)
 
 
 def _endpoint(network_id: str = "", aliases: list[str] | None = None) -> dict[str, Any]:
@@ -381,7 +437,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "Tty": c.tty,
         "OpenStdin": c.open_stdin,
         "StdinOnce": c.stdin_once,
-        "Volumes": None,
+        "Volumes": {v.destination: {} for v in c.volumes} or None,
         "OnBuild": None,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
     })
@@ -400,7 +456,10 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "Memory": int(c.memory or 0),
         "PidsLimit": c.pids_limit,
         "ConsoleSize": [0, 0],
-        "Binds": host.get("Binds") or None,
+        # named volumes as docker lists them (NAME:DST[:ro]); anonymous ones are only Mounts
+        "Binds": [*(host.get("Binds") or []),
+                  *(f"{v.name}:{v.destination}{':ro' if v.read_only else ''}"
+                    for v in c.volumes if not v.anonymous)] or None,
     })
     network = doc["NetworkSettings"]
     networks = _networks_view(actor, configured)
@@ -535,7 +594,8 @@ async def rename(api: DockerAPI, req: Request) -> Response:
 async def remove(api: DockerAPI, req: Request) -> Response:
     if req.bool_param("link"):
         raise InvalidArgument("link=true: links are not supported by engine")
-    await service(api).remove(req.path_params["id"], req.bool_param("force"))
+    # v: its anonymous volumes too (docker rm -v), as the RPC's container.remove
+    await service(api).remove(req.path_params["id"], req.bool_param("force"), req.bool_param("v"))
     return no_content()
 
 

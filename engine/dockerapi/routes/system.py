@@ -6,10 +6,12 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 
 import trio
 
 import engine
+from engine.actors.events import Event
 from engine.api.images import registry_client, registry_host
 from engine.api.system import event_filter
 from engine.dockerapi.http import Request, Response, StreamResponse, Write
@@ -27,7 +29,7 @@ from engine.errors import InvalidArgument
 from engine.images.types import host_architecture
 
 # docker's event filter keys the engine's bus can answer; others are refused by name
-EVENT_FILTERS = {"type", "event", "container", "image", "network", "label"}
+EVENT_FILTERS = {"type", "event", "container", "image", "network", "volume", "label"}
 
 
 def register(router: Router) -> None:
@@ -171,6 +173,13 @@ async def info(api: DockerAPI, req: Request) -> Response:
     })
 
 
+def volume_event_filter(names: list[str], match: Callable[[Event], bool]) -> Callable[[Event], bool]:
+    """docker's ``volume=NAME`` event filter (a volume event's id is its name)."""
+    if not names:
+        return match
+    return lambda event: event.type == "volume" and event.id in names and match(event)
+
+
 async def events(api: DockerAPI, req: Request) -> StreamResponse:
     """Past events from ``since``, then live ones until ``until`` (or the client leaves)."""
     since = parse_timestamp(req.param("since"), "since")
@@ -180,7 +189,7 @@ async def events(api: DockerAPI, req: Request) -> StreamResponse:
     if unknown:
         raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: the engine filters events by "
                               f"{', '.join(sorted(EVENT_FILTERS))}")
-    match = event_filter(filters)
+    match = volume_event_filter(filters.pop("volume", []), event_filter(filters))
     bus = api.app.events
 
     async def produce(write: Write) -> None:
@@ -227,10 +236,11 @@ DF_TYPES = {"container", "image", "volume", "build-cache"}
 async def disk_usage(api: DockerAPI, req: Request) -> Response:
     """docker system df, from what the engine can tell today: images (the store's usage:
     layers shared between images count once; each image's shared part and the containers
-    using it), containers (their writable layers' size is not measured: 0). Volumes and the
-    build cache are empty lists."""
+    using it), containers (their writable layers' size is not measured: 0), volumes (each
+    one's size and how many containers use it). The build cache is an empty list."""
     from engine.dockerapi.routes.containers import container_summary
     from engine.dockerapi.routes.images import image_summary
+    from engine.dockerapi.routes.volumes import disk_usage as volume_usage
 
     types = set(req.query.get("type", [])) or DF_TYPES
     unknown = types - DF_TYPES
@@ -240,6 +250,8 @@ async def disk_usage(api: DockerAPI, req: Request) -> Response:
     app = api.app
     actors = app.services.containers.all() if app.services.containers is not None else []
     doc: dict[str, object] = {"Volumes": [], "BuildCache": []}
+    if "volume" in types and app.services.volumes is not None:
+        doc["Volumes"] = await volume_usage(app.services.volumes)
     if "image" in types:
         store = app.services.require_images()
         images = store.list()
