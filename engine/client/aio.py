@@ -23,7 +23,7 @@ import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -116,6 +116,9 @@ class AsyncDuplexStream(AsyncStream):
         return await self.send({"signal": int(signum)})
 
 
+S = TypeVar("S", bound=AsyncStream)
+
+
 class AsyncClient:
     def __init__(self, send: Any, close: Any) -> None:
         self._send_raw = send
@@ -187,8 +190,14 @@ class AsyncClient:
     async def stream(
         self, method: str, params: dict[str, Any] | None = None, **kw: Any
     ) -> AsyncIterator[AsyncStream]:
-        msgid, call = await self._start(method, {**(params or {}), **kw}, stream=True)
-        stream = AsyncStream(self, msgid, call)
+        async with self._open(AsyncStream, method, {**(params or {}), **kw}) as stream:
+            yield stream
+
+    @asynccontextmanager
+    async def _open(self, kind: type[S], method: str, params: dict[str, Any]) -> AsyncIterator[S]:
+        """A streaming call as ``kind``, cancelled if the block is left before it ends."""
+        msgid, call = await self._start(method, params, stream=True)
+        stream = kind(self, msgid, call)
         try:
             yield stream
         finally:
@@ -201,14 +210,8 @@ class AsyncClient:
         self, method: str, params: dict[str, Any] | None = None, **kw: Any
     ) -> AsyncIterator[AsyncDuplexStream]:
         """A streaming call of a method that takes input (``rpc.describe``: input)."""
-        msgid, call = await self._start(method, {**(params or {}), **kw}, stream=True)
-        stream = AsyncDuplexStream(self, msgid, call)
-        try:
+        async with self._open(AsyncDuplexStream, method, {**(params or {}), **kw}) as stream:
             yield stream
-        finally:
-            if not call.done.is_set():
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await stream.cancel()
 
     def attach(self, container: str, *, stdin: bool = True,
                detach_keys: str = "") -> AbstractAsyncContextManager[AsyncDuplexStream]:
