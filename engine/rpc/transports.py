@@ -20,16 +20,22 @@ import ssl
 import stat
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from engine.errors import ConfigError, ResourceExhausted, Unavailable
+from engine.lazy import LazyModule
 from engine.rpc import protocol
 from engine.rpc.server import RPCServer
+
+# imported when a WebSocket listener is served (most daemons have none)
+if TYPE_CHECKING:
+    import trio_websocket
+else:
+    trio_websocket = LazyModule("trio_websocket")
 
 log = logging.getLogger("engine.rpc")
 
@@ -209,7 +215,7 @@ class WebSocketTransport:
         while True:
             try:
                 data = await self.ws.get_message()
-            except ConnectionClosed:
+            except trio_websocket.ConnectionClosed:
                 return
             if isinstance(data, str):
                 data = data.encode()
@@ -222,7 +228,7 @@ class WebSocketTransport:
     async def send(self, data: bytes) -> None:
         try:
             await self.ws.send_message(data)
-        except ConnectionClosed:
+        except trio_websocket.ConnectionClosed:
             raise trio.BrokenResourceError("websocket closed") from None
 
     async def aclose(self) -> None:
@@ -343,7 +349,7 @@ async def serve_websocket_rpc(
 
     refusals = RefusalLog()
 
-    async def handler(request: WebSocketRequest) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
         limit = max_connections()
         if server.connections >= limit:
             refusals.refused(f"{server.connections} connections open, the limit is {limit}")
@@ -357,5 +363,5 @@ async def serve_websocket_rpc(
         ws = await request.accept()
         await server.handle_transport(WebSocketTransport(ws, server.max_frame), peer="websocket")
 
-    ws_server = WebSocketServer(handler, ws_listeners, max_message_size=server.max_frame)
+    ws_server = trio_websocket.WebSocketServer(handler, ws_listeners, max_message_size=server.max_frame)
     await ws_server.run(task_status=task_status)

@@ -9,6 +9,8 @@ import h11._receivebuffer as rb
 
 from engine.plugins.registry import transport
 
+transport.import_httpx()  # the tuning is applied when httpx is first used
+
 
 def test_fast_path_is_applied_to_this_h11() -> None:
     assert transport.H11_FAST_BODY, f"h11 {h11.__version__}: the body fast path is not applied"

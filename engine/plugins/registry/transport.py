@@ -26,29 +26,31 @@ import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
-import h11._receivebuffer
-import httpcore
-import httpx
 import trio
 
 from engine.errors import InvalidArgument, ResourceExhausted, Unavailable
+from engine.lazy import LazyModule
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 DEFAULT_CONFIG_DIR = Path("/etc/engine")
 
-Response = httpx.Response  # re-exported so other modules can name the type without httpx
-
 # httpcore reads HTTP/1.1 responses 64 KiB at a time; layer blobs are hundreds of MiB, and
 # every read costs a trip through httpcore and h11 on the event loop. 1 MiB reads cut that
 # work by 16 (a read returns what the socket has, so small responses are not delayed).
 _READ_SIZE = 1024 * 1024
-if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < _READ_SIZE:
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
+
+
+def _read_bigger_chunks() -> None:
+    import httpcore
+
+    if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 0) < _READ_SIZE:
+        httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
 
 
 def _take_whole_buffer_when_possible() -> bool:
@@ -59,6 +61,8 @@ def _take_whole_buffer_when_possible() -> bool:
     read 1 MiB at a time), hand over the buffer itself instead; the semantics are the
     same. Applied only to the h11 internals this was written against; returns whether it
     was applied."""
+    import h11._receivebuffer
+
     buffer_class: Any = getattr(h11._receivebuffer, "ReceiveBuffer", None)
     try:
         probe = buffer_class()
@@ -85,7 +89,29 @@ def _take_whole_buffer_when_possible() -> bool:
     return True
 
 
-H11_FAST_BODY = _take_whole_buffer_when_possible()
+def _tune_httpx(_httpx: ModuleType) -> None:
+    global H11_FAST_BODY
+    _read_bigger_chunks()
+    H11_FAST_BODY = _take_whole_buffer_when_possible()
+
+
+H11_FAST_BODY = False  # whether h11's body fast path is on (once httpx is imported)
+
+# httpx is imported (and tuned) when the first registry client is made: an idle daemon
+# that never pulls does not carry it.
+if TYPE_CHECKING:
+    import httpx
+
+    Response = httpx.Response
+else:
+    httpx = LazyModule("httpx", on_import=_tune_httpx)
+    Response = Any  # the type, for other modules' annotations; see TYPE_CHECKING above
+
+
+def import_httpx() -> None:
+    """Import (and tune) httpx now rather than at the first registry request."""
+    if not TYPE_CHECKING:
+        httpx.load()
 
 
 @attrs.frozen
