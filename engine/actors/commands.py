@@ -107,7 +107,11 @@ class Update:
 @attrs.frozen
 class OpenRootfs:
     """An fd of the container's root filesystem (running or not) for cp/export, mounted
-    if it was not: the caller closes the fd and then posts ``ReleaseRootfs``."""
+    if it was not: the caller closes the fd and then posts ``ReleaseRootfs``. With
+    ``with_mounts``, a running container's root as it sees it (its volumes and binds in
+    place: cp); without, the root filesystem alone (export)."""
+
+    with_mounts: bool = False
 
 
 Command = (Start | Stop | Kill | Restart | Pause | Unpause | Rename | Remove | Connect | Disconnect

@@ -268,8 +268,8 @@ class ContainerActor:
                 return await self._resize(rows, cols)
             case c.Update():
                 return await verbs.update(self, command)
-            case c.OpenRootfs():
-                return await verbs.open_rootfs(self)
+            case c.OpenRootfs(with_mounts):
+                return await verbs.open_rootfs(self, with_mounts=with_mounts)
         raise InvalidArgument(f"unknown container command {command!r}")
 
     async def _handle_notice(self, notice: c.Notice) -> None:

@@ -6,6 +6,7 @@ at a time with every other change of the container."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -76,7 +77,7 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
 # --- the root filesystem for cp and export ----------------------------------------------------
 
 
-async def open_rootfs(actor: ContainerActor) -> int:
+async def open_rootfs(actor: ContainerActor, *, with_mounts: bool) -> int:
     """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
     container's stays mounted until its last user posts ``ReleaseRootfs``; a start
     meanwhile finds it mounted already (mounting is idempotent)."""
@@ -85,11 +86,28 @@ async def open_rootfs(actor: ContainerActor) -> int:
     path = await actor.deps.rootfs.mount(actor.id, list(actor.config.layers))
     actor.rootfs_users += 1
     try:
-        return await trio.to_thread.run_sync(
-            os.open, path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return await trio.to_thread.run_sync(_open_root, path, _running_pid(actor) if with_mounts else 0)
     except BaseException:
         await release_rootfs(actor)
         raise
+
+
+def _running_pid(actor: ContainerActor) -> int:
+    running = actor.status.state in (S.RUNNING, S.PAUSED)
+    return actor.status.pid if running and actor.status.pid > 0 else 0
+
+
+def _open_root(path: Path, pid: int) -> int:
+    """The root as the running container sees it (``/proc/PID/root``: its volumes, bind
+    mounts and tmpfs included, as ``docker cp`` shows them), else the bare root filesystem.
+    The container's process may be gone by now: then the root filesystem it is."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    if pid:
+        try:
+            return os.open(f"/proc/{pid}/root", flags)
+        except OSError:
+            pass
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 async def release_rootfs(actor: ContainerActor) -> None:

@@ -16,6 +16,7 @@ import trio
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor
 from engine.actors.state import ContainerState
+from engine.errgroup import unwrap_single_error
 from engine.errors import InvalidArgument
 from engine.images.records import Image
 from engine.supervisor import commit
@@ -38,9 +39,10 @@ def stats_target(actor: ContainerActor) -> st.Target:
 
 
 @contextlib.asynccontextmanager
-async def open_root(actor: ContainerActor) -> AsyncIterator[int]:
-    """An fd of the container's root (mounted for as long as it is held)."""
-    fd: int = await actor.call(c.OpenRootfs())
+async def open_root(actor: ContainerActor, *, with_mounts: bool = True) -> AsyncIterator[int]:
+    """An fd of the container's root (mounted for as long as it is held); ``with_mounts``:
+    see ``OpenRootfs``."""
+    fd: int = await actor.call(c.OpenRootfs(with_mounts))
     try:
         yield fd
     finally:
@@ -62,11 +64,12 @@ async def stream_from_thread(work: Callable[[Callable[[bytes], None]], Any], emi
         async with sender:
             result.append(await trio.to_thread.run_sync(work, from_thread))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(produce)
-        async with receiver:
-            async for chunk in receiver:
-                await emit(chunk)
+    with unwrap_single_error():  # the thread's NotFound is the caller's, not a group's
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with receiver:
+                async for chunk in receiver:
+                    await emit(chunk)
     return result[0] if result else None
 
 
@@ -145,7 +148,7 @@ class ContainerVerbs:
         return {"entries": done.entries, "bytes": done.bytes}
 
     async def export(self, ref: str, emit: Emit) -> None:
-        async with open_root(self.get(ref)) as root:
+        async with open_root(self.get(ref), with_mounts=False) as root:
             await stream_from_thread(lambda out: cp.export_root(root, out), emit)
 
     # --- diff, commit --------------------------------------------------------------------------

@@ -140,6 +140,55 @@ class _ChunkSink:
             self.buf.clear()
 
 
+# Kernel filesystems mounted in a running container (statfs f_type): a copy shows their
+# mount points as empty directories, as docker's does, instead of walking /proc and /sys.
+KERNEL_FILESYSTEMS = frozenset({
+    0x9FA0,  # proc
+    0x62656572,  # sysfs
+    0x1CD1,  # devpts
+    0x19800202,  # mqueue
+    0x27E0EB,  # cgroup
+    0x63677270,  # cgroup2
+    0x73636673,  # securityfs
+    0x64626720,  # debugfs
+    0x74726163,  # tracefs
+    0xCAFE4A11,  # bpf
+    0x6165676C,  # pstore
+    0x62656570,  # configfs
+    0xF97CFF8C,  # selinuxfs
+    0x65735543,  # fusectl
+    0x42494E4D,  # binfmt_misc
+})
+
+
+def filesystem_type(fd: int) -> int:
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def skip_kernel_filesystems(tar: tarfile.TarFile) -> Any:
+    """A ``TreeWriter`` hook: a directory on another filesystem than its parent (a mount
+    point) whose filesystem is a kernel one is archived empty."""
+    from engine.store.treetar import tar_info
+
+    def hook(parent_fd: int, name: str, st: os.stat_result, arcname: str) -> bool:
+        if not stat.S_ISDIR(st.st_mode) or st.st_dev == os.fstat(parent_fd).st_dev:
+            return True
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            kernel = filesystem_type(fd) in KERNEL_FILESYSTEMS
+        finally:
+            os.close(fd)
+        if kernel:
+            tar.addfile(tar_info(arcname.rstrip("/") + "/", st))
+        return not kernel
+
+    return hook
+
+
 def archive_path(root_fd: int, path: str, emit: Any, *, follow: bool) -> None:
     """Write a tar of ``path`` (its top entry named after its last component; the root is
     ``.``) to ``emit(chunk)``, which may block (backpressure)."""
@@ -147,7 +196,7 @@ def archive_path(root_fd: int, path: str, emit: Any, *, follow: bool) -> None:
     try:
         sink = _ChunkSink(emit)
         tar = open_stream_tar(sink)
-        writer = TreeWriter(tar)
+        writer = TreeWriter(tar, skip_kernel_filesystems(tar))
         arcname = _split(path)[1]  # a followed link keeps its own name, as docker's -L
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
@@ -160,6 +209,8 @@ def archive_path(root_fd: int, path: str, emit: Any, *, follow: bool) -> None:
             writer.add_leaf(parent_fd, name, arcname, st)
         tar.close()
         sink.flush_all()
+    except PermissionError as e:  # a file the kernel will not let even root read (/proc)
+        raise InvalidArgument(f"cannot copy {path}: {e.filename or name}: {e.strerror}") from e
     finally:
         os.close(parent_fd)
 

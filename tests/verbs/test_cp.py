@@ -145,3 +145,31 @@ def test_copy_errors_are_clear(engine: Daemon, tmp_path: Path) -> None:
     bad = engctl(engine, "cp", "-", f"{cid}:/tmp", input=b"not a tar at all" * 100, check=False)
     assert bad.returncode != 0 and b"tar" in bad.stderr
     assert exec_out(engine, cid, "true")[0] == 0  # the daemon and container are fine
+
+
+def test_copy_sees_the_running_containers_volumes_and_binds(engine: Daemon, tmp_path: Path) -> None:
+    """docker cp shows what the container sees: a named volume's and a bind mount's files
+    come out, and files copied in land in the volume and on the bind's host directory."""
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "from-host").write_text("host side\n")
+    cid = run_detached(engine, "echo in-volume > /vol/made-inside; sleep 1000",
+                       volumes=["cpvol:/vol", f"{bind}:/bound"])
+    try:
+        exec_out(engine, cid, "true")
+        out = untar(engctl(engine, "cp", f"{cid}:/vol/made-inside", "-").stdout)
+        assert out["made-inside:data"] == b"in-volume\n"
+        out = untar(engctl(engine, "cp", f"{cid}:/bound/from-host", "-").stdout)
+        assert out["from-host:data"] == b"host side\n"
+        (tmp_path / "upload").write_text("copied in\n")
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/bound/uploaded")
+        assert (bind / "uploaded").read_text() == "copied in\n"
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/vol/uploaded")
+        engctl(engine, "rm", "-f", cid)
+        code, out_bytes = exec_out(engine, run_detached(engine, "sleep 1000", volumes=["cpvol:/v"]), "cat", "/v/uploaded")
+        assert (code, out_bytes) == (0, b"copied in\n")
+    finally:
+        with engine.client() as c:
+            for container in c.call("container.list", all=True):
+                c.call("container.remove", id=container["Id"], force=True)
+            c.call("volume.remove", name="cpvol", force=True)
