@@ -207,6 +207,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                          registry=reg, docker_api="docker_api" in only)
         s.engines.append(engine)
         engine.start()
+        assert engine.net is not None
+        res["engine_network"] = {"bridge": engine.net.bridge, "bip": f"{engine.net.gateway}/24",
+                                 "pool": engine.net.pool}
+        log("engine: bridge {bridge}, bip {bip}, pool {pool}".format(**res["engine_network"]))
         peers, skipped = start_peers(a, work, reg, s)
         res["skipped"] += skipped
         for e in [engine, *peers]:
