@@ -110,14 +110,14 @@ def docker_api(b: Bench) -> dict[str, Any]:
     and its rules, so the default bridge would not compare like with like."""
     via_docker = b.engine.docker_cli()
     rows = []
-    peers = [e for e in b.peers if e.name == "docker"] + [via_docker, b.engine]
-    for e in peers:
+    sides = [e for e in b.peers if e.name == "docker"] + [via_docker, b.engine]
+    for e in sides:
         argv = _run_rm(e, b.image, "runc", "none")
         rows.append(Row(f"{e.name} run --rm --network none (runc)", command(argv, env=e.env),
                         group="engine" if e is via_docker else e.name, cmd=" ".join(argv[-7:])))
     table = _table(b, "one container through the Docker API: the same docker CLI against "
                       "dockerd and against engined --docker-host", rows, b.plan.rounds_latency)
-    with_docker = peers[0].name == "docker"
+    with_docker = sides[0].name == "docker"
     table["ratios"] = {DOCKER_API_RATIO: paired_ratio(table, rows[1].label, rows[0].label)
                        if with_docker else None}
     return table
