@@ -17,6 +17,7 @@ import attrs
 
 from bench.procs import alive, children, comm, parent_of, stop_pid, wait_until
 from bench.timing import run_quiet
+from engine.testing.daemon import NetSlot, claim_net_slot
 
 DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI; another (newer) one may come first in PATH
 DOCKERD = "/usr/sbin/dockerd"
@@ -104,21 +105,43 @@ def engctl_argv() -> list[str]:
 
 @attrs.define
 class EngineD(Engine):
+    """engined with its own bridge, subnet and pool (a test network slot of
+    engine.testing.daemon, never the default engine0), so a run collides with no other
+    engine daemon on the host; with ``docker_api``, also serving the Docker API."""
+
     registry: str = ""
     default_runtime: str = "crun"
+    docker_api: bool = False
     proc: subprocess.Popen[bytes] | None = None
+    net: NetSlot | None = None
+    net_index: int | None = None  # kept across restarts: the same bridge every time
 
     def __attrs_post_init__(self) -> None:
         self.cli = engctl_argv()
         self.env = {**os.environ, "ENGINE_HOST": f"unix://{self.run_base}/engine.sock"}
 
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.run_base}/docker.sock"
+
+    def docker_cli(self) -> Engine:
+        """The docker CLI pointed at this daemon's Docker API (start it with docker_api)."""
+        return Engine(name="engine via docker CLI", base=self.base, run_base=self.run_base,
+                      cli=[DOCKER_CLI], env={**os.environ, "DOCKER_HOST": self.docker_host})
+
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
+        if self.net is None:
+            self.net = claim_net_slot(self.net_index)
+            self.net_index = self.net.index
         args = [sys.executable, "-m", "engine.supervisor.daemon", "--root", str(self.base / "root"),
                 "--run-root", str(self.run_base), "--config-dir", str(self.base / "etc"),
-                "--default-runtime", self.default_runtime, "--log-level", "warning"]
+                "--default-runtime", self.default_runtime, "--log-level", "warning",
+                *self.net.args()]
         if self.registry:
             args += ["--insecure-registry", self.registry]
+        if self.docker_api:
+            args += ["--docker-host", self.docker_host]
         self.proc = self.start_daemon(args, self.base / "engined.log", timeout=30)
 
     def daemon_pids(self) -> list[int]:
@@ -128,16 +151,51 @@ class EngineD(Engine):
         return [self.proc.pid, *(c for c in children(self.proc.pid) if comm(c) != "conmon")]
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    self.remove_all()
+                except Exception:  # noqa: BLE001 - the sweep of the work dir catches what is left
+                    pass
+                stop_pid(self.proc.pid, 20)
+            self.proc.wait(5)
+            self.proc = None
+        if self.net is not None:
             try:
-                self.remove_all()
-            except Exception:  # noqa: BLE001 - the sweep of the work dir catches what is left
-                pass
-            stop_pid(self.proc.pid, 20)
-        self.proc.wait(5)
-        self.proc = None
+                self._sweep_network(self.net)
+            finally:
+                self.net.release()
+                self.net = None
+
+    def _sweep_network(self, slot: NetSlot) -> None:
+        """What the daemon's networking left (nothing, when its containers were removed
+        before it stopped): attachments, namespaces, leases, its bridges and its isolation
+        chains, undone as the daemon's own reconcile does. Raises if its bridge or chains
+        are still there."""
+        import trio
+
+        from engine.network import isolation, netns
+        from engine.network.networks import NetworkStore, delete_bridge
+        from engine.network.reconcile import reconcile
+
+        settings = slot.settings()
+        run_netns = self.run_base / "netns"
+
+        async def sweep() -> None:
+            store = NetworkStore(self.base / "root" / "networks", settings)
+            await reconcile(store, run_netns, keep=())
+            for net in await store.list():
+                await delete_bridge(net)
+            await isolation.remove(settings.chains)
+            if await trio.to_thread.run_sync(run_netns.exists):
+                await netns.release_dir(run_netns)
+
+        trio.run(sweep)
+        left = [slot.bridge] if Path("/sys/class/net", slot.bridge).exists() else []
+        chains = subprocess.run(["iptables", "-w", "5", "-S"], capture_output=True, text=True).stdout
+        left += [c for c in settings.chains if f"-N {c}" in chains.splitlines()]
+        if left:
+            raise RuntimeError(f"the engine's networking is still there after its sweep: {left}")
 
 
 # --- podman -------------------------------------------------------------------------------------

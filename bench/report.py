@@ -81,6 +81,8 @@ def table_md(t: dict[str, Any]) -> list[str]:
     for r in t["rows"]:
         lines.append(f"| {r['label']} | {_f(r['median'])} | {_f(r['min'])}–{_f(r['max'])} | "
                      f"{_f(r['ratio_median'], 2)} | {r['fails']} |")
+    for name, value in t.get("ratios", {}).items():
+        lines += ["", f"**{name}: {_f(value, 3)}** (median of the round-by-round ratios)"]
     errs = [r for r in t["rows"] if r["last_error"]]
     if errs:
         lines.append("")
@@ -124,6 +126,14 @@ def markdown(res: dict[str, Any]) -> str:
     for t in res["targets"]:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {_f(t['value'], 3)} | ≤ {t['limit']} | {met} |")
+    api = res["scenarios"].get("docker_api")
+    if api:
+        lines += ["", "## Docker API (issue 14)", "",
+                  "`docker run --rm --network none --runtime runc` with the same docker CLI "
+                  "(Debian's 20.10), against dockerd and against `engined --docker-host`, "
+                  "round by round (table below):", ""]
+        lines += [f"- {name}: **{_f(value, 3)}**" + ("" if value is not None else " (no dockerd in this run)")
+                  for name, value in api.get("ratios", {}).items()]
     lines += ["", "## Results", ""]
     if res.get("skipped"):
         lines += [f"- skipped: {s}" for s in res["skipped"]] + [""]

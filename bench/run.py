@@ -22,14 +22,14 @@ from typing import Any
 import attrs
 
 from bench import images, report, scenarios
-from bench.engines import Docker, Engine, EngineD, Podman
+from bench.engines import DOCKER_CLI, Docker, Engine, EngineD, Podman
 from bench.host import NetSnapshot, Scratch, machine_info, prepare_cgroups
 from bench.procs import parent_of
 from bench.raw import RawRuntime, raw_runtimes
 from bench.registry import Registry
 from engine.testing.daemon import mounts_under
 
-ALL = ("latency", "concurrent", "lifecycle", "pull", "memory")
+ALL = ("latency", "docker_api", "concurrent", "lifecycle", "pull", "memory")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -200,17 +200,27 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         images.push(built.busybox_layout, bb_ref)
         images.push(built.large_layout, large_ref)
         s.raw = raw_runtimes(work / "raw", s.scratch.run_dir / "raw")
+        if "docker_api" in only and not Path(DOCKER_CLI).exists():
+            only.discard("docker_api")
+            res["skipped"].append(f"docker_api: {DOCKER_CLI} is missing (apt-get install docker.io)")
         engine = EngineD(name="engine", base=work / "engine", run_base=s.scratch.run_dir / "engine",
-                         registry=reg)
+                         registry=reg, docker_api="docker_api" in only)
         s.engines.append(engine)
         engine.start()
-        peers, res["skipped"] = start_peers(a, work, reg, s)
+        assert engine.net is not None
+        res["engine_network"] = {"bridge": engine.net.bridge, "bip": f"{engine.net.gateway}/24",
+                                 "pool": engine.net.pool}
+        log("engine: bridge {bridge}, bip {bip}, pool {pool}".format(**res["engine_network"]))
+        peers, skipped = start_peers(a, work, reg, s)
+        res["skipped"] += skipped
         for e in [engine, *peers]:
             provide_image(e, bb_ref, built.busybox_archive)
         b = scenarios.Bench(work, plan, bb_ref, large_ref, s.raw, engine, peers, log)
         sc = res["scenarios"]
         if "latency" in only:
             sc["latency"] = scenarios.latency(b)
+        if "docker_api" in only:
+            sc["docker_api"] = scenarios.docker_api(b)
         if "concurrent" in only:
             sc["concurrent"] = scenarios.concurrent(b)
         if "lifecycle" in only:
@@ -218,6 +228,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         if "pull" in only:
             sc["pull"] = scenarios.pull(b, images.blob_urls(reg, images.LARGE_REPO), built.large_info)
         if "memory" in only:
+            # idle memory as the daemon serves by default: the Docker API's modules are
+            # imported only with --docker-host, so the restart below comes up without it
+            engine.docker_api = False
             res["memory"], sc["listing"] = scenarios.memory_and_listing(b)
     finally:
         log("tearing down")

@@ -1,5 +1,6 @@
-"""The six scenarios of issue 6. Each returns a plain dict for the JSON report:
-``{"title", "baseline", "rows": [RowResult.summary()...]}`` (timed tables) or figures."""
+"""The six scenarios of issue 6, and the Docker API one of issue 14. Each returns a plain
+dict for the JSON report: ``{"title", "baseline", "rows": [RowResult.summary()...]}`` (timed
+tables, some with named ``ratios``) or figures."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import attrs
 from bench import procs
 from bench.engines import Engine, EngineD
 from bench.raw import RawRuntime
+from bench.report import paired_ratio
 from bench.timing import Action, Row, StepFailed, command, interleave, run_quiet
 
 # A container that stops at once on SIGTERM (a plain `sleep` as pid 1 ignores it and every
@@ -93,6 +95,32 @@ def latency(b: Bench) -> dict[str, Any]:
                             group=e.name, cmd=" ".join(argv[-4:])))
     return _table(b, "one container running `true`, from nothing to exit", rows,
                   b.plan.rounds_latency)
+
+
+# --- 1b. the same container through the Docker API (issue 14) ---------------------------------
+
+DOCKER_API_RATIO = "engine via docker CLI / docker"
+
+
+def docker_api(b: Bench) -> dict[str, Any]:
+    """`docker run --rm --network none --runtime runc IMAGE true` with one docker CLI, against
+    dockerd and against the engine's Docker API, interleaved; the engine's own CLI beside
+    them. runc and no network on both sides: docker's default runtime, and dockerd's bridge
+    here runs without iptables (the harness turns them off) while the engine's sets up CNI
+    and its rules, so the default bridge would not compare like with like."""
+    via_docker = b.engine.docker_cli()
+    rows = []
+    sides = [e for e in b.peers if e.name == "docker"] + [via_docker, b.engine]
+    for e in sides:
+        argv = _run_rm(e, b.image, "runc", "none")
+        rows.append(Row(f"{e.name} run --rm --network none (runc)", command(argv, env=e.env),
+                        group="engine" if e is via_docker else e.name, cmd=" ".join(argv[-7:])))
+    table = _table(b, "one container through the Docker API: the same docker CLI against "
+                      "dockerd and against engined --docker-host", rows, b.plan.rounds_latency)
+    with_docker = sides[0].name == "docker"
+    table["ratios"] = {DOCKER_API_RATIO: paired_ratio(table, rows[1].label, rows[0].label)
+                       if with_docker else None}
+    return table
 
 
 # --- 2. N at once ------------------------------------------------------------------------------
