@@ -93,11 +93,13 @@ def image_healthcheck(raw_config: bytes) -> dict[str, Any] | None:
 
 def health_config(image_healthcheck: dict[str, Any] | None, *, cmd: str = "", interval: float | None = None,
                   timeout: float | None = None, start_period: float | None = None,
-                  retries: int | None = None, disabled: bool = False) -> HealthConfig | None:
+                  retries: int | None = None, disabled: bool = False,
+                  test: list[str] | None = None) -> HealthConfig | None:
     """The container's check: the image's ``Healthcheck`` with the ``--health-*`` flags
-    over it (docker's merge); None when there is none or it is disabled."""
+    over it (docker's merge); None when there is none or it is disabled. ``test`` is a
+    whole docker test (``["CMD", arg...]`` runs without a shell), ``cmd`` a shell one."""
     if disabled:
-        if cmd:
+        if cmd or test:
             raise InvalidArgument("--no-healthcheck conflicts with --health-* options")
         return None
     for name, value in (("interval", interval), ("timeout", timeout), ("start-period", start_period)):
@@ -106,9 +108,12 @@ def health_config(image_healthcheck: dict[str, Any] | None, *, cmd: str = "", in
     if retries is not None and retries < 0:
         raise InvalidArgument("--health-retries cannot be negative")
     image = image_healthcheck or {}
-    test = list(image.get("Test") or [])
-    if cmd:
+    if test:
+        test = list(test)
+    elif cmd:
         test = ["CMD-SHELL", cmd]
+    else:
+        test = list(image.get("Test") or [])
     if not test or test[0] == "NONE":
         return None
     if test[0] not in ("CMD", "CMD-SHELL") or len(test) < 2:

@@ -99,6 +99,7 @@ class CreateSpec:
     stdin_once: bool = False  # close it when the first attached client's stdin ends
     # health checks (docker's --health-*; seconds)
     health_cmd: str = ""
+    health_test: list[str] = attrs.field(factory=list)  # docker's whole Test: ["CMD", ...]
     health_interval: float | None = None
     health_timeout: float | None = None
     health_start_period: float | None = None
@@ -293,7 +294,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         healthcheck=health_config(
             image_healthcheck(image.config.raw), cmd=p.health_cmd, interval=p.health_interval,
             timeout=p.health_timeout, start_period=p.health_start_period, retries=p.health_retries,
-            disabled=p.no_healthcheck),
+            disabled=p.no_healthcheck, test=list(p.health_test)),
         log_driver=p.log_driver,
         log_opts=dict(p.log_opts),
     )

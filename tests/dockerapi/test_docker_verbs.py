@@ -192,6 +192,7 @@ def test_health_in_inspect_and_create(engine: Engine) -> None:
         while client.api.inspect_container(ctr.id)["State"]["Health"]["Status"] != "healthy":
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        assert client.api.inspect_container(ctr.id)["Config"]["Healthcheck"]["Test"] == ["CMD", "true"]
         ctr.remove(force=True)
         none = client.containers.create("busybox", ["true"], healthcheck={"test": ["NONE"]})
         assert "Health" not in client.api.inspect_container(none.id)["State"]

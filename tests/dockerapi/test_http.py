@@ -243,7 +243,7 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
         "Test": ["CMD", "cat", "/tmp/a b"], "Interval": 2_000_000_000, "Timeout": 500_000_000,
         "StartPeriod": 0, "Retries": 4}}, "", "")
     assert (checked.tty, checked.open_stdin, checked.stdin_once) == (True, True, True)
-    assert checked.health_cmd == "cat '/tmp/a b'"
+    assert checked.health_test == ["CMD", "cat", "/tmp/a b"]  # run without a shell, as docker does
     assert (checked.health_interval, checked.health_timeout, checked.health_start_period,
             checked.health_retries) == (2.0, 0.5, None, 4)
     assert create_spec({"Image": "b", "Healthcheck": {"Test": ["NONE"]}}, "", "").no_healthcheck
@@ -260,5 +260,5 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
         'type=volume,dst=/cache,src=cache,readonly,volume-nocopy=true,volume-label=a=1,volume-driver=local,'
         '"volume-opt=o=x,y"', "type=volume,dst=/scratch"]
     assert volumes.volumes_from == ["other:ro"]
-    assert create_spec({"Image": "b", "Healthcheck": {"Test": ["CMD-SHELL", "test -f /x"]}}, "", "").health_cmd == (
-        "test -f /x")
+    assert create_spec({"Image": "b", "Healthcheck": {"Test": ["CMD-SHELL", "test -f /x"]}}, "", "").health_test == [
+        "CMD-SHELL", "test -f /x"]

@@ -9,7 +9,6 @@ and typed here.
 from __future__ import annotations
 
 import logging
-import shlex
 from typing import Any
 
 import trio
@@ -321,8 +320,8 @@ def _nanoseconds(value: Any, field: str) -> float | None:
 
 
 def _healthcheck(doc: Any) -> dict[str, Any]:
-    """docker's ``Config.Healthcheck`` as CreateSpec's health fields. ``["CMD", args...]``
-    runs as a shell command of the quoted args (the engine's checks are shell commands)."""
+    """docker's ``Config.Healthcheck`` as CreateSpec's health fields; the test is kept
+    whole (``["CMD", args...]`` runs without a shell, as docker runs it)."""
     if not doc:
         return {}
     if not isinstance(doc, dict):
@@ -335,7 +334,7 @@ def _healthcheck(doc: Any) -> dict[str, Any]:
         if kind == "NONE":
             spec["no_healthcheck"] = True
         elif kind in ("CMD", "CMD-SHELL") and args:
-            spec["health_cmd"] = " ".join(args) if kind == "CMD-SHELL" else shlex.join(args)
+            spec["health_test"] = [kind, " ".join(args)] if kind == "CMD-SHELL" else test
         else:
             raise InvalidArgument(f"invalid Config.Healthcheck.Test {test!r}: use [\"CMD\", args...], "
                                   "[\"CMD-SHELL\", command] or [\"NONE\"]")
