@@ -63,7 +63,8 @@ def test_cli_volume_verbs_and_data_shared_between_containers(engine: Engine) -> 
     assert "made" in volume_names(engine)
 
     busy = engine.docker("volume", "rm", "data", check=False)
-    assert busy.returncode == 1 and "in use" in busy.stderr and "writer" in busy.stderr
+    writer_id = engine.daemon.call("container.inspect", id="writer")["Id"]
+    assert busy.returncode == 1 and f"remove data: volume is in use - [{writer_id}]" in busy.stderr
     assert "data" in volume_names(engine)  # refused, nothing lost
     engine.docker("rm", "writer")
     assert engine.docker("volume", "rm", "data").stdout.strip() == "data"
