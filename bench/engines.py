@@ -18,9 +18,7 @@ import attrs
 from bench.procs import alive, children, comm, parent_of, stop_pid, wait_until
 from bench.timing import run_quiet
 from engine.testing.daemon import NetSlot, claim_net_slot
-
-DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI; another (newer) one may come first in PATH
-DOCKERD = "/usr/sbin/dockerd"
+from engine.testing.dockerd import DOCKER_CLI, DOCKERD, containerd_of, dockerd_config
 
 
 @attrs.define
@@ -296,20 +294,13 @@ class Docker(Engine):
     def start(self) -> None:
         b = self.base
         b.mkdir(parents=True, exist_ok=True)
-        # iptables/ip-forward/ip-masq off: dockerd must not rewrite this host's firewall
-        # (the project's network tests check it); containers still get docker0 and veths.
-        config = {
-            "data-root": str(b / "root"), "exec-root": str(self.run_base / "exec"),
-            "pidfile": str(b / "dockerd.pid"), "hosts": [self.env["DOCKER_HOST"]],
-            "storage-driver": "overlay2", "iptables": False, "ip-forward": False,
-            "ip-masq": False, "runtimes": {"crun": {"path": shutil.which("crun") or "/usr/bin/crun"}},
-            "insecure-registries": [self.registry],
-        }
+        # the private dockerd's daemon.json (iptables/ip-forward/ip-masq off), shared with the
+        # tests' engine.testing.dockerd; the default bridge stays on (containers get veths)
+        config = dockerd_config(b, self.run_base, self.env["DOCKER_HOST"], registry=self.registry)
         (b / "daemon.json").write_text(json.dumps(config, indent=1))
         self.proc = self.start_daemon([DOCKERD, "--config-file", str(b / "daemon.json")],
                                       b / "dockerd.log", timeout=60)
-        kids = [c for c in children(self.proc.pid) if comm(c) == "containerd"]
-        self.containerd = kids[0] if kids else None
+        self.containerd = containerd_of(self.proc.pid)
 
     def daemon_pids(self) -> list[int]:
         return [p for p in (self.proc.pid if self.proc else None, self.containerd) if p]

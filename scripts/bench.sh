@@ -15,6 +15,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$HERE/.venv"
+# shellcheck source=setup.sh
+source "$HERE/scripts/setup.sh"  # apt_install_quietly: no service starts during an install
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 want_peers=1
@@ -35,17 +37,9 @@ install_peers() {
     for p in "${PEER_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
     [ ${#missing[@]} -eq 0 ] && return
     log "installing ${missing[*]} (apt)"
-    # Without systemd, Debian's maintainer scripts would start dockerd through init.d with
-    # its default iptables rules: forbid service starts for the duration of the install.
-    local guard=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        guard=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' > "$guard"; chmod +x "$guard"
-    fi
     apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    apt_install_quietly "${missing[@]}" \
         || log "could not install ${missing[*]}: the harness will skip what is missing"
-    [ -z "$guard" ] || rm -f "$guard"
 }
 
 if [ "$want_peers" = 1 ]; then

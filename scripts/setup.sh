@@ -16,6 +16,7 @@ APT_PACKAGES=(
     golang-github-containers-common docker-registry busybox-static catatonit
     skopeo umoci curl jq openssl apache2-utils zstd python3-venv
     docker-compose  # tests/dockerapi/test_compose.py: Debian's compose 1.29 against the Docker API
+    docker.io  # dockerd and its 20.10 CLI: tests/dockerapi/test_versus_dockerd.py, the benchmarks
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -25,6 +26,23 @@ need_root() {
         echo "setup.sh must run as root (it installs packages and mounts cgroups)" >&2
         exit 1
     fi
+}
+
+# apt-get install without starting any service: without systemd, Debian's maintainer scripts
+# would start dockerd through init.d with its default iptables rules (tests and benchmarks
+# start their own private dockerd, firewall untouched, and stop it by pid). A policy-rc.d
+# that forbids service starts exists for the duration of the install. scripts/bench.sh
+# sources this file for its peers.
+apt_install_quietly() {
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$guard"; chmod +x "$guard"
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+    [ -z "$guard" ] || rm -f "$guard"
+    return $rc
 }
 
 install_apt() {
@@ -38,7 +56,7 @@ install_apt() {
     fi
     log "apt packages: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_install_quietly "${missing[@]}"
 }
 
 python_bin() {
@@ -98,6 +116,9 @@ install_all() {
     make_venv
     prepare_host
 }
+
+# sourced (scripts/bench.sh): define the functions only
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
     install) install_all ;;

@@ -126,7 +126,7 @@ def test_errors_have_docker_status_and_words(engine: Engine) -> None:
     assert domain.returncode == 125 and "Config.Domainname" in domain.stderr
     engine.docker("run", "-d", "--name", "busy", ref, "sleep", "300")
     conflict = engine.docker("rm", "busy", check=False)
-    assert conflict.returncode == 1 and "stop it first" in conflict.stderr
+    assert conflict.returncode == 1 and "You cannot remove a running container" in conflict.stderr
     taken = engine.docker("create", "--name", "busy", ref, "true", check=False)
     assert taken.returncode == 1 and "already in use" in taken.stderr
     assert engine.daemon.call("container.inspect", id="busy")["State"]["Status"] == "running"

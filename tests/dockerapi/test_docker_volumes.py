@@ -40,7 +40,7 @@ def test_cli_volume_verbs_and_data_shared_between_containers(engine: Engine) -> 
     assert inspected["Labels"] == {"team": "a"}
     assert inspected["Mountpoint"] == rpc["Mountpoint"] and inspected["Mountpoint"].endswith("/_data")
     missing = engine.docker("volume", "inspect", "nope", check=False)
-    assert missing.returncode == 1 and "No such volume: nope" in missing.stderr
+    assert missing.returncode == 1 and "get nope: no such volume" in missing.stderr  # dockerd's words
 
     # one container writes into the named volume, the next reads it (HostConfig.Binds)
     engine.docker("run", "--name", "writer", "-v", "data:/data", IMAGE, "sh", "-c", "echo kept > /data/f")
@@ -63,12 +63,13 @@ def test_cli_volume_verbs_and_data_shared_between_containers(engine: Engine) -> 
     assert "made" in volume_names(engine)
 
     busy = engine.docker("volume", "rm", "data", check=False)
-    assert busy.returncode == 1 and "in use" in busy.stderr and "writer" in busy.stderr
+    writer_id = engine.daemon.call("container.inspect", id="writer")["Id"]
+    assert busy.returncode == 1 and f"remove data: volume is in use - [{writer_id}]" in busy.stderr
     assert "data" in volume_names(engine)  # refused, nothing lost
     engine.docker("rm", "writer")
     assert engine.docker("volume", "rm", "data").stdout.strip() == "data"
     gone = engine.docker("volume", "rm", "data", check=False)
-    assert gone.returncode == 1 and "No such volume" in gone.stderr
+    assert gone.returncode == 1 and "get data: no such volume" in gone.stderr
     engine.docker("volume", "rm", "-f", "data")  # force: a missing volume is no error
 
     # anonymous volumes (an image-less -v /path) go with prune; named ones only with -a

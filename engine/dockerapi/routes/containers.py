@@ -18,6 +18,7 @@ from engine.actors.state import ACTIVE, ContainerState
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
 from engine.api.containers import list_filter, summary
+from engine.dockerapi import messages
 from engine.dockerapi.attach import (
     GONE,
     ConnectionInput,
@@ -38,7 +39,7 @@ from engine.dockerapi.shapes import (
     str_list,
     str_map,
 )
-from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
+from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.supervisor.attach import parse_detach_keys
 from engine.supervisor.container_service import (
     AttachSpec,
@@ -353,6 +354,14 @@ async def create(api: DockerAPI, req: Request) -> Response:
     spec = create_spec(doc, req.param("name"), req.param("platform"))
     try:
         actor = await service(api).create(spec)
+    except AlreadyExists:
+        try:
+            holder = service(api).get(spec.name) if spec.name else None
+        except NotFound:
+            holder = None
+        if holder is None:
+            raise
+        raise messages.name_in_use(spec.name, holder.id) from None
     except NotFound as e:
         if "missing_image" in e.details:
             # what the docker CLI and docker-py look for before they pull
@@ -422,6 +431,27 @@ def container_summary(actor: ContainerActor) -> dict[str, Any]:
     return doc
 
 
+# HostConfig fields for settings the engine has no knob for: docker's zero values, so clients
+# that index them find them (the engine applies none of them; create refuses them by name).
+HOST_CONFIG_ZEROS: dict[str, Any] = {
+    "ContainerIDFile": "", "VolumeDriver": "", "VolumesFrom": None, "CgroupnsMode": "", "GroupAdd": None,
+    "IpcMode": "", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "SecurityOpt": None,
+    "UTSMode": "", "UsernsMode": "", "ShmSize": 0, "Isolation": "", "CpuShares": 0, "CgroupParent": "",
+    "BlkioWeight": 0, "BlkioWeightDevice": None, "BlkioDeviceReadBps": None, "BlkioDeviceWriteBps": None,
+    "BlkioDeviceReadIOps": None, "BlkioDeviceWriteIOps": None, "CpuPeriod": 0, "CpuQuota": 0,
+    "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "", "Devices": None,
+    "DeviceCgroupRules": None, "DeviceRequests": None, "KernelMemory": 0, "KernelMemoryTCP": 0,
+    "MemoryReservation": 0, "MemorySwap": 0, "MemorySwappiness": None, "OomKillDisable": False,
+    "Ulimits": None, "CpuCount": 0, "CpuPercent": 0, "IOMaximumIOps": 0, "IOMaximumBandwidth": 0,
+}
+# NetworkSettings fields of IPv6 and sandbox details the engine does not keep (IPv4 only)
+NETWORK_SETTINGS_ZEROS: dict[str, Any] = {
+    "HairpinMode": False, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+    "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "",
+    "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+}
+
+
 def container_inspect(api: DockerAPI, actor: ContainerActor,
                       configured: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = engine_inspect(actor, api.app.config.storage_driver)
@@ -441,6 +471,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
     })
     host = doc["HostConfig"]
+    for key, zero in HOST_CONFIG_ZEROS.items():
+        host.setdefault(key, zero)
     host.update({
         # conmon writes k8s-file, but clients decide by this name whether logs can be read
         # back through the API (docker-py's run() reads them only for json-file/journald):
@@ -461,6 +493,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
                     for v in c.volumes if not v.anonymous)] or None,
     })
     network = doc["NetworkSettings"]
+    for key, zero in NETWORK_SETTINGS_ZEROS.items():
+        network.setdefault(key, zero)
     networks = _networks_view(actor, configured)
     first: dict[str, Any] = next(iter(networks.values()), {})
     network.update({
@@ -524,9 +558,9 @@ async def start(api: DockerAPI, req: Request) -> Response:
             return no_content(304)
         await remove_after_failed_start(svc, actor)
         raise
-    except EngineError:
+    except EngineError as e:
         await remove_after_failed_start(svc, actor)
-        raise
+        raise messages.runtime_error(e) from None
     return no_content()
 
 
@@ -567,7 +601,7 @@ async def kill(api: DockerAPI, req: Request) -> Response:
     svc = service(api)
     actor = svc.get(req.path_params["id"])
     if actor.status.state not in (ContainerState.RUNNING, ContainerState.PAUSED):
-        raise Conflict(f"cannot kill container {actor.name}: it is not running")
+        raise messages.kill_not_running(req.path_params["id"], actor.id)
     await svc.kill(req.path_params["id"], req.param("signal") or "SIGKILL")
     return no_content()
 
@@ -593,8 +627,13 @@ async def rename(api: DockerAPI, req: Request) -> Response:
 async def remove(api: DockerAPI, req: Request) -> Response:
     if req.bool_param("link"):
         raise InvalidArgument("link=true: links are not supported by engine")
+    svc = service(api)
+    if not req.bool_param("force"):
+        actor = svc.get(req.path_params["id"])
+        if actor.status.state in (ContainerState.RUNNING, ContainerState.PAUSED):
+            raise messages.remove_running(actor.id, actor.status.state.value)
     # v: its anonymous volumes too (docker rm -v), as the RPC's container.remove
-    await service(api).remove(req.path_params["id"], req.bool_param("force"), req.bool_param("v"))
+    await svc.remove(req.path_params["id"], req.bool_param("force"), req.bool_param("v"))
     return no_content()
 
 
@@ -688,8 +727,10 @@ async def exec_create(api: DockerAPI, req: Request) -> Response:
     detach_keys = str(doc.get("DetachKeys") or "")
     parse_detach_keys(detach_keys)
     actor = service(api).get(req.path_params["id"])
+    if actor.status.state == ContainerState.PAUSED:
+        raise Conflict(f"Container {actor.id} is paused, unpause the container before exec")
     if actor.status.state != ContainerState.RUNNING:
-        raise Conflict(f"container {actor.id} is not running")
+        raise messages.not_running(actor.id)
     spec = ExecSpec(id=actor.id, cmd=cmd, env=str_list(doc.get("Env"), "Env") or [],
                     workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
                     stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
@@ -757,8 +798,11 @@ async def attach(api: DockerAPI, req: Request) -> HijackResponse:
         except* GONE:
             log.debug("attach to %s: the client went away", actor.name)
         except* EngineError as group:
-            # the connection is raw bytes now: say it on the error stream and end
+            # the connection is raw bytes now: say it on the error stream and end (a failed
+            # start is the start request's error: dockerd says it there only)
             for error in group.exceptions:
+                if pending is not None and error is pending.error:
+                    continue
                 log.info("attach to %s ended: %s", actor.name, error)
                 with trio.move_on_after(1):
                     await output_sender(conn, tty=tty, streams={"stderr"})(

@@ -28,11 +28,13 @@ from engine.api.images import (
     load_images,
     registry_client,
 )
+from engine.dockerapi import messages
 from engine.dockerapi.http import Request, Response, StreamResponse, Write
+from engine.dockerapi.messages import no_such_image
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, rfc3339, unix_seconds
 from engine.errgroup import unwrap_engine_errors
-from engine.errors import EngineError, InvalidArgument, NotImplementedByEngine
+from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, NotImplementedByEngine
 from engine.images import archive
 from engine.images.records import Image, scratch_dir
 from engine.images.store import ImageStore
@@ -55,6 +57,15 @@ def register(router: Router) -> None:
     router.route("POST", "/images/{name:path}/push")(push)
     router.route("GET", "/images/{name:path}/get")(save)
     router.route("DELETE", "/images/{name:path}")(delete)
+
+
+# docker's image Config has every container-config field; an OCI image config holds only
+# what was set: the rest is docker's zero value
+IMAGE_CONFIG_ZEROS: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+    "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": None, "Cmd": None,
+    "Image": "", "Volumes": None, "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": None,
+}
 
 
 def store_of(api: DockerAPI) -> ImageStore:
@@ -88,8 +99,9 @@ async def list_images(api: DockerAPI, req: Request) -> Response:
 async def inspect(api: DockerAPI, req: Request) -> Response:
     store = store_of(api)
     name = req.path_params["name"]
-    image = store.get(name)
-    doc = store.inspect(name)
+    with no_such_image(name):
+        image = store.get(name)
+        doc = store.inspect(name)
     metadata = doc.get("Metadata") or {}
     doc.update({
         "Parent": "",
@@ -99,13 +111,18 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
         "GraphDriver": {"Name": api.app.config.storage_driver, "Data": {}},
         "Metadata": {"LastTagTime": rfc3339(float(metadata.get("LastTagTime") or 0))},
     })
+    config = {**IMAGE_CONFIG_ZEROS, **(doc.get("Config") or {})}
+    doc["Config"] = config
+    if req.api_version < (1, 45):  # dropped from the API in 1.45
+        doc["ContainerConfig"] = {**IMAGE_CONFIG_ZEROS, "Env": config.get("Env"), "Cmd": config.get("Cmd")}
     if req.api_version < (1, 44):
         doc["VirtualSize"] = image.size
     return json_response(doc)
 
 
 async def history(api: DockerAPI, req: Request) -> Response:
-    rows = store_of(api).history(req.path_params["name"])
+    with no_such_image(req.path_params["name"]):
+        rows = store_of(api).history(req.path_params["name"])
     return json_response([{**row, "Created": unix_seconds(row.get("Created"))} for row in rows])
 
 
@@ -115,14 +132,24 @@ async def tag(api: DockerAPI, req: Request) -> Response:
         raise InvalidArgument("repo is required: the name to give the image")
     tag_ = req.param("tag") or "latest"
     target = f"{repo}:{tag_}"
-    image = await store_of(api).tag(req.path_params["name"], target)
+    with no_such_image(req.path_params["name"]):
+        image = await store_of(api).tag(req.path_params["name"], target)
     api.app.events.emit("image", "tag", image.id, name=target)
     return no_content(201)
 
 
 async def delete(api: DockerAPI, req: Request) -> Response:
     name = req.path_params["name"]
-    report = await store_of(api).remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
+    store = store_of(api)
+    try:
+        with no_such_image(name):
+            report = await store.remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
+    except Conflict:
+        image = store.get(name)
+        users = [a.id for a in api.app.services.require_containers().all() if a.config.image_id == image.id]
+        if not users:
+            raise
+        raise messages.image_in_use(name, users[0], image.id) from None
     api.app.events.emit("image", "delete", name)
     return json_response(report)
 
@@ -283,15 +310,31 @@ async def create(api: DockerAPI, req: Request) -> StreamResponse:
             before = store.get(str(ref)).id
         except EngineError:
             before = None
-        await write(json_line({"status": f"Pulling from {ref.repository().familiar().split(':')[0]}",
-                               "id": ref.tag or ref.digest or "latest"}))
+        # dockerd says "Pulling from" once the manifest is found: an error before that is
+        # the response's own status and message (docker-py raises it from images.pull)
+        opened = False
+
+        async def open_stream() -> None:
+            nonlocal opened
+            if not opened:
+                opened = True
+                await write(json_line({"status": f"Pulling from {ref.path}", "id": ref.tag or ref.digest or "latest"}))
+
+        async def write_opened(data: bytes) -> None:
+            await open_stream()
+            await write(data)
+
         try:
             async with client_for(api, ref, creds) as client:
-                image = await run_with_progress(write, lambda progress: pull(
+                image = await run_with_progress(write_opened, lambda progress: pull(
                     client, store, ref, platform=platform or None, progress=progress))
         except EngineError as e:
-            await write(json_line(error_message(e)))
+            error = pull_error(ref, e)
+            if not opened:
+                raise error from None
+            await write(json_line(error_message(error)))
             return
+        await open_stream()
         api.app.events.emit("image", "pull", image.id, name=str(ref))
         digest = image.index_digest or image.manifest_digest
         await write(json_line({"status": f"Digest: {digest}"}))
@@ -299,6 +342,23 @@ async def create(api: DockerAPI, req: Request) -> StreamResponse:
         await write(json_line({"status": f"Status: {word} {ref.familiar()}"}))
 
     return StreamResponse(produce)
+
+
+def docker_login_hint(error: EngineError) -> EngineError:
+    """The engine's hint names ``engctl login``; a docker client logs in with docker."""
+    text = str(error)
+    if "engctl login" not in text:
+        return error
+    return type(error)(text.replace("engctl login", "docker login"), **error.details)
+
+
+def pull_error(ref: Reference, error: EngineError) -> EngineError:
+    """A failed pull as dockerd words it where clients look at the words (a missing tag or
+    repository is docker's "manifest for … not found")."""
+    if isinstance(error, NotFound):
+        return NotFound(f"manifest for {ref.familiar()} not found: manifest unknown: manifest unknown",
+                        **error.details)
+    return docker_login_hint(error)
 
 
 async def push(api: DockerAPI, req: Request) -> StreamResponse:
@@ -311,10 +371,11 @@ async def push(api: DockerAPI, req: Request) -> StreamResponse:
         raise InvalidArgument(f"cannot push to a digest reference {ref}: push to a tag")
     creds = request_credentials(req)
     store = store_of(api)
-    store.get(str(ref))  # 404 before the stream starts
+    with no_such_image(name):
+        store.get(str(ref))  # 404 before the stream starts
 
     async def produce(write: Write) -> None:
-        await write(json_line({"status": f"The push refers to repository [{ref.repository().familiar().split(':')[0]}]"}))
+        await write(json_line({"status": f"The push refers to repository [{ref.name}]"}))
         sizes: dict[str, int] = {}
 
         def remember(progress: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
@@ -330,7 +391,7 @@ async def push(api: DockerAPI, req: Request) -> StreamResponse:
                 digest = await run_with_progress(write, lambda progress: do_push(
                     client, store, ref, progress=remember(progress)))
         except EngineError as e:
-            await write(json_line(error_message(e)))
+            await write(json_line(error_message(docker_login_hint(e))))
             return
         api.app.events.emit("image", "push", digest, name=str(ref))
         shown_tag = ref.tag or "latest"
@@ -379,7 +440,8 @@ async def save(api: DockerAPI, req: Request) -> StreamResponse:
         raise InvalidArgument("names is required: the images to save")
     store = store_of(api)
     for name in names:
-        store.resolve(name)  # 404 before the stream starts
+        with no_such_image(name):
+            store.resolve(name)  # 404 before the stream starts
 
     async def produce(write: Write) -> None:
         async with scratch(api) as directory:

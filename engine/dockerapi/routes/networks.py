@@ -11,6 +11,7 @@ from engine.api.networks import _check_filters, _matches
 from engine.api.networks import inspect as network_inspect
 from engine.api.networks import summary as network_summary
 from engine.dockerapi.http import Request, Response
+from engine.dockerapi.messages import network_exists, no_such_network
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
 from engine.errors import InvalidArgument, NotFound
@@ -54,7 +55,9 @@ async def list_networks(api: DockerAPI, req: Request) -> Response:
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
-    return json_response(_docker_view(await network_inspect(svc, await svc.store.get(req.path_params["id"]))))
+    with no_such_network(req.path_params["id"]):
+        net = await svc.store.get(req.path_params["id"])
+    return json_response(_docker_view(await network_inspect(svc, net)))
 
 
 def _ipam(doc: Any) -> tuple[str, str]:
@@ -91,16 +94,18 @@ async def create(api: DockerAPI, req: Request) -> Response:
     subnet, gateway = _ipam(doc.get("IPAM"))
     if gateway and not subnet:
         raise InvalidArgument("IPAM.Config[0].Gateway needs a Subnet")
-    net = await networking(api).store.create(name, subnet=subnet or None, gateway=gateway or None,
-                                             internal=bool(doc.get("Internal")),
-                                             labels=str_map(doc.get("Labels"), "Labels"))
+    with network_exists(name):
+        net = await networking(api).store.create(name, subnet=subnet or None, gateway=gateway or None,
+                                                 internal=bool(doc.get("Internal")),
+                                                 labels=str_map(doc.get("Labels"), "Labels"))
     api.app.events.emit("network", "create", net.id, name=net.name, driver="bridge")
     return json_response({"Id": net.id, "Warning": ""}, 201)
 
 
 async def remove(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
-    net = await svc.store.get(req.path_params["id"])
+    with no_such_network(req.path_params["id"]):
+        net = await svc.store.get(req.path_params["id"])
     await svc.store.remove(net.id if not net.is_pseudo else net.name)
     api.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
     return no_content()
@@ -124,7 +129,8 @@ async def connect(api: DockerAPI, req: Request) -> Response:
     refuse_unsupported("EndpointConfig", endpoint, {"Aliases"},
                        {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
                         "DNSNames", "Links"})
-    net = await networking(api).store.get(req.path_params["id"])
+    with no_such_network(req.path_params["id"]):
+        net = await networking(api).store.get(req.path_params["id"])
     aliases = str_list(endpoint.get("Aliases"), "EndpointConfig.Aliases") or []
     await ContainerService(api.app).connect(container, net.name, aliases)
     return no_content(200)
@@ -135,6 +141,7 @@ async def disconnect(api: DockerAPI, req: Request) -> Response:
     container = str(doc.get("Container") or "")
     if not container:
         raise InvalidArgument("Container is required")
-    net = await networking(api).store.get(req.path_params["id"])
+    with no_such_network(req.path_params["id"]):
+        net = await networking(api).store.get(req.path_params["id"])
     await ContainerService(api.app).disconnect(container, net.name, force=bool(doc.get("Force")))
     return no_content(200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -25,7 +26,7 @@ from engine.dockerapi.server import (
     version_text,
 )
 from engine.dockerapi.shapes import docker_event, parse_filters, parse_timestamp, rfc3339
-from engine.errors import InvalidArgument
+from engine.errors import EngineError, InvalidArgument, PermissionDenied
 from engine.images.types import host_architecture
 
 # docker's event filter keys the engine's bus can answer; others are refused by name
@@ -218,14 +219,30 @@ async def events(api: DockerAPI, req: Request) -> StreamResponse:
 
 async def auth(api: DockerAPI, req: Request) -> Response:
     """Check credentials against a registry (docker login); nothing is stored: docker
-    clients keep their credentials and send them with each pull and push."""
+    clients keep their credentials and send them with each pull and push. Refused
+    credentials are a 401 with dockerd's words (the CLI prints them as they are)."""
     doc = await req.json_object()
     username, password = str(doc.get("username") or ""), str(doc.get("password") or "")
     server = registry_host(str(doc.get("serveraddress") or "docker.io"))
     if not username:
         raise InvalidArgument("username is required")
-    await registry_client(api.app, server).check_login(server, username, password)
+    client = registry_client(api.app, server)
+    try:
+        await client.check_login(server, username, password)
+    except PermissionDenied:
+        url = await login_url(client, server)
+        return json_response({"message": f"login attempt to {url} failed with status: 401 Unauthorized"}, 401)
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
+
+
+async def login_url(client: object, server: str) -> str:
+    """The ``/v2/`` URL the login went to (its scheme as the registry client chose it)."""
+    from engine.plugins.registry.client import DistributionClient
+
+    if isinstance(client, DistributionClient):
+        with contextlib.suppress(EngineError):
+            return (await client.transport.origin(server)).url("/v2/")
+    return f"https://{server}/v2/"
 
 
 # --- system df --------------------------------------------------------------------------------------

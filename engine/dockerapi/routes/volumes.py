@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.api.volumes import view, volume_filter
+from engine.dockerapi import messages
 from engine.dockerapi.http import Request, Response
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_map
@@ -56,7 +57,10 @@ async def create(api: DockerAPI, req: Request) -> Response:
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
     service = volumes(api)
-    return json_response(view(service, service.store.get(req.path_params["name"])))
+    name = req.path_params["name"]
+    if service.store.find(name) is None:
+        raise messages.no_such_volume(name)
+    return json_response(view(service, service.store.get(name)))
 
 
 async def remove(api: DockerAPI, req: Request) -> Response:
@@ -66,7 +70,13 @@ async def remove(api: DockerAPI, req: Request) -> Response:
     name = req.path_params["name"]
     if req.bool_param("force") and service.store.find(name) is None:
         return no_content()
-    await service.store.remove(name, users=service.users(name))
+    if service.store.find(name) is None:
+        raise messages.no_such_volume(name)
+    users = service.users(name)
+    if users:
+        ids = [a.id for a in api.app.services.require_containers().all() if a.name in users]
+        raise messages.volume_in_use(name, ids)
+    await service.store.remove(name, users=users)
     return no_content()
 
 
