@@ -212,14 +212,39 @@ def _rotated_index(name: str, base: str) -> tuple[int, bool] | None:
     return (int(digits), gz) if digits.isdigit() else None
 
 
+RENAME_RETRIES = 5  # listings of the log's files before one is taken for rotated away
+
+
 def log_chain(path: Path, *, compressed: bool = True) -> list[tuple[Path, os.stat_result]]:
     """Blocking: the log's files oldest first, each file once (by inode); empty staged files
-    left out."""
-    found: list[tuple[int, bool, Path]] = []
+    left out. A listing taken while a file is renamed (``current`` -> ``ctr.log.1`` at a
+    rotation or exit) could miss it under both names: such a listing is taken again."""
+    chain: list[tuple[Path, os.stat_result]] = []
+    for _attempt in range(RENAME_RETRIES):
+        before = _names(path)
+        if before is None:
+            return []
+        chain = _log_chain_once(path, before[0], compressed=compressed)
+        if _names(path) == before:
+            break
+    return chain
+
+
+def _names(path: Path) -> tuple[list[str], list[str]] | None:
+    """The names in the log's directory and in its links directory, or None without it."""
     try:
-        names = os.listdir(path.parent)
+        names = sorted(os.listdir(path.parent))
     except FileNotFoundError:
-        return []
+        return None
+    try:
+        links = sorted(os.listdir(path.parent / LINKS_DIR))
+    except (FileNotFoundError, NotADirectoryError):
+        links = []
+    return names, links
+
+
+def _log_chain_once(path: Path, names: list[str], *, compressed: bool) -> list[tuple[Path, os.stat_result]]:
+    found: list[tuple[int, bool, Path]] = []
     for name in names:
         index = _rotated_index(name, path.name)
         if index is not None and (compressed or not index[1]):
@@ -438,17 +463,22 @@ class _Cursor:
         if position.ino == 0:
             self._open_current(0)
             return
-        for file_path, st in log_chain(self.path, compressed=False):
-            if st.st_ino == position.ino:
-                try:
-                    fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    break
-                if os.fstat(fd).st_ino == position.ino:
-                    self._use(fd, position.offset)
-                    return
-                os.close(fd)
-                break
+        # A file is renamed as the log rotates (``current`` -> ``ctr.log.1``): a listing
+        # taken during the rename may miss it, or its old name may be gone by the open.
+        # Look again before taking it for rotated away (reading it anew would repeat it).
+        for _attempt in range(RENAME_RETRIES):
+            names = [file_path for file_path, st in log_chain(self.path, compressed=False)
+                     if st.st_ino == position.ino]
+            if not names:
+                continue
+            try:
+                fd = os.open(names[0], os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            if os.fstat(fd).st_ino == position.ino:
+                self._use(fd, position.offset)
+                return
+            os.close(fd)
         # rotated away since it was read: go on from the oldest file there is
         self.jumped = True
         self._advance()
@@ -462,8 +492,11 @@ class _Cursor:
 
     def _advance(self) -> bool:
         """Move to the file after this one; False when there is none yet."""
-        chain = log_chain(self.path, compressed=False)
-        inos = [st.st_ino for _, st in chain]
+        for _attempt in range(RENAME_RETRIES):  # see _open_at: a rename may hide ours
+            chain = log_chain(self.path, compressed=False)
+            inos = [st.st_ino for _, st in chain]
+            if self.ino in inos:
+                break
         if self.ino in inos:
             following = chain[inos.index(self.ino) + 1:]
         else:

@@ -538,6 +538,10 @@ class ContainerService:
         actor = self.get(spec.id)
         if spec.tail is not None and spec.tail < 0:
             raise InvalidArgument("--tail must be 0 or more")
+        # Whether to follow is decided before the log is read: a container that writes and
+        # exits between the read and the check would otherwise lose its last output.
+        was_active = actor.status.state in ACTIVE
+        started_at = actor.status.started_at
         # Streamed from disk a batch at a time, as the client takes them (issue 16.6),
         # across every file of the rotated log.
         scan = await trio.to_thread.run_sync(
@@ -545,8 +549,7 @@ class ContainerService:
         async for record in scan_records(scan):
             yield record
         position = scan.position
-        if spec.follow and actor.status.state in ACTIVE:
-            started_at = actor.status.started_at
+        if spec.follow and was_active:
 
             def finished() -> bool:
                 return actor.removed or actor.status.started_at != started_at or actor.status.state not in ACTIVE

@@ -158,6 +158,20 @@ def test_logs_tail_since_and_follow(engine: Daemon) -> None:
         assert future == b""
 
 
+def test_logs_follow_right_after_start_never_misses_a_quick_exit(engine: Daemon) -> None:
+    """docker-py's containers.run: start, then logs(follow) at once. A container that
+    writes and exits while the log is first read must deliver its output once: its log
+    file is renamed at exit, and a listing during the rename once missed it (b'') or
+    took it for a new file (the line twice)."""
+    for i in range(40):
+        cid = engine.call("container.create", image="busybox", cmd=["echo", f"line{i}"])["Id"]
+        engine.call("container.start", id=cid)
+        with engine.client() as c:
+            followed = b"".join(item["data"] for item in c.stream("container.logs", id=cid, follow=True))
+        assert followed == f"line{i}\n".encode(), f"run {i}: {followed!r}"
+        engine.call("container.remove", id=cid, force=True)
+
+
 def test_exec_returns_output_and_exit_code(engine: Daemon) -> None:
     cid = engine.call("container.create", image="busybox", cmd=["sleep", "1000"], env=["FOO=bar"])["Id"]
     engine.call("container.start", id=cid)
