@@ -33,6 +33,7 @@ from engine.cri.records import ContainerRecord, RecordStore, SandboxRecord
 from engine.errors import EngineError, InvalidArgument, NotFound, Unavailable
 from engine.network import etc_files, netns
 from engine.network.service import EXTERNAL
+from engine.oci.propagation import check_sources
 from engine.supervisor.app import App
 from engine.supervisor.containers import ContainerSupervisor
 
@@ -114,6 +115,14 @@ _PROPAGATION = {
     pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
     pb.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
+
+
+def _propagation(mount: pb.Mount) -> str:
+    try:
+        return _PROPAGATION[mount.propagation]
+    except KeyError:
+        raise InvalidArgument(f"CreateContainer: mount {mount.container_path!r} has an unknown "
+                              f"propagation {mount.propagation}") from None
 
 
 def seccomp_profile(security: Any) -> str:
@@ -494,13 +503,15 @@ class RuntimeHandlers:
         container_id = new_container_id()
         engine_config = self._container_config(container_id, sandbox, infra.status.pid, config,
                                                image, request.sandbox_config)
+        # containerd's rule: refused now, not silently unpropagated at start
+        await trio.to_thread.run_sync(check_sources, [(b.source, b.propagation) for b in engine_config.binds])
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=config.metadata.name,
             attempt=config.metadata.attempt, created_at=time.time_ns(), image=config.image.image,
             image_ref=image.id, labels=dict(config.labels), annotations=dict(config.annotations),
             log_path=engine_config.log_path,
             mounts=[{"container_path": m.container_path, "host_path": m.host_path,
-                     "readonly": m.readonly} for m in config.mounts],
+                     "readonly": m.readonly, "propagation": m.propagation} for m in config.mounts],
         )
         await self._save(self.containers, record)
         try:
@@ -531,7 +542,8 @@ class RuntimeHandlers:
             image.config, entrypoint=list(config.command) or None, cmd=list(config.args) or None,
             env=[f"{kv.key}={kv.value}" for kv in config.envs], workdir=config.working_dir,
             user=user)
-        mounts = [BindMount(m.host_path, m.container_path, m.readonly, _PROPAGATION[m.propagation])
+        # the spec's rootfsPropagation follows from these (engine.oci.spec)
+        mounts = [BindMount(m.host_path, m.container_path, m.readonly, _propagation(m))
                   for m in config.mounts]
         taken = {m.container_path for m in config.mounts}
         namespaces = self._container_namespaces(sandbox, infra_pid, security.namespace_options)
@@ -556,11 +568,6 @@ class RuntimeHandlers:
             cpu["mems"] = resources.cpuset_mems
         if cpu:
             linux_patch["resources"] = {"cpu": cpu}
-        propagations = {m.propagation for m in config.mounts}
-        if pb.PROPAGATION_BIDIRECTIONAL in propagations:
-            linux_patch["rootfsPropagation"] = "rshared"  # mounts made inside reach the host
-        elif pb.PROPAGATION_HOST_TO_CONTAINER in propagations:
-            linux_patch["rootfsPropagation"] = "rslave"
         if linux_patch:
             patch["linux"] = linux_patch
         log_path = ""
@@ -686,7 +693,8 @@ class RuntimeHandlers:
             image_ref=record.image_ref, labels=record.labels, annotations=record.annotations,
             log_path=record.log_path,
             mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"],
-                             readonly=m["readonly"]) for m in record.mounts],
+                             readonly=m["readonly"], propagation=m.get("propagation", 0))
+                    for m in record.mounts],
         )
         if actor is not None:
             s = actor.status

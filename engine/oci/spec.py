@@ -22,6 +22,7 @@ import attrs
 
 from engine.errors import InvalidArgument
 from engine.oci import seccomp
+from engine.oci.propagation import rootfs_propagation
 from engine.oci.user import ExecUser, resolve_user
 
 OCI_VERSION = "1.0.2"
@@ -440,6 +441,9 @@ def _linux(options: SpecOptions, caps: list[str]) -> dict[str, Any]:
     profile = _seccomp(options, caps)
     if profile is not None:
         linux["seccomp"] = profile
+    rootfs = rootfs_propagation([o for m in options.mounts for o in m.options])
+    if rootfs:
+        linux["rootfsPropagation"] = rootfs  # else the binds' peers are cut off at the root
     return linux
 
 

@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from engine.actors.model import ContainerConfig, ContainerStatus
+from engine.oci.propagation import check_sources
 from engine.oci.spec import (
     BindMount,
     ProcessOverrides,
@@ -139,6 +140,8 @@ class Bundles:
 
 
 def _write_spec(bundle: Path, options: SpecOptions, runtime: Runtime) -> None:
+    # the host may have changed since create: a bind that can no longer propagate is refused
+    check_sources([(str(m.source), o) for m in options.mounts for o in m.options])
     # A runtime may add what only it understands (crun: the precompiled seccomp program).
     spec = runtime.adapt_spec(build_spec(options))
     bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
