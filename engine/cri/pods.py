@@ -27,6 +27,7 @@ from engine.actors import commands as c
 from engine.actors.container import ContainerActor
 from engine.actors.model import BindMount, ContainerConfig, new_container_id
 from engine.actors.state import ContainerState
+from engine.actors.verbs import CFS_PERIOD
 from engine.cri import cni
 from engine.cri.gen import api_pb2 as pb
 from engine.cri.records import ContainerRecord, RecordStore, SandboxRecord
@@ -152,6 +153,20 @@ def _localhost_profile(path: str) -> str:
     if not path.startswith("/"):
         raise InvalidArgument(f"seccomp profile {path!r} must be an absolute path on the host")
     return path
+
+
+def linux_resources(config: ContainerConfig) -> pb.LinuxContainerResources:
+    """The limits the container runs with now: its config, which updates change (CPU quota
+    as CreateContainer gave it until an update sets one)."""
+    cpu = config.spec_patch.get("linux", {}).get("resources", {}).get("cpu", {})
+    quota, period = cpu.get("quota", 0), cpu.get("period", 0)
+    if config.cpus is not None:
+        quota, period = int(config.cpus * CFS_PERIOD), CFS_PERIOD
+    return pb.LinuxContainerResources(
+        cpu_period=period, cpu_quota=quota, cpu_shares=config.cpu_shares or 0,
+        memory_limit_in_bytes=config.memory or 0, cpuset_cpus=config.cpuset_cpus,
+        cpuset_mems=config.cpuset_mems,
+        oom_score_adj=config.spec_patch.get("process", {}).get("oomScoreAdj", 0))
 
 
 def _own_oom_score_adj() -> int:
@@ -560,12 +575,9 @@ class RuntimeHandlers:
             linux_patch["maskedPaths"] = list(security.masked_paths)
         if security.readonly_paths:
             linux_patch["readonlyPaths"] = list(security.readonly_paths)
-        cpu: dict[str, Any] = {k: v for k, v in (("shares", resources.cpu_shares), ("quota", resources.cpu_quota),
-                                  ("period", resources.cpu_period)) if v}
-        if resources.cpuset_cpus:
-            cpu["cpus"] = resources.cpuset_cpus
-        if resources.cpuset_mems:
-            cpu["mems"] = resources.cpuset_mems
+        # shares and cpusets are the config's (UpdateContainerResources changes them there)
+        cpu: dict[str, Any] = {k: v for k, v in (("quota", resources.cpu_quota), ("period", resources.cpu_period))
+                               if v}
         if cpu:
             linux_patch["resources"] = {"cpu": cpu}
         if linux_patch:
@@ -595,6 +607,8 @@ class RuntimeHandlers:
             privileged=security.privileged, no_new_privileges=security.no_new_privs,
             seccomp_profile=seccomp, spec_patch=patch,
             additional_gids=list(security.supplemental_groups),
+            cpu_shares=resources.cpu_shares or None, cpuset_cpus=resources.cpuset_cpus,
+            cpuset_mems=resources.cpuset_mems,
         )
 
     def _container_namespaces(self, sandbox: SandboxRecord, infra_pid: int,
@@ -697,6 +711,7 @@ class RuntimeHandlers:
                     for m in record.mounts],
         )
         if actor is not None:
+            status.resources.linux.CopyFrom(linux_resources(actor.config))
             s = actor.status
             status.started_at = _ns(s.started_at)
             if state == pb.CONTAINER_EXITED:
@@ -839,26 +854,29 @@ class RuntimeHandlers:
 
     async def update_container_resources(self, request: pb.UpdateContainerResourcesRequest,
                                          ) -> pb.UpdateContainerResourcesResponse:
-        """Memory and CPU quota, through the actor (the engine's update: the running
-        cgroup first, then the config for the next start). What engine cannot apply yet is
-        refused by name rather than silently dropped."""
+        """Memory, CPU quota, CPU shares and cpusets, through the actor (the engine's update:
+        the running cgroup first, then the config for the next start). What engine cannot
+        apply yet is refused by name rather than silently dropped."""
         record = self._container(request.container_id)
         actor = self._require_actor(record)
         r = request.linux
         unsupported = [name for name, value in (
-            ("cpu_shares", r.cpu_shares), ("cpuset_cpus", r.cpuset_cpus), ("cpuset_mems", r.cpuset_mems),
             ("hugepage_limits", len(r.hugepage_limits)), ("unified", len(r.unified)),
             ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes)) if value]
         if unsupported:
             raise InvalidArgument(f"UpdateContainerResources: engine cannot change {', '.join(unsupported)} "
-                                  "of a container yet (memory_limit_in_bytes, cpu_quota and cpu_period it can)")
+                                  "of a container yet (memory_limit_in_bytes, cpu_quota, cpu_period, "
+                                  "cpu_shares, cpuset_cpus and cpuset_mems it can)")
         if r.cpu_quota < 0 and r.cpu_quota != -1:
             raise InvalidArgument(f"UpdateContainerResources: invalid cpu_quota {r.cpu_quota}")
-        memory = r.memory_limit_in_bytes or None
-        cpus = r.cpu_quota / (r.cpu_period or 100_000) if r.cpu_quota > 0 else None
-        if memory is None and cpus is None:
+        update = c.Update(
+            memory=r.memory_limit_in_bytes or None,
+            cpus=r.cpu_quota / (r.cpu_period or 100_000) if r.cpu_quota > 0 else None,
+            cpu_shares=r.cpu_shares or None, cpuset_cpus=r.cpuset_cpus or None,
+            cpuset_mems=r.cpuset_mems or None)
+        if update == c.Update():
             return pb.UpdateContainerResourcesResponse()  # nothing asked: nothing to do
-        await actor.call(c.Update(memory=memory, cpus=cpus))
+        await actor.call(update)
         return pb.UpdateContainerResourcesResponse()
 
     async def reopen_container_log(self, request: pb.ReopenContainerLogRequest,

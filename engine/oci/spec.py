@@ -141,6 +141,9 @@ class SpecOptions:
     annotations: dict[str, str] = attrs.field(factory=dict)
     spec_patch: dict[str, Any] = attrs.field(factory=dict)  # merged over the result (apply_patch)
     additional_gids: list[int] = attrs.field(factory=list)  # beside the user's groups in the image
+    cpu_shares: int | None = None
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -313,6 +316,10 @@ def _resources(options: SpecOptions) -> dict[str, Any]:
         if options.cpus <= 0:
             raise InvalidArgument(f"cpus must be positive, got {options.cpus}")
         res["cpu"] = {"quota": int(options.cpus * _CFS_PERIOD), "period": _CFS_PERIOD}
+    placement = {key: value for key, value in (("shares", options.cpu_shares), ("cpus", options.cpuset_cpus),
+                                               ("mems", options.cpuset_mems)) if value}
+    if placement:
+        res.setdefault("cpu", {}).update(placement)
     if options.pids_limit is not None and options.pids_limit > 0:
         res["pids"] = {"limit": options.pids_limit}
     return res

@@ -97,6 +97,9 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         sysctls=dict(config.sysctls),
         spec_patch=dict(config.spec_patch),
         additional_gids=list(config.additional_gids),
+        cpu_shares=config.cpu_shares,
+        cpuset_cpus=config.cpuset_cpus,
+        cpuset_mems=config.cpuset_mems,
     )
 
 
