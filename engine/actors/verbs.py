@@ -75,8 +75,8 @@ def _cpu_placement(command: c.Update) -> dict[str, Any]:
 def check_cpuset(value: str, flag: str) -> str:
     """A cpuset list as cgroups take it ("0-2,4"); the kernel checks that the CPUs exist."""
     for part in value.split(","):
-        low, _, high = part.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and (not high.isdigit() or int(high) < int(low))):
             raise InvalidArgument(f"invalid {flag} {value!r}: expected a list like 0-2,4")
     return value
 

@@ -53,8 +53,9 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
     ``-v``/``--tmpfs`` records (engine.actors.model: strings, as the user gave them and as
     config.json keeps them) become engine.oci.spec's mounts (paths and option tuples)."""
     details = status.network_details or {}
-    mounts = [BindMount(Path(b.source), b.destination, b.read_only,
-                        (b.propagation,) if b.propagation else ()) for b in config.binds]
+    # docker's default for a bind is rprivate; runc's would be a slave of the host's mount
+    mounts = [BindMount(Path(b.source), b.destination, b.read_only, (b.propagation or "rprivate",))
+              for b in config.binds]
     mounts += [
         BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
         for m in details.get("_mounts", [])
