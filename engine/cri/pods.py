@@ -81,6 +81,22 @@ def _matches(wanted: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def _selected(f: Any, record_id: str, labels: dict[str, str], *, sandbox_id: str | None = None,
+              state: Any = None) -> bool:
+    """Whether a record passes a List* request's filter (None: no filter): its id and pod
+    sandbox id by prefix, its state, every selected label. ``sandbox_id`` and ``state`` are
+    given only for the filters that have those fields."""
+    if f is None:
+        return True
+    if f.id and not record_id.startswith(f.id):
+        return False
+    if sandbox_id is not None and f.pod_sandbox_id and not sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    if state is not None and f.HasField("state") and f.state.state != state:
+        return False
+    return _matches(dict(f.label_selector), labels)
+
+
 def check_metadata_size(rpc: str, **maps: Any) -> None:
     """Labels and annotations of a pod or container stay under ``METADATA_MAX`` bytes each."""
     for field, mapping in maps.items():
@@ -452,11 +468,7 @@ class RuntimeHandlers:
 
     async def pod_sandbox_status(self, request: pb.PodSandboxStatusRequest) -> pb.PodSandboxStatusResponse:
         record = self._sandbox(request.pod_sandbox_id)
-        status = pb.PodSandboxStatus(
-            id=record.id, metadata=self._sandbox_meta(record), state=self._sandbox_state(record),
-            created_at=record.created_at, labels=record.labels, annotations=record.annotations,
-            runtime_handler=record.runtime_handler,
-        )
+        status = pb.PodSandboxStatus(**self._sandbox_fields(record, self._sandbox_state(record)))
         if record.ips:
             status.network.ip = record.ips[0]
             status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in record.ips[1:])
@@ -468,6 +480,12 @@ class RuntimeHandlers:
             actor = self._actor(record.id)
             response.info["info"] = f'{{"pid": {actor.status.pid if actor else 0}}}'
         return response
+
+    def _sandbox_fields(self, record: SandboxRecord, state: Any) -> dict[str, Any]:
+        """What a PodSandbox (ListPodSandbox) and a PodSandboxStatus both say."""
+        return {"id": record.id, "metadata": self._sandbox_meta(record), "state": state,
+                "created_at": record.created_at, "labels": record.labels,
+                "annotations": record.annotations, "runtime_handler": record.runtime_handler}
 
     def _sandbox_meta(self, record: SandboxRecord) -> pb.PodSandboxMetadata:
         return pb.PodSandboxMetadata(name=record.name, uid=record.uid, namespace=record.namespace,
@@ -482,17 +500,9 @@ class RuntimeHandlers:
         f = request.filter if request.HasField("filter") else None
         items = []
         for record in list(self.sandboxes.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.HasField("state") and f.state.state != self._sandbox_state(record):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            items.append(pb.PodSandbox(
-                id=record.id, metadata=self._sandbox_meta(record), state=self._sandbox_state(record),
-                created_at=record.created_at, labels=record.labels, annotations=record.annotations,
-                runtime_handler=record.runtime_handler))
+            state = self._sandbox_state(record)
+            if _selected(f, record.id, record.labels, state=state):
+                items.append(pb.PodSandbox(**self._sandbox_fields(record, state)))
         return pb.ListPodSandboxResponse(items=items)
 
     # --- containers -----------------------------------------------------------------------
@@ -674,6 +684,12 @@ class RuntimeHandlers:
             return pb.CONTAINER_UNKNOWN
         return _STATE_OF.get(actor.status.state, pb.CONTAINER_UNKNOWN)
 
+    def _container_fields(self, record: ContainerRecord, state: Any) -> dict[str, Any]:
+        """What a Container (ListContainers) and a ContainerStatus both say."""
+        return {"id": record.id, "metadata": self._container_meta(record), "state": state,
+                "created_at": record.created_at, "image": pb.ImageSpec(image=record.image),
+                "image_ref": record.image_ref, "labels": record.labels, "annotations": record.annotations}
+
     def _container_meta(self, record: ContainerRecord) -> pb.ContainerMetadata:
         return pb.ContainerMetadata(name=record.name, attempt=record.attempt)
 
@@ -682,19 +698,9 @@ class RuntimeHandlers:
         out = []
         for record in list(self.containers.items.values()):
             state = self._container_state(record)
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
-                    continue
-                if f.HasField("state") and f.state.state != state:
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(pb.Container(
-                id=record.id, pod_sandbox_id=record.sandbox_id, metadata=self._container_meta(record),
-                image=pb.ImageSpec(image=record.image), image_ref=record.image_ref, state=state,
-                created_at=record.created_at, labels=record.labels, annotations=record.annotations))
+            if _selected(f, record.id, record.labels, sandbox_id=record.sandbox_id, state=state):
+                out.append(pb.Container(**self._container_fields(record, state),
+                                        pod_sandbox_id=record.sandbox_id))
         return pb.ListContainersResponse(containers=out)
 
     async def container_status(self, request: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
@@ -702,10 +708,7 @@ class RuntimeHandlers:
         actor = self._actor(record.id)
         state = self._container_state(record)
         status = pb.ContainerStatus(
-            id=record.id, metadata=self._container_meta(record), state=state,
-            created_at=record.created_at, image=pb.ImageSpec(image=record.image),
-            image_ref=record.image_ref, labels=record.labels, annotations=record.annotations,
-            log_path=record.log_path,
+            **self._container_fields(record, state), log_path=record.log_path,
             mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"],
                              readonly=m["readonly"], propagation=m.get("propagation", 0))
                     for m in record.mounts],
@@ -766,16 +769,8 @@ class RuntimeHandlers:
     async def list_container_stats(self, request: pb.ListContainerStatsRequest,
                                    ) -> pb.ListContainerStatsResponse:
         f = request.filter if request.HasField("filter") else None
-        out = []
-        for record in list(self.containers.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(await self._stats(record))
+        out = [await self._stats(record) for record in list(self.containers.items.values())
+               if _selected(f, record.id, record.labels, sandbox_id=record.sandbox_id)]
         return pb.ListContainerStatsResponse(stats=out)
 
     async def _stats(self, record: ContainerRecord) -> pb.ContainerStats:
@@ -804,14 +799,8 @@ class RuntimeHandlers:
     async def list_pod_sandbox_stats(self, request: pb.ListPodSandboxStatsRequest,
                                      ) -> pb.ListPodSandboxStatsResponse:
         f = request.filter if request.HasField("filter") else None
-        out = []
-        for record in list(self.sandboxes.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(await self._sandbox_stats(record))
+        out = [await self._sandbox_stats(record) for record in list(self.sandboxes.items.values())
+               if _selected(f, record.id, record.labels)]
         return pb.ListPodSandboxStatsResponse(stats=out)
 
     async def _sandbox_stats(self, record: SandboxRecord) -> pb.PodSandboxStats:
