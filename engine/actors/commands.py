@@ -102,6 +102,9 @@ class Update:
     cpus: float | None = None
     pids_limit: int | None = None
     restart_policy: str | None = None
+    cpu_shares: int | None = None
+    cpuset_cpus: str | None = None  # "0-1,3"
+    cpuset_mems: str | None = None
 
 
 @attrs.frozen

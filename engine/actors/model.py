@@ -119,6 +119,10 @@ class ContainerConfig:
     volumes: list[VolumeMount] = attrs.field(factory=list)
     log_driver: str = ""  # "": the daemon's default (engine.actors.logs.LogPolicy)
     log_opts: dict[str, str] = attrs.field(factory=dict)
+    # CPU weight and placement (docker's --cpu-shares, --cpuset-cpus, --cpuset-mems; the CRI's)
+    cpu_shares: int | None = None
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
 
     @property
     def short_id(self) -> str:

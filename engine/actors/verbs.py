@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 S = ContainerState
 CFS_PERIOD = 100_000  # µs, as engine.oci.spec uses at create
 MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum
+MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262144  # the kernel's bounds for cpu.shares
 
 
 # --- update --------------------------------------------------------------------------------
@@ -48,7 +49,37 @@ def _resources(command: c.Update) -> tuple[dict[str, Any], dict[str, Any]]:
             raise InvalidArgument("--pids-limit must be positive")
         changes["pids_limit"] = command.pids_limit
         resources["pids"] = {"limit": command.pids_limit}
+    cpu = _cpu_placement(command)
+    if cpu:
+        changes.update(cpu)
+        resources.setdefault("cpu", {}).update({OCI_CPU[key]: value for key, value in cpu.items()})
     return changes, resources
+
+
+OCI_CPU = {"cpu_shares": "shares", "cpuset_cpus": "cpus", "cpuset_mems": "mems"}  # config -> OCI
+
+
+def _cpu_placement(command: c.Update) -> dict[str, Any]:
+    """CPU weight and cpusets asked for, checked (the kernel says which CPUs exist)."""
+    found: dict[str, Any] = {}
+    if command.cpu_shares is not None:
+        if not MIN_CPU_SHARES <= command.cpu_shares <= MAX_CPU_SHARES:
+            raise InvalidArgument(f"--cpu-shares must be between {MIN_CPU_SHARES} and {MAX_CPU_SHARES}")
+        found["cpu_shares"] = command.cpu_shares
+    for key in ("cpuset_cpus", "cpuset_mems"):
+        value = getattr(command, key)
+        if value is not None:
+            found[key] = check_cpuset(value, "--" + key.replace("_", "-"))
+    return found
+
+
+def check_cpuset(value: str, flag: str) -> str:
+    """A cpuset list as cgroups take it ("0-2,4"); the kernel checks that the CPUs exist."""
+    for part in value.split(","):
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and (not high.isdigit() or int(high) < int(low))):
+            raise InvalidArgument(f"invalid {flag} {value!r}: expected a list like 0-2,4")
+    return value
 
 
 async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
@@ -64,7 +95,8 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
             raise InvalidArgument("a restart policy cannot be set on a --rm container (docker refuses it too)")
         changes["restart_policy"] = str(policy)
     if not changes:
-        raise InvalidArgument("nothing to update: give --memory, --cpus, --pids-limit or --restart")
+        raise InvalidArgument("nothing to update: give --memory, --cpus, --cpu-shares, --cpuset-cpus, "
+                              "--cpuset-mems, --pids-limit or --restart")
     if resources and actor.status.state in (S.RUNNING, S.PAUSED):
         await actor._bounded("update", actor._runtime().update(actor.id, resources))
     updated = attrs.evolve(actor.config, **changes)

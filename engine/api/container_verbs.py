@@ -22,6 +22,9 @@ class UpdateParams:
     cpus: float | None = None
     pids_limit: int | None = None
     restart: str | None = None
+    cpu_shares: int | None = None
+    cpuset_cpus: str | None = None
+    cpuset_mems: str | None = None
 
 
 @attrs.frozen
@@ -48,10 +51,12 @@ def register(table: MethodTable) -> None:
 
     @table.method("container.update", params=UpdateParams)
     async def update(ctx: CallContext, p: UpdateParams) -> dict[str, Any]:
-        """Change a container's memory, CPU and pids limits (applied to the running
-        container's cgroup at once) and its restart policy; kept for later starts."""
+        """Change a container's memory, CPU and pids limits, CPU shares and cpusets
+        (applied to the running container's cgroup at once) and its restart policy; kept for
+        later starts."""
         return await verbs(ctx).update(p.id, memory=p.memory, cpus=p.cpus, pids_limit=p.pids_limit,
-                                       restart=p.restart)
+                                       restart=p.restart, cpu_shares=p.cpu_shares,
+                                       cpuset_cpus=p.cpuset_cpus, cpuset_mems=p.cpuset_mems)
 
     @table.method("container.top", params=TopParams)
     async def top(ctx: CallContext, p: TopParams) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from engine.supervisor.container_service import (
     RunSpec,
 )
 from engine.supervisor.volume_views import mounts_view
+from engine.volumes.specs import format_bind
 
 # The params of container.create / run / exec / logs are the service's own types.
 CreateParams = CreateSpec
@@ -199,12 +200,15 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "RestartPolicy": {"Name": actor.restart_policy.name,
                               "MaximumRetryCount": actor.restart_policy.max_retries},
             "AutoRemove": c.auto_remove,
-            "Binds": [f"{b.source}:{b.destination}{':ro' if b.read_only else ''}" for b in c.binds],
+            "Binds": [format_bind(b) for b in c.binds],
             "Tmpfs": {t.destination: t.options for t in c.tmpfs},
             "ReadonlyRootfs": c.read_only,
             "Init": c.init,
             "Memory": c.memory or 0,
             "NanoCpus": int((c.cpus or 0) * 1e9),
+            "CpuShares": c.cpu_shares or 0,
+            "CpusetCpus": c.cpuset_cpus,
+            "CpusetMems": c.cpuset_mems,
             "PidsLimit": c.pids_limit,
             "NetworkMode": c.network_mode,
             "CapAdd": c.cap_add,

@@ -27,12 +27,14 @@ from engine.actors import commands as c
 from engine.actors.container import ContainerActor
 from engine.actors.model import BindMount, ContainerConfig, new_container_id
 from engine.actors.state import ContainerState
+from engine.actors.verbs import CFS_PERIOD
 from engine.cri import cni
 from engine.cri.gen import api_pb2 as pb
 from engine.cri.records import ContainerRecord, RecordStore, SandboxRecord
 from engine.errors import EngineError, InvalidArgument, NotFound, Unavailable
 from engine.network import etc_files, netns
 from engine.network.service import EXTERNAL
+from engine.oci.propagation import check_sources
 from engine.supervisor.app import App
 from engine.supervisor.containers import ContainerSupervisor
 
@@ -79,6 +81,22 @@ def _matches(wanted: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def _selected(f: Any, record_id: str, labels: dict[str, str], *, sandbox_id: str | None = None,
+              state: Any = None) -> bool:
+    """Whether a record passes a List* request's filter (None: no filter): its id and pod
+    sandbox id by prefix, its state, every selected label. ``sandbox_id`` and ``state`` are
+    given only for the filters that have those fields."""
+    if f is None:
+        return True
+    if f.id and not record_id.startswith(f.id):
+        return False
+    if sandbox_id is not None and f.pod_sandbox_id and not sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    if state is not None and f.HasField("state") and f.state.state != state:
+        return False
+    return _matches(dict(f.label_selector), labels)
+
+
 def check_metadata_size(rpc: str, **maps: Any) -> None:
     """Labels and annotations of a pod or container stay under ``METADATA_MAX`` bytes each."""
     for field, mapping in maps.items():
@@ -116,6 +134,14 @@ _PROPAGATION = {
 }
 
 
+def _propagation(mount: pb.Mount) -> str:
+    try:
+        return _PROPAGATION[mount.propagation]
+    except KeyError:
+        raise InvalidArgument(f"CreateContainer: mount {mount.container_path!r} has an unknown "
+                              f"propagation {mount.propagation}") from None
+
+
 def seccomp_profile(security: Any) -> str:
     """The container's seccomp profile as ContainerConfig.seccomp_profile names it. The CRI's
     ``seccomp`` (SecurityProfile) wins over the older ``seccomp_profile_path`` string
@@ -143,6 +169,20 @@ def _localhost_profile(path: str) -> str:
     if not path.startswith("/"):
         raise InvalidArgument(f"seccomp profile {path!r} must be an absolute path on the host")
     return path
+
+
+def linux_resources(config: ContainerConfig) -> pb.LinuxContainerResources:
+    """The limits the container runs with now: its config, which updates change (CPU quota
+    as CreateContainer gave it until an update sets one)."""
+    cpu = config.spec_patch.get("linux", {}).get("resources", {}).get("cpu", {})
+    quota, period = cpu.get("quota", 0), cpu.get("period", 0)
+    if config.cpus is not None:
+        quota, period = int(config.cpus * CFS_PERIOD), CFS_PERIOD
+    return pb.LinuxContainerResources(
+        cpu_period=period, cpu_quota=quota, cpu_shares=config.cpu_shares or 0,
+        memory_limit_in_bytes=config.memory or 0, cpuset_cpus=config.cpuset_cpus,
+        cpuset_mems=config.cpuset_mems,
+        oom_score_adj=config.spec_patch.get("process", {}).get("oomScoreAdj", 0))
 
 
 def _own_oom_score_adj() -> int:
@@ -428,11 +468,7 @@ class RuntimeHandlers:
 
     async def pod_sandbox_status(self, request: pb.PodSandboxStatusRequest) -> pb.PodSandboxStatusResponse:
         record = self._sandbox(request.pod_sandbox_id)
-        status = pb.PodSandboxStatus(
-            id=record.id, metadata=self._sandbox_meta(record), state=self._sandbox_state(record),
-            created_at=record.created_at, labels=record.labels, annotations=record.annotations,
-            runtime_handler=record.runtime_handler,
-        )
+        status = pb.PodSandboxStatus(**self._sandbox_fields(record, self._sandbox_state(record)))
         if record.ips:
             status.network.ip = record.ips[0]
             status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in record.ips[1:])
@@ -444,6 +480,12 @@ class RuntimeHandlers:
             actor = self._actor(record.id)
             response.info["info"] = f'{{"pid": {actor.status.pid if actor else 0}}}'
         return response
+
+    def _sandbox_fields(self, record: SandboxRecord, state: Any) -> dict[str, Any]:
+        """What a PodSandbox (ListPodSandbox) and a PodSandboxStatus both say."""
+        return {"id": record.id, "metadata": self._sandbox_meta(record), "state": state,
+                "created_at": record.created_at, "labels": record.labels,
+                "annotations": record.annotations, "runtime_handler": record.runtime_handler}
 
     def _sandbox_meta(self, record: SandboxRecord) -> pb.PodSandboxMetadata:
         return pb.PodSandboxMetadata(name=record.name, uid=record.uid, namespace=record.namespace,
@@ -458,17 +500,9 @@ class RuntimeHandlers:
         f = request.filter if request.HasField("filter") else None
         items = []
         for record in list(self.sandboxes.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.HasField("state") and f.state.state != self._sandbox_state(record):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            items.append(pb.PodSandbox(
-                id=record.id, metadata=self._sandbox_meta(record), state=self._sandbox_state(record),
-                created_at=record.created_at, labels=record.labels, annotations=record.annotations,
-                runtime_handler=record.runtime_handler))
+            state = self._sandbox_state(record)
+            if _selected(f, record.id, record.labels, state=state):
+                items.append(pb.PodSandbox(**self._sandbox_fields(record, state)))
         return pb.ListPodSandboxResponse(items=items)
 
     # --- containers -----------------------------------------------------------------------
@@ -494,13 +528,15 @@ class RuntimeHandlers:
         container_id = new_container_id()
         engine_config = self._container_config(container_id, sandbox, infra.status.pid, config,
                                                image, request.sandbox_config)
+        # containerd's rule: refused now, not silently unpropagated at start
+        await trio.to_thread.run_sync(check_sources, [(b.source, b.propagation) for b in engine_config.binds])
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=config.metadata.name,
             attempt=config.metadata.attempt, created_at=time.time_ns(), image=config.image.image,
             image_ref=image.id, labels=dict(config.labels), annotations=dict(config.annotations),
             log_path=engine_config.log_path,
             mounts=[{"container_path": m.container_path, "host_path": m.host_path,
-                     "readonly": m.readonly} for m in config.mounts],
+                     "readonly": m.readonly, "propagation": m.propagation} for m in config.mounts],
         )
         await self._save(self.containers, record)
         try:
@@ -531,7 +567,8 @@ class RuntimeHandlers:
             image.config, entrypoint=list(config.command) or None, cmd=list(config.args) or None,
             env=[f"{kv.key}={kv.value}" for kv in config.envs], workdir=config.working_dir,
             user=user)
-        mounts = [BindMount(m.host_path, m.container_path, m.readonly, _PROPAGATION[m.propagation])
+        # the spec's rootfsPropagation follows from these (engine.oci.spec)
+        mounts = [BindMount(m.host_path, m.container_path, m.readonly, _propagation(m))
                   for m in config.mounts]
         taken = {m.container_path for m in config.mounts}
         namespaces = self._container_namespaces(sandbox, infra_pid, security.namespace_options)
@@ -548,19 +585,11 @@ class RuntimeHandlers:
             linux_patch["maskedPaths"] = list(security.masked_paths)
         if security.readonly_paths:
             linux_patch["readonlyPaths"] = list(security.readonly_paths)
-        cpu: dict[str, Any] = {k: v for k, v in (("shares", resources.cpu_shares), ("quota", resources.cpu_quota),
-                                  ("period", resources.cpu_period)) if v}
-        if resources.cpuset_cpus:
-            cpu["cpus"] = resources.cpuset_cpus
-        if resources.cpuset_mems:
-            cpu["mems"] = resources.cpuset_mems
+        # shares and cpusets are the config's (UpdateContainerResources changes them there)
+        cpu: dict[str, Any] = {k: v for k, v in (("quota", resources.cpu_quota), ("period", resources.cpu_period))
+                               if v}
         if cpu:
             linux_patch["resources"] = {"cpu": cpu}
-        propagations = {m.propagation for m in config.mounts}
-        if pb.PROPAGATION_BIDIRECTIONAL in propagations:
-            linux_patch["rootfsPropagation"] = "rshared"  # mounts made inside reach the host
-        elif pb.PROPAGATION_HOST_TO_CONTAINER in propagations:
-            linux_patch["rootfsPropagation"] = "rslave"
         if linux_patch:
             patch["linux"] = linux_patch
         log_path = ""
@@ -588,6 +617,8 @@ class RuntimeHandlers:
             privileged=security.privileged, no_new_privileges=security.no_new_privs,
             seccomp_profile=seccomp, spec_patch=patch,
             additional_gids=list(security.supplemental_groups),
+            cpu_shares=resources.cpu_shares or None, cpuset_cpus=resources.cpuset_cpus,
+            cpuset_mems=resources.cpuset_mems,
         )
 
     def _container_namespaces(self, sandbox: SandboxRecord, infra_pid: int,
@@ -653,6 +684,12 @@ class RuntimeHandlers:
             return pb.CONTAINER_UNKNOWN
         return _STATE_OF.get(actor.status.state, pb.CONTAINER_UNKNOWN)
 
+    def _container_fields(self, record: ContainerRecord, state: Any) -> dict[str, Any]:
+        """What a Container (ListContainers) and a ContainerStatus both say."""
+        return {"id": record.id, "metadata": self._container_meta(record), "state": state,
+                "created_at": record.created_at, "image": pb.ImageSpec(image=record.image),
+                "image_ref": record.image_ref, "labels": record.labels, "annotations": record.annotations}
+
     def _container_meta(self, record: ContainerRecord) -> pb.ContainerMetadata:
         return pb.ContainerMetadata(name=record.name, attempt=record.attempt)
 
@@ -661,19 +698,9 @@ class RuntimeHandlers:
         out = []
         for record in list(self.containers.items.values()):
             state = self._container_state(record)
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
-                    continue
-                if f.HasField("state") and f.state.state != state:
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(pb.Container(
-                id=record.id, pod_sandbox_id=record.sandbox_id, metadata=self._container_meta(record),
-                image=pb.ImageSpec(image=record.image), image_ref=record.image_ref, state=state,
-                created_at=record.created_at, labels=record.labels, annotations=record.annotations))
+            if _selected(f, record.id, record.labels, sandbox_id=record.sandbox_id, state=state):
+                out.append(pb.Container(**self._container_fields(record, state),
+                                        pod_sandbox_id=record.sandbox_id))
         return pb.ListContainersResponse(containers=out)
 
     async def container_status(self, request: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
@@ -681,14 +708,13 @@ class RuntimeHandlers:
         actor = self._actor(record.id)
         state = self._container_state(record)
         status = pb.ContainerStatus(
-            id=record.id, metadata=self._container_meta(record), state=state,
-            created_at=record.created_at, image=pb.ImageSpec(image=record.image),
-            image_ref=record.image_ref, labels=record.labels, annotations=record.annotations,
-            log_path=record.log_path,
+            **self._container_fields(record, state), log_path=record.log_path,
             mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"],
-                             readonly=m["readonly"]) for m in record.mounts],
+                             readonly=m["readonly"], propagation=m.get("propagation", 0))
+                    for m in record.mounts],
         )
         if actor is not None:
+            status.resources.linux.CopyFrom(linux_resources(actor.config))
             s = actor.status
             status.started_at = _ns(s.started_at)
             if state == pb.CONTAINER_EXITED:
@@ -743,16 +769,8 @@ class RuntimeHandlers:
     async def list_container_stats(self, request: pb.ListContainerStatsRequest,
                                    ) -> pb.ListContainerStatsResponse:
         f = request.filter if request.HasField("filter") else None
-        out = []
-        for record in list(self.containers.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not record.sandbox_id.startswith(f.pod_sandbox_id):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(await self._stats(record))
+        out = [await self._stats(record) for record in list(self.containers.items.values())
+               if _selected(f, record.id, record.labels, sandbox_id=record.sandbox_id)]
         return pb.ListContainerStatsResponse(stats=out)
 
     async def _stats(self, record: ContainerRecord) -> pb.ContainerStats:
@@ -781,14 +799,8 @@ class RuntimeHandlers:
     async def list_pod_sandbox_stats(self, request: pb.ListPodSandboxStatsRequest,
                                      ) -> pb.ListPodSandboxStatsResponse:
         f = request.filter if request.HasField("filter") else None
-        out = []
-        for record in list(self.sandboxes.items.values()):
-            if f is not None:
-                if f.id and not record.id.startswith(f.id):
-                    continue
-                if not _matches(dict(f.label_selector), record.labels):
-                    continue
-            out.append(await self._sandbox_stats(record))
+        out = [await self._sandbox_stats(record) for record in list(self.sandboxes.items.values())
+               if _selected(f, record.id, record.labels)]
         return pb.ListPodSandboxStatsResponse(stats=out)
 
     async def _sandbox_stats(self, record: SandboxRecord) -> pb.PodSandboxStats:
@@ -831,26 +843,29 @@ class RuntimeHandlers:
 
     async def update_container_resources(self, request: pb.UpdateContainerResourcesRequest,
                                          ) -> pb.UpdateContainerResourcesResponse:
-        """Memory and CPU quota, through the actor (the engine's update: the running
-        cgroup first, then the config for the next start). What engine cannot apply yet is
-        refused by name rather than silently dropped."""
+        """Memory, CPU quota, CPU shares and cpusets, through the actor (the engine's update:
+        the running cgroup first, then the config for the next start). What engine cannot
+        apply yet is refused by name rather than silently dropped."""
         record = self._container(request.container_id)
         actor = self._require_actor(record)
         r = request.linux
         unsupported = [name for name, value in (
-            ("cpu_shares", r.cpu_shares), ("cpuset_cpus", r.cpuset_cpus), ("cpuset_mems", r.cpuset_mems),
             ("hugepage_limits", len(r.hugepage_limits)), ("unified", len(r.unified)),
             ("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes)) if value]
         if unsupported:
             raise InvalidArgument(f"UpdateContainerResources: engine cannot change {', '.join(unsupported)} "
-                                  "of a container yet (memory_limit_in_bytes, cpu_quota and cpu_period it can)")
+                                  "of a container yet (memory_limit_in_bytes, cpu_quota, cpu_period, "
+                                  "cpu_shares, cpuset_cpus and cpuset_mems it can)")
         if r.cpu_quota < 0 and r.cpu_quota != -1:
             raise InvalidArgument(f"UpdateContainerResources: invalid cpu_quota {r.cpu_quota}")
-        memory = r.memory_limit_in_bytes or None
-        cpus = r.cpu_quota / (r.cpu_period or 100_000) if r.cpu_quota > 0 else None
-        if memory is None and cpus is None:
+        update = c.Update(
+            memory=r.memory_limit_in_bytes or None,
+            cpus=r.cpu_quota / (r.cpu_period or 100_000) if r.cpu_quota > 0 else None,
+            cpu_shares=r.cpu_shares or None, cpuset_cpus=r.cpuset_cpus or None,
+            cpuset_mems=r.cpuset_mems or None)
+        if update == c.Update():
             return pb.UpdateContainerResourcesResponse()  # nothing asked: nothing to do
-        await actor.call(c.Update(memory=memory, cpus=cpus))
+        await actor.call(update)
         return pb.UpdateContainerResourcesResponse()
 
     async def reopen_container_log(self, request: pb.ReopenContainerLogRequest,

@@ -22,6 +22,7 @@ import attrs
 
 from engine.errors import InvalidArgument
 from engine.oci import seccomp
+from engine.oci.propagation import rootfs_propagation
 from engine.oci.user import ExecUser, resolve_user
 
 OCI_VERSION = "1.0.2"
@@ -140,6 +141,9 @@ class SpecOptions:
     annotations: dict[str, str] = attrs.field(factory=dict)
     spec_patch: dict[str, Any] = attrs.field(factory=dict)  # merged over the result (apply_patch)
     additional_gids: list[int] = attrs.field(factory=list)  # beside the user's groups in the image
+    cpu_shares: int | None = None
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -312,6 +316,10 @@ def _resources(options: SpecOptions) -> dict[str, Any]:
         if options.cpus <= 0:
             raise InvalidArgument(f"cpus must be positive, got {options.cpus}")
         res["cpu"] = {"quota": int(options.cpus * _CFS_PERIOD), "period": _CFS_PERIOD}
+    placement = {key: value for key, value in (("shares", options.cpu_shares), ("cpus", options.cpuset_cpus),
+                                               ("mems", options.cpuset_mems)) if value}
+    if placement:
+        res.setdefault("cpu", {}).update(placement)
     if options.pids_limit is not None and options.pids_limit > 0:
         res["pids"] = {"limit": options.pids_limit}
     return res
@@ -440,6 +448,9 @@ def _linux(options: SpecOptions, caps: list[str]) -> dict[str, Any]:
     profile = _seccomp(options, caps)
     if profile is not None:
         linux["seccomp"] = profile
+    rootfs = rootfs_propagation([o for m in options.mounts for o in m.options])
+    if rootfs:
+        linux["rootfsPropagation"] = rootfs  # else the binds' peers are cut off at the root
     return linux
 
 

@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from engine.actors.model import ContainerConfig, ContainerStatus
+from engine.oci.propagation import check_sources
 from engine.oci.spec import (
     BindMount,
     ProcessOverrides,
@@ -52,8 +53,9 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
     ``-v``/``--tmpfs`` records (engine.actors.model: strings, as the user gave them and as
     config.json keeps them) become engine.oci.spec's mounts (paths and option tuples)."""
     details = status.network_details or {}
-    mounts = [BindMount(Path(b.source), b.destination, b.read_only,
-                        (b.propagation,) if b.propagation else ()) for b in config.binds]
+    # docker's default for a bind is rprivate; runc's would be a slave of the host's mount
+    mounts = [BindMount(Path(b.source), b.destination, b.read_only, (b.propagation or "rprivate",))
+              for b in config.binds]
     mounts += [
         BindMount(Path(m["source"]), m["destination"], bool(m.get("read_only", False)))
         for m in details.get("_mounts", [])
@@ -96,6 +98,9 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         sysctls=dict(config.sysctls),
         spec_patch=dict(config.spec_patch),
         additional_gids=list(config.additional_gids),
+        cpu_shares=config.cpu_shares,
+        cpuset_cpus=config.cpuset_cpus,
+        cpuset_mems=config.cpuset_mems,
     )
 
 
@@ -139,6 +144,8 @@ class Bundles:
 
 
 def _write_spec(bundle: Path, options: SpecOptions, runtime: Runtime) -> None:
+    # the host may have changed since create: a bind that can no longer propagate is refused
+    check_sources([(str(m.source), o) for m in options.mounts for o in m.options])
     # A runtime may add what only it understands (crun: the precompiled seccomp program).
     spec = runtime.adapt_spec(build_spec(options))
     bundle.mkdir(mode=0o700, parents=True, exist_ok=True)

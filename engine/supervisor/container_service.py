@@ -37,7 +37,7 @@ from engine.supervisor.attach import (
     pump_attach,
 )
 from engine.supervisor.containers import ContainerSupervisor
-from engine.volumes.specs import is_bind_spec
+from engine.volumes.specs import bind_options, is_bind_spec
 
 log = logging.getLogger("engine.containers")
 
@@ -203,15 +203,13 @@ def parse_volume(spec: str) -> BindMount:
     if len(parts) > 3:
         raise InvalidArgument(f"invalid volume {spec!r}: expected SRC:DST[:ro|rw]")
     source, destination = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise InvalidArgument(f"invalid volume mode {mode!r} in {spec!r}: use ro or rw")
+    read_only, propagation = bind_options(spec, parts[2] if len(parts) == 3 else "rw")
     if not source.startswith("/"):
         raise InvalidArgument(
             f"invalid volume {spec!r}: the source must be an absolute host path (named volumes are not supported yet)"
         )
     destination = check_destination(spec, destination, "volume")
-    return BindMount(source, destination, mode == "ro")
+    return BindMount(source, destination, read_only, propagation)
 
 
 def parse_tmpfs(spec: str) -> TmpfsMount:

@@ -82,10 +82,13 @@ class ContainerVerbs:
         return self.containers.get(ref)
 
     async def update(self, ref: str, *, memory: int | None = None, cpus: float | None = None,
-                     pids_limit: int | None = None, restart: str | None = None) -> dict[str, Any]:
+                     pids_limit: int | None = None, restart: str | None = None,
+                     cpu_shares: int | None = None, cpuset_cpus: str | None = None,
+                     cpuset_mems: str | None = None) -> dict[str, Any]:
         """New limits (applied to a running container's cgroup at once) and restart policy;
         kept for later starts."""
-        return await self.get(ref).call(c.Update(memory, cpus, pids_limit, restart))  # type: ignore[no-any-return]
+        return await self.get(ref).call(c.Update(  # type: ignore[no-any-return]
+            memory, cpus, pids_limit, restart, cpu_shares, cpuset_cpus, cpuset_mems))
 
     async def top(self, ref: str, ps_args: list[str]) -> dict[str, Any]:
         return await st.top(stats_target(self.get(ref)).pid, list(ps_args))

@@ -15,7 +15,7 @@ def mounts_view(config: ContainerConfig, status: ContainerStatus) -> list[dict[s
     for b in config.binds:
         mounts.append({"Type": "bind", "Source": b.source, "Destination": b.destination,
                        "Mode": "ro" if b.read_only else "", "RW": not b.read_only,
-                       "Propagation": "rprivate"})
+                       "Propagation": b.propagation or "rprivate"})
     for v in config.volumes:
         mounts.append({"Type": "volume", "Name": v.name, "Source": sources.get(v.name, ""), "Destination": v.destination,
                        "Driver": drivers.get(v.name, ""), "Mode": "z", "RW": not v.read_only, "Propagation": "",

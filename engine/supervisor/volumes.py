@@ -84,7 +84,7 @@ class VolumeService:
                 inherited.append(VolumeMount(v.name, v.destination, ro, nocopy=True))
             for b in source.config.binds:
                 ro = b.read_only if read_only is None else read_only
-                config.binds.append(BindMount(b.source, b.destination, ro))
+                config.binds.append(BindMount(b.source, b.destination, ro, b.propagation))
         taken = {b.destination for b in config.binds} | {t.destination for t in config.tmpfs}
         seen: set[str] = set()
         for destination in [r.destination for r in requests] + [v.destination for v in inherited]:

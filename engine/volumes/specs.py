@@ -2,6 +2,8 @@
 
 ``-v /host:/ctr[:ro]`` is a bind (engine.supervisor.container_service.parse_volume keeps
 those), ``-v NAME:/ctr[:ro,nocopy]`` a named volume, ``-v /ctr`` an anonymous one.
+``-v /host:/ctr:rshared`` and ``--mount type=bind,…,bind-propagation=rslave`` give the
+bind's mount propagation (docker's six: [r]private, [r]shared, [r]slave).
 ``--mount type=volume|bind|tmpfs,src=…,dst=…,readonly,volume-nocopy,volume-driver=…,
 volume-opt=K=V,volume-label=K=V,tmpfs-size=…,tmpfs-mode=…`` says the same with keys.
 """
@@ -14,6 +16,7 @@ import attrs
 
 from engine.actors.model import BindMount, TmpfsMount
 from engine.errors import InvalidArgument
+from engine.oci.propagation import PROPAGATIONS, check_mode
 from engine.volumes.store import check_name
 
 
@@ -44,6 +47,27 @@ def _destination(path: str, spec: str) -> str:
     if clean == "/":
         raise InvalidArgument(f"invalid mount {spec!r}: a volume cannot be mounted over /")
     return clean
+
+
+def bind_options(spec: str, text: str) -> tuple[bool, str]:
+    """The options of ``-v /host:/ctr:OPTIONS`` (docker's: ``ro``/``rw`` and one mount
+    propagation, comma-separated): (read only, propagation or "")."""
+    read_only, propagation = False, ""
+    for option in text.split(","):
+        if option in ("ro", "rw"):
+            read_only = option == "ro"
+        elif option in PROPAGATIONS and not propagation:
+            propagation = option
+        else:
+            raise InvalidArgument(f"invalid volume option {option!r} in {spec!r}: use ro or rw, and "
+                                  f"at most one of {', '.join(sorted(PROPAGATIONS))}")
+    return read_only, propagation
+
+
+def format_bind(bind: BindMount) -> str:
+    """The ``-v`` value that gives ``bind`` (docker's HostConfig.Binds entry)."""
+    options = ",".join(o for o in ("ro" if bind.read_only else "", bind.propagation) if o)
+    return f"{bind.source}:{bind.destination}" + (f":{options}" if options else "")
 
 
 def parse_volume_flag(spec: str) -> VolumeRequest:
@@ -117,12 +141,14 @@ def parse_mount_flag(spec: str) -> Parsed:
         raise InvalidArgument(f"invalid --mount {spec!r}: the destination (dst=) is missing")
     destination = _destination(target, spec)
     fields.pop("consistency", None)
-    fields.pop("bind-propagation", None)
     if kind == "bind":
+        propagation = fields.pop("bind-propagation", None) or ""
         _refuse_rest(fields, spec)
         if not source.startswith("/"):
             raise InvalidArgument(f"invalid --mount {spec!r}: a bind needs an absolute src")
-        return BindMount(source, destination, read_only)
+        if propagation:
+            check_mode(propagation, f"--mount {spec!r}")
+        return BindMount(source, destination, read_only, propagation)
     if kind == "tmpfs":
         if source:
             raise InvalidArgument(f"invalid --mount {spec!r}: a tmpfs takes no src")

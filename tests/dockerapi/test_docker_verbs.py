@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.supervisor.stats import cgroup_paths
+
 from .conftest import Engine, EngineFactory, docker_clients
 
 
@@ -46,8 +48,16 @@ def test_top_stats_and_update(engine: Engine, binary: str) -> None:
     row = json.loads(engine.docker("stats", "--no-stream", "--format", "{{json .}}", "busy",
                                    binary=binary).stdout)
     assert row["MemUsage"].endswith("/ 64MiB")  # the new limit is the cgroup's
-    refused = engine.docker("update", "--cpu-shares", "512", "busy", binary=binary, check=False)
-    assert refused.returncode != 0 and "CpuShares" in refused.stderr
+    engine.docker("update", "--cpu-shares", "512", "--cpuset-cpus", "0", "busy", binary=binary)
+    shown = engine.docker("inspect", "-f", "{{.HostConfig.CpuShares}} {{.HostConfig.CpusetCpus}}", "busy",
+                          binary=binary).stdout.split()
+    assert shown == ["512", "0"]
+    pid = engine.daemon.call("container.inspect", id="busy")["State"]["Pid"]
+    cgroups = cgroup_paths(pid)
+    assert (cgroups["cpu"] / "cpu.shares").read_text().strip() == "512"
+    assert (cgroups["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
+    refused = engine.docker("update", "--cpu-rt-runtime", "100", "busy", binary=binary, check=False)
+    assert refused.returncode != 0 and "CpuRealtimeRuntime" in refused.stderr
     engine.docker("rm", "-f", "busy", binary=binary)
 
 

@@ -92,6 +92,28 @@ def test_update_changes_the_running_cgroup_and_inspect(engine: Daemon) -> None:
     assert engine.call("container.inspect", id=cid)["HostConfig"]["Memory"] == 128 * MiB
 
 
+def test_update_cpu_shares_and_cpusets(engine: Daemon) -> None:
+    cid = run_detached(engine, "sleep 1000")
+    cpu, cpuset = cgroup_dir(engine, cid, "cpu"), cgroup_dir(engine, cid, "cpuset")
+    every_cpu = (cpuset.parent / "cpuset.cpus").read_text().strip()
+    engctl(engine, "update", "--cpu-shares", "512", "--cpuset-cpus", "0", "--cpuset-mems", "0", cid)
+    assert read_int(cpu / "cpu.shares") == 512
+    assert [(cpuset / f).read_text().strip() for f in ("cpuset.cpus", "cpuset.mems")] == ["0", "0"]
+    host = engine.call("container.inspect", id=cid)["HostConfig"]
+    assert (host["CpuShares"], host["CpusetCpus"], host["CpusetMems"]) == (512, "0", "0")
+    bad = engctl(engine, "update", "-c", "1", cid, check=False)
+    assert bad.returncode == 1 and b"--cpu-shares must be between 2 and 262144" in bad.stderr
+    bad = engctl(engine, "update", "--cpuset-cpus", "1-0", cid, check=False)
+    assert bad.returncode == 1 and b"invalid --cpuset-cpus '1-0'" in bad.stderr
+    # kept for the next start
+    engctl(engine, "restart", "-t", "0", cid)
+    cpu, cpuset = cgroup_dir(engine, cid, "cpu"), cgroup_dir(engine, cid, "cpuset")
+    assert read_int(cpu / "cpu.shares") == 512 and (cpuset / "cpuset.cpus").read_text().strip() == "0"
+    engctl(engine, "update", "-c", "1024", "--cpuset-cpus", every_cpu, cid)
+    assert read_int(cpu / "cpu.shares") == 1024
+    assert (cpuset / "cpuset.cpus").read_text().strip() == every_cpu
+
+
 def test_top_lists_the_container_processes(engine: Daemon) -> None:
     cid = run_detached(engine, "sleep 1001 & sleep 1002 & wait")
     exec_out(engine, cid, "true")

@@ -25,6 +25,9 @@ def setup(sub: Any) -> None:
     p.add_argument("--cpus", type=float, default=None)
     p.add_argument("--pids-limit", type=int, default=None)
     p.add_argument("--restart", default=None)
+    p.add_argument("-c", "--cpu-shares", type=int, default=None)
+    p.add_argument("--cpuset-cpus", default=None)
+    p.add_argument("--cpuset-mems", default=None)
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_update)
 
@@ -83,8 +86,12 @@ def cmd_update(ctx: Context, args: Namespace) -> int:
         params["pids_limit"] = args.pids_limit
     if args.restart is not None:
         params["restart"] = args.restart
+    for key in ("cpu_shares", "cpuset_cpus", "cpuset_mems"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
     if not params:
-        raise InvalidArgument("nothing to update: give --memory, --cpus, --pids-limit or --restart")
+        raise InvalidArgument("nothing to update: give --memory, --cpus, --cpu-shares, --cpuset-cpus, "
+                              "--cpuset-mems, --pids-limit or --restart")
     client = ctx.client()
     failed = False
     for name in args.containers:

@@ -159,6 +159,14 @@ def _volume_mount(i: int, m: dict[str, Any]) -> str:
     return ",".join(parts)
 
 
+def _bind_propagation(i: int, m: dict[str, Any]) -> str:
+    """HostConfig.Mounts[i].BindOptions.Propagation (checked where the -v value is parsed)."""
+    options = m.get("BindOptions") or {}
+    if not isinstance(options, dict):
+        raise InvalidArgument(f"HostConfig.Mounts[{i}].BindOptions must be an object")
+    return str(options.get("Propagation") or "")
+
+
 def _mounts(mounts: Any) -> tuple[list[str], list[str], list[str]]:
     """HostConfig.Mounts as -v values (binds), --tmpfs values and --mount values (volumes)."""
     binds: list[str] = []
@@ -175,7 +183,8 @@ def _mounts(mounts: Any) -> tuple[list[str], list[str], list[str]]:
                                                           "TmpfsOptions", "VolumeOptions"},
                            {"Consistency", "BindOptions"})
         if kind == "bind":
-            binds.append(f"{m.get('Source', '')}:{target}{':ro' if m.get('ReadOnly') else ''}")
+            options = ",".join(o for o in ("ro" if m.get("ReadOnly") else "", _bind_propagation(i, m)) if o)
+            binds.append(f"{m.get('Source', '')}:{target}" + (f":{options}" if options else ""))
         elif kind == "tmpfs":
             opts = m.get("TmpfsOptions") or {}
             parts = []

@@ -36,7 +36,7 @@ GO_MODE_SETGID = 1 << 22
 GO_MODE_CHAR_DEVICE = 1 << 21
 GO_MODE_STICKY = 1 << 20
 
-UPDATE_HANDLED = {"Memory", "NanoCpus", "PidsLimit", "RestartPolicy"}
+UPDATE_HANDLED = {"Memory", "NanoCpus", "PidsLimit", "RestartPolicy", "CpuShares", "CpusetCpus", "CpusetMems"}
 UPDATE_IGNORED = {"MemorySwap"}  # docker CLI sends what --memory implies; the engine sets no swap limit
 
 
@@ -240,6 +240,9 @@ async def update(api: DockerAPI, req: Request) -> Response:
         cpus=nano_cpus / 1e9 if nano_cpus else None,
         pids_limit=int(pids) if pids is not None else None,
         restart=_restart_policy(restart) if restart and restart.get("Name") else None,
+        cpu_shares=int(doc.get("CpuShares") or 0) or None,
+        cpuset_cpus=str(doc.get("CpusetCpus") or "") or None,
+        cpuset_mems=str(doc.get("CpusetMems") or "") or None,
     )
     return json_response({"Warnings": result.get("Warnings") or []})
 
