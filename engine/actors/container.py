@@ -282,8 +282,8 @@ class ContainerActor:
                 self._exec_ended(session, exit_code)
             case c.Adopt():
                 await self._adopt()
-            case c.AttachEnded(session):
-                self._attach_ended(session)
+            case c.AttachEnded(session, detached):
+                self._attach_ended(session, detached)
             case c.HealthResult(run, result):
                 await verbs.health_result(self, run, result)
             case c.ReleaseRootfs():
@@ -741,8 +741,8 @@ class ContainerActor:
         self.emit("attach")
         return c.AttachSession(session, connection)
 
-    def _attach_ended(self, session: int) -> None:
-        if self._attaches.pop(session, None) is not None:
+    def _attach_ended(self, session: int, detached: bool = True) -> None:
+        if self._attaches.pop(session, None) is not None and detached:
             self.emit("detach")
 
     async def _resize(self, rows: int, cols: int) -> dict[str, Any]:

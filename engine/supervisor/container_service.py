@@ -428,11 +428,13 @@ class ContainerService:
         try:
             session = await start(actor)
             started_at = actor.status.started_at
+            output_ended = False
             try:
                 detached = await pump_attach(session.connection, send, input,
                                              self._attach_handlers(actor, session, input), matcher)
+                output_ended = not detached
             finally:
-                actor.notify(c.AttachEnded(session.session))
+                actor.notify(c.AttachEnded(session.session, detached=not output_ended))
                 with trio.CancelScope(shield=True):
                     await session.connection.aclose()
             if detached:

@@ -110,3 +110,18 @@ def test_start_attached_and_no_log_driver_still_stream(engine: Daemon) -> None:
             out, err = collect_output(stream)
             assert (out, err, stream.result["ExitCode"]) == (b"one\n", b"two\n", 4)
         c.call("container.remove", id=cid)
+
+
+def test_an_attached_run_has_dockers_events(engine: Daemon) -> None:
+    """create, attach, start, die, destroy: attached before the start, and no detach when
+    the session ends with the container's output (docker emits one only for a client that
+    leaves)."""
+    with engine.client(timeout=None) as c:
+        began = time.time()
+        stream = c.stream("container.run", {"image": "busybox", "auto_remove": True, "cmd": ["true"]})
+        collect_output(stream)
+        cid = stream.result["Id"]
+        time.sleep(0.3)  # a late detach event would come by now
+        actions = [e["Action"] for e in c.stream("system.events", since=began, until=time.time(),
+                                                  filters={"container": [cid]})]
+    assert actions == ["create", "attach", "start", "die", "destroy"], actions
