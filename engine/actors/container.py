@@ -795,7 +795,7 @@ class ContainerActor:
             await self._transition(S.REMOVING)
         self._cancel_restart_timer()
         self._mark_removed()
-        # An attached `run --rm` reads the log to its end and replies first: the work
+        # An attached `run --rm` reads its output to the end and replies first: the work
         # below (process spawns, unmount) would only compete with it for the CPU.
         if self._attached:
             with trio.move_on_after(self.deps.settings.attached_readers_wait):
