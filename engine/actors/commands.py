@@ -151,6 +151,9 @@ class ExecEnded:
 @attrs.frozen
 class AttachEnded:
     session: int
+    # the client left (detach keys, or it went away): docker's "detach" event; not when the
+    # session ended with the container's output (docker emits none then)
+    detached: bool = True
 
 
 @attrs.frozen

@@ -282,8 +282,8 @@ class ContainerActor:
                 self._exec_ended(session, exit_code)
             case c.Adopt():
                 await self._adopt()
-            case c.AttachEnded(session):
-                self._attach_ended(session)
+            case c.AttachEnded(session, detached):
+                self._attach_ended(session, detached)
             case c.HealthResult(run, result):
                 await verbs.health_result(self, run, result)
             case c.ReleaseRootfs():
@@ -741,8 +741,8 @@ class ContainerActor:
         self.emit("attach")
         return c.AttachSession(session, connection)
 
-    def _attach_ended(self, session: int) -> None:
-        if self._attaches.pop(session, None) is not None:
+    def _attach_ended(self, session: int, detached: bool = True) -> None:
+        if self._attaches.pop(session, None) is not None and detached:
             self.emit("detach")
 
     async def _resize(self, rows: int, cols: int) -> dict[str, Any]:
@@ -795,7 +795,7 @@ class ContainerActor:
             await self._transition(S.REMOVING)
         self._cancel_restart_timer()
         self._mark_removed()
-        # An attached `run --rm` reads the log to its end and replies first: the work
+        # An attached `run --rm` reads its output to the end and replies first: the work
         # below (process spawns, unmount) would only compete with it for the CPU.
         if self._attached:
             with trio.move_on_after(self.deps.settings.attached_readers_wait):

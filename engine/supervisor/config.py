@@ -1,6 +1,9 @@
 """The daemon's configuration: a JSON file (dockerd's key names where they exist) plus flags.
 
-Flags win over the file. Unknown keys and wrong types are reported with the key's name.
+A single value given both ways: the flag wins. A list (hosts, insecure-registries,
+ws-allowed-origins…) given both ways is refused, as dockerd refuses it ("specified both as a
+flag and in the configuration file"): neither merging nor replacing would be what one of the
+two places says. Unknown keys and wrong types are reported with the key's name.
 ``RELOADABLE`` keys take effect on SIGHUP; others need a restart (the reload says which).
 """
 
@@ -150,7 +153,29 @@ def load_config_file(path: Path, *, required: bool) -> dict[str, Any]:
     return fields
 
 
+# The keys whose value is a list (their flags repeat); annotations are strings here.
+LIST_FIELDS = frozenset(f.name for f in attrs.fields(DaemonConfig) if str(f.type).startswith("list["))
+
+
+def _file_key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def check_list_conflicts(file_fields: dict[str, Any], flag_fields: dict[str, Any], source: str) -> None:
+    """dockerd's rule for a list given in the file and as flags: a ConfigError naming each."""
+    both = sorted(name for name in LIST_FIELDS
+                  if name in file_fields and flag_fields.get(name) is not None)
+    if not both:
+        return
+    shown = ", ".join(f"{_file_key(name)}: (from flag: {json.dumps(flag_fields[name], default=str)}, "
+                      f"from file: {json.dumps(file_fields[name], default=str)})" for name in both)
+    raise ConfigError(f"the following directives are specified both as a flag and in the configuration "
+                      f"file {source}: {shown}; give each list in one place (a flag neither adds to "
+                      "nor replaces the file's list)")
+
+
 def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], source: str) -> DaemonConfig:
+    check_list_conflicts(file_fields, flag_fields, source)
     merged = {**file_fields, **{k: v for k, v in flag_fields.items() if v is not None}}
     try:
         config = wire.structure(merged, DaemonConfig)

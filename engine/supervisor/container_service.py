@@ -351,7 +351,7 @@ class ContainerService:
             return {"Id": actor.id}
         if actor.config.tty or actor.config.open_stdin:
             return await self._start_interactive(actor, send, input, detach_keys, self._start_io_plain)
-        return await self._start_attached(actor, send, self._start_plain)
+        return await self._start_attached(actor, send, self._start_io_plain)
 
     async def run(self, spec: RunSpec, send: Send, input: Any | None = None) -> dict[str, Any]:
         """Create and start in one call (docker run). Attached: stream the output and return
@@ -365,10 +365,7 @@ class ContainerService:
             return {"Id": actor.id, "Warnings": []}
         if spec.tty or spec.open_stdin:
             return await self._start_interactive(actor, send, input, spec.detach_keys, self._start_io_for_run)
-        return await self._start_attached(actor, send, self._start_for_run)
-
-    async def _start_plain(self, actor: ContainerActor) -> None:
-        await actor.call(c.Start())
+        return await self._start_attached(actor, send, self._start_io_for_run)
 
     async def _start_for_run(self, actor: ContainerActor, attach: bool = False) -> Any:
         try:
@@ -397,28 +394,13 @@ class ContainerService:
                 log.warning("container %s: removal after its failed start: %s", actor.name, e)
 
     async def _start_attached(self, actor: ContainerActor, send: Send,
-                              start: Callable[[ContainerActor], Awaitable[None]]) -> dict[str, Any]:
-        actor.attach()
-        try:
-            await start(actor)
-            offset = actor.status.log_offset_at_start
-            started_at = actor.status.started_at
-
-            def finished() -> bool:
-                s = actor.status
-                return actor.removed or s.started_at != started_at or s.state not in (
-                    ContainerState.RUNNING, ContainerState.PAUSED)
-
-            async for record in follow(actor.files.log_path, offset, finished=finished, changes=actor.changes):
-                await send(record.to_wire(False))
-            status = actor.status
-            result = {"Id": actor.id, "ExitCode": status.exit_code, "OOMKilled": status.oom_killed}
-        finally:
-            actor.detach()
-        if actor.config.auto_remove:
-            with trio.move_on_after(AUTO_REMOVE_WAIT):
-                await actor.wait_for(lambda _status: False)
-        return result
+                              start: Callable[[ContainerActor], Awaitable[c.AttachSession]]) -> dict[str, Any]:
+        """Output only (no terminal, no stdin): from the monitor's attach socket, connected
+        before the process runs, as docker's attach stream. Not from the log: a rotating log
+        drops what a writer faster than the reader wrote, and conmon sends every chunk to an
+        attached client (it waits for a slow one: the container slows down, nothing is lost)
+        and closes the connection only once the last of the output has gone out."""
+        return await self._start_interactive(actor, send, None, "", start)
 
     # --- attached sessions with input (engine.supervisor.attach) ---------------------------------
 
@@ -445,11 +427,13 @@ class ContainerService:
         try:
             session = await start(actor)
             started_at = actor.status.started_at
+            output_ended = False
             try:
                 detached = await pump_attach(session.connection, send, input,
                                              self._attach_handlers(actor, session, input), matcher)
+                output_ended = not detached
             finally:
-                actor.notify(c.AttachEnded(session.session))
+                actor.notify(c.AttachEnded(session.session, detached=not output_ended))
                 with trio.CancelScope(shield=True):
                     await session.connection.aclose()
             if detached:

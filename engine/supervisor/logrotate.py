@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("engine.logs")
 
 SWEEP_INTERVAL = 1.0
+THREAD_NAME = "log-rotator"  # the rotating thread's name in /proc (tests find it by it)
+PR_SET_NAME = 15
 IN_CREATE = 0x100
 IN_MOVED_TO = 0x80
 IN_NONBLOCK = os.O_NONBLOCK
@@ -242,6 +244,8 @@ class LogRotator:
         self._step_locks: dict[str, threading.Lock] = {}
         self._inotify: _Inotify | None = None
         self._stop = threading.Event()
+        # wakes the rotating thread, which otherwise sleeps until inotify or a sweep is due
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def policy_of(self, config: object) -> LogPolicy:
         settings = self.app.config
@@ -263,7 +267,7 @@ class LogRotator:
         try:
             async with trio.open_nursery() as nursery:
                 # the rotating loop is a worker thread owned by a task of this nursery: it
-                # ends (within a poll interval) once _stop is set, and the nursery waits for it
+                # ends once _stop is set and it is woken, and the nursery waits for it
                 nursery.start_soon(functools.partial(trio.to_thread.run_sync, self._loop))
                 task_status.started()
                 try:
@@ -274,9 +278,13 @@ class LogRotator:
                             log.exception("log rotation: handling %s %s failed", event.action, event.id)
                 finally:
                     self._stop.set()
+                    self._wake()
         finally:
             if self._inotify is not None:
                 self._inotify.close()
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, -1, -1
+            os.close(wake_r)
+            os.close(wake_w)
 
     async def watch_running(self) -> None:
         """After adoption: the containers that were running all along (no start event)."""
@@ -327,6 +335,7 @@ class LogRotator:
                 except OSError as e:
                     log.warning("container %s: no inotify watch on its log (%s)", container_id, e)
             self._watched[container_id] = (log_path, policy, wd)
+        self._wake()  # the thread sleeps while nothing is watched: the sweeps begin now
 
     def _unwatch(self, container_id: str) -> tuple[Path, LogPolicy, int] | None:
         with self._lock:
@@ -353,19 +362,34 @@ class LogRotator:
                 log.exception("log rotation of %s failed", log_path)
 
     def _loop(self) -> None:
-        """The thread: rotate on inotify's word, and sweep every watched log each second."""
+        """The thread: rotate on inotify's word, and sweep every watched log each second.
+        With no log to watch it sleeps until a watch comes or the service stops (both write
+        to its wake pipe): an idle daemon has no timer waking it."""
+        _name_thread(THREAD_NAME)
         poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
         if self._inotify is not None:
             poller.register(self._inotify.fd, select.POLLIN)
-        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        next_sweep: float | None = None
         while not self._stop.is_set():
-            timeout = max(0.0, next_sweep - time.monotonic())
+            with self._lock:
+                watching = bool(self._watched)
+            timeout: float | None = None  # for ever
+            if not watching:
+                next_sweep = None
+            else:
+                if next_sweep is None:
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL
+                timeout = max(0.0, next_sweep - time.monotonic()) * 1000
             due: set[str] = set()
-            if poller.poll(min(timeout, 0.25) * 1000) and self._inotify is not None:
-                events = self._inotify.read()
-                with self._lock:
-                    due = {self._by_wd[wd] for wd, name in events if name == "ctr.log" and wd in self._by_wd}
-            if time.monotonic() >= next_sweep:
+            for fd, _mask in poller.poll(timeout):
+                if fd == self._wake_r:
+                    _drain(fd)
+                elif self._inotify is not None:
+                    events = self._inotify.read()
+                    with self._lock:
+                        due |= {self._by_wd[wd] for wd, name in events if name == "ctr.log" and wd in self._by_wd}
+            if next_sweep is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
                 with self._lock:
                     due = set(self._watched)
@@ -374,3 +398,29 @@ class LogRotator:
                     entry = self._watched.get(container_id)
                 if entry is not None:
                     self._step(container_id, rotate_step, entry[0], entry[1])
+
+    def _wake(self) -> None:
+        """Have the thread look at its table again (a watch came) or at ``_stop``."""
+        if self._wake_w < 0:
+            return  # the service has ended
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _name_thread(name: str) -> None:
+    """The calling thread's name in ps/top and /proc (``comm``; at most 15 bytes)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # a name is a convenience

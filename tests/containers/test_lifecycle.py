@@ -248,7 +248,8 @@ def test_rename_prune_and_events(engine: Daemon) -> None:
     with engine.client() as c2:
         for event in c2.stream("system.events", since=0.0, until=time.time(), filters={"container": [cid]}):
             actions.append(event["Action"])
-    assert actions == ["create", "rename", "start", "die", "destroy"], actions
+    # start -a attaches first (docker's order); an attach that ends with the output is no detach
+    assert actions == ["create", "rename", "attach", "start", "die", "destroy"], actions
     events.cancel()
 
 

@@ -227,3 +227,44 @@ def test_daemon_log_opts_apply_to_every_container(busybox_archive: Path) -> None
         assert sum(files.values()) <= 2 * 8 * 1024, files
     finally:
         d.cleanup()
+
+
+def rotator_wakeups(d: Daemon) -> int:
+    """How often the daemon's log-rotating thread has woken (its voluntary context switches:
+    each return from a blocking poll is one)."""
+    assert d.proc is not None
+    for task in Path(f"/proc/{d.proc.pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == "log-rotator":
+                status = (task / "status").read_text()
+                return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+    raise AssertionError("no log-rotator thread in the daemon")
+
+
+def test_the_rotator_sleeps_while_no_log_is_watched(busybox_archive: Path) -> None:
+    """No timer wakes it with nothing to watch; a container with a size limit starts the
+    sweeps (and its rotation works), its exit stops them again."""
+    d = start_engine(busybox_archive, "runc")
+    try:
+        before = rotator_wakeups(d)
+        time.sleep(2)
+        assert rotator_wakeups(d) - before <= 1  # it used to wake 4 times a second
+        cid = d.call("container.create", image="busybox", cmd=["sh", "-c", WRITER],
+                     log_opts={"max-size": "64k", "max-file": "2"})["Id"]
+        d.call("container.start", id=cid)
+        log_path = Path(d.call("container.inspect", id=cid)["LogPath"])
+        deadline = time.monotonic() + 20
+        while not log_path.with_name(log_path.name + ".1").exists():
+            assert time.monotonic() < deadline, log_files(log_path)
+            time.sleep(0.1)
+        d.call("container.stop", id=cid, timeout=0)
+        assert sum(log_files(log_path).values()) <= 2 * 64 * 1024 + 64 * 1024  # capped
+        time.sleep(0.5)  # the die event reaches the rotator
+        before = rotator_wakeups(d)
+        time.sleep(2)
+        assert rotator_wakeups(d) - before <= 1
+        d.call("container.remove", id=cid)
+    finally:
+        d.cleanup()

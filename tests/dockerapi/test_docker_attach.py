@@ -72,6 +72,22 @@ def test_run_attached_streams_output_and_exits_with_the_code(engine: Engine, bin
     assert engine.daemon.call("container.list", all=True) == []
 
 
+def test_run_attached_gets_every_byte_of_a_fast_writer(engine: Engine) -> None:
+    """The attached output comes from conmon's attach socket, not from the rotating log
+    (10 MiB x 3 by default): 30 MB written in about a second arrive whole, each stream in
+    order, and a container that exits at once never loses its line."""
+    fast = engine.docker("run", "--rm", "busybox", "sh", "-c", "yes | head -c 30000000; echo done >&2")
+    assert (len(fast.stdout), fast.stdout == "y\n" * 15_000_000, fast.stderr) == (30_000_000, True, "done\n")
+    both = engine.docker("run", "--rm", "busybox", "sh", "-c",
+                         "i=0; while [ $i -lt 5000 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done; exit 4",
+                         check=False)
+    assert both.returncode == 4
+    assert both.stdout.split() == [f"o{i}" for i in range(5000)]
+    assert both.stderr.split() == [f"e{i}" for i in range(5000)]
+    for attempt in range(10):
+        assert engine.docker("run", "--rm", "busybox", "echo", f"hi {attempt}").stdout == f"hi {attempt}\n"
+
+
 @pytest.mark.parametrize("binary", docker_clients())
 def test_run_i_and_exec_i_pipe_stdin(engine: Engine, binary: str) -> None:
     data = "".join(f"line {i}\n" for i in range(5000))
