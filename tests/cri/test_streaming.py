@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cri.conftest import CRI
+from tests.interactive.pty_session import PtySession, _make_controlling
 
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 
@@ -88,3 +89,207 @@ def test_crictl_exec_output_and_exit_code(running: tuple[CRI, str, str]) -> None
     # exits 1 itself: the code came back through the error stream
     assert failed.returncode == 1
     assert "command terminated with exit code 7" in failed.stderr, failed.stderr
+
+
+def test_critest_streaming_specs_pass(cri: CRI, tmp_path: Path) -> None:
+    """critest's 5 Streaming specs (exec with and without a terminal, attach, port-forward
+    in a pod and in a host-network pod) drive client-go's SPDY clients against us."""
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PATH": f"{cri.bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [str(cri.bin_dir / "critest"), "--runtime-endpoint", cri.endpoint, "--image-endpoint",
+         cri.endpoint, "--ginkgo.no-color", "--ginkgo.focus=Streaming",
+         f"--ginkgo.json-report={report}"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    specs = json.loads(report.read_text())[0]["SpecReports"]
+    outcome = {s["LeafNodeText"]: s["State"] for s in specs if s["LeafNodeType"] == "It"}
+    ran = {name: state for name, state in outcome.items() if state != "skipped"}
+    assert len(ran) == 5, f"{ran}\n{proc.stdout[-3000:]}"
+    failed = sorted(name for name, state in ran.items() if state != "passed")
+    assert not failed, f"failed: {failed}\n--- critest ---\n{proc.stdout[-4000:]}\n--- daemon ---\n" \
+        f"{cri.daemon.log()[-3000:]}"
+
+
+class CrictlPty(PtySession):
+    """crictl with a real pseudo-terminal as its stdio and controlling terminal."""
+
+    def __init__(self, cri: CRI, args: list[str], *, rows: int = 24, cols: int = 80) -> None:
+        self.master, self.slave = os.openpty()
+        self.resize(rows, cols)
+        self.settings_before = self.stty_g()
+        self.proc = subprocess.Popen(
+            [str(cri.crictl_bin), "-r", cri.endpoint, "-i", cri.endpoint, *args],
+            stdin=self.slave, stdout=self.slave, stderr=self.slave,
+            env={**os.environ, "TERM": "xterm"}, start_new_session=True,
+            preexec_fn=_make_controlling, close_fds=True)
+        self.seen = b""
+
+
+def test_crictl_exec_it_under_a_terminal(running: tuple[CRI, str, str]) -> None:
+    cri, _pod_id, ctr = running
+    term = CrictlPty(cri, ["exec", "-it", ctr, "sh"], rows=33, cols=101)
+    try:
+        term.expect(r"# ")
+        term.send(b"stty size; echo sum=$((6*7)); tty\r")
+        term.expect(r"33 101")  # the window size came through the resize stream
+        term.expect(r"sum=42")
+        term.expect(r"/dev/pts/\d+")  # a terminal of its own in the container
+        term.resize(40, 120)  # SIGWINCH: crictl sends the new size
+        time.sleep(0.5)
+        term.send(b"stty size\r")
+        term.expect(r"40 120")
+        term.send(b"exit 3\r")
+        assert term.wait(30) == 1
+        term.expect(r"command terminated with exit code 3")
+        assert term.stty_g() == term.settings_before  # crictl put the terminal back
+    finally:
+        term.close()
+
+
+def test_crictl_attach_to_a_shell_with_tty_and_stdin(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "attach")
+    ctr = _container(cri, tmp_path, pod_id, "shell", ["sh"], tty=True, stdin=True)
+    term = CrictlPty(cri, ["attach", "-it", ctr])
+    try:
+        time.sleep(1)
+        term.send(b"echo attached=$((5*5))\r")
+        term.expect(r"attached=25")
+        term.send(b"\x10\x11")  # ctrl-p ctrl-q: crictl detaches, the shell runs on
+        assert term.wait(30) == 0
+    finally:
+        term.close()
+    state = json.loads(cri.crictl("inspect", ctr).stdout)["status"]["state"]
+    assert state == "CONTAINER_RUNNING"
+    # and a second attach reaches the same shell
+    term = CrictlPty(cri, ["attach", "-it", ctr])
+    try:
+        time.sleep(1)
+        term.send(b"echo again=$((2+2)); exit 0\r")
+        term.expect(r"again=4")
+        assert term.wait(30) == 0
+    finally:
+        term.close()
+    assert _wait_for(lambda: json.loads(cri.crictl("inspect", ctr).stdout)["status"]["state"]
+                     == "CONTAINER_EXITED")
+
+
+def test_crictl_attach_without_tty_ends_with_the_clients_stdin(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "attach-pipe")
+    ctr = _container(cri, tmp_path, pod_id, "shell", ["sh"], stdin=True)
+    proc = subprocess.Popen([str(cri.crictl_bin), "-r", cri.endpoint, "attach", "-i", ctr],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        time.sleep(1)
+        proc.stdin.write(b"echo to-err >&2; echo piped\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"piped\n"
+        time.sleep(0.5)
+        out, err = proc.communicate(timeout=30)  # closes crictl's stdin: the session ends
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out == b"" and err == b"to-err\n"
+    # the client's stdin ended the session, not the container's (no stdin_once)
+    assert json.loads(cri.crictl("inspect", ctr).stdout)["status"]["state"] == "CONTAINER_RUNNING"
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _http_get(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as resp:
+        return bytes(resp.read())
+
+
+def _port_forward(cri: CRI, pod_id: str, local: int, remote: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([str(cri.crictl_bin), "-r", cri.endpoint, "port-forward", pod_id,
+                             f"{local}:{remote}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc
+
+
+def _fetch_through(cri: CRI, pod_id: str, remote: int, expected: bytes) -> None:
+    local = _free_port()
+    proc = _port_forward(cri, pod_id, local, remote)
+    try:
+        got: list[bytes] = []
+
+        def fetched() -> bool:
+            try:
+                got.append(_http_get(local))
+                return True
+            except OSError:
+                return False
+
+        if not _wait_for(fetched, 20):
+            proc.terminate()
+            output = proc.communicate(timeout=10)[0].decode()
+            raise AssertionError(f"port-forward never answered: {output}\n{cri.daemon.log()[-2000:]}")
+        assert got[-1] == expected
+        # several connections through one forward, one after the other and at once
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(lambda _: _http_get(local), range(8))) == [expected] * 8
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_crictl_port_forward_to_a_pod(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "pf")
+    page = "forwarded through the pod network namespace"
+    web = _container(cri, tmp_path, pod_id, "web", [
+        "sh", "-c", f"mkdir -p /www && echo '{page}' > /www/index.html && exec httpd -f -p 8080 -h /www"])
+    # client-go gives a forward up at its first error: start it once httpd listens
+    assert _wait_for(lambda: re.search(r":1F90 0+:0000 0A", cri.crictl(
+        "exec", web, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout))
+    _fetch_through(cri, pod_id, 8080, f"{page}\n".encode())
+    # nothing listens on the host's 8080 that could have answered instead
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", 8080), timeout=1):
+        pass
+
+
+def test_crictl_port_forward_to_a_host_network_pod(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "pf-host", host_network=True)
+    port = _free_port()
+    page = "served on the host network"
+    _container(cri, tmp_path, pod_id, "web", [
+        "sh", "-c", f"mkdir -p /tmp/www && echo '{page}' > /tmp/www/index.html && "
+                    f"exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"])
+    assert _wait_for(lambda: _listening(port))
+    _fetch_through(cri, pod_id, port, f"{page}\n".encode())
+
+
+def test_port_forward_to_a_closed_port_reports_the_error(cri: CRI, tmp_path: Path) -> None:
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "pf-closed")
+    local = _free_port()
+    proc = _port_forward(cri, pod_id, local, 9)
+    try:
+        def connected() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", local), timeout=2) as s:
+                    s.settimeout(10)
+                    s.recv(10)  # the forward ends: crictl closes the local connection
+                return True
+            except OSError:
+                return False
+
+        assert _wait_for(connected, 20)
+        assert _wait_for(lambda: proc.poll() is not None, 15)  # client-go ends on an error
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert "error forwarding port 9" in output and "connection refused" in output.lower(), output
+    finally:
+        proc.kill()
+        proc.wait(10)
+    cri.crictl("version")

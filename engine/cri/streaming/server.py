@@ -13,6 +13,7 @@ WebSocket, or that offers no protocol we speak, is 400 naming the ones we do.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -35,7 +36,9 @@ from engine.errors import ConfigError, ResourceExhausted
 
 log = logging.getLogger("engine.cri.streaming")
 
-TOKEN_TTL = 60.0  # seconds (kubelet's cacheTTL)
+# seconds an unused URL stays valid (kubelet's cacheTTL); tests shorten it through the
+# environment, as the Docker API's request timeout is
+TOKEN_TTL = float(os.environ.get("ENGINE_CRI_STREAMING_TOKEN_TTL") or 60.0)
 MAX_TOKENS = 1000  # requests waiting for their client (kubelet's maxInFlight)
 MAX_CONNECTIONS = 512  # open streaming connections; more are closed at once
 PATH = re.compile(r"/(exec|attach|portforward)/([A-Za-z0-9_-]{1,128})")
