@@ -1,7 +1,7 @@
 """A bounded critest run against engined's CRI, compared spec by spec with containerd's
 baseline (../shared/cri-tools/baselines): every spec of the chosen groups that containerd
 passes must pass here. The digest-pinned image spec is skipped (impossible offline), and so
-are the groups engine does not serve yet (streaming, mount propagation)."""
+is the group engine does not serve yet (mount propagation)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from tests.cri.conftest import CRI, cri_tools_dir
 
 FOCUS = ("Runtime info|PodSandbox|Image Manager|basic operations|Networking|"
-         "Container runtime should support log|Security Context")
-SKIP = "public image with digest|Mount Propagation|Streaming"
+         "Container runtime should support log|Security Context|Streaming")
+SKIP = "public image with digest|Mount Propagation"
 
 
 def _baseline() -> dict[str, str]:

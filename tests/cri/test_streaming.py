@@ -293,3 +293,297 @@ def test_port_forward_to_a_closed_port_reports_the_error(cri: CRI, tmp_path: Pat
         proc.kill()
         proc.wait(10)
     cri.crictl("version")
+
+
+# --- direct clients: gRPC for the URLs, WebSocket and hand-made SPDY for the streams ---------
+
+
+def _runtime(cri: CRI) -> Any:
+    import grpc
+
+    from engine.cri.gen import api_pb2_grpc
+
+    channel = grpc.insecure_channel(cri.endpoint.replace("unix://", "unix:"))
+    return api_pb2_grpc.RuntimeServiceStub(channel)
+
+
+def _exec_url(cri: CRI, ctr: str, cmd: list[str], **flags: bool) -> str:
+    from engine.cri.gen import api_pb2 as pb
+
+    request = pb.ExecRequest(container_id=ctr, cmd=cmd, stdout=True, **{"stderr": True, **flags})
+    return str(_runtime(cri).Exec(request, timeout=30).url)
+
+
+def _ws_collect(ws: Any) -> dict[int, bytes]:
+    import websocket
+
+    got: dict[int, bytearray] = {}
+    while True:
+        opcode, data = ws.recv_data()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return {k: bytes(v) for k, v in got.items()}
+        if data:
+            got.setdefault(data[0], bytearray()).extend(data[1:])
+
+
+def test_websocket_exec_v4_output_and_exit_code(running: tuple[CRI, str, str]) -> None:
+    import websocket
+
+    cri, _pod_id, ctr = running
+    url = _exec_url(cri, ctr, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/exec/[A-Za-z0-9_-]{32,}", url), url
+    ws = websocket.create_connection(url.replace("http://", "ws://"), subprotocols=["v4.channel.k8s.io"],
+                                     timeout=30)
+    try:
+        assert ws.getsubprotocol() == "v4.channel.k8s.io"
+        got = _ws_collect(ws)
+    finally:
+        ws.close()
+    assert got[1] == b"out\n" and got[2] == b"err\n"
+    status = json.loads(got[3])
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+
+def test_websocket_exec_v5_stdin_and_its_close(running: tuple[CRI, str, str]) -> None:
+    import websocket
+
+    cri, _pod_id, ctr = running
+    url = _exec_url(cri, ctr, ["sh", "-c", "tr a-z A-Z; echo done"], stdin=True)
+    ws = websocket.create_connection(url.replace("http://", "ws://"), subprotocols=["v5.channel.k8s.io"],
+                                     timeout=30)
+    try:
+        ws.send_binary(b"\x00hello ")
+        ws.send_binary(b"\x00websocket\n")
+        ws.send_binary(b"\xff\x00")  # v5: the client closes its stdin
+        got = _ws_collect(ws)
+    finally:
+        ws.close()
+    assert got[1] == b"HELLO WEBSOCKET\ndone\n"
+    assert json.loads(got[3])["status"] == "Success"
+
+
+def test_websocket_base64_protocol(running: tuple[CRI, str, str]) -> None:
+    import base64
+
+    import websocket
+
+    cri, _pod_id, ctr = running
+    url = _exec_url(cri, ctr, ["printf", "\\001\\002bin"])
+    ws = websocket.create_connection(url.replace("http://", "ws://"),
+                                     subprotocols=["v4.base64.channel.k8s.io"], timeout=30)
+    out = b""
+    try:
+        while True:
+            opcode, data = ws.recv_data()
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                break
+            text = data.decode()
+            if text[:1] == "1":
+                out += base64.b64decode(text[1:])
+    finally:
+        ws.close()
+    assert out == b"\x01\x02bin"
+
+
+def test_websocket_port_forward(cri: CRI, tmp_path: Path) -> None:
+    import websocket
+
+    from engine.cri.gen import api_pb2 as pb
+
+    cri.crictl("pull", BUSYBOX)
+    pod_id = _pod(cri, tmp_path, "wspf")
+    web = _container(cri, tmp_path, pod_id, "web", [
+        "sh", "-c", "mkdir -p /www && echo websocket-page > /www/index.html && exec httpd -f -p 8080 -h /www"])
+    assert _wait_for(lambda: re.search(r":1F90 0+:0000 0A", cri.crictl(
+        "exec", web, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout))
+    url = _runtime(cri).PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080]), timeout=30).url
+    ws = websocket.create_connection(url.replace("http://", "ws://"), subprotocols=["portforward.k8s.io"],
+                                     timeout=30)
+    try:
+        ws.send_binary(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
+        got = _ws_collect(ws)
+    finally:
+        ws.close()
+    port = (8080).to_bytes(2, "little")
+    assert got[0].startswith(port) and got[1] == port  # each channel opens with the port
+    response = got[0][2:]
+    assert response.startswith(b"HTTP/1.") and response.endswith(b"websocket-page\n"), response
+
+
+def test_websocket_refuses_foreign_origins_and_unknown_protocols(running: tuple[CRI, str, str]) -> None:
+    import websocket
+
+    cri, _pod_id, ctr = running
+    url = _exec_url(cri, ctr, ["true"]).replace("http://", "ws://")
+    with pytest.raises(websocket.WebSocketBadStatusException) as bad:
+        websocket.create_connection(url, origin="http://evil.example", timeout=10)
+    assert bad.value.status_code == 403
+    url = _exec_url(cri, ctr, ["true"]).replace("http://", "ws://")
+    with pytest.raises(websocket.WebSocketBadStatusException) as bad:
+        websocket.create_connection(url, subprotocols=["v9.channel.k8s.io"], timeout=10)
+    assert bad.value.status_code == 400
+    assert b"v4.channel.k8s.io" in (bad.value.resp_body or b"")
+
+
+def _raw_request(url: str, headers: dict[str, str], method: str = "POST") -> tuple[socket.socket, int, str, bytes]:
+    """Send a request by hand; (socket, status, head, what followed the head)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Length: 0",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head else 0
+    return sock, status, head.decode("latin-1"), rest
+
+
+SPDY_HEADERS = {"Connection": "Upgrade", "Upgrade": "SPDY/3.1", "X-Stream-Protocol-Version": "v4.channel.k8s.io"}
+
+
+def _body(sock: socket.socket, rest: bytes) -> bytes:
+    sock.settimeout(5)
+    try:
+        while len(rest) < 200 and (chunk := sock.recv(65536)):
+            rest += chunk
+    except OSError:
+        pass
+    return rest
+
+
+@pytest.fixture
+def short_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_CRI_STREAMING_TOKEN_TTL", "2")
+
+
+def test_bad_tokens_protocols_and_garbage(short_ttl: None, running: tuple[CRI, str, str]) -> None:
+    cri, _pod_id, ctr = running
+    url = _exec_url(cri, ctr, ["true"])
+    base = url.rsplit("/exec/", 1)[0]
+    # an unknown token, and a token of another kind
+    for path in ("/exec/nosuchtoken", "/portforward/" + url.rsplit("/", 1)[1], "/", "/exec/../x"):
+        sock, status, _head, _rest = _raw_request(base + path, SPDY_HEADERS)
+        sock.close()
+        assert status == 404, path
+    # the token was consumed by the wrong-kind request above: single use
+    sock, status, _head, _rest = _raw_request(url, SPDY_HEADERS)
+    sock.close()
+    assert status == 404
+    # a protocol we do not speak: 400 naming the ones we do
+    sock, status, head, rest = _raw_request(_exec_url(cri, ctr, ["true"]),
+                                            {**SPDY_HEADERS, "X-Stream-Protocol-Version": "v9.channel.k8s.io"})
+    body = _body(sock, rest)
+    sock.close()
+    assert status == 400 and b"v4.channel.k8s.io" in body, body
+    assert "X-Accepted-Stream-Protocol-Versions: v4.channel.k8s.io" in head
+    # no upgrade at all
+    sock, status, _head, rest = _raw_request(_exec_url(cri, ctr, ["true"]), {}, method="GET")
+    body = _body(sock, rest)
+    sock.close()
+    assert status == 400 and b"SPDY/3.1" in body
+    # an expired token (the daemon runs with a 2 s lifetime here)
+    stale = _exec_url(cri, ctr, ["true"])
+    time.sleep(2.5)
+    sock, status, _head, _rest = _raw_request(stale, SPDY_HEADERS)
+    sock.close()
+    assert status == 404
+    # garbage instead of HTTP
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(512) + b"\r\n\r\n")
+        reply = _body(sock, b"")
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply
+    # the daemon serves on
+    assert cri.crictl("exec", ctr, "echo", "still-up").stdout == "still-up\n"
+
+
+def _spdy_session(cri: CRI, ctr: str, cmd: list[str]) -> tuple[socket.socket, Any]:
+    """A hand-made SPDY client: upgrade, open error/stdout/stderr, wait for their replies."""
+    from engine.cri.streaming import spdy
+
+    sock, status, _head, rest = _raw_request(_exec_url(cri, ctr, cmd), SPDY_HEADERS)
+    assert status == 101
+    codec = spdy.SpdyCodec()
+    for stream_id, kind in ((1, "error"), (3, "stdout"), (5, "stderr")):
+        sock.sendall(codec.encode(spdy.SynStream(stream_id, {"streamtype": [kind]})))
+    codec.receive_data(rest)
+    replies: set[int] = set()
+    deadline = time.monotonic() + 10
+    while len(replies) < 3 and time.monotonic() < deadline:
+        replies |= {f.stream_id for f in codec.frames() if isinstance(f, spdy.SynReply)}
+        if len(replies) < 3:
+            codec.receive_data(sock.recv(65536))
+    assert replies == {1, 3, 5}
+    return sock, codec
+
+
+def _processes(cri: CRI, ctr: str) -> str:
+    return str(cri.crictl("exec", "-s", ctr, "ps", "-o", "args").stdout)
+
+
+def test_a_client_that_vanishes_mid_exec_kills_the_process(running: tuple[CRI, str, str]) -> None:
+    cri, _pod_id, ctr = running
+    sock, _codec = _spdy_session(cri, ctr, ["sleep", "4321"])
+    assert _wait_for(lambda: "sleep 4321" in _processes(cri, ctr))
+    sock.close()  # gone without a word
+    assert _wait_for(lambda: "sleep 4321" not in _processes(cri, ctr), 20)
+    assert "Traceback" not in cri.daemon.log()
+    assert cri.crictl("exec", ctr, "echo", "fine").stdout == "fine\n"
+
+
+def test_a_frame_with_an_absurd_length_closes_the_connection(running: tuple[CRI, str, str]) -> None:
+    import struct
+
+    from engine.cri.streaming import spdy
+
+    cri, _pod_id, ctr = running
+    sock, codec = _spdy_session(cri, ctr, ["sleep", "4322"])
+    assert _wait_for(lambda: "sleep 4322" in _processes(cri, ctr))
+    sock.sendall(struct.pack(">II", 3, 0xFFFFFF) + b"x" * 100)  # 16 MiB of stdout data promised
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    codec.receive_data(data)
+    assert spdy.GoAway(5, spdy.GOAWAY_PROTOCOL_ERROR) in list(codec.frames())
+    sock.close()
+    assert _wait_for(lambda: "sleep 4322" not in _processes(cri, ctr), 20)
+    assert cri.crictl("exec", ctr, "echo", "fine").stdout == "fine\n"
+
+
+def test_exec_and_attach_requests_are_checked(running: tuple[CRI, str, str]) -> None:
+    import grpc
+
+    from engine.cri.gen import api_pb2 as pb
+
+    cri, pod_id, ctr = running
+    runtime = _runtime(cri)
+    cases = [
+        (runtime.Exec, pb.ExecRequest(container_id=ctr, cmd=["true"], tty=True, stderr=True),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (runtime.Exec, pb.ExecRequest(container_id=ctr, cmd=["true"]), grpc.StatusCode.INVALID_ARGUMENT),
+        (runtime.Exec, pb.ExecRequest(container_id="nosuch", cmd=["true"], stdout=True), grpc.StatusCode.NOT_FOUND),
+        (runtime.Attach, pb.AttachRequest(container_id=ctr, tty=True, stdout=True),
+         grpc.StatusCode.INVALID_ARGUMENT),  # it has no terminal
+        (runtime.PortForward, pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[70000]),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (runtime.PortForward, pb.PortForwardRequest(pod_sandbox_id="nosuch"), grpc.StatusCode.NOT_FOUND),
+    ]
+    for method, request, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            method(request, timeout=30)
+        assert err.value.code() == code, (request, err.value)
+    cri.crictl("stop", ctr)
+    with pytest.raises(grpc.RpcError) as err:
+        runtime.Exec(pb.ExecRequest(container_id=ctr, cmd=["true"], stdout=True), timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
