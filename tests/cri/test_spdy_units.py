@@ -153,3 +153,55 @@ def test_tokens_are_single_use_and_expire(monkeypatch: pytest.MonkeyPatch) -> No
     cache.insert(target)
     with pytest.raises(server.ResourceExhausted):
         cache.insert(target)
+
+
+async def test_connection_driver_streams_pings_and_resets() -> None:
+    """The trio driver over an in-memory transport: a client opens streams, sends data and
+    FIN, pings; the server accepts one stream, refuses another, answers and half-closes."""
+    import trio
+    import trio.testing
+
+    from engine.cri.streaming.spdyconn import SpdyConnection
+
+    server_side, client_side = trio.testing.memory_stream_pair()
+    conn = SpdyConnection(server_side)
+    client = spdy.SpdyCodec()
+
+    async def client_frames(count: int) -> list[spdy.Frame]:
+        got: list[spdy.Frame] = []
+        with trio.fail_after(5):
+            while len(got) < count:
+                client.receive_data(await client_side.receive_some(65536))
+                got += list(client.frames())
+        return got
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run)
+        await client_side.send_all(client.encode(spdy.SynStream(1, {"streamtype": ["stdin"]})) +
+                                   client.encode(spdy.SynStream(3, {"streamtype": ["bogus"]})) +
+                                   client.encode(spdy.Ping(7)))
+        first = await conn.new_streams.receive()
+        second = await conn.new_streams.receive()
+        assert (first.id, first.header("streamtype")) == (1, "stdin")
+        await conn.accept(first)
+        await conn.refuse(second)
+        got = await client_frames(3)
+        assert sorted(got, key=repr) == sorted(
+            [spdy.Ping(7), spdy.SynReply(1, {}), spdy.RstStream(3, spdy.REFUSED_STREAM)], key=repr)
+        await client_side.send_all(client.encode(spdy.DataFrame(1, b"abc")) +
+                                   client.encode(spdy.DataFrame(1, b"", fin=True)) +
+                                   client.encode(spdy.DataFrame(3, b"dropped")))
+        assert await first.receive() == b"abc"
+        assert await first.receive() == b""  # FIN
+        await first.send(b"x" * 70000)  # split into 32 KiB frames
+        await first.close()
+        frames = await client_frames(4)
+        assert b"".join(f.data for f in frames) == b"x" * 70000  # type: ignore[union-attr]
+        assert frames[-1] == spdy.DataFrame(1, b"", fin=True)
+        # a stream id going backwards is a protocol error for that stream
+        await client_side.send_all(client.encode(spdy.SynStream(1, {"streamtype": ["stdout"]})))
+        assert await client_frames(1) == [spdy.RstStream(1, spdy.PROTOCOL_ERROR)]
+        await client_side.aclose()  # the client goes away
+        with trio.fail_after(5):
+            await conn.closed.wait()
+        nursery.cancel_scope.cancel()

@@ -57,6 +57,12 @@ class SpdyStream:
         self.remote_closed = True
         self._inbox_send.close()
 
+    def drop_input(self) -> None:
+        """Nobody reads this stream any more: what comes on it is dropped (a reader blocked
+        on its full queue goes on)."""
+        self.discard = True
+        self._inbox.close()
+
     async def receive(self) -> bytes:
         """The next data the client sent; b"" once it finished (or reset) the stream."""
         try:

@@ -110,7 +110,7 @@ class SpdyCommandIO:
         await error.close()
         for name in ("stdin", "resize"):
             if name in self.streams:
-                self.streams[name].discard = True
+                self.streams[name].drop_input()
                 await self.streams[name].close()
 
 
@@ -231,6 +231,7 @@ async def serve_portforward(transport: Any, target: PortForwardTarget) -> None:
             async with pod:
                 await portforward.forward(pod, data.receive, data.send, lambda: data.reset)
         finally:
+            data.drop_input()
             await data.close()
             await error.close()
             conn.forget(data)
