@@ -205,3 +205,14 @@ async def test_connection_driver_streams_pings_and_resets() -> None:
         with trio.fail_after(5):
             await conn.closed.wait()
         nursery.cancel_scope.cancel()
+
+
+def test_streaming_address_is_checked() -> None:
+    from engine.cri.streaming.server import parse_address
+    from engine.errors import ConfigError
+
+    assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_address("[::1]:10010") == ("::1", 10010)
+    for bad in ("nonsense", "127.0.0.1", ":80", "127.0.0.1:99999", "host:port"):
+        with pytest.raises(ConfigError, match="cri-streaming-address"):
+            parse_address(bad)

@@ -587,3 +587,24 @@ def test_exec_and_attach_requests_are_checked(running: tuple[CRI, str, str]) -> 
     with pytest.raises(grpc.RpcError) as err:
         runtime.Exec(pb.ExecRequest(container_id=ctr, cmd=["true"], stdout=True), timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_daemon_stop_ends_sessions_and_the_address_option(running: tuple[CRI, str, str]) -> None:
+    """Stopping the daemon ends the streaming server with it (an exec'd process in a live
+    session is killed); restarted with --cri-streaming-address, the URLs use that address."""
+    cri, _pod_id, ctr = running
+    session = subprocess.Popen([str(cri.crictl_bin), "-r", cri.endpoint, "exec", ctr, "sleep", "4323"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(lambda: "sleep 4323" in _processes(cri, ctr))
+        assert cri.daemon.stop(30) == 0
+        session.wait(30)  # the connection went with the daemon
+    finally:
+        session.kill()
+        session.wait(10)
+    port = _free_port()
+    cri.daemon.extra_args += ["--cri-streaming-address", f"127.0.0.1:{port}"]
+    cri.daemon.start()
+    assert _exec_url(cri, ctr, ["true"]).startswith(f"http://127.0.0.1:{port}/exec/")
+    assert "sleep 4323" not in _processes(cri, ctr)  # the container ran on; the exec did not
+    assert cri.crictl("exec", ctr, "echo", "back").stdout == "back\n"

@@ -25,6 +25,9 @@ CHUNK = 32 * 1024  # bytes per outgoing data frame (client-go's own write size)
 INBOX_FRAMES = 16  # data frames queued per stream before the reader waits
 MAX_STREAMS = 1024  # streams a connection may open in all (a session needs 2 to 5 each)
 SEND_TIMEOUT = 120.0  # seconds one frame may take to leave (a client that stopped reading)
+# seconds without a frame from the client before the connection is dropped (kubelet's
+# StreamIdleTimeout; client-go pings every 5 s, so only a dead client stays that quiet)
+IDLE_TIMEOUT = 4 * 3600.0
 
 
 class SpdyStream:
@@ -143,10 +146,14 @@ class SpdyConnection:
         """Read frames until the client closes the connection or breaks the protocol."""
         try:
             while not self.closed.is_set():
-                try:
-                    data = await self.transport.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    data = b""
+                data = b""
+                with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                    try:
+                        data = await self.transport.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                if idle.cancelled_caught:
+                    log.info("SPDY client idle for %.0f s: connection dropped", IDLE_TIMEOUT)
                 if not data:
                     return
                 self.codec.receive_data(data)
