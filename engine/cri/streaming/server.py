@@ -12,6 +12,7 @@ WebSocket, or that offers no protocol we speak, is 400 naming the ones we do.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -87,6 +88,13 @@ def parse_address(address: str) -> tuple[str, int]:
         raise ConfigError(f"invalid cri-streaming-address {address!r}: use HOST:PORT "
                           "(e.g. 127.0.0.1:0 for an ephemeral loopback port)")
     return host, int(port)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _text(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -179,6 +187,10 @@ class StreamingServer:
 
     async def serve(self, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         host, port = parse_address(address)
+        if not _loopback(host):
+            # as kubelet's: the URLs' tokens are the only guard; a network can see them
+            log.warning("the CRI streaming server listens on %s, beyond loopback: anyone who "
+                        "sees an exec/attach/port-forward URL can use it once", address)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
