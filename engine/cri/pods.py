@@ -31,7 +31,7 @@ from engine.actors.verbs import CFS_PERIOD
 from engine.cri import cni
 from engine.cri.gen import api_pb2 as pb
 from engine.cri.records import ContainerRecord, RecordStore, SandboxRecord
-from engine.errors import EngineError, InvalidArgument, NotFound, Unavailable
+from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, Unavailable
 from engine.network import etc_files, netns
 from engine.network.service import EXTERNAL
 from engine.oci.propagation import check_sources
@@ -619,6 +619,7 @@ class RuntimeHandlers:
             additional_gids=list(security.supplemental_groups),
             cpu_shares=resources.cpu_shares or None, cpuset_cpus=resources.cpuset_cpus,
             cpuset_mems=resources.cpuset_mems,
+            tty=config.tty, open_stdin=config.stdin, stdin_once=config.stdin_once,
         )
 
     def _container_namespaces(self, sandbox: SandboxRecord, infra_pid: int,
@@ -884,6 +885,73 @@ class RuntimeHandlers:
                 await trio.sleep(0.01)
         raise Unavailable(f"the monitor of container {record.id[:12]} did not reopen {log_path} "
                           f"within {REOPEN_WAIT:g}s")
+
+    # --- streaming: Exec, Attach, PortForward (engine.cri.streaming) -------------------------
+
+    # the streaming server handing out the URLs; set by engine.cri.server.serve_cri
+    streaming: Any = None
+
+    def _streaming_url(self, target: Any) -> str:
+        if self.streaming is None:
+            raise Unavailable("the CRI streaming server is not running")
+        return str(self.streaming.url_for(target))
+
+    def _running_actor(self, rpc: str, container_id: str) -> ContainerActor:
+        actor = self._require_actor(self._container(container_id))
+        if actor.status.state != ContainerState.RUNNING:
+            raise Conflict(f"{rpc}: container {actor.config.id[:12]} is not running "
+                           f"({actor.status.state.value})")
+        return actor
+
+    @staticmethod
+    def _check_stdio(rpc: str, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+        if tty and stderr:
+            raise InvalidArgument(f"{rpc}: tty and stderr cannot both be true (a terminal has "
+                                  "one output)")
+        if not (stdin or stdout or stderr):
+            raise InvalidArgument(f"{rpc}: one of stdin, stdout or stderr must be set")
+
+    async def exec(self, request: pb.ExecRequest) -> pb.ExecResponse:
+        from engine.cri.streaming.targets import ExecTarget
+
+        if not request.container_id:
+            raise InvalidArgument("Exec: missing required container_id")
+        if not request.cmd:
+            raise InvalidArgument("Exec: a command is required")
+        self._check_stdio("Exec", request.tty, request.stdin, request.stdout, request.stderr)
+        actor = self._running_actor("Exec", request.container_id)
+        target = ExecTarget(actor.config.id, list(request.cmd), tty=request.tty, stdin=request.stdin,
+                            stdout=request.stdout, stderr=request.stderr)
+        return pb.ExecResponse(url=self._streaming_url(target))
+
+    async def attach(self, request: pb.AttachRequest) -> pb.AttachResponse:
+        from engine.cri.streaming.targets import AttachTarget
+
+        if not request.container_id:
+            raise InvalidArgument("Attach: missing required container_id")
+        self._check_stdio("Attach", request.tty, request.stdin, request.stdout, request.stderr)
+        actor = self._running_actor("Attach", request.container_id)
+        if request.tty and not actor.config.tty:
+            raise InvalidArgument(f"Attach: container {actor.config.id[:12]} has no terminal (tty "
+                                  "was not set when it was created)")
+        target = AttachTarget(actor.config.id, tty=request.tty, stdin=request.stdin and actor.config.open_stdin,
+                              stdout=request.stdout, stderr=request.stderr,
+                              stdin_once=actor.config.stdin_once)
+        return pb.AttachResponse(url=self._streaming_url(target))
+
+    async def port_forward(self, request: pb.PortForwardRequest) -> pb.PortForwardResponse:
+        from engine.cri.streaming.targets import PortForwardTarget
+
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("PortForward: missing required pod_sandbox_id")
+        record = self._sandbox(request.pod_sandbox_id)
+        if self._sandbox_state(record) != pb.SANDBOX_READY:
+            raise Conflict(f"PortForward: pod sandbox {record.id[:12]} is not ready")
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"PortForward: invalid port {port}: use 1 to 65535")
+        target = PortForwardTarget(record.id, record.netns, list(request.port))
+        return pb.PortForwardResponse(url=self._streaming_url(target))
 
 
 async def _conmon_reopen_log(bundle_dir: Path) -> None:

@@ -199,13 +199,17 @@ class _GrpcThread:
                 pass  # its loop is gone already
 
 
-async def serve_cri(app: App, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the CRI on ``address`` until cancelled; ``task_status.started(path)``."""
+async def serve_cri(app: App, address: str, *, streaming: Any = None,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the CRI on ``address`` until cancelled; ``task_status.started(path)``.
+    ``streaming`` (engine.cri.streaming.server.StreamingServer) hands out the URLs of Exec,
+    Attach and PortForward."""
     from engine.cri.images import ImageHandlers
     from engine.cri.pods import RuntimeHandlers
 
     path = socket_path(address)
     runtime = RuntimeHandlers(app)
+    runtime.streaming = streaming
     images = ImageHandlers(app)
     await runtime.open()
     async with trio.open_nursery() as nursery:

@@ -105,6 +105,10 @@ class HijackResponse:
     # called when the connection could not be taken over (``run`` never runs): what the
     # handler set up for it is undone
     abandon: Callable[[], None] | None = None
+    # the protocol named in the 101's ``Upgrade`` (the CRI's streaming server: SPDY/3.1,
+    # websocket) and headers of that protocol's handshake; an empty content_type is left out
+    upgrade: str = "tcp"
+    headers: list[tuple[str, str]] = attrs.field(factory=list)
 
 
 Reply = Response | StreamResponse | HijackResponse
@@ -423,8 +427,8 @@ async def _switch_protocols(conn: _Connection, request: Request, reply: HijackRe
                             extra: list[tuple[str, str]]) -> None:
     await conn.read_body(MAX_JSON_BODY)  # the handler read it already; this only checks
     if request.wants_upgrade:
-        headers = [("Content-Type", reply.content_type), ("Connection", "Upgrade"),
-                   ("Upgrade", "tcp"), *extra]
+        headers = [("Content-Type", reply.content_type)] if reply.content_type else []
+        headers += [("Connection", "Upgrade"), ("Upgrade", reply.upgrade), *reply.headers, *extra]
         await conn.send(h11.InformationalResponse(status_code=101, headers=_headers(headers)))
         initial, _closed = conn.h11.trailing_data
         conn.initial = bytes(initial)

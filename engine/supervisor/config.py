@@ -85,6 +85,9 @@ class DaemonConfig:
     cni_bin_dirs: list[str] = attrs.field(factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
     # The pod sandbox's infra process: catatonit (no image) unless an image is named here
     cri_pause_image: str = ""
+    # The CRI's streaming server (Exec/Attach/PortForward URLs), kubelet's
+    # stream-server-address: HOST:PORT, loopback with an ephemeral port by default
+    cri_streaming_address: str = "127.0.0.1:0"
 
     def to_plugin_dict(self) -> dict[str, Any]:
         """The plain dict every plugin hook receives as ``config``."""
@@ -250,6 +253,9 @@ def arg_parser() -> argparse.ArgumentParser:
                    help="where the CRI finds CNI plugins (repeatable; default /opt/cni/bin, /usr/lib/cni)")
     p.add_argument("--cri-pause-image", dest="cri_pause_image",
                    help="image of pod sandboxes' infra container (default: catatonit, no image)")
+    p.add_argument("--cri-streaming-address", dest="cri_streaming_address", metavar="HOST:PORT",
+                   help="where the CRI serves exec/attach/port-forward streams (default "
+                   "127.0.0.1:0, an ephemeral loopback port)")
     return p
 
 

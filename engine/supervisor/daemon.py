@@ -224,8 +224,13 @@ async def _listen_cri(app: App, nursery: trio.Nursery) -> list[Path]:
     if not app.config.cri_socket:
         return []
     from engine.cri.server import serve_cri
+    from engine.cri.streaming.server import StreamingServer
 
-    path = await nursery.start(serve_cri, app, app.config.cri_socket)
+    # the streaming server first: the CRI's Exec/Attach/PortForward hand out its URLs
+    streaming = StreamingServer(app)
+    await nursery.start(functools.partial(streaming.serve, app.config.cri_streaming_address))
+    app.listeners.append(f"cri-streaming+{streaming.base_url}")
+    path = await nursery.start(functools.partial(serve_cri, app, app.config.cri_socket, streaming=streaming))
     app.listeners.append(f"cri+unix://{path}")
     return [path]
 
@@ -249,7 +254,8 @@ async def reload_config(app: App) -> None:
             changed.append(name)
     ignored = [
         n for n in ("root", "run_root", "hosts", "docker_hosts", "storage_driver", "bridge", "bip", "default_address_pools",
-                    "runtime_timeout", "cri_socket", "cni_conf_dir", "cni_bin_dirs", "cri_pause_image")
+                    "runtime_timeout", "cri_socket", "cni_conf_dir", "cni_bin_dirs", "cri_pause_image",
+                    "cri_streaming_address")
         if getattr(new, n) != getattr(app.config, n)
     ]
     set_level(app.config.log_level)

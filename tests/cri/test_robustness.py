@@ -291,8 +291,8 @@ def test_bad_grpc_input_gets_a_clear_status(cri: CRI, stub: api_pb2_grpc.Runtime
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels take" in e.details()
 
     # a method engine does not implement says so
-    e = _error(stub.Attach, pb.AttachRequest(container_id="x"))
-    assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "Attach" in e.details()
+    e = _error(stub.CheckpointContainer, pb.CheckpointContainerRequest(container_id="x"))
+    assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "CheckpointContainer" in e.details()
 
     # nothing was made, and the daemon keeps serving
     assert cri.daemon.proc is not None and cri.daemon.proc.poll() is None
