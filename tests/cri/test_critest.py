@@ -1,7 +1,7 @@
 """A bounded critest run against engined's CRI, compared spec by spec with containerd's
 baseline (../shared/cri-tools/baselines): every spec of the chosen groups that containerd
-passes must pass here. The digest-pinned image spec is skipped (impossible offline), and so
-every group is run. critest runs in this process's mount namespace, the daemon's: its
+passes must pass here. Every group is run but the benchmarks; the digest-pinned image spec
+is skipped (impossible offline). critest runs in this process's mount namespace, the daemon's: its
 mount-propagation specs mount on the host side."""
 
 from __future__ import annotations
