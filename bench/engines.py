@@ -15,10 +15,10 @@ from pathlib import Path
 
 import attrs
 
-from bench.procs import alive, children, comm, parent_of, stop_pid, wait_until
 from bench.timing import run_quiet
 from engine.testing.daemon import NetSlot, claim_net_slot
 from engine.testing.dockerd import DOCKER_CLI, DOCKERD, containerd_of, dockerd_config
+from engine.testing.procs import alive, children, comm, parent_of, stop_pid, wait_until
 
 
 @attrs.define

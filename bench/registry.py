@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from bench.procs import free_port, stop_pid, wait_until
+from engine.testing.procs import free_port, stop_pid, wait_until
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 

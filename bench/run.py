@@ -24,10 +24,10 @@ import attrs
 from bench import images, report, scenarios
 from bench.engines import DOCKER_CLI, Docker, Engine, EngineD, Podman
 from bench.host import NetSnapshot, Scratch, machine_info, prepare_cgroups
-from bench.procs import parent_of
 from bench.raw import RawRuntime, raw_runtimes
 from bench.registry import Registry
 from engine.testing.daemon import mounts_under
+from engine.testing.procs import parent_of
 
 ALL = ("latency", "docker_api", "concurrent", "lifecycle", "pull", "memory")
 REPO = Path(__file__).resolve().parent.parent

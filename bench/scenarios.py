@@ -14,11 +14,11 @@ from typing import Any
 
 import attrs
 
-from bench import procs
 from bench.engines import Engine, EngineD
 from bench.raw import RawRuntime
 from bench.report import paired_ratio
 from bench.timing import Action, Row, StepFailed, command, interleave, run_quiet
+from engine.testing import procs
 
 # A container that stops at once on SIGTERM (a plain `sleep` as pid 1 ignores it and every
 # engine would wait out its stop timeout): the trap runs as soon as `wait` is interrupted.

@@ -20,16 +20,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.store.rmtree import remove_tree
 from engine.testing.daemon import sweep_leftovers
+from engine.testing.procs import alive, children, comm, stop_pid
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI, from dockerd's package (a newer one may come first in PATH)
@@ -57,59 +57,6 @@ def dockerd_config(base: Path, run_base: Path, host: str, *, registry: str = "",
     if bridge is not None:
         config["bridge"] = bridge
     return config
-
-
-# --- processes by pid -------------------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    except OSError:
-        pass
-    return out
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie still answers kill(0); it has no work left
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
-def stop_pid(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        if wait_until(lambda: not alive(pid), wait):
-            return
 
 
 def containerd_of(dockerd_pid: int) -> int | None:

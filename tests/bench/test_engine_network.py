@@ -18,21 +18,16 @@ import pytest
 
 from bench.engines import EngineD
 from engine.testing.daemon import claim_net_slot, require, require_binary, sweep_leftovers
+from engine.testing.egress import egress_guard
 from engine.testing.images import busybox_image, write_docker_archive
 
 pytestmark = pytest.mark.integration
 
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IMAGE = "bench/busybox:latest"
 
 
 def _iptables_rules() -> str:
     return subprocess.run(["iptables", "-w", "5", "-S"], capture_output=True, text=True, check=True).stdout
-
-
-def _uplink() -> str:
-    out = subprocess.run(["ip", "route", "show", "default"], capture_output=True, text=True).stdout.split()
-    return out[out.index("dev") + 1] if "dev" in out else ""
 
 
 def _all_rules() -> str:
@@ -58,21 +53,10 @@ def _force_clean(bridge: str, chains: tuple[str, str], addr: str) -> None:
     subprocess.run(["ip", "link", "delete", bridge, "type", "bridge"], capture_output=True)
 
 
-@pytest.fixture
-def egress_guard() -> Iterator[None]:
-    """The network tests' rule: no container packet leaves the machine (the CNI bridge
-    plugin turns ip_forward on; it is put back afterwards)."""
-    forward = IP_FORWARD.read_text()
-    dev = _uplink()
-    guard = ["FORWARD", "-o", dev, "-j", "DROP"]
-    if dev:
-        subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-I", *guard], check=True)
-    try:
+@pytest.fixture(name="egress_guard")
+def _egress_guard() -> Iterator[None]:
+    with egress_guard():
         yield
-    finally:
-        if dev:
-            subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-D", *guard], check=False)
-        IP_FORWARD.write_text(forward)
 
 
 @pytest.mark.timeout(120)

@@ -8,7 +8,6 @@ Every namespace, attachment, bridge and process a test makes is removed in a fin
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -23,9 +22,9 @@ from engine.network.networks import NetworkStore, delete_bridge
 from engine.network.reconcile import reconcile
 from engine.store.layout import Layout
 from engine.testing.daemon import claim_net_slot, require, require_binary
+from engine.testing.egress import egress_guard, uplink  # noqa: F401 - test modules import uplink from here
 
 CNI_DIR = Path("/usr/lib/cni")
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def require_root_networking() -> None:
@@ -36,28 +35,12 @@ def require_root_networking() -> None:
         require((CNI_DIR / plugin).exists(), f"needs CNI plugin {plugin} (apt-get install containernetworking-plugins)")
 
 
-def uplink() -> str:
-    """The host's default-route interface: where a leaking container packet would go."""
-    out = subprocess.run(["ip", "-j", "route", "show", "default"], capture_output=True, check=True)
-    routes = json.loads(out.stdout or b"[]")
-    return routes[0]["dev"] if routes else ""
-
-
 @pytest.fixture(scope="session")
 def host_guard() -> Iterator[None]:
     """Egress guard + ip_forward restore, installed once for every test that needs root."""
     require_root_networking()
-    original_forward = IP_FORWARD.read_text()
-    dev = uplink()
-    guard = ["FORWARD", "-o", dev, "-j", "DROP"]
-    if dev:
-        subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-I", *guard], check=True)
-    try:
+    with egress_guard():
         yield
-    finally:
-        if dev:
-            subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-D", *guard], check=False)
-        IP_FORWARD.write_text(original_forward)
 
 
 @attrs.frozen

@@ -1,4 +1,5 @@
-"""Process helpers: memory figures from /proc, children, waiting, stopping by pid."""
+"""Process helpers for tests and the benchmarks: memory figures from /proc, children,
+waiting, stopping by pid."""
 
 from __future__ import annotations
 
@@ -62,8 +63,10 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie still answers kill(0); it has no memory and no work left
-    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    try:  # a zombie still answers kill(0); it has no memory and no work left
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 def stop_pid(pid: int, timeout: float = 20.0) -> None:
