@@ -427,7 +427,6 @@ class ContainerActor:
         if self.deps.volumes is not None and self.config.volumes:
             self.status.volume_mounts = await self.deps.volumes.mount(self.config, rootfs)
         await self.deps.bundles.write_bundle(self.config, self.status, rootfs, self.bundle_dir, self._runtime())
-        self.status.log_offset_at_start = await self._log_size()
 
     async def _prepare_rootfs_and_network(self) -> Path:
         """The rootfs mount and the network set-up do not depend on each other: side by side."""
@@ -442,11 +441,6 @@ class ContainerActor:
                 if self.deps.network is not None:
                     nursery.start_soon(self.deps.network.setup, self.config, self.status)
         return rootfs[0]
-
-    async def _log_size(self) -> int:
-        if not self.status.started_at:
-            return 0  # never started: no output yet (the log is created by the monitor)
-        return await trio.to_thread.run_sync(_file_size, self.files.log_path)
 
     def _watch(self) -> None:
         assert self._nursery is not None
@@ -902,9 +896,3 @@ class ContainerActor:
 def _command_name(command: Any) -> str:
     return type(command).__name__.lower()
 
-
-def _file_size(path: Path) -> int:
-    try:
-        return int(path.stat().st_size)
-    except FileNotFoundError:
-        return 0

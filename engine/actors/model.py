@@ -144,7 +144,6 @@ class ContainerStatus:
     stopped_by_user: bool = False
     ip_address: str = ""
     network_details: dict[str, Any] = attrs.field(factory=dict)
-    log_offset_at_start: int = 0
     health: HealthState | None = None  # this run's, when the container has a check
     # the host directories of the volumes this run mounted: {source, destination, read_only}
     volume_mounts: list[dict[str, Any]] = attrs.field(factory=list)
