@@ -26,9 +26,9 @@ import trio
 
 from engine.actors.container import ContainerActor
 from engine.actors.state import ContainerState
-from engine.dockerapi.http import Hijacked
 from engine.dockerapi.shapes import stdcopy_frame
 from engine.errors import EngineError, Unavailable
+from engine.httpserver import Hijacked
 
 log = logging.getLogger("engine.dockerapi")
 

@@ -21,7 +21,8 @@ import h11
 import trio
 
 import engine
-from engine.dockerapi.http import (
+from engine.errors import ConfigError, EngineError, InvalidArgument, NotFound
+from engine.httpserver import (
     BodyTooLarge,
     HijackResponse,
     Reply,
@@ -30,7 +31,6 @@ from engine.dockerapi.http import (
     StreamResponse,
     serve_connection,
 )
-from engine.errors import ConfigError, EngineError, InvalidArgument, NotFound
 from engine.rpc.transports import (
     TLSConfig,
     inherited_listeners,

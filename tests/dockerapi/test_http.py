@@ -12,7 +12,11 @@ import h11
 import pytest
 import trio
 
-from engine.dockerapi.http import (
+from engine.dockerapi.routes.containers import create_spec
+from engine.dockerapi.server import MAX_API_VERSION, error_response, split_version
+from engine.dockerapi.shapes import parse_filters, stdcopy_frame
+from engine.errors import InvalidArgument, NotFound
+from engine.httpserver import (
     Hijacked,
     HijackResponse,
     Reply,
@@ -22,10 +26,6 @@ from engine.dockerapi.http import (
     Write,
     serve_connection,
 )
-from engine.dockerapi.routes.containers import create_spec
-from engine.dockerapi.server import MAX_API_VERSION, error_response, split_version
-from engine.dockerapi.shapes import parse_filters, stdcopy_frame
-from engine.errors import InvalidArgument, NotFound
 
 Handler = Callable[[Request], Awaitable[Reply]]
 

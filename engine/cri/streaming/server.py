@@ -4,7 +4,7 @@ kubelet's design (pkg/kubelet/cri/streaming/server.go): the gRPC call stores the
 under a single-use, unguessable token and answers ``http://HOST:PORT/<kind>/<token>``; the
 client then upgrades an HTTP request on that URL to SPDY/3.1 (crictl, critest, client-go) or
 to a WebSocket (the channel protocols). A token is consumed by its first request, and
-expires after ``TOKEN_TTL`` unused. HTTP/1.1 is engine.dockerapi.http's h11 server.
+expires after ``TOKEN_TTL`` unused. HTTP/1.1 is engine.httpserver's h11 server.
 
 Answers: an unknown, used or expired token is 404; a request that is neither SPDY nor
 WebSocket, or that offers no protocol we speak, is 400 naming the ones we do.
@@ -32,8 +32,8 @@ from engine.cri.streaming.targets import (
     PortForwardTarget,
     Target,
 )
-from engine.dockerapi.http import HijackResponse, Request, Response, serve_connection
 from engine.errors import ConfigError, ResourceExhausted
+from engine.httpserver import HijackResponse, Request, Response, serve_connection
 
 log = logging.getLogger("engine.cri.streaming")
 

@@ -100,7 +100,7 @@ class SpdyConnection:
     ``new_streams`` yields the streams the client opens."""
 
     def __init__(self, transport: Any) -> None:
-        self.transport = transport  # receive_some / send_all (engine.dockerapi.http.Hijacked)
+        self.transport = transport  # receive_some / send_all (engine.httpserver.Hijacked)
         self.codec = spdy.SpdyCodec()
         self.streams: dict[int, SpdyStream] = {}
         self._last_stream_id = 0

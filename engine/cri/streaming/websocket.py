@@ -33,7 +33,7 @@ from engine.cri.streaming import portforward
 from engine.cri.streaming.commands import Status, run_attach, run_exec
 from engine.cri.streaming.spdysessions import resize_items
 from engine.cri.streaming.targets import AttachTarget, ExecTarget, PortForwardTarget, Target
-from engine.dockerapi.http import HijackResponse, Request, Response
+from engine.httpserver import HijackResponse, Request, Response
 
 log = logging.getLogger("engine.cri.streaming")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.dockerapi.http import Request, Response
 from engine.dockerapi.server import DockerAPI, Router, json_response
 from engine.errors import NotFound, NotImplementedByEngine
+from engine.httpserver import Request, Response
 
 # Docker API endpoints this engine does not serve yet: a 501 that says so, rather than a 404
 # that reads like a typo in the client.

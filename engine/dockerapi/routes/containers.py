@@ -27,7 +27,6 @@ from engine.dockerapi.attach import (
     output_sender,
     wait_for_start,
 )
-from engine.dockerapi.http import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
 from engine.dockerapi.shapes import (
     is_empty,
@@ -40,6 +39,7 @@ from engine.dockerapi.shapes import (
     str_map,
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
+from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
 from engine.supervisor.attach import parse_detach_keys
 from engine.supervisor.container_service import (
     AttachSpec,

@@ -17,10 +17,10 @@ import trio
 from engine.actors.state import ContainerState
 from engine.dockerapi.attach import GONE, ConnectionInput, output_sender
 from engine.dockerapi.execs import ExecInstance
-from engine.dockerapi.http import Hijacked, HijackResponse, Request, Response
 from engine.dockerapi.routes.containers import console_size, log_content_type, service, window
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.errors import Conflict, EngineError, InvalidArgument
+from engine.httpserver import Hijacked, HijackResponse, Request, Response
 from engine.oci.attach import check_window
 
 log = logging.getLogger("engine.dockerapi")

@@ -29,12 +29,12 @@ from engine.api.images import (
     registry_client,
 )
 from engine.dockerapi import messages
-from engine.dockerapi.http import Request, Response, StreamResponse, Write
 from engine.dockerapi.messages import no_such_image
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, rfc3339, unix_seconds
 from engine.errgroup import unwrap_engine_errors
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound, NotImplementedByEngine
+from engine.httpserver import Request, Response, StreamResponse, Write
 from engine.images import archive
 from engine.images.records import Image, scratch_dir
 from engine.images.store import ImageStore

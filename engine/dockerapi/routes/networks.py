@@ -10,11 +10,11 @@ from typing import Any
 from engine.api.networks import _check_filters, _matches
 from engine.api.networks import inspect as network_inspect
 from engine.api.networks import summary as network_summary
-from engine.dockerapi.http import Request, Response
 from engine.dockerapi.messages import network_exists, no_such_network
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
 from engine.errors import InvalidArgument, NotFound
+from engine.httpserver import Request, Response
 from engine.network.service import ContainerNetworking
 from engine.supervisor.container_service import ContainerService
 

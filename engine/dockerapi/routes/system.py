@@ -15,7 +15,6 @@ import engine
 from engine.actors.events import Event
 from engine.api.images import registry_client, registry_host
 from engine.api.system import event_filter
-from engine.dockerapi.http import Request, Response, StreamResponse, Write
 from engine.dockerapi.server import (
     MAX_API_VERSION,
     MIN_API_VERSION,
@@ -27,6 +26,7 @@ from engine.dockerapi.server import (
 )
 from engine.dockerapi.shapes import docker_event, parse_filters, parse_timestamp, rfc3339
 from engine.errors import EngineError, InvalidArgument, PermissionDenied
+from engine.httpserver import Request, Response, StreamResponse, Write
 from engine.images.types import host_architecture
 
 # docker's event filter keys the engine's bus can answer; others are refused by name

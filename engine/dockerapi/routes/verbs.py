@@ -13,11 +13,11 @@ from typing import Any
 
 import trio
 
-from engine.dockerapi.http import Request, Response, StreamResponse, Write
 from engine.dockerapi.routes.containers import _restart_policy
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response
 from engine.dockerapi.shapes import is_empty, refuse_unsupported, rfc3339, rfc3339_nano
 from engine.errors import InvalidArgument
+from engine.httpserver import Request, Response, StreamResponse, Write
 from engine.supervisor.container_verbs import ContainerVerbs
 
 UPLOAD_BUFFER = 1024 * 1024  # bytes of a cp upload gathered before they go to disk

@@ -10,10 +10,10 @@ from typing import Any
 
 from engine.api.volumes import view, volume_filter
 from engine.dockerapi import messages
-from engine.dockerapi.http import Request, Response
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_map
 from engine.errors import InvalidArgument, Unavailable
+from engine.httpserver import Request, Response
 from engine.supervisor.volumes import VolumeService
 
 CREATE_HANDLED = {"Name", "Driver", "DriverOpts", "Labels"}

@@ -1,4 +1,5 @@
-"""HTTP/1.1 on trio for the Docker API, on h11 (sans-IO): one task per connection.
+"""HTTP/1.1 on trio, on h11 (sans-IO): one task per connection. It serves the Docker API
+(``engine.dockerapi``) and the CRI's streaming server (``engine.cri.streaming``).
 
 What it does for the handlers, which never see h11:
 - keep-alive: requests on one connection are answered in turn;
@@ -10,7 +11,7 @@ What it does for the handlers, which never see h11:
   gets the raw byte stream both ways (docker's attach and exec start).
 
 A handler returns a ``Response``, a ``StreamResponse`` or a ``HijackResponse``; errors are
-turned into responses by the caller's ``handle`` function (``engine.dockerapi.server``).
+turned into responses by the caller's ``handle`` function (e.g. ``engine.dockerapi.server``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import trio
 
 from engine.errors import InvalidArgument, ResourceExhausted
 
-log = logging.getLogger("engine.dockerapi")
+log = logging.getLogger("engine.http")
 
 RECEIVE_SIZE = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024  # a request line plus headers (h11's incomplete-event cap)
@@ -322,7 +323,7 @@ async def serve_connection(
             h11.RemoteProtocolError, ConnectionError):
         return
     except Exception:  # one connection's bug must not take the daemon (and every other client) down
-        log.exception("Docker API connection failed")
+        log.exception("HTTP connection failed")
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1):
             await stream.aclose()
