@@ -26,6 +26,7 @@ from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
+from engine.actors.verbs import MAX_CPU_SHARES, MIN_CPU_SHARES, check_cpuset
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
 from engine.supervisor.app import App
 from engine.supervisor.attach import (
@@ -77,6 +78,9 @@ class CreateSpec:
     init: bool = False
     memory: int | None = None
     cpus: float | None = None
+    cpu_shares: int | None = None  # docker's -c/--cpu-shares: relative CPU weight
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
     pids_limit: int | None = None
     restart: str = "no"
     auto_remove: bool = False
@@ -234,6 +238,11 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
             raise InvalidArgument("--memory and --pids-limit must be positive")
     if p.cpus is not None and not 0 < p.cpus < math.inf:
         raise InvalidArgument("--cpus must be a positive number")
+    if p.cpu_shares is not None and not MIN_CPU_SHARES <= p.cpu_shares <= MAX_CPU_SHARES:
+        raise InvalidArgument(f"--cpu-shares must be between {MIN_CPU_SHARES} and {MAX_CPU_SHARES}")
+    for cpuset, flag in ((p.cpuset_cpus, "--cpuset-cpus"), (p.cpuset_mems, "--cpuset-mems")):
+        if cpuset:
+            check_cpuset(cpuset, flag)
     check_sizes(p)
     for item in p.env:
         if "=" not in item:
@@ -270,6 +279,9 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         init=p.init,
         memory=p.memory,
         cpus=p.cpus,
+        cpu_shares=p.cpu_shares,
+        cpuset_cpus=p.cpuset_cpus,
+        cpuset_mems=p.cpuset_mems,
         pids_limit=p.pids_limit,
         restart_policy=str(policy),
         auto_remove=p.auto_remove,

@@ -56,6 +56,12 @@ def test_top_stats_and_update(engine: Engine, binary: str) -> None:
     cgroups = cgroup_paths(pid)
     assert (cgroups["cpu"] / "cpu.shares").read_text().strip() == "512"
     assert (cgroups["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
+    weighted = engine.docker("run", "-d", "--cpu-shares", "300", "--cpuset-cpus", "0", "busybox", "sleep", "300",
+                             binary=binary).stdout.strip()
+    pid = engine.daemon.call("container.inspect", id=weighted)["State"]["Pid"]
+    assert (cgroup_paths(pid)["cpu"] / "cpu.shares").read_text().strip() == "300"
+    assert (cgroup_paths(pid)["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
+    engine.docker("rm", "-f", weighted, binary=binary)
     refused = engine.docker("update", "--cpu-rt-runtime", "100", "busy", binary=binary, check=False)
     assert refused.returncode != 0 and "CpuRealtimeRuntime" in refused.stderr
     engine.docker("rm", "-f", "busy", binary=binary)

@@ -114,6 +114,21 @@ def test_update_cpu_shares_and_cpusets(engine: Daemon) -> None:
     assert (cpuset / "cpuset.cpus").read_text().strip() == every_cpu
 
 
+def test_run_with_cpu_shares_and_cpusets(engine: Daemon) -> None:
+    out = engctl(engine, "run", "-d", "-c", "256", "--cpuset-cpus", "0", "--cpuset-mems", "0",
+                 "busybox", "sleep", "1000").stdout
+    cid = out.decode().strip()
+    cpu, cpuset = cgroup_dir(engine, cid, "cpu"), cgroup_dir(engine, cid, "cpuset")
+    assert read_int(cpu / "cpu.shares") == 256
+    assert [(cpuset / f).read_text().strip() for f in ("cpuset.cpus", "cpuset.mems")] == ["0", "0"]
+    host = engine.call("container.inspect", id=cid)["HostConfig"]
+    assert (host["CpuShares"], host["CpusetCpus"], host["CpusetMems"]) == (256, "0", "0")
+    bad = engctl(engine, "run", "-d", "--cpu-shares", "300000", "busybox", "true", check=False)
+    assert bad.returncode == 125 and b"--cpu-shares must be between 2 and 262144" in bad.stderr
+    bad = engctl(engine, "create", "--cpuset-cpus", "a", "busybox", "true", check=False)
+    assert bad.returncode == 125 and b"invalid --cpuset-cpus 'a'" in bad.stderr
+
+
 def test_top_lists_the_container_processes(engine: Daemon) -> None:
     cid = run_detached(engine, "sleep 1001 & sleep 1002 & wait")
     exec_out(engine, cid, "true")

@@ -72,6 +72,9 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--init", action="store_true")
     p.add_argument("-m", "--memory", default=None)
     p.add_argument("--cpus", type=float, default=None)
+    p.add_argument("-c", "--cpu-shares", type=int, default=None)
+    p.add_argument("--cpuset-cpus", default="")
+    p.add_argument("--cpuset-mems", default="")
     p.add_argument("--pids-limit", type=int, default=None)
     p.add_argument("--restart", default="no")
     p.add_argument("--rm", action="store_true")
@@ -150,6 +153,11 @@ def create_params(args: Namespace) -> dict[str, Any]:
         params["memory"] = parse_bytes(args.memory)
     if args.cpus is not None:
         params["cpus"] = args.cpus
+    if args.cpu_shares is not None:
+        params["cpu_shares"] = args.cpu_shares
+    for key in ("cpuset_cpus", "cpuset_mems"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
     if args.pids_limit is not None:
         params["pids_limit"] = args.pids_limit
     if args.stop_timeout is not None:

@@ -92,7 +92,7 @@ HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
 HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
-                "Memory", "NanoCpus", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
+                "Memory", "NanoCpus", "CpuShares", "CpusetCpus", "CpusetMems", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
                 "Isolation", "VolumesFrom"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
 LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
@@ -276,6 +276,9 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         init=bool(host.get("Init")),
         memory=int(host.get("Memory") or 0) or None,
         cpus=nano_cpus / 1e9 if nano_cpus else None,
+        cpu_shares=int(host.get("CpuShares") or 0) or None,
+        cpuset_cpus=str(host.get("CpusetCpus") or ""),
+        cpuset_mems=str(host.get("CpusetMems") or ""),
         pids_limit=int(pids) if pids and int(pids) > 0 else None,
         restart=_restart_policy(host.get("RestartPolicy")),
         auto_remove=bool(host.get("AutoRemove")),
