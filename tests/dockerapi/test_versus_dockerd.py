@@ -34,8 +34,6 @@ DEBIAN_CLI = dockerd_support.DOCKER_CLI  # API 1.41 against both: the same field
 # dockerd's inspect keys engine does not serve (depth 2), and why
 KNOWN_MISSING = {
     "container": {
-        "HostConfig.MaskedPaths",  # engine masks the OCI defaults but does not report them
-        "HostConfig.ReadonlyPaths",
         "Config.NetworkDisabled",  # dockerd sets it for its bridge-less default network
     },
     "image": set(),

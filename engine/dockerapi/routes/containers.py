@@ -40,6 +40,7 @@ from engine.dockerapi.shapes import (
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
+from engine.oci.spec import MASKED_PATHS, READONLY_PATHS
 from engine.supervisor.attach import parse_detach_keys
 from engine.supervisor.container_service import (
     AttachSpec,
@@ -496,6 +497,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "ExtraHosts": list(c.add_hosts) or None,
         "PublishAllPorts": c.publish_all,
         "Privileged": False,
+        "MaskedPaths": list(MASKED_PATHS),  # what the engine's spec masks (never privileged here)
+        "ReadonlyPaths": list(READONLY_PATHS),
         "Memory": int(c.memory or 0),
         "PidsLimit": c.pids_limit,
         "ConsoleSize": [0, 0],
