@@ -109,3 +109,60 @@ def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
     assert "smoke_appnet" not in {n["Name"] for n in engine.daemon.call("network.list")}
     assert engine.daemon.call("volume.list")["Volumes"] == []
     assert engine.docker("volume", "ls", "-q").stdout.strip() == ""
+
+
+HEALTH_FILE = """\
+version: "2.4"
+services:
+  db:
+    image: busybox
+    command: ["sh", "-c", "sleep 1; touch /tmp/ready; exec sleep 300"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 300ms
+      retries: 20
+  app:
+    image: busybox
+    command: ["sh", "-c", "echo app started; exec sleep 300"]
+    depends_on:
+      db:
+        condition: service_healthy
+    environment: [GREETING=hi]
+"""
+
+
+def test_compose_waits_for_a_healthy_service_and_runs_one_offs(engine: Engine, tmp_path: Path) -> None:
+    """depends_on with condition service_healthy (a ["CMD", ...] check, run without a shell),
+    a one-off `run --rm` with the service's environment, restart, stop and down."""
+    compose = require_binary("docker-compose")
+    (tmp_path / "docker-compose.yml").write_text(HEALTH_FILE)
+    env = {**engine.env(), "COMPOSE_PROJECT_NAME": "health"}
+
+    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([compose, "--ansi", "never", *args], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, (f"docker-compose {' '.join(args)} failed ({result.returncode}):\n"
+                                            f"{result.stdout}\n{result.stderr}\n{engine.daemon.log()[-4000:]}")
+        return result
+
+    try:
+        run("up", "-d")
+        db = engine.daemon.call("container.inspect", id="health_db_1")
+        app = engine.daemon.call("container.inspect", id="health_app_1")
+        assert db["State"]["Health"]["Status"] == "healthy"
+        assert db["Config"]["Healthcheck"]["Test"] == ["CMD", "test", "-f", "/tmp/ready"]
+        # compose started app only once db was healthy: after the check's first success
+        passed = [entry for entry in db["State"]["Health"]["Log"] if entry["ExitCode"] == 0]
+        assert passed and app["State"]["StartedAt"] >= passed[0]["End"][:26]
+        one_off = run("run", "--rm", "-T", "app", "sh", "-c", "echo $GREETING from a one-off; exit 3", check=False)
+        assert one_off.returncode == 3 and "hi from a one-off" in one_off.stdout
+        run("restart", "-t", "1", "app")
+        assert engine.daemon.call("container.inspect", id="health_app_1")["RestartCount"] == 0
+        run("stop", "-t", "1")
+        states = {c["Names"][0]: c["State"] for c in engine.docker_py().api.containers(all=True)}
+        assert states == {"/health_db_1": "exited", "/health_app_1": "exited"}
+    finally:
+        down = run("down", "-v", "--timeout", "1", check=False)
+    assert down.returncode == 0, down.stderr
+    assert engine.daemon.call("container.list", all=True) == []

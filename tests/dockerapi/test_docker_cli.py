@@ -143,12 +143,33 @@ def test_networks_are_the_engines_own(engine: Engine) -> None:
     assert rpc["appnet"]["IPAM"]["Config"][0]["Subnet"] == "10.201.7.0/24"
     inspected = json.loads(engine.docker("network", "inspect", "appnet").stdout)[0]
     assert inspected["Labels"] == {"team": "a"}
+    assert inspected["Options"] == {}  # as dockerd: only the options given (compose compares them)
     only = engine.docker("network", "ls", "-q", "--filter", "label=team=a").stdout.split()
     assert only == [created[:12]]
     engine.docker("network", "rm", "appnet")
     assert "appnet" not in {n["Name"] for n in engine.daemon.call("network.list")}
     unsupported = engine.docker("network", "create", "--ipv6", "v6net", check=False)
     assert unsupported.returncode == 1 and "EnableIPv6" in unsupported.stderr
+
+
+def test_links_resolve_and_refuse_a_stopped_target(make_engine: EngineFactory, busybox_archive) -> None:
+    """--link on a user network (docker-compose's one-off `run` sends links too)."""
+    engine = make_engine(load_busybox=busybox_archive)
+    engine.docker("network", "create", "appnet")
+    # the alias resolves to the linked container (an /etc/hosts entry, as docker's
+    # legacy links); a link to a stopped container is refused with docker's words
+    engine.docker("run", "-d", "--name", "linked", "--network", "appnet", "busybox", "sleep", "300")
+    resolved = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox",
+                             "sh", "-c", "awk '$2 == \"db\" {print $1}' /etc/hosts; ping -c1 -W2 db >/dev/null && echo reached")
+    ip = engine.daemon.call("container.inspect", id="linked")["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]
+    assert resolved.stdout.split() == [ip, "reached"]
+    engine.docker("stop", "-t", "0", "linked")
+    refused = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox", "true", check=False)
+    assert refused.returncode == 125 and "Cannot link to a non running container: /linked" in refused.stderr
+    missing = engine.docker("create", "--link", "nosuch:db", "busybox", "true", check=False)
+    assert missing.returncode == 1 and "could not get container for nosuch: No such container: nosuch" in missing.stderr
+    engine.docker("rm", "linked")
+    engine.docker("network", "rm", "appnet")
 
 
 def test_events_stream_and_history(engine: Engine) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 import trio
 
 from engine.actors.container import ContainerActor
@@ -238,8 +239,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
     if doc.get("Domainname"):
         raise InvalidArgument("Config.Domainname is not supported by engine")
     refuse_unsupported("HostConfig", host, HOST_HANDLED, HOST_IGNORED)
-    if not is_empty(host.get("Links")):
-        raise InvalidArgument("HostConfig.Links is not supported by engine; use a user network and names")
+    parse_links(host.get("Links"))  # checked here, resolved by the create handler
     log_type = str((host.get("LogConfig") or {}).get("Type") or "")
     if log_type not in LOG_DRIVERS:
         raise InvalidArgument(f"HostConfig.LogConfig.Type {log_type!r} is not supported by engine (it keeps "
@@ -362,9 +362,45 @@ def _healthcheck(doc: Any) -> dict[str, Any]:
     return spec
 
 
+def parse_links(value: Any) -> list[tuple[str, str]]:
+    """``HostConfig.Links`` (``CONTAINER[:ALIAS]``) as (container, alias) pairs."""
+    links = []
+    for link in str_list(value, "HostConfig.Links") or []:
+        target, _, alias = link.partition(":")
+        target, alias = target.strip("/"), alias.rpartition("/")[2] or target.strip("/")
+        if not target or not alias:
+            raise InvalidArgument(f"invalid HostConfig.Links entry {link!r}: expected CONTAINER[:ALIAS]")
+        links.append((target, alias))
+    return links
+
+
+def link_hosts(api: DockerAPI, spec: CreateSpec, links: list[tuple[str, str]]) -> list[str]:
+    """docker's legacy links as /etc/hosts entries (``ALIAS:IP``): the linked container's
+    address, on the network the new container joins when they share it. The names of a
+    user network resolve through its DNS anyway; a link adds its alias (docker-compose's
+    one-off ``run`` links the project's containers by several names)."""
+    hosts = []
+    for target, alias in links:
+        try:
+            linked = service(api).get(target)
+        except NotFound as e:  # a 400, as dockerd's: a 404 would make the CLI pull the image
+            raise InvalidArgument(f"could not get container for {target}: No such container: {target}") from e
+        if linked.status.state not in ACTIVE:
+            raise Conflict(f"Cannot link to a non running container: /{linked.name} AS /{spec.name or '?'}/{alias}")
+        details = {name: d for name, d in (linked.status.network_details or {}).items()
+                   if not name.startswith("_") and isinstance(d, dict) and d.get("IPAddress")}
+        chosen = details.get(spec.network) or next(iter(details.values()), None)
+        if chosen is not None:
+            hosts.append(f"{alias}:{chosen['IPAddress']}")
+    return hosts
+
+
 async def create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     spec = create_spec(doc, req.param("name"), req.param("platform"))
+    links = parse_links((doc.get("HostConfig") or {}).get("Links"))
+    if links:
+        spec = attrs.evolve(spec, add_hosts=[*spec.add_hosts, *link_hosts(api, spec, links)])
     try:
         actor = await service(api).create(spec)
     except AlreadyExists:

@@ -15,6 +15,7 @@ from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
 from engine.errors import InvalidArgument, NotFound
 from engine.httpserver import Request, Response
+from engine.network.networks import DEFAULT_NETWORK
 from engine.network.service import ContainerNetworking
 from engine.supervisor.container_service import ContainerService
 
@@ -40,6 +41,10 @@ def networking(api: DockerAPI) -> ContainerNetworking:
 
 
 def _docker_view(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc["Name"] != DEFAULT_NETWORK:
+        # dockerd lists only the options a network was created with (engine takes none), and
+        # docker-compose recreates a network whose options differ from its file's
+        doc["Options"] = {}
     doc.setdefault("Containers", {})
     doc.setdefault("ConfigOnly", False)
     doc.setdefault("ConfigFrom", {"Network": ""})
