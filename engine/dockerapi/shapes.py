@@ -8,6 +8,7 @@ the Docker API sends goes through here, so the types are right in one place.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import time
 from datetime import datetime
@@ -110,6 +111,8 @@ def _attribute_text(value: Any) -> str:
 def docker_event(event: Event) -> dict[str, Any]:
     """An engine event in docker's message shape (attributes are strings in docker)."""
     attributes = {k: _attribute_text(v) for k, v in event.attributes.items()}
+    if event.type == "daemon":
+        attributes.setdefault("name", socket.gethostname())  # dockerd names the daemon's host
     doc: dict[str, Any] = {
         "Type": event.type,
         "Action": event.action,

@@ -160,8 +160,13 @@ class ContainerVerbs:
         """[{Path, Kind}] with Kind 0 changed, 1 added, 2 deleted (docker's numbers)."""
         actor = self.get(ref)
         found = await self.app.storage().changes(actor.id)
-        return [{"Path": path, "Kind": DIFF_KINDS[kind]} for kind, path in found
-                if not (kind == "A" and path in MOUNT_POINTS)]
+        kept = [(kind, path) for kind, path in found if not (kind == "A" and path in MOUNT_POINTS)]
+        # a directory changed only by the runtime creating those mount points (/etc) is not
+        # the container's change either: docker keeps them in a layer of its own
+        hidden = {os.path.dirname(path) for kind, path in found if (kind, path) not in kept}
+        below = {os.path.dirname(path) for _kind, path in kept}
+        return [{"Path": path, "Kind": DIFF_KINDS[kind]} for kind, path in kept
+                if not (kind == "C" and path in hidden and path not in below)]
 
     async def commit(self, ref: str, *, reference: str = "", message: str = "", author: str = "",
                      changes: list[str] | None = None, pause: bool = True) -> Image:

@@ -24,6 +24,11 @@ def test_diff_lists_added_changed_and_deleted(engine: Daemon) -> None:
     assert not any(line.endswith(("/etc/hostname", "/etc/resolv.conf")) for line in lines)
     engctl(engine, "stop", "-t", "0", cid)
     assert set(engctl(engine, "diff", cid).stdout.decode().splitlines()) == lines
+    # a container that changed nothing has no diff: not even the /etc the runtime's mount
+    # points live in (as docker, whose init layer holds them)
+    idle = run_detached(engine, "sleep 1000")
+    exec_out(engine, idle, "true")
+    assert engctl(engine, "diff", idle).stdout == b""
 
 
 def test_export_is_the_container_filesystem(engine: Daemon, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from engine.httpserver import Request, Response
 # Docker API endpoints this engine does not serve yet: a 501 that says so, rather than a 404
 # that reads like a typo in the client.
 NOT_YET = [
-    ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/session"),
+    ("POST", "/build"), ("POST", "/session"),
     ("GET", "/images/search"),
     ("GET", "/containers/{id}/attach/ws"),
     ("PUT", "/volumes/{name}"), ("GET", "/swarm"), ("GET", "/nodes"), ("GET", "/services"),
@@ -27,6 +27,12 @@ async def no_plugins(api: DockerAPI, req: Request) -> Response:
     return json_response([])
 
 
+async def no_build_cache(api: DockerAPI, req: Request) -> Response:
+    """``/build/prune`` (``docker system prune`` calls it): engine does not build, so it has
+    no build cache to remove."""
+    return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
+
+
 async def no_such_object(api: DockerAPI, req: Request) -> Response:
     kind = req.path.strip("/").split("/")[0].rstrip("s")
     raise NotFound(f"no such {kind}: {req.path_params['name']}")
@@ -40,6 +46,7 @@ def build_router() -> Router:
         module.register(router)
     router.route("GET", "/plugins")(no_plugins)
     router.route("GET", "/plugins/{name:path}/json")(no_such_object)
+    router.route("POST", "/build/prune")(no_build_cache)
     for method, template in NOT_YET:  # after the served routes: those win
         router.route(method, template)(not_served_yet)
     return router
