@@ -111,6 +111,23 @@ def network_filter(filters: dict[str, list[str]]) -> Callable[[Network], bool]:
 # --- system df ------------------------------------------------------------------------------------
 
 
+async def container_sizes(app: App, actors: list[Any]) -> dict[str, tuple[int, int]]:
+    """Each container's (SizeRw, SizeRootFs): its writable layer, and that plus its image's
+    layers, counted as du does (docker's ``ps -s`` and ``inspect --size``)."""
+    driver = app.storage()
+    layer_ids = sorted({d for a in actors for d in a.config.layers})
+
+    def measure() -> dict[str, tuple[int, int]]:
+        layer_size = {d: disk_usage(driver.layer_path(d)) for d in layer_ids}
+        sizes = {}
+        for a in actors:
+            rw = disk_usage(driver.container_layer_path(a.id))
+            sizes[a.id] = (rw, rw + sum(layer_size.get(d, 0) for d in set(a.config.layers)))
+        return sizes
+
+    return await trio.to_thread.run_sync(measure)
+
+
 async def disk_usage_report(app: App) -> dict[str, Any]:
     """docker's ``system df -v`` data: every image, container and volume with its size on
     disk (du's count), shared and unique image sizes, and what prune could reclaim."""

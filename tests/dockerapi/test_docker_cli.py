@@ -7,6 +7,7 @@ docker-registry; results are compared with what the engine's own RPC reports.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -158,7 +159,17 @@ def test_links_resolve_and_refuse_a_stopped_target(make_engine: EngineFactory, b
     engine.docker("network", "create", "appnet")
     # the alias resolves to the linked container (an /etc/hosts entry, as docker's
     # legacy links); a link to a stopped container is refused with docker's words
-    engine.docker("run", "-d", "--name", "linked", "--network", "appnet", "busybox", "sleep", "300")
+    engine.docker("run", "-d", "--name", "linked", "--network", "appnet", "busybox", "sh", "-c",
+                  "head -c 300000 /dev/zero > /written; exec sleep 300")
+    # ps -s and system df measure the writable layer (and, for the virtual size, the image's)
+    deadline = time.monotonic() + 10
+    while not (sized := re.fullmatch(r"(\d+)kB \(virtual ([\d.]+)MB\)\n",
+                                     engine.docker("ps", "-s", "--format", "{{.Size}}").stdout)):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert 300 <= int(sized[1]) < 400 and float(sized[2]) > 2.2  # 300 kB + busybox's 1.98 MB
+    df = engine.docker("system", "df", "--format", "{{.Type}} {{.Size}}").stdout.splitlines()
+    assert any(re.fullmatch(r"Containers 3\d\d(\.\d)?kB", line) for line in df), df
     resolved = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox",
                              "sh", "-c", "awk '$2 == \"db\" {print $1}' /etc/hosts; ping -c1 -W2 db >/dev/null && echo reached")
     ip = engine.daemon.call("container.inspect", id="linked")["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]

@@ -50,6 +50,7 @@ from engine.supervisor.container_service import (
     ExecSpec,
     LogsSpec,
 )
+from engine.supervisor.system import container_sizes
 from engine.supervisor.volume_views import mounts_view
 
 log = logging.getLogger("engine.dockerapi")
@@ -583,9 +584,15 @@ async def list_containers(api: DockerAPI, req: Request) -> Response:
     match = list_filter(filters)
     limit = req.int_param("limit", -1) or -1
     show_all = req.bool_param("all") or limit > 0 or "status" in filters
-    found = [container_summary(a) for a in service(api).supervisor.all()
-             if (show_all or a.status.state in ACTIVE) and match(a)]
-    return json_response(found[:limit] if limit > 0 else found)
+    actors = [a for a in service(api).supervisor.all() if (show_all or a.status.state in ACTIVE) and match(a)]
+    if limit > 0:
+        actors = actors[:limit]
+    found = [container_summary(a) for a in actors]
+    if req.bool_param("size"):  # docker ps -s: measured only when asked (it walks the layers)
+        sizes = await container_sizes(api.app, actors)
+        for doc, actor in zip(found, actors, strict=True):
+            doc["SizeRw"], doc["SizeRootFs"] = sizes[actor.id]
+    return json_response(found)
 
 
 # --- life cycle ---------------------------------------------------------------------------------

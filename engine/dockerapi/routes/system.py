@@ -253,11 +253,12 @@ DF_TYPES = {"container", "image", "volume", "build-cache"}
 async def disk_usage(api: DockerAPI, req: Request) -> Response:
     """docker system df, from what the engine can tell today: images (the store's usage:
     layers shared between images count once; each image's shared part and the containers
-    using it), containers (their writable layers' size is not measured: 0), volumes (each
+    using it), containers (their writable layers' size and with their images'), volumes (each
     one's size and how many containers use it). The build cache is an empty list."""
     from engine.dockerapi.routes.containers import container_summary
     from engine.dockerapi.routes.images import image_summary
     from engine.dockerapi.routes.volumes import disk_usage as volume_usage
+    from engine.supervisor.system import container_sizes
 
     types = set(req.query.get("type", [])) or DF_TYPES
     unknown = types - DF_TYPES
@@ -289,5 +290,7 @@ async def disk_usage(api: DockerAPI, req: Request) -> Response:
         doc["Images"] = rows
         doc["LayersSize"] = int(store.usage()["Size"])
     if "container" in types:
-        doc["Containers"] = [{**container_summary(a), "SizeRw": 0, "SizeRootFs": 0} for a in actors]
+        sizes = await container_sizes(app, list(actors))
+        doc["Containers"] = [{**container_summary(a), "SizeRw": sizes[a.id][0], "SizeRootFs": sizes[a.id][1]}
+                             for a in actors]
     return json_response(doc)
