@@ -267,13 +267,19 @@ def test_copy_into_a_created_containers_volume_then_start(engine: Daemon, tmp_pa
     """A container created and never started: a copy into its named volume lands there
     (the mount point made in its root as the runtime would), and its first run sees it."""
     name = f"cpc-{secrets.token_hex(4)}"
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
     with engine.client() as c:
         cid = str(c.call("container.create", {"image": "busybox", "cmd": ["cat", "/fresh/dir/file"],
-                                              "volumes": [f"{name}:/fresh/dir"]})["Id"])
+                                              "volumes": [f"{name}:/fresh/dir", f"{readonly}:/ro:ro"]})["Id"])
     try:
         (tmp_path / "file").write_text("before the first start\n")
         engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/fresh/dir/")
         assert (volume_dir(engine, name) / "file").read_text() == "before the first start\n"
+        # a read-only bind stays read-only for the copy too (docker refuses it as well)
+        refused = engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/ro/file", check=False)
+        assert refused.returncode != 0 and b"read-only" in refused.stderr.lower(), refused.stderr
+        assert list(readonly.iterdir()) == []
         wait_helpers_gone(engine)
         engctl(engine, "start", cid)
         assert engctl(engine, "wait", cid).stdout.strip() == b"0"
