@@ -123,6 +123,7 @@ class ContainerActor:
         self.runtime_knows: bool | None = False if new else None
         self._health = HealthMonitor(self._health_exec, self.notify)
         self.rootfs_users = 0  # cp/export holding the root filesystem (OpenRootfs)
+        self.copy_view: Any = None  # a stopped container's root with its mounts, for cp (verbs)
 
     # --- the public surface ---------------------------------------------------------------
 
@@ -804,6 +805,7 @@ class ContainerActor:
 
     async def _destroy(self) -> None:
         """Free everything the container holds; its files last."""
+        await self._cleanup("the copy's mounts", lambda: verbs.close_copy_view(self))
         await self._release_run_resources()
         await self._bounded("removal of the writable layer", self.deps.rootfs.remove(self.id),
                             self.deps.settings.cleanup_timeout)

@@ -68,14 +68,15 @@ class VolumeProvider(Protocol):
     starts (a new, empty volume seeded from the image's content at its path), released
     when it ends."""
 
-    async def mount(self, config: ContainerConfig, rootfs: Path) -> list[dict[str, Any]]:
+    async def mount(self, config: ContainerConfig, rootfs: Path, *, holder: str = "") -> list[dict[str, Any]]:
         """Mount them all; the host directories to bind (``source``, ``destination``,
-        ``read_only``), which the bundle reads from ``status.volume_mounts``."""
+        ``read_only``), which the bundle reads from ``status.volume_mounts``. ``holder``:
+        a use other than the container's run (a copy), counted under that name."""
         ...
 
-    async def unmount(self, config: ContainerConfig) -> None:
-        """This container no longer needs them (each is unmounted when no running
-        container does). Idempotent."""
+    async def unmount(self, config: ContainerConfig, *, holder: str = "") -> None:
+        """This container (or ``holder``) no longer needs them (each is unmounted when
+        nobody does). Idempotent."""
         ...
 
     async def remove_anonymous(self, config: ContainerConfig) -> None:

@@ -5,6 +5,7 @@ at a time with every other change of the container."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import attrs
 import trio
 
 from engine.actors import commands as c
+from engine.actors import copy_view
 from engine.actors.health import HealthMonitor, HealthState, ProbeResult, apply_result
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ContainerState, require_state
@@ -112,16 +114,56 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
 async def open_rootfs(actor: ContainerActor, *, with_mounts: bool) -> int:
     """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
     container's stays mounted until its last user posts ``ReleaseRootfs``; a start
-    meanwhile finds it mounted already (mounting is idempotent)."""
+    meanwhile finds it mounted already (mounting is idempotent). ``with_mounts`` for a
+    stopped container with volumes or binds: the root in a private mount namespace with
+    them in place (engine.actors.copy_view), shared by the copies until the last ends."""
     require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
                   action="copy files of")
     path = await actor.deps.rootfs.mount(actor.id, list(actor.config.layers))
     actor.rootfs_users += 1
     try:
-        return await trio.to_thread.run_sync(_open_root, path, _running_pid(actor) if with_mounts else 0)
+        pid = _running_pid(actor) if with_mounts else 0
+        if with_mounts and not pid and (actor.config.volumes or actor.config.binds):
+            view = await _copy_view(actor, path)
+            return await trio.to_thread.run_sync(view.open_root)
+        return await trio.to_thread.run_sync(_open_root, path, pid)
     except BaseException:
         await release_rootfs(actor)
         raise
+
+
+async def _copy_view(actor: ContainerActor, rootfs: Path) -> copy_view.CopyView:
+    """The view the copies of the stopped container share, made when the first needs it."""
+    view = actor.copy_view
+    if view is not None and view.alive():
+        return view
+    if view is not None:  # its helper died (killed by hand?): a new one
+        await close_copy_view(actor)
+    holder = f"{actor.id}/cp"
+    mounts: list[dict[str, Any]] = []
+    volumes = actor.deps.volumes
+    if volumes is not None and actor.config.volumes:
+        mounts += await actor._bounded("mounting the volumes", volumes.mount(actor.config, rootfs, holder=holder))
+    try:
+        mounts += [{"source": b.source, "destination": b.destination, "read_only": b.read_only}
+                   for b in actor.config.binds]
+        actor.copy_view = await copy_view.open_view(rootfs, mounts, holder)
+    except BaseException:
+        if volumes is not None and actor.config.volumes:
+            with trio.CancelScope(shield=True):
+                await volumes.unmount(actor.config, holder=holder)
+        raise
+    return actor.copy_view
+
+
+async def close_copy_view(actor: ContainerActor) -> None:
+    """End the copies' mount namespace (its mounts go with it) and release the volumes."""
+    view, actor.copy_view = actor.copy_view, None
+    if view is None:
+        return
+    await copy_view.close(view)
+    if actor.deps.volumes is not None and actor.config.volumes:
+        await actor.deps.volumes.unmount(actor.config, holder=view.holder)
 
 
 def _running_pid(actor: ContainerActor) -> int:
@@ -144,6 +186,8 @@ def _open_root(path: Path, pid: int) -> int:
 
 async def release_rootfs(actor: ContainerActor) -> None:
     actor.rootfs_users = max(0, actor.rootfs_users - 1)
+    if actor.rootfs_users == 0 and actor.copy_view is not None:
+        await actor._cleanup("the copy's mounts", functools.partial(close_copy_view, actor))
     if actor.rootfs_users == 0 and actor.status.state not in (S.RUNNING, S.PAUSED) and not actor.removed:
         await actor._cleanup("unmount", actor._unmount)
 

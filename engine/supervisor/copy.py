@@ -305,6 +305,11 @@ def extract_into(root_fd: int, dest: str, archive: IO[bytes], *, copy_uid_gid: b
             _set_times(root_fd, target, member)
     except tarfile.TarError as e:
         raise InvalidArgument(f"not a valid tar archive: {e}") from None
+    except OSError as e:
+        if e.errno == errno.EROFS:  # docker refuses these too ("marked read-only")
+            raise Conflict(f"cannot copy to {dest}: it is on a read-only mount (a read-only volume, "
+                           "bind or root filesystem)") from None
+        raise
     finally:
         os.close(base_fd)
     return CopyInResult(count, total)

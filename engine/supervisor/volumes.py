@@ -125,9 +125,10 @@ class VolumeService:
 
     # --- the actors' VolumeProvider ----------------------------------------------------------
 
-    async def mount(self, config: ContainerConfig, rootfs: Path) -> list[dict[str, Any]]:
+    async def mount(self, config: ContainerConfig, rootfs: Path, *, holder: str = "") -> list[dict[str, Any]]:
         """Mount every volume of the container (seeding new empty ones from the image);
-        the host paths, for the bundle."""
+        the host paths, for the bundle. ``holder``: counted under that name instead of the
+        container's run (a ``cp`` of the stopped container)."""
         result = []
         try:
             for v in config.volumes:
@@ -135,20 +136,21 @@ class VolumeService:
                     if not v.nocopy:
                         await seed(rootfs, v.destination, path)
 
-                path = await self.store.mount(v.name, config.id, prepare)
+                path = await self.store.mount(v.name, config.id, prepare, holder=holder)
                 result.append({"source": str(path), "destination": v.destination,
                                "read_only": v.read_only, "name": v.name,
                                "driver": self.store.get(v.name).driver})
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self.unmount(config)
+                await self.unmount(config, holder=holder)
             raise
         return result
 
-    async def unmount(self, config: ContainerConfig) -> None:
+    async def unmount(self, config: ContainerConfig, *, holder: str = "") -> None:
         for v in config.volumes:
-            still_used = bool(self.running_users(v.name, excluding=config.id))
-            await self.store.unmount(v.name, config.id, still_used=still_used)
+            # a copy's holder: the container's own run (if it started meanwhile) counts too
+            still_used = bool(self.running_users(v.name, excluding="" if holder else config.id))
+            await self.store.unmount(v.name, config.id, still_used=still_used, holder=holder)
 
     async def remove_anonymous(self, config: ContainerConfig) -> None:
         """``rm -v`` / ``--rm``: the anonymous volumes made for this container go, unless

@@ -203,32 +203,36 @@ class VolumeStore:
     # --- mounts ---------------------------------------------------------------------------
 
     async def mount(self, name: str, container_id: str,
-                    prepare: Callable[[Path], Awaitable[None]] | None = None) -> Path:
+                    prepare: Callable[[Path], Awaitable[None]] | None = None, *, holder: str = "") -> Path:
         """Mount for ``container_id``; ``prepare(path)`` runs once mounted, under the
-        volume's lock (two containers starting on a new volume seed it once)."""
+        volume's lock (two containers starting on a new volume seed it once). ``holder``:
+        the name the use is counted under when not the container's run (a ``cp``)."""
         record = self.get(name)
+        holder = holder or container_id
         async with self._lock(name):
             path = await self.driver(record.driver).mount(name, record.options)
             if prepare is not None:
                 await prepare(path)
             self._unmounted.discard(name)
             holders = self._holders.setdefault(name, set())
-            new = container_id not in holders
-            holders.add(container_id)
+            new = holder not in holders
+            holders.add(holder)
         if new:  # docker's: one mount event per container
             self._publish("mount", record, container=container_id)
         return path
 
-    async def unmount(self, name: str, container_id: str, *, still_used: bool) -> None:
-        """``container_id`` no longer needs the volume; ``still_used``: a running container
-        this daemon adopted (not in the in-memory count) still does."""
+    async def unmount(self, name: str, container_id: str, *, still_used: bool, holder: str = "") -> None:
+        """``container_id`` (counted as ``holder``, see ``mount``) no longer needs the
+        volume; ``still_used``: a running container this daemon adopted (not in the
+        in-memory count) still does."""
         record = self._records.get(name)
         if record is None:
             return
+        holder = holder or container_id
         async with self._lock(name):
             holders = self._holders.get(name, set())
-            held = container_id in holders
-            holders.discard(container_id)
+            held = holder in holders
+            holders.discard(holder)
             if not (holders or still_used or name in self._unmounted):
                 self._holders.pop(name, None)
                 await self.driver(record.driver).unmount(name, record.options)

@@ -147,6 +147,37 @@ def test_cp_both_ways_diff_export_commit(engine: Engine, binary: str, tmp_path: 
     engine.docker("rmi", "snap:v1", binary=binary)
 
 
+@pytest.mark.parametrize("binary", docker_clients())
+def test_cp_of_a_stopped_container_sees_its_volume_and_bind(engine: Engine, binary: str, tmp_path: Path) -> None:
+    """As dockerd mounts them for the copy: docker cp out of and into a named volume and a
+    bind of a stopped container reaches them, not the container's layer; the next run sees
+    what was copied in."""
+    volume = f"cpv-{uuid.uuid4().hex[:8]}"
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "host.txt").write_text("on the host\n")
+    engine.docker("create", "--name", "idle", "-v", f"{volume}:/data", "-v", f"{bind}:/bound", "busybox",
+                  "sh", "-c", "cat /data/in.txt /bound/in.txt; echo made > /data/made.txt", binary=binary)
+    try:
+        (tmp_path / "in.txt").write_text("copied in\n")
+        engine.docker("cp", str(tmp_path / "in.txt"), "idle:/data/", binary=binary)
+        engine.docker("cp", str(tmp_path / "in.txt"), "idle:/bound/in.txt", binary=binary)
+        mountpoint = Path(engine.docker("volume", "inspect", "-f", "{{.Mountpoint}}", volume,
+                                        binary=binary).stdout.strip())
+        assert (mountpoint / "in.txt").read_text() == "copied in\n"
+        assert (bind / "in.txt").read_text() == "copied in\n"
+        engine.docker("cp", "idle:/bound/host.txt", str(tmp_path / "out.txt"), binary=binary)
+        assert (tmp_path / "out.txt").read_text() == "on the host\n"
+        assert "A /data/in.txt" not in engine.docker("diff", "idle", binary=binary).stdout.splitlines()
+        engine.docker("start", "-a", "idle", binary=binary)
+        assert engine.docker("logs", "idle", binary=binary).stdout == "copied in\ncopied in\n"
+        piped = engine.docker("cp", "idle:/data/made.txt", "-", binary=binary).stdout
+        assert "made" in piped
+    finally:
+        engine.docker("rm", "-f", "idle", binary=binary, check=False)
+        engine.docker("volume", "rm", "-f", volume, binary=binary, check=False)
+
+
 def test_docker_py_archive_and_stat(engine: Engine) -> None:
     client = engine.docker_py()
     try:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.testing.daemon import Daemon
-from tests.verbs.conftest import engctl, exec_out, run_detached
+from engine.testing.daemon import Daemon, mounts_under, processes_mentioning
+from tests.verbs.conftest import ENGCTL, engctl, exec_out, run_detached
 
 LINKS = "ln -s / /rootlink; ln -s ../../.. /uplink; mkdir -p /deep/a/b; ln -s ../../../../.. /deep/a/b/up"
 
@@ -173,3 +175,202 @@ def test_copy_sees_the_running_containers_volumes_and_binds(engine: Daemon, tmp_
             for container in c.call("container.list", all=True):
                 c.call("container.remove", id=container["Id"], force=True)
             c.call("volume.remove", name="cpvol", force=True)
+
+
+# --- a stopped container's volumes and binds (docker mounts them for the copy) ---------------
+
+
+def copy_helpers(engine: Daemon) -> list[int]:
+    """The daemon's mount helpers for copies of stopped containers (engine.actors.copy_view)."""
+    daemon_pid = engine.proc.pid if engine.proc else 0
+    found = []
+    for pid in processes_mentioning("copy_mounts_helper"):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == daemon_pid:
+            found.append(pid)
+    return found
+
+
+def wait_helpers_gone(engine: Daemon) -> None:
+    deadline = time.monotonic() + 10
+    while copy_helpers(engine):
+        assert time.monotonic() < deadline, f"copy mount helpers left: {copy_helpers(engine)}"
+        time.sleep(0.1)
+
+
+def wait_unmounted(engine: Daemon, path: Path) -> None:
+    """The release of a copy's root follows its reply (a notice to the actor): wait for it."""
+    deadline = time.monotonic() + 10
+    while str(path) in mounts_under(engine.base):
+        assert time.monotonic() < deadline, f"{path} is still mounted"
+        time.sleep(0.1)
+
+
+def volume_dir(engine: Daemon, name: str) -> Path:
+    with engine.client() as c:
+        return Path(c.call("volume.inspect", name=name)["Mountpoint"])
+
+
+def remove_everything(engine: Daemon, volumes: list[str]) -> None:
+    with engine.client() as c:
+        for container in c.call("container.list", all=True):
+            c.call("container.remove", id=container["Id"], force=True)
+        for name in volumes:
+            try:
+                c.call("volume.remove", name=name, force=True)
+            except Exception:  # noqa: BLE001 - not made by a test that failed early
+                pass
+
+
+def test_copy_sees_a_stopped_containers_volumes_binds_and_nested_volumes(engine: Daemon, tmp_path: Path) -> None:
+    """docker cp of a stopped container shows its volumes and binds (nested ones in order)
+    and writes into them, not into the container's layer; nothing stays mounted, and a
+    start afterwards sees what was copied in."""
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "from-host").write_text("host side\n")
+    outer, inner = f"cpo-{secrets.token_hex(4)}", f"cpi-{secrets.token_hex(4)}"
+    script = ("cat /vol/uploaded /vol/nested/deep /bound/uploaded > /bound/seen 2>&1; "
+              "echo in-volume > /vol/made-inside; echo in-nested > /vol/nested/made")
+    cid = run_detached(engine, script, volumes=[f"{outer}:/vol", f"{inner}:/vol/nested", f"{bind}:/bound"])
+    try:
+        engctl(engine, "wait", cid)
+        assert untar(engctl(engine, "cp", f"{cid}:/vol/made-inside", "-").stdout)["made-inside:data"] == b"in-volume\n"
+        assert untar(engctl(engine, "cp", f"{cid}:/vol/nested/made", "-").stdout)["made:data"] == b"in-nested\n"
+        assert untar(engctl(engine, "cp", f"{cid}:/bound/from-host", "-").stdout)["from-host:data"] == b"host side\n"
+        listing = untar(engctl(engine, "cp", f"{cid}:/vol", "-").stdout)
+        assert {"vol/made-inside", "vol/nested/made"} <= set(listing)
+        (tmp_path / "upload").write_text("copied in\n")
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/vol/uploaded")
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/vol/nested/deep")
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/bound/uploaded")
+        # on the volumes' and the bind's host directories, not in the container's layer
+        assert (volume_dir(engine, outer) / "uploaded").read_text() == "copied in\n"
+        assert (volume_dir(engine, inner) / "deep").read_text() == "copied in\n"
+        assert (bind / "uploaded").read_text() == "copied in\n"
+        with engine.client() as c:
+            changes = {ch["Path"] for ch in c.call("container.diff", id=cid)}
+        assert not {"/vol/uploaded", "/vol/nested/deep", "/bound/uploaded"} & changes
+        wait_helpers_gone(engine)
+        assert not [m for m in mounts_under(engine.base) if m.endswith(("/vol", "/vol/nested", "/bound"))]
+        engctl(engine, "start", cid)
+        engctl(engine, "wait", cid)
+        assert (bind / "seen").read_text() == "copied in\n" * 3
+    finally:
+        remove_everything(engine, [outer, inner])
+
+
+def test_copy_into_a_created_containers_volume_then_start(engine: Daemon, tmp_path: Path) -> None:
+    """A container created and never started: a copy into its named volume lands there
+    (the mount point made in its root as the runtime would), and its first run sees it."""
+    name = f"cpc-{secrets.token_hex(4)}"
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    with engine.client() as c:
+        cid = str(c.call("container.create", {"image": "busybox", "cmd": ["cat", "/fresh/dir/file"],
+                                              "volumes": [f"{name}:/fresh/dir", f"{readonly}:/ro:ro"]})["Id"])
+    try:
+        (tmp_path / "file").write_text("before the first start\n")
+        engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/fresh/dir/")
+        assert (volume_dir(engine, name) / "file").read_text() == "before the first start\n"
+        # a read-only bind stays read-only for the copy too (docker refuses it as well)
+        refused = engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/ro/file", check=False)
+        assert refused.returncode != 0 and b"read-only" in refused.stderr.lower(), refused.stderr
+        assert list(readonly.iterdir()) == []
+        wait_helpers_gone(engine)
+        engctl(engine, "start", cid)
+        assert engctl(engine, "wait", cid).stdout.strip() == b"0"
+        assert engctl(engine, "logs", cid).stdout == b"before the first start\n"
+    finally:
+        remove_everything(engine, [name])
+
+
+def test_a_symlink_at_a_volumes_destination_resolves_inside_the_root(engine: Daemon, sentinel: str,
+                                                                     tmp_path: Path) -> None:
+    """An image whose path at a volume's destination is a symlink to a host path: the copy's
+    mount goes where the link leads inside the container, never over the host's file."""
+    image = f"cplink{secrets.token_hex(3)}:1"
+    maker = run_detached(engine, f"ln -s /tmp/{sentinel} /data; ln -s ../../../../tmp/{sentinel}-rel /reldata")
+    name = f"cpl-{secrets.token_hex(4)}"
+    try:
+        engctl(engine, "wait", maker)
+        engctl(engine, "commit", maker, image)
+        with engine.client() as c:
+            cid = str(c.call("container.create", {"image": image, "cmd": ["true"],
+                                                  "volumes": [f"{name}:/data", f"{name}:/reldata"]})["Id"])
+        (tmp_path / "upload").write_text("into the volume\n")
+        engctl(engine, "cp", str(tmp_path / "upload"), f"{cid}:/data/upload")
+        assert (volume_dir(engine, name) / "upload").read_text() == "into the volume\n"
+        out = untar(engctl(engine, "cp", f"{cid}:/reldata/upload", "-").stdout)
+        assert out["upload:data"] == b"into the volume\n"
+        assert (Path("/tmp") / sentinel).read_text() == "HOST SECRET"
+        assert not (Path("/tmp") / f"{sentinel}-rel").exists()
+        assert not [m for m in mounts_under(Path("/tmp")) if sentinel in m]
+        wait_helpers_gone(engine)
+    finally:
+        remove_everything(engine, [name])
+        engctl(engine, "rmi", image, check=False)
+
+
+def test_a_failed_copy_of_a_stopped_container_leaves_no_mount(engine: Daemon, tmp_path: Path) -> None:
+    """A copy that fails (a missing path; a mount point the helper cannot make) leaves no
+    helper and no mount: a tmpfs volume's host mount (counted per user) is released too."""
+    name = f"cpt-{secrets.token_hex(4)}"
+    engctl(engine, "volume", "create", "--opt", "type=tmpfs", "--opt", "device=tmpfs", name)
+    data = volume_dir(engine, name)
+    try:
+        cid = run_detached(engine, "true", volumes=[f"{name}:/vol"])
+        engctl(engine, "wait", cid)
+        wait_unmounted(engine, data)
+        (tmp_path / "f").write_text("x")
+        engctl(engine, "cp", str(tmp_path / "f"), f"{cid}:/vol/f")
+        wait_helpers_gone(engine)
+        wait_unmounted(engine, data)  # mounted for the copy only
+        missing = engctl(engine, "cp", f"{cid}:/vol/no-such", "-", check=False)
+        assert missing.returncode != 0 and b"no such file or directory" in missing.stderr
+        wait_helpers_gone(engine)
+        wait_unmounted(engine, data)
+        # /etc/passwd is a file in busybox: no mount point can be made below it
+        with engine.client() as c:
+            bad = str(c.call("container.create", {"image": "busybox", "cmd": ["true"],
+                                                  "volumes": [f"{name}:/vol", f"{tmp_path}:/etc/passwd/x"]})["Id"])
+        refused = engctl(engine, "cp", f"{bad}:/vol", "-", check=False)
+        assert refused.returncode != 0 and b"/etc/passwd/x" in refused.stderr, refused.stderr
+        wait_helpers_gone(engine)
+        wait_unmounted(engine, data)
+        assert untar(engctl(engine, "cp", f"{cid}:/etc/hostname", "-").stdout)  # the daemon is fine
+    finally:
+        remove_everything(engine, [name])
+
+
+def test_start_during_a_long_copy_of_a_stopped_container(engine: Daemon, tmp_path: Path) -> None:
+    """A start while a copy out of the stopped container's volume streams (the client
+    reads slowly): the start works, the copy finishes whole, and the run sees the volume."""
+    name = f"cps-{secrets.token_hex(4)}"
+    cid = run_detached(engine, "[ -e /vol/big ] && wc -c < /vol/big > /vol/seen; "
+                       "[ -e /vol/big ] || dd if=/dev/zero of=/vol/big bs=1M count=32 2>/dev/null",
+                       volumes=[f"{name}:/vol"])
+    try:
+        engctl(engine, "wait", cid)
+        env = {**os.environ, "ENGINE_HOST": engine.host}
+        copy = subprocess.Popen([*ENGCTL, "cp", f"{cid}:/vol/big", "-"], stdout=subprocess.PIPE, env=env)
+        try:
+            assert copy.stdout is not None
+            first = copy.stdout.read(64 * 1024)  # the rest waits on this pipe: the copy is open
+            assert copy_helpers(engine) and copy.poll() is None
+            engctl(engine, "start", cid)
+            assert engctl(engine, "wait", cid).stdout.strip() == b"0"
+            rest = copy.stdout.read()
+            assert copy.wait(timeout=60) == 0
+        finally:
+            copy.kill()
+            copy.wait()
+        files = untar(first + rest)
+        assert files["big:data"] == bytes(32 << 20)
+        assert (volume_dir(engine, name) / "seen").read_text().strip() == str(32 << 20)
+        wait_helpers_gone(engine)
+    finally:
+        remove_everything(engine, [name])

@@ -218,7 +218,11 @@ def _network(host: dict[str, Any], networking: dict[str, Any], disabled: bool) -
         refuse_unsupported(f"NetworkingConfig.EndpointsConfig.{name}", endpoint, {"Aliases"},
                            {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
                             "DNSNames", "Links"})
-        if mode and mode != name:
+        if name == "default":
+            # API 1.44+ clients (docker 25+) name the daemon's default network so when no
+            # --network is given: the daemon's --default-network, as for NetworkMode "default"
+            name = mode
+        elif mode and mode != name:
             raise InvalidArgument(f"HostConfig.NetworkMode {mode!r} and NetworkingConfig's network {name!r} differ")
         mode = name
         aliases = str_list(endpoint.get("Aliases"), "Aliases") or []
@@ -520,6 +524,10 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "OnBuild": None,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
     })
+    if c.network_mode == "none" and (api.app.config.default_network == "none" or api.app.services.network is None):
+        # dockerd's for a container on its default network when it has none ("bridge":
+        # "none"); omitted otherwise, as dockerd omits it (omitempty)
+        config["NetworkDisabled"] = True
     host = doc["HostConfig"]
     for key, zero in HOST_CONFIG_ZEROS.items():
         host.setdefault(key, zero)
