@@ -4,6 +4,7 @@ directory included, each inode once however many hard links it has."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 
 from engine.store.rmtree import _DIR_FLAGS, _walk
@@ -34,6 +35,29 @@ def disk_usage(path: str | os.PathLike[str], seen: set[tuple[int, int]] | None =
     except OSError:
         return 0
     add(os.fstat(fd))
+    _walk(fd, on_entry=lambda _dir, _name, st: add(st), remove=False)
+    return total
+
+
+def content_size(path: str | os.PathLike[str]) -> int:
+    """The bytes of a tree's files (``st_size`` of everything but directories, each inode
+    once), blocking: docker's size of a writable layer (``SizeRw``), which an untouched
+    container has none of, where du counts its directories' blocks."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(st: os.stat_result) -> None:
+        nonlocal total
+        key = (st.st_dev, st.st_ino)
+        if stat.S_ISDIR(st.st_mode) or key in seen:
+            return
+        seen.add(key)
+        total += st.st_size
+
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return 0
     _walk(fd, on_entry=lambda _dir, _name, st: add(st), remove=False)
     return total
 

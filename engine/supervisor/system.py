@@ -15,7 +15,7 @@ import trio
 from engine.actors.model import iso_time
 from engine.actors.state import ContainerState
 from engine.errors import InvalidArgument
-from engine.store.du import disk_usage
+from engine.store.du import content_size, disk_usage
 
 if TYPE_CHECKING:
     from engine.actors.container import ContainerActor
@@ -112,8 +112,8 @@ def network_filter(filters: dict[str, list[str]]) -> Callable[[Network], bool]:
 
 
 async def container_sizes(app: App, actors: list[Any]) -> dict[str, tuple[int, int]]:
-    """Each container's (SizeRw, SizeRootFs): its writable layer, and that plus its image's
-    layers, counted as du does (docker's ``ps -s`` and ``inspect --size``)."""
+    """Each container's (SizeRw, SizeRootFs) as docker counts them (``ps -s``, ``system
+    df``): the bytes of its writable layer's files, and that plus its image's layers."""
     driver = app.storage()
     layer_ids = sorted({d for a in actors for d in a.config.layers})
 
@@ -121,7 +121,7 @@ async def container_sizes(app: App, actors: list[Any]) -> dict[str, tuple[int, i
         layer_size = {d: disk_usage(driver.layer_path(d)) for d in layer_ids}
         sizes = {}
         for a in actors:
-            rw = disk_usage(driver.container_layer_path(a.id))
+            rw = content_size(driver.container_layer_path(a.id))
             sizes[a.id] = (rw, rw + sum(layer_size.get(d, 0) for d in set(a.config.layers)))
         return sizes
 
