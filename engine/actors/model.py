@@ -123,6 +123,17 @@ class ContainerConfig:
     cpu_shares: int | None = None
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
+    # docker's host options (engine.supervisor.host_options checks them at create)
+    security_opt: list[str] = attrs.field(factory=list)  # as given, for inspect
+    seccomp_json: str = ""  # a profile's content (docker's CLI sends the file's JSON)
+    ulimits: dict[str, list[int]] = attrs.field(factory=dict)  # docker's name -> [soft, hard]
+    shm_size: int | None = None  # bytes of /dev/shm; None: docker's 64 MiB
+    oom_score_adj: int | None = None
+    group_add: list[str] = attrs.field(factory=list)  # gids or group names of the image's /etc/group
+    memory_swap: int | None = None  # memory + swap (docker's --memory-swap); -1 unlimited
+    cpu_quota: int | None = None  # microseconds per period (docker's --cpu-quota)
+    cpu_period: int | None = None  # microseconds (docker's --cpu-period)
+    devices: list[str] = attrs.field(factory=list)  # HOST:CONTAINER:PERMISSIONS, checked at create
 
     @property
     def short_id(self) -> str:

@@ -214,6 +214,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "CapAdd": c.cap_add,
             "CapDrop": c.cap_drop,
             "PortBindings": port_bindings(actor),
+            **host_options_view(c),
         },
         "Config": {
             "Hostname": c.hostname or c.id[:12],
@@ -238,6 +239,32 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "Ports": published_ports(actor),
         },
     }
+
+
+def host_options_view(c: Any) -> dict[str, Any]:
+    """docker's HostConfig fields of the host options (engine.supervisor.host_options)."""
+    return {
+        "Privileged": c.privileged,
+        "SecurityOpt": list(c.security_opt) or None,
+        "Sysctls": dict(c.sysctls) or None,
+        "Ulimits": [{"Name": name, "Soft": soft, "Hard": hard} for name, (soft, hard) in c.ulimits.items()] or None,
+        "ShmSize": c.shm_size or 64 * 1024 * 1024,
+        "OomScoreAdj": c.oom_score_adj or 0,
+        "GroupAdd": list(c.group_add) or None,
+        "PidMode": "host" if c.namespaces.get("pid") == "host" else "",
+        "IpcMode": "host" if c.namespaces.get("ipc") == "host" else "private",
+        "UTSMode": "host" if c.namespaces.get("uts") == "host" else "",
+        "MemorySwap": c.memory_swap or 0,
+        "CpuQuota": c.cpu_quota or 0,
+        "CpuPeriod": c.cpu_period or 0,
+        "Devices": [_device_view(d) for d in c.devices] or None,
+    }
+
+
+def _device_view(spec: str) -> dict[str, str]:
+    host, _, rest = spec.partition(":")
+    container, _, permissions = rest.partition(":")
+    return {"PathOnHost": host, "PathInContainer": container or host, "CgroupPermissions": permissions or "rwm"}
 
 
 def list_filter(filters: dict[str, list[str]]) -> Any:

@@ -22,8 +22,9 @@ import attrs
 
 from engine.errors import InvalidArgument
 from engine.oci import seccomp
+from engine.oci.devices import device_rules, host_devices
 from engine.oci.propagation import rootfs_propagation
-from engine.oci.user import ExecUser, resolve_user
+from engine.oci.user import ExecUser, resolve_groups, resolve_user
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -144,6 +145,12 @@ class SpecOptions:
     cpu_shares: int | None = None
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
+    shm_size: int | None = None  # bytes of /dev/shm (docker's --shm-size); None: 64 MiB
+    group_add: list[str] = attrs.field(factory=list)  # gids or names in the image's /etc/group
+    seccomp_template: dict[str, Any] | None = None  # a profile given by content, over seccomp_profile
+    cpu_quota: int | None = None  # microseconds per period
+    cpu_period: int | None = None  # microseconds
+    devices: list[str] = attrs.field(factory=list)  # docker's --device HOST[:CONTAINER[:rwm]]
 
 
 # --- process ---------------------------------------------------------------------------------
@@ -316,6 +323,14 @@ def _resources(options: SpecOptions) -> dict[str, Any]:
         if options.cpus <= 0:
             raise InvalidArgument(f"cpus must be positive, got {options.cpus}")
         res["cpu"] = {"quota": int(options.cpus * _CFS_PERIOD), "period": _CFS_PERIOD}
+    if options.cpu_quota is not None or options.cpu_period is not None:
+        cpu = res.setdefault("cpu", {})
+        if options.cpu_quota is not None:
+            cpu["quota"] = options.cpu_quota
+        if options.cpu_period is not None:
+            cpu["period"] = options.cpu_period
+    if options.devices:
+        res["devices"] += device_rules(options.devices)
     placement = {key: value for key, value in (("shares", options.cpu_shares), ("cpus", options.cpuset_cpus),
                                                ("mems", options.cpuset_mems)) if value}
     if placement:
@@ -328,8 +343,19 @@ def _resources(options: SpecOptions) -> dict[str, Any]:
 # --- mounts -------------------------------------------------------------------------------------
 
 
+def _shm_mount(options: SpecOptions) -> dict[str, Any]:
+    if options.namespaces.get("ipc") == "host":
+        # the host's IPC namespace: its /dev/shm too, as docker binds it
+        return {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+                "options": ["rbind", "nosuid", "noexec", "nodev"]}  # fmt: skip
+    size = f"size={options.shm_size // 1024}k" if options.shm_size else "size=65536k"
+    return {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", size]}  # fmt: skip
+
+
 def standard_mounts(options: SpecOptions) -> list[dict[str, Any]]:
     sys_ro = [] if options.privileged else ["ro"]
+    shm = _shm_mount(options)
     return [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -337,8 +363,7 @@ def standard_mounts(options: SpecOptions) -> list[dict[str, Any]]:
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        shm,
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -419,7 +444,10 @@ def _process(options: SpecOptions, user: ExecUser, caps: list[str]) -> dict[str,
         "rlimits": rlimits(options),
         "noNewPrivileges": options.no_new_privileges,
     }
-    gids = list(user.additional_gids) + [g for g in options.additional_gids if g not in user.additional_gids]
+    extra = list(options.additional_gids)
+    if options.group_add:
+        extra += resolve_groups(options.rootfs, options.group_add)
+    gids = list(user.additional_gids) + [g for g in dict.fromkeys(extra) if g not in user.additional_gids]
     if gids:
         process["user"]["additionalGids"] = gids
     if options.oom_score_adj is not None:
@@ -430,6 +458,8 @@ def _process(options: SpecOptions, user: ExecUser, caps: list[str]) -> dict[str,
 def _seccomp(options: SpecOptions, caps: list[str]) -> dict[str, Any] | None:
     if options.privileged or options.seccomp_profile == Path("unconfined"):
         return None
+    if options.seccomp_template is not None:
+        return seccomp.convert(options.seccomp_template, frozenset(caps))
     if options.seccomp_profile is None:
         return seccomp.default_profile(frozenset(caps))
     return seccomp.convert(seccomp.load_template(options.seccomp_profile), frozenset(caps))
@@ -445,6 +475,11 @@ def _linux(options: SpecOptions, caps: list[str]) -> dict[str, Any]:
     if not options.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
+    if options.privileged or options.devices:
+        # a --device given beside --privileged wins for its path
+        devices = {d["path"]: d for d in (host_devices() if options.privileged else [])}
+        devices.update((d["path"], d) for d in host_devices(options.devices))
+        linux["devices"] = list(devices.values())
     profile = _seccomp(options, caps)
     if profile is not None:
         linux["seccomp"] = profile

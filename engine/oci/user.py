@@ -181,3 +181,12 @@ def resolve_user(rootfs: Path, user: str) -> ExecUser:
         gid = _resolve_gid(group_part, groups)
     extra = tuple(sorted({g.gid for g in groups if name is not None and name in g.members} - {gid}))
     return ExecUser(uid=uid, gid=gid, additional_gids=extra, home=home)
+
+
+def resolve_groups(rootfs: Path, groups: list[str]) -> list[int]:
+    """docker's ``--group-add``: numeric gids as they are, names looked up in the image's
+    ``/etc/group``. Blocking (reads the rootfs)."""
+    if all(g.isdigit() for g in groups):
+        return [int(g) for g in groups]
+    entries = _parse_group(read_rootfs_file(rootfs, "/etc/group"))
+    return [_resolve_gid(g, entries) for g in groups]

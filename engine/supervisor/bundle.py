@@ -101,6 +101,15 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cpu_shares=config.cpu_shares,
         cpuset_cpus=config.cpuset_cpus,
         cpuset_mems=config.cpuset_mems,
+        rlimits={name: (soft, hard) for name, (soft, hard) in config.ulimits.items()},
+        oom_score_adj=config.oom_score_adj,
+        memory_swap=config.memory_swap,
+        shm_size=config.shm_size,
+        group_add=list(config.group_add),
+        seccomp_template=json.loads(config.seccomp_json) if config.seccomp_json else None,
+        cpu_quota=config.cpu_quota,
+        cpu_period=config.cpu_period,
+        devices=list(config.devices),
     )
 
 

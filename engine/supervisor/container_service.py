@@ -109,6 +109,21 @@ class CreateSpec:
     health_start_period: float | None = None
     health_retries: int | None = None
     no_healthcheck: bool = False
+    # docker's host options (engine.supervisor.host_options)
+    privileged: bool = False
+    security_opt: list[str] = attrs.field(factory=list)  # no-new-privileges[:bool], seccomp=unconfined|JSON
+    sysctls: dict[str, str] = attrs.field(factory=dict)
+    ulimits: list[str] = attrs.field(factory=list)  # name=soft[:hard]
+    shm_size: int | None = None  # bytes
+    oom_score_adj: int | None = None
+    group_add: list[str] = attrs.field(factory=list)
+    pid: str = ""  # "" | host
+    ipc: str = ""  # "" | host | private | shareable | none
+    uts: str = ""  # "" | host
+    memory_swap: int | None = None  # bytes of memory + swap; -1 unlimited
+    cpu_quota: int | None = None  # microseconds
+    cpu_period: int | None = None  # microseconds
+    devices: list[str] = attrs.field(factory=list)  # HOST[:CONTAINER[:rwm]]
 
 
 @attrs.frozen
@@ -311,7 +326,19 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
     from engine.actors.logs import LogPolicy
 
     LogPolicy.resolve(config, app.config.log_driver, app.config.log_opts)  # a clear error now
+    if has_host_options(p):
+        from engine.supervisor.host_options import apply_host_options
+
+        apply_host_options(config, p)
     return config, list(p.publish)
+
+
+def has_host_options(p: CreateSpec) -> bool:
+    """Whether the create gives any of docker's host options (the common create gives none,
+    and pays nothing for them)."""
+    return bool(p.privileged or p.security_opt or p.sysctls or p.ulimits or p.group_add or p.pid or p.ipc
+                or p.uts or p.devices) or any(v is not None for v in (
+                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period))
 
 
 class ContainerService:
@@ -333,6 +360,10 @@ class ContainerService:
         """Validate, build the config, let the network fill its part in, register."""
         config, publish = build_config(self.app, spec)
         await trio.to_thread.run_sync(check_bind_sources, config.binds)
+        if config.devices:
+            from engine.oci.devices import check_devices
+
+            await trio.to_thread.run_sync(check_devices, config.devices)
         network = self.app.services.network
         if network is not None:
             await network.prepare_config(config, publish)

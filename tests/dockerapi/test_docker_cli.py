@@ -120,9 +120,9 @@ def test_errors_have_docker_status_and_words(engine: Engine) -> None:
     assert gone.returncode == 1 and "No such container" in gone.stderr
     ref = engine.image_ref()
     engine.docker("pull", ref, timeout=120)
-    refused = engine.docker("run", "-d", "--privileged", ref, "true", check=False)
+    refused = engine.docker("run", "-d", "--blkio-weight", "300", ref, "true", check=False)
     assert refused.returncode == 125
-    assert "HostConfig.Privileged is not supported" in refused.stderr
+    assert "HostConfig.BlkioWeight is not supported" in refused.stderr
     domain = engine.docker("run", "-d", "--domainname", "example.org", ref, "true", check=False)
     assert domain.returncode == 125 and "Config.Domainname" in domain.stderr
     engine.docker("run", "-d", "--name", "busy", ref, "sleep", "300")

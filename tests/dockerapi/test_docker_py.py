@@ -80,9 +80,9 @@ def test_errors_are_docker_py_exceptions(engine: Engine) -> None:
             client.api.create_container("nosuch:latest", "true")
         client.images.pull(engine.image_ref())
         with pytest.raises(docker.errors.APIError) as refused:
-            client.containers.create(engine.image_ref(), "true", privileged=True)
+            client.containers.create(engine.image_ref(), "true", blkio_weight=300)
         assert refused.value.status_code == 400
-        assert "HostConfig.Privileged" in str(refused.value)
+        assert "HostConfig.BlkioWeight" in str(refused.value)
         with pytest.raises(docker.errors.APIError) as later:
             client.images.search("busybox")  # image search: not served
         assert later.value.status_code == 501

@@ -100,6 +100,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--health-retries", type=int, default=None)
     p.add_argument("--no-healthcheck", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
+    add_host_flags(p)
     p.add_argument("image")
     p.add_argument("command", nargs=REMAINDER)
 
@@ -171,7 +172,78 @@ def create_params(args: Namespace) -> dict[str, Any]:
     if args.log_opt:
         params["log_opts"] = parse_log_opts(args.log_opt)
     params.update(health_params(args))
+    params.update(host_params(args))
     return params
+
+
+def add_host_flags(p: Parser) -> None:
+    """docker's host options (checked by the daemon: engine.supervisor.host_options)."""
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--security-opt", action="append", default=[])
+    p.add_argument("--sysctl", action="append", default=[])
+    p.add_argument("--ulimit", action="append", default=[])
+    p.add_argument("--shm-size", default=None)
+    p.add_argument("--oom-score-adj", type=int, default=None)
+    p.add_argument("--group-add", action="append", default=[])
+    p.add_argument("--pid", default="")
+    p.add_argument("--ipc", default="")
+    p.add_argument("--uts", default="")
+    p.add_argument("--memory-swap", default=None)
+    p.add_argument("--cpu-quota", type=int, default=None)
+    p.add_argument("--cpu-period", type=int, default=None)
+    p.add_argument("--device", action="append", default=[])
+
+
+def host_params(args: Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.privileged:
+        params["privileged"] = True
+    if args.security_opt:
+        params["security_opt"] = [security_opt(o) for o in args.security_opt]
+    if args.sysctl:
+        sysctls = {}
+        for item in args.sysctl:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidArgument(f"invalid argument {item!r} for --sysctl: expected KEY=VALUE")
+            sysctls[key] = value
+        params["sysctls"] = sysctls
+    for flag, key in (("ulimit", "ulimits"), ("group_add", "group_add"), ("device", "devices")):
+        if getattr(args, flag):
+            params[key] = list(getattr(args, flag))
+    for key in ("pid", "ipc", "uts"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    if args.shm_size is not None:
+        params["shm_size"] = parse_bytes(args.shm_size)
+    if args.memory_swap is not None:
+        params["memory_swap"] = -1 if args.memory_swap.strip() == "-1" else parse_bytes(args.memory_swap)
+    for key in ("oom_score_adj", "cpu_quota", "cpu_period"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    return params
+
+
+def security_opt(opt: str) -> str:
+    """As docker's CLI: ``seccomp=PATH`` is sent as the file's content (the daemon may run
+    elsewhere); ``unconfined`` and the other options as they are."""
+    key, sep, value = opt.partition("=")
+    if not sep:
+        key, sep, value = opt.partition(":")
+    if key != "seccomp" or not sep or value in ("unconfined", "builtin", "default") or value.lstrip().startswith("{"):
+        return opt
+    try:
+        with open(value, "rb") as f:
+            content = f.read()
+    except OSError as e:
+        raise InvalidArgument(f"opening seccomp profile ({value}) failed: {e.strerror or e}") from None
+    import json
+
+    try:
+        profile = json.loads(content)
+    except ValueError as e:
+        raise InvalidArgument(f"compacting json for seccomp profile ({value}) failed: {e}") from None
+    return "seccomp=" + json.dumps(profile, separators=(",", ":"))
 
 
 def health_params(args: Namespace) -> dict[str, Any]:

@@ -96,7 +96,8 @@ HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
                 "Memory", "NanoCpus", "CpuShares", "CpusetCpus", "CpusetMems", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
-                "Isolation", "VolumesFrom"}
+                "Isolation", "VolumesFrom", "Privileged", "SecurityOpt", "Sysctls", "Ulimits", "ShmSize",
+                "OomScoreAdj", "GroupAdd", "PidMode", "UTSMode", "MemorySwap", "CpuQuota", "CpuPeriod", "Devices"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
 LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
 
@@ -251,8 +252,9 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
                               "logs in k8s-file format)")
     if str(host.get("CgroupnsMode") or "private") not in ("private", "host"):
         raise InvalidArgument(f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported")
-    if str(host.get("IpcMode") or "private") not in ("private", "shareable", "none"):
-        raise InvalidArgument(f"HostConfig.IpcMode {host['IpcMode']!r} is not supported by engine")
+    if str(host.get("IpcMode") or "private") not in ("private", "shareable", "none", "host"):
+        raise InvalidArgument(f"HostConfig.IpcMode {host['IpcMode']!r} is not supported by engine (private, "
+                              "shareable, none and host are)")
     if str(host.get("Isolation") or "default") != "default":
         raise InvalidArgument(f"HostConfig.Isolation {host['Isolation']!r} is not supported on linux")
     image = str(doc.get("Image") or "")
@@ -306,7 +308,61 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         open_stdin=bool(doc.get("OpenStdin")),
         stdin_once=bool(doc.get("StdinOnce")),
         **_healthcheck(doc.get("Healthcheck")),
+        **_host_options(host),
     )
+
+
+def _int_field(host: dict[str, Any], key: str) -> int | None:
+    """An integer HostConfig field; None when absent or zero (docker's "not set")."""
+    value = host.get(key)
+    if value is None or value == 0:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"HostConfig.{key} must be an integer")
+    return value
+
+
+def _host_options(host: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig's privileges, namespaces and limits as CreateSpec's host options (checked
+    with docker's rules by engine.supervisor.host_options)."""
+    spec: dict[str, Any] = {}
+    if host.get("Privileged"):
+        spec["privileged"] = True
+    for key, name in (("SecurityOpt", "security_opt"), ("GroupAdd", "group_add")):
+        values = str_list(host.get(key), f"HostConfig.{key}")
+        if values:
+            spec[name] = values
+    sysctls = str_map(host.get("Sysctls"), "HostConfig.Sysctls")
+    if sysctls:
+        spec["sysctls"] = sysctls
+    ulimits = host.get("Ulimits") or []
+    if not isinstance(ulimits, list) or not all(isinstance(u, dict) for u in ulimits):
+        raise InvalidArgument("HostConfig.Ulimits must be a list of objects")
+    if ulimits:
+        spec["ulimits"] = [f"{u.get('Name', '')}={int(u.get('Soft') or 0)}:{int(u.get('Hard') or 0)}"
+                           for u in ulimits]
+    for key, name in (("ShmSize", "shm_size"), ("OomScoreAdj", "oom_score_adj"), ("MemorySwap", "memory_swap"),
+                      ("CpuQuota", "cpu_quota"), ("CpuPeriod", "cpu_period")):
+        value = _int_field(host, key)
+        if value is not None:
+            spec[name] = value
+    for key, name in (("PidMode", "pid"), ("IpcMode", "ipc"), ("UTSMode", "uts")):
+        if host.get(key):
+            spec[name] = str(host[key])
+    devices = host.get("Devices") or []
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise InvalidArgument("HostConfig.Devices must be a list of objects")
+    if devices:
+        spec["devices"] = [_device(i, d) for i, d in enumerate(devices)]
+    return spec
+
+
+def _device(i: int, d: dict[str, Any]) -> str:
+    """HostConfig.Devices[i] as a --device value."""
+    refuse_unsupported(f"HostConfig.Devices[{i}]", d, {"PathOnHost", "PathInContainer", "CgroupPermissions"},
+                       set())
+    host_path = str(d.get("PathOnHost") or "")
+    return f"{host_path}:{d.get('PathInContainer') or host_path}:{d.get('CgroupPermissions') or 'rwm'}"
 
 
 def str_map_keys(value: Any, field: str) -> list[str]:
@@ -541,9 +597,9 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "DnsOptions": [],
         "ExtraHosts": list(c.add_hosts) or None,
         "PublishAllPorts": c.publish_all,
-        "Privileged": False,
-        "MaskedPaths": list(MASKED_PATHS),  # what the engine's spec masks (never privileged here)
-        "ReadonlyPaths": list(READONLY_PATHS),
+        # what the engine's spec masks (nothing when privileged)
+        "MaskedPaths": [] if c.privileged else list(MASKED_PATHS),
+        "ReadonlyPaths": [] if c.privileged else list(READONLY_PATHS),
         "Memory": int(c.memory or 0),
         "PidsLimit": c.pids_limit,
         "ConsoleSize": [0, 0],
