@@ -541,8 +541,9 @@ def container_summary(actor: ContainerActor) -> dict[str, Any]:
     return doc
 
 
-# HostConfig fields for settings the engine has no knob for: docker's zero values, so clients
-# that index them find them (the engine applies none of them; create refuses them by name).
+# HostConfig fields as docker's zero values, so clients that index them find them: the
+# defaults under the engine's own view (which fills the fields it has knobs for; create
+# refuses the others by name).
 HOST_CONFIG_ZEROS: dict[str, Any] = {
     "ContainerIDFile": "", "VolumeDriver": "", "VolumesFrom": None, "CgroupnsMode": "", "GroupAdd": None,
     "IpcMode": "", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "SecurityOpt": None,
