@@ -222,8 +222,8 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
     assert (spec.memory, spec.cpus, spec.pids_limit, spec.stop_timeout) == (1 << 26, 0.5, None, 3)
     assert (spec.network, spec.network_aliases, spec.name) == ("appnet", ["db"], "web")
     for body, field in [
-        ({"Image": "b", "HostConfig": {"Privileged": True}}, "HostConfig.Privileged"),
-        ({"Image": "b", "HostConfig": {"Devices": [{"PathOnHost": "/dev/fuse"}]}}, "HostConfig.Devices"),
+        ({"Image": "b", "HostConfig": {"BlkioWeight": 300}}, "HostConfig.BlkioWeight"),
+        ({"Image": "b", "HostConfig": {"Isolation": "hyperv"}}, "HostConfig.Isolation"),
         ({"Image": "b", "Healthcheck": {"Test": ["CMD"]}}, "Config.Healthcheck.Test"),
         ({"Image": "b", "Healthcheck": {"Test": ["NONE"], "Interval": 1.5}}, "Config.Healthcheck.Interval"),
         ({"Image": "b", "HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/d"}]}},
