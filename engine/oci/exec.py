@@ -389,12 +389,20 @@ class ExecHandle:
                     await self.wait()
             await self._conn.aclose()
             await self._sync.aclose()
-            if self._first_process is not None:
-                with trio.move_on_after(_KILL_WAIT):
-                    try:
-                        await _first_process_error(self._first_process)
-                    except RuntimeFailure as e:
-                        log.warning("exec session %s: %s", self.session_id, e)
+            await self._reap_first_process()
+
+    async def _reap_first_process(self) -> None:
+        proc, self._first_process = self._first_process, None
+        if proc is None:
+            return
+        if proc.poll() is None:  # it exits once it forked the monitor: long ago, as a rule
+            with trio.move_on_after(_KILL_WAIT):
+                await proc.wait()
+        if proc.returncode not in (0, None):
+            log.warning("exec session %s: conmon's first process exited with %s", self.session_id,
+                        proc.returncode)
+        if proc.stderr is not None:
+            await proc.stderr.aclose()
 
     async def __aenter__(self) -> ExecHandle:
         return self
@@ -442,9 +450,9 @@ async def start_exec(
     Cancellation: safe; whatever was started is killed and the directory removed.
     Errors: ``RuntimeFailure`` when conmon could not be started; ``Unavailable`` when it
     is missing."""
-    files = ExecFiles(sessions_dir(work_dir) / os.urandom(8).hex(), container_id)
+    root = sessions_dir(work_dir)
+    files = ExecFiles(root / os.urandom(8).hex(), container_id)
     info = {"args": list(spec.get("args") or []), "tty": tty, "started": time.time()}
-    await trio.to_thread.run_sync(_write_session, files, spec, info)
     argv = exec_conmon_argv(files, runtime_binary, runtime_args, stdin=stdin, tty=tty)
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     start_r, start_w = os.pipe2(os.O_CLOEXEC)
@@ -455,12 +463,14 @@ async def start_exec(
     conn: ConmonAttach | None = None
     try:
         try:
-            os.write(start_w, b"\0")  # conmon's first read: nothing to prepare first
-            proc = await _spawn(argv, files.dir, sync_w, start_r, attach_w)
+            proc = await _spawn(argv, root, sync_w, start_r, attach_w)
         finally:
             # only conmon may hold the write ends, or EOF never comes if conmon dies
             for fd in (sync_w, start_r, attach_w):
                 os.close(fd)
+        # conmon loads meanwhile, and reads nothing of the session before its start pipe
+        await trio.to_thread.run_sync(_write_session, files, spec, info)
+        os.write(start_w, b"\0")
         ready = await attach_pipe.message()
         if ready is None:
             await _first_process_error(proc)
@@ -483,17 +493,32 @@ async def start_exec(
             await attach_pipe.aclose()
 
 
-async def _spawn(argv: list[str], cwd: Path, sync_w: int, start_r: int, attach_w: int) -> trio.Process:
-    # cwd: conmon writes its oom marker there
+# Session roots known to exist: conmon starts in one (it must exist), before the session's
+# own directory is written (while conmon loads).
+_roots: set[Path] = set()
+
+
+async def _spawn(argv: list[str], root: Path, sync_w: int, start_r: int, attach_w: int) -> trio.Process:
+    # cwd: conmon writes an oom marker there (none of ours reads it for an exec)
     env = conmon.runtime_environment(_OCI_SYNCPIPE=str(sync_w), _OCI_STARTPIPE=str(start_r),
                                      _OCI_ATTACHPIPE=str(attach_w))
-    try:
-        return await trio.lowlevel.open_process(
-            argv, pass_fds=(sync_w, start_r, attach_w), env=env, cwd=str(cwd),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-    except FileNotFoundError:
-        raise Unavailable(f"{argv[0]} not found; install the conmon package") from None
+    for attempt in (1, 2):
+        if root not in _roots:
+            await trio.to_thread.run_sync(partial(root.mkdir, parents=True, exist_ok=True))
+            if len(_roots) > 4096:
+                _roots.clear()  # a bound: those of removed containers pile up otherwise
+            _roots.add(root)
+        try:
+            return await trio.lowlevel.open_process(
+                argv, pass_fds=(sync_w, start_r, attach_w), env=env, cwd=str(root),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except FileNotFoundError:
+            if attempt == 1 and conmon.CONMON_BINARY.exists():
+                _roots.discard(root)  # removed since (the container's run directory went)
+                continue
+            raise Unavailable(f"{argv[0]} not found; install the conmon package") from None
+    raise AssertionError("unreachable")
 
 
 async def _first_process_error(proc: trio.Process) -> None:
@@ -596,6 +621,8 @@ def find_surviving_execs(work_dir: Path, container_id: str) -> list[SurvivingExe
     root = sessions_dir(work_dir)
     found = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if not entry.is_dir():
+            continue  # conmon's oom marker
         try:
             args = list(json.loads((entry / "session.json").read_text()).get("args") or [])
         except (OSError, ValueError, AttributeError):
