@@ -58,6 +58,7 @@ from engine.errors import (
     Timeout,
     Unavailable,
 )
+from engine.oci.exec import SurvivingExec, find_surviving_execs
 from engine.plugin import Created, CreateRequest, ExitInfo, Runtime
 
 log = logging.getLogger("engine.container")
@@ -865,6 +866,7 @@ class ContainerActor:
         if runtime is None:
             log.warning("container %s: runtime %s is not installed; left as it is", self.name, self.config.runtime)
             return
+        await self._adopt_execs()
         if state in (S.RUNNING, S.PAUSED):
             live = await self._bounded("state", runtime.state(self.id))
             if live is not None and live.status in ("running", "paused"):
@@ -893,6 +895,26 @@ class ContainerActor:
             await self._cleanup("volume unmount", self._volumes_unmount)
             if state == S.EXITED:
                 await self._apply_restart_policy(daemon_starting=True)
+
+    async def _adopt_execs(self) -> None:
+        """Exec sessions the last daemon left (each under its own conmon, in the run
+        directory): watched until they end, when their exit code is recorded (``exec_die``)
+        as for any exec; those that ended meanwhile are recorded now. They are this
+        container's sessions again: a removal or the container's exit kills them."""
+        survivors = await trio.to_thread.run_sync(find_surviving_execs, self.run_dir, self.id)
+        for survivor in survivors:
+            session = self._next_exec
+            self._next_exec += 1
+            self._execs[session] = survivor
+            log.info("container %s: exec session %s (%s) outlived the last daemon", self.name,
+                     survivor.session_id, " ".join(survivor.args))
+            assert self._nursery is not None
+            self._nursery.start_soon(self._watch_surviving_exec, session, survivor)
+
+    async def _watch_surviving_exec(self, session: int, survivor: SurvivingExec) -> None:
+        code = await survivor.wait()
+        log.info("container %s: exec session %s ended with exit code %d", self.name, survivor.session_id, code)
+        self.notify(c.ExecEnded(session, code))
 
 
 def _command_name(command: Any) -> str:

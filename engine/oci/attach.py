@@ -97,7 +97,14 @@ class ConmonAttach:
     async def receive(self) -> tuple[str, bytes] | None:
         try:
             data = await self._sock.recv(RECEIVE_SIZE)
-        except (ConnectionResetError, BrokenPipeError):
+        except ConnectionResetError:
+            # conmon closed its end with input of ours unread: the kernel reports that
+            # first, once, but the output it sent before is still queued here
+            try:
+                data = await self._sock.recv(RECEIVE_SIZE)
+            except (ConnectionResetError, BrokenPipeError):
+                return None
+        except BrokenPipeError:
             return None
         if not data:
             return None
@@ -126,6 +133,13 @@ class ConmonAttach:
     async def aclose(self) -> None:
         self._sock.close()
         await trio.lowlevel.checkpoint()
+
+
+def write_control_nowait(bundle: Path, message: bytes) -> None:
+    """Write ``message`` to conmon's control fifo in ``bundle`` (``ctl``). It never blocks
+    (the fifo is opened and written non-blocking). Errors: ``Conflict`` when no conmon reads
+    it; ``RuntimeFailure`` when it is full."""
+    _write_control(bundle, message)
 
 
 def _write_control(bundle: Path, message: bytes) -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,8 +27,8 @@ import trio
 
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
 from engine.oci import conmon
-from engine.oci.attach import ConmonAttach, ConsoleSocket, resize_conmon_terminal
-from engine.oci.exec import ExecHandle, TtyExecHandle
+from engine.oci.attach import ConmonAttach, resize_conmon_terminal
+from engine.oci.exec import ExecHandle, start_exec
 from engine.oci.runtime_errors import runtime_message, start_error
 from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
 
@@ -42,7 +41,6 @@ _WRONG_STATE = re.compile(
     r"|container not|is in state|cannot (kill|pause|resume|delete) .*(state|status)",
     re.I,
 )
-EXEC_REAPER = Path(__file__).with_name("exec_reaper.py")
 _DEFAULT_PROCESS: dict[str, Any] = {
     "terminal": False,
     "user": {"uid": 0, "gid": 0},
@@ -55,8 +53,8 @@ class CLIRuntime:
     """A runc-compatible CLI runtime driven through conmon. See the module docstring."""
 
     name: str = "oci"
-    # runc's non-detached exec waits until every holder of the process's output closes it
-    # (a background process keeps it open for ever): such runtimes exec through the reaper.
+    # Unused since execs run under conmon (``runtime exec --detach``, conmon the subreaper);
+    # kept for subclasses that still set it.
     exec_through_reaper: bool = True
 
     def __init__(
@@ -210,56 +208,22 @@ class CLIRuntime:
         **options: Any,
     ) -> ExecHandle:
         """Start ``process`` (an OCI ``process`` object; missing keys get defaults) in the
-        running container and return its ``ExecHandle`` (see ``engine.oci.exec``). ``stdin``:
-        the handle's ``stdin`` feeds the process; ``tty``: the process gets a
-        pseudo-terminal (a ``TtyExecHandle``, through ``--console-socket``).
+        running container, under a conmon of its own, and return its ``ExecHandle`` (see
+        ``engine.oci.exec``). ``stdin``: the handle's ``stdin`` feeds the process; ``tty``:
+        the process gets a pseudo-terminal (a ``TtyExecHandle``).
 
-        ``work_dir`` holds the temporary process and pid files (default: the system tmp).
-        Cancellation: if cancelled while starting, nothing is left running.
-        Errors: ``NotFound``/``Conflict``/``RuntimeFailure`` surface through the handle's
-        exit code and stderr (the runtime reports them there once it runs)."""
+        ``work_dir`` holds the session's directory (``execs/<session>``; the container's
+        run directory, where a restarted daemon finds surviving sessions; default: the
+        system tmp). Cancellation: if cancelled while starting, nothing is left running.
+        Errors: ``NotFound``/``Conflict``/``RuntimeFailure`` from the runtime surface
+        through the handle's exit code and stderr (the runtime reports them there once it
+        runs)."""
         binary = self._require_binary()
         spec = {**_DEFAULT_PROCESS, **process, "terminal": tty}
         if not spec.get("args"):
             raise InvalidArgument("exec needs a command: process['args'] is empty")
-        spec_file, pid_file = await trio.to_thread.run_sync(
-            _write_exec_files, spec, work_dir, container_id
-        )
-        argv = [binary, *self.global_args(), "exec", "--process", str(spec_file),
-                "--pid-file", str(pid_file)]
-        console: ConsoleSocket | None = None
-        try:
-            if tty:
-                console = ConsoleSocket(work_dir or Path(tempfile.gettempdir()), spec_file.stem + ".sock")
-                await console.listen()
-                argv += ["--console-socket", console.path]
-            argv.append(container_id)
-            if self.exec_through_reaper:
-                # `exec --detach`, and the reaper waits for the process itself (see exec_reaper).
-                argv = [sys.executable, "-S", "-E", str(EXEC_REAPER), *argv[:-1], "--detach", container_id]
-            proc = await trio.lowlevel.open_process(
-                argv,
-                env=conmon.runtime_environment(),
-                stdin=subprocess.PIPE if stdin and not tty else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL if tty else subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            if console is None:
-                return ExecHandle(proc, spec_file, pid_file)
-            try:
-                master = await _receive_terminal(console, proc)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    proc.kill()
-                    await proc.wait()
-                raise
-            return TtyExecHandle(proc, spec_file, pid_file, master)
-        except BaseException:
-            spec_file.unlink(missing_ok=True)
-            raise
-        finally:
-            if console is not None:
-                console.close()
+        return await start_exec(container_id, spec, work_dir or Path(tempfile.gettempdir()),
+                                binary, self.global_args(), stdin=stdin, tty=tty)
 
     async def attach(self, container_id: str, bundle: Path) -> ConmonAttach:
         """A connection to the running container's stdio through its conmon."""
@@ -270,41 +234,11 @@ class CLIRuntime:
         await resize_conmon_terminal(bundle, rows, cols)
 
 
-async def _receive_terminal(console: ConsoleSocket, proc: trio.Process) -> int | None:
-    """The terminal the runtime sends, or None when it ended without sending one (it could
-    not start the process: its stderr says why)."""
-    master: list[int] = []
-    async with trio.open_nursery() as nursery:
-
-        async def receive() -> None:
-            master.append(await console.receive())
-            nursery.cancel_scope.cancel()
-
-        async def runtime_ended() -> None:
-            await proc.wait()
-            await trio.sleep(0.5)  # a terminal sent just before it exited is still taken
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(receive)
-        nursery.start_soon(runtime_ended)
-    return master[0] if master else None
-
-
 def _write_resources(resources: dict[str, Any], container_id: str) -> Path:
     fd, name = tempfile.mkstemp(prefix=f"update-{container_id[:12]}-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(resources, fh)
     return Path(name)
-
-
-def _write_exec_files(
-    spec: dict[str, Any], work_dir: Path | None, container_id: str
-) -> tuple[Path, Path]:
-    fd, name = tempfile.mkstemp(prefix=f"exec-{container_id[:12]}-", suffix=".json", dir=work_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(spec, fh)
-    spec_file = Path(name)
-    return spec_file, spec_file.with_suffix(".pid")
 
 
 R = TypeVar("R", bound=CLIRuntime)

@@ -24,6 +24,7 @@ import trio
 from engine.actors.deps import ActorDeps, ActorSettings, Registry
 from engine.errgroup import engine_errors
 from engine.errors import ConfigError, EngineError, Unavailable
+from engine.oci.exec import leave_sessions_running
 from engine.pluginmanager import load_plugins
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import RPCServer
@@ -281,6 +282,8 @@ async def _handle_signals(app: App, stop: trio.CancelScope) -> None:
                 await reload_config(app)
             else:
                 log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                # exec sessions run on under their conmons, as containers do (live-restore)
+                leave_sessions_running()
                 stop.cancel()
                 return
 
