@@ -200,8 +200,9 @@ async def _prepare_while_conmon_loads(proc: trio.Process, files: MonitorFiles,
         raise
 
 
-async def _wait_first_process(proc: trio.Process) -> None:
-    """The first conmon process forks the monitor and exits; its stderr has early errors."""
+async def wait_first_process(proc: trio.Process, what: str = "start") -> None:
+    """The first conmon process forks the monitor and exits; its stderr has early errors
+    (raised as ``conmon failed to <what>``)."""
     assert proc.stderr is not None
     err = b""
     async with proc.stderr:
@@ -210,7 +211,7 @@ async def _wait_first_process(proc: trio.Process) -> None:
     rc = await proc.wait()
     if rc != 0:
         text = err.decode("utf-8", "replace").strip()
-        raise RuntimeFailure(f"conmon failed to start (exit {rc}): {text}", runtime_error=text)
+        raise RuntimeFailure(f"conmon failed to {what} (exit {rc}): {text}", runtime_error=text)
 
 
 async def start_conmon(
@@ -250,7 +251,7 @@ async def start_conmon(
             os.write(start_w, b"\0")
         finally:
             os.close(start_w)
-        await _wait_first_process(proc)
+        await wait_first_process(proc)
         # conmon wrote its pid file before its first process exited: read it while the
         # runtime creates the container, not after.
         monitor: list[int | None] = []

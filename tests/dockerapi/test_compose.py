@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,19 +51,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
+Compose = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def compose_runner(engine: Engine, project_dir: Path, project: str) -> Compose:
+    """``run(*args, check=True)``: Debian's docker-compose on ``project_dir`` against the
+    engine; a failure shows compose's output and the daemon's log."""
     compose = require_binary("docker-compose")
-    port = free_port()
-    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE.format(port=port))
-    env = {**engine.env(), "COMPOSE_PROJECT_NAME": "smoke"}
+    env = {**engine.env(), "COMPOSE_PROJECT_NAME": project}
 
     def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([compose, "--ansi", "never", *args], cwd=tmp_path, env=env, capture_output=True,
+        result = subprocess.run([compose, "--ansi", "never", *args], cwd=project_dir, env=env, capture_output=True,
                                 text=True, timeout=timeout)
         if check:
             assert result.returncode == 0, (f"docker-compose {' '.join(args)} failed ({result.returncode}):\n"
                                             f"{result.stdout}\n{result.stderr}\n{engine.daemon.log()[-4000:]}")
         return result
+
+    return run
+
+
+def test_compose_up_ps_logs_down(engine: Engine, tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE.format(port=port))
+    run = compose_runner(engine, tmp_path, "smoke")
 
     try:
         run("up", "-d")
@@ -134,17 +146,8 @@ services:
 def test_compose_waits_for_a_healthy_service_and_runs_one_offs(engine: Engine, tmp_path: Path) -> None:
     """depends_on with condition service_healthy (a ["CMD", ...] check, run without a shell),
     a one-off `run --rm` with the service's environment, restart, stop and down."""
-    compose = require_binary("docker-compose")
     (tmp_path / "docker-compose.yml").write_text(HEALTH_FILE)
-    env = {**engine.env(), "COMPOSE_PROJECT_NAME": "health"}
-
-    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([compose, "--ansi", "never", *args], cwd=tmp_path, env=env, capture_output=True,
-                                text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, (f"docker-compose {' '.join(args)} failed ({result.returncode}):\n"
-                                            f"{result.stdout}\n{result.stderr}\n{engine.daemon.log()[-4000:]}")
-        return result
+    run = compose_runner(engine, tmp_path, "health")
 
     try:
         run("up", "-d")
