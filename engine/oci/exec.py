@@ -145,11 +145,13 @@ def exec_conmon_argv(files: ExecFiles, runtime_binary: str, runtime_args: list[s
 
 
 def _write_session(files: ExecFiles, spec: dict[str, Any], info: dict[str, Any]) -> None:
-    files.exit_dir.mkdir(parents=True)
-    with open(files.process_spec, "w") as fh:
-        json.dump(spec, fh)
-    with open(files.info_file, "w") as fh:
-        json.dump(info, fh)
+    # the process spec holds the exec's environment (secrets, often): 0600 in a 0700 directory
+    files.dir.parent.mkdir(parents=True, exist_ok=True)
+    files.dir.mkdir(mode=0o700)
+    files.exit_dir.mkdir(parents=True, mode=0o700)
+    for path, doc in ((files.process_spec, spec), (files.info_file, info)):
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "w") as fh:
+            json.dump(doc, fh)
 
 
 def _remove_session(files: ExecFiles) -> None:
@@ -473,7 +475,7 @@ async def start_exec(
         os.write(start_w, b"\0")
         ready = await attach_pipe.message()
         if ready is None:
-            await _first_process_error(proc)
+            await conmon.wait_first_process(proc, "start an exec")
             raise RuntimeFailure(f"conmon for an exec in {container_id} exited before it could attach")
         conn = await ConmonAttach.connect(files.dir)
         os.write(start_w, b"\0")  # the runtime may run now: we listen
@@ -519,20 +521,6 @@ async def _spawn(argv: list[str], root: Path, sync_w: int, start_r: int, attach_
                 continue
             raise Unavailable(f"{argv[0]} not found; install the conmon package") from None
     raise AssertionError("unreachable")
-
-
-async def _first_process_error(proc: trio.Process) -> None:
-    """Reap conmon's first process (it forks the monitor and exits); raise with its
-    stderr if it failed."""
-    assert proc.stderr is not None
-    err = b""
-    async with proc.stderr:
-        while chunk := await proc.stderr.receive_some(65536):
-            err += chunk
-    rc = await proc.wait()
-    if rc != 0:
-        text = err.decode("utf-8", "replace").strip()
-        raise RuntimeFailure(f"conmon failed to start an exec (exit {rc}): {text}", runtime_error=text)
 
 
 async def _abort(files: ExecFiles, proc: trio.Process | None) -> None:

@@ -99,6 +99,9 @@ def test_an_exec_outlives_the_daemon_and_its_exit_is_recorded(
         cid = d.call("container.run", image="busybox", cmd=["sleep", "300"], detach=True)["Id"]
         marker = f"exec-{uuid.uuid4().hex[:12]}"
         client, pid = run_survivor(d, cid, marker, 7, tty=False)
+        # the session's process spec holds its environment: the owner's alone
+        [session] = (d.run_root / "containers" / cid / "execs").glob("*/process.json")
+        assert (session.stat().st_mode & 0o777, session.parent.stat().st_mode & 0o777) == (0o600, 0o700)
         if how == "sigkill":
             d.kill9()
         else:

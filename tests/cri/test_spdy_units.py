@@ -213,6 +213,8 @@ def test_streaming_address_is_checked() -> None:
 
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)
     assert parse_address("[::1]:10010") == ("::1", 10010)
-    for bad in ("nonsense", "127.0.0.1", ":80", "127.0.0.1:99999", "host:port"):
+    assert parse_address("localhost:10010") == ("localhost", 10010)
+    for bad in ("nonsense", "127.0.0.1", ":80", "127.0.0.1:99999", "host:port", "0.0.0.0:10010",
+                "[::]:10010", "192.0.2.1:10010"):
         with pytest.raises(ConfigError, match="cri-streaming-address"):
             parse_address(bad)

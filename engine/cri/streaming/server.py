@@ -87,6 +87,11 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"invalid cri-streaming-address {address!r}: use HOST:PORT "
                           "(e.g. 127.0.0.1:0 for an ephemeral loopback port)")
+    if not _loopback(host):
+        # plain HTTP whose only guard is the URLs' tokens, which a network can see: as the
+        # RPC's and the Docker API's plain listeners, loopback only
+        raise ConfigError(f"cri-streaming-address {address!r} is not a loopback address: the streaming "
+                          "server speaks plain HTTP, so it listens on loopback only (e.g. 127.0.0.1:0)")
     return host, int(port)
 
 
@@ -187,10 +192,6 @@ class StreamingServer:
 
     async def serve(self, address: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         host, port = parse_address(address)
-        if not _loopback(host):
-            # as kubelet's: the URLs' tokens are the only guard; a network can see them
-            log.warning("the CRI streaming server listens on %s, beyond loopback: anyone who "
-                        "sees an exec/attach/port-forward URL can use it once", address)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
