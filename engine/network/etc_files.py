@@ -158,9 +158,12 @@ async def write_etc_files(
     dns_options: Sequence[str] = (),
     network_mode: str = "bridge",
     host_resolv_conf: Path = HOST_RESOLV_CONF,
+    embedded_dns: str = "",
 ) -> EtcFiles:
     """Write the three files for one container; ``network_mode`` is bridge, host or none.
 
+    ``embedded_dns`` (an address, on user-defined networks) is the only nameserver, with
+    ``ndots:0`` as docker writes it; the --dns servers are then the resolver's upstreams.
     Peers are not included here: call ``refresh_network`` once the container is attached."""
     for server in dns:
         try:
@@ -176,8 +179,14 @@ async def write_etc_files(
             servers = [line.split()[1] for line in _nameserver_lines(host_resolv_conf)]
         elif network_mode == "none":
             servers = []  # nothing is reachable; only what the user asked for
-        resolv = resolv_text(list(dns) or servers, list(dns_search) or search,
-                             list(dns_options) or options)
+        if embedded_dns:
+            opts = list(dns_options) or options
+            if not any(o.startswith("ndots:") for o in opts):
+                opts.append("ndots:0")
+            resolv = resolv_text([embedded_dns], list(dns_search) or search, opts)
+        else:
+            resolv = resolv_text(list(dns) or servers, list(dns_search) or search,
+                                 list(dns_options) or options)
         return _write_all(etc_dir, config, f"{hostname}\n", resolv)
 
     return await trio.to_thread.run_sync(read_host_then_write)

@@ -38,7 +38,7 @@ from engine.errors import (
     NotFound,
     RuntimeFailure,
 )
-from engine.network import cni, etc_files, netns, ports
+from engine.network import cni, dns, etc_files, netns, ports
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
 from engine.network.settings import NetworkSettings, claim_bridge
@@ -128,6 +128,10 @@ class ContainerNetworking:
         self.netns_dir: Path = layout.netns_dir
         self.plugin_dir = plugin_dir
         self._locks: dict[str, trio.Lock] = {}
+        # docker's embedded DNS on user networks; off until start_dns (then resolv.conf
+        # points at it), so a networking without a daemon nursery keeps /etc/hosts only.
+        self.dns = dns.EmbeddedDns(lambda: cni.attachments(self.store))
+        self.resolv_conf: Path = etc_files.HOST_RESOLV_CONF  # the daemon's --resolv-conf
 
     @asynccontextmanager
     async def _locked(self, container_id: str) -> Any:
@@ -255,16 +259,64 @@ class ContainerNetworking:
             results.append(res)
             details[network.name] = _endpoint(res)
         gateway = results[0].gateway if results else ""
+        embedded = self.dns.running and any(r.network != DEFAULT_NETWORK for r in results)
         files = await etc_files.write_etc_files(
             etc_dir, hostname=_hostname(config), name=config.name, ips=[r.ip for r in results],
             extra_hosts=[etc_files.parse_add_host(h, gateway=gateway) for h in config.add_hosts],
             dns=config.dns, dns_search=config.dns_search,
             network_mode="bridge" if results else "none",
+            host_resolv_conf=self.resolv_conf, embedded_dns=dns.ADDRESS if embedded else "",
         )
         for res in results:
-            await etc_files.refresh_network(self.store, await self.store.get(res.network_id))
+            await self._refresh_names(await self.store.get(res.network_id))
+        await self._open_dns(config, ns, etc_dir, embedded)
         details["_mounts"] = [_mount(src, dst) for src, dst in files.mounts()]
         return details
+
+    async def _refresh_names(self, network: Network) -> None:
+        """After a join or a leave: the peers' /etc/hosts and the embedded DNS's names."""
+        self.dns.invalidate()
+        await etc_files.refresh_network(self.store, network)
+
+    async def _open_dns(self, config: ContainerConfig, ns: Path, etc_dir: Path, embedded: bool) -> None:
+        """Start the container's resolver before its process runs (the first lookup works);
+        its upstreams are recorded for a daemon restart (``resume_dns``)."""
+        if not embedded:
+            await trio.to_thread.run_sync(lambda: (etc_dir / dns.STATE_FILE).unlink(missing_ok=True))
+            return
+        resolv_conf = self.resolv_conf
+        upstreams = list(config.dns) or await trio.to_thread.run_sync(dns.nameservers_of, resolv_conf)
+        await trio.to_thread.run_sync(dns.write_state, etc_dir, upstreams)
+        try:
+            await self.dns.open(config.id, ns, upstreams)
+        except OSError as e:
+            raise RuntimeFailure(
+                f"cannot start the embedded DNS server of container {config.name} at "
+                f"{dns.ADDRESS}:{dns.PORT} in its network namespace: {e}"
+            ) from None
+
+    async def start_dns(self, nursery: trio.Nursery, resolv_conf: Path = etc_files.HOST_RESOLV_CONF) -> None:
+        """At daemon start: run the embedded DNS server in ``nursery``; ``resolv_conf`` is
+        the file whose nameservers containers use (and it forwards to)."""
+        self.resolv_conf = resolv_conf
+        await nursery.start(self.dns.run)
+
+    async def resume_dns(self, keep: set[str]) -> None:
+        """At daemon start, after reconcile: the resolvers of the containers that kept
+        running (their namespaces outlived the last daemon, its sockets did not)."""
+        if not self.dns.running:
+            return
+        for container_id in sorted(keep):
+            etc_dir = self.etc_dir(container_id)
+            upstreams = await trio.to_thread.run_sync(dns.read_state, etc_dir)
+            ns = netns.path_for(self.netns_dir, container_id)
+            if upstreams is None or not await trio.to_thread.run_sync(netns.is_mounted, ns):
+                continue
+            try:
+                async with self._locked(container_id):
+                    await self.dns.open(container_id, ns, upstreams)
+            except OSError as e:
+                log.error("container %s: embedded DNS not restored: %s", container_id[:12], e)
 
     async def _attach(self, network: Network, container_id: str, ns: Path, **kw: Any) -> cni.AttachResult:
         # No retry: the isolation chains are this daemon's own (named after its bridge), so
@@ -279,6 +331,7 @@ class ContainerNetworking:
             self.etc_dir(config.id), hostname=_hostname(config), name=config.name,
             extra_hosts=[etc_files.parse_add_host(h) for h in config.add_hosts],
             dns=config.dns, dns_search=config.dns_search, network_mode="none",
+            host_resolv_conf=self.resolv_conf,
         )
         return {"_netns": None, "_mounts": [_mount(src, dst) for src, dst in files.mounts()]}
 
@@ -296,6 +349,7 @@ class ContainerNetworking:
         files = await etc_files.write_etc_files(
             etc_dir, hostname=_hostname(config), name=config.name,
             dns=config.dns, dns_search=config.dns_search, network_mode="host",
+            host_resolv_conf=self.resolv_conf,
         )
         extra = [etc_files.parse_add_host(h) for h in config.add_hosts]
         await trio.to_thread.run_sync(_write_host_hosts, files.hosts, extra)
@@ -340,9 +394,10 @@ class ContainerNetworking:
         networks = await self._detach(config.id, errors)
         for network in networks:
             try:
-                await etc_files.refresh_network(self.store, network)
+                await self._refresh_names(network)
             except EngineError as e:
                 errors.append(str(e))
+        await self.dns.close(config.id)
         await netns.delete(self.netns_dir, config.id)
         if errors:
             raise RuntimeFailure(
@@ -456,7 +511,7 @@ class ContainerNetworking:
         ifname = next(f"eth{i}" for i in range(index, index + len(used) + 2) if f"eth{i}" not in used)
         res = await self._attach(net, config.id, ns, ifname=ifname, name=config.name,
                                  aliases=member.aliases, etc_dir=self.etc_dir(config.id))
-        await etc_files.refresh_network(self.store, net)
+        await self._refresh_names(net)
         details = dict(status.network_details or {})
         details[net.name] = _endpoint(res)
         return details
@@ -481,7 +536,7 @@ class ContainerNetworking:
                 for record in await cni.attachments(self.store, net):
                     if record.container_id == config.id:
                         await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
-                await etc_files.refresh_network(self.store, net)
+                await self._refresh_names(net)
                 details = {k: v for k, v in (status.network_details or {}).items() if k != net.name}
             remaining = [m for m in members if m.network != name]
             await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)

@@ -62,6 +62,9 @@ class DaemonConfig:
     bridge: str = DEFAULT_BRIDGE
     bip: str = DEFAULT_BIP
     default_address_pools: list[AddressPoolConfig] = attrs.field(factory=_default_pools)
+    # The resolv.conf containers take their nameservers and search domains from, and the
+    # embedded DNS of user networks forwards to (kubelet's --resolv-conf).
+    resolv_conf: str = "/etc/resolv.conf"
     storage_driver: str = "overlay"
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
@@ -230,6 +233,9 @@ def arg_parser() -> argparse.ArgumentParser:
                    action="append", metavar="base=SUBNET,size=N",
                    help="where user networks' subnets come from (repeatable; default "
                         f"base={DEFAULT_POOLS[0][0]},size={DEFAULT_POOLS[0][1]})")
+    p.add_argument("--resolv-conf", dest="resolv_conf", metavar="PATH",
+                   help="the resolv.conf whose nameservers and search domains containers use "
+                        "(default /etc/resolv.conf)")
     p.add_argument("--storage-driver", dest="storage_driver")
     p.add_argument("--insecure-registry", dest="insecure_registries", action="append")
     p.add_argument("--registry-mirror", dest="registry_mirrors", action="append",

@@ -63,6 +63,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     await open_image_store(app, nursery)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
     await app.services.network.use_settings(app.config.network_settings())
+    await app.services.network.start_dns(nursery, Path(app.config.resolv_conf))
     app.services.volumes = await open_volumes(app)
     supervisor = ContainerSupervisor(app.layout.containers_dir, functools.partial(actor_deps, app))
     await nursery.start(supervisor.run)

@@ -107,6 +107,7 @@ async def _network_leftovers(app: App, keep: set[str]) -> None:
     except EngineError as e:
         # Networking leftovers must not keep the daemon down; the log says what stayed.
         log.error("network reconcile failed: %s", e)
+    await network.resume_dns(keep)  # the embedded DNS of containers that kept running
 
 
 async def _stale_mounts(app: App, supervisor: ContainerSupervisor, report: StaleReport) -> None:
