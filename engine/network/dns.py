@@ -172,6 +172,19 @@ def resolve(table: Sequence[Endpoint], asker: str, name: str) -> list[str]:
     return []
 
 
+def resolve_searched(table: Sequence[Endpoint], asker: str, name: str, search: Sequence[str]) -> list[str]:
+    """``resolve``, then with one of the asker's search domains taken off the end: busybox's
+    nslookup (and musl) ask ``web.corp.example`` only, never ``web``, when resolv.conf has
+    ``search corp.example``, whatever ndots says."""
+    ips = resolve(table, asker, name)
+    name = name.lower().rstrip(".")
+    for domain in search:
+        suffix = "." + domain.lower().strip(".")
+        if not ips and suffix != "." and name.endswith(suffix) and len(name) > len(suffix):
+            ips = resolve(table, asker, name[: -len(suffix)])
+    return ips
+
+
 def reverse(table: Sequence[Endpoint], asker: str, ip: str) -> str | None:
     """``name.network`` of the container at ``ip`` on a network the asker is on."""
     for network in _asker_networks(table, asker):
@@ -202,21 +215,30 @@ def nameservers_of(resolv_conf: Path) -> list[str]:
     return found[:MAX_UPSTREAMS]
 
 
-def write_state(etc_dir: Path, upstreams: Sequence[str]) -> None:
+@attrs.frozen
+class ResolverConfig:
+    """What one container's resolver needs besides the names: where to forward, and the
+    search domains of its resolv.conf. Recorded in its etc dir for a daemon restart."""
+
+    upstreams: list[str] = attrs.field(factory=list)
+    search: list[str] = attrs.field(factory=list)
+
+
+def write_state(etc_dir: Path, config: ResolverConfig) -> None:
     etc_dir.mkdir(parents=True, exist_ok=True)
-    (etc_dir / STATE_FILE).write_text(json.dumps({"upstreams": list(upstreams)}))
+    (etc_dir / STATE_FILE).write_text(json.dumps(attrs.asdict(config)))
 
 
-def read_state(etc_dir: Path) -> list[str] | None:
-    """The upstreams recorded at the container's start; None when it has no embedded DNS."""
+def read_state(etc_dir: Path) -> ResolverConfig | None:
+    """The resolver recorded at the container's start; None when it has no embedded DNS."""
     try:
         data = json.loads((etc_dir / STATE_FILE).read_text())
-        return [str(s) for s in data["upstreams"]]
+        return ResolverConfig([str(s) for s in data["upstreams"]], [str(s) for s in data.get("search", [])])
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("unreadable %s; forwarding nowhere", etc_dir / STATE_FILE)
-        return []
+        return ResolverConfig()
 
 
 def _same_question(reply: bytes, query: w.Query) -> bool:
@@ -271,7 +293,7 @@ async def _forward_tcp(server: str, port: int, data: bytes, query: w.Query) -> b
 @attrs.define(eq=False)
 class _Resolver:
     container_id: str
-    upstreams: list[str]
+    config: ResolverConfig
     udp: trio.socket.SocketType
     tcp: trio.socket.SocketType
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -331,14 +353,15 @@ class EmbeddedDns:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def open(self, container_id: str, netns_path: str | Path, upstreams: Sequence[str]) -> None:
+    async def open(self, container_id: str, netns_path: str | Path, config: ResolverConfig) -> None:
         """Listen at 127.0.0.11:53 in the container's namespace (replacing a resolver it has)."""
         if self._nursery is None:
             raise RuntimeError("the embedded DNS server is not running")
         await self.close(container_id)
         address, port = self.address, self.port
         udp, tcp = await trio.to_thread.run_sync(run_in_netns, netns_path, lambda: _bind_sockets(address, port))
-        resolver = _Resolver(container_id, list(upstreams)[:MAX_UPSTREAMS],
+        config = attrs.evolve(config, upstreams=config.upstreams[:MAX_UPSTREAMS])
+        resolver = _Resolver(container_id, config,
                              trio.socket.from_stdlib_socket(udp), trio.socket.from_stdlib_socket(tcp))
         self._resolvers[container_id] = resolver
         self._nursery.start_soon(self._serve, resolver)
@@ -374,7 +397,7 @@ class EmbeddedDns:
 
     async def _answer_udp(self, resolver: _Resolver, data: bytes, peer: Any) -> None:
         try:
-            reply = await self.answer(resolver.container_id, resolver.upstreams, data, tcp=False)
+            reply = await self.answer(resolver.container_id, resolver.config, data, tcp=False)
             if reply is not None:
                 await resolver.udp.sendto(reply, peer)
         except OSError as e:
@@ -406,7 +429,7 @@ class EmbeddedDns:
                         data = await _read_framed(stream)
                     if idle.cancelled_caught:
                         return
-                    reply = await self.answer(resolver.container_id, resolver.upstreams, data, tcp=True)
+                    reply = await self.answer(resolver.container_id, resolver.config, data, tcp=True)
                     if reply is None:
                         return  # a malformed message: the stream cannot be trusted further
                     await stream.send_all(struct.pack("!H", len(reply)) + reply)
@@ -417,7 +440,7 @@ class EmbeddedDns:
 
     # --- answering -----------------------------------------------------------------------
 
-    async def answer(self, asker: str, upstreams: Sequence[str], data: bytes, *, tcp: bool) -> bytes | None:
+    async def answer(self, asker: str, config: ResolverConfig, data: bytes, *, tcp: bool) -> bytes | None:
         """The reply to one DNS message from container ``asker``, None to drop it."""
         try:
             query = w.parse_query(data)
@@ -430,12 +453,13 @@ class EmbeddedDns:
             return w.build_response(query, w.FORMERR, authoritative=False)
         question = query.question
         if question.qclass == w.IN:
-            local = await self._answer_locally(asker, query, limit)
+            local = await self._answer_locally(asker, config, query, limit)
             if local is not None:
                 return local
-        return await self._forward(upstreams, data, query, tcp=tcp)
+        return await self._forward(config.upstreams, data, query, tcp=tcp)
 
-    async def _answer_locally(self, asker: str, query: w.Query, limit: int | None) -> bytes | None:
+    async def _answer_locally(self, asker: str, config: ResolverConfig, query: w.Query,
+                              limit: int | None) -> bytes | None:
         question = query.question
         table = await self.table()
         if question.qtype == w.PTR:
@@ -444,7 +468,7 @@ class EmbeddedDns:
             if target is None:
                 return None
             return w.build_response(query, w.NOERROR, [w.ptr_record(target, TTL)], limit=limit)
-        ips = resolve(table, asker, question.name)
+        ips = resolve_searched(table, asker, question.name, config.search)
         if not ips:
             return None
         records = []

@@ -285,10 +285,17 @@ class ContainerNetworking:
             await trio.to_thread.run_sync(lambda: (etc_dir / dns.STATE_FILE).unlink(missing_ok=True))
             return
         resolv_conf = self.resolv_conf
-        upstreams = list(config.dns) or await trio.to_thread.run_sync(dns.nameservers_of, resolv_conf)
-        await trio.to_thread.run_sync(dns.write_state, etc_dir, upstreams)
+
+        def resolver_config() -> dns.ResolverConfig:
+            search = list(config.dns_search) or etc_files.host_nameservers(resolv_conf)[1]
+            upstreams = list(config.dns) or dns.nameservers_of(resolv_conf)
+            resolver = dns.ResolverConfig(upstreams, search)
+            dns.write_state(etc_dir, resolver)
+            return resolver
+
+        resolver = await trio.to_thread.run_sync(resolver_config)
         try:
-            await self.dns.open(config.id, ns, upstreams)
+            await self.dns.open(config.id, ns, resolver)
         except OSError as e:
             raise RuntimeFailure(
                 f"cannot start the embedded DNS server of container {config.name} at "
@@ -308,13 +315,13 @@ class ContainerNetworking:
             return
         for container_id in sorted(keep):
             etc_dir = self.etc_dir(container_id)
-            upstreams = await trio.to_thread.run_sync(dns.read_state, etc_dir)
+            resolver = await trio.to_thread.run_sync(dns.read_state, etc_dir)
             ns = netns.path_for(self.netns_dir, container_id)
-            if upstreams is None or not await trio.to_thread.run_sync(netns.is_mounted, ns):
+            if resolver is None or not await trio.to_thread.run_sync(netns.is_mounted, ns):
                 continue
             try:
                 async with self._locked(container_id):
-                    await self.dns.open(container_id, ns, upstreams)
+                    await self.dns.open(container_id, ns, resolver)
             except OSError as e:
                 log.error("container %s: embedded DNS not restored: %s", container_id[:12], e)
 

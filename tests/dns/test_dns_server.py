@@ -140,7 +140,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[Env, Upstream]]:
             await nursery.start(upstream.serve)
             server = dns.EmbeddedDns(read_records, upstream_port=upstream.port)
             await nursery.start(server.run)
-            await server.open(ASKER, ns, [upstream.address])
+            await server.open(ASKER, ns, dns.ResolverConfig([upstream.address], ["corp.test"]))
             yield Env(server, ns, records), upstream
             await server.close(ASKER)
             assert server.serving() == []
@@ -169,7 +169,7 @@ def _a_answers(reply: bytes) -> tuple[int, list[str]]:
 
 async def test_peers_resolve_by_name_alias_short_id_and_network(env: tuple[Env, Upstream]) -> None:
     e, upstream = env
-    for name in ("web", "WEB.", "www", PEER[:12], "web.app"):
+    for name in ("web", "WEB.", "www", PEER[:12], "web.app", "web.corp.test", "web.app.corp.test."):
         reply = await e.ask(w.build_query(name, id=9))
         assert reply is not None and reply[:2] == b"\x00\x09"
         assert _a_answers(reply) == (w.NOERROR, ["10.99.0.3"]), name
@@ -214,12 +214,12 @@ async def test_upstream_answers_are_relayed_byte_for_byte(env: tuple[Env, Upstre
 
 async def test_no_upstream_gives_servfail_at_once(env: tuple[Env, Upstream]) -> None:
     e, upstream = env
-    await e.server.open(ASKER, e.ns, ["127.0.0.1"])  # nothing listens there on that port
+    await e.server.open(ASKER, e.ns, dns.ResolverConfig(["127.0.0.1"]))  # nothing listens there on that port
     started = time.monotonic()
     reply = await e.ask(w.build_query("example.org"))
     assert reply is not None and w.parse_header(reply).rcode == w.SERVFAIL
     assert time.monotonic() - started < 1.5
-    await e.server.open(ASKER, e.ns, [])
+    await e.server.open(ASKER, e.ns, dns.ResolverConfig())
     reply = await e.ask(w.build_query("example.org"))
     assert reply is not None and w.parse_header(reply).rcode == w.SERVFAIL
 

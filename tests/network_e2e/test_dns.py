@@ -1,0 +1,189 @@
+"""docker's embedded DNS on user-defined networks, end to end: busybox's nslookup in real
+containers (runc, CNI bridge, real namespaces) asks 127.0.0.11; what the engine does not
+know goes to a small DNS server of the test's own on a host loopback address, named by the
+daemon's --resolv-conf (the host's resolver is never asked)."""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.network import dns_wire as w
+from engine.testing.daemon import Daemon
+
+from .conftest import start_engine, stop_engine
+from .e2e_net_helpers import run_attached, run_d
+
+UNANSWERED = "192.0.2.53"  # TEST-NET-1: in the resolv.conf, never reached by these tests
+
+
+class Upstream:
+    """A UDP DNS server on 127.x.y.z:53 answering NXDOMAIN to everything but ``known``."""
+
+    def __init__(self) -> None:
+        self.address = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+        self.known = {"outside.example": "192.0.2.77"}
+        self.seen: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((self.address, 53))
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            try:
+                q = w.parse_query(data)
+            except w.MalformedMessage:
+                continue
+            self.seen.append(q.question.name)
+            ip = self.known.get(q.question.name)
+            if ip and q.question.qtype == w.A:
+                reply = w.build_response(q, w.NOERROR, [w.a_record(ip, 60)], authoritative=False)
+            elif ip:
+                reply = w.build_response(q, w.NOERROR, authoritative=False)
+            else:
+                reply = w.build_response(q, w.NXDOMAIN, authoritative=False)
+            self.sock.sendto(reply, peer)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def dns_engine(busybox_archive: Path, host_guard: None, upstream: Upstream, tmp_path: Path) -> Iterator[Daemon]:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {upstream.address}\nnameserver {UNANSWERED}\nsearch corp.test\n")
+    d = start_engine(busybox_archive, "runc", config={"resolv-conf": str(resolv)})
+    try:
+        yield d
+    finally:
+        stop_engine(d)
+
+
+def exec_in(d: Daemon, cid: str, cmd: list[str]) -> tuple[int, str]:
+    with d.client(timeout=30) as c:
+        stream = c.stream("container.exec", id=cid, cmd=cmd)
+        out = b"".join(item["data"] for item in stream)
+        return int(stream.result["ExitCode"]), out.decode(errors="replace")
+
+
+def addresses(nslookup_output: str) -> list[str]:
+    """The answer addresses busybox's nslookup prints (after the server's own lines)."""
+    answers = nslookup_output.split("\n\n", 1)[-1]
+    return re.findall(r"^Address:\s*([0-9.]+)\s*$", answers, re.M)
+
+
+def ip_on(d: Daemon, cid: str, network: str) -> str:
+    return str(d.call("container.inspect", id=cid)["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
+def test_names_aliases_and_forwarding_through_127_0_0_11(dns_engine: Daemon, upstream: Upstream) -> None:
+    d = dns_engine
+    d.call("network.create", name="dnsnet")
+    web = run_d(d, name="web", network="dnsnet", network_aliases=["www"], cmd=["sleep", "1000"])
+    web_ip = ip_on(d, web, "dnsnet")
+    client = run_d(d, name="client", network="dnsnet", cmd=["sleep", "1000"])
+
+    code, out = exec_in(d, client, ["cat", "/etc/resolv.conf"])
+    assert code == 0 and "nameserver 127.0.0.11" in out and "options ndots:0" in out, out
+    assert "search corp.test" in out and upstream.address not in out
+
+    for name in ("web", "www", web[:12], "WEB.dnsnet"):
+        code, out = exec_in(d, client, ["nslookup", name])
+        assert code == 0 and addresses(out) == [web_ip], (name, out)
+    code, out = exec_in(d, client, ["nslookup", "web", "127.0.0.11"])
+    assert code == 0 and addresses(out) == [web_ip], out
+    assert not any(n.startswith(("web", "www")) for n in upstream.seen), upstream.seen
+
+    # Not a container: forwarded to the upstream, its answer relayed, quickly.
+    code, out = exec_in(d, client, ["nslookup", "outside.example"])
+    assert code == 0 and addresses(out) == ["192.0.2.77"], out
+    started = time.monotonic()
+    code, out = exec_in(d, client, ["nslookup", "nosuch.example"])
+    assert code != 0 and "NXDOMAIN" in out, out
+    assert time.monotonic() - started < 3, "an unknown name must fail fast, not time out"
+    assert "nosuch.example" in upstream.seen
+
+    # Disconnected, the name goes with it (the upstream answers for it now: NXDOMAIN).
+    d.call("network.disconnect", network="dnsnet", container="web")
+    code, out = exec_in(d, client, ["nslookup", "web"])
+    assert code != 0 and web_ip not in addresses(out), out
+    d.call("network.connect", network="dnsnet", container="web", aliases=["again"])
+    new_ip = ip_on(d, web, "dnsnet")
+    code, out = exec_in(d, client, ["nslookup", "again"])
+    assert code == 0 and addresses(out) == [new_ip], out
+
+
+def test_only_containers_sharing_a_network_are_answered(dns_engine: Daemon, upstream: Upstream) -> None:
+    d = dns_engine
+    d.call("network.create", name="dnsa")
+    d.call("network.create", name="dnsb")
+    run_d(d, name="alpha", network="dnsa", cmd=["sleep", "1000"])
+    code, out = run_attached(d, network="dnsb", cmd=["nslookup", "alpha"])
+    assert code != 0 and "NXDOMAIN" in out, out
+    assert "alpha.corp.test" in upstream.seen  # forwarded: the engine does not know it for dnsb
+
+
+def test_the_default_bridge_keeps_the_hosts_resolv_conf(dns_engine: Daemon) -> None:
+    code, out = run_attached(dns_engine, cmd=["cat", "/etc/resolv.conf"])
+    assert code == 0, out
+    # as before: the resolv.conf's nameservers minus loopback ones, its search domains
+    assert "127.0.0.11" not in out and f"nameserver {UNANSWERED}" in out and "search corp.test" in out
+    assert "127." not in out.replace("127.0.0.11", "")
+
+
+def test_malformed_packets_do_not_stop_the_server(dns_engine: Daemon) -> None:
+    d = dns_engine
+    d.call("network.create", name="dnsbad")
+    web = run_d(d, name="target", network="dnsbad", cmd=["sleep", "1000"])
+    client = run_d(d, name="attacker", network="dnsbad", cmd=["sleep", "1000"])
+    script = (
+        "head -c 300 /dev/urandom | nc -u -w 1 127.0.0.11 53; "
+        "printf '\\022\\064\\001' | nc -u -w 1 127.0.0.11 53; "  # a truncated header
+        "printf '\\022\\064\\001\\000\\000\\000\\000\\000\\000\\000\\000\\000' | nc -u -w 1 127.0.0.11 53; "
+        "head -c 100 /dev/urandom | nc -w 1 127.0.0.11 53; "
+        "nslookup target"
+    )
+    code, out = exec_in(d, client, ["sh", "-c", script])
+    assert code == 0 and addresses(out) == [ip_on(d, web, "dnsbad")], out
+
+
+def test_lookups_work_again_after_the_daemon_is_killed_and_restarted(dns_engine: Daemon) -> None:
+    d = dns_engine
+    d.call("network.create", name="dnslive")
+    web = run_d(d, name="svc", network="dnslive", cmd=["sleep", "1000"])
+    client = run_d(d, name="asker", network="dnslive", cmd=["sleep", "1000"])
+    web_ip = ip_on(d, web, "dnslive")
+    pid = int(d.call("container.inspect", id=client)["State"]["Pid"])
+    d.kill9()
+    # the daemon is down: the resolver is gone, /etc/hosts still names the peer
+    hosts = Path(f"/proc/{pid}/root/etc/hosts").read_text()
+    assert re.search(rf"^{re.escape(web_ip)}\s.*\bsvc\b", hosts, re.M), hosts
+    d.start()
+    code, out = exec_in(d, client, ["nslookup", "svc"])
+    assert code == 0 and addresses(out) == [web_ip], out
+
