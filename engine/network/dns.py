@@ -53,6 +53,7 @@ MAX_UPSTREAMS = 3  # as many as resolv.conf's MAXNS
 MAX_INFLIGHT = 256  # UDP queries being answered at once per container; more are dropped
 MAX_TCP_CONNECTIONS = 32
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
+NAT_CHAIN = "ENGINE_DNS"  # in the container's own namespace, so the name is ours alone
 STATE_FILE = "dns.json"  # in the container's etc dir: its upstreams, for a daemon restart
 CLONE_NEWNET = 0x40000000
 
@@ -103,21 +104,49 @@ def run_in_netns(netns_path: str | Path, fn: Callable[[], T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
-def _bind_sockets(address: str, port: int) -> tuple[socket.socket, socket.socket]:
-    """The UDP socket and the TCP listener at ``address:port`` (in the current thread's
-    namespace). lo must be up: the CNI loopback plugin runs before any attachment."""
+def _bind_sockets(address: str, udp_port: int, tcp_port: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """The UDP socket and the TCP listener at ``address`` (port 0: one the kernel picks), in
+    the current thread's namespace. lo must be up: the CNI loopback plugin runs before any
+    attachment."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        udp.bind((address, port))
+        udp.bind((address, udp_port))
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((address, port))
+        tcp.bind((address, udp_port if tcp_port is None else tcp_port))
         tcp.listen(64)
     except BaseException:
         udp.close()
         tcp.close()
         raise
     return udp, tcp
+
+
+def nat_rules(address: str, port: int, udp_port: int, tcp_port: int, *, with_jump: bool) -> bytes:
+    """iptables-restore input sending ``address:port`` to the resolver's own ports (docker's
+    DOCKER_OUTPUT). Declaring the chain flushes it; the jump from OUTPUT is only written
+    into a fresh namespace (a second one would be a duplicate)."""
+    lines = ["*nat", f":{NAT_CHAIN} - [0:0]"]
+    if with_jump:
+        lines.append(f"-A OUTPUT -d {address}/32 -j {NAT_CHAIN}")
+    for proto, target in (("udp", udp_port), ("tcp", tcp_port)):
+        lines.append(f"-A {NAT_CHAIN} -d {address}/32 -p {proto} -m {proto} --dport {port} "
+                     f"-j DNAT --to-destination {address}:{target}")
+    lines.append("COMMIT")
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def install_redirect(netns_path: str | Path, address: str, port: int, udp_port: int,
+                           tcp_port: int, *, fresh: bool) -> None:
+    """The NAT rules in the container's namespace. ``fresh``: the namespace was just made
+    and its nat table is empty, so it is written whole; otherwise only our chain is
+    replaced (a privileged container's own nat rules stay)."""
+    from engine.network._proc import run
+
+    argv = ["nsenter", f"--net={netns_path}", "iptables-restore", "-w", "5"]
+    if not fresh:
+        argv.append("--noflush")
+    await run(argv, stdin=nat_rules(address, port, udp_port, tcp_port, with_jump=fresh))
 
 
 # --- who is who ----------------------------------------------------------------------------
@@ -222,6 +251,8 @@ class ResolverConfig:
 
     upstreams: list[str] = attrs.field(factory=list)
     search: list[str] = attrs.field(factory=list)
+    udp_port: int = 0  # where the resolver really listens (behind the NAT rules); 0: unknown
+    tcp_port: int = 0
 
 
 def write_state(etc_dir: Path, config: ResolverConfig) -> None:
@@ -233,7 +264,8 @@ def read_state(etc_dir: Path) -> ResolverConfig | None:
     """The resolver recorded at the container's start; None when it has no embedded DNS."""
     try:
         data = json.loads((etc_dir / STATE_FILE).read_text())
-        return ResolverConfig([str(s) for s in data["upstreams"]], [str(s) for s in data.get("search", [])])
+        return ResolverConfig([str(s) for s in data["upstreams"]], [str(s) for s in data.get("search", [])],
+                              int(data.get("udp_port", 0)), int(data.get("tcp_port", 0)))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -306,10 +338,14 @@ class EmbeddedDns:
     owns their tasks; ``open``/``close`` follow the containers' starts and stops."""
 
     def __init__(self, records: Callable[[], Awaitable[Sequence[Any]]], *,
-                 address: str = ADDRESS, port: int = PORT, upstream_port: int = UPSTREAM_PORT) -> None:
+                 address: str = ADDRESS, port: int = PORT, upstream_port: int = UPSTREAM_PORT,
+                 redirect: bool = True) -> None:
         self._records = records  # the CNI attachment records (cni.attachments)
         self.address = address
         self.port = port
+        # As docker: listen on ports of our own and DNAT address:port to them, so that the
+        # container may still run a DNS server of its own on :53; False binds port itself.
+        self.redirect = redirect
         self.upstream_port = upstream_port
         self._nursery: trio.Nursery | None = None
         self._resolvers: dict[str, _Resolver] = {}
@@ -353,18 +389,47 @@ class EmbeddedDns:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def open(self, container_id: str, netns_path: str | Path, config: ResolverConfig) -> None:
-        """Listen at 127.0.0.11:53 in the container's namespace (replacing a resolver it has)."""
+    async def open(self, container_id: str, netns_path: str | Path, config: ResolverConfig, *,
+                   fresh: bool = True) -> ResolverConfig:
+        """Serve 127.0.0.11:53 in the container's namespace (replacing a resolver it has).
+
+        ``fresh``: the namespace is new (a start): new ports and NAT rules. Otherwise (a
+        daemon restart) the ports recorded in ``config`` are bound again, so the rules
+        already in the namespace lead to them. Returns the config with the ports in use,
+        to be recorded for the next restart."""
         if self._nursery is None:
             raise RuntimeError("the embedded DNS server is not running")
         await self.close(container_id)
-        address, port = self.address, self.port
-        udp, tcp = await trio.to_thread.run_sync(run_in_netns, netns_path, lambda: _bind_sockets(address, port))
-        config = attrs.evolve(config, upstreams=config.upstreams[:MAX_UPSTREAMS])
+        address, port, redirect = self.address, self.port, self.redirect
+        if redirect and not fresh and not config.udp_port:
+            redirect = False  # recorded without ports: it was bound to :53 itself, rules-less
+
+        def bind() -> tuple[socket.socket, socket.socket, bool]:
+            if not redirect:
+                return (*_bind_sockets(address, port), True)
+            if not fresh:
+                try:
+                    return (*_bind_sockets(address, config.udp_port, config.tcp_port), True)
+                except OSError:
+                    pass  # taken meanwhile: new ports, and the chain rewritten for them
+            return (*_bind_sockets(address, 0, 0), False)
+
+        udp, tcp, kept = await trio.to_thread.run_sync(run_in_netns, netns_path, bind)
+        try:
+            udp_port, tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
+            if redirect and not kept:
+                await install_redirect(netns_path, address, port, udp_port, tcp_port, fresh=fresh)
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        config = attrs.evolve(config, upstreams=config.upstreams[:MAX_UPSTREAMS],
+                              udp_port=udp_port if redirect else 0, tcp_port=tcp_port if redirect else 0)
         resolver = _Resolver(container_id, config,
                              trio.socket.from_stdlib_socket(udp), trio.socket.from_stdlib_socket(tcp))
         self._resolvers[container_id] = resolver
         self._nursery.start_soon(self._serve, resolver)
+        return config
 
     async def close(self, container_id: str) -> None:
         resolver = self._resolvers.pop(container_id, None)

@@ -289,14 +289,13 @@ class ContainerNetworking:
         def resolver_config() -> dns.ResolverConfig:
             search = list(config.dns_search) or etc_files.host_nameservers(resolv_conf)[1]
             upstreams = list(config.dns) or dns.nameservers_of(resolv_conf)
-            resolver = dns.ResolverConfig(upstreams, search)
-            dns.write_state(etc_dir, resolver)
-            return resolver
+            return dns.ResolverConfig(upstreams, search)
 
         resolver = await trio.to_thread.run_sync(resolver_config)
         try:
-            await self.dns.open(config.id, ns, resolver)
-        except OSError as e:
+            resolver = await self.dns.open(config.id, ns, resolver)
+            await trio.to_thread.run_sync(dns.write_state, etc_dir, resolver)
+        except (OSError, EngineError) as e:
             raise RuntimeFailure(
                 f"cannot start the embedded DNS server of container {config.name} at "
                 f"{dns.ADDRESS}:{dns.PORT} in its network namespace: {e}"
@@ -321,8 +320,10 @@ class ContainerNetworking:
                 continue
             try:
                 async with self._locked(container_id):
-                    await self.dns.open(container_id, ns, resolver)
-            except OSError as e:
+                    opened = await self.dns.open(container_id, ns, resolver, fresh=False)
+                    if opened != resolver:
+                        await trio.to_thread.run_sync(dns.write_state, etc_dir, opened)
+            except (OSError, EngineError) as e:
                 log.error("container %s: embedded DNS not restored: %s", container_id[:12], e)
 
     async def _attach(self, network: Network, container_id: str, ns: Path, **kw: Any) -> cni.AttachResult:

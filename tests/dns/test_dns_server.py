@@ -120,11 +120,14 @@ class Upstream:
                 task_status.started()
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[tuple[Env, Upstream]]:
+@pytest.fixture(params=[True, False], ids=["nat", "direct"])
+async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Env, Upstream]]:
+    """A namespace with lo up and a resolver for ASKER in it: behind NAT rules to ports of
+    its own (as the daemon runs it), or bound to 127.0.0.11:53 itself."""
     require(os.geteuid() == 0, "needs root (network namespaces)")
-    require_binary("unshare")
-    require_binary("nsenter")
+    for tool in ("unshare", "nsenter", "iptables-restore"):
+        require_binary(tool)
+    redirect: bool = request.param
     netns_dir = tmp_path / "netns"
     ns = await netns.create(netns_dir, "dnstest")
     threads_before = threading.active_count()
@@ -138,7 +141,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[Env, Upstream]]:
         upstream = Upstream()
         async with trio.open_nursery() as nursery:
             await nursery.start(upstream.serve)
-            server = dns.EmbeddedDns(read_records, upstream_port=upstream.port)
+            server = dns.EmbeddedDns(read_records, upstream_port=upstream.port, redirect=redirect)
             await nursery.start(server.run)
             await server.open(ASKER, ns, dns.ResolverConfig([upstream.address], ["corp.test"]))
             yield Env(server, ns, records), upstream
