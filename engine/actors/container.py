@@ -65,6 +65,7 @@ log = logging.getLogger("engine.container")
 
 S = ContainerState
 MAILBOX_SIZE = 64
+MAX_EXEC_CODES = 1024  # exit codes of adopted exec sessions kept (see _watch_surviving_exec)
 T = TypeVar("T")
 
 
@@ -110,6 +111,8 @@ class ContainerActor:
         self._preempted_run = -1
         self._execs: dict[int, Any] = {}
         self._next_exec = 1
+        # adopted exec sessions that have ended: runtime session id -> exit code (bounded)
+        self.exec_codes: dict[str, int] = {}
         self._attaches: dict[int, Any] = {}  # attach sessions: their connections
         self._next_attach = 1
         self._attached = 0
@@ -719,6 +722,13 @@ class ContainerActor:
         self.emit("exec_start", execID=str(session), command=" ".join(command.cmd))
         return c.ExecSession(session, handle)
 
+    def exec_session(self, session_id: str) -> Any | None:
+        """The exec session (its handle) with this runtime session id, while it is ours."""
+        for handle in self._execs.values():
+            if getattr(handle, "session_id", None) == session_id:
+                return handle
+        return None
+
     def _exec_ended(self, session: int, exit_code: int) -> None:
         if self._execs.pop(session, None) is not None:
             self.emit("exec_die", execID=str(session), exitCode=exit_code)
@@ -914,6 +924,11 @@ class ContainerActor:
     async def _watch_surviving_exec(self, session: int, survivor: SurvivingExec) -> None:
         code = await survivor.wait()
         log.info("container %s: exec session %s ended with exit code %d", self.name, survivor.session_id, code)
+        # kept for those who named the session before the restart (the Docker API's exec ids)
+        self.exec_codes[survivor.session_id] = code
+        while len(self.exec_codes) > MAX_EXEC_CODES:
+            del self.exec_codes[next(iter(self.exec_codes))]
+        self._signal_change()
         self.notify(c.ExecEnded(session, code))
 
 

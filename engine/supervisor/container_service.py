@@ -584,10 +584,12 @@ class ContainerService:
                     break
                 yield record
 
-    async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None) -> dict[str, Any]:
+    async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None,
+                   started: Callable[[Any], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Run a command in a running container; stream its output, return its exit code.
         The actor starts the session (so it cannot race a removal) and kills it if the
-        container goes; the output is pumped here, outside the actor's mailbox."""
+        container goes; the output is pumped here, outside the actor's mailbox.
+        ``started(handle)`` hears of the session first (the Docker API records it)."""
         actor = self.get(spec.id)
         env = list(spec.env)
         if spec.tty and not any(e.startswith("TERM=") for e in env):
@@ -596,6 +598,13 @@ class ContainerService:
             c.ExecStart(list(spec.cmd), env, spec.workdir, spec.user, stdin=spec.stdin, tty=spec.tty))
         code = 255
         try:
+            if started is not None:
+                try:
+                    await started(session.handle)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await session.handle.aclose()  # kills what nobody pumps
+                    raise
             if input is not None and (spec.stdin or spec.tty):
                 code = await pump_exec_with_input(session.handle, send, input, stdin=spec.stdin, tty=spec.tty)
             else:

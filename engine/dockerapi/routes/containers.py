@@ -857,8 +857,7 @@ async def exec_create(api: DockerAPI, req: Request) -> Response:
     spec = ExecSpec(id=actor.id, cmd=cmd, env=str_list(doc.get("Env"), "Env") or [],
                     workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
                     stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
-    instance = api.execs.create(actor.id, spec)
-    instance.console_size = console_size(doc.get("ConsoleSize"))
+    instance = await api.execs.create(actor.id, spec, console_size(doc.get("ConsoleSize")))
     return json_response({"Id": instance.id}, 201)
 
 
