@@ -338,7 +338,7 @@ def has_host_options(p: CreateSpec) -> bool:
     and pays nothing for them)."""
     return bool(p.privileged or p.security_opt or p.sysctls or p.ulimits or p.group_add or p.pid or p.ipc
                 or p.uts or p.devices) or any(v is not None for v in (
-                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period))
+                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period, p.memory))
 
 
 class ContainerService:

@@ -295,3 +295,30 @@ def test_inspect_has_dockerds_keys(pair: Pair) -> None:
         assert lacking == {}
     finally:
         pair.both("network", "rm", "vs-net")
+
+
+def test_memory_without_memory_swap_gets_dockerds_swap_limit(pair: Pair) -> None:
+    """``-m`` alone: twice the memory as the swap limit (dockerd's default where the kernel
+    accounts swap), in inspect and in the cgroup; ``--memory-swap -1`` stays unlimited; an
+    update above that limit is refused with dockerd's words."""
+    mib = 1024 * 1024
+    script = "cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+    for extra, swap in (([], 128 * mib), (["--memory-swap", "-1"], -1)):
+        pair.setup("create", "--name", "vs-mem", "-m", "64m", *extra, "busybox", "sh", "-c", script)
+        try:
+            views = [json.loads(r.stdout)[0]["HostConfig"] for r in pair.both("inspect", "vs-mem")]
+            assert [(v["Memory"], v["MemorySwap"]) for v in views] == [(64 * mib, swap)] * 2, extra
+            ours, theirs = pair.both("start", "-a", "vs-mem")
+            assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+            limit = int(theirs.stdout)
+            assert limit == (swap if swap > 0 else limit) and (swap > 0 or limit > 2**60)
+            assert int(ours.stdout) == limit
+        finally:
+            pair.both("rm", "-f", "vs-mem")
+    pair.setup("run", "-d", "--name", "vs-mem", "-m", "64m", "busybox", "sleep", "600")
+    try:
+        ours, theirs = pair.both("update", "-m", "256m", "vs-mem")
+        assert ours.returncode == theirs.returncode == 1
+        assert normalise(ours.stderr, pair) == normalise(theirs.stderr, pair)
+    finally:
+        pair.both("rm", "-f", "vs-mem")
