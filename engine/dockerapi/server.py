@@ -68,7 +68,8 @@ def status_for(error: BaseException) -> int:
     if isinstance(error, BodyTooLarge):
         return BodyTooLarge.http_status
     if isinstance(error, EngineError):
-        return STATUS_FOR_CODE.get(error.code, 500)
+        status = error.details.get("http_status")  # where dockerd answers otherwise than by kind
+        return status if isinstance(status, int) else STATUS_FOR_CODE.get(error.code, 500)
     if isinstance(error, h11.RemoteProtocolError):
         return error.error_status_hint
     return 500

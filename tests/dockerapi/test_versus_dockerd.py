@@ -322,3 +322,57 @@ def test_memory_without_memory_swap_gets_dockerds_swap_limit(pair: Pair) -> None
         assert normalise(ours.stderr, pair) == normalise(theirs.stderr, pair)
     finally:
         pair.both("rm", "-f", "vs-mem")
+
+
+def _put_archive_status(host: str, container: str, path: str, data: bytes) -> tuple[int, str]:
+    """PUT /containers/{id}/archive straight to a daemon's socket: (status, message)."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(host.removeprefix("unix://"))
+
+    conn = UnixConnection("localhost", timeout=30)
+    try:
+        conn.request("PUT", f"/v1.41/containers/{container}/archive?path={path}", body=data,
+                     headers={"Content-Type": "application/x-tar"})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, json.loads(body)["message"] if body.strip() else ""
+    finally:
+        conn.close()
+
+
+def test_cp_into_a_stopped_read_only_container(pair: Pair, tmp_path: Path) -> None:
+    """A stopped ``--read-only`` container's layer is writable on the host, yet dockerd
+    refuses a copy into its root (and into a read-only volume), status and words; into a
+    writable volume or bind the copy goes."""
+    import io
+    import tarfile
+
+    (tmp_path / "f.txt").write_text("hi\n")
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(tmp_path / "f.txt", "f.txt")
+    pair.setup("create", "--name", "vs-ro", "--read-only", "-v", "vs-ro-vol:/vol", "-v", "vs-ro-rovol:/rovol:ro",
+               "-v", f"{bind}:/bind", "busybox", "true")
+    try:
+        for dest in ("/", "/etc/f.txt", "/rovol/"):
+            ours, theirs = pair.both("cp", str(tmp_path / "f.txt"), f"vs-ro:{dest}")
+            assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), dest
+            assert ours.returncode == 1, ours.stderr
+        for dest in ("/", "/rovol"):
+            statuses = [_put_archive_status(side.host, "vs-ro", dest, buf.getvalue())
+                        for side in (pair.engine, pair.dockerd)]
+            assert statuses[0] == statuses[1], (dest, statuses)
+        for dest in ("/vol/", "/bind/g.txt"):
+            ours, theirs = pair.both("cp", str(tmp_path / "f.txt"), f"vs-ro:{dest}")
+            assert ours.returncode == theirs.returncode == 0, (dest, ours.stderr, theirs.stderr)
+        assert (bind / "g.txt").read_text() == "hi\n"
+    finally:
+        pair.both("rm", "-f", "vs-ro")
+        pair.both("volume", "rm", "vs-ro-vol", "vs-ro-rovol")
