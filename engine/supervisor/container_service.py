@@ -304,6 +304,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         stop_signal=p.stop_signal or img.stop_signal or "SIGTERM",
         stop_timeout=10.0 if stop_timeout is None else stop_timeout,
         network_mode=network_mode,
+        network_defaulted=not p.network,
         aliases=list(p.network_aliases),
         publish_all=p.publish_all,
         dns=list(p.dns),

@@ -376,3 +376,24 @@ def test_cp_into_a_stopped_read_only_container(pair: Pair, tmp_path: Path) -> No
     finally:
         pair.both("rm", "-f", "vs-ro")
         pair.both("volume", "rm", "vs-ro-vol", "vs-ro-rovol")
+
+
+def test_network_mode_and_networks_as_dockerd_shows_them(pair: Pair) -> None:
+    """Both daemons without a default network (dockerd's bridge none, engine's
+    --default-network none): a container created without --network shows NetworkMode
+    "default" and dockerd's networks; --network none and host show theirs; `network ls`
+    lists the same networks."""
+    cases = {"vs-net-default": [], "vs-net-none": ["--network", "none"], "vs-net-host": ["--network", "host"]}
+    try:
+        for name, extra in cases.items():
+            pair.setup("create", "--name", name, *extra, "busybox", "true")
+            views = []
+            for result in pair.both("inspect", name, binary=DEBIAN_CLI):
+                doc = json.loads(result.stdout)[0]
+                views.append((doc["HostConfig"]["NetworkMode"], sorted(doc["NetworkSettings"]["Networks"]),
+                              bool(doc["Config"].get("NetworkDisabled"))))
+            assert views[0] == views[1], (name, views)
+        ours, theirs = pair.both("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
+        assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n"))
+    finally:
+        pair.both("rm", "-f", *cases)
