@@ -165,6 +165,14 @@ class Runtime(Protocol):
         engine calls it in a worker thread."""
         ...
 
+    def surviving_execs(self, container_id: str, work_dir: Path) -> list[Any]:
+        """Exec sessions an earlier daemon started in ``work_dir`` (the ``work_dir`` given to
+        ``exec``) and left behind, running or ended: each with ``session_id``, ``args``,
+        ``pid``, ``wait()`` (its exit code; any number may wait), ``kill(sig)`` and
+        ``aclose()`` (``engine.oci.exec.SurvivingExec``). Blocking: the engine calls it in a
+        worker thread."""
+        ...
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """Change a running container's cgroup limits: ``resources`` is an OCI
         ``linux.resources`` object holding only what changes (``memory.limit``,

@@ -58,13 +58,13 @@ from engine.errors import (
     Timeout,
     Unavailable,
 )
-from engine.oci.exec import SurvivingExec, find_surviving_execs
 from engine.plugin import Created, CreateRequest, ExitInfo, Runtime
 
 log = logging.getLogger("engine.container")
 
 S = ContainerState
 MAILBOX_SIZE = 64
+MAX_EXEC_CODES = 1024  # exit codes of adopted exec sessions kept (see _watch_surviving_exec)
 T = TypeVar("T")
 
 
@@ -110,6 +110,8 @@ class ContainerActor:
         self._preempted_run = -1
         self._execs: dict[int, Any] = {}
         self._next_exec = 1
+        # adopted exec sessions that have ended: runtime session id -> exit code (bounded)
+        self.exec_codes: dict[str, int] = {}
         self._attaches: dict[int, Any] = {}  # attach sessions: their connections
         self._next_attach = 1
         self._attached = 0
@@ -719,6 +721,13 @@ class ContainerActor:
         self.emit("exec_start", execID=str(session), command=" ".join(command.cmd))
         return c.ExecSession(session, handle)
 
+    def exec_session(self, session_id: str) -> Any | None:
+        """The exec session (its handle) with this runtime session id, while it is ours."""
+        for handle in self._execs.values():
+            if getattr(handle, "session_id", None) == session_id:
+                return handle
+        return None
+
     def _exec_ended(self, session: int, exit_code: int) -> None:
         if self._execs.pop(session, None) is not None:
             self.emit("exec_die", execID=str(session), exitCode=exit_code)
@@ -866,7 +875,7 @@ class ContainerActor:
         if runtime is None:
             log.warning("container %s: runtime %s is not installed; left as it is", self.name, self.config.runtime)
             return
-        await self._adopt_execs()
+        await self._adopt_execs(runtime)
         if state in (S.RUNNING, S.PAUSED):
             live = await self._bounded("state", runtime.state(self.id))
             if live is not None and live.status in ("running", "paused"):
@@ -896,12 +905,12 @@ class ContainerActor:
             if state == S.EXITED:
                 await self._apply_restart_policy(daemon_starting=True)
 
-    async def _adopt_execs(self) -> None:
+    async def _adopt_execs(self, runtime: Runtime) -> None:
         """Exec sessions the last daemon left (each under its own conmon, in the run
         directory): watched until they end, when their exit code is recorded (``exec_die``)
         as for any exec; those that ended meanwhile are recorded now. They are this
         container's sessions again: a removal or the container's exit kills them."""
-        survivors = await trio.to_thread.run_sync(find_surviving_execs, self.run_dir, self.id)
+        survivors = await trio.to_thread.run_sync(runtime.surviving_execs, self.id, self.run_dir)
         for survivor in survivors:
             session = self._next_exec
             self._next_exec += 1
@@ -911,9 +920,14 @@ class ContainerActor:
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_surviving_exec, session, survivor)
 
-    async def _watch_surviving_exec(self, session: int, survivor: SurvivingExec) -> None:
+    async def _watch_surviving_exec(self, session: int, survivor: Any) -> None:
         code = await survivor.wait()
         log.info("container %s: exec session %s ended with exit code %d", self.name, survivor.session_id, code)
+        # kept for those who named the session before the restart (the Docker API's exec ids)
+        self.exec_codes[survivor.session_id] = code
+        while len(self.exec_codes) > MAX_EXEC_CODES:
+            del self.exec_codes[next(iter(self.exec_codes))]
+        self._signal_change()
         self.notify(c.ExecEnded(session, code))
 
 

@@ -89,6 +89,7 @@ class ContainerConfig:
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 10.0
     network_mode: str = "none"
+    network_defaulted: bool = False  # no network was asked for: the daemon's default (docker's "default")
     networks: list[str] = attrs.field(factory=list)
     aliases: list[str] = attrs.field(factory=list)
     ports: list[PortMapping] = attrs.field(factory=list)

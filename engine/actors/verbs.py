@@ -91,6 +91,10 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
     require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
                   action="update")
     changes, resources = _resources(command)
+    swap = actor.config.memory_swap
+    if command.memory is not None and swap is not None and 0 < swap < command.memory:
+        raise InvalidArgument(f"Cannot update container {actor.id}: Memory limit should be smaller than "
+                              "already set memoryswap limit, update the memoryswap at the same time")
     if command.restart_policy is not None:
         policy = RestartPolicy.parse(command.restart_policy)
         if actor.config.auto_remove and policy.name != "no":

@@ -68,7 +68,8 @@ def status_for(error: BaseException) -> int:
     if isinstance(error, BodyTooLarge):
         return BodyTooLarge.http_status
     if isinstance(error, EngineError):
-        return STATUS_FOR_CODE.get(error.code, 500)
+        status = error.details.get("http_status")  # where dockerd answers otherwise than by kind
+        return status if isinstance(status, int) else STATUS_FOR_CODE.get(error.code, 500)
     if isinstance(error, h11.RemoteProtocolError):
         return error.error_status_hint
     return 500
@@ -176,18 +177,33 @@ class DockerAPI:
 
     def __init__(self, app: App) -> None:
         from engine.dockerapi.attach import PendingStarts
-        from engine.dockerapi.execs import ExecRegistry
+        from engine.dockerapi.execs import ExecRegistry, exec_records_dir
         from engine.dockerapi.routes import build_router
 
         self.app = app
         self.router = build_router()
-        self.execs = ExecRegistry()
+        self.execs = ExecRegistry(exec_records_dir(app.layout.root), self._find_actor)
         self.pending_starts = PendingStarts()  # attached connections waiting for a start
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Where work that outlives its request runs (detached execs)."""
         self._nursery = nursery
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Before serving: the exec instances an earlier daemon left, and their removal
+        with their container from now on (however it is removed)."""
+        self.attach(nursery)
+        await self.execs.load(nursery)
+        self.app.events.observe(self._container_news)
+
+    def _container_news(self, event: Any) -> None:
+        if event.type == "container" and event.action == "destroy":
+            self.execs.container_removed(event.id)
+
+    def _find_actor(self, container_id: str) -> Any:
+        containers = self.app.services.containers
+        return containers.actors.get(container_id) if containers is not None else None
 
     def background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is None:
@@ -233,7 +249,7 @@ async def listen(app: App, api: DockerAPI, hosts: list[str], nursery: trio.Nurse
                  *, gid: int | None = None, rpc_uses_fd: bool = False) -> list[Path]:
     """Open every ``--docker-host``; the unix socket paths are returned (to remove at
     shutdown). ``tcp://`` follows the RPC listener's TLS rules: plain only on loopback."""
-    api.attach(nursery)
+    await api.start(nursery)
     sockets: list[Path] = []
     for host in hosts:
         kind, address = parse_host(host)

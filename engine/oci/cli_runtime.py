@@ -28,7 +28,7 @@ import trio
 from engine.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure, Unavailable
 from engine.oci import conmon
 from engine.oci.attach import ConmonAttach, resize_conmon_terminal
-from engine.oci.exec import ExecHandle, start_exec
+from engine.oci.exec import ExecHandle, SurvivingExec, find_surviving_execs, start_exec
 from engine.oci.runtime_errors import runtime_message, start_error
 from engine.plugin import Availability, Created, CreateRequest, ExitInfo, RuntimeState
 
@@ -196,6 +196,9 @@ class CLIRuntime:
 
     def read_exit(self, container_id: str, state_dir: Path) -> ExitInfo | None:
         return conmon.read_exit(state_dir, container_id)
+
+    def surviving_execs(self, container_id: str, work_dir: Path) -> list[SurvivingExec]:
+        return find_surviving_execs(work_dir, container_id)
 
     async def exec(
         self,

@@ -571,10 +571,23 @@ class SurvivingExec:
         self.args = args
         self.started = True
         self._code: int | None = None
+        self._pid: int | None = None
+        self._wait_lock = trio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The exec'd process's host pid (read once from the session's pid file)."""
+        if self._pid is None:
+            self._pid = _read_pid(self.files.pid_file)
+        return self._pid
 
     async def wait(self) -> int:
         """Wait until its monitor recorded the exit; the code (255 when the monitor died
-        without recording one). The directory goes afterwards."""
+        without recording one). The directory goes afterwards. Any number may wait."""
+        async with self._wait_lock:
+            return await self._wait()
+
+    async def _wait(self) -> int:
         if self._code is None:
             try:
                 info = await conmon.wait_monitor_exit(self.files.dir, self.files.container_id)
@@ -615,5 +628,7 @@ def find_surviving_execs(work_dir: Path, container_id: str) -> list[SurvivingExe
             args = list(json.loads((entry / "session.json").read_text()).get("args") or [])
         except (OSError, ValueError, AttributeError):
             args = []
-        found.append(SurvivingExec(ExecFiles(entry, container_id), args))
+        survivor = SurvivingExec(ExecFiles(entry, container_id), args)
+        _ = survivor.pid  # read here, in the worker thread
+        found.append(survivor)
     return found

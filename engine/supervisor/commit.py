@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -38,6 +40,32 @@ _OCI_LAYER_TYPES = {
     t.DOCKER_LAYER_GZIP: t.OCI_LAYER_GZIP,
     t.DOCKER_LAYER_FOREIGN: t.OCI_LAYER_NONDIST_GZIP,
 }
+
+
+# the files the runtime bind-mounts over (engine.supervisor.container_verbs.MOUNT_POINTS)
+RUNTIME_MOUNT_TARGETS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"})
+
+
+def drop_mount_targets(layer: Path, added: set[str]) -> None:
+    """Rewrite the layer tar without the empty files made only as mount targets (the image
+    lacked them: ``added``), as docker's commit leaves them out; a file with content there
+    is the container's own and stays. Blocking."""
+    if not added:
+        return
+    names = {p.lstrip("/") for p in added}
+    with tarfile.open(layer) as tar:
+        members = tar.getmembers()
+        drop = {m.name.lstrip("./") for m in members
+                if m.name.lstrip("./") in names and m.isreg() and m.size == 0}
+    if not drop:
+        return
+    kept = layer.with_name(layer.name + ".kept")
+    with tarfile.open(layer) as src, tarfile.open(kept, "w", format=tarfile.PAX_FORMAT) as out:
+        for member in src:
+            if member.name.lstrip("./") in drop:
+                continue
+            out.addfile(member, src.extractfile(member) if member.isreg() else None)
+    kept.replace(layer)
 
 
 def run_defaults(actor: ContainerActor, base: dict[str, Any]) -> dict[str, Any]:
@@ -96,10 +124,12 @@ async def commit(app: App, actor: ContainerActor, *, reference: str, message: st
             paused = True
         try:
             await storage.diff_layer(actor.id, layer)
+            added = {path for kind, path in await storage.changes(actor.id) if kind == "A"}
         finally:
             if paused:
                 with trio.CancelScope(shield=True):
                     await actor.call(c.Unpause())
+        await trio.to_thread.run_sync(drop_mount_targets, layer, added & RUNTIME_MOUNT_TARGETS)
         diff_id, size = await trio.to_thread.run_sync(file_sha256, layer)
         store.hold([diff_id])
         held.append(diff_id)

@@ -304,6 +304,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         stop_signal=p.stop_signal or img.stop_signal or "SIGTERM",
         stop_timeout=10.0 if stop_timeout is None else stop_timeout,
         network_mode=network_mode,
+        network_defaulted=not p.network,
         aliases=list(p.network_aliases),
         publish_all=p.publish_all,
         dns=list(p.dns),
@@ -338,7 +339,7 @@ def has_host_options(p: CreateSpec) -> bool:
     and pays nothing for them)."""
     return bool(p.privileged or p.security_opt or p.sysctls or p.ulimits or p.group_add or p.pid or p.ipc
                 or p.uts or p.devices) or any(v is not None for v in (
-                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period))
+                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period, p.memory))
 
 
 class ContainerService:
@@ -584,10 +585,12 @@ class ContainerService:
                     break
                 yield record
 
-    async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None) -> dict[str, Any]:
+    async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None,
+                   started: Callable[[Any], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Run a command in a running container; stream its output, return its exit code.
         The actor starts the session (so it cannot race a removal) and kills it if the
-        container goes; the output is pumped here, outside the actor's mailbox."""
+        container goes; the output is pumped here, outside the actor's mailbox.
+        ``started(handle)`` hears of the session first (the Docker API records it)."""
         actor = self.get(spec.id)
         env = list(spec.env)
         if spec.tty and not any(e.startswith("TERM=") for e in env):
@@ -596,6 +599,13 @@ class ContainerService:
             c.ExecStart(list(spec.cmd), env, spec.workdir, spec.user, stdin=spec.stdin, tty=spec.tty))
         code = 255
         try:
+            if started is not None:
+                try:
+                    await started(session.handle)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await session.handle.aclose()  # kills what nobody pumps
+                    raise
             if input is not None and (spec.stdin or spec.tty):
                 code = await pump_exec_with_input(session.handle, send, input, stdin=spec.stdin, tty=spec.tty)
             else:

@@ -139,11 +139,13 @@ class ContainerVerbs:
         store = self.uploads()
         archive_path = await trio.to_thread.run_sync(store.path, upload)
         try:
-            async with open_root(self.get(ref)) as root:
+            actor = self.get(ref)
+            check = cp.WriteCheck.of(actor.config)
+            async with open_root(actor) as root:
 
                 def extract() -> cp.CopyInResult:
                     with open(archive_path, "rb") as archive:
-                        return cp.extract_into(root, path, archive, copy_uid_gid=copy_uid_gid)
+                        return cp.extract_into(root, path, archive, copy_uid_gid=copy_uid_gid, check=check)
 
                 done = await trio.to_thread.run_sync(extract)
         finally:

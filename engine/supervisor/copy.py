@@ -246,16 +246,53 @@ def describe_path(root_fd: int, path: str, *, follow: bool) -> dict[str, Any]:
 # --- in -------------------------------------------------------------------------------------------
 
 
+ROOTFS_READ_ONLY = "container rootfs is marked read-only"  # dockerd's words (and its 500)
+VOLUME_READ_ONLY = "mounted volume is marked read-only"
+
+
+def _within(path: str, directory: str) -> bool:
+    directory = posixpath.normpath("/" + directory.lstrip("/"))  # not "//x": POSIX keeps two slashes
+    return directory == "/" or path == directory or path.startswith(directory + "/")
+
+
+@attrs.frozen
+class WriteCheck:
+    """dockerd's rule for a copy into a container, running or not: a destination inside a
+    volume or bind goes by that mount's mode, any other by the root filesystem's
+    (``--read-only``). Without it a stopped read-only container's layer, writable on the
+    host, would take the files. Tmpfs mounts count as the root, as dockerd counts them."""
+
+    read_only_root: bool = False
+    mounts: tuple[tuple[str, bool], ...] = ()  # (destination, read-only)
+
+    @classmethod
+    def of(cls, config: Any) -> WriteCheck:
+        mounts = [(m.destination, m.read_only) for m in (*config.volumes, *config.binds)]
+        return cls(bool(config.read_only), tuple(mounts))
+
+    def check(self, directory: str) -> None:
+        """Refuse a copy into ``directory`` (resolved inside the container) as dockerd does."""
+        inside = [(len(dest), ro) for dest, ro in self.mounts if _within(directory, dest)]
+        if inside:
+            if max(inside)[1]:  # the innermost mount decides
+                raise Conflict(VOLUME_READ_ONLY, http_status=500)
+            return
+        if self.read_only_root:
+            raise Conflict(ROOTFS_READ_ONLY, http_status=500)
+
+
 @attrs.frozen
 class CopyInResult:
     entries: int
     bytes: int
 
 
-def extract_into(root_fd: int, dest: str, archive: IO[bytes], *, copy_uid_gid: bool) -> CopyInResult:
+def extract_into(root_fd: int, dest: str, archive: IO[bytes], *, copy_uid_gid: bool,
+                 check: WriteCheck | None = None) -> CopyInResult:
     """docker's cp into a container. ``dest`` an existing directory: the archive goes into
     it. ``dest`` missing (its parent existing) or an existing non-directory: the archive's
-    single top entry lands there, renamed. Symlinks in ``dest`` resolve inside the root."""
+    single top entry lands there, renamed. Symlinks in ``dest`` resolve inside the root;
+    ``check`` may refuse the directory they lead to."""
     try:
         dest_fd = open_in_root(root_fd, dest, os.O_PATH)
         is_dir = stat.S_ISDIR(os.fstat(dest_fd).st_mode)
@@ -280,6 +317,8 @@ def extract_into(root_fd: int, dest: str, archive: IO[bytes], *, copy_uid_gid: b
         base_rel = os.readlink(f"/proc/self/fd/{base_fd}")
         root_real = os.readlink(f"/proc/self/fd/{root_fd}")
         base_inside = "/" + os.path.relpath(base_rel, root_real) if base_rel != root_real else "/"
+        if check is not None:
+            check.check(base_inside)
         dirs: list[tuple[str, tarfile.TarInfo]] = []
         with tarfile.open(fileobj=archive, mode="r|*") as tar:
             for member in tar:

@@ -2,11 +2,13 @@
 ``--ulimit``, ``--shm-size``, ``--oom-score-adj``, ``--group-add``, ``--pid/--ipc/--uts``,
 ``--memory-swap``, ``--cpu-quota/--cpu-period``, ``--device``): checked with docker's rules
 and messages, and written into the container's config. Nothing here runs for a create
-that gives none of them.
+that gives none of them. ``-m`` without ``--memory-swap`` (or with 0) gets dockerd's
+default, twice the memory, where the kernel accounts swap (as dockerd's cgroup shows).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -54,6 +56,8 @@ def apply_host_options(config: ContainerConfig, p: Any) -> None:
         config.group_add = [check_group(g) for g in p.group_add]
     if p.memory_swap is not None and p.memory_swap != 0:
         config.memory_swap = check_memory_swap(config.memory, p.memory_swap)
+    elif config.memory and swap_accounting():
+        config.memory_swap = 2 * config.memory  # dockerd's default: as much swap as memory
     if p.cpu_quota is not None or p.cpu_period is not None:
         _cfs(config, p.cpu_quota, p.cpu_period)
     if p.devices:
@@ -218,6 +222,7 @@ def check_memory_swap(memory: int | None, swap: int) -> int:
     return swap
 
 
+@functools.cache
 def swap_accounting() -> bool:
     return any(os.path.exists(path) for path in SWAP_ACCOUNTING_FILES)
 

@@ -4,10 +4,11 @@ unchanged, each test with its own engined and registry."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from .conftest import Engine
+from .conftest import Engine, EngineFactory
 
 docker = pytest.importorskip("docker", reason="docker-py is in the test extras (pip install -e .[test])")
 
@@ -105,5 +106,73 @@ def test_networks_and_events(engine: Engine) -> None:
                                     filters={"type": "network"}))
         assert [(e["Action"], e["Actor"]["Attributes"]["name"]) for e in events] == [
             ("create", "pynet"), ("destroy", "pynet")]
+    finally:
+        client.close()
+
+
+def _exec_inspect_until(client: object, exec_id: str, done: object, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.api.exec_inspect(exec_id)  # type: ignore[attr-defined]
+        if done(info) or time.monotonic() > deadline:  # type: ignore[operator]
+            return info  # type: ignore[no-any-return]
+        time.sleep(0.1)
+
+
+def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_archive: Path) -> None:
+    """An exec's id still answers after the daemon was SIGKILLed and started again (its
+    session runs on under its own conmon): running with its pid, then its exit code, also
+    for one that ended while no daemon ran. Removing the container removes its execs."""
+    engine = make_engine(load_busybox=busybox_archive)
+    client = engine.docker_py()
+    try:
+        ctr = client.containers.run("busybox", ["sleep", "300"], detach=True, name="execs")
+        api = client.api
+        done = api.exec_create(ctr.id, ["sh", "-c", "exit 5"])["Id"]
+        api.exec_start(done)
+        ending = api.exec_create(ctr.id, ["sh", "-c", "sleep 1; exit 3"])["Id"]
+        api.exec_start(ending, detach=True)
+        running = api.exec_create(ctr.id, ["sh", "-c", "sleep 6; exit 7"])["Id"]
+        api.exec_start(running, detach=True)
+        waiting = api.exec_create(ctr.id, ["true"], environment=["SECRET=x"])["Id"]
+        before = _exec_inspect_until(client, running, lambda i: i["Pid"] > 0)
+        assert before["Running"] is True and before["Pid"] > 0, before
+        assert api.exec_inspect(done)["ExitCode"] == 5
+
+        engine.daemon.kill9()
+        time.sleep(2)  # `ending` ends while no daemon runs
+        engine.daemon.start()
+
+        after = api.exec_inspect(running)
+        assert (after["Running"], after["ExitCode"], after["Pid"]) == (True, None, before["Pid"]), after
+        assert after["ProcessConfig"]["arguments"] == ["-c", "sleep 6; exit 7"]
+        assert running in (api.inspect_container(ctr.id)["ExecIDs"] or [])
+        ended = _exec_inspect_until(client, ending, lambda i: not i["Running"])
+        assert (ended["Running"], ended["ExitCode"]) == (False, 3), ended
+        assert ended["Pid"] > 0
+        assert (api.exec_inspect(done)["Running"], api.exec_inspect(done)["ExitCode"]) == (False, 5)
+        assert api.exec_inspect(waiting)["Running"] is False
+        assert api.exec_inspect(waiting)["ExitCode"] is None
+
+        final = _exec_inspect_until(client, running, lambda i: not i["Running"])
+        assert (final["Running"], final["ExitCode"], final["Pid"]) == (False, 7, before["Pid"]), final
+        assert api.inspect_container(ctr.id)["ExecIDs"] is None
+
+        # the exit code was written down: a second restart still knows it
+        engine.daemon.stop()
+        engine.daemon.start()
+        assert api.exec_inspect(running)["ExitCode"] == 7
+        api.exec_start(waiting)  # created before the restarts, started after
+        assert api.exec_inspect(waiting)["ExitCode"] == 0
+
+        records = engine.daemon.root / "dockerapi" / "execs"
+        assert {p.stat().st_mode & 0o777 for p in records.iterdir()} == {0o600}  # environments
+        ctr.remove(force=True)
+        with pytest.raises(docker.errors.NotFound):
+            api.exec_inspect(running)
+        deadline = time.monotonic() + 5
+        while list(records.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(records.iterdir()) == []
     finally:
         client.close()

@@ -295,3 +295,105 @@ def test_inspect_has_dockerds_keys(pair: Pair) -> None:
         assert lacking == {}
     finally:
         pair.both("network", "rm", "vs-net")
+
+
+def test_memory_without_memory_swap_gets_dockerds_swap_limit(pair: Pair) -> None:
+    """``-m`` alone: twice the memory as the swap limit (dockerd's default where the kernel
+    accounts swap), in inspect and in the cgroup; ``--memory-swap -1`` stays unlimited; an
+    update above that limit is refused with dockerd's words."""
+    mib = 1024 * 1024
+    script = "cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+    for extra, swap in (([], 128 * mib), (["--memory-swap", "-1"], -1)):
+        pair.setup("create", "--name", "vs-mem", "-m", "64m", *extra, "busybox", "sh", "-c", script)
+        try:
+            views = [json.loads(r.stdout)[0]["HostConfig"] for r in pair.both("inspect", "vs-mem")]
+            assert [(v["Memory"], v["MemorySwap"]) for v in views] == [(64 * mib, swap)] * 2, extra
+            ours, theirs = pair.both("start", "-a", "vs-mem")
+            assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+            limit = int(theirs.stdout)
+            assert limit == (swap if swap > 0 else limit) and (swap > 0 or limit > 2**60)
+            assert int(ours.stdout) == limit
+        finally:
+            pair.both("rm", "-f", "vs-mem")
+    pair.setup("run", "-d", "--name", "vs-mem", "-m", "64m", "busybox", "sleep", "600")
+    try:
+        ours, theirs = pair.both("update", "-m", "256m", "vs-mem")
+        assert ours.returncode == theirs.returncode == 1
+        assert normalise(ours.stderr, pair) == normalise(theirs.stderr, pair)
+    finally:
+        pair.both("rm", "-f", "vs-mem")
+
+
+def _put_archive_status(host: str, container: str, path: str, data: bytes) -> tuple[int, str]:
+    """PUT /containers/{id}/archive straight to a daemon's socket: (status, message)."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(host.removeprefix("unix://"))
+
+    conn = UnixConnection("localhost", timeout=30)
+    try:
+        conn.request("PUT", f"/v1.41/containers/{container}/archive?path={path}", body=data,
+                     headers={"Content-Type": "application/x-tar"})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, json.loads(body)["message"] if body.strip() else ""
+    finally:
+        conn.close()
+
+
+def test_cp_into_a_stopped_read_only_container(pair: Pair, tmp_path: Path) -> None:
+    """A stopped ``--read-only`` container's layer is writable on the host, yet dockerd
+    refuses a copy into its root (and into a read-only volume), status and words; into a
+    writable volume or bind the copy goes."""
+    import io
+    import tarfile
+
+    (tmp_path / "f.txt").write_text("hi\n")
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(tmp_path / "f.txt", "f.txt")
+    pair.setup("create", "--name", "vs-ro", "--read-only", "-v", "vs-ro-vol:/vol", "-v", "vs-ro-rovol:/rovol:ro",
+               "-v", f"{bind}:/bind", "busybox", "true")
+    try:
+        for dest in ("/", "/etc/f.txt", "/rovol/"):
+            ours, theirs = pair.both("cp", str(tmp_path / "f.txt"), f"vs-ro:{dest}")
+            assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), dest
+            assert ours.returncode == 1, ours.stderr
+        for dest in ("/", "/rovol"):
+            statuses = [_put_archive_status(side.host, "vs-ro", dest, buf.getvalue())
+                        for side in (pair.engine, pair.dockerd)]
+            assert statuses[0] == statuses[1], (dest, statuses)
+        for dest in ("/vol/", "/bind/g.txt"):
+            ours, theirs = pair.both("cp", str(tmp_path / "f.txt"), f"vs-ro:{dest}")
+            assert ours.returncode == theirs.returncode == 0, (dest, ours.stderr, theirs.stderr)
+        assert (bind / "g.txt").read_text() == "hi\n"
+    finally:
+        pair.both("rm", "-f", "vs-ro")
+        pair.both("volume", "rm", "vs-ro-vol", "vs-ro-rovol")
+
+
+def test_network_mode_and_networks_as_dockerd_shows_them(pair: Pair) -> None:
+    """Both daemons without a default network (dockerd's bridge none, engine's
+    --default-network none): a container created without --network shows NetworkMode
+    "default" and dockerd's networks; --network none and host show theirs; `network ls`
+    lists the same networks."""
+    cases = {"vs-net-default": [], "vs-net-none": ["--network", "none"], "vs-net-host": ["--network", "host"]}
+    try:
+        for name, extra in cases.items():
+            pair.setup("create", "--name", name, *extra, "busybox", "true")
+            views = []
+            for result in pair.both("inspect", name, binary=DEBIAN_CLI):
+                doc = json.loads(result.stdout)[0]
+                views.append((doc["HostConfig"]["NetworkMode"], sorted(doc["NetworkSettings"]["Networks"]),
+                              bool(doc["Config"].get("NetworkDisabled"))))
+            assert views[0] == views[1], (name, views)
+        ours, theirs = pair.both("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
+        assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n"))
+    finally:
+        pair.both("rm", "-f", *cases)

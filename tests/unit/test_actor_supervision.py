@@ -120,6 +120,9 @@ class ScriptedRuntime:
         code = self._codes.get(container_id)
         return None if code is None else ExitInfo(exit_code=code, finished_at=time.time())
 
+    def surviving_execs(self, container_id: str, work_dir: Path) -> list[Any]:
+        return []
+
     async def exec(self, container_id: str, process: dict[str, Any], **options: Any) -> Any:
         raise NotImplementedError
 

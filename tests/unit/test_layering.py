@@ -176,6 +176,13 @@ def test_actors_do_not_import_the_daemon() -> None:
     assert package_violations(REPO, "engine.actors", DAEMON) == []
 
 
+def test_actors_reach_runtimes_only_through_the_runtime_protocol() -> None:
+    """A runtime's internals (conmon, exec sessions...) are the runtime plugin's: actors
+    call them through ``engine.plugin.Runtime`` (``wait_exit``, ``surviving_execs``...)."""
+    assert package_violations(REPO, "engine.actors", ("engine.oci.exec", "engine.oci.conmon",
+                                                      "engine.oci.cli_runtime")) == []
+
+
 def test_plugins_do_not_import_the_daemon() -> None:
     assert package_violations(REPO, "engine.plugins", DAEMON) == []
 

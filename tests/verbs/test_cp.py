@@ -374,3 +374,39 @@ def test_start_during_a_long_copy_of_a_stopped_container(engine: Daemon, tmp_pat
         wait_helpers_gone(engine)
     finally:
         remove_everything(engine, [name])
+
+
+def test_copy_into_a_read_only_container_goes_only_into_its_writable_mounts(engine: Daemon,
+                                                                           tmp_path: Path) -> None:
+    """``--read-only``: a copy into the root filesystem is refused in dockerd's words,
+    stopped (its layer is writable on the host) or running; into a writable volume or bind
+    it lands; into a read-only one it is refused too."""
+    name = f"cpro-{secrets.token_hex(4)}"
+    bind, readonly = tmp_path / "bind", tmp_path / "ro"
+    bind.mkdir()
+    readonly.mkdir()
+    (tmp_path / "file").write_text("copied\n")
+    with engine.client() as c:
+        cid = str(c.call("container.create", {
+            "image": "busybox", "cmd": ["sleep", "1000"], "read_only": True,
+            "volumes": [f"{name}:/vol", f"{bind}:/bind", f"{readonly}:/ro:ro"]})["Id"])
+    try:
+        for running in (False, True):
+            if running:
+                engctl(engine, "start", cid)
+            for dest in ("/", "/etc/copied", "/tmp/"):
+                refused = engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:{dest}", check=False)
+                assert refused.returncode != 0, (running, dest)
+                assert b"container rootfs is marked read-only" in refused.stderr, refused.stderr
+            refused = engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/ro/", check=False)
+            assert b"mounted volume is marked read-only" in refused.stderr, refused.stderr
+            engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/vol/in-{running}")
+            engctl(engine, "cp", str(tmp_path / "file"), f"{cid}:/bind/")
+            assert (volume_dir(engine, name) / f"in-{running}").read_text() == "copied\n"
+            assert (bind / "file").read_text() == "copied\n"
+            assert list(readonly.iterdir()) == []
+        assert b"copied" not in exec_out(engine, cid, "ls", "/", "/etc")[1]
+        diff = engine.call("container.diff", id=cid)
+        assert not [d for d in diff if "file" in d["Path"] or "copied" in d["Path"]], diff
+    finally:
+        remove_everything(engine, [name])

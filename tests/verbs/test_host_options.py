@@ -159,6 +159,22 @@ def test_memory_swap_and_cfs_quota_reach_the_cgroup(engine: Daemon) -> None:
     assert quota == "20000" and int(swap) > 2**60
     assert "Minimum memoryswap limit should be larger than memory limit" in refused(
         engine, "-m", "64m", "--memory-swap", "32m")
+    # -m alone: dockerd's default swap limit, twice the memory (this host accounts swap)
+    cid = engctl(engine, "run", "-d", "-m", "64m", "busybox", "sleep", "1000").stdout.decode().strip()
+    pid = engine.call("container.inspect", id=cid)["State"]["Pid"]
+    memory_dir = st.cgroup_paths(pid)["memory"]
+    assert int((memory_dir / "memory.memsw.limit_in_bytes").read_text()) == 128 * MiB
+    host = engine.call("container.inspect", id=cid)["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"]) == (64 * MiB, 128 * MiB)
+    # a memory limit above the swap limit is refused, as dockerd does; below it is taken
+    update = engctl(engine, "update", "-m", "256m", cid, check=False)
+    assert update.returncode != 0
+    assert "Memory limit should be smaller than already set memoryswap limit" in update.stderr.decode()
+    engctl(engine, "update", "-m", "100m", cid)
+    assert int((memory_dir / "memory.limit_in_bytes").read_text()) == 100 * MiB
+    host = engine.call("container.inspect", id=cid)["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"]) == (100 * MiB, 128 * MiB)
+    engctl(engine, "rm", "-f", cid)
     assert "always set the Memory limit" in refused(engine, "--memory-swap", "128m")
     assert "Nano CPUs and CPU Quota cannot both be set" in refused(engine, "--cpus", "1", "--cpu-quota", "50000")
     assert "CPU cfs quota can not be less than 1ms" in refused(engine, "--cpu-quota", "500")

@@ -91,3 +91,19 @@ def engine_archive(engine: Daemon, tmp_path: Path) -> Path:
     path = tmp_path / "committed.tar"
     engctl(engine, "save", "-o", str(path), "committed:1")
     return path
+
+
+def test_commit_leaves_out_the_empty_mount_targets_the_runtime_made(engine: Daemon) -> None:
+    """The image lacks /etc/hosts, /etc/hostname, /etc/resolv.conf: the runtime's empty
+    mount targets are not the container's change and stay out of the committed layer (as
+    docker's commit leaves them out); a file the container wrote is kept."""
+    cid = run_detached(engine, "echo mine > /mine; sleep 1000")
+    engctl(engine, "commit", cid, "targets:1")
+    inspect = engine.call("image.inspect", id="targets:1")
+    top = inspect["RootFS"]["Layers"][-1].split(":", 1)[1]
+    blob = next(engine.root.rglob(top))
+    with tarfile.open(blob) as tar:
+        names = {m.name.lstrip("./") for m in tar.getmembers()}
+    assert "mine" in names, names
+    assert not names & {"etc/hosts", "etc/hostname", "etc/resolv.conf"}, names
+    engctl(engine, "rm", "-f", cid)

@@ -506,8 +506,32 @@ async def configured_networks(api: DockerAPI, actor: ContainerActor) -> dict[str
     return found
 
 
+def _without_default_network(api: DockerAPI, c: Any) -> bool:
+    """A container on the daemon's default network when there is none (dockerd's
+    ``"bridge": "none"``, engine's ``--default-network none``)."""
+    return bool(c.network_defaulted and c.network_mode == "none"
+                and (api.app.config.default_network == "none" or api.app.services.network is None))
+
+
+def network_mode_view(c: Any) -> str:
+    """HostConfig.NetworkMode as dockerd shows it: "default" when none was asked for."""
+    return "default" if c.network_defaulted or not c.network_mode else c.network_mode
+
+
+def _empty_endpoint() -> dict[str, Any]:
+    return {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "", "EndpointID": "",
+            "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None}
+
+
 def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = None) -> dict[str, Any]:
     networks: dict[str, Any] = dict(configured or {})
+    c = actor.config
+    if not actor.status.network_details and c.network_mode in ("none", "host"):
+        # dockerd lists the endpoint of a namespace mode (none, host) too; the default
+        # network without one is its bridge ("default" mode), an endpoint never joined
+        name = "bridge" if c.network_defaulted and c.network_mode == "none" else c.network_mode
+        networks.setdefault(name, _empty_endpoint())
     for name, details in (actor.status.network_details or {}).items():
         if name.startswith("_") or not isinstance(details, dict):
             continue
@@ -535,7 +559,7 @@ def container_summary(actor: ContainerActor) -> dict[str, Any]:
     doc["Ports"] = [{**p, "PrivatePort": int(p["PrivatePort"]), "PublicPort": int(p["PublicPort"])}
                     for p in doc["Ports"]]
     doc["SizeRw"] = 0
-    doc["HostConfig"] = {"NetworkMode": actor.config.network_mode or "default"}
+    doc["HostConfig"] = {"NetworkMode": network_mode_view(actor.config)}
     doc["NetworkSettings"] = {"Networks": _networks_view(actor)}
     doc["Mounts"] = _mounts_view(actor)
     return doc
@@ -581,9 +605,9 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "OnBuild": None,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
     })
-    if c.network_mode == "none" and (api.app.config.default_network == "none" or api.app.services.network is None):
+    if _without_default_network(api, c) and actor.status.started_at:
         # dockerd's for a container on its default network when it has none ("bridge":
-        # "none"); omitted otherwise, as dockerd omits it (omitempty)
+        # "none"), once it has started; omitted otherwise, as dockerd omits it (omitempty)
         config["NetworkDisabled"] = True
     host = doc["HostConfig"]
     for key, zero in HOST_CONFIG_ZEROS.items():
@@ -593,6 +617,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         # back through the API (docker-py's run() reads them only for json-file/journald):
         # it reads back as json-file's does
         "LogConfig": {"Type": "json-file", "Config": {}},
+        "NetworkMode": network_mode_view(c),
         "Dns": list(c.dns),
         "DnsSearch": list(c.dns_search),
         "DnsOptions": [],
@@ -857,8 +882,7 @@ async def exec_create(api: DockerAPI, req: Request) -> Response:
     spec = ExecSpec(id=actor.id, cmd=cmd, env=str_list(doc.get("Env"), "Env") or [],
                     workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
                     stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
-    instance = api.execs.create(actor.id, spec)
-    instance.console_size = console_size(doc.get("ConsoleSize"))
+    instance = await api.execs.create(actor.id, spec, console_size(doc.get("ConsoleSize")))
     return json_response({"Id": instance.id}, 201)
 
 

@@ -54,16 +54,19 @@ async def resize(api: DockerAPI, req: Request) -> Response:
 async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any = None) -> None:
     """Run the exec through the container service; record how it ended."""
     code = EXEC_FAILED
+
+    async def started(handle: Any) -> None:
+        await api.execs.session_started(instance, handle)
+
     try:
-        result = await service(api).exec(instance.spec, send, input)
+        result = await service(api).exec(instance.spec, send, input, started=started)
         code = int(result.get("ExitCode", EXEC_FAILED))
     except EngineError as e:
         code = e.exit_code if e.exit_code in (126, 127) else EXEC_FAILED
         await send({"stream": "stderr", "data": f"{e}\n".encode()})
     finally:
-        instance.exit_code = code
-        instance.running = False
-        instance.input = None
+        with trio.CancelScope(shield=True):
+            await api.execs.ended(instance, code)
 
 
 async def start(api: DockerAPI, req: Request) -> Response | HijackResponse:

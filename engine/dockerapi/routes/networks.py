@@ -55,7 +55,20 @@ async def list_networks(api: DockerAPI, req: Request) -> Response:
     filters = parse_filters(req.param("filters"))
     _check_filters(filters)
     nets = await networking(api).store.list()
-    return json_response([_docker_view(network_summary(n)) for n in nets if _matches(n, filters)])
+    hidden = DEFAULT_NETWORK if _default_network_unused(api) else None
+    return json_response([_docker_view(network_summary(n)) for n in nets
+                          if _matches(n, filters) and n.name != hidden])
+
+
+def _default_network_unused(api: DockerAPI) -> bool:
+    """Under ``--default-network none`` the engine's predefined bridge is listed only once
+    a container asked for it by name: dockerd without a default bridge lists none."""
+    if api.app.config.default_network != "none":
+        return False
+    containers = api.app.services.containers
+    actors = containers.actors.values() if containers is not None else []
+    return not any(a.config.network_mode == DEFAULT_NETWORK or DEFAULT_NETWORK in a.config.networks
+                   for a in actors)
 
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
