@@ -123,16 +123,25 @@ def _link_over(source: Path, target: Path) -> None:
 
 
 def _stage(log_path: Path, links: Path) -> None:
-    """An empty ``next`` file, linked as ``ctr.log.tmp`` for conmon's next switch."""
+    """An empty ``next`` file, linked as ``ctr.log.tmp`` for conmon's next switch.
+
+    A ``next`` with a second name was staged already: it is still ``ctr.log.tmp``, or conmon
+    took it (renamed it to ``ctr.log``) since ``rotate_step`` looked, and ``rotate_step``
+    moves it on. Linking such a file as ``ctr.log.tmp`` again would have conmon truncate the
+    file it writes at its next switch. And a ``ctr.log.tmp`` that is there already is never
+    replaced: conmon may have just made it and be about to rename it."""
     nxt, tmp = links / "next", log_path.with_name(log_path.name + ".tmp")
     st_next = _stat(nxt)
     if st_next is None:
         fd = os.open(nxt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         os.close(fd)
         st_next = os.stat(nxt)
-    st_tmp = _stat(tmp)
-    if st_tmp is None or st_tmp.st_ino != st_next.st_ino:
-        _link_over(nxt, tmp)
+    if st_next.st_nlink > 1:
+        return
+    try:
+        os.link(nxt, tmp)
+    except FileExistsError:
+        pass
 
 
 def rotate_step(log_path: Path, policy: LogPolicy) -> int:
