@@ -200,6 +200,19 @@ def _nameserver_lines(resolv_conf: Path) -> list[str]:
     return [ln for ln in text.splitlines() if ln.split()[:1] == ["nameserver"] and len(ln.split()) > 1]
 
 
+def rename_own(etc_dir: Path, name: str, *, rewrite: bool) -> None:
+    """The container's own line names it anew (blocking). ``rewrite``: write its hosts
+    file now (a container without attachments, whose file no ``refresh_network`` visits)."""
+    try:
+        config = disk.structure(read_json(etc_dir / _STATE), HostsConfig)
+    except FileNotFoundError:
+        return
+    config = attrs.evolve(config, name=name)
+    write_json_atomic(etc_dir / _STATE, disk.unstructure(config), durable=False)
+    if rewrite and (etc_dir / HOSTS).exists():
+        _write_in_place(etc_dir / HOSTS, hosts_text(config))
+
+
 def _peer_names(att: object) -> list[str]:
     names = [getattr(att, "name", ""), *getattr(att, "aliases", []), getattr(att, "container_id", "")[:12]]
     return list(dict.fromkeys(n for n in names if n))

@@ -550,6 +550,27 @@ class ContainerNetworking:
             await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)
             return details
 
+    # --- rename ------------------------------------------------------------------------------
+
+    async def renamed(self, container_id: str, new_name: str) -> None:
+        """After a rename: peers find the container by its new name at once, in their
+        /etc/hosts and the embedded DNS (as in docker), and no longer by the old one."""
+        async with self._locked(container_id):
+            changed = await cni.rename(self.store, container_id, new_name)
+            try:
+                mode = self._containers().get(container_id).config.network_mode
+            except NotFound:
+                mode = ""
+            await trio.to_thread.run_sync(lambda: etc_files.rename_own(
+                self.etc_dir(container_id), new_name, rewrite=mode == "none"))
+            self.dns.invalidate()
+            for network_id in changed:
+                try:
+                    network = await self.store.get(network_id)
+                except NotFound:
+                    continue
+                await etc_files.refresh_network(self.store, network)
+
     # --- for the network API -----------------------------------------------------------------
 
     async def attached(self, network: Network) -> list[cni.Attachment]:

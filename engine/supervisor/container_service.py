@@ -536,7 +536,11 @@ class ContainerService:
         return await self.get(ref).call(c.Remove(force=force, volumes=volumes))  # type: ignore[no-any-return]
 
     async def rename(self, ref: str, name: str) -> None:
+        container_id = self.get(ref).id
         await self.supervisor.rename(ref, name)
+        network = self.app.services.network
+        if network is not None:  # peers resolve the new name at once
+            await network.renamed(container_id, self.get(container_id).name)
 
     async def connect(self, ref: str, network: str, aliases: list[str]) -> None:
         await self.get(ref).call(c.Connect(network, list(aliases)))

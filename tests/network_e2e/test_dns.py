@@ -193,3 +193,31 @@ def test_lookups_work_again_after_the_daemon_is_killed_and_restarted(dns_engine:
     code, out = exec_in(d, client, ["nslookup", "svc"])
     assert code == 0 and addresses(out) == [web_ip], out
 
+
+
+def test_a_renamed_peer_answers_to_its_new_name_only(dns_engine: Daemon, upstream: Upstream) -> None:
+    """As docker: after `rename`, peers resolve the new name at once and not the old one,
+    through the embedded DNS and through /etc/hosts; the container's own line too."""
+    d = dns_engine
+    d.call("network.create", name="dnsren")
+    old = run_d(d, name="oldname", network="dnsren", cmd=["sleep", "1000"])
+    old_ip = ip_on(d, old, "dnsren")
+    client = run_d(d, name="looker", network="dnsren", cmd=["sleep", "1000"])
+    code, out = exec_in(d, client, ["nslookup", "oldname"])
+    assert code == 0 and addresses(out) == [old_ip], out
+
+    d.call("container.rename", id="oldname", name="newname")
+    code, out = exec_in(d, client, ["nslookup", "newname"])
+    assert code == 0 and addresses(out) == [old_ip], out
+    code, out = exec_in(d, client, ["nslookup", "oldname"])
+    assert code != 0 and old_ip not in addresses(out), out
+    code, hosts = exec_in(d, client, ["cat", "/etc/hosts"])
+    assert code == 0 and re.search(rf"^{re.escape(old_ip)}\s.*\bnewname\b", hosts, re.M), hosts
+    assert "oldname" not in hosts, hosts
+    code, own = exec_in(d, old, ["cat", "/etc/hosts"])
+    assert code == 0 and "newname" in own and "oldname" not in own, own
+    # the name sticks across a restart of the peer (the records are written anew then)
+    d.call("container.stop", id="newname", timeout=1)
+    d.call("container.start", id="newname")
+    code, out = exec_in(d, client, ["nslookup", "newname"])
+    assert code == 0 and len(addresses(out)) == 1, out
