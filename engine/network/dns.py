@@ -137,16 +137,24 @@ def nat_rules(address: str, port: int, udp_port: int, tcp_port: int, *, with_jum
 
 
 async def install_redirect(netns_path: str | Path, address: str, port: int, udp_port: int,
-                           tcp_port: int, *, fresh: bool) -> None:
+                           tcp_port: int, *, fresh: bool, live: bool = False) -> None:
     """The NAT rules in the container's namespace. ``fresh``: the namespace was just made
     and its nat table is empty, so it is written whole; otherwise only our chain is
-    replaced (a privileged container's own nat rules stay)."""
+    replaced (a privileged container's own nat rules stay). ``live``: a running
+    container's namespace gets its first resolver (a connect): its own rules stay, and the
+    jump from OUTPUT is added unless a resolver of an earlier daemon left it."""
     from engine.network._proc import run
 
-    argv = ["nsenter", f"--net={netns_path}", "iptables-restore", "-w", "5"]
+    nsenter = ["nsenter", f"--net={netns_path}"]
+    with_jump = fresh
+    if live and not fresh:
+        check = await run([*nsenter, "iptables", "-w", "5", "-t", "nat", "-C", "OUTPUT",
+                           "-d", f"{address}/32", "-j", NAT_CHAIN], check=False)
+        with_jump = check.returncode != 0
+    argv = [*nsenter, "iptables-restore", "-w", "5"]
     if not fresh:
         argv.append("--noflush")
-    await run(argv, stdin=nat_rules(address, port, udp_port, tcp_port, with_jump=fresh))
+    await run(argv, stdin=nat_rules(address, port, udp_port, tcp_port, with_jump=with_jump))
 
 
 # --- who is who ----------------------------------------------------------------------------
@@ -360,6 +368,9 @@ class EmbeddedDns:
     def serving(self) -> list[str]:
         return sorted(self._resolvers)
 
+    def serves(self, container_id: str) -> bool:
+        return container_id in self._resolvers
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -390,13 +401,16 @@ class EmbeddedDns:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self, container_id: str, netns_path: str | Path, config: ResolverConfig, *,
-                   fresh: bool = True) -> ResolverConfig:
+                   fresh: bool = True, live: bool = False) -> ResolverConfig:
         """Serve 127.0.0.11:53 in the container's namespace (replacing a resolver it has).
 
         ``fresh``: the namespace is new (a start): new ports and NAT rules. Otherwise (a
         daemon restart) the ports recorded in ``config`` are bound again, so the rules
-        already in the namespace lead to them. Returns the config with the ports in use,
-        to be recorded for the next restart."""
+        already in the namespace lead to them. ``live``: the namespace is a running
+        container's, without a resolver so far (a connect to a user network): new ports,
+        and the rules added beside the container's own. Returns the config with the ports
+        in use, to be recorded for the next restart."""
+        fresh = fresh or live
         if self._nursery is None:
             raise RuntimeError("the embedded DNS server is not running")
         await self.close(container_id)
@@ -418,7 +432,8 @@ class EmbeddedDns:
         try:
             udp_port, tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
             if redirect and not kept:
-                await install_redirect(netns_path, address, port, udp_port, tcp_port, fresh=fresh)
+                await install_redirect(netns_path, address, port, udp_port, tcp_port,
+                                       fresh=fresh and not live, live=live)
         except BaseException:
             udp.close()
             tcp.close()

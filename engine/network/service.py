@@ -278,7 +278,8 @@ class ContainerNetworking:
         self.dns.invalidate()
         await etc_files.refresh_network(self.store, network)
 
-    async def _open_dns(self, config: ContainerConfig, ns: Path, etc_dir: Path, embedded: bool) -> None:
+    async def _open_dns(self, config: ContainerConfig, ns: Path, etc_dir: Path, embedded: bool, *,
+                        live: bool = False) -> None:
         """Start the container's resolver before its process runs (the first lookup works);
         its upstreams are recorded for a daemon restart (``resume_dns``)."""
         if not embedded:
@@ -293,13 +294,22 @@ class ContainerNetworking:
 
         resolver = await trio.to_thread.run_sync(resolver_config)
         try:
-            resolver = await self.dns.open(config.id, ns, resolver)
+            resolver = await self.dns.open(config.id, ns, resolver, live=live)
             await trio.to_thread.run_sync(dns.write_state, etc_dir, resolver)
         except (OSError, EngineError) as e:
             raise RuntimeFailure(
                 f"cannot start the embedded DNS server of container {config.name} at "
                 f"{dns.ADDRESS}:{dns.PORT} in its network namespace: {e}"
             ) from None
+
+    async def _embed_dns_live(self, config: ContainerConfig, ns: Path) -> None:
+        """A running container joined its first user-defined network: as docker, it gets
+        its resolver now and its resolv.conf names 127.0.0.11 (it keeps both when it
+        leaves that network again, as docker's does, until its next start)."""
+        etc_dir = self.etc_dir(config.id)
+        await self._open_dns(config, ns, etc_dir, True, live=True)
+        await etc_files.embed_resolv_conf(etc_dir, embedded_dns=dns.ADDRESS, dns_search=config.dns_search,
+                                          host_resolv_conf=self.resolv_conf)
 
     async def start_dns(self, nursery: trio.Nursery, resolv_conf: Path = etc_files.HOST_RESOLV_CONF) -> None:
         """At daemon start: run the embedded DNS server in ``nursery``; ``resolv_conf`` is
@@ -520,6 +530,8 @@ class ContainerNetworking:
         res = await self._attach(net, config.id, ns, ifname=ifname, name=config.name,
                                  aliases=member.aliases, etc_dir=self.etc_dir(config.id))
         await self._refresh_names(net)
+        if net.name != DEFAULT_NETWORK and self.dns.running and not self.dns.serves(config.id):
+            await self._embed_dns_live(config, ns)
         details = dict(status.network_details or {})
         details[net.name] = _endpoint(res)
         return details
