@@ -32,7 +32,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -189,36 +189,46 @@ def _asker_networks(table: Sequence[Endpoint], asker: str) -> list[str]:
     return list(dict.fromkeys(e.network for e in table if e.container_id == asker))
 
 
-def resolve(table: Sequence[Endpoint], asker: str, name: str) -> list[str]:
+def _lookup(table: Sequence[Endpoint], network: str, name: str, links: Mapping[str, str]) -> list[str]:
+    # A link alias stands for its target's name (docker's endpoint aliases), for the
+    # linking container alone and on each of its networks where the target is.
+    target = links.get(name)
+    wanted = target.lower() if target else name
+    return list(dict.fromkeys(e.ip for e in table if e.network == network and wanted in e.names))
+
+
+def resolve(table: Sequence[Endpoint], asker: str, name: str,
+            links: Mapping[str, str] | None = None) -> list[str]:
     """The addresses ``name`` has for ``asker``: on the first of the asker's networks (by
     interface order) where it is known, as docker answers. ``name.network`` looks in that
-    network only."""
+    network only. ``links``: the asker's ``--link`` aliases (lowercase) and their targets."""
     name = name.lower().rstrip(".")
+    links = links or {}
     networks = _asker_networks(table, asker)
     for network in networks:
         suffix = "." + network.lower()
         if name.endswith(suffix) and len(name) > len(suffix):
-            short = name[: -len(suffix)]
-            ips = [e.ip for e in table if e.network == network and short in e.names]
+            ips = _lookup(table, network, name[: -len(suffix)], links)
             if ips:
-                return list(dict.fromkeys(ips))
+                return ips
     for network in networks:
-        ips = [e.ip for e in table if e.network == network and name in e.names]
+        ips = _lookup(table, network, name, links)
         if ips:
-            return list(dict.fromkeys(ips))
+            return ips
     return []
 
 
-def resolve_searched(table: Sequence[Endpoint], asker: str, name: str, search: Sequence[str]) -> list[str]:
+def resolve_searched(table: Sequence[Endpoint], asker: str, name: str, search: Sequence[str],
+                     links: Mapping[str, str] | None = None) -> list[str]:
     """``resolve``, then with one of the asker's search domains taken off the end: busybox's
     nslookup (and musl) ask ``web.corp.example`` only, never ``web``, when resolv.conf has
     ``search corp.example``, whatever ndots says."""
-    ips = resolve(table, asker, name)
+    ips = resolve(table, asker, name, links)
     name = name.lower().rstrip(".")
     for domain in search:
         suffix = "." + domain.lower().strip(".")
         if not ips and suffix != "." and name.endswith(suffix) and len(name) > len(suffix):
-            ips = resolve(table, asker, name[: -len(suffix)])
+            ips = resolve(table, asker, name[: -len(suffix)], links)
     return ips
 
 
@@ -261,6 +271,9 @@ class ResolverConfig:
     search: list[str] = attrs.field(factory=list)
     udp_port: int = 0  # where the resolver really listens (behind the NAT rules); 0: unknown
     tcp_port: int = 0
+    # docker's legacy links on user networks: alias (lowercase) -> the linked container's
+    # name as given, answered for this container only
+    links: dict[str, str] = attrs.field(factory=dict)
 
 
 def write_state(etc_dir: Path, config: ResolverConfig) -> None:
@@ -273,7 +286,8 @@ def read_state(etc_dir: Path) -> ResolverConfig | None:
     try:
         data = json.loads((etc_dir / STATE_FILE).read_text())
         return ResolverConfig([str(s) for s in data["upstreams"]], [str(s) for s in data.get("search", [])],
-                              int(data.get("udp_port", 0)), int(data.get("tcp_port", 0)))
+                              int(data.get("udp_port", 0)), int(data.get("tcp_port", 0)),
+                              {str(k): str(v) for k, v in (data.get("links") or {}).items()})
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -548,7 +562,7 @@ class EmbeddedDns:
             if target is None:
                 return None
             return w.build_response(query, w.NOERROR, [w.ptr_record(target, TTL)], limit=limit)
-        ips = resolve_searched(table, asker, question.name, config.search)
+        ips = resolve_searched(table, asker, question.name, config.search, config.links)
         if not ips:
             return None
         records = []

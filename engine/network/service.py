@@ -52,6 +52,7 @@ CONTAINER_PREFIX = "container:"
 EXTERNAL = "external"
 ETC_DIR = "net"  # under the container's run dir: its generated /etc files
 NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
+LINKS_FILE = "links.json"  # under the container's dir: its --link aliases on user networks
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
 
@@ -287,10 +288,12 @@ class ContainerNetworking:
             return
         resolv_conf = self.resolv_conf
 
+        links_path = self._links_path(config.id)
+
         def resolver_config() -> dns.ResolverConfig:
             search = list(config.dns_search) or etc_files.host_nameservers(resolv_conf)[1]
             upstreams = list(config.dns) or dns.nameservers_of(resolv_conf)
-            return dns.ResolverConfig(upstreams, search)
+            return dns.ResolverConfig(upstreams, search, links=_read_links(links_path))
 
         resolver = await trio.to_thread.run_sync(resolver_config)
         try:
@@ -562,6 +565,19 @@ class ContainerNetworking:
             await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)
             return details
 
+    # --- links ---------------------------------------------------------------------------------
+
+    def _links_path(self, container_id: str) -> Path:
+        return self.layout.container_dir(container_id) / LINKS_FILE
+
+    async def set_links(self, container_id: str, links: list[tuple[str, str]]) -> None:
+        """docker's legacy ``--link TARGET:ALIAS`` of a container on a user-defined network
+        (recorded at create, before its first start): its embedded DNS answers ALIAS with
+        TARGET's address on the networks they share, for this container alone, as
+        docker's does. TARGET is a name looked up at each query, so it may come later."""
+        table = {alias.lower(): target for target, alias in links}
+        await trio.to_thread.run_sync(lambda: write_json_atomic(self._links_path(container_id), table))
+
     # --- rename ------------------------------------------------------------------------------
 
     async def renamed(self, container_id: str, new_name: str) -> None:
@@ -587,6 +603,14 @@ class ContainerNetworking:
 
     async def attached(self, network: Network) -> list[cni.Attachment]:
         return [a for a in await cni.attachments(self.store, network) if a.result is not None]
+
+
+def _read_links(path: Path) -> dict[str, str]:
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _hostname(config: ContainerConfig) -> str:
