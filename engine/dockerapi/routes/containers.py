@@ -903,6 +903,7 @@ async def exec_create(api: DockerAPI, req: Request) -> Response:
                     workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
                     stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
     instance = await api.execs.create(actor.id, spec, console_size(doc.get("ConsoleSize")))
+    actor.emit("exec_create", execID=instance.id, command=" ".join(cmd))  # as dockerd
     return json_response({"Id": instance.id}, 201)
 
 
