@@ -426,3 +426,16 @@ def test_cp_into_a_missing_directory(pair: Pair, tmp_path: Path) -> None:
         404, "Could not find the file /nosuchdir in container vs-running")
     ours, theirs = pair.both("exec", "vs-running", "ls", "/nosuchdir")
     assert ours.returncode == theirs.returncode == 1  # nothing was made there
+
+
+def test_network_connect_of_a_none_mode_container(pair: Pair) -> None:
+    """dockerd refuses to connect a `--network none` container (400, its words)."""
+    pair.setup("network", "create", "vs-connect-net")
+    pair.setup("run", "-d", "--name", "vs-none", "--network", "none", "busybox", "sleep", "600")
+    try:
+        ours, theirs = pair.both("network", "connect", "vs-connect-net", "vs-none")
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
+        assert ours.returncode == 1 and "private (none) mode" in ours.stderr, ours.stderr
+    finally:
+        pair.both("rm", "-f", "vs-none")
+        pair.both("network", "rm", "vs-connect-net")
