@@ -79,6 +79,7 @@ class ExecStart:
     user: str = ""
     stdin: bool = False  # the handle's stdin feeds the process
     tty: bool = False  # the process gets a pseudo-terminal
+    exec_id: str = ""  # the caller's name for it (the Docker API's exec id) in its events
 
 
 @attrs.frozen

@@ -110,6 +110,7 @@ class ContainerActor:
         self._preempted_run = -1
         self._execs: dict[int, Any] = {}
         self._next_exec = 1
+        self._exec_ids: dict[int, str] = {}  # session -> the execID its events carry, if not its number
         # adopted exec sessions that have ended: runtime session id -> exit code (bounded)
         self.exec_codes: dict[str, int] = {}
         self._attaches: dict[int, Any] = {}  # attach sessions: their connections
@@ -718,7 +719,9 @@ class ContainerActor:
         session = self._next_exec
         self._next_exec += 1
         self._execs[session] = handle
-        self.emit("exec_start", execID=str(session), command=" ".join(command.cmd))
+        if command.exec_id:
+            self._exec_ids[session] = command.exec_id
+        self.emit("exec_start", execID=command.exec_id or str(session), command=" ".join(command.cmd))
         return c.ExecSession(session, handle)
 
     def exec_session(self, session_id: str) -> Any | None:
@@ -729,8 +732,9 @@ class ContainerActor:
         return None
 
     def _exec_ended(self, session: int, exit_code: int) -> None:
+        exec_id = self._exec_ids.pop(session, None) or str(session)
         if self._execs.pop(session, None) is not None:
-            self.emit("exec_die", execID=str(session), exitCode=exit_code)
+            self.emit("exec_die", execID=exec_id, exitCode=exit_code)
 
     # --- attach sessions, terminal size (the plumbing is in engine.supervisor.attach) ----------------
 
@@ -915,6 +919,8 @@ class ContainerActor:
             session = self._next_exec
             self._next_exec += 1
             self._execs[session] = survivor
+            # named by its runtime session: the Docker API knows its exec id by that
+            self._exec_ids[session] = str(survivor.session_id)
             log.info("container %s: exec session %s (%s) outlived the last daemon", self.name,
                      survivor.session_id, " ".join(survivor.args))
             assert self._nursery is not None

@@ -244,6 +244,17 @@ class ExecRegistry:
         instance.handle = None
         await self.save(instance)
 
+    def docker_exec_id(self, exec_id: str) -> str:
+        """An exec event's ``execID`` as Docker clients know it: ours already, or the
+        runtime session of an exec adopted after a daemon restart (the container names
+        such sessions so), mapped to its instance; anything else (engctl's) unchanged."""
+        if exec_id in self._execs:
+            return exec_id
+        for instance in self._execs.values():
+            if instance.session_id == exec_id:
+                return instance.id
+        return exec_id
+
     def for_container(self, container_id: str) -> list[str]:
         ids = []
         for e in list(self._execs.values()):

@@ -11,6 +11,7 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -108,14 +109,25 @@ def _attribute_text(value: Any) -> str:
     return str(value)
 
 
-def docker_event(event: Event) -> dict[str, Any]:
-    """An engine event in docker's message shape (attributes are strings in docker)."""
+EXEC_ACTIONS_WITH_COMMAND = ("exec_create", "exec_start")
+
+
+def docker_event(event: Event, exec_ids: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """An engine event in docker's message shape (attributes are strings in docker).
+    ``exec_ids``: the Docker exec id of an exec event's ``execID`` (a runtime session's)."""
     attributes = {k: _attribute_text(v) for k, v in event.attributes.items()}
+    action = event.action
     if event.type == "daemon":
         attributes.setdefault("name", socket.gethostname())  # dockerd names the daemon's host
+    elif event.type == "container" and action.startswith("exec_"):
+        if exec_ids is not None and attributes.get("execID"):
+            attributes["execID"] = exec_ids(attributes["execID"])
+        command = attributes.pop("command", None) if action in EXEC_ACTIONS_WITH_COMMAND else None
+        if command is not None:
+            action = f"{action}: {command}"  # dockerd's "exec_start: sh -c …"
     doc: dict[str, Any] = {
         "Type": event.type,
-        "Action": event.action,
+        "Action": action,
         "Actor": {"ID": event.id, "Attributes": attributes},
         "scope": "local",
         "time": int(event.time),
@@ -123,7 +135,7 @@ def docker_event(event: Event) -> dict[str, Any]:
     }
     if event.type in ("container", "image"):
         # the fields docker kept from its first event format; older clients read them
-        doc["status"] = event.action
+        doc["status"] = action
         doc["id"] = event.id
         if event.type == "container" and "image" in attributes:
             doc["from"] = attributes["image"]

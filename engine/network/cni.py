@@ -397,6 +397,20 @@ async def detach_all(store: NetworkStore, container_id: str, *, plugin_dir: Path
             await detach_record(store, record, plugin_dir=plugin_dir)
 
 
+async def rename(store: NetworkStore, container_id: str, new_name: str) -> list[str]:
+    """Give every attachment record of the container its new name (peers find it by the
+    record's name); the ids of the networks whose records changed."""
+    def _rename() -> list[str]:
+        changed = []
+        for record in _list_records(store):
+            if record.container_id == container_id and record.name != new_name:
+                _write_record(store, attrs.evolve(record, name=new_name))
+                changed.append(record.network_id)
+        return list(dict.fromkeys(changed))
+
+    return await trio.to_thread.run_sync(_rename)
+
+
 async def get_attachment(store: NetworkStore, network: Network, container_id: str,
                          ifname: str = "eth0") -> Attachment:
     path = _record_path(store, network.id, container_id, ifname)

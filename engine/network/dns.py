@@ -32,7 +32,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,16 +137,24 @@ def nat_rules(address: str, port: int, udp_port: int, tcp_port: int, *, with_jum
 
 
 async def install_redirect(netns_path: str | Path, address: str, port: int, udp_port: int,
-                           tcp_port: int, *, fresh: bool) -> None:
+                           tcp_port: int, *, fresh: bool, live: bool = False) -> None:
     """The NAT rules in the container's namespace. ``fresh``: the namespace was just made
     and its nat table is empty, so it is written whole; otherwise only our chain is
-    replaced (a privileged container's own nat rules stay)."""
+    replaced (a privileged container's own nat rules stay). ``live``: a running
+    container's namespace gets its first resolver (a connect): its own rules stay, and the
+    jump from OUTPUT is added unless a resolver of an earlier daemon left it."""
     from engine.network._proc import run
 
-    argv = ["nsenter", f"--net={netns_path}", "iptables-restore", "-w", "5"]
+    nsenter = ["nsenter", f"--net={netns_path}"]
+    with_jump = fresh
+    if live and not fresh:
+        check = await run([*nsenter, "iptables", "-w", "5", "-t", "nat", "-C", "OUTPUT",
+                           "-d", f"{address}/32", "-j", NAT_CHAIN], check=False)
+        with_jump = check.returncode != 0
+    argv = [*nsenter, "iptables-restore", "-w", "5"]
     if not fresh:
         argv.append("--noflush")
-    await run(argv, stdin=nat_rules(address, port, udp_port, tcp_port, with_jump=fresh))
+    await run(argv, stdin=nat_rules(address, port, udp_port, tcp_port, with_jump=with_jump))
 
 
 # --- who is who ----------------------------------------------------------------------------
@@ -181,36 +189,46 @@ def _asker_networks(table: Sequence[Endpoint], asker: str) -> list[str]:
     return list(dict.fromkeys(e.network for e in table if e.container_id == asker))
 
 
-def resolve(table: Sequence[Endpoint], asker: str, name: str) -> list[str]:
+def _lookup(table: Sequence[Endpoint], network: str, name: str, links: Mapping[str, str]) -> list[str]:
+    # A link alias stands for its target's name (docker's endpoint aliases), for the
+    # linking container alone and on each of its networks where the target is.
+    target = links.get(name)
+    wanted = target.lower() if target else name
+    return list(dict.fromkeys(e.ip for e in table if e.network == network and wanted in e.names))
+
+
+def resolve(table: Sequence[Endpoint], asker: str, name: str,
+            links: Mapping[str, str] | None = None) -> list[str]:
     """The addresses ``name`` has for ``asker``: on the first of the asker's networks (by
     interface order) where it is known, as docker answers. ``name.network`` looks in that
-    network only."""
+    network only. ``links``: the asker's ``--link`` aliases (lowercase) and their targets."""
     name = name.lower().rstrip(".")
+    links = links or {}
     networks = _asker_networks(table, asker)
     for network in networks:
         suffix = "." + network.lower()
         if name.endswith(suffix) and len(name) > len(suffix):
-            short = name[: -len(suffix)]
-            ips = [e.ip for e in table if e.network == network and short in e.names]
+            ips = _lookup(table, network, name[: -len(suffix)], links)
             if ips:
-                return list(dict.fromkeys(ips))
+                return ips
     for network in networks:
-        ips = [e.ip for e in table if e.network == network and name in e.names]
+        ips = _lookup(table, network, name, links)
         if ips:
-            return list(dict.fromkeys(ips))
+            return ips
     return []
 
 
-def resolve_searched(table: Sequence[Endpoint], asker: str, name: str, search: Sequence[str]) -> list[str]:
+def resolve_searched(table: Sequence[Endpoint], asker: str, name: str, search: Sequence[str],
+                     links: Mapping[str, str] | None = None) -> list[str]:
     """``resolve``, then with one of the asker's search domains taken off the end: busybox's
     nslookup (and musl) ask ``web.corp.example`` only, never ``web``, when resolv.conf has
     ``search corp.example``, whatever ndots says."""
-    ips = resolve(table, asker, name)
+    ips = resolve(table, asker, name, links)
     name = name.lower().rstrip(".")
     for domain in search:
         suffix = "." + domain.lower().strip(".")
         if not ips and suffix != "." and name.endswith(suffix) and len(name) > len(suffix):
-            ips = resolve(table, asker, name[: -len(suffix)])
+            ips = resolve(table, asker, name[: -len(suffix)], links)
     return ips
 
 
@@ -253,6 +271,9 @@ class ResolverConfig:
     search: list[str] = attrs.field(factory=list)
     udp_port: int = 0  # where the resolver really listens (behind the NAT rules); 0: unknown
     tcp_port: int = 0
+    # docker's legacy links on user networks: alias (lowercase) -> the linked container's
+    # name as given, answered for this container only
+    links: dict[str, str] = attrs.field(factory=dict)
 
 
 def write_state(etc_dir: Path, config: ResolverConfig) -> None:
@@ -265,7 +286,8 @@ def read_state(etc_dir: Path) -> ResolverConfig | None:
     try:
         data = json.loads((etc_dir / STATE_FILE).read_text())
         return ResolverConfig([str(s) for s in data["upstreams"]], [str(s) for s in data.get("search", [])],
-                              int(data.get("udp_port", 0)), int(data.get("tcp_port", 0)))
+                              int(data.get("udp_port", 0)), int(data.get("tcp_port", 0)),
+                              {str(k): str(v) for k, v in (data.get("links") or {}).items()})
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -360,6 +382,9 @@ class EmbeddedDns:
     def serving(self) -> list[str]:
         return sorted(self._resolvers)
 
+    def serves(self, container_id: str) -> bool:
+        return container_id in self._resolvers
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -390,13 +415,16 @@ class EmbeddedDns:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self, container_id: str, netns_path: str | Path, config: ResolverConfig, *,
-                   fresh: bool = True) -> ResolverConfig:
+                   fresh: bool = True, live: bool = False) -> ResolverConfig:
         """Serve 127.0.0.11:53 in the container's namespace (replacing a resolver it has).
 
         ``fresh``: the namespace is new (a start): new ports and NAT rules. Otherwise (a
         daemon restart) the ports recorded in ``config`` are bound again, so the rules
-        already in the namespace lead to them. Returns the config with the ports in use,
-        to be recorded for the next restart."""
+        already in the namespace lead to them. ``live``: the namespace is a running
+        container's, without a resolver so far (a connect to a user network): new ports,
+        and the rules added beside the container's own. Returns the config with the ports
+        in use, to be recorded for the next restart."""
+        fresh = fresh or live
         if self._nursery is None:
             raise RuntimeError("the embedded DNS server is not running")
         await self.close(container_id)
@@ -418,7 +446,8 @@ class EmbeddedDns:
         try:
             udp_port, tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
             if redirect and not kept:
-                await install_redirect(netns_path, address, port, udp_port, tcp_port, fresh=fresh)
+                await install_redirect(netns_path, address, port, udp_port, tcp_port,
+                                       fresh=fresh and not live, live=live)
         except BaseException:
             udp.close()
             tcp.close()
@@ -533,7 +562,7 @@ class EmbeddedDns:
             if target is None:
                 return None
             return w.build_response(query, w.NOERROR, [w.ptr_record(target, TTL)], limit=limit)
-        ips = resolve_searched(table, asker, question.name, config.search)
+        ips = resolve_searched(table, asker, question.name, config.search, config.links)
         if not ips:
             return None
         records = []

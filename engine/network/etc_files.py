@@ -173,23 +173,41 @@ async def write_etc_files(
     config = HostsConfig(hostname=hostname, name=name, ips=list(ips), extra_hosts=list(extra_hosts))
 
     def read_host_then_write() -> EtcFiles:  # one worker-thread trip: a start waits on it
-        servers, search, options = host_nameservers(host_resolv_conf)
-        if network_mode == "host":
-            # The host's namespace: its loopback resolvers are reachable, keep them.
-            servers = [line.split()[1] for line in _nameserver_lines(host_resolv_conf)]
-        elif network_mode == "none":
-            servers = []  # nothing is reachable; only what the user asked for
-        if embedded_dns:
-            opts = list(dns_options) or options
-            if not any(o.startswith("ndots:") for o in opts):
-                opts.append("ndots:0")
-            resolv = resolv_text([embedded_dns], list(dns_search) or search, opts)
-        else:
-            resolv = resolv_text(list(dns) or servers, list(dns_search) or search,
-                                 list(dns_options) or options)
+        resolv = _resolv_for(network_mode, dns, dns_search, dns_options, host_resolv_conf, embedded_dns)
         return _write_all(etc_dir, config, f"{hostname}\n", resolv)
 
     return await trio.to_thread.run_sync(read_host_then_write)
+
+
+def _resolv_for(network_mode: str, dns: Sequence[str], dns_search: Sequence[str],
+                dns_options: Sequence[str], host_resolv_conf: Path, embedded_dns: str) -> str:
+    """The text of a container's resolv.conf (blocking: reads the host's)."""
+    servers, search, options = host_nameservers(host_resolv_conf)
+    if network_mode == "host":
+        # The host's namespace: its loopback resolvers are reachable, keep them.
+        servers = [line.split()[1] for line in _nameserver_lines(host_resolv_conf)]
+    elif network_mode == "none":
+        servers = []  # nothing is reachable; only what the user asked for
+    if embedded_dns:
+        opts = list(dns_options) or options
+        if not any(o.startswith("ndots:") for o in opts):
+            opts.append("ndots:0")
+        return resolv_text([embedded_dns], list(dns_search) or search, opts)
+    return resolv_text(list(dns) or servers, list(dns_search) or search, list(dns_options) or options)
+
+
+async def embed_resolv_conf(etc_dir: Path, *, embedded_dns: str, dns_search: Sequence[str] = (),
+                            dns_options: Sequence[str] = (),
+                            host_resolv_conf: Path = HOST_RESOLV_CONF) -> None:
+    """A running container's resolv.conf names the embedded DNS from now on (a connect to
+    its first user-defined network), rewritten in place as docker rewrites it: the bind
+    mount shows the same inode."""
+    def rewrite() -> None:
+        text = _resolv_for("bridge", (), dns_search, dns_options, host_resolv_conf, embedded_dns)
+        if (etc_dir / RESOLV_CONF).exists():
+            _write_in_place(etc_dir / RESOLV_CONF, text)
+
+    await trio.to_thread.run_sync(rewrite)
 
 
 def _nameserver_lines(resolv_conf: Path) -> list[str]:
@@ -198,6 +216,19 @@ def _nameserver_lines(resolv_conf: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return [ln for ln in text.splitlines() if ln.split()[:1] == ["nameserver"] and len(ln.split()) > 1]
+
+
+def rename_own(etc_dir: Path, name: str, *, rewrite: bool) -> None:
+    """The container's own line names it anew (blocking). ``rewrite``: write its hosts
+    file now (a container without attachments, whose file no ``refresh_network`` visits)."""
+    try:
+        config = disk.structure(read_json(etc_dir / _STATE), HostsConfig)
+    except FileNotFoundError:
+        return
+    config = attrs.evolve(config, name=name)
+    write_json_atomic(etc_dir / _STATE, disk.unstructure(config), durable=False)
+    if rewrite and (etc_dir / HOSTS).exists():
+        _write_in_place(etc_dir / HOSTS, hosts_text(config))
 
 
 def _peer_names(att: object) -> list[str]:

@@ -52,6 +52,7 @@ CONTAINER_PREFIX = "container:"
 EXTERNAL = "external"
 ETC_DIR = "net"  # under the container's run dir: its generated /etc files
 NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/disconnect
+LINKS_FILE = "links.json"  # under the container's dir: its --link aliases on user networks
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
 
@@ -278,7 +279,8 @@ class ContainerNetworking:
         self.dns.invalidate()
         await etc_files.refresh_network(self.store, network)
 
-    async def _open_dns(self, config: ContainerConfig, ns: Path, etc_dir: Path, embedded: bool) -> None:
+    async def _open_dns(self, config: ContainerConfig, ns: Path, etc_dir: Path, embedded: bool, *,
+                        live: bool = False) -> None:
         """Start the container's resolver before its process runs (the first lookup works);
         its upstreams are recorded for a daemon restart (``resume_dns``)."""
         if not embedded:
@@ -286,20 +288,31 @@ class ContainerNetworking:
             return
         resolv_conf = self.resolv_conf
 
+        links_path = self._links_path(config.id)
+
         def resolver_config() -> dns.ResolverConfig:
             search = list(config.dns_search) or etc_files.host_nameservers(resolv_conf)[1]
             upstreams = list(config.dns) or dns.nameservers_of(resolv_conf)
-            return dns.ResolverConfig(upstreams, search)
+            return dns.ResolverConfig(upstreams, search, links=_read_links(links_path))
 
         resolver = await trio.to_thread.run_sync(resolver_config)
         try:
-            resolver = await self.dns.open(config.id, ns, resolver)
+            resolver = await self.dns.open(config.id, ns, resolver, live=live)
             await trio.to_thread.run_sync(dns.write_state, etc_dir, resolver)
         except (OSError, EngineError) as e:
             raise RuntimeFailure(
                 f"cannot start the embedded DNS server of container {config.name} at "
                 f"{dns.ADDRESS}:{dns.PORT} in its network namespace: {e}"
             ) from None
+
+    async def _embed_dns_live(self, config: ContainerConfig, ns: Path) -> None:
+        """A running container joined its first user-defined network: as docker, it gets
+        its resolver now and its resolv.conf names 127.0.0.11 (it keeps both when it
+        leaves that network again, as docker's does, until its next start)."""
+        etc_dir = self.etc_dir(config.id)
+        await self._open_dns(config, ns, etc_dir, True, live=True)
+        await etc_files.embed_resolv_conf(etc_dir, embedded_dns=dns.ADDRESS, dns_search=config.dns_search,
+                                          host_resolv_conf=self.resolv_conf)
 
     async def start_dns(self, nursery: trio.Nursery, resolv_conf: Path = etc_files.HOST_RESOLV_CONF) -> None:
         """At daemon start: run the embedded DNS server in ``nursery``; ``resolv_conf`` is
@@ -520,6 +533,8 @@ class ContainerNetworking:
         res = await self._attach(net, config.id, ns, ifname=ifname, name=config.name,
                                  aliases=member.aliases, etc_dir=self.etc_dir(config.id))
         await self._refresh_names(net)
+        if net.name != DEFAULT_NETWORK and self.dns.running and not self.dns.serves(config.id):
+            await self._embed_dns_live(config, ns)
         details = dict(status.network_details or {})
         details[net.name] = _endpoint(res)
         return details
@@ -550,10 +565,52 @@ class ContainerNetworking:
             await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)
             return details
 
+    # --- links ---------------------------------------------------------------------------------
+
+    def _links_path(self, container_id: str) -> Path:
+        return self.layout.container_dir(container_id) / LINKS_FILE
+
+    async def set_links(self, container_id: str, links: list[tuple[str, str]]) -> None:
+        """docker's legacy ``--link TARGET:ALIAS`` of a container on a user-defined network
+        (recorded at create, before its first start): its embedded DNS answers ALIAS with
+        TARGET's address on the networks they share, for this container alone, as
+        docker's does. TARGET is a name looked up at each query, so it may come later."""
+        table = {alias.lower(): target for target, alias in links}
+        await trio.to_thread.run_sync(lambda: write_json_atomic(self._links_path(container_id), table))
+
+    # --- rename ------------------------------------------------------------------------------
+
+    async def renamed(self, container_id: str, new_name: str) -> None:
+        """After a rename: peers find the container by its new name at once, in their
+        /etc/hosts and the embedded DNS (as in docker), and no longer by the old one."""
+        async with self._locked(container_id):
+            changed = await cni.rename(self.store, container_id, new_name)
+            try:
+                mode = self._containers().get(container_id).config.network_mode
+            except NotFound:
+                mode = ""
+            await trio.to_thread.run_sync(lambda: etc_files.rename_own(
+                self.etc_dir(container_id), new_name, rewrite=mode == "none"))
+            self.dns.invalidate()
+            for network_id in changed:
+                try:
+                    network = await self.store.get(network_id)
+                except NotFound:
+                    continue
+                await etc_files.refresh_network(self.store, network)
+
     # --- for the network API -----------------------------------------------------------------
 
     async def attached(self, network: Network) -> list[cni.Attachment]:
         return [a for a in await cni.attachments(self.store, network) if a.result is not None]
+
+
+def _read_links(path: Path) -> dict[str, str]:
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _hostname(config: ContainerConfig) -> str:

@@ -536,7 +536,11 @@ class ContainerService:
         return await self.get(ref).call(c.Remove(force=force, volumes=volumes))  # type: ignore[no-any-return]
 
     async def rename(self, ref: str, name: str) -> None:
+        container_id = self.get(ref).id
         await self.supervisor.rename(ref, name)
+        network = self.app.services.network
+        if network is not None:  # peers resolve the new name at once
+            await network.renamed(container_id, self.get(container_id).name)
 
     async def connect(self, ref: str, network: str, aliases: list[str]) -> None:
         await self.get(ref).call(c.Connect(network, list(aliases)))
@@ -586,17 +590,20 @@ class ContainerService:
                 yield record
 
     async def exec(self, spec: ExecSpec, send: Send, input: Any | None = None,
-                   started: Callable[[Any], Awaitable[None]] | None = None) -> dict[str, Any]:
+                   started: Callable[[Any], Awaitable[None]] | None = None, *,
+                   exec_id: str = "") -> dict[str, Any]:
         """Run a command in a running container; stream its output, return its exit code.
         The actor starts the session (so it cannot race a removal) and kills it if the
         container goes; the output is pumped here, outside the actor's mailbox.
-        ``started(handle)`` hears of the session first (the Docker API records it)."""
+        ``started(handle)`` hears of the session first (the Docker API records it);
+        ``exec_id`` names it in its exec_start and exec_die events (else its number)."""
         actor = self.get(spec.id)
         env = list(spec.env)
         if spec.tty and not any(e.startswith("TERM=") for e in env):
             env.append("TERM=xterm")
         session: c.ExecSession = await actor.call(
-            c.ExecStart(list(spec.cmd), env, spec.workdir, spec.user, stdin=spec.stdin, tty=spec.tty))
+            c.ExecStart(list(spec.cmd), env, spec.workdir, spec.user, stdin=spec.stdin, tty=spec.tty,
+                        exec_id=exec_id))
         code = 255
         try:
             if started is not None:

@@ -134,8 +134,10 @@ class ContainerVerbs:
     def uploads(self) -> cp.Uploads:
         return cp.Uploads(self.app.layout.root / "uploads")
 
-    async def copy_to(self, ref: str, path: str, upload: str, *, copy_uid_gid: bool = False) -> dict[str, Any]:
-        """Extract an uploaded tar (``uploads()``) at ``path``; the upload is consumed."""
+    async def copy_to(self, ref: str, path: str, upload: str, *, copy_uid_gid: bool = False,
+                      into_dir_only: bool = False) -> dict[str, Any]:
+        """Extract an uploaded tar (``uploads()``) at ``path``; the upload is consumed.
+        ``into_dir_only``: ``path`` must be a directory (the Docker API's)."""
         store = self.uploads()
         archive_path = await trio.to_thread.run_sync(store.path, upload)
         try:
@@ -145,7 +147,8 @@ class ContainerVerbs:
 
                 def extract() -> cp.CopyInResult:
                     with open(archive_path, "rb") as archive:
-                        return cp.extract_into(root, path, archive, copy_uid_gid=copy_uid_gid, check=check)
+                        return cp.extract_into(root, path, archive, copy_uid_gid=copy_uid_gid, check=check,
+                                               into_dir_only=into_dir_only)
 
                 done = await trio.to_thread.run_sync(extract)
         finally:

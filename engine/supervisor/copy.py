@@ -281,6 +281,9 @@ class WriteCheck:
             raise Conflict(ROOTFS_READ_ONLY, http_status=500)
 
 
+EXTRACTION_NOT_A_DIRECTORY = "extraction point is not a directory"
+
+
 @attrs.frozen
 class CopyInResult:
     entries: int
@@ -288,19 +291,27 @@ class CopyInResult:
 
 
 def extract_into(root_fd: int, dest: str, archive: IO[bytes], *, copy_uid_gid: bool,
-                 check: WriteCheck | None = None) -> CopyInResult:
+                 check: WriteCheck | None = None, into_dir_only: bool = False) -> CopyInResult:
     """docker's cp into a container. ``dest`` an existing directory: the archive goes into
     it. ``dest`` missing (its parent existing) or an existing non-directory: the archive's
     single top entry lands there, renamed. Symlinks in ``dest`` resolve inside the root;
-    ``check`` may refuse the directory they lead to."""
+    ``check`` may refuse the directory they lead to. ``into_dir_only``: the Docker API's
+    ``PUT …/archive``, whose clients rename the entries themselves: ``dest`` must be an
+    existing directory (dockerd's missing-path error carries ``missing_path``)."""
     try:
         dest_fd = open_in_root(root_fd, dest, os.O_PATH)
         is_dir = stat.S_ISDIR(os.fstat(dest_fd).st_mode)
         os.close(dest_fd)
     except OSError as e:
+        if into_dir_only and e.errno == errno.ENOENT:
+            raise NotFound(f"no such file or directory in the container: {dest}", missing_path=dest) from None
+        if into_dir_only and e.errno == errno.ENOTDIR:  # dockerd's status; its words but the host path
+            raise InvalidArgument(f"lstat {dest}: not a directory", http_status=500) from None
         if e.errno != errno.ENOENT:
             raise _not_found(dest, e) from None
         is_dir = None
+    if into_dir_only and not is_dir:
+        raise InvalidArgument(EXTRACTION_NOT_A_DIRECTORY, http_status=500)  # dockerd's words and status
     rename: tuple[str, str] | None = None  # (the archive's top name, the new name)
     base = dest
     if is_dir is not True:

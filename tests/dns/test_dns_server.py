@@ -270,3 +270,23 @@ async def test_closing_frees_the_address(env: tuple[Env, Upstream]) -> None:
     assert os.readlink("/proc/thread-self/ns/net") == os.readlink("/proc/self/ns/net")
     with pytest.raises(FileNotFoundError):
         dns.run_in_netns(e.ns.parent / "missing", lambda: None)
+
+
+def test_link_aliases_resolve_for_the_linking_container_only() -> None:
+    """docker's --link on a user network: ALIAS stands for TARGET's name, for the asker
+    alone, on its networks where TARGET is (a target elsewhere, or not there yet: nothing)."""
+    table = dns.endpoints_from(_records())
+    links = {"db": "web", "later": "nosuch", "far": "stranger"}
+    assert dns.resolve(table, ASKER, "DB", links) == ["10.99.0.3"]
+    assert dns.resolve(table, ASKER, "db.app", links) == ["10.99.0.3"]
+    assert dns.resolve_searched(table, ASKER, "db.corp.example", ["corp.example"], links) == ["10.99.0.3"]
+    assert dns.resolve(table, ASKER, "db") == []  # without the asker's links
+    assert dns.resolve(table, ASKER, "later", links) == []
+    assert dns.resolve(table, ASKER, "far", links) == []  # stranger shares no network
+    assert dns.resolve(table, ASKER, "web", links) == ["10.99.0.3"]  # the real name still works
+
+
+def test_links_are_kept_for_a_daemon_restart(tmp_path: Path) -> None:
+    config = dns.ResolverConfig(["192.0.2.1"], ["corp.example"], 4000, 4001, {"db": "web"})
+    dns.write_state(tmp_path, config)
+    assert dns.read_state(tmp_path) == config

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +120,18 @@ def _exec_inspect_until(client: object, exec_id: str, done: object, timeout: flo
         time.sleep(0.1)
 
 
+def _exec_events(api: Any, container_id: str, since: int) -> list[tuple[str, ...]]:
+    """(action, execID[, exitCode]) of the container's exec events from ``since`` on."""
+    found: list[tuple[str, ...]] = []
+    for event in api.events(since=since, until=int(time.time()) + 1, decode=True,
+                            filters={"container": container_id}):
+        attrs_ = event["Actor"]["Attributes"]
+        if event["Action"].startswith("exec_"):
+            code = (attrs_["exitCode"],) if "exitCode" in attrs_ else ()
+            found.append((event["Action"], attrs_.get("execID", ""), *code))
+    return found
+
+
 def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_archive: Path) -> None:
     """An exec's id still answers after the daemon was SIGKILLed and started again (its
     session runs on under its own conmon): running with its pid, then its exit code, also
@@ -126,6 +139,7 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
     engine = make_engine(load_busybox=busybox_archive)
     client = engine.docker_py()
     try:
+        since = int(time.time())
         ctr = client.containers.run("busybox", ["sleep", "300"], detach=True, name="execs")
         api = client.api
         done = api.exec_create(ctr.id, ["sh", "-c", "exit 5"])["Id"]
@@ -138,9 +152,15 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         before = _exec_inspect_until(client, running, lambda i: i["Pid"] > 0)
         assert before["Running"] is True and before["Pid"] > 0, before
         assert api.exec_inspect(done)["ExitCode"] == 5
+        # the events name execs by these ids, in dockerd's words
+        seen = _exec_events(api, ctr.id, since)
+        assert ("exec_create: sh -c exit 5", done) in seen and ("exec_start: sh -c exit 5", done) in seen
+        assert ("exec_die", done, "5") in seen, seen
+        assert ("exec_create: true", waiting) in seen
 
         engine.daemon.kill9()
         time.sleep(2)  # `ending` ends while no daemon runs
+        restarted = int(time.time())
         engine.daemon.start()
 
         after = api.exec_inspect(running)
@@ -156,6 +176,9 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
 
         final = _exec_inspect_until(client, running, lambda i: not i["Running"])
         assert (final["Running"], final["ExitCode"], final["Pid"]) == (False, 7, before["Pid"]), final
+        # adopted sessions' ends carry their Docker ids too
+        seen = _exec_events(api, ctr.id, restarted)
+        assert ("exec_die", running, "7") in seen and ("exec_die", ending, "3") in seen, seen
         assert api.inspect_container(ctr.id)["ExecIDs"] is None
 
         # the exit code was written down: a second restart still knows it

@@ -397,3 +397,45 @@ def test_network_mode_and_networks_as_dockerd_shows_them(pair: Pair) -> None:
         assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n"))
     finally:
         pair.both("rm", "-f", *cases)
+
+
+def test_cp_into_a_missing_directory(pair: Pair, tmp_path: Path) -> None:
+    """`docker cp FILE CTR:/nosuchdir/x` fails as dockerd's does (the CLI sends the archive
+    to /nosuchdir, which dockerd does not create); PUT …/archive into a missing path or a
+    non-directory gets dockerd's status and words."""
+    import io
+    import tarfile
+
+    (tmp_path / "f.txt").write_text("hi\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(tmp_path / "f.txt", "x")
+    for binary in (DOCKER_CLIENTS[0], DEBIAN_CLI):
+        ours, theirs = pair.both("cp", str(tmp_path / "f.txt"), "vs-running:/nosuchdir/x", binary=binary)
+        assert (ours.returncode, ours.stderr, ours.stdout) == (theirs.returncode, theirs.stderr, theirs.stdout), binary
+        assert ours.returncode == 1 and "/nosuchdir" in ours.stderr, ours.stderr
+    for dest in ("/nosuchdir", "/etc/passwd", "/etc/passwd/x"):
+        statuses = [_put_archive_status(side.host, "vs-running", dest, buf.getvalue())
+                    for side in (pair.engine, pair.dockerd)]
+        if dest == "/etc/passwd/x":  # dockerd's words name its host path: the end only
+            assert statuses[0] == (500, "lstat /etc/passwd/x: not a directory"), statuses
+            assert statuses[1][0] == 500 and statuses[1][1].endswith("/etc/passwd/x: not a directory")
+            continue
+        assert statuses[0] == statuses[1], (dest, statuses)
+    assert _put_archive_status(pair.engine.host, "vs-running", "/nosuchdir", buf.getvalue()) == (
+        404, "Could not find the file /nosuchdir in container vs-running")
+    ours, theirs = pair.both("exec", "vs-running", "ls", "/nosuchdir")
+    assert ours.returncode == theirs.returncode == 1  # nothing was made there
+
+
+def test_network_connect_of_a_none_mode_container(pair: Pair) -> None:
+    """dockerd refuses to connect a `--network none` container (400, its words)."""
+    pair.setup("network", "create", "vs-connect-net")
+    pair.setup("run", "-d", "--name", "vs-none", "--network", "none", "busybox", "sleep", "600")
+    try:
+        ours, theirs = pair.both("network", "connect", "vs-connect-net", "vs-none")
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
+        assert ours.returncode == 1 and "private (none) mode" in ours.stderr, ours.stderr
+    finally:
+        pair.both("rm", "-f", "vs-none")
+        pair.both("network", "rm", "vs-connect-net")

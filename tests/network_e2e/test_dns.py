@@ -193,3 +193,75 @@ def test_lookups_work_again_after_the_daemon_is_killed_and_restarted(dns_engine:
     code, out = exec_in(d, client, ["nslookup", "svc"])
     assert code == 0 and addresses(out) == [web_ip], out
 
+
+
+def test_a_renamed_peer_answers_to_its_new_name_only(dns_engine: Daemon, upstream: Upstream) -> None:
+    """As docker: after `rename`, peers resolve the new name at once and not the old one,
+    through the embedded DNS and through /etc/hosts; the container's own line too."""
+    d = dns_engine
+    d.call("network.create", name="dnsren")
+    old = run_d(d, name="oldname", network="dnsren", cmd=["sleep", "1000"])
+    old_ip = ip_on(d, old, "dnsren")
+    client = run_d(d, name="looker", network="dnsren", cmd=["sleep", "1000"])
+    code, out = exec_in(d, client, ["nslookup", "oldname"])
+    assert code == 0 and addresses(out) == [old_ip], out
+
+    d.call("container.rename", id="oldname", name="newname")
+    code, out = exec_in(d, client, ["nslookup", "newname"])
+    assert code == 0 and addresses(out) == [old_ip], out
+    code, out = exec_in(d, client, ["nslookup", "oldname"])
+    assert code != 0 and old_ip not in addresses(out), out
+    code, hosts = exec_in(d, client, ["cat", "/etc/hosts"])
+    assert code == 0 and re.search(rf"^{re.escape(old_ip)}\s.*\bnewname\b", hosts, re.M), hosts
+    assert "oldname" not in hosts, hosts
+    code, own = exec_in(d, old, ["cat", "/etc/hosts"])
+    assert code == 0 and "newname" in own and "oldname" not in own, own
+    # the name sticks across a restart of the peer (the records are written anew then)
+    d.call("container.stop", id="newname", timeout=1)
+    d.call("container.start", id="newname")
+    code, out = exec_in(d, client, ["nslookup", "newname"])
+    assert code == 0 and len(addresses(out)) == 1, out
+
+
+def test_connecting_a_running_container_gives_it_the_resolver(dns_engine: Daemon, upstream: Upstream) -> None:
+    """As docker: a container started on the default bridge and then connected to a
+    user-defined network has its resolv.conf rewritten in place (same inode) to name
+    127.0.0.11 and resolves its new peers at once; leaving that network keeps both."""
+    d = dns_engine
+    d.call("network.create", name="dnslate")
+    peer = run_d(d, name="early", network="dnslate", network_aliases=["first"], cmd=["sleep", "1000"])
+    peer_ip = ip_on(d, peer, "dnslate")
+    late = run_d(d, name="late", cmd=["sleep", "1000"])
+    code, before = exec_in(d, late, ["sh", "-c", "ls -i /etc/resolv.conf; cat /etc/resolv.conf"])
+    assert code == 0 and "127.0.0.11" not in before and f"nameserver {UNANSWERED}" in before, before
+
+    d.call("network.connect", network="dnslate", container="late", aliases=["tardy"])
+    code, after = exec_in(d, late, ["sh", "-c", "ls -i /etc/resolv.conf; cat /etc/resolv.conf"])
+    assert code == 0 and after.split()[0] == before.split()[0], (before, after)
+    assert "nameserver 127.0.0.11" in after and "options ndots:0" in after and "search corp.test" in after
+    assert UNANSWERED not in after, after
+    for name in ("early", "first"):
+        code, out = exec_in(d, late, ["nslookup", name])
+        assert code == 0 and addresses(out) == [peer_ip], (name, out)
+    late_ip = ip_on(d, late, "dnslate")
+    for name in ("late", "tardy"):
+        code, out = exec_in(d, peer, ["nslookup", name])
+        assert code == 0 and addresses(out) == [late_ip], (name, out)
+    code, out = exec_in(d, late, ["nslookup", "outside.example"])  # forwarded as before
+    assert code == 0 and addresses(out) == ["192.0.2.77"], out
+
+    d.call("network.disconnect", network="dnslate", container="late")
+    code, out = exec_in(d, late, ["cat", "/etc/resolv.conf"])
+    assert code == 0 and "nameserver 127.0.0.11" in out, out  # docker keeps it too
+    code, out = exec_in(d, late, ["nslookup", "early"])
+    assert code != 0 and peer_ip not in addresses(out), out
+    # connected again: the resolver it kept answers for the network again
+    d.call("network.connect", network="dnslate", container="late")
+    code, out = exec_in(d, late, ["nslookup", "early"])
+    assert code == 0 and addresses(out) == [peer_ip], out
+    # a restart on the default bridge alone gives back the plain resolv.conf
+    d.call("network.disconnect", network="dnslate", container="late")
+    d.call("container.stop", id="late", timeout=1)
+    d.call("container.start", id="late")
+    code, out = exec_in(d, late, ["cat", "/etc/resolv.conf"])
+    assert code == 0 and "127.0.0.11" not in out, out

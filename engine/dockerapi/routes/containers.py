@@ -41,6 +41,7 @@ from engine.dockerapi.shapes import (
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
+from engine.network.networks import DEFAULT_NETWORK
 from engine.oci.spec import MASKED_PATHS, READONLY_PATHS
 from engine.supervisor.attach import parse_detach_keys
 from engine.supervisor.container_service import (
@@ -436,10 +437,9 @@ def parse_links(value: Any) -> list[tuple[str, str]]:
 
 
 def link_hosts(api: DockerAPI, spec: CreateSpec, links: list[tuple[str, str]]) -> list[str]:
-    """docker's legacy links as /etc/hosts entries (``ALIAS:IP``): the linked container's
-    address, on the network the new container joins when they share it. The names of a
-    user network resolve through its DNS anyway; a link adds its alias (docker-compose's
-    one-off ``run`` links the project's containers by several names)."""
+    """docker's legacy links off user networks, as /etc/hosts entries (``ALIAS:IP``): the
+    linked container's address, on the network the new container joins when they share
+    it. On a user network the embedded DNS answers the aliases instead (``create``)."""
     hosts = []
     for target, alias in links:
         try:
@@ -456,14 +456,34 @@ def link_hosts(api: DockerAPI, spec: CreateSpec, links: list[tuple[str, str]]) -
     return hosts
 
 
+async def _on_user_network(api: DockerAPI, spec: CreateSpec) -> bool:
+    """Whether the new container joins a user-defined network (where docker serves its
+    links through the embedded DNS, not /etc/hosts)."""
+    network = api.app.services.network
+    mode = spec.network or api.app.config.default_network
+    if network is None or mode in ("", "default", DEFAULT_NETWORK, "none", "host") or ":" in mode:
+        return False
+    try:
+        return (await network.store.get(mode)).name != DEFAULT_NETWORK
+    except NotFound:
+        return False  # the create says so in its own words
+
+
 async def create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     spec = create_spec(doc, req.param("name"), req.param("platform"))
     links = parse_links((doc.get("HostConfig") or {}).get("Links"))
-    if links:
+    dns_links: list[tuple[str, str]] = []
+    if links and await _on_user_network(api, spec):
+        # As dockerd: the alias names the target for this container alone, through its
+        # embedded DNS, whatever the target's address is (or whether it exists yet).
+        dns_links = links
+    elif links:
         spec = attrs.evolve(spec, add_hosts=[*spec.add_hosts, *link_hosts(api, spec, links)])
     try:
         actor = await service(api).create(spec)
+        if dns_links and api.app.services.network is not None:
+            await api.app.services.network.set_links(actor.id, dns_links)
     except AlreadyExists:
         try:
             holder = service(api).get(spec.name) if spec.name else None
@@ -883,6 +903,7 @@ async def exec_create(api: DockerAPI, req: Request) -> Response:
                     workdir=str(doc.get("WorkingDir") or ""), user=str(doc.get("User") or ""),
                     stdin=bool(doc.get("AttachStdin")), tty=bool(doc.get("Tty")))
     instance = await api.execs.create(actor.id, spec, console_size(doc.get("ConsoleSize")))
+    actor.emit("exec_create", execID=instance.id, command=" ".join(cmd))  # as dockerd
     return json_response({"Id": instance.id}, 201)
 
 

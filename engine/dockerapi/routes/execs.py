@@ -59,7 +59,7 @@ async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any
         await api.execs.session_started(instance, handle)
 
     try:
-        result = await service(api).exec(instance.spec, send, input, started=started)
+        result = await service(api).exec(instance.spec, send, input, started=started, exec_id=instance.id)
         code = int(result.get("ExitCode", EXEC_FAILED))
     except EngineError as e:
         code = e.exit_code if e.exit_code in (126, 127) else EXEC_FAILED

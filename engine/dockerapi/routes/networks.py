@@ -33,6 +33,9 @@ def register(router: Router) -> None:
     router.route("POST", "/networks/{id}/disconnect")(disconnect)
 
 
+NONE_MODE_CONNECT = "container cannot be connected to multiple networks with one of the networks in private (none) mode"
+
+
 def networking(api: DockerAPI) -> ContainerNetworking:
     net = api.app.services.network
     if net is None:
@@ -150,6 +153,9 @@ async def connect(api: DockerAPI, req: Request) -> Response:
     with no_such_network(req.path_params["id"]):
         net = await networking(api).store.get(req.path_params["id"])
     aliases = str_list(endpoint.get("Aliases"), "EndpointConfig.Aliases") or []
+    config = ContainerService(api.app).get(container).config
+    if config.network_mode == "none" and not config.network_defaulted:  # an explicit --network none
+        raise InvalidArgument(NONE_MODE_CONNECT)  # dockerd's words and status
     await ContainerService(api.app).connect(container, net.name, aliases)
     return no_content(200)
 

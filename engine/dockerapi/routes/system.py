@@ -203,14 +203,14 @@ async def events(api: DockerAPI, req: Request) -> StreamResponse:
                     break
                 if event is None or (until is not None and event.time > until):
                     return
-                await write(json_line(docker_event(event)))
+                await write(json_line(docker_event(event, api.execs.docker_exec_id)))
             with trio.CancelScope() as scope:
                 if until is not None:
                     scope.deadline = trio.current_time() + max(0.0, until - time.time())
                 async for live in sub.receive:
                     if live is None or (until is not None and live.time > until):
                         return
-                    await write(json_line(docker_event(live)))
+                    await write(json_line(docker_event(live, api.execs.docker_exec_id)))
         finally:
             bus.unsubscribe(sub)
 

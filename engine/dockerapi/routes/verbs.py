@@ -16,7 +16,7 @@ import trio
 from engine.dockerapi.routes.containers import _restart_policy
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response
 from engine.dockerapi.shapes import is_empty, refuse_unsupported, rfc3339, rfc3339_nano
-from engine.errors import InvalidArgument
+from engine.errors import InvalidArgument, NotFound
 from engine.httpserver import Request, Response, StreamResponse, Write
 from engine.supervisor.container_verbs import ContainerVerbs
 
@@ -221,7 +221,13 @@ async def archive_put(api: DockerAPI, req: Request) -> Response:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.discard, token)
         raise
-    await service.copy_to(actor.id, path, token, copy_uid_gid=copy_uid_gid)
+    try:
+        # dockerd extracts into an existing directory only: the CLI renames entries itself
+        await service.copy_to(actor.id, path, token, copy_uid_gid=copy_uid_gid, into_dir_only=True)
+    except NotFound as e:
+        if "missing_path" not in e.details:
+            raise
+        raise NotFound(f"Could not find the file {path} in container {req.path_params['id']}") from None
     return Response(200, b"", content_type="")
 
 
