@@ -129,6 +129,8 @@ class Dockerd:
         ids = listed.stdout.split() if listed.returncode == 0 else []
         if ids:
             self.cli("rm", "-f", *ids, timeout=120)
+        # dockerd leaves a user network's bridge on the host when it stops
+        self.cli("network", "prune", "-f", timeout=60)
 
     def stop(self) -> None:
         if self.proc is not None:
