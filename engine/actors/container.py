@@ -179,6 +179,19 @@ class ContainerActor:
                 return self.status
             await self._changed.wait()
 
+    @property
+    def released(self) -> bool:
+        """Whether a removed container has let go of everything it held (or never will: its
+        actor crashed and the daemon's next start finishes the removal)."""
+        return self._finished or self.crashed is not None
+
+    async def wait_released(self) -> None:
+        """Until a removed container has let go of what it held (its network attachments,
+        mounts, files): an automatic removal (``--rm``) frees them after the container is
+        already gone by name and in events. Returns at once if the actor crashed."""
+        while not self.released:
+            await self._changed.wait()
+
     def attach(self) -> None:
         """An attached reader follows this run's output (removal waits for it)."""
         self._attached += 1
@@ -816,6 +829,7 @@ class ContainerActor:
             log.error("removal of container %s is incomplete: %s; the daemon finishes it at "
                       "its next start", self.name, e)
         self._finished = True
+        self._signal_change()
 
     async def _destroy(self) -> None:
         """Free everything the container holds; its files last."""

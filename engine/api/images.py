@@ -25,6 +25,7 @@ from engine.reference import parse_reference
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext, StreamSender
 from engine.supervisor.app import App
+from engine.supervisor.containers import settle_removals
 
 log = logging.getLogger("engine.images")
 
@@ -236,6 +237,7 @@ def register(table: MethodTable) -> None:
     @table.method("image.remove", params=RemoveParams)
     async def remove(ctx: CallContext, p: RemoveParams) -> Any:
         """docker rmi: untag, and delete the image once no names are left."""
+        await settle_removals(ctx.app)
         result = await images(ctx).remove(p.id, force=p.force, in_use=in_use_by_containers(ctx.app))
         ctx.app.events.emit("image", "delete", p.id)
         return result

@@ -17,6 +17,7 @@ from engine.network.service import ContainerNetworking
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext
 from engine.supervisor.container_service import ContainerService
+from engine.supervisor.containers import settle_removals
 
 _FILTERS = {"name", "id", "driver", "label", "type"}
 
@@ -190,6 +191,7 @@ def register(table: MethodTable) -> None:
         """Remove a network; refused (Conflict) while containers are attached."""
         svc = service(ctx)
         net = await svc.store.get(p.id)
+        await settle_removals(ctx.app)
         await svc.store.remove(net.id if not net.is_pseudo else net.name)
         ctx.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
         return {"Id": net.id, "Name": net.name}
@@ -199,6 +201,7 @@ def register(table: MethodTable) -> None:
         """Remove every user-defined network no container is attached to."""
         from engine.supervisor.system import network_filter
 
+        await settle_removals(ctx.app)
         removed = await service(ctx).store.prune(network_filter(p.filters))
         for name in removed:
             ctx.app.events.emit("network", "destroy", name, name=name, driver="bridge")

@@ -9,6 +9,7 @@ import attrs
 from engine.errors import InvalidArgument, Unavailable
 from engine.rpc.methods import MethodTable
 from engine.rpc.server import CallContext
+from engine.supervisor.containers import settle_removals
 from engine.supervisor.volumes import VolumeService
 from engine.volumes.store import VolumeRecord, record_view
 
@@ -138,6 +139,7 @@ def register(table: MethodTable) -> None:
         service = volumes(ctx)
         if p.force and service.store.find(p.name) is None:
             return {"removed": p.name}
+        await settle_removals(ctx.app)
         await service.store.remove(p.name, users=service.users(p.name))
         return {"removed": p.name}
 
@@ -153,5 +155,6 @@ def register(table: MethodTable) -> None:
         if unknown:
             raise InvalidArgument(f"unknown volume prune filter {', '.join(sorted(unknown))}; "
                                   "use label, label! or all")
+        await settle_removals(ctx.app)
         removed, freed = await service.prune(all_volumes=p.all, match=volume_filter(service, filters))
         return {"VolumesDeleted": removed, "SpaceReclaimed": freed}

@@ -58,6 +58,9 @@ class SupervisionPolicy:
         return float(min(self.max_backoff, self.base_backoff * 2 ** max(0, recent_crashes - 1)))
 
 
+RELEASE_WAIT = 30.0  # seconds a network/volume removal waits for removed containers to free them
+
+
 class ContainerSupervisor:
     """Implements the actors' ``Registry``: told when a container is gone for everyone."""
 
@@ -70,6 +73,8 @@ class ContainerSupervisor:
         self.names: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
         self._registry_lock = trio.Lock()
+        # removed, gone by name, still freeing their networks and mounts (`--rm`)
+        self.releasing: dict[str, ContainerActor] = {}
 
     # --- lookup ------------------------------------------------------------------------------
 
@@ -173,6 +178,18 @@ class ContainerSupervisor:
             self.actors.pop(actor.id, None)
         if self.names.get(actor.name) == actor.id:
             self.names.pop(actor.name, None)
+        self.releasing = {cid: a for cid, a in self.releasing.items() if not a.released}
+        if not actor.released:
+            self.releasing[actor.id] = actor
+
+    async def settle_removals(self) -> None:
+        """Until the containers removed a moment ago have let go of their networks and
+        mounts: a `--rm` run answers once its container is gone, and frees them after. A
+        network or volume removal waits for that, so a script's next line finds them free."""
+        with trio.move_on_after(RELEASE_WAIT):
+            for actor in list(self.releasing.values()):
+                await actor.wait_released()
+        self.releasing = {cid: a for cid, a in self.releasing.items() if not a.released}
 
     # --- create, rename ------------------------------------------------------------------------
 
@@ -241,3 +258,10 @@ def _write_new_container(files: ContainerFiles, config: ContainerConfig, status:
 def _remove_container_dirs(actor: ContainerActor) -> None:
     remove_dir(actor.run_dir)
     remove_dir(actor.files.dir)
+
+
+async def settle_removals(app: Any) -> None:
+    """``ContainerSupervisor.settle_removals`` of the app's containers, if they are up."""
+    containers = app.services.containers
+    if containers is not None:
+        await containers.settle_removals()

@@ -153,8 +153,9 @@ def test_networks_are_the_engines_own(engine: Engine) -> None:
     assert unsupported.returncode == 1 and "EnableIPv6" in unsupported.stderr
 
 
-def test_links_resolve_and_refuse_a_stopped_target(make_engine: EngineFactory, busybox_archive) -> None:
-    """--link on a user network (docker-compose's one-off `run` sends links too)."""
+def test_links_on_a_user_network(make_engine: EngineFactory, busybox_archive) -> None:
+    """--link on a user network (docker-compose's one-off `run` sends links too), as dockerd
+    answers it."""
     engine = make_engine(load_busybox=busybox_archive)
     engine.docker("network", "create", "appnet")
     # the alias resolves to the linked container (an /etc/hosts entry, as docker's
@@ -170,13 +171,20 @@ def test_links_resolve_and_refuse_a_stopped_target(make_engine: EngineFactory, b
     assert 300 <= int(sized[1]) < 400 and float(sized[2]) > 2.2  # 300 kB + busybox's 1.98 MB
     df = engine.docker("system", "df", "--format", "{{.Type}} {{.Size}}").stdout.splitlines()
     assert any(re.fullmatch(r"Containers 3\d\d(\.\d)?kB", line) for line in df), df
+    # on a user network, as dockerd does, the alias is answered by the embedded DNS for the
+    # linking container only, and /etc/hosts gets no entry
     resolved = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox",
-                             "sh", "-c", "awk '$2 == \"db\" {print $1}' /etc/hosts; ping -c1 -W2 db >/dev/null && echo reached")
+                             "sh", "-c", "grep -c db /etc/hosts; ping -c1 -W2 db | head -1")
     ip = engine.daemon.call("container.inspect", id="linked")["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]
-    assert resolved.stdout.split() == [ip, "reached"]
+    assert resolved.stdout.splitlines() == ["0", f"PING db ({ip}): 56 data bytes"], resolved.stdout
+    unlinked = engine.docker("run", "--rm", "--network", "appnet", "busybox", "ping", "-c1", "-W2", "db",
+                             check=False)
+    assert unlinked.returncode != 0 and "bad address 'db'" in unlinked.stderr + unlinked.stdout
     engine.docker("stop", "-t", "0", "linked")
-    refused = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox", "true", check=False)
-    assert refused.returncode == 125 and "Cannot link to a non running container: /linked" in refused.stderr
+    # on a user network dockerd takes a link to a stopped container (it resolves once it runs)
+    stopped = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox",
+                            "sh", "-c", "ping -c1 -W1 db", check=False)
+    assert stopped.returncode == 1 and "bad address 'db'" in stopped.stderr, stopped
     missing = engine.docker("create", "--link", "nosuch:db", "busybox", "true", check=False)
     assert missing.returncode == 1 and "could not get container for nosuch: No such container: nosuch" in missing.stderr
     engine.docker("rm", "linked")
@@ -184,6 +192,19 @@ def test_links_resolve_and_refuse_a_stopped_target(make_engine: EngineFactory, b
     # system prune asks for the build cache too: engine has none to remove
     pruned = engine.docker("system", "prune", "-f")
     assert "Total reclaimed space" in pruned.stdout
+
+
+def test_run_rm_frees_its_network_and_volume_before_it_returns(make_engine: EngineFactory, busybox_archive) -> None:
+    """`docker run --rm` waits for condition=removed: as with dockerd, the network and the
+    volume are free the moment it returns (a script's next line removes them)."""
+    engine = make_engine(load_busybox=busybox_archive)
+    for round_ in range(3):
+        engine.docker("network", "create", f"rmnet{round_}")
+        engine.docker("volume", "create", f"rmvol{round_}")
+        engine.docker("run", "--rm", "--network", f"rmnet{round_}", "-v", f"rmvol{round_}:/data",
+                      "busybox", "sh", "-c", "echo x > /data/x")
+        assert engine.docker("network", "rm", f"rmnet{round_}", check=False).returncode == 0
+        assert engine.docker("volume", "rm", f"rmvol{round_}", check=False).returncode == 0
 
 
 def test_events_stream_and_history(engine: Engine) -> None:

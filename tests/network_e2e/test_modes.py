@@ -95,3 +95,25 @@ def test_network_none_namespace_is_made_by_the_runtime_and_can_be_shared(runc_en
     assert out.splitlines()[0] == os.readlink(f"/proc/{pid}/ns/net")
     assert _interfaces(out) == ["lo"]
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+def test_run_rm_then_network_and_volume_rm_at_once(engine: Daemon) -> None:
+    """`engctl run --rm` answers once its container is gone and frees its network and
+    mounts after: a network or volume removal on the script's next line waits for that
+    instead of finding the container still attached."""
+    import subprocess
+    import sys
+
+    def engctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "ENGINE_HOST": engine.host})
+
+    for round_ in range(3):
+        assert engctl("network", "create", f"rmnet{round_}").returncode == 0
+        ran = engctl("run", "--rm", "--network", f"rmnet{round_}", "-v", f"rmvol{round_}:/data",
+                     "busybox", "sh", "-c", "echo x > /data/x")
+        assert ran.returncode == 0, ran.stderr
+        removed = engctl("network", "rm", f"rmnet{round_}")
+        assert removed.returncode == 0, removed.stderr
+        removed = engctl("volume", "rm", f"rmvol{round_}")
+        assert removed.returncode == 0, removed.stderr

@@ -40,6 +40,7 @@ from engine.images.records import Image, scratch_dir
 from engine.images.store import ImageStore
 from engine.plugin import RegistryClient, RegistryCredentials
 from engine.reference import Reference, parse_reference
+from engine.supervisor.containers import settle_removals
 
 ARCHIVE_BUFFER = 1024 * 1024  # bytes of an image archive read or written at a time
 MAX_PENDING_BYTE_COUNTS = 64  # progress "Downloading" events queued before some are dropped
@@ -143,6 +144,7 @@ async def delete(api: DockerAPI, req: Request) -> Response:
     store = store_of(api)
     try:
         with no_such_image(name):
+            await settle_removals(api.app)
             report = await store.remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
     except Conflict:
         image = store.get(name)
@@ -160,6 +162,7 @@ async def prune(api: DockerAPI, req: Request) -> Response:
     if unknown:
         raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: images are pruned by dangling only")
     dangling = filters.get("dangling", ["true"])[-1].lower() not in ("false", "0")
+    await settle_removals(api.app)
     result = await store_of(api).prune(dangling_only=dangling, in_use=in_use_by_containers(api.app))
     return json_response({"ImagesDeleted": result["ImagesDeleted"] or None,
                           "SpaceReclaimed": result["SpaceReclaimed"]})

@@ -18,6 +18,7 @@ from engine.httpserver import Request, Response
 from engine.network.networks import DEFAULT_NETWORK
 from engine.network.service import ContainerNetworking
 from engine.supervisor.container_service import ContainerService
+from engine.supervisor.containers import settle_removals
 
 CREATE_HANDLED = {"Name", "Driver", "Internal", "IPAM", "Labels"}
 CREATE_IGNORED = {"CheckDuplicate", "Attachable", "Scope", "ConfigOnly", "ConfigFrom", "Ingress"}
@@ -127,6 +128,7 @@ async def remove(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
     with no_such_network(req.path_params["id"]):
         net = await svc.store.get(req.path_params["id"])
+    await settle_removals(api.app)
     await svc.store.remove(net.id if not net.is_pseudo else net.name)
     api.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
     return no_content()
@@ -135,6 +137,7 @@ async def remove(api: DockerAPI, req: Request) -> Response:
 async def prune(api: DockerAPI, req: Request) -> Response:
     if parse_filters(req.param("filters")):
         raise InvalidArgument("network prune filters (until, label) are not supported by engine yet")
+    await settle_removals(api.app)
     removed = await networking(api).store.prune()
     for name in removed:
         api.app.events.emit("network", "destroy", name, name=name, driver="bridge")

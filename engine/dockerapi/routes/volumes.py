@@ -14,6 +14,7 @@ from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_map
 from engine.errors import InvalidArgument, Unavailable
 from engine.httpserver import Request, Response
+from engine.supervisor.containers import settle_removals
 from engine.supervisor.volumes import VolumeService
 
 CREATE_HANDLED = {"Name", "Driver", "DriverOpts", "Labels"}
@@ -72,6 +73,7 @@ async def remove(api: DockerAPI, req: Request) -> Response:
         return no_content()
     if service.store.find(name) is None:
         raise messages.no_such_volume(name)
+    await settle_removals(api.app)
     users = service.users(name)
     if users:
         ids = [a.id for a in api.app.services.require_containers().all() if a.name in users]
@@ -91,6 +93,7 @@ async def prune(api: DockerAPI, req: Request) -> Response:
     all_volumes = filters.pop("all", ["false"])[-1].lower() in ("true", "1")
     if req.api_version < (1, 42):  # before 1.42 prune took every unused volume
         all_volumes = True
+    await settle_removals(api.app)
     removed, freed = await service.prune(all_volumes=all_volumes, match=volume_filter(service, filters))
     return json_response({"VolumesDeleted": removed or None, "SpaceReclaimed": freed})
 
