@@ -84,6 +84,25 @@ def check_cpuset(value: str, flag: str) -> str:
     return value
 
 
+def _memory_swap(memory: int | None, command: c.Update, changes: dict[str, Any],
+                 resources: dict[str, Any]) -> None:
+    """A new memory + swap limit, checked against the memory limit it goes with (the new one
+    or the kept one) as dockerd checks it; -1 lifts it."""
+    swap = command.memory_swap
+    if swap is None:
+        return
+    if swap < -1:
+        raise InvalidArgument("invalid --memory-swap: use a size at least --memory, or -1 for unlimited swap")
+    limit = command.memory if command.memory is not None else memory
+    if swap != -1:
+        if not limit:
+            raise InvalidArgument("You should always set the Memory limit when using Memoryswap limit, see usage")
+        if swap < limit:
+            raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, see usage")
+    changes["memory_swap"] = swap
+    resources.setdefault("memory", {})["swap"] = swap
+
+
 async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
     """Apply new limits to the running container's cgroup (through the runtime) and keep
     them, with the restart policy, in its config: the next start uses them too. The
@@ -92,17 +111,19 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
                   action="update")
     changes, resources = _resources(command)
     swap = actor.config.memory_swap
-    if command.memory is not None and swap is not None and 0 < swap < command.memory:
+    if (command.memory is not None and command.memory_swap is None and swap is not None
+            and 0 < swap < command.memory):
         raise InvalidArgument(f"Cannot update container {actor.id}: Memory limit should be smaller than "
                               "already set memoryswap limit, update the memoryswap at the same time")
+    _memory_swap(actor.config.memory, command, changes, resources)
     if command.restart_policy is not None:
         policy = RestartPolicy.parse(command.restart_policy)
         if actor.config.auto_remove and policy.name != "no":
             raise InvalidArgument("a restart policy cannot be set on a --rm container (docker refuses it too)")
         changes["restart_policy"] = str(policy)
     if not changes:
-        raise InvalidArgument("nothing to update: give --memory, --cpus, --cpu-shares, --cpuset-cpus, "
-                              "--cpuset-mems, --pids-limit or --restart")
+        raise InvalidArgument("nothing to update: give --memory, --memory-swap, --cpus, --cpu-shares, "
+                              "--cpuset-cpus, --cpuset-mems, --pids-limit or --restart")
     if resources and actor.status.state in (S.RUNNING, S.PAUSED):
         await actor._bounded("update", actor._runtime().update(actor.id, resources))
     updated = attrs.evolve(actor.config, **changes)
