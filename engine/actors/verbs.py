@@ -18,7 +18,7 @@ from engine.actors import copy_view
 from engine.actors.health import HealthMonitor, HealthState, ProbeResult, apply_result
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ContainerState, require_state
-from engine.errors import InvalidArgument
+from engine.errors import InvalidArgument, Timeout
 
 if TYPE_CHECKING:
     from engine.actors.container import ContainerActor
@@ -27,6 +27,7 @@ S = ContainerState
 CFS_PERIOD = 100_000  # µs, as engine.oci.spec uses at create
 MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum
 MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262144  # the kernel's bounds for cpu.shares
+COPY_WAIT_TIMEOUT = 60.0  # seconds a start waits for the copies of the stopped container
 
 
 # --- update --------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
 async def open_rootfs(actor: ContainerActor, *, with_mounts: bool) -> int:
     """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
     container's stays mounted until its last user posts ``ReleaseRootfs``; a start
-    meanwhile finds it mounted already (mounting is idempotent). ``with_mounts`` for a
+    waits for that (``wait_for_copies``). ``with_mounts`` for a
     stopped container with volumes or binds: the root in a private mount namespace with
     them in place (engine.actors.copy_view), shared by the copies until the last ends."""
     require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
@@ -207,6 +208,22 @@ def _open_root(path: Path, pid: int) -> int:
         except OSError:
             pass
     return os.open(path, flags | os.O_NOFOLLOW)
+
+
+async def wait_for_copies(actor: ContainerActor, action: str) -> None:
+    """Until the copies (cp, export) holding the root filesystem end: docker holds a
+    container's lock for a whole copy, so a start never runs under one (a copy into the
+    container is complete when its process starts; a copy out of it sees the files as they
+    were). The actor handles its notices meanwhile (the copies' ``ReleaseRootfs`` among
+    them); commands keep their turn. Bounded: a copy held open longer fails the start."""
+    deadline = trio.current_time() + COPY_WAIT_TIMEOUT
+    while actor.rootfs_users:
+        with trio.move_on_at(deadline) as waited:
+            notice = await actor._mailbox.get_notice()
+        if waited.cancelled_caught:
+            raise Timeout(f"cannot {action} container {actor.name}: a copy of its files (cp or export) has "
+                          f"held it for over {COPY_WAIT_TIMEOUT:g}s; {action} it again when the copy ends")
+        await actor._handle_notice(notice)
 
 
 async def release_rootfs(actor: ContainerActor) -> None:

@@ -260,3 +260,58 @@ def test_update_memory_swap(make_engine: EngineFactory, busybox_archive: Path) -
         bare.remove(force=True)
     finally:
         client.close()
+
+
+def test_start_waits_for_a_copy_out_of_the_stopped_container(make_engine: EngineFactory,
+                                                              busybox_archive: Path) -> None:
+    """docker holds a container's lock for a whole cp: a start of a stopped container while
+    a copy out of it is being read waits until the copy ends (here: until the slow reader
+    has read it all), and the copy is whole."""
+    import io
+    import tarfile
+    import threading
+
+    engine = make_engine(load_busybox=busybox_archive)
+    client, starter = engine.docker_py(), engine.docker_py()
+    size = 48 * 1024 * 1024  # far more than the socket buffers: the reader holds the copy
+    try:
+        ctr = client.containers.run("busybox", ["sh", "-c", f"head -c {size} /dev/zero > /big"], detach=True,
+                                    name="copied")
+        assert ctr.wait(timeout=60)["StatusCode"] == 0
+        ctr.reload()
+        assert ctr.status == "exited"
+        first_run = ctr.attrs["State"]["StartedAt"]
+
+        chunks, stat = ctr.get_archive("/big", chunk_size=64 * 1024)
+        assert stat["size"] == size
+        data = bytearray(next(chunks))  # the copy has begun; the reader stalls
+        started: list[float] = []
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                starter.containers.get("copied").start()
+                started.append(time.monotonic())
+            except BaseException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        thread.join(2.0)
+        assert not started and not failed, "the start did not wait for the copy"
+        assert engine.daemon.call("container.inspect", id="copied")["State"]["Status"] == "exited"
+        for chunk in chunks:
+            data += chunk
+        copied = time.monotonic()
+        thread.join(30)
+        assert not failed, failed
+        assert started and started[0] >= copied - 0.5
+        with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+            member = tar.getmember("big")
+            assert member.size == size
+        ctr.reload()
+        assert ctr.attrs["State"]["StartedAt"] > first_run  # it started again, after the copy
+        ctr.remove(force=True)
+    finally:
+        client.close()
+        starter.close()
