@@ -1,9 +1,10 @@
 """testcontainers-python (PyPI ``testcontainers``, the throwaway-container library CI suites
 use) against engine's Docker API, unchanged: a busybox httpd started with an exposed port and
 a log-line wait, reached over HTTP from the test at testcontainers' own host and mapped port;
-exec, env vars and a bind mount through its API; stop removes the container; a testcontainers
-Network whose two containers reach each other by alias. Ryuk (its reaper, a Docker Hub image)
-is disabled: there is no Docker Hub here, and every container is removed by the test."""
+exec, env vars, bind mounts and copies in and out through its API; stop removes the
+container; a testcontainers Network whose two containers reach each other by alias. Ryuk
+(its reaper, a Docker Hub image) is disabled: there is no Docker Hub here, and every
+container is removed by the test."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def test_container_port_logs_exec_env_volume_stop(engine: Engine, tmp_path: Path
                  .with_env("GREETING", "hello tc")
                  .with_volume_mapping(str(shared), "/shared", "rw")
                  .with_volume_mapping(str(readonly), "/ro")  # testcontainers' default mode: ro
+                 .with_copy_into_container(b"copied before the start\n", "/www/copied.html", 0o640)
                  .waiting_for(LogMessageWaitStrategy("httpd up").with_startup_timeout(30)))
     container.start()
     try:
@@ -85,6 +87,12 @@ def test_container_port_logs_exec_env_volume_stop(engine: Engine, tmp_path: Path
         if mode is ConnectionMode.gateway_ip:
             assert host == engine.daemon.net.gateway
         assert _get(f"http://{host}:{port}/") == b"hello-from-tc\n"
+        assert _get(f"http://{host}:{port}/copied.html") == b"copied before the start\n"
+        container.copy_into_container(b"copied while it runs\n", "/www/later.html")
+        assert _get(f"http://{host}:{port}/later.html") == b"copied while it runs\n"
+        container.copy_from_container("/www/index.html", tmp_path / "index.html")
+        assert (tmp_path / "index.html").read_bytes() == b"hello-from-tc\n"
+        assert container.exec(["stat", "-c", "%a", "/www/copied.html"]).output == b"640\n"
 
         result = container.exec(["sh", "-c", "echo $GREETING; cat /shared/from-host.txt; exit 3"])
         assert (result.exit_code, result.output) == (3, b"hello tc\nhost data\n")
