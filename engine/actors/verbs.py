@@ -18,7 +18,7 @@ from engine.actors import copy_view
 from engine.actors.health import HealthMonitor, HealthState, ProbeResult, apply_result
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ContainerState, require_state
-from engine.errors import InvalidArgument, Timeout
+from engine.errors import Conflict, InvalidArgument, Timeout
 
 if TYPE_CHECKING:
     from engine.actors.container import ContainerActor
@@ -114,8 +114,8 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
     swap = actor.config.memory_swap
     if (command.memory is not None and command.memory_swap is None and swap is not None
             and 0 < swap < command.memory):
-        raise InvalidArgument(f"Cannot update container {actor.id}: Memory limit should be smaller than "
-                              "already set memoryswap limit, update the memoryswap at the same time")
+        raise Conflict(f"Cannot update container {actor.id}: Memory limit should be smaller than "  # dockerd's 409
+                       "already set memoryswap limit, update the memoryswap at the same time")
     _memory_swap(actor.config.memory, command, changes, resources)
     if command.restart_policy is not None:
         policy = RestartPolicy.parse(command.restart_policy)
