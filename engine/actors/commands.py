@@ -106,6 +106,7 @@ class Update:
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None  # "0-1,3"
     cpuset_mems: str | None = None
+    memory_swap: int | None = None  # memory + swap (docker's MemorySwap); -1 unlimited
 
 
 @attrs.frozen

@@ -381,6 +381,9 @@ class ContainerActor:
 
     async def _start(self, attach: bool = False) -> dict[str, Any]:
         require_state(self.name, self.status.state, S.CREATED, S.EXITED, action="start")
+        if self.rootfs_users:  # a cp of the stopped container: docker's start waits for it
+            await verbs.wait_for_copies(self, "start")
+            require_state(self.name, self.status.state, S.CREATED, S.EXITED, action="start")
         self._cancel_restart_timer()
         self.status.stopped_by_user = False
         session = await self._start_process(attach=attach)
@@ -659,6 +662,8 @@ class ContainerActor:
             await self._stop(grace, None)
             if self.removed:
                 return {"id": self.id}
+        if self.rootfs_users:
+            await verbs.wait_for_copies(self, "restart")
         self._cancel_restart_timer()
         self.status.stopped_by_user = False
         await self._start_process()

@@ -4,10 +4,9 @@ helper process holds (engine.actors.copy_mounts_helper) for as long as copies us
 
 The daemon's own namespace never gets a mount: when the helper ends (``close``, or the
 daemon dies and its stdin closes) the kernel drops its namespace and every mount in it.
-A start of the container meanwhile needs nothing from the view: the runtime mounts the
-same root filesystem and volume directories in the container's own namespace, so both
-see the same files. Tmpfs mounts are left out: a stopped container's have no content
-(docker skips them too)."""
+A start of the container waits for the copies to end, as docker's does (its container
+lock is held for a whole cp): verbs.wait_for_copies. Tmpfs mounts are left out: a stopped
+container's have no content (docker skips them too)."""
 
 from __future__ import annotations
 

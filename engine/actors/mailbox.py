@@ -73,6 +73,17 @@ class Mailbox:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
+    async def get_notice(self) -> Notice:
+        """The next notice only, for a command that waits on news of the actor's own tasks
+        (a start waiting for a copy's end); the commands keep their turn in the queue."""
+        while True:
+            if self._notices:
+                return self._notices.popleft()
+            if self._closed is not None:
+                raise MailboxClosed
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
     def close(self, error: EngineError) -> list[Envelope]:
         """Refuse every later command with ``error``; the queued ones, to be failed."""
         self._closed = error

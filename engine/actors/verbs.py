@@ -18,7 +18,7 @@ from engine.actors import copy_view
 from engine.actors.health import HealthMonitor, HealthState, ProbeResult, apply_result
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ContainerState, require_state
-from engine.errors import InvalidArgument
+from engine.errors import Conflict, InvalidArgument, Timeout
 
 if TYPE_CHECKING:
     from engine.actors.container import ContainerActor
@@ -27,6 +27,7 @@ S = ContainerState
 CFS_PERIOD = 100_000  # µs, as engine.oci.spec uses at create
 MIN_MEMORY = 6 * 1024 * 1024  # docker's minimum
 MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262144  # the kernel's bounds for cpu.shares
+COPY_WAIT_TIMEOUT = 60.0  # seconds a start waits for the copies of the stopped container
 
 
 # --- update --------------------------------------------------------------------------------
@@ -84,6 +85,25 @@ def check_cpuset(value: str, flag: str) -> str:
     return value
 
 
+def _memory_swap(memory: int | None, command: c.Update, changes: dict[str, Any],
+                 resources: dict[str, Any]) -> None:
+    """A new memory + swap limit, checked against the memory limit it goes with (the new one
+    or the kept one) as dockerd checks it; -1 lifts it."""
+    swap = command.memory_swap
+    if swap is None:
+        return
+    if swap < -1:
+        raise InvalidArgument("invalid --memory-swap: use a size at least --memory, or -1 for unlimited swap")
+    limit = command.memory if command.memory is not None else memory
+    if swap != -1:
+        if not limit:
+            raise InvalidArgument("You should always set the Memory limit when using Memoryswap limit, see usage")
+        if swap < limit:
+            raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, see usage")
+    changes["memory_swap"] = swap
+    resources.setdefault("memory", {})["swap"] = swap
+
+
 async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
     """Apply new limits to the running container's cgroup (through the runtime) and keep
     them, with the restart policy, in its config: the next start uses them too. The
@@ -92,17 +112,19 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
                   action="update")
     changes, resources = _resources(command)
     swap = actor.config.memory_swap
-    if command.memory is not None and swap is not None and 0 < swap < command.memory:
-        raise InvalidArgument(f"Cannot update container {actor.id}: Memory limit should be smaller than "
-                              "already set memoryswap limit, update the memoryswap at the same time")
+    if (command.memory is not None and command.memory_swap is None and swap is not None
+            and 0 < swap < command.memory):
+        raise Conflict(f"Cannot update container {actor.id}: Memory limit should be smaller than "  # dockerd's 409
+                       "already set memoryswap limit, update the memoryswap at the same time")
+    _memory_swap(actor.config.memory, command, changes, resources)
     if command.restart_policy is not None:
         policy = RestartPolicy.parse(command.restart_policy)
         if actor.config.auto_remove and policy.name != "no":
             raise InvalidArgument("a restart policy cannot be set on a --rm container (docker refuses it too)")
         changes["restart_policy"] = str(policy)
     if not changes:
-        raise InvalidArgument("nothing to update: give --memory, --cpus, --cpu-shares, --cpuset-cpus, "
-                              "--cpuset-mems, --pids-limit or --restart")
+        raise InvalidArgument("nothing to update: give --memory, --memory-swap, --cpus, --cpu-shares, "
+                              "--cpuset-cpus, --cpuset-mems, --pids-limit or --restart")
     if resources and actor.status.state in (S.RUNNING, S.PAUSED):
         await actor._bounded("update", actor._runtime().update(actor.id, resources))
     updated = attrs.evolve(actor.config, **changes)
@@ -118,7 +140,7 @@ async def update(actor: ContainerActor, command: c.Update) -> dict[str, Any]:
 async def open_rootfs(actor: ContainerActor, *, with_mounts: bool) -> int:
     """An ``O_PATH`` fd of the container's root (see ``commands.OpenRootfs``). A stopped
     container's stays mounted until its last user posts ``ReleaseRootfs``; a start
-    meanwhile finds it mounted already (mounting is idempotent). ``with_mounts`` for a
+    waits for that (``wait_for_copies``). ``with_mounts`` for a
     stopped container with volumes or binds: the root in a private mount namespace with
     them in place (engine.actors.copy_view), shared by the copies until the last ends."""
     require_state(actor.name, actor.status.state, S.CREATED, S.RUNNING, S.PAUSED, S.RESTARTING, S.EXITED,
@@ -186,6 +208,22 @@ def _open_root(path: Path, pid: int) -> int:
         except OSError:
             pass
     return os.open(path, flags | os.O_NOFOLLOW)
+
+
+async def wait_for_copies(actor: ContainerActor, action: str) -> None:
+    """Until the copies (cp, export) holding the root filesystem end: docker holds a
+    container's lock for a whole copy, so a start never runs under one (a copy into the
+    container is complete when its process starts; a copy out of it sees the files as they
+    were). The actor handles its notices meanwhile (the copies' ``ReleaseRootfs`` among
+    them); commands keep their turn. Bounded: a copy held open longer fails the start."""
+    deadline = trio.current_time() + COPY_WAIT_TIMEOUT
+    while actor.rootfs_users:
+        with trio.move_on_at(deadline) as waited:
+            notice = await actor._mailbox.get_notice()
+        if waited.cancelled_caught:
+            raise Timeout(f"cannot {action} container {actor.name}: a copy of its files (cp or export) has "
+                          f"held it for over {COPY_WAIT_TIMEOUT:g}s; {action} it again when the copy ends")
+        await actor._handle_notice(notice)
 
 
 async def release_rootfs(actor: ContainerActor) -> None:

@@ -24,6 +24,7 @@ from engine.supervisor import copy as cp
 from engine.supervisor import stats as st
 from engine.supervisor.app import App
 from engine.supervisor.container_service import ContainerService
+from engine.supervisor.host_options import require_swap_accounting
 
 MIN_STATS_INTERVAL = 0.1
 DIFF_KINDS = {"C": 0, "A": 1, "D": 2}  # docker's Kind numbers
@@ -84,11 +85,13 @@ class ContainerVerbs:
     async def update(self, ref: str, *, memory: int | None = None, cpus: float | None = None,
                      pids_limit: int | None = None, restart: str | None = None,
                      cpu_shares: int | None = None, cpuset_cpus: str | None = None,
-                     cpuset_mems: str | None = None) -> dict[str, Any]:
+                     cpuset_mems: str | None = None, memory_swap: int | None = None) -> dict[str, Any]:
         """New limits (applied to a running container's cgroup at once) and restart policy;
         kept for later starts."""
+        if memory_swap is not None:
+            require_swap_accounting()
         return await self.get(ref).call(c.Update(  # type: ignore[no-any-return]
-            memory, cpus, pids_limit, restart, cpu_shares, cpuset_cpus, cpuset_mems))
+            memory, cpus, pids_limit, restart, cpu_shares, cpuset_cpus, cpuset_mems, memory_swap))
 
     async def top(self, ref: str, ps_args: list[str]) -> dict[str, Any]:
         return await st.top(stats_target(self.get(ref)).pid, list(ps_args))

@@ -376,7 +376,7 @@ def _extract_one(root_fd: int, target: str, member: tarfile.TarInfo, tar: tarfil
     if name == ".":
         return
     try:
-        parent_fd = open_in_root(root_fd, parent, DIR_FLAGS & ~os.O_NOFOLLOW)
+        parent_fd = _open_parent(root_fd, parent)
     except OSError as e:
         raise _not_found(parent, e) from None
     try:
@@ -400,6 +400,29 @@ def _extract_one(root_fd: int, target: str, member: tarfile.TarInfo, tar: tarfil
             os.utime(name, (member.mtime, member.mtime), dir_fd=parent_fd, follow_symlinks=False)
     finally:
         os.close(parent_fd)
+
+
+def _open_parent(root_fd: int, parent: str) -> int:
+    """The member's parent directory, made when missing as docker's Unpack makes it (0755,
+    root's): an archive may name ``/dir/file`` without a ``/dir`` entry (testcontainers'
+    copies into a container do). Each level resolves inside the root."""
+    try:
+        return open_in_root(root_fd, parent, DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if parent == "/":
+            raise
+    above, name = _split(parent)
+    above_fd = _open_parent(root_fd, above)
+    try:
+        try:
+            os.mkdir(name, 0o755, dir_fd=above_fd)
+        except FileExistsError:
+            pass  # a dangling symlink, or made meanwhile: the open below says which
+        else:
+            _chmod_nofollow(above_fd, name, 0o755)  # whatever the daemon's umask
+    finally:
+        os.close(above_fd)
+    return open_in_root(root_fd, parent, DIR_FLAGS & ~os.O_NOFOLLOW)
 
 
 def _chmod_nofollow(parent_fd: int, name: str, mode: int) -> None:

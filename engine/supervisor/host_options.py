@@ -216,10 +216,14 @@ def check_memory_swap(memory: int | None, swap: int) -> int:
         raise InvalidArgument("You should always set the Memory limit when using Memoryswap limit, see usage")
     if swap != -1 and swap < memory:
         raise InvalidArgument("Minimum memoryswap limit should be larger than memory limit, see usage")
+    require_swap_accounting()
+    return swap
+
+
+def require_swap_accounting() -> None:
     if not swap_accounting():
         raise InvalidArgument("--memory-swap needs the kernel's swap accounting (memory.memsw.* of cgroup v1), "
                               "which this host lacks; boot with swapaccount=1 or leave --memory-swap out")
-    return swap
 
 
 @functools.cache

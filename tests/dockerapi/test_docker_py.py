@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from engine.testing.daemon import require
+
 from .conftest import Engine, EngineFactory
 
 docker = pytest.importorskip("docker", reason="docker-py is in the test extras (pip install -e .[test])")
@@ -199,3 +201,117 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         assert list(records.iterdir()) == []
     finally:
         client.close()
+
+
+def test_update_memory_swap(make_engine: EngineFactory, busybox_archive: Path) -> None:
+    """``container.update(mem_limit=, memswap_limit=)``: MemorySwap is kept (inspect), written
+    to the running container's cgroup and kept for its next start; dockerd's 400s for a swap
+    limit below the memory limit, and for a memory limit above the kept swap limit alone."""
+    from engine.supervisor.host_options import swap_accounting
+    from engine.supervisor.stats import cgroup_paths
+
+    require(swap_accounting(), "the kernel's swap accounting (memory.memsw.* of cgroup v1)")
+    mib = 1024 * 1024
+    engine = make_engine(load_busybox=busybox_archive)
+    client = engine.docker_py()
+
+    def limits() -> tuple[int, int, int, int]:
+        ctr.reload()
+        memsw = cgroup_paths(ctr.attrs["State"]["Pid"])["memory"] / "memory.memsw.limit_in_bytes"
+        limit = int(memsw.read_text())
+        host = ctr.attrs["HostConfig"]
+        return host["Memory"], host["MemorySwap"], limit, int(memsw.with_name("memory.limit_in_bytes").read_text())
+
+    try:
+        ctr = client.containers.run("busybox", ["sleep", "300"], detach=True, name="swap", mem_limit="32m")
+        assert limits() == (32 * mib, 64 * mib, 64 * mib, 32 * mib)  # dockerd's default: twice the memory
+        ctr.update(mem_limit="48m", memswap_limit="200m")
+        assert limits() == (48 * mib, 200 * mib, 200 * mib, 48 * mib)
+        ctr.update(memswap_limit="100m")  # the swap limit alone, over the kept memory limit
+        assert limits() == (48 * mib, 100 * mib, 100 * mib, 48 * mib)
+
+        with pytest.raises(docker.errors.APIError) as below:
+            ctr.update(mem_limit="64m", memswap_limit="40m")
+        assert below.value.status_code == 400
+        assert "Minimum memoryswap limit should be larger than memory limit" in str(below.value)
+        with pytest.raises(docker.errors.APIError) as alone:
+            ctr.update(memswap_limit="40m")  # below the kept 48m
+        assert alone.value.status_code == 400
+        assert "Minimum memoryswap limit should be larger than memory limit" in str(alone.value)
+        with pytest.raises(docker.errors.APIError) as over:
+            ctr.update(mem_limit="128m")  # above the kept 100m swap limit, without a new one
+        assert over.value.status_code == 409  # dockerd's
+        assert "update the memoryswap at the same time" in str(over.value)
+        assert limits() == (48 * mib, 100 * mib, 100 * mib, 48 * mib)  # the refusals changed nothing
+
+        ctr.update(mem_limit="128m", memswap_limit=-1)
+        memory, swap, limit, _ = limits()
+        assert (memory, swap) == (128 * mib, -1) and limit > 2**60  # unlimited
+        ctr.update(memswap_limit="300m")
+        ctr.restart(timeout=0)  # the next start takes the kept limits
+        assert limits() == (128 * mib, 300 * mib, 300 * mib, 128 * mib)
+        ctr.remove(force=True)
+
+        bare = client.containers.run("busybox", ["sleep", "300"], detach=True, name="bare")
+        with pytest.raises(docker.errors.APIError) as no_memory:
+            bare.update(memswap_limit="100m")
+        assert no_memory.value.status_code == 400
+        assert "You should always set the Memory limit when using Memoryswap limit" in str(no_memory.value)
+        bare.remove(force=True)
+    finally:
+        client.close()
+
+
+def test_start_waits_for_a_copy_out_of_the_stopped_container(make_engine: EngineFactory,
+                                                              busybox_archive: Path) -> None:
+    """docker holds a container's lock for a whole cp: a start of a stopped container while
+    a copy out of it is being read waits until the copy ends (here: until the slow reader
+    has read it all), and the copy is whole."""
+    import io
+    import tarfile
+    import threading
+
+    engine = make_engine(load_busybox=busybox_archive)
+    client, starter = engine.docker_py(), engine.docker_py()
+    size = 48 * 1024 * 1024  # far more than the socket buffers: the reader holds the copy
+    try:
+        ctr = client.containers.run("busybox", ["sh", "-c", f"head -c {size} /dev/zero > /big"], detach=True,
+                                    name="copied")
+        assert ctr.wait(timeout=60)["StatusCode"] == 0
+        ctr.reload()
+        assert ctr.status == "exited"
+        first_run = ctr.attrs["State"]["StartedAt"]
+
+        chunks, stat = ctr.get_archive("/big", chunk_size=64 * 1024)
+        assert stat["size"] == size
+        data = bytearray(next(chunks))  # the copy has begun; the reader stalls
+        started: list[float] = []
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                starter.containers.get("copied").start()
+                started.append(time.monotonic())
+            except BaseException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        thread.join(2.0)
+        assert not started and not failed, "the start did not wait for the copy"
+        assert engine.daemon.call("container.inspect", id="copied")["State"]["Status"] == "exited"
+        for chunk in chunks:
+            data += chunk
+        copied = time.monotonic()
+        thread.join(30)
+        assert not failed, failed
+        assert started and started[0] >= copied - 0.5
+        with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+            member = tar.getmember("big")
+            assert member.size == size
+        ctr.reload()
+        assert ctr.attrs["State"]["StartedAt"] > first_run  # it started again, after the copy
+        ctr.remove(force=True)
+    finally:
+        client.close()
+        starter.close()

@@ -324,6 +324,34 @@ def test_memory_without_memory_swap_gets_dockerds_swap_limit(pair: Pair) -> None
         pair.both("rm", "-f", "vs-mem")
 
 
+def test_update_memory_swap_as_dockerd(pair: Pair) -> None:
+    """``docker update --memory-swap``: the kept limits (inspect) after a new pair and a swap
+    limit alone are dockerd's; a swap limit below the memory limit is refused in its words."""
+    mib = 1024 * 1024
+    pair.setup("run", "-d", "--name", "vs-swap", "-m", "32m", "busybox", "sleep", "600")
+    try:
+        def limits() -> list[tuple[int, int]]:
+            views = [json.loads(r.stdout)[0]["HostConfig"] for r in pair.both("inspect", "vs-swap")]
+            return [(v["Memory"], v["MemorySwap"]) for v in views]
+
+        pair.setup("update", "-m", "48m", "--memory-swap", "200m", "vs-swap")
+        assert limits() == [(48 * mib, 200 * mib)] * 2
+        pair.setup("update", "--memory-swap", "100m", "vs-swap")
+        assert limits() == [(48 * mib, 100 * mib)] * 2
+        ours, theirs = pair.both("update", "-m", "64m", "--memory-swap", "40m", "vs-swap")
+        assert ours.returncode == theirs.returncode == 1
+        assert normalise(ours.stderr, pair) == normalise(theirs.stderr, pair)
+        ours, theirs = pair.both("update", "-m", "128m", "vs-swap")  # above the kept swap limit
+        assert ours.returncode == theirs.returncode == 1
+        assert normalise(ours.stderr, pair) == normalise(theirs.stderr, pair)
+        # (-m over the kept swap limit with --memory-swap -1: dockerd's runc writes the memory
+        # limit first and the kernel refuses it; engine's takes it)
+        pair.setup("update", "-m", "64m", "--memory-swap", "-1", "vs-swap")
+        assert limits() == [(64 * mib, -1)] * 2
+    finally:
+        pair.both("rm", "-f", "vs-swap")
+
+
 def _put_archive_status(host: str, container: str, path: str, data: bytes) -> tuple[int, str]:
     """PUT /containers/{id}/archive straight to a daemon's socket: (status, message)."""
     import http.client

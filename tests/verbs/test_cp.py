@@ -348,7 +348,8 @@ def test_a_failed_copy_of_a_stopped_container_leaves_no_mount(engine: Daemon, tm
 
 def test_start_during_a_long_copy_of_a_stopped_container(engine: Daemon, tmp_path: Path) -> None:
     """A start while a copy out of the stopped container's volume streams (the client
-    reads slowly): the start works, the copy finishes whole, and the run sees the volume."""
+    reads slowly): the start waits for the copy's end (docker holds the container's lock for
+    a whole cp), the copy finishes whole, and the run sees the volume."""
     name = f"cps-{secrets.token_hex(4)}"
     cid = run_detached(engine, "[ -e /vol/big ] && wc -c < /vol/big > /vol/seen; "
                        "[ -e /vol/big ] || dd if=/dev/zero of=/vol/big bs=1M count=32 2>/dev/null",
@@ -361,10 +362,18 @@ def test_start_during_a_long_copy_of_a_stopped_container(engine: Daemon, tmp_pat
             assert copy.stdout is not None
             first = copy.stdout.read(64 * 1024)  # the rest waits on this pipe: the copy is open
             assert copy_helpers(engine) and copy.poll() is None
-            engctl(engine, "start", cid)
+            start = subprocess.Popen([*ENGCTL, "start", cid], stdout=subprocess.DEVNULL, env=env)
+            try:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    start.wait(timeout=2)  # it waits for the copy
+                assert engine.call("container.inspect", id=cid)["State"]["Status"] == "exited"
+                rest = copy.stdout.read()
+                assert copy.wait(timeout=60) == 0
+                assert start.wait(timeout=60) == 0
+            finally:
+                start.kill()
+                start.wait()
             assert engctl(engine, "wait", cid).stdout.strip() == b"0"
-            rest = copy.stdout.read()
-            assert copy.wait(timeout=60) == 0
         finally:
             copy.kill()
             copy.wait()

@@ -36,8 +36,9 @@ GO_MODE_SETGID = 1 << 22
 GO_MODE_CHAR_DEVICE = 1 << 21
 GO_MODE_STICKY = 1 << 20
 
-UPDATE_HANDLED = {"Memory", "NanoCpus", "PidsLimit", "RestartPolicy", "CpuShares", "CpusetCpus", "CpusetMems"}
-UPDATE_IGNORED = {"MemorySwap"}  # docker CLI sends what --memory implies; the engine sets no swap limit
+UPDATE_HANDLED = {"Memory", "NanoCpus", "PidsLimit", "RestartPolicy", "CpuShares", "CpusetCpus", "CpusetMems",
+                  "MemorySwap"}
+UPDATE_IGNORED: set[str] = set()
 
 
 def register(router: Router) -> None:
@@ -249,6 +250,7 @@ async def update(api: DockerAPI, req: Request) -> Response:
         cpu_shares=int(doc.get("CpuShares") or 0) or None,
         cpuset_cpus=str(doc.get("CpusetCpus") or "") or None,
         cpuset_mems=str(doc.get("CpusetMems") or "") or None,
+        memory_swap=int(doc.get("MemorySwap") or 0) or None,  # 0: unchanged, as dockerd reads it
     )
     return json_response({"Warnings": result.get("Warnings") or []})
 
