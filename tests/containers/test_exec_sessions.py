@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from engine.testing.daemon import Daemon, processes_mentioning
+from engine.testing.procs import alive
 
 from .conftest import start_engine
 
@@ -69,14 +70,6 @@ class ExecClient(threading.Thread):
             self.ended = e
         finally:
             self.client.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def run_survivor(d: Daemon, cid: str, marker: str, code: int, *, tty: bool) -> tuple[ExecClient, int]:
