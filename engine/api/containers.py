@@ -221,7 +221,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "User": c.user,
             "Env": c.env,
             "Cmd": c.cmd,
-            "Entrypoint": c.entrypoint,
+            "Entrypoint": c.entrypoint or None,  # none given or reset: dockerd's null
             "WorkingDir": c.workdir,
             "Image": c.image,
             "Labels": c.labels,

@@ -467,3 +467,18 @@ def test_network_connect_of_a_none_mode_container(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-none")
         pair.both("network", "rm", "vs-connect-net")
+
+
+def test_run_with_an_empty_entrypoint(pair: Pair) -> None:
+    """`--entrypoint ""` (the CLI sends [""]) drops the entrypoint: the command runs alone,
+    and inspect shows dockerd's null entrypoint, Path and Args."""
+    ours, theirs = pair.both("run", "--rm", "--entrypoint", "", "busybox", "echo", "x")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert ours.stdout == "x\n"
+    pair.setup("create", "--name", "vs-entry", "--entrypoint", "", "busybox", "echo", "x")
+    try:
+        template = "{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Path}} {{json .Args}}"
+        ours, theirs = pair.both("inspect", "-f", template, "vs-entry")
+        assert ours.stdout == theirs.stdout == 'null ["echo","x"] echo ["x"]\n', (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-entry")

@@ -271,7 +271,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         image=image,
         name=name,
         cmd=str_list(doc.get("Cmd"), "Config.Cmd"),
-        entrypoint=str_list(doc.get("Entrypoint"), "Config.Entrypoint"),
+        entrypoint=_entrypoint(doc.get("Entrypoint")),
         env=str_list(doc.get("Env"), "Config.Env") or [],
         workdir=str(doc.get("WorkingDir") or ""),
         user=str(doc.get("User") or ""),
@@ -311,6 +311,13 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         **_healthcheck(doc.get("Healthcheck")),
         **_host_options(host),
     )
+
+
+def _entrypoint(value: Any) -> list[str] | None:
+    """The docker CLI's ``--entrypoint ""`` sends ``[""]``: no entrypoint at all (the image's
+    dropped, the command runs alone), as dockerd reads it; not a program named ""."""
+    entrypoint = str_list(value, "Config.Entrypoint")
+    return [] if entrypoint == [""] else entrypoint
 
 
 def _int_field(host: dict[str, Any], key: str) -> int | None:
