@@ -482,3 +482,13 @@ def test_run_with_an_empty_entrypoint(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == 'null ["echo","x"] echo ["x"]\n', (ours.stdout, theirs.stdout)
     finally:
         pair.both("rm", "-f", "vs-entry")
+
+
+def test_ps_command_quotes_arguments_with_spaces(pair: Pair) -> None:
+    """`docker ps`'s COMMAND: an argument with a space in single quotes, as dockerd's list."""
+    pair.setup("create", "--name", "vs-cmd", "busybox", "sh", "-c", "echo out; exit 3")
+    try:
+        ours, theirs = pair.both("ps", "-a", "--no-trunc", "--filter", "name=vs-cmd", "--format", "{{.Command}}")
+        assert ours.stdout == theirs.stdout == "\"sh -c 'echo out; exit 3'\"\n", (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-cmd")
