@@ -492,3 +492,19 @@ def test_ps_command_quotes_arguments_with_spaces(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == "\"sh -c 'echo out; exit 3'\"\n", (ours.stdout, theirs.stdout)
     finally:
         pair.both("rm", "-f", "vs-cmd")
+
+
+def test_images_of_a_repository_list_its_tags_only(pair: Pair) -> None:
+    """`docker images REPO` and `--filter reference=…` show the matching tags of an image,
+    not its other names (dockerd narrows RepoTags to the filter)."""
+    pair.setup("tag", "busybox", "vs-repo/bb:1")
+    pair.setup("tag", "busybox", "vs-repo/bb:2")
+    try:
+        for args in (["vs-repo/bb"], ["--filter", "reference=vs-repo/*"], ["vs-repo/bb:2"],
+                     ["--filter", "reference=docker.io/vs-repo/bb:1"], ["busybox"]):
+            ours, theirs = pair.both("images", *args, "--format", "{{.Repository}}:{{.Tag}}")
+            assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+            assert sorted(ours.stdout.split()) == sorted(theirs.stdout.split()), (args, ours.stdout, theirs.stdout)
+        assert sorted(ours.stdout.split()) == ["busybox:latest"]
+    finally:
+        pair.both("rmi", "vs-repo/bb:1", "vs-repo/bb:2")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fnmatch
 import json
 import math
 import shutil
@@ -94,7 +95,26 @@ async def list_images(api: DockerAPI, req: Request) -> Response:
     store = store_of(api)
     filters = parse_filters(req.param("filters"))
     match = list_filter(store, filters)
-    return json_response([image_summary(i, req) for i in store.list() if match(i)])
+    docs = [image_summary(i, req) for i in store.list() if match(i)]
+    if filters.get("reference"):
+        for doc in docs:
+            narrow_to_reference(doc, filters["reference"])
+        docs = [doc for doc in docs if doc["RepoTags"] or doc["RepoDigests"]]
+    return json_response(docs)
+
+
+def narrow_to_reference(doc: dict[str, Any], patterns: list[str]) -> None:
+    """dockerd lists, of a matching image, only the tags and digests the reference filter
+    matches: `docker images my/bb` shows my/bb's rows, not busybox:latest of the same id.
+    On familiar names only, as dockerd's FamiliarMatch (docker.io/library/* matches none)."""
+    def matches(name: str) -> bool:
+        repo = name.split("@", 1)[0]
+        if ":" in repo.rsplit("/", 1)[-1]:
+            repo = repo.rsplit(":", 1)[0]
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(repo, p) for p in patterns)
+
+    doc["RepoTags"] = [t for t in doc["RepoTags"] if matches(t)]
+    doc["RepoDigests"] = [d for d in doc["RepoDigests"] if matches(d)]
 
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
