@@ -69,6 +69,18 @@ def not_running(container_id: str) -> Conflict:
     return Conflict(f"Container {container_id} is not running")
 
 
+def already_paused(container_id: str) -> Conflict:
+    return Conflict(f"Container {container_id} is already paused")
+
+
+def not_paused(container_id: str) -> Conflict:
+    return Conflict(f"Container {container_id} is not paused")
+
+
+def rename_name_in_use(name: str, holder_id: str) -> AlreadyExists:
+    return AlreadyExists(f"Error when allocating new name: {name_in_use(name, holder_id)}")
+
+
 def kill_not_running(given: str, container_id: str) -> Conflict:
     return Conflict(f"Cannot kill container: {given}: Container {container_id} is not running")
 

@@ -508,3 +508,24 @@ def test_images_of_a_repository_list_its_tags_only(pair: Pair) -> None:
         assert sorted(ours.stdout.split()) == ["busybox:latest"]
     finally:
         pair.both("rmi", "vs-repo/bb:1", "vs-repo/bb:2")
+
+
+def test_pause_unpause_top_rename_refusals_say_what_dockerd_says(pair: Pair) -> None:
+    """The refusals a user meets with pause, unpause, top and rename: dockerd's words and
+    exit codes (ids normalised)."""
+    pair.setup("run", "-d", "--name", "vs-pause", "busybox", "sleep", "600")
+    try:
+        pair.setup("pause", "vs-pause")
+        cases = [["pause", "vs-pause"], ["unpause", "vs-running"], ["pause", "vs-exited"],
+                 ["unpause", "vs-exited"], ["top", "vs-exited"], ["rename", "vs-exited", "vs-exited"],
+                 ["rename", "vs-exited", "vs-running"], ["rename", "nosuch", "x"]]
+        for args in cases:
+            ours, theirs = pair.both(*args)
+            assert (ours.returncode, normalise(ours.stderr, pair), ours.stdout) == (
+                theirs.returncode, normalise(theirs.stderr, pair), theirs.stdout), args
+            assert ours.returncode == 1, args
+        ours, theirs = pair.both("top", "vs-pause")  # a paused container's processes are listed
+        assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+        assert [r[-1] for r in rows(ours.stdout)] == [r[-1] for r in rows(theirs.stdout)] == ["CMD", "sleep 600"]
+    finally:
+        pair.both("rm", "-f", "vs-pause")

@@ -8,6 +8,7 @@ and typed here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -782,12 +783,22 @@ async def kill(api: DockerAPI, req: Request) -> Response:
 
 
 async def pause(api: DockerAPI, req: Request) -> Response:
-    await service(api).pause(req.path_params["id"])
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if actor.status.state == ContainerState.PAUSED:
+        raise messages.already_paused(actor.id)
+    if actor.status.state != ContainerState.RUNNING:
+        raise messages.not_running(actor.id)
+    await svc.pause(req.path_params["id"])
     return no_content()
 
 
 async def unpause(api: DockerAPI, req: Request) -> Response:
-    await service(api).unpause(req.path_params["id"])
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if actor.status.state != ContainerState.PAUSED:
+        raise messages.not_paused(actor.id)
+    await svc.unpause(req.path_params["id"])
     return no_content()
 
 
@@ -795,7 +806,16 @@ async def rename(api: DockerAPI, req: Request) -> Response:
     name = req.param("name")
     if not name:
         raise InvalidArgument("name is required: the container's new name")
-    await service(api).rename(req.path_params["id"], name)
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if name.lstrip("/") == actor.name:
+        raise InvalidArgument("Renaming a container with the same name as its current name")
+    try:
+        await svc.rename(req.path_params["id"], name)
+    except AlreadyExists as e:
+        with contextlib.suppress(NotFound):
+            raise messages.rename_name_in_use(name.lstrip("/"), svc.get(name).id) from None
+        raise e
     return no_content()
 
 

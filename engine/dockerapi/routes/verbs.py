@@ -13,6 +13,8 @@ from typing import Any
 
 import trio
 
+from engine.actors.state import ContainerState
+from engine.dockerapi import messages
 from engine.dockerapi.routes.containers import _restart_policy
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response
 from engine.dockerapi.shapes import is_empty, refuse_unsupported, rfc3339, rfc3339_nano
@@ -58,6 +60,9 @@ def verbs(api: DockerAPI) -> ContainerVerbs:
 
 
 async def top(api: DockerAPI, req: Request) -> Response:
+    actor = verbs(api).get(req.path_params["id"])
+    if actor.status.state not in (ContainerState.RUNNING, ContainerState.PAUSED):
+        raise messages.not_running(actor.id)
     result = await verbs(api).top(req.path_params["id"], req.param("ps_args").split())
     return json_response({"Titles": result["Titles"], "Processes": result["Processes"]})
 
