@@ -529,3 +529,18 @@ def test_pause_unpause_top_rename_refusals_say_what_dockerd_says(pair: Pair) -> 
         assert [r[-1] for r in rows(ours.stdout)] == [r[-1] for r in rows(theirs.stdout)] == ["CMD", "sleep 600"]
     finally:
         pair.both("rm", "-f", "vs-pause")
+
+
+def test_run_with_a_missing_network_or_an_unset_variable(pair: Pair) -> None:
+    """`run --network nosuchnet` fails with dockerd's words and no pull attempt (a 404 from
+    create makes the CLI pull the image); `-e NAME` of a variable the client has not set
+    runs without it, as dockerd."""
+    ours, theirs = pair.both("run", "--rm", "--network", "vs-nosuchnet", "busybox", "true", timeout=60)
+    assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
+    assert ours.returncode == 125 and "network vs-nosuchnet not found" in ours.stderr, ours.stderr
+    env = {k: v for k, v in os.environ.items() if k != "VS_UNSET"}
+    results = [subprocess.run([DOCKER_CLIENTS[0], "run", "--rm", "-e", "VS_UNSET", "-e", "VS_SET=1", "busybox",
+                               "sh", "-c", "echo [${VS_UNSET-unset}] $VS_SET"], capture_output=True, text=True,
+                              timeout=120, env={**env, "DOCKER_HOST": side.host, "DOCKER_CONFIG": str(side.config_dir)})
+               for side in (pair.engine, pair.dockerd)]
+    assert [(r.returncode, r.stdout) for r in results] == [(0, "[unset] 1\n")] * 2, [r.stderr for r in results]

@@ -273,7 +273,9 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         name=name,
         cmd=str_list(doc.get("Cmd"), "Config.Cmd"),
         entrypoint=_entrypoint(doc.get("Entrypoint")),
-        env=str_list(doc.get("Env"), "Config.Env") or [],
+        # `-e NAME` of a variable the client has not set arrives as "NAME": dockerd runs
+        # the container without it (engine's own -e refuses the form)
+        env=[e for e in str_list(doc.get("Env"), "Config.Env") or [] if "=" in e],
         workdir=str(doc.get("WorkingDir") or ""),
         user=str(doc.get("User") or ""),
         hostname=str(doc.get("Hostname") or ""),
@@ -504,8 +506,22 @@ async def create(api: DockerAPI, req: Request) -> Response:
         if "missing_image" in e.details:
             # what the docker CLI and docker-py look for before they pull
             raise NotFound(f"No such image: {spec.image}", **e.details) from None
+        if spec.network and await network_missing(api, spec.network):
+            # not a 404: the CLI reads a 404 from create as a missing image and pulls it
+            raise InvalidArgument(f"network {spec.network} not found", **e.details) from None
         raise
     return json_response({"Id": actor.id, "Warnings": []}, 201)
+
+
+async def network_missing(api: DockerAPI, name: str) -> bool:
+    svc = api.app.services.network
+    if svc is None:
+        return False
+    try:
+        await svc.store.get(name)
+    except NotFound:
+        return True
+    return False
 
 
 # --- views --------------------------------------------------------------------------------------
