@@ -532,12 +532,17 @@ def test_pause_unpause_top_rename_refusals_say_what_dockerd_says(pair: Pair) -> 
 
 
 def test_run_with_a_missing_network_or_an_unset_variable(pair: Pair) -> None:
-    """`run --network nosuchnet` fails with dockerd's words and no pull attempt (a 404 from
-    create makes the CLI pull the image); `-e NAME` of a variable the client has not set
+    """`run --network nosuchnet` (or --volumes-from / --network container: a missing
+    container) fails with dockerd's words and no pull attempt (a 404 from create makes the
+    CLI pull the image); `-e NAME` of a variable the client has not set
     runs without it, as dockerd."""
     ours, theirs = pair.both("run", "--rm", "--network", "vs-nosuchnet", "busybox", "true", timeout=60)
     assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
     assert ours.returncode == 125 and "network vs-nosuchnet not found" in ours.stderr, ours.stderr
+    for args in (["--volumes-from", "vs-nosuch"], ["--network", "container:vs-nosuch"]):
+        ours, theirs = pair.both("run", "--rm", *args, "busybox", "true", timeout=60)
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), args
+        assert "No such container: vs-nosuch" in ours.stderr and "Unable to find image" not in ours.stderr
     env = {k: v for k, v in os.environ.items() if k != "VS_UNSET"}
     results = [subprocess.run([DOCKER_CLIENTS[0], "run", "--rm", "-e", "VS_UNSET", "-e", "VS_SET=1", "busybox",
                                "sh", "-c", "echo [${VS_UNSET-unset}] $VS_SET"], capture_output=True, text=True,

@@ -506,10 +506,12 @@ async def create(api: DockerAPI, req: Request) -> Response:
         if "missing_image" in e.details:
             # what the docker CLI and docker-py look for before they pull
             raise NotFound(f"No such image: {spec.image}", **e.details) from None
-        if spec.network and await network_missing(api, spec.network):
-            # not a 404: the CLI reads a 404 from create as a missing image and pulls it
+        # anything else missing (a network, a --volumes-from or container: network's
+        # container) is not a 404: the CLI reads a 404 from create as a missing image, and
+        # pulls it. dockerd's 400 (--volumes-from) or start's words (a network)
+        if spec.network and not spec.network.startswith("container:") and await network_missing(api, spec.network):
             raise InvalidArgument(f"network {spec.network} not found", **e.details) from None
-        raise
+        raise InvalidArgument(str(e), **e.details) from None
     return json_response({"Id": actor.id, "Warnings": []}, 201)
 
 
