@@ -549,3 +549,30 @@ def test_run_with_a_missing_network_or_an_unset_variable(pair: Pair) -> None:
                               timeout=120, env={**env, "DOCKER_HOST": side.host, "DOCKER_CONFIG": str(side.config_dir)})
                for side in (pair.engine, pair.dockerd)]
     assert [(r.returncode, r.stdout) for r in results] == [(0, "[unset] 1\n")] * 2, [r.stderr for r in results]
+
+
+def test_prune_filters_as_dockerd(pair: Pair) -> None:
+    """`container/image/network/system prune --filter until=24h` (a duration: the CLI sends
+    it as it is) and `label`/`label!` filters: taken, and pruning what dockerd prunes."""
+    pair.setup("create", "--name", "vs-prune-a", "--label", "vs-prune=1", "busybox", "true")
+    pair.setup("create", "--name", "vs-prune-b", "busybox", "true")
+    pair.setup("network", "create", "--label", "vs-prune=1", "vs-prune-net")
+    try:
+        for args in (["container", "prune", "-f", "--filter", "until=1h"],
+                     ["image", "prune", "-a", "-f", "--filter", "until=24h"],
+                     ["image", "prune", "-f", "--filter", "label=vs-none"],
+                     ["network", "prune", "-f", "--filter", "until=1h"],
+                     ["system", "prune", "-f", "--filter", "until=1h"],
+                     ["container", "prune", "-f", "--filter", "label=vs-prune=1"],
+                     ["network", "prune", "-f", "--filter", "label!=vs-other"]):
+            ours, theirs = pair.both(*args)
+            assert (ours.returncode, normalise(ours.stdout, pair), ours.stderr) == (
+                theirs.returncode, normalise(theirs.stdout, pair), theirs.stderr), args
+            assert ours.returncode == 0, (args, ours.stderr)
+        ours, theirs = pair.both("ps", "-a", "--filter", "name=vs-prune", "--format", "{{.Names}}")
+        assert ours.stdout == theirs.stdout == "vs-prune-b\n"
+        ours, theirs = pair.both("network", "ls", "--filter", "name=vs-prune", "-q")
+        assert ours.stdout == theirs.stdout == ""
+    finally:
+        pair.both("rm", "-f", "vs-prune-a", "vs-prune-b")
+        pair.both("network", "rm", "vs-prune-net")

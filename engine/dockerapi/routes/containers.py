@@ -867,17 +867,10 @@ async def wait(api: DockerAPI, req: Request) -> StreamResponse:
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
-    filters = parse_filters(req.param("filters"))
-    until = parse_timestamp((filters.pop("until", None) or [""])[-1], "until")
-    unknown = set(filters) - {"label"}
-    if unknown:
-        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: containers are pruned by until and label")
-    match = list_filter(filters)
+    from engine.supervisor.system import container_filter
 
-    def wanted(actor: ContainerActor) -> bool:
-        return match(actor) and (until is None or actor.config.created < until)
-
-    removed = await service(api).prune(wanted)
+    # until: a time or a duration ago (the CLI sends `--filter until=24h` as it is); label, label!
+    removed = await service(api).prune(container_filter(parse_filters(req.param("filters"))))
     return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
 
 

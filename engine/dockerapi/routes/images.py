@@ -177,13 +177,21 @@ async def delete(api: DockerAPI, req: Request) -> Response:
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
+    from engine.supervisor.system import image_filter
+
     filters = parse_filters(req.param("filters"))
-    unknown = set(filters) - {"dangling"}
-    if unknown:
-        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: images are pruned by dangling only")
+    match = image_filter(filters)  # until (a duration too), label, label!, dangling
     dangling = filters.get("dangling", ["true"])[-1].lower() not in ("false", "0")
     await settle_removals(api.app)
-    result = await store_of(api).prune(dangling_only=dangling, in_use=in_use_by_containers(api.app))
+    store = store_of(api)
+    by_id = {image.id: image for image in store.list()}
+    used = in_use_by_containers(api.app)
+
+    def kept(image_id: str) -> bool:  # the store's prune skips what is "in use"
+        image = by_id.get(image_id)
+        return used(image_id) or image is None or not match(image)
+
+    result = await store.prune(dangling_only=dangling, in_use=kept)
     return json_response({"ImagesDeleted": result["ImagesDeleted"] or None,
                           "SpaceReclaimed": result["SpaceReclaimed"]})
 

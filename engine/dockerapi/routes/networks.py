@@ -135,10 +135,11 @@ async def remove(api: DockerAPI, req: Request) -> Response:
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
-    if parse_filters(req.param("filters")):
-        raise InvalidArgument("network prune filters (until, label) are not supported by engine yet")
+    from engine.supervisor.system import network_filter
+
+    match = network_filter(parse_filters(req.param("filters")))  # until (a duration too), label, label!
     await settle_removals(api.app)
-    removed = await networking(api).store.prune()
+    removed = await networking(api).store.prune(match)
     for name in removed:
         api.app.events.emit("network", "destroy", name, name=name, driver="bridge")
     return json_response({"NetworksDeleted": removed or None})
