@@ -576,3 +576,25 @@ def test_prune_filters_as_dockerd(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-prune-a", "vs-prune-b")
         pair.both("network", "rm", "vs-prune-net")
+
+
+def test_ps_filters_as_dockerd(pair: Pair) -> None:
+    """`docker ps --filter` keys scripts use beyond name/label/status (network, volume,
+    before, since, publish, expose, is-task) select what dockerd's do; an unknown key or
+    status is refused in its words."""
+    pair.setup("create", "--name", "vs-ps-net", "--network", "none", "busybox", "true")
+    try:
+        for value in ("network=none", "volume=vs-vol", "volume=/data", "before=vs-running", "since=vs-running",
+                      "since=vs-exited", "is-task=false", "is-task=true", "publish=80", "expose=1-65535",
+                      "status=bogus", "bogus=1"):
+            ours, theirs = pair.both("ps", "-a", "--filter", value, "--filter", "name=vs-", "--format", "{{.Names}}")
+            assert (ours.returncode, sorted(ours.stdout.split()), normalise(ours.stderr, pair)) == (
+                theirs.returncode, sorted(theirs.stdout.split()), normalise(theirs.stderr, pair)), value
+        ours, theirs = pair.both("ps", "-a", "--filter", "volume=vs-vol", "--format", "{{.Names}}")
+        assert ours.stdout == theirs.stdout == "vs-running\n"
+        # before a missing container: dockerd's 500 "no such container x"; engine's 404, its words
+        ours, theirs = pair.both("ps", "--filter", "before=vs-nosuch")
+        assert ours.returncode == theirs.returncode == 1
+        assert ours.stderr == "Error response from daemon: No such container: vs-nosuch\n", ours.stderr
+    finally:
+        pair.both("rm", "-f", "vs-ps-net")

@@ -20,7 +20,7 @@ from engine.actors.state import ACTIVE, ContainerState
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
 from engine.api.containers import list_filter, summary
-from engine.dockerapi import messages
+from engine.dockerapi import list_filters, messages
 from engine.dockerapi.attach import (
     GONE,
     ConnectionInput,
@@ -716,11 +716,15 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
 
 
 async def list_containers(api: DockerAPI, req: Request) -> Response:
-    filters = parse_filters(req.param("filters"))
+    filters, docker_only = list_filters.split_filters(parse_filters(req.param("filters")))
     match = list_filter(filters)
     limit = req.int_param("limit", -1) or -1
     show_all = req.bool_param("all") or limit > 0 or "status" in filters
     actors = [a for a in service(api).supervisor.all() if (show_all or a.status.state in ACTIVE) and match(a)]
+    if docker_only:
+        svc = service(api)
+        docker_match = list_filters.docker_filter(docker_only, lambda ref: svc.get(ref).config.created)
+        actors = [a for a in actors if docker_match(container_summary(a), a.config.created)]
     if limit > 0:
         actors = actors[:limit]
     found = [container_summary(a) for a in actors]
