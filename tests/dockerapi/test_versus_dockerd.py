@@ -414,13 +414,17 @@ def test_network_mode_and_networks_as_dockerd_shows_them(pair: Pair) -> None:
     cases = {"vs-net-default": [], "vs-net-none": ["--network", "none"], "vs-net-host": ["--network", "host"]}
     try:
         for name, extra in cases.items():
-            pair.setup("create", "--name", name, *extra, "busybox", "true")
+            pair.setup("create", "--name", name, *extra, "busybox", "sleep", "600")
             views = []
             for result in pair.both("inspect", name, binary=DEBIAN_CLI):
                 doc = json.loads(result.stdout)[0]
                 views.append((doc["HostConfig"]["NetworkMode"], sorted(doc["NetworkSettings"]["Networks"]),
                               bool(doc["Config"].get("NetworkDisabled"))))
             assert views[0] == views[1], (name, views)
+        for name in cases:  # and while they run (engine's namespace details are not networks)
+            pair.setup("start", name)
+            ours, theirs = pair.both("ps", "-a", "--filter", f"name={name}", "--format", "{{.Networks}}")
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
         ours, theirs = pair.both("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
         assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n"))
     finally:

@@ -573,7 +573,8 @@ def _empty_endpoint() -> dict[str, Any]:
 def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = None) -> dict[str, Any]:
     networks: dict[str, Any] = dict(configured or {})
     c = actor.config
-    if not actor.status.network_details and c.network_mode in ("none", "host"):
+    joined = [n for n in actor.status.network_details or {} if not n.startswith("_")]  # "_…": engine's own
+    if not joined and c.network_mode in ("none", "host"):
         # dockerd lists the endpoint of a namespace mode (none, host) too; the default
         # network without one is its bridge ("default" mode), an endpoint never joined
         name = "bridge" if c.network_defaulted and c.network_mode == "none" else c.network_mode
