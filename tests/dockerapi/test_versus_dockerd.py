@@ -602,3 +602,19 @@ def test_ps_filters_as_dockerd(pair: Pair) -> None:
         assert ours.stderr == "Error response from daemon: No such container: vs-nosuch\n", ours.stderr
     finally:
         pair.both("rm", "-f", "vs-ps-net")
+
+
+def test_bind_of_a_missing_host_directory(pair: Pair, tmp_path: Path) -> None:
+    """`-v /host/missing/dir:/x` makes the host directory (and its parents), as dockerd
+    does; `--mount type=bind` of a missing source is refused by both."""
+    results = {}
+    for side in (pair.engine, pair.dockerd):
+        source = tmp_path / side.name / "a" / "b"
+        results[side.name] = side.run("run", "--rm", "-v", f"{source}:/x", "busybox", "sh", "-c", "touch /x/f && ls /x")
+        assert results[side.name].returncode == 0, (side.name, results[side.name].stderr)
+        assert source.is_dir() and (source / "f").exists()
+        assert (source.stat().st_mode & 0o777, source.parent.stat().st_mode & 0o777) == (0o755, 0o755), side.name
+    assert results["engine"].stdout == results["dockerd"].stdout == "f\n"
+    ours, theirs = pair.both("run", "--rm", "--mount", f"type=bind,src={tmp_path}/nosuch,dst=/x", "busybox", "true")
+    assert ours.returncode == theirs.returncode == 125
+    assert "bind source path does not exist" in ours.stderr and not (tmp_path / "nosuch").exists()

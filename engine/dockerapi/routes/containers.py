@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 
 import attrs
@@ -490,6 +491,9 @@ async def create(api: DockerAPI, req: Request) -> Response:
         dns_links = links
     elif links:
         spec = attrs.evolve(spec, add_hosts=[*spec.add_hosts, *link_hosts(api, spec, links)])
+    binds = str_list((doc.get("HostConfig") or {}).get("Binds"), "HostConfig.Binds") or []
+    if binds:
+        await trio.to_thread.run_sync(make_bind_sources, binds)
     try:
         actor = await service(api).create(spec)
         if dns_links and api.app.services.network is not None:
@@ -513,6 +517,17 @@ async def create(api: DockerAPI, req: Request) -> Response:
             raise InvalidArgument(f"network {spec.network} not found", **e.details) from None
         raise InvalidArgument(str(e), **e.details) from None
     return json_response({"Id": actor.id, "Warnings": []}, 201)
+
+
+def make_bind_sources(binds: list[str]) -> None:
+    """dockerd makes a missing host directory of ``-v /host/dir:/dir`` (HostConfig.Binds;
+    ``--mount type=bind`` it refuses, as engine does): root's, 0755, parents too. One it
+    cannot make is left to the create's own check, which names it."""
+    for bind in binds:
+        source = bind.split(":", 1)[0]
+        if source.startswith("/") and not os.path.lexists(source):
+            with contextlib.suppress(OSError):
+                os.makedirs(source, mode=0o755, exist_ok=True)
 
 
 async def network_missing(api: DockerAPI, name: str) -> bool:
