@@ -618,3 +618,11 @@ def test_bind_of_a_missing_host_directory(pair: Pair, tmp_path: Path) -> None:
     ours, theirs = pair.both("run", "--rm", "--mount", f"type=bind,src={tmp_path}/nosuch,dst=/x", "busybox", "true")
     assert ours.returncode == theirs.returncode == 125
     assert "bind source path does not exist" in ours.stderr and not (tmp_path / "nosuch").exists()
+
+
+def test_cp_of_a_missing_path_out_of_a_container(pair: Pair, tmp_path: Path) -> None:
+    """`docker cp CTR:/nosuch DEST` (and to stdout) fails in dockerd's words."""
+    for dest in (str(tmp_path / "out"), "-"):
+        ours, theirs = pair.both("cp", "vs-running:/nosuch", dest)
+        assert (ours.returncode, ours.stderr, ours.stdout) == (theirs.returncode, theirs.stderr, theirs.stdout), dest
+        assert ours.stderr == "Error response from daemon: Could not find the file /nosuch in container vs-running\n"

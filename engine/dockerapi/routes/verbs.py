@@ -6,9 +6,11 @@ calls (engine.supervisor.container_verbs); only the shapes are docker's here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import stat
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -182,8 +184,21 @@ def archive_path(req: Request) -> str:
     return path
 
 
+@contextlib.contextmanager
+def could_not_find(path: str, container: str) -> Iterator[None]:
+    """A missing path in dockerd's words (what `docker cp CTR:/nosuch .` prints)."""
+    try:
+        yield
+    except NotFound as e:
+        if not (str(e).startswith("no such file or directory in the container") or "missing_path" in e.details):
+            raise
+        raise NotFound(f"Could not find the file {path} in container {container}", **e.details) from None
+
+
 async def archive_stat(api: DockerAPI, req: Request) -> Response:
-    info = await verbs(api).stat_path(req.path_params["id"], archive_path(req))
+    path = archive_path(req)
+    with could_not_find(path, req.path_params["id"]):
+        info = await verbs(api).stat_path(req.path_params["id"], path)
     return Response(200, b"", content_type="", headers=[path_stat_header(info)])
 
 
@@ -199,7 +214,8 @@ async def archive_get(api: DockerAPI, req: Request) -> StreamResponse:
         headers.append(path_stat_header(info))
 
     async def produce(write: Write) -> None:
-        await service.copy_from(actor.id, path, write, described=described)
+        with could_not_find(path, req.path_params["id"]):
+            await service.copy_from(actor.id, path, write, described=described)
 
     return StreamResponse(produce, content_type="application/x-tar", headers=headers)
 
