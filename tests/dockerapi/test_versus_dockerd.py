@@ -626,3 +626,18 @@ def test_cp_of_a_missing_path_out_of_a_container(pair: Pair, tmp_path: Path) -> 
         ours, theirs = pair.both("cp", "vs-running:/nosuch", dest)
         assert (ours.returncode, ours.stderr, ours.stdout) == (theirs.returncode, theirs.stderr, theirs.stdout), dest
         assert ours.stderr == "Error response from daemon: Could not find the file /nosuch in container vs-running\n"
+
+
+def test_volume_inspect_without_labels_or_options(pair: Pair) -> None:
+    """A volume made without labels or options shows dockerd's nulls (templates print
+    them), and the given ones when there are."""
+    pair.setup("volume", "create", "vs-plain")
+    pair.setup("volume", "create", "--label", "a=b", "-o", "type=tmpfs", "-o", "device=tmpfs", "vs-labelled")
+    try:
+        for name in ("vs-plain", "vs-labelled", "vs-vol"):
+            ours, theirs = pair.both("volume", "inspect", "-f", "{{json .Labels}} {{json .Options}}", name)
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
+        ours, theirs = pair.both("volume", "ls", "--filter", "name=vs-plain", "--format", "{{.Labels}}|")
+        assert ours.stdout == theirs.stdout
+    finally:
+        pair.both("volume", "rm", "vs-plain", "vs-labelled")
