@@ -645,3 +645,25 @@ def test_volume_inspect_without_labels_or_options(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout
     finally:
         pair.both("volume", "rm", "vs-plain", "vs-labelled")
+
+
+def test_log_driver_none_and_log_options(pair: Pair) -> None:
+    """`--log-driver none` runs (engine refused it) and its logs cannot be read, in dockerd's
+    words; `--log-opt max-size=…` shows in inspect as dockerd's."""
+    pair.setup("run", "-d", "--name", "vs-nolog", "--log-driver", "none", "busybox", "echo", "hi")
+    pair.setup("run", "-d", "--name", "vs-logopt", "--log-opt", "max-size=1m", "--log-opt", "max-file=2",
+               "busybox", "echo", "hi")
+    try:
+        pair.setup("wait", "vs-nolog")
+        ours, theirs = pair.both("logs", "vs-nolog")
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
+        assert "configured logging driver does not support reading" in ours.stderr
+        for name in ("vs-nolog", "vs-logopt"):
+            ours, theirs = pair.both("inspect", "-f", "{{.HostConfig.LogConfig.Type}} {{json .HostConfig.LogConfig.Config}}",
+                                     name)
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
+        pair.setup("wait", "vs-logopt")
+        ours, theirs = pair.both("logs", "vs-logopt")
+        assert ours.stdout == theirs.stdout == "hi\n"
+    finally:
+        pair.both("rm", "-f", "vs-nolog", "vs-logopt")

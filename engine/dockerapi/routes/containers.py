@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from engine.actors.container import ContainerActor
+from engine.actors.logs import LOG_OPTS
 from engine.actors.state import ACTIVE, ContainerState
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
@@ -102,7 +103,7 @@ HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "Network
                 "Isolation", "VolumesFrom", "Privileged", "SecurityOpt", "Sysctls", "Ulimits", "ShmSize",
                 "OomScoreAdj", "GroupAdd", "PidMode", "UTSMode", "MemorySwap", "CpuQuota", "CpuPeriod", "Devices"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
-LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
+LOG_DRIVERS = {"", "json-file", "k8s-file", "local", "none"}
 
 
 def _restart_policy(doc: Any) -> str:
@@ -314,7 +315,18 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         stdin_once=bool(doc.get("StdinOnce")),
         **_healthcheck(doc.get("Healthcheck")),
         **_host_options(host),
+        **_log_config(host.get("LogConfig")),
     )
+
+
+def _log_config(value: Any) -> dict[str, Any]:
+    """--log-driver (none, or the one file driver under docker's names) and the --log-opt
+    values engine's file driver has (max-size, max-file, compress); dockerd's others (tag,
+    labels, env: metadata for remote drivers) are dropped."""
+    config = value if isinstance(value, dict) else {}
+    opts = str_map(config.get("Config"), "HostConfig.LogConfig.Config")
+    return {"log_driver": str(config.get("Type") or ""),
+            "log_opts": {k: v for k, v in opts.items() if k in LOG_OPTS}}
 
 
 def _entrypoint(value: Any) -> list[str] | None:
@@ -678,7 +690,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         # conmon writes k8s-file, but clients decide by this name whether logs can be read
         # back through the API (docker-py's run() reads them only for json-file/journald):
         # it reads back as json-file's does
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": c.log_driver if c.log_driver in ("none", "local") else "json-file",
+                      "Config": dict(c.log_opts)},
         "NetworkMode": network_mode_view(c),
         "Dns": list(c.dns),
         "DnsSearch": list(c.dns_search),
@@ -921,7 +934,9 @@ async def logs(api: DockerAPI, req: Request) -> StreamResponse:
     spec = LogsSpec(id=req.path_params["id"], follow=req.bool_param("follow"), tail=tail,
                     since=since or None, until=until, timestamps=req.bool_param("timestamps"))
     svc = service(api)
-    svc.get(spec.id)  # 404 before the stream starts
+    actor = svc.get(spec.id)  # 404 before the stream starts
+    if (actor.config.log_driver or api.app.config.log_driver) == "none":
+        raise InvalidArgument("configured logging driver does not support reading")
 
     async def produce(write: Write) -> None:
         async for record in svc.logs(spec):
