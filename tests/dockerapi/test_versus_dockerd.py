@@ -667,3 +667,38 @@ def test_log_driver_none_and_log_options(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == "hi\n"
     finally:
         pair.both("rm", "-f", "vs-nolog", "vs-logopt")
+
+
+def test_rmi_by_id_as_dockerd(pair: Pair) -> None:
+    """`docker rmi ID`: refused for a running container's image even with -f (engine's
+    -f untagged it), for a stopped container's or a several-repository image without -f;
+    dockerd's words."""
+    def image_id(side: Side, name: str) -> str:
+        return side.run("images", "-q", name).stdout.split()[0]
+
+    def rmi(*args: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        *flags, name = args
+        return (pair.engine.run("rmi", *flags, image_id(pair.engine, name)),
+                pair.dockerd.run("rmi", *flags, image_id(pair.dockerd, name)))
+
+    def same(results: tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]) -> str:
+        ours, theirs = results
+        assert (ours.returncode, normalise(ours.stderr, pair), sorted(normalise(ours.stdout, pair).splitlines())) == (
+            theirs.returncode, normalise(theirs.stderr, pair), sorted(normalise(theirs.stdout, pair).splitlines()))
+        return normalise(ours.stderr, pair)
+
+    assert "image is being used by running container" in same(rmi("busybox"))
+    assert "(cannot be forced)" in same(rmi("-f", "busybox"))
+    pair.setup("commit", "vs-exited", "vs-commit:1")
+    try:
+        pair.setup("create", "--name", "vs-commit-user", "vs-commit:1", "true")
+        assert "image is being used by stopped container" in same(rmi("vs-commit:1"))
+        pair.setup("rm", "vs-commit-user")
+        pair.setup("tag", "vs-commit:1", "vs-other:1")
+        assert "image is referenced in multiple repositories" in same(rmi("vs-commit:1"))
+        same(rmi("-f", "vs-commit:1"))
+    finally:
+        pair.both("rm", "-f", "vs-commit-user")
+        pair.both("rmi", "-f", "vs-commit:1", "vs-other:1")
+    ours, theirs = pair.both("images", "busybox", "-q")
+    assert ours.stdout.strip() and theirs.stdout.strip()  # still named

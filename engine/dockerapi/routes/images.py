@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from engine.actors.state import ContainerState
 from engine.api.images import (
     import_image,
     in_use_by_containers,
@@ -162,10 +163,15 @@ async def tag(api: DockerAPI, req: Request) -> Response:
 async def delete(api: DockerAPI, req: Request) -> Response:
     name = req.path_params["name"]
     store = store_of(api)
+    force = req.bool_param("force")
+    with no_such_image(name):
+        await settle_removals(api.app)
+        image, ref = store.resolve(name)
+    if ref is None:  # by ID: dockerd's refusals, and no force past a running container
+        refuse_delete_by_id(api, image, force)
     try:
         with no_such_image(name):
-            await settle_removals(api.app)
-            report = await store.remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
+            report = await store.remove(name, force=force, in_use=in_use_by_containers(api.app))
     except Conflict:
         image = store.get(name)
         users = [a.id for a in api.app.services.require_containers().all() if a.config.image_id == image.id]
@@ -174,6 +180,28 @@ async def delete(api: DockerAPI, req: Request) -> Response:
         raise messages.image_in_use(name, users[0], image.id) from None
     api.app.events.emit("image", "delete", name)
     return json_response(report)
+
+
+def refuse_delete_by_id(api: DockerAPI, image: Image, force: bool) -> None:
+    """dockerd's checks of ``rmi ID``: a running container's image cannot be deleted even
+    with force (engine's store would untag it); a stopped one's, or one named in several
+    repositories, needs force. In its words."""
+    short = image.id.removeprefix("sha256:")[:12]
+    users = [a for a in api.app.services.require_containers().all() if a.config.image_id == image.id]
+    running = [a for a in users if a.status.state in (ContainerState.RUNNING, ContainerState.PAUSED,
+                                                      ContainerState.RESTARTING)]
+    if running:
+        raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - image is being used by "
+                       f"running container {running[0].id[:12]}")
+    if force:
+        return
+    repositories = {str(parse_reference(t).repository()) for t in image.repo_tags}
+    if len(repositories) > 1:
+        raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is referenced in "
+                       "multiple repositories")
+    if users:
+        raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is being used by "
+                       f"stopped container {users[0].id[:12]}")
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
