@@ -11,7 +11,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from engine.errors import AlreadyExists, Conflict, EngineError, NotFound
+from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.reference import parse_reference
 
 # runc's logrus line as the engine passes it on: time="…" level=error msg="…"
@@ -67,6 +67,10 @@ def remove_running(container_id: str, state: str) -> Conflict:
 
 def not_running(container_id: str) -> Conflict:
     return Conflict(f"Container {container_id} is not running")
+
+
+def invalid_name(name: str) -> InvalidArgument:
+    return InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
 
 
 def already_paused(container_id: str) -> Conflict:

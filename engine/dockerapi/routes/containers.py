@@ -19,6 +19,7 @@ import trio
 from engine.actors.container import ContainerActor
 from engine.actors.logs import LOG_OPTS
 from engine.actors.state import ACTIVE, ContainerState
+from engine.actors.verbs import MIN_MEMORY
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
 from engine.api.containers import list_filter, summary
@@ -54,6 +55,7 @@ from engine.supervisor.container_service import (
     ExecSpec,
     LogsSpec,
 )
+from engine.supervisor.containers import NAME_RE
 from engine.supervisor.system import container_sizes
 from engine.supervisor.volume_views import mounts_view
 
@@ -495,6 +497,10 @@ async def _on_user_network(api: DockerAPI, spec: CreateSpec) -> bool:
 async def create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     spec = create_spec(doc, req.param("name"), req.param("platform"))
+    if spec.name and not NAME_RE.match(spec.name):
+        raise messages.invalid_name(spec.name)
+    if spec.memory is not None and spec.memory < MIN_MEMORY:
+        raise InvalidArgument("Minimum memory limit allowed is 6MB")
     links = parse_links((doc.get("HostConfig") or {}).get("Links"))
     dns_links: list[tuple[str, str]] = []
     if links and await _on_user_network(api, spec):
@@ -861,6 +867,8 @@ async def rename(api: DockerAPI, req: Request) -> Response:
     actor = svc.get(req.path_params["id"])
     if name.lstrip("/") == actor.name:
         raise InvalidArgument("Renaming a container with the same name as its current name")
+    if not NAME_RE.match(name):
+        raise InvalidArgument(f"Error when allocating new name: {messages.invalid_name('/' + name.lstrip('/'))}")
     try:
         await svc.rename(req.path_params["id"], name)
     except AlreadyExists as e:
