@@ -706,3 +706,16 @@ def test_rmi_by_id_as_dockerd(pair: Pair) -> None:
         pair.both("rmi", "-f", "vs-commit:1", "vs-other:1")
     ours, theirs = pair.both("images", "busybox", "-q")
     assert ours.stdout.strip() and theirs.stdout.strip()  # still named
+
+
+def test_unknown_user_in_dockerds_words(pair: Pair) -> None:
+    """`run -u nosuch`, `run -u 0:nosuch` and `exec -u nosuch`: dockerd's words and exit
+    codes (dockerd 20.10 prints the exec's on stdout, engine on stderr)."""
+    for user in ("vs-nosuch", "0:vs-nosuch"):
+        ours, theirs = pair.both("run", "--rm", "-u", user, "busybox", "true")
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), user
+        assert ours.returncode == 125 and "no matching entries in" in ours.stderr
+    ours, theirs = pair.both("exec", "-u", "vs-nosuch", "vs-running", "true")
+    assert ours.returncode == theirs.returncode == 126
+    assert ours.stdout + ours.stderr == theirs.stdout + theirs.stderr == (
+        "unable to find user vs-nosuch: no matching entries in passwd file\n")
