@@ -719,3 +719,15 @@ def test_unknown_user_in_dockerds_words(pair: Pair) -> None:
     assert ours.returncode == theirs.returncode == 126
     assert ours.stdout + ours.stderr == theirs.stdout + theirs.stderr == (
         "unable to find user vs-nosuch: no matching entries in passwd file\n")
+
+
+def test_run_rm_leaves_no_anonymous_volume_listed(pair: Pair) -> None:
+    """`run --rm -v /data` (and --mount without a source): the next `volume ls` lists no
+    anonymous volume, as dockerd's (engine removed it just after answering)."""
+    for side in (pair.engine, pair.dockerd):
+        before = set(side.run("volume", "ls", "-q").stdout.split())
+        for args in (["-v", "/data"], ["--mount", "type=volume,dst=/data"]):
+            for _ in range(3):
+                assert side.run("run", "--rm", *args, "busybox", "true").returncode == 0
+                after = set(side.run("volume", "ls", "-q").stdout.split())  # at once
+                assert after == before, (side.name, args, after - before)

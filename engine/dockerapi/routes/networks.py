@@ -79,6 +79,7 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
     with no_such_network(req.path_params["id"]):
         net = await svc.store.get(req.path_params["id"])
+    await settle_removals(api.app)  # a `run --rm` that answered a moment ago is not listed in Containers
     return json_response(_docker_view(await network_inspect(svc, net)))
 
 

@@ -50,6 +50,8 @@ def volumes(api: DockerAPI) -> VolumeService:
 
 async def list_volumes(api: DockerAPI, req: Request) -> Response:
     service = volumes(api)
+    # the anonymous volumes of a `run --rm` that answered a moment ago are gone, as dockerd's
+    await settle_removals(api.app)
     match = volume_filter(service, parse_filters(req.param("filters")))
     found = [view(service, record) for record in service.store.list() if match(record)]
     warnings = [f"volume {n} is broken: {why}" for n, why in sorted(service.store.broken.items())]
