@@ -25,6 +25,7 @@ class UpdateParams:
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None
     cpuset_mems: str | None = None
+    memory_swap: int | None = None  # bytes of memory + swap; -1 unlimited
 
 
 @attrs.frozen
@@ -56,7 +57,8 @@ def register(table: MethodTable) -> None:
         later starts."""
         return await verbs(ctx).update(p.id, memory=p.memory, cpus=p.cpus, pids_limit=p.pids_limit,
                                        restart=p.restart, cpu_shares=p.cpu_shares,
-                                       cpuset_cpus=p.cpuset_cpus, cpuset_mems=p.cpuset_mems)
+                                       cpuset_cpus=p.cpuset_cpus, cpuset_mems=p.cpuset_mems,
+                                       memory_swap=p.memory_swap)
 
     @table.method("container.top", params=TopParams)
     async def top(ctx: CallContext, p: TopParams) -> dict[str, Any]:

@@ -102,6 +102,12 @@ def containers(ctx: CallContext) -> ContainerService:
     return ContainerService(ctx.app)
 
 
+def summary_command(args: list[str]) -> str:
+    """dockerd's list's Command: the arguments with a space in single quotes (moby's
+    daemon/list.go), so `docker ps` shows `sh -c 'echo a; …'` as it does."""
+    return " ".join(args[:1] + [f"'{a}'" if " " in a else a for a in args[1:]])
+
+
 def summary(actor: ContainerActor) -> dict[str, Any]:
     c, s = actor.config, actor.status
     return {
@@ -109,7 +115,7 @@ def summary(actor: ContainerActor) -> dict[str, Any]:
         "Names": [c.name],
         "Image": c.image,
         "ImageID": c.image_id,
-        "Command": " ".join(c.args),
+        "Command": summary_command(c.args),
         "Created": int(c.created),
         "State": docker_status(s.state),
         "Status": status_text(actor),
@@ -221,7 +227,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "User": c.user,
             "Env": c.env,
             "Cmd": c.cmd,
-            "Entrypoint": c.entrypoint,
+            "Entrypoint": c.entrypoint or None,  # none given or reset: dockerd's null
             "WorkingDir": c.workdir,
             "Image": c.image,
             "Labels": c.labels,

@@ -11,7 +11,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from engine.errors import AlreadyExists, Conflict, EngineError, NotFound
+from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.reference import parse_reference
 
 # runc's logrus line as the engine passes it on: time="…" level=error msg="…"
@@ -69,6 +69,22 @@ def not_running(container_id: str) -> Conflict:
     return Conflict(f"Container {container_id} is not running")
 
 
+def invalid_name(name: str) -> InvalidArgument:
+    return InvalidArgument(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+
+
+def already_paused(container_id: str) -> Conflict:
+    return Conflict(f"Container {container_id} is already paused")
+
+
+def not_paused(container_id: str) -> Conflict:
+    return Conflict(f"Container {container_id} is not paused")
+
+
+def rename_name_in_use(name: str, holder_id: str) -> AlreadyExists:
+    return AlreadyExists(f"Error when allocating new name: {name_in_use(name, holder_id)}")
+
+
 def kill_not_running(given: str, container_id: str) -> Conflict:
     return Conflict(f"Cannot kill container: {given}: Container {container_id} is not running")
 
@@ -86,9 +102,25 @@ def image_in_use(given: str, container_id: str, image_id: str) -> Conflict:
                     f"{container_id[:12]} is using its referenced image {image_id.removeprefix('sha256:')[:12]}")
 
 
+# engine's words for an unknown --user/-u (engine.oci.user) and dockerd's (libcontainer's)
+_UNKNOWN_USER = re.compile(r"unable to find (user|group) '(.*)': no matching entry in the image's /etc/(passwd|group)"
+                           r"; use a numeric [ug]id or a (?:user|group) the image defines")
+
+
+def unknown_user(error: EngineError) -> EngineError:
+    """``run -u nosuch`` / ``exec -u nosuch``: dockerd's "unable to find user nosuch: no
+    matching entries in passwd file"; any other error as it is."""
+    found = _UNKNOWN_USER.fullmatch(str(error))
+    if found is None:
+        return error
+    kind, name, file = found.groups()
+    return type(error)(f"unable to find {kind} {name}: no matching entries in {file} file", **error.details)
+
+
 def runtime_error(error: EngineError) -> EngineError:
     """A runtime's failure to start a process, without the logrus wrapper runc writes its
-    own message in (docker shows runc's message itself)."""
+    own message in (docker shows runc's message itself); an unknown user in dockerd's words."""
+    error = unknown_user(error)
     text = str(error)
     found = _LOGRUS.search(text)
     if found is None:

@@ -182,10 +182,18 @@ ERROR_CASES = [
     ("bad image reference (run)", ["run", "--rm", "BAD:ref", "true"]),
     ("bad image reference (pull)", ["pull", "Bad/Ref"]),
     ("name conflict", ["run", "--name", "vs-exited", "busybox", "true"]),
+    ("bad container name", ["run", "--name", "bad name", "busybox", "true"]),
+    ("bad container name (dash)", ["create", "--name", "-x", "busybox", "true"]),
+    ("bad new name (rename)", ["rename", "vs-exited", "bad/name"]),
+    ("memory limit below 6MB", ["run", "--rm", "-m", "1m", "busybox", "true"]),
     ("rm of a running container", ["rm", "vs-running"]),
     ("stop of a stopped container", ["stop", "vs-exited"]),
     ("kill of a stopped container", ["kill", "vs-exited"]),
     ("network rm of an unknown network", ["network", "rm", "nosuchnet"]),
+    ("network rm of a predefined network", ["network", "rm", "none"]),
+    ("network rm of the host network", ["network", "rm", "host"]),
+    ("network create of a predefined name", ["network", "create", "none"]),
+    ("network create of the host name", ["network", "create", "host"]),
     ("volume rm of a volume in use", ["volume", "rm", "vs-vol"]),
     ("volume rm of an unknown volume", ["volume", "rm", "nosuchvol"]),
     ("exec into a stopped container", ["exec", "vs-exited", "true"]),
@@ -414,13 +422,17 @@ def test_network_mode_and_networks_as_dockerd_shows_them(pair: Pair) -> None:
     cases = {"vs-net-default": [], "vs-net-none": ["--network", "none"], "vs-net-host": ["--network", "host"]}
     try:
         for name, extra in cases.items():
-            pair.setup("create", "--name", name, *extra, "busybox", "true")
+            pair.setup("create", "--name", name, *extra, "busybox", "sleep", "600")
             views = []
             for result in pair.both("inspect", name, binary=DEBIAN_CLI):
                 doc = json.loads(result.stdout)[0]
                 views.append((doc["HostConfig"]["NetworkMode"], sorted(doc["NetworkSettings"]["Networks"]),
                               bool(doc["Config"].get("NetworkDisabled"))))
             assert views[0] == views[1], (name, views)
+        for name in cases:  # and while they run (engine's namespace details are not networks)
+            pair.setup("start", name)
+            ours, theirs = pair.both("ps", "-a", "--filter", f"name={name}", "--format", "{{.Networks}}")
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
         ours, theirs = pair.both("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
         assert sorted(ours.stdout.split("\n")) == sorted(theirs.stdout.split("\n"))
     finally:
@@ -467,3 +479,255 @@ def test_network_connect_of_a_none_mode_container(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-none")
         pair.both("network", "rm", "vs-connect-net")
+
+
+def test_run_with_an_empty_entrypoint(pair: Pair) -> None:
+    """`--entrypoint ""` (the CLI sends [""]) drops the entrypoint: the command runs alone,
+    and inspect shows dockerd's null entrypoint, Path and Args."""
+    ours, theirs = pair.both("run", "--rm", "--entrypoint", "", "busybox", "echo", "x")
+    assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
+    assert ours.stdout == "x\n"
+    pair.setup("create", "--name", "vs-entry", "--entrypoint", "", "busybox", "echo", "x")
+    try:
+        template = "{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Path}} {{json .Args}}"
+        ours, theirs = pair.both("inspect", "-f", template, "vs-entry")
+        assert ours.stdout == theirs.stdout == 'null ["echo","x"] echo ["x"]\n', (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-entry")
+
+
+def test_ps_command_quotes_arguments_with_spaces(pair: Pair) -> None:
+    """`docker ps`'s COMMAND: an argument with a space in single quotes, as dockerd's list."""
+    pair.setup("create", "--name", "vs-cmd", "busybox", "sh", "-c", "echo out; exit 3")
+    try:
+        ours, theirs = pair.both("ps", "-a", "--no-trunc", "--filter", "name=vs-cmd", "--format", "{{.Command}}")
+        assert ours.stdout == theirs.stdout == "\"sh -c 'echo out; exit 3'\"\n", (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-cmd")
+
+
+def test_images_of_a_repository_list_its_tags_only(pair: Pair) -> None:
+    """`docker images REPO` and `--filter reference=…` show the matching tags of an image,
+    not its other names (dockerd narrows RepoTags to the filter)."""
+    pair.setup("tag", "busybox", "vs-repo/bb:1")
+    pair.setup("tag", "busybox", "vs-repo/bb:2")
+    try:
+        for args in (["vs-repo/bb"], ["--filter", "reference=vs-repo/*"], ["vs-repo/bb:2"],
+                     ["--filter", "reference=docker.io/vs-repo/bb:1"], ["busybox"]):
+            ours, theirs = pair.both("images", *args, "--format", "{{.Repository}}:{{.Tag}}")
+            assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+            assert sorted(ours.stdout.split()) == sorted(theirs.stdout.split()), (args, ours.stdout, theirs.stdout)
+        assert sorted(ours.stdout.split()) == ["busybox:latest"]
+    finally:
+        pair.both("rmi", "vs-repo/bb:1", "vs-repo/bb:2")
+
+
+def test_pause_unpause_top_rename_refusals_say_what_dockerd_says(pair: Pair) -> None:
+    """The refusals a user meets with pause, unpause, top and rename: dockerd's words and
+    exit codes (ids normalised)."""
+    pair.setup("run", "-d", "--name", "vs-pause", "busybox", "sleep", "600")
+    try:
+        pair.setup("pause", "vs-pause")
+        cases = [["pause", "vs-pause"], ["unpause", "vs-running"], ["pause", "vs-exited"],
+                 ["unpause", "vs-exited"], ["top", "vs-exited"], ["rename", "vs-exited", "vs-exited"],
+                 ["rename", "vs-exited", "vs-running"], ["rename", "nosuch", "x"]]
+        for args in cases:
+            ours, theirs = pair.both(*args)
+            assert (ours.returncode, normalise(ours.stderr, pair), ours.stdout) == (
+                theirs.returncode, normalise(theirs.stderr, pair), theirs.stdout), args
+            assert ours.returncode == 1, args
+        ours, theirs = pair.both("top", "vs-pause")  # a paused container's processes are listed
+        assert ours.returncode == theirs.returncode == 0, (ours.stderr, theirs.stderr)
+        assert [r[-1] for r in rows(ours.stdout)] == [r[-1] for r in rows(theirs.stdout)] == ["CMD", "sleep 600"]
+    finally:
+        pair.both("rm", "-f", "vs-pause")
+
+
+def test_run_with_a_missing_network_or_an_unset_variable(pair: Pair) -> None:
+    """`run --network nosuchnet` (or --volumes-from / --network container: a missing
+    container) fails with dockerd's words and no pull attempt (a 404 from create makes the
+    CLI pull the image); `-e NAME` of a variable the client has not set
+    runs without it, as dockerd."""
+    ours, theirs = pair.both("run", "--rm", "--network", "vs-nosuchnet", "busybox", "true", timeout=60)
+    assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr)
+    assert ours.returncode == 125 and "network vs-nosuchnet not found" in ours.stderr, ours.stderr
+    for args in (["--volumes-from", "vs-nosuch"], ["--network", "container:vs-nosuch"]):
+        ours, theirs = pair.both("run", "--rm", *args, "busybox", "true", timeout=60)
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), args
+        assert "No such container: vs-nosuch" in ours.stderr and "Unable to find image" not in ours.stderr
+    env = {k: v for k, v in os.environ.items() if k != "VS_UNSET"}
+    results = [subprocess.run([DOCKER_CLIENTS[0], "run", "--rm", "-e", "VS_UNSET", "-e", "VS_SET=1", "busybox",
+                               "sh", "-c", "echo [${VS_UNSET-unset}] $VS_SET"], capture_output=True, text=True,
+                              timeout=120, env={**env, "DOCKER_HOST": side.host, "DOCKER_CONFIG": str(side.config_dir)})
+               for side in (pair.engine, pair.dockerd)]
+    assert [(r.returncode, r.stdout) for r in results] == [(0, "[unset] 1\n")] * 2, [r.stderr for r in results]
+
+
+def test_prune_filters_as_dockerd(pair: Pair) -> None:
+    """`container/image/network/system prune --filter until=24h` (a duration: the CLI sends
+    it as it is) and `label`/`label!` filters: taken, and pruning what dockerd prunes."""
+    pair.setup("create", "--name", "vs-prune-a", "--label", "vs-prune=1", "busybox", "true")
+    pair.setup("create", "--name", "vs-prune-b", "busybox", "true")
+    pair.setup("network", "create", "--label", "vs-prune=1", "vs-prune-net")
+    try:
+        for args in (["container", "prune", "-f", "--filter", "until=1h"],
+                     ["image", "prune", "-a", "-f", "--filter", "until=24h"],
+                     ["image", "prune", "-f", "--filter", "label=vs-none"],
+                     ["network", "prune", "-f", "--filter", "until=1h"],
+                     ["system", "prune", "-f", "--filter", "until=1h"],
+                     ["container", "prune", "-f", "--filter", "label=vs-prune=1"],
+                     ["network", "prune", "-f", "--filter", "label!=vs-other"]):
+            ours, theirs = pair.both(*args)
+            assert (ours.returncode, normalise(ours.stdout, pair), ours.stderr) == (
+                theirs.returncode, normalise(theirs.stdout, pair), theirs.stderr), args
+            assert ours.returncode == 0, (args, ours.stderr)
+        ours, theirs = pair.both("ps", "-a", "--filter", "name=vs-prune", "--format", "{{.Names}}")
+        assert ours.stdout == theirs.stdout == "vs-prune-b\n"
+        ours, theirs = pair.both("network", "ls", "--filter", "name=vs-prune", "-q")
+        assert ours.stdout == theirs.stdout == ""
+    finally:
+        pair.both("rm", "-f", "vs-prune-a", "vs-prune-b")
+        pair.both("network", "rm", "vs-prune-net")
+
+
+def test_ps_filters_as_dockerd(pair: Pair) -> None:
+    """`docker ps --filter` keys scripts use beyond name/label/status (network, volume,
+    before, since, publish, expose, is-task) select what dockerd's do; an unknown key or
+    status is refused in its words."""
+    pair.setup("create", "--name", "vs-ps-net", "--network", "none", "busybox", "true")
+    try:
+        for value in ("network=none", "volume=vs-vol", "volume=/data", "before=vs-running", "since=vs-running",
+                      "since=vs-exited", "is-task=false", "is-task=true", "publish=80", "expose=1-65535",
+                      "status=bogus", "bogus=1"):
+            ours, theirs = pair.both("ps", "-a", "--filter", value, "--filter", "name=vs-", "--format", "{{.Names}}")
+            assert (ours.returncode, sorted(ours.stdout.split()), normalise(ours.stderr, pair)) == (
+                theirs.returncode, sorted(theirs.stdout.split()), normalise(theirs.stderr, pair)), value
+        ours, theirs = pair.both("ps", "-a", "--filter", "volume=vs-vol", "--format", "{{.Names}}")
+        assert ours.stdout == theirs.stdout == "vs-running\n"
+        # before a missing container: dockerd's 500 "no such container x"; engine's 404, its words
+        ours, theirs = pair.both("ps", "--filter", "before=vs-nosuch")
+        assert ours.returncode == theirs.returncode == 1
+        assert ours.stderr == "Error response from daemon: No such container: vs-nosuch\n", ours.stderr
+    finally:
+        pair.both("rm", "-f", "vs-ps-net")
+
+
+def test_bind_of_a_missing_host_directory(pair: Pair, tmp_path: Path) -> None:
+    """`-v /host/missing/dir:/x` makes the host directory (and its parents), as dockerd
+    does; `--mount type=bind` of a missing source is refused by both."""
+    results = {}
+    for side in (pair.engine, pair.dockerd):
+        source = tmp_path / side.name / "a" / "b"
+        results[side.name] = side.run("run", "--rm", "-v", f"{source}:/x", "busybox", "sh", "-c", "touch /x/f && ls /x")
+        assert results[side.name].returncode == 0, (side.name, results[side.name].stderr)
+        assert source.is_dir() and (source / "f").exists()
+        assert (source.stat().st_mode & 0o777, source.parent.stat().st_mode & 0o777) == (0o755, 0o755), side.name
+    assert results["engine"].stdout == results["dockerd"].stdout == "f\n"
+    ours, theirs = pair.both("run", "--rm", "--mount", f"type=bind,src={tmp_path}/nosuch,dst=/x", "busybox", "true")
+    assert ours.returncode == theirs.returncode == 125
+    assert "bind source path does not exist" in ours.stderr and not (tmp_path / "nosuch").exists()
+
+
+def test_cp_of_a_missing_path_out_of_a_container(pair: Pair, tmp_path: Path) -> None:
+    """`docker cp CTR:/nosuch DEST` (and to stdout) fails in dockerd's words."""
+    for dest in (str(tmp_path / "out"), "-"):
+        ours, theirs = pair.both("cp", "vs-running:/nosuch", dest)
+        assert (ours.returncode, ours.stderr, ours.stdout) == (theirs.returncode, theirs.stderr, theirs.stdout), dest
+        assert ours.stderr == "Error response from daemon: Could not find the file /nosuch in container vs-running\n"
+
+
+def test_volume_inspect_without_labels_or_options(pair: Pair) -> None:
+    """A volume made without labels or options shows dockerd's nulls (templates print
+    them), and the given ones when there are."""
+    pair.setup("volume", "create", "vs-plain")
+    pair.setup("volume", "create", "--label", "a=b", "-o", "type=tmpfs", "-o", "device=tmpfs", "vs-labelled")
+    try:
+        for name in ("vs-plain", "vs-labelled", "vs-vol"):
+            ours, theirs = pair.both("volume", "inspect", "-f", "{{json .Labels}} {{json .Options}}", name)
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
+        ours, theirs = pair.both("volume", "ls", "--filter", "name=vs-plain", "--format", "{{.Labels}}|")
+        assert ours.stdout == theirs.stdout
+    finally:
+        pair.both("volume", "rm", "vs-plain", "vs-labelled")
+
+
+def test_log_driver_none_and_log_options(pair: Pair) -> None:
+    """`--log-driver none` runs (engine refused it) and its logs cannot be read, in dockerd's
+    words; `--log-opt max-size=…` shows in inspect as dockerd's."""
+    pair.setup("run", "-d", "--name", "vs-nolog", "--log-driver", "none", "busybox", "echo", "hi")
+    pair.setup("run", "-d", "--name", "vs-logopt", "--log-opt", "max-size=1m", "--log-opt", "max-file=2",
+               "busybox", "echo", "hi")
+    try:
+        pair.setup("wait", "vs-nolog")
+        ours, theirs = pair.both("logs", "vs-nolog")
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr)
+        assert "configured logging driver does not support reading" in ours.stderr
+        for name in ("vs-nolog", "vs-logopt"):
+            ours, theirs = pair.both("inspect", "-f", "{{.HostConfig.LogConfig.Type}} {{json .HostConfig.LogConfig.Config}}",
+                                     name)
+            assert ours.stdout == theirs.stdout, (name, ours.stdout, theirs.stdout)
+        pair.setup("wait", "vs-logopt")
+        ours, theirs = pair.both("logs", "vs-logopt")
+        assert ours.stdout == theirs.stdout == "hi\n"
+    finally:
+        pair.both("rm", "-f", "vs-nolog", "vs-logopt")
+
+
+def test_rmi_by_id_as_dockerd(pair: Pair) -> None:
+    """`docker rmi ID`: refused for a running container's image even with -f (engine's
+    -f untagged it), for a stopped container's or a several-repository image without -f;
+    dockerd's words."""
+    def image_id(side: Side, name: str) -> str:
+        return side.run("images", "-q", name).stdout.split()[0]
+
+    def rmi(*args: str) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        *flags, name = args
+        return (pair.engine.run("rmi", *flags, image_id(pair.engine, name)),
+                pair.dockerd.run("rmi", *flags, image_id(pair.dockerd, name)))
+
+    def same(results: tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]) -> str:
+        ours, theirs = results
+        assert (ours.returncode, normalise(ours.stderr, pair), sorted(normalise(ours.stdout, pair).splitlines())) == (
+            theirs.returncode, normalise(theirs.stderr, pair), sorted(normalise(theirs.stdout, pair).splitlines()))
+        return normalise(ours.stderr, pair)
+
+    assert "image is being used by running container" in same(rmi("busybox"))
+    assert "(cannot be forced)" in same(rmi("-f", "busybox"))
+    pair.setup("commit", "vs-exited", "vs-commit:1")
+    try:
+        pair.setup("create", "--name", "vs-commit-user", "vs-commit:1", "true")
+        assert "image is being used by stopped container" in same(rmi("vs-commit:1"))
+        pair.setup("rm", "vs-commit-user")
+        pair.setup("tag", "vs-commit:1", "vs-other:1")
+        assert "image is referenced in multiple repositories" in same(rmi("vs-commit:1"))
+        same(rmi("-f", "vs-commit:1"))
+    finally:
+        pair.both("rm", "-f", "vs-commit-user")
+        pair.both("rmi", "-f", "vs-commit:1", "vs-other:1")
+    ours, theirs = pair.both("images", "busybox", "-q")
+    assert ours.stdout.strip() and theirs.stdout.strip()  # still named
+
+
+def test_unknown_user_in_dockerds_words(pair: Pair) -> None:
+    """`run -u nosuch`, `run -u 0:nosuch` and `exec -u nosuch`: dockerd's words and exit
+    codes (dockerd 20.10 prints the exec's on stdout, engine on stderr)."""
+    for user in ("vs-nosuch", "0:vs-nosuch"):
+        ours, theirs = pair.both("run", "--rm", "-u", user, "busybox", "true")
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), user
+        assert ours.returncode == 125 and "no matching entries in" in ours.stderr
+    ours, theirs = pair.both("exec", "-u", "vs-nosuch", "vs-running", "true")
+    assert ours.returncode == theirs.returncode == 126
+    assert ours.stdout + ours.stderr == theirs.stdout + theirs.stderr == (
+        "unable to find user vs-nosuch: no matching entries in passwd file\n")
+
+
+def test_run_rm_leaves_no_anonymous_volume_listed(pair: Pair) -> None:
+    """`run --rm -v /data` (and --mount without a source): the next `volume ls` lists no
+    anonymous volume, as dockerd's (engine removed it just after answering)."""
+    for side in (pair.engine, pair.dockerd):
+        before = set(side.run("volume", "ls", "-q").stdout.split())
+        for args in (["-v", "/data"], ["--mount", "type=volume,dst=/data"]):
+            for _ in range(3):
+                assert side.run("run", "--rm", *args, "busybox", "true").returncode == 0
+                after = set(side.run("volume", "ls", "-q").stdout.split())  # at once
+                assert after == before, (side.name, args, after - before)

@@ -143,3 +143,23 @@ def test_top_lists_the_container_processes(engine: Daemon) -> None:
     engctl(engine, "stop", "-t", "0", cid)
     stopped = engctl(engine, "top", cid, check=False)
     assert stopped.returncode != 0 and b"not running" in stopped.stderr
+
+
+def test_update_memory_swap(engine: Daemon) -> None:
+    """engctl update --memory-swap: memory + swap in the running cgroup and in inspect,
+    -1 unlimited; below the memory limit refused, nothing changed."""
+    cid = run_detached(engine, "sleep 1000", memory=32 * MiB)
+    memory = cgroup_dir(engine, cid, "memory")
+    engctl(engine, "update", "-m", "48m", "--memory-swap", "200m", cid)
+    assert (read_int(memory / "memory.limit_in_bytes"), read_int(memory / "memory.memsw.limit_in_bytes")) == (
+        48 * MiB, 200 * MiB)
+    engctl(engine, "update", "--memory-swap", "100m", cid)
+    assert read_int(memory / "memory.memsw.limit_in_bytes") == 100 * MiB
+    host = engine.call("container.inspect", id=cid)["HostConfig"]
+    assert (host["Memory"], host["MemorySwap"]) == (48 * MiB, 100 * MiB)
+    bad = engctl(engine, "update", "--memory-swap", "40m", cid, check=False)
+    assert bad.returncode == 1 and b"memoryswap limit should be larger than memory limit" in bad.stderr
+    assert engine.call("container.inspect", id=cid)["HostConfig"]["MemorySwap"] == 100 * MiB
+    engctl(engine, "update", "--memory-swap", "-1", cid)
+    assert engine.call("container.inspect", id=cid)["HostConfig"]["MemorySwap"] == -1
+    assert read_int(memory / "memory.memsw.limit_in_bytes") > 2**60

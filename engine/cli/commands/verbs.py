@@ -22,6 +22,7 @@ UPLOAD_CHUNK = 1024 * 1024
 def setup(sub: Any) -> None:
     p = sub.add_parser("update", help="change containers' resource limits and restart policy")
     p.add_argument("-m", "--memory", default=None)
+    p.add_argument("--memory-swap", default=None)
     p.add_argument("--cpus", type=float, default=None)
     p.add_argument("--pids-limit", type=int, default=None)
     p.add_argument("--restart", default=None)
@@ -80,6 +81,8 @@ def cmd_update(ctx: Context, args: Namespace) -> int:
     params: dict[str, Any] = {}
     if args.memory:
         params["memory"] = parse_bytes(args.memory)
+    if args.memory_swap is not None:  # docker's: -1 unlimited swap, else memory + swap
+        params["memory_swap"] = -1 if args.memory_swap.strip() == "-1" else parse_bytes(args.memory_swap)
     if args.cpus is not None:
         params["cpus"] = args.cpus
     if args.pids_limit is not None:
@@ -90,7 +93,7 @@ def cmd_update(ctx: Context, args: Namespace) -> int:
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if not params:
-        raise InvalidArgument("nothing to update: give --memory, --cpus, --cpu-shares, --cpuset-cpus, "
+        raise InvalidArgument("nothing to update: give --memory, --memory-swap, --cpus, --cpu-shares, --cpuset-cpus, "
                               "--cpuset-mems, --pids-limit or --restart")
     client = ctx.client()
     failed = False

@@ -8,18 +8,22 @@ and typed here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from typing import Any
 
 import attrs
 import trio
 
 from engine.actors.container import ContainerActor
+from engine.actors.logs import LOG_OPTS
 from engine.actors.state import ACTIVE, ContainerState
+from engine.actors.verbs import MIN_MEMORY
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
 from engine.api.containers import list_filter, summary
-from engine.dockerapi import messages
+from engine.dockerapi import list_filters, messages
 from engine.dockerapi.attach import (
     GONE,
     ConnectionInput,
@@ -51,6 +55,7 @@ from engine.supervisor.container_service import (
     ExecSpec,
     LogsSpec,
 )
+from engine.supervisor.containers import NAME_RE
 from engine.supervisor.system import container_sizes
 from engine.supervisor.volume_views import mounts_view
 
@@ -100,7 +105,7 @@ HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "Network
                 "Isolation", "VolumesFrom", "Privileged", "SecurityOpt", "Sysctls", "Ulimits", "ShmSize",
                 "OomScoreAdj", "GroupAdd", "PidMode", "UTSMode", "MemorySwap", "CpuQuota", "CpuPeriod", "Devices"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
-LOG_DRIVERS = {"", "json-file", "k8s-file", "local"}
+LOG_DRIVERS = {"", "json-file", "k8s-file", "local", "none"}
 
 
 def _restart_policy(doc: Any) -> str:
@@ -271,8 +276,10 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         image=image,
         name=name,
         cmd=str_list(doc.get("Cmd"), "Config.Cmd"),
-        entrypoint=str_list(doc.get("Entrypoint"), "Config.Entrypoint"),
-        env=str_list(doc.get("Env"), "Config.Env") or [],
+        entrypoint=_entrypoint(doc.get("Entrypoint")),
+        # `-e NAME` of a variable the client has not set arrives as "NAME": dockerd runs
+        # the container without it (engine's own -e refuses the form)
+        env=[e for e in str_list(doc.get("Env"), "Config.Env") or [] if "=" in e],
         workdir=str(doc.get("WorkingDir") or ""),
         user=str(doc.get("User") or ""),
         hostname=str(doc.get("Hostname") or ""),
@@ -310,7 +317,25 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         stdin_once=bool(doc.get("StdinOnce")),
         **_healthcheck(doc.get("Healthcheck")),
         **_host_options(host),
+        **_log_config(host.get("LogConfig")),
     )
+
+
+def _log_config(value: Any) -> dict[str, Any]:
+    """--log-driver (none, or the one file driver under docker's names) and the --log-opt
+    values engine's file driver has (max-size, max-file, compress); dockerd's others (tag,
+    labels, env: metadata for remote drivers) are dropped."""
+    config = value if isinstance(value, dict) else {}
+    opts = str_map(config.get("Config"), "HostConfig.LogConfig.Config")
+    return {"log_driver": str(config.get("Type") or ""),
+            "log_opts": {k: v for k, v in opts.items() if k in LOG_OPTS}}
+
+
+def _entrypoint(value: Any) -> list[str] | None:
+    """The docker CLI's ``--entrypoint ""`` sends ``[""]``: no entrypoint at all (the image's
+    dropped, the command runs alone), as dockerd reads it; not a program named ""."""
+    entrypoint = str_list(value, "Config.Entrypoint")
+    return [] if entrypoint == [""] else entrypoint
 
 
 def _int_field(host: dict[str, Any], key: str) -> int | None:
@@ -472,6 +497,10 @@ async def _on_user_network(api: DockerAPI, spec: CreateSpec) -> bool:
 async def create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     spec = create_spec(doc, req.param("name"), req.param("platform"))
+    if spec.name and not NAME_RE.match(spec.name):
+        raise messages.invalid_name(spec.name)
+    if spec.memory is not None and spec.memory < MIN_MEMORY:
+        raise InvalidArgument("Minimum memory limit allowed is 6MB")
     links = parse_links((doc.get("HostConfig") or {}).get("Links"))
     dns_links: list[tuple[str, str]] = []
     if links and await _on_user_network(api, spec):
@@ -480,6 +509,9 @@ async def create(api: DockerAPI, req: Request) -> Response:
         dns_links = links
     elif links:
         spec = attrs.evolve(spec, add_hosts=[*spec.add_hosts, *link_hosts(api, spec, links)])
+    binds = str_list((doc.get("HostConfig") or {}).get("Binds"), "HostConfig.Binds") or []
+    if binds:
+        await trio.to_thread.run_sync(make_bind_sources, binds)
     try:
         actor = await service(api).create(spec)
         if dns_links and api.app.services.network is not None:
@@ -496,8 +528,35 @@ async def create(api: DockerAPI, req: Request) -> Response:
         if "missing_image" in e.details:
             # what the docker CLI and docker-py look for before they pull
             raise NotFound(f"No such image: {spec.image}", **e.details) from None
-        raise
+        # anything else missing (a network, a --volumes-from or container: network's
+        # container) is not a 404: the CLI reads a 404 from create as a missing image, and
+        # pulls it. dockerd's 400 (--volumes-from) or start's words (a network)
+        if spec.network and not spec.network.startswith("container:") and await network_missing(api, spec.network):
+            raise InvalidArgument(f"network {spec.network} not found", **e.details) from None
+        raise InvalidArgument(str(e), **e.details) from None
     return json_response({"Id": actor.id, "Warnings": []}, 201)
+
+
+def make_bind_sources(binds: list[str]) -> None:
+    """dockerd makes a missing host directory of ``-v /host/dir:/dir`` (HostConfig.Binds;
+    ``--mount type=bind`` it refuses, as engine does): root's, 0755, parents too. One it
+    cannot make is left to the create's own check, which names it."""
+    for bind in binds:
+        source = bind.split(":", 1)[0]
+        if source.startswith("/") and not os.path.lexists(source):
+            with contextlib.suppress(OSError):
+                os.makedirs(source, mode=0o755, exist_ok=True)
+
+
+async def network_missing(api: DockerAPI, name: str) -> bool:
+    svc = api.app.services.network
+    if svc is None:
+        return False
+    try:
+        await svc.store.get(name)
+    except NotFound:
+        return True
+    return False
 
 
 # --- views --------------------------------------------------------------------------------------
@@ -547,7 +606,8 @@ def _empty_endpoint() -> dict[str, Any]:
 def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = None) -> dict[str, Any]:
     networks: dict[str, Any] = dict(configured or {})
     c = actor.config
-    if not actor.status.network_details and c.network_mode in ("none", "host"):
+    joined = [n for n in actor.status.network_details or {} if not n.startswith("_")]  # "_…": engine's own
+    if not joined and c.network_mode in ("none", "host"):
         # dockerd lists the endpoint of a namespace mode (none, host) too; the default
         # network without one is its bridge ("default" mode), an endpoint never joined
         name = "bridge" if c.network_defaulted and c.network_mode == "none" else c.network_mode
@@ -636,7 +696,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         # conmon writes k8s-file, but clients decide by this name whether logs can be read
         # back through the API (docker-py's run() reads them only for json-file/journald):
         # it reads back as json-file's does
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": c.log_driver if c.log_driver in ("none", "local") else "json-file",
+                      "Config": dict(c.log_opts)},
         "NetworkMode": network_mode_view(c),
         "Dns": list(c.dns),
         "DnsSearch": list(c.dns_search),
@@ -690,11 +751,15 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
 
 
 async def list_containers(api: DockerAPI, req: Request) -> Response:
-    filters = parse_filters(req.param("filters"))
+    filters, docker_only = list_filters.split_filters(parse_filters(req.param("filters")))
     match = list_filter(filters)
     limit = req.int_param("limit", -1) or -1
     show_all = req.bool_param("all") or limit > 0 or "status" in filters
     actors = [a for a in service(api).supervisor.all() if (show_all or a.status.state in ACTIVE) and match(a)]
+    if docker_only:
+        svc = service(api)
+        docker_match = list_filters.docker_filter(docker_only, lambda ref: svc.get(ref).config.created)
+        actors = [a for a in actors if docker_match(container_summary(a), a.config.created)]
     if limit > 0:
         actors = actors[:limit]
     found = [container_summary(a) for a in actors]
@@ -775,12 +840,22 @@ async def kill(api: DockerAPI, req: Request) -> Response:
 
 
 async def pause(api: DockerAPI, req: Request) -> Response:
-    await service(api).pause(req.path_params["id"])
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if actor.status.state == ContainerState.PAUSED:
+        raise messages.already_paused(actor.id)
+    if actor.status.state != ContainerState.RUNNING:
+        raise messages.not_running(actor.id)
+    await svc.pause(req.path_params["id"])
     return no_content()
 
 
 async def unpause(api: DockerAPI, req: Request) -> Response:
-    await service(api).unpause(req.path_params["id"])
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if actor.status.state != ContainerState.PAUSED:
+        raise messages.not_paused(actor.id)
+    await svc.unpause(req.path_params["id"])
     return no_content()
 
 
@@ -788,7 +863,18 @@ async def rename(api: DockerAPI, req: Request) -> Response:
     name = req.param("name")
     if not name:
         raise InvalidArgument("name is required: the container's new name")
-    await service(api).rename(req.path_params["id"], name)
+    svc = service(api)
+    actor = svc.get(req.path_params["id"])
+    if name.lstrip("/") == actor.name:
+        raise InvalidArgument("Renaming a container with the same name as its current name")
+    if not NAME_RE.match(name):
+        raise InvalidArgument(f"Error when allocating new name: {messages.invalid_name('/' + name.lstrip('/'))}")
+    try:
+        await svc.rename(req.path_params["id"], name)
+    except AlreadyExists as e:
+        with contextlib.suppress(NotFound):
+            raise messages.rename_name_in_use(name.lstrip("/"), svc.get(name).id) from None
+        raise e
     return no_content()
 
 
@@ -822,17 +908,10 @@ async def wait(api: DockerAPI, req: Request) -> StreamResponse:
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
-    filters = parse_filters(req.param("filters"))
-    until = parse_timestamp((filters.pop("until", None) or [""])[-1], "until")
-    unknown = set(filters) - {"label"}
-    if unknown:
-        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: containers are pruned by until and label")
-    match = list_filter(filters)
+    from engine.supervisor.system import container_filter
 
-    def wanted(actor: ContainerActor) -> bool:
-        return match(actor) and (until is None or actor.config.created < until)
-
-    removed = await service(api).prune(wanted)
+    # until: a time or a duration ago (the CLI sends `--filter until=24h` as it is); label, label!
+    removed = await service(api).prune(container_filter(parse_filters(req.param("filters"))))
     return json_response({"ContainersDeleted": removed or None, "SpaceReclaimed": 0})
 
 
@@ -863,7 +942,9 @@ async def logs(api: DockerAPI, req: Request) -> StreamResponse:
     spec = LogsSpec(id=req.path_params["id"], follow=req.bool_param("follow"), tail=tail,
                     since=since or None, until=until, timestamps=req.bool_param("timestamps"))
     svc = service(api)
-    svc.get(spec.id)  # 404 before the stream starts
+    actor = svc.get(spec.id)  # 404 before the stream starts
+    if (actor.config.log_driver or api.app.config.log_driver) == "none":
+        raise InvalidArgument("configured logging driver does not support reading")
 
     async def produce(write: Write) -> None:
         async for record in svc.logs(spec):

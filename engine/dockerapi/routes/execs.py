@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from engine.actors.state import ContainerState
+from engine.dockerapi import messages
 from engine.dockerapi.attach import GONE, ConnectionInput, output_sender
 from engine.dockerapi.execs import ExecInstance
 from engine.dockerapi.routes.containers import console_size, log_content_type, service, window
@@ -63,7 +64,7 @@ async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any
         code = int(result.get("ExitCode", EXEC_FAILED))
     except EngineError as e:
         code = e.exit_code if e.exit_code in (126, 127) else EXEC_FAILED
-        await send({"stream": "stderr", "data": f"{e}\n".encode()})
+        await send({"stream": "stderr", "data": f"{messages.unknown_user(e)}\n".encode()})
     finally:
         with trio.CancelScope(shield=True):
             await api.execs.ended(instance, code)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fnmatch
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 
 import trio
 
+from engine.actors.state import ContainerState
 from engine.api.images import (
     import_image,
     in_use_by_containers,
@@ -94,7 +96,26 @@ async def list_images(api: DockerAPI, req: Request) -> Response:
     store = store_of(api)
     filters = parse_filters(req.param("filters"))
     match = list_filter(store, filters)
-    return json_response([image_summary(i, req) for i in store.list() if match(i)])
+    docs = [image_summary(i, req) for i in store.list() if match(i)]
+    if filters.get("reference"):
+        for doc in docs:
+            narrow_to_reference(doc, filters["reference"])
+        docs = [doc for doc in docs if doc["RepoTags"] or doc["RepoDigests"]]
+    return json_response(docs)
+
+
+def narrow_to_reference(doc: dict[str, Any], patterns: list[str]) -> None:
+    """dockerd lists, of a matching image, only the tags and digests the reference filter
+    matches: `docker images my/bb` shows my/bb's rows, not busybox:latest of the same id.
+    On familiar names only, as dockerd's FamiliarMatch (docker.io/library/* matches none)."""
+    def matches(name: str) -> bool:
+        repo = name.split("@", 1)[0]
+        if ":" in repo.rsplit("/", 1)[-1]:
+            repo = repo.rsplit(":", 1)[0]
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(repo, p) for p in patterns)
+
+    doc["RepoTags"] = [t for t in doc["RepoTags"] if matches(t)]
+    doc["RepoDigests"] = [d for d in doc["RepoDigests"] if matches(d)]
 
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
@@ -142,10 +163,15 @@ async def tag(api: DockerAPI, req: Request) -> Response:
 async def delete(api: DockerAPI, req: Request) -> Response:
     name = req.path_params["name"]
     store = store_of(api)
+    force = req.bool_param("force")
+    with no_such_image(name):
+        await settle_removals(api.app)
+        image, ref = store.resolve(name)
+    if ref is None:  # by ID: dockerd's refusals, and no force past a running container
+        refuse_delete_by_id(api, image, force)
     try:
         with no_such_image(name):
-            await settle_removals(api.app)
-            report = await store.remove(name, force=req.bool_param("force"), in_use=in_use_by_containers(api.app))
+            report = await store.remove(name, force=force, in_use=in_use_by_containers(api.app))
     except Conflict:
         image = store.get(name)
         users = [a.id for a in api.app.services.require_containers().all() if a.config.image_id == image.id]
@@ -156,14 +182,44 @@ async def delete(api: DockerAPI, req: Request) -> Response:
     return json_response(report)
 
 
+def refuse_delete_by_id(api: DockerAPI, image: Image, force: bool) -> None:
+    """dockerd's checks of ``rmi ID``: a running container's image cannot be deleted even
+    with force (engine's store would untag it); a stopped one's, or one named in several
+    repositories, needs force. In its words."""
+    short = image.id.removeprefix("sha256:")[:12]
+    users = [a for a in api.app.services.require_containers().all() if a.config.image_id == image.id]
+    running = [a for a in users if a.status.state in (ContainerState.RUNNING, ContainerState.PAUSED,
+                                                      ContainerState.RESTARTING)]
+    if running:
+        raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - image is being used by "
+                       f"running container {running[0].id[:12]}")
+    if force:
+        return
+    repositories = {str(parse_reference(t).repository()) for t in image.repo_tags}
+    if len(repositories) > 1:
+        raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is referenced in "
+                       "multiple repositories")
+    if users:
+        raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is being used by "
+                       f"stopped container {users[0].id[:12]}")
+
+
 async def prune(api: DockerAPI, req: Request) -> Response:
+    from engine.supervisor.system import image_filter
+
     filters = parse_filters(req.param("filters"))
-    unknown = set(filters) - {"dangling"}
-    if unknown:
-        raise InvalidArgument(f"invalid filter {', '.join(sorted(unknown))}: images are pruned by dangling only")
+    match = image_filter(filters)  # until (a duration too), label, label!, dangling
     dangling = filters.get("dangling", ["true"])[-1].lower() not in ("false", "0")
     await settle_removals(api.app)
-    result = await store_of(api).prune(dangling_only=dangling, in_use=in_use_by_containers(api.app))
+    store = store_of(api)
+    by_id = {image.id: image for image in store.list()}
+    used = in_use_by_containers(api.app)
+
+    def kept(image_id: str) -> bool:  # the store's prune skips what is "in use"
+        image = by_id.get(image_id)
+        return used(image_id) or image is None or not match(image)
+
+    result = await store.prune(dangling_only=dangling, in_use=kept)
     return json_response({"ImagesDeleted": result["ImagesDeleted"] or None,
                           "SpaceReclaimed": result["SpaceReclaimed"]})
 

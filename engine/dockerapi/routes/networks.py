@@ -13,7 +13,7 @@ from engine.api.networks import summary as network_summary
 from engine.dockerapi.messages import network_exists, no_such_network
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import InvalidArgument, NotFound, PermissionDenied
 from engine.httpserver import Request, Response
 from engine.network.networks import DEFAULT_NETWORK
 from engine.network.service import ContainerNetworking
@@ -79,6 +79,7 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
     with no_such_network(req.path_params["id"]):
         net = await svc.store.get(req.path_params["id"])
+    await settle_removals(api.app)  # a `run --rm` that answered a moment ago is not listed in Containers
     return json_response(_docker_view(await network_inspect(svc, net)))
 
 
@@ -99,11 +100,18 @@ def _ipam(doc: Any) -> tuple[str, str]:
     return str(config.get("Subnet") or ""), str(config.get("Gateway") or "")
 
 
+# dockerd's predefined networks engine has too (its bridge is engine's own, removable or not
+# by engine's rules)
+PREDEFINED = ("none", "host")
+
+
 async def create(api: DockerAPI, req: Request) -> Response:
     doc = await req.json_object()
     name = str(doc.get("Name") or "")
     if not name:
         raise InvalidArgument("Name is required")
+    if name in PREDEFINED:
+        raise PermissionDenied(f"operation is not permitted on predefined {name} network", http_status=403)
     refuse_unsupported("NetworkCreate", doc, CREATE_HANDLED | {"Options", "EnableIPv6"}, CREATE_IGNORED)
     if doc.get("EnableIPv6"):
         raise InvalidArgument("EnableIPv6 is not supported by engine (its networks are IPv4)")
@@ -128,6 +136,8 @@ async def remove(api: DockerAPI, req: Request) -> Response:
     svc = networking(api)
     with no_such_network(req.path_params["id"]):
         net = await svc.store.get(req.path_params["id"])
+    if net.is_pseudo and net.name in PREDEFINED:
+        raise PermissionDenied(f"{net.name} is a pre-defined network and cannot be removed", http_status=403)
     await settle_removals(api.app)
     await svc.store.remove(net.id if not net.is_pseudo else net.name)
     api.app.events.emit("network", "destroy", net.id, name=net.name, driver="bridge")
@@ -135,10 +145,11 @@ async def remove(api: DockerAPI, req: Request) -> Response:
 
 
 async def prune(api: DockerAPI, req: Request) -> Response:
-    if parse_filters(req.param("filters")):
-        raise InvalidArgument("network prune filters (until, label) are not supported by engine yet")
+    from engine.supervisor.system import network_filter
+
+    match = network_filter(parse_filters(req.param("filters")))  # until (a duration too), label, label!
     await settle_removals(api.app)
-    removed = await networking(api).store.prune()
+    removed = await networking(api).store.prune(match)
     for name in removed:
         api.app.events.emit("network", "destroy", name, name=name, driver="bridge")
     return json_response({"NetworksDeleted": removed or None})

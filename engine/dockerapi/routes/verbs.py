@@ -6,13 +6,17 @@ calls (engine.supervisor.container_verbs); only the shapes are docker's here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import stat
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import trio
 
+from engine.actors.state import ContainerState
+from engine.dockerapi import messages
 from engine.dockerapi.routes.containers import _restart_policy
 from engine.dockerapi.server import DockerAPI, Router, json_line, json_response
 from engine.dockerapi.shapes import is_empty, refuse_unsupported, rfc3339, rfc3339_nano
@@ -58,6 +62,9 @@ def verbs(api: DockerAPI) -> ContainerVerbs:
 
 
 async def top(api: DockerAPI, req: Request) -> Response:
+    actor = verbs(api).get(req.path_params["id"])
+    if actor.status.state not in (ContainerState.RUNNING, ContainerState.PAUSED):
+        raise messages.not_running(actor.id)
     result = await verbs(api).top(req.path_params["id"], req.param("ps_args").split())
     return json_response({"Titles": result["Titles"], "Processes": result["Processes"]})
 
@@ -177,8 +184,21 @@ def archive_path(req: Request) -> str:
     return path
 
 
+@contextlib.contextmanager
+def could_not_find(path: str, container: str) -> Iterator[None]:
+    """A missing path in dockerd's words (what `docker cp CTR:/nosuch .` prints)."""
+    try:
+        yield
+    except NotFound as e:
+        if not (str(e).startswith("no such file or directory in the container") or "missing_path" in e.details):
+            raise
+        raise NotFound(f"Could not find the file {path} in container {container}", **e.details) from None
+
+
 async def archive_stat(api: DockerAPI, req: Request) -> Response:
-    info = await verbs(api).stat_path(req.path_params["id"], archive_path(req))
+    path = archive_path(req)
+    with could_not_find(path, req.path_params["id"]):
+        info = await verbs(api).stat_path(req.path_params["id"], path)
     return Response(200, b"", content_type="", headers=[path_stat_header(info)])
 
 
@@ -194,7 +214,8 @@ async def archive_get(api: DockerAPI, req: Request) -> StreamResponse:
         headers.append(path_stat_header(info))
 
     async def produce(write: Write) -> None:
-        await service.copy_from(actor.id, path, write, described=described)
+        with could_not_find(path, req.path_params["id"]):
+            await service.copy_from(actor.id, path, write, described=described)
 
     return StreamResponse(produce, content_type="application/x-tar", headers=headers)
 

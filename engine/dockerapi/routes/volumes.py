@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.api.volumes import view, volume_filter
+from engine.api.volumes import view as engine_view
+from engine.api.volumes import volume_filter
 from engine.dockerapi import messages
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_map
@@ -30,6 +31,16 @@ def register(router: Router) -> None:
     router.route("DELETE", "/volumes/{name}")(remove)
 
 
+def view(service: VolumeService, record: Any, *usage: Any) -> dict[str, Any]:
+    """The engine's volume view with dockerd's null for no labels and no options
+    (`volume inspect -f '{{json .Labels}}'` prints null there)."""
+    doc: dict[str, Any] = engine_view(service, record, *usage)
+    for key in ("Labels", "Options"):
+        if key in doc and not doc[key]:
+            doc[key] = None
+    return doc
+
+
 def volumes(api: DockerAPI) -> VolumeService:
     service = api.app.services.volumes
     if service is None:
@@ -39,6 +50,8 @@ def volumes(api: DockerAPI) -> VolumeService:
 
 async def list_volumes(api: DockerAPI, req: Request) -> Response:
     service = volumes(api)
+    # the anonymous volumes of a `run --rm` that answered a moment ago are gone, as dockerd's
+    await settle_removals(api.app)
     match = volume_filter(service, parse_filters(req.param("filters")))
     found = [view(service, record) for record in service.store.list() if match(record)]
     warnings = [f"volume {n} is broken: {why}" for n, why in sorted(service.store.broken.items())]
