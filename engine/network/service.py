@@ -129,6 +129,8 @@ class ContainerNetworking:
         self.netns_dir: Path = layout.netns_dir
         self.plugin_dir = plugin_dir
         self._locks: dict[str, trio.Lock] = {}
+        # a start with published ports checks and records them under it (docker's port allocator)
+        self._ports_lock = trio.Lock()
         # docker's embedded DNS on user networks; off until start_dns (then resolv.conf
         # points at it), so a networking without a daemon nursery keeps /etc/hosts only.
         self.dns = dns.EmbeddedDns(lambda: cni.attachments(self.store))
@@ -252,11 +254,15 @@ class ContainerNetworking:
         results: list[cni.AttachResult] = []
         for index, member in enumerate(members):
             network = await self._network_for_start(member.network, config)
-            res = await self._attach(
-                network, config.id, ns, ifname=f"eth{index}",
-                port_mappings=config.ports if index == 0 else (),
-                name=config.name, aliases=member.aliases, etc_dir=etc_dir,
-            )
+            publishing = index == 0 and bool(config.ports)
+            async with self._ports_lock if publishing else _no_lock():
+                if publishing:
+                    await self._check_ports_free(config)
+                res = await self._attach(
+                    network, config.id, ns, ifname=f"eth{index}",
+                    port_mappings=config.ports if index == 0 else (),
+                    name=config.name, aliases=member.aliases, etc_dir=etc_dir,
+                )
             results.append(res)
             details[network.name] = _endpoint(res)
         gateway = results[0].gateway if results else ""
@@ -273,6 +279,28 @@ class ContainerNetworking:
         await self._open_dns(config, ns, etc_dir, embedded)
         details["_mounts"] = [_mount(src, dst) for src, dst in files.mounts()]
         return details
+
+    async def _check_ports_free(self, config: ContainerConfig) -> None:
+        """docker's port allocator: a host port (on an address, or on all of them) that a
+        running container publishes is not published again; the second start fails in
+        dockerd's words instead of both running and one never reached."""
+        taken: dict[tuple[str, int], tuple[str, str]] = {}  # (protocol, port) -> (host ip, name)
+        for record in await cni.attachments(self.store):
+            if record.container_id == config.id:
+                continue
+            for entry in record.port_mappings:
+                mapping = ports.from_cni(entry)
+                taken.setdefault((mapping.protocol, mapping.host_port), (mapping.host_ip, record.name))
+        for mapping in config.ports:
+            holder = taken.get((mapping.protocol, mapping.host_port))
+            if holder is None:
+                continue
+            their_ip, their_name = holder
+            if mapping.host_ip in ("", "0.0.0.0") or their_ip in ("", "0.0.0.0") or their_ip == mapping.host_ip:
+                raise Conflict(
+                    f"Bind for {mapping.host_ip or '0.0.0.0'}:{mapping.host_port} failed: port is already "
+                    f"allocated (published by container {their_name or '?'}); stop it or publish another port"
+                )
 
     async def _refresh_names(self, network: Network) -> None:
         """After a join or a leave: the peers' /etc/hosts and the embedded DNS's names."""
@@ -627,3 +655,8 @@ def _endpoint(res: cni.AttachResult) -> dict[str, Any]:
         "Aliases": list(res.aliases),
         "InterfaceName": res.ifname,
     }
+
+
+@asynccontextmanager
+async def _no_lock() -> Any:
+    yield

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from engine.errors import Conflict
 from engine.network.ports import free_port
 from engine.testing.daemon import Daemon
 
@@ -49,3 +52,23 @@ def test_udp_echo_over_a_published_udp_port(engine: Daemon) -> None:
     run_d(engine, network="bridge", publish=[f"{port}:5353/udp"], volumes=["/:/host:ro"],
           cmd=["chroot", "/host", "/usr/bin/python3", "-c", UDP_ECHO])
     assert udp_echo(port, b"ping") == b"echo:ping"
+
+
+def test_a_host_port_is_published_once(runc_engine: Daemon) -> None:
+    """docker's port allocator: a second container publishing a taken host port fails to
+    start in dockerd's words (both would run, and only one be reached); once the first
+    stops, it starts. Another address's port, or another protocol, is not a clash."""
+    engine = runc_engine
+    port = free_port()
+    first = run_d(engine, name="first", network="bridge", publish=[f"{port}:80"], cmd=["sleep", "300"])
+    second = engine.call("container.create", image="busybox", name="second", network="bridge",
+                         publish=[f"127.0.0.1:{port}:80"], cmd=["sleep", "300"])["Id"]
+    with pytest.raises(Conflict, match=f"Bind for 127.0.0.1:{port} failed: port is already allocated"):
+        engine.call("container.start", id=second)
+    assert engine.call("container.inspect", id=second)["State"]["Running"] is False
+    udp = run_d(engine, name="udp", network="bridge", publish=[f"{port}:80/udp"], cmd=["sleep", "300"])
+    engine.call("container.stop", id=first, timeout=0)
+    engine.call("container.start", id=second)
+    assert engine.call("container.inspect", id=second)["State"]["Running"] is True
+    for cid in (first, second, udp):
+        engine.call("container.remove", id=cid, force=True)
