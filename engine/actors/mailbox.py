@@ -63,22 +63,21 @@ class Mailbox:
             self._wakeup.set()
 
     async def get(self) -> Envelope | Notice:
-        while True:
-            if self._notices:
-                return self._notices.popleft()
-            if self._commands:
-                return self._commands.popleft()
-            if self._closed is not None:
-                raise MailboxClosed
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+        return await self._next(commands=True)
 
     async def get_notice(self) -> Notice:
         """The next notice only, for a command that waits on news of the actor's own tasks
         (a start waiting for a copy's end); the commands keep their turn in the queue."""
+        item = await self._next(commands=False)
+        assert not isinstance(item, Envelope)
+        return item
+
+    async def _next(self, *, commands: bool) -> Envelope | Notice:
         while True:
             if self._notices:
                 return self._notices.popleft()
+            if commands and self._commands:
+                return self._commands.popleft()
             if self._closed is not None:
                 raise MailboxClosed
             self._wakeup = trio.Event()

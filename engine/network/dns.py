@@ -23,12 +23,10 @@ refreshed). While the daemon is down, lookups fail but /etc/hosts still names ev
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import json
 import logging
-import os
 import socket
 import struct
 import threading
@@ -40,6 +38,7 @@ import attrs
 import trio
 
 from engine.network import dns_wire as w
+from engine.network import netns
 from engine.network.networks import DEFAULT_NETWORK
 
 log = logging.getLogger("engine.network.dns")
@@ -55,19 +54,11 @@ MAX_TCP_CONNECTIONS = 32
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent between queries
 NAT_CHAIN = "ENGINE_DNS"  # in the container's own namespace, so the name is ours alone
 STATE_FILE = "dns.json"  # in the container's etc dir: its upstreams, for a daemon restart
-CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
 
 
 # --- entering a network namespace ------------------------------------------------------------
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def run_in_netns(netns_path: str | Path, fn: Callable[[], T]) -> T:
@@ -79,19 +70,7 @@ def run_in_netns(netns_path: str | Path, fn: Callable[[], T]) -> T:
 
     def body() -> None:
         try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    _setns(target)
-                    try:
-                        outcome.append(("ok", fn()))
-                    finally:
-                        _setns(own)
-                finally:
-                    os.close(target)
-            finally:
-                os.close(own)
+            outcome.append(("ok", netns.call_in_netns(netns_path, fn)))
         except BaseException as e:  # noqa: BLE001 - handed to the caller below
             outcome[:] = [("error", e)]
 

@@ -9,13 +9,50 @@ mount namespaces; otherwise a deleted namespace could linger, pinned by such a c
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
 from engine.errors import InvalidArgument, NotFound
 from engine.network._proc import run
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+_libc: Any = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def call_in_netns(netns_path: str | Path, fn: Callable[[], T]) -> T:
+    """Blocking: ``fn()`` with the calling thread in the network namespace at ``netns_path``
+    (setns; Python 3.11 has no os.setns), and back in its own one after. A socket made
+    meanwhile keeps the namespace it was made in. Call it from a thread made for the
+    purpose, never one of trio's cached workers: should going back fail, the thread must
+    end there."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+            try:
+                return fn()
+            finally:
+                _setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
 
 
 def _check_name(name: str) -> str:

@@ -10,8 +10,6 @@ worker thread is left in a pod's namespace. A host-network pod's ports are the h
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -19,38 +17,16 @@ from typing import Any
 
 import trio
 
-CLONE_NEWNET = 0x40000000
+from engine.network.netns import call_in_netns
+
 CONNECT_TIMEOUT = 10.0  # seconds
 LOCALHOST = "127.0.0.1"
 RECEIVE_SIZE = 32 * 1024
 
-_libc: Any = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def connect_in_netns_blocking(netns: str, port: int) -> socket.socket:
-    """Blocking: a socket connected to 127.0.0.1:port inside ``netns`` (its file)."""
-    own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                sock = socket.create_connection((LOCALHOST, port), timeout=CONNECT_TIMEOUT)
-            finally:
-                _setns(own)  # should this fail, the thread ends here all the same
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+def connect_in_netns_blocking(netns_path: str, port: int) -> socket.socket:
+    """Blocking: a socket connected to 127.0.0.1:port inside ``netns_path`` (its file)."""
+    sock = call_in_netns(
+        netns_path, lambda: socket.create_connection((LOCALHOST, port), timeout=CONNECT_TIMEOUT))
     sock.setblocking(False)
     return sock
 
