@@ -144,10 +144,17 @@ def test_mount_flag_local_tmpfs_volume_and_volumes_from(engine: Daemon, tmp_path
         mounts = {m["Destination"]: m for m in d.call("container.inspect", id="holder")["Mounts"]}
         assert mounts["/fast"]["Name"] == "fast" and mounts["/scratch"]["Type"] == "tmpfs"
         assert mounts["/host"]["Type"] == "bind" and not mounts["/host"]["RW"]
-        with d.client() as c:
-            stream = c.stream("system.events", {"since": 0, "until": time.time(), "filters": {"type": ["volume"]}})
-            actions = [a for a, name in ((e["Action"], e["Actor"]["ID"]) for e in stream) if name == "fast"]
-        # one mount and unmount per container (the holder, and the one with --volumes-from)
+        # one mount and unmount per container (the holder, and the one with --volumes-from,
+        # whose removal frees its mounts just after the run has answered)
+        deadline = time.monotonic() + 10
+        while True:
+            with d.client() as c:
+                stream = c.stream("system.events", {"since": 0, "until": time.time(),
+                                                    "filters": {"type": ["volume"]}})
+                actions = [a for a, name in ((e["Action"], e["Actor"]["ID"]) for e in stream) if name == "fast"]
+            if len(actions) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert actions == ["create", "mount", "mount", "unmount"]
         # a daemon SIGKILL and restart: the volume stays mounted for the running holder,
         # and the new daemon unmounts it when the holder stops
