@@ -174,7 +174,7 @@ def test_links_on_a_user_network(make_engine: EngineFactory, busybox_archive) ->
     # on a user network, as dockerd does, the alias is answered by the embedded DNS for the
     # linking container only, and /etc/hosts gets no entry
     resolved = engine.docker("run", "--rm", "--network", "appnet", "--link", "linked:db", "busybox",
-                             "sh", "-c", "grep -c db /etc/hosts; ping -c1 -W2 db | head -1")
+                             "sh", "-c", "grep -cw db /etc/hosts; ping -c1 -W2 db | head -1")
     ip = engine.daemon.call("container.inspect", id="linked")["NetworkSettings"]["Networks"]["appnet"]["IPAddress"]
     assert resolved.stdout.splitlines() == ["0", f"PING db ({ip}): 56 data bytes"], resolved.stdout
     unlinked = engine.docker("run", "--rm", "--network", "appnet", "busybox", "ping", "-c1", "-W2", "db",
