@@ -80,15 +80,17 @@ def _seconds(ns: Any) -> float:
     return float(ns or 0) / NS
 
 
-def image_healthcheck(raw_config: bytes) -> dict[str, Any] | None:
-    """The ``config.Healthcheck`` of an image config document (not in the parsed type)."""
-    import json
-
-    try:
-        value = (json.loads(raw_config or b"{}").get("config") or {}).get("Healthcheck")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, dict) else None
+def docker_healthcheck(config: HealthConfig) -> dict[str, Any]:
+    """The check as docker's ``Healthcheck`` object (times in nanoseconds, zero ones left
+    out as dockerd leaves them): what inspect shows and ``commit`` records."""
+    doc: dict[str, Any] = {"Test": list(config.test)}
+    for key, seconds in (("Interval", config.interval), ("Timeout", config.timeout),
+                         ("StartPeriod", config.start_period)):
+        if seconds:
+            doc[key] = round(seconds * NS)
+    if config.retries:
+        doc["Retries"] = config.retries
+    return doc
 
 
 def health_config(image_healthcheck: dict[str, Any] | None, *, cmd: str = "", interval: float | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engine.images.records import Image
@@ -12,6 +13,9 @@ def inspect_view(image: Image) -> dict[str, Any]:
     """What ``docker image inspect`` prints, for the fields this engine knows."""
     config = image.config
     container_config = unstructure(config.config)
+    healthcheck = image_healthcheck(config.raw)
+    if healthcheck is not None and isinstance(container_config, dict):
+        container_config["Healthcheck"] = healthcheck
     return {
         "Id": image.id,
         "RepoTags": image.familiar_tags(),
@@ -32,6 +36,16 @@ def inspect_view(image: Image) -> dict[str, Any]:
         },
         "Metadata": {"LastTagTime": image.added_at},
     }
+
+
+def image_healthcheck(raw: bytes) -> dict[str, Any] | None:
+    """An image config document's ``config.Healthcheck`` (docker's extension, which the
+    parsed OCI config drops)."""
+    try:
+        value = (json.loads(raw or b"{}").get("config") or {}).get("Healthcheck")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def history_view(image: Image) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from engine.actors.model import PortMapping
@@ -41,22 +41,27 @@ def _bad(spec: str, why: str) -> InvalidArgument:
     )
 
 
-def _port(spec: str, text: str) -> int:
+def _bad_expose(spec: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid --expose value {spec!r}: {why}; use PORT[-PORT][/tcp|/udp|/sctp], e.g. 8080 or 5000-5010/udp")
+
+
+def _port(spec: str, text: str, bad: Callable[[str, str], InvalidArgument] = _bad) -> int:
     if not text.isdigit():
-        raise _bad(spec, f"{text!r} is not a port number")
+        raise bad(spec, f"{text!r} is not a port number")
     value = int(text)
     if not 1 <= value <= 65535:
-        raise _bad(spec, f"port {value} is outside 1-65535")
+        raise bad(spec, f"port {value} is outside 1-65535")
     return value
 
 
-def _port_range(spec: str, text: str) -> list[int]:
+def _port_range(spec: str, text: str, bad: Callable[[str, str], InvalidArgument] = _bad) -> list[int]:
     first, sep, last = text.partition("-")
     if not sep:
-        return [_port(spec, text)]
-    lo, hi = _port(spec, first), _port(spec, last)
+        return [_port(spec, text, bad)]
+    lo, hi = _port(spec, first, bad), _port(spec, last, bad)
     if hi < lo:
-        raise _bad(spec, f"range {text} ends before it starts")
+        raise bad(spec, f"range {text} ends before it starts")
     return list(range(lo, hi + 1))
 
 
@@ -111,6 +116,17 @@ def parse_publish(spec: str) -> list[PortMapping]:
     if len(host_ports) != len(ctr_ports):
         raise _bad(spec, "host and container port ranges differ in length")
     return [PortMapping(h, c, protocol, host_ip) for h, c in zip(host_ports, ctr_ports, strict=True)]
+
+
+def parse_expose(spec: str) -> list[str]:
+    """One ``--expose`` value (``PORT``, ``PORT-PORT``, with ``/udp`` or ``/sctp``) as the
+    image config's ``ExposedPorts`` keys (``"81/tcp"``), a range expanded as docker's CLI does."""
+    body, _, protocol = spec.strip().partition("/")
+    protocol = protocol.lower() or "tcp"
+    if protocol not in PROTOCOLS:
+        raise _bad_expose(spec, f"unknown protocol {protocol!r}")
+    ports = _port_range(spec, body, _bad_expose)
+    return [f"{port}/{protocol}" for port in ports]
 
 
 def publish_all(exposed_ports: Iterable[str], host_ip: str = "") -> list[PortMapping]:

@@ -23,6 +23,7 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor
+from engine.actors.health import docker_healthcheck
 from engine.actors.state import ContainerState
 from engine.errors import Conflict, InvalidArgument
 from engine.images import types as t
@@ -86,6 +87,8 @@ def run_defaults(actor: ContainerActor, base: dict[str, Any]) -> dict[str, Any]:
         config["User"] = cc.user
     if cc.labels:
         config["Labels"] = dict(cc.labels)
+    if cc.healthcheck is not None:
+        config["Healthcheck"] = docker_healthcheck(cc.healthcheck)
     return {k: v for k, v in config.items() if v is not None}
 
 

@@ -21,13 +21,15 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
-from engine.actors.health import health_config, image_healthcheck
+from engine.actors.health import health_config
 from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
 from engine.actors.verbs import MAX_CPU_SHARES, MIN_CPU_SHARES, check_cpuset
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
+from engine.images.views import image_healthcheck
+from engine.network.ports import parse_expose
 from engine.supervisor.app import App
 from engine.supervisor.attach import (
     DetachMatcher,
@@ -92,6 +94,7 @@ class CreateSpec:
     network_aliases: list[str] = attrs.field(factory=list)
     publish: list[str] = attrs.field(factory=list)
     publish_all: bool = False
+    expose: list[str] = attrs.field(factory=list)
     dns: list[str] = attrs.field(factory=list)
     dns_search: list[str] = attrs.field(factory=list)
     add_hosts: list[str] = attrs.field(factory=list)
@@ -237,6 +240,15 @@ def parse_tmpfs(spec: str) -> TmpfsMount:
     return TmpfsMount(destination, options)
 
 
+def exposed_ports(image_ports: dict[str, Any] | None, expose: list[str]) -> dict[str, Any]:
+    """The image's ``ExposedPorts`` and the container's ``--expose`` ones (what ``-P``
+    publishes and ``ps`` shows), as dockerd merges them."""
+    merged = dict(image_ports or {})
+    for spec in expose:
+        merged.update({key: {} for key in parse_expose(spec)})
+    return merged
+
+
 def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
     """The container's config from a create request, checked now rather than at start."""
     try:
@@ -313,7 +325,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         cap_add=list(p.cap_add),
         cap_drop=list(p.cap_drop),
         layers=list(image.diff_ids),
-        image_config={"ExposedPorts": img.exposed_ports or {}},
+        image_config={"ExposedPorts": exposed_ports(img.exposed_ports, p.expose)},
         tty=p.tty,
         open_stdin=p.open_stdin,
         stdin_once=p.stdin_once and p.open_stdin,

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -205,6 +206,34 @@ def test_run_rm_frees_its_network_and_volume_before_it_returns(make_engine: Engi
                       "busybox", "sh", "-c", "echo x > /data/x")
         assert engine.docker("network", "rm", f"rmnet{round_}", check=False).returncode == 0
         assert engine.docker("volume", "rm", f"rmvol{round_}", check=False).returncode == 0
+
+
+def test_expose_and_publish_all_reach_the_container(make_engine: EngineFactory, busybox_archive) -> None:
+    """`--expose` then `-P`: each exposed port (a range, udp too) gets a host port, as `docker
+    port` shows, and a request to it reaches the container's server; a port exposed and not
+    published is listed bare by `ps`, as dockerd lists it."""
+    engine = make_engine(load_busybox=busybox_archive, network="bridge")
+    engine.docker("run", "-d", "--name", "exposed", "--expose", "8000", "--expose", "9000-9001/udp", "-P",
+                  "busybox", "sh", "-c", "echo served > /index.html; exec httpd -f -p 8000 -h /")
+    engine.docker("run", "-d", "--name", "bare", "--expose", "7000", "busybox", "sleep", "300")
+    try:
+        ports = engine.docker("port", "exposed").stdout
+        tcp = re.search(r"^8000/tcp -> 0\.0\.0\.0:(\d+)$", ports, re.M)
+        assert tcp, ports
+        assert all(re.search(rf"^{p}/udp -> 0\.0\.0\.0:\d+$", ports, re.M) for p in (9000, 9001)), ports
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{tcp[1]}/index.html", timeout=5) as response:
+                    assert response.read() == b"served\n"
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the published port never answered"
+                time.sleep(0.2)
+        listed = engine.docker("ps", "--filter", "name=bare", "--format", "{{.Ports}}").stdout
+        assert listed == "7000/tcp\n", listed
+    finally:
+        engine.docker("rm", "-f", "exposed", "bare")
 
 
 def test_events_stream_and_history(engine: Engine) -> None:

@@ -731,3 +731,38 @@ def test_run_rm_leaves_no_anonymous_volume_listed(pair: Pair) -> None:
                 assert side.run("run", "--rm", *args, "busybox", "true").returncode == 0
                 after = set(side.run("volume", "ls", "-q").stdout.split())  # at once
                 assert after == before, (side.name, args, after - before)
+
+
+def test_expose_adds_to_the_images_exposed_ports(pair: Pair) -> None:
+    """`--expose` (a port, a range, a protocol) lands in Config.ExposedPorts as dockerd's
+    does (-P, which publishes them, is shown in test_docker_cli: this pair has no bridge)."""
+    pair.setup("create", "--name", "vs-expose", "--expose", "81", "--expose", "5000-5001/udp",
+               "--expose", "82/tcp", "-P", "busybox", "true")
+    try:
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.ExposedPorts}} {{.HostConfig.PublishAllPorts}}",
+                                 "vs-expose")
+        assert ours.stdout == theirs.stdout, (ours.stdout, theirs.stdout)
+        assert ours.stdout == '{"5000/udp":{},"5001/udp":{},"81/tcp":{},"82/tcp":{}} true\n', ours.stdout
+    finally:
+        pair.both("rm", "-f", "vs-expose")
+
+
+def test_healthcheck_in_inspect_and_kept_by_commit(pair: Pair) -> None:
+    """The container's check shows in Config.Healthcheck as dockerd's (nanoseconds, zero
+    times left out), and `commit` records it in the new image."""
+    pair.setup("create", "--name", "vs-health", "--health-cmd", "test -e /tmp", "--health-interval", "5s",
+               "--health-retries", "2", "busybox", "sleep", "5")
+    try:
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-health")
+        assert ours.stdout == theirs.stdout == '{"Test":["CMD-SHELL","test -e /tmp"],"Interval":5000000000,"Retries":2}\n', (
+            ours.stdout, theirs.stdout)
+        pair.setup("commit", "vs-health", "vs-health-image:1")
+        ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-health-image:1")
+        assert ours.stdout == theirs.stdout == '{"Test":["CMD-SHELL","test -e /tmp"],"Interval":5000000000,"Retries":2}\n', (
+            ours.stdout, theirs.stdout)
+        pair.setup("create", "--name", "vs-no-health", "busybox", "true")
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-no-health")
+        assert ours.stdout == theirs.stdout == "null\n", (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-health", "vs-no-health")
+        pair.both("rmi", "vs-health-image:1")

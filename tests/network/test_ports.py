@@ -8,7 +8,14 @@ import pytest
 
 from engine.actors.model import PortMapping
 from engine.errors import InvalidArgument
-from engine.network.ports import from_cni, parse_all, parse_publish, publish_all, to_cni
+from engine.network.ports import (
+    from_cni,
+    parse_all,
+    parse_expose,
+    parse_publish,
+    publish_all,
+    to_cni,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +94,16 @@ def test_same_host_port_twice_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="published twice"):
         parse_all(["8080:80", "8080:81"])
     assert len(parse_all(["8080:80", "8080:80/udp"])) == 2
+
+
+def test_expose_values_become_exposed_port_keys() -> None:
+    assert parse_expose("81") == ["81/tcp"]
+    assert parse_expose("5000-5002/UDP") == ["5000/udp", "5001/udp", "5002/udp"]
+
+
+@pytest.mark.parametrize(("spec", "words"), [("", "not a port number"), ("x/tcp", "not a port number"),
+                                             ("81/icmp", "unknown protocol"), ("0", "outside 1-65535"),
+                                             ("90-80", "ends before it starts")])
+def test_bad_expose_values_say_what_is_wrong(spec: str, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"--expose value .*{words}.*PORT\\[-PORT\\]"):
+        parse_expose(spec)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +15,8 @@ from engine.network.ports import free_port
 from engine.testing.daemon import Daemon
 
 from .e2e_net_helpers import HTTPD, run_d, udp_echo, wait_http
+
+ENGCTL = [sys.executable, "-m", "engine.cli.main"]
 
 # A UDP echo server inside the container: the host's python, run from the host's root
 # mounted read-only (busybox's nc has no UDP); it runs in the container's namespace.
@@ -45,6 +51,24 @@ def test_http_server_answers_on_its_published_ports(engine: Daemon) -> None:
     assert {(p["PublicPort"], p["PrivatePort"]) for p in summary["Ports"]} == {(fixed, 80), (chosen, 8081)}
     # Not checked here: that a restart keeps the ports. A container started again after a
     # stop is often killed at once (exit 137) by the life cycle, networking or not.
+
+
+def test_engctl_expose_and_publish_all(engine: Daemon) -> None:
+    """`engctl run --expose PORT -P`: the port the image does not expose gets a host port,
+    `engctl port` shows it and the server answers there; a bad --expose says what is wrong."""
+    env = {**os.environ, "ENGINE_HOST": engine.host}
+    started = subprocess.run(
+        [*ENGCTL, "run", "-d", "--network", "bridge", "--expose", "8000", "-P", "busybox",
+         "sh", "-c", HTTPD.format(text="exposed", port=8000)], capture_output=True, text=True, env=env, timeout=60)
+    assert started.returncode == 0, started.stderr
+    shown = subprocess.run([*ENGCTL, "port", started.stdout.strip()], capture_output=True, text=True, env=env,
+                           timeout=30).stdout
+    port = re.fullmatch(r"8000/tcp -> 0\.0\.0\.0:(\d+)\n", shown)
+    assert port, shown
+    assert wait_http(f"http://127.0.0.1:{port[1]}/") == "exposed\n"
+    refused = subprocess.run([*ENGCTL, "run", "-d", "--expose", "80/icmp", "busybox", "true"],
+                             capture_output=True, text=True, env=env, timeout=30)
+    assert refused.returncode == 125 and "invalid --expose value '80/icmp': unknown protocol" in refused.stderr
 
 
 def test_udp_echo_over_a_published_udp_port(engine: Daemon) -> None:

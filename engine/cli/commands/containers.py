@@ -86,6 +86,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--network-alias", action="append", default=[])
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("-P", "--publish-all", action="store_true")
+    p.add_argument("--expose", action="append", default=[])
     p.add_argument("--dns", action="append", default=[])
     p.add_argument("--dns-search", action="append", default=[])
     p.add_argument("--add-host", action="append", default=[])
@@ -137,6 +138,7 @@ def create_params(args: Namespace) -> dict[str, Any]:
         "network_aliases": args.network_alias,
         "publish": args.publish,
         "publish_all": args.publish_all,
+        "expose": args.expose,
         "dns": args.dns,
         "dns_search": args.dns_search,
         "add_hosts": args.add_host,

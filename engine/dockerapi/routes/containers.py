@@ -17,12 +17,13 @@ import attrs
 import trio
 
 from engine.actors.container import ContainerActor
+from engine.actors.health import docker_healthcheck
 from engine.actors.logs import LOG_OPTS
 from engine.actors.state import ACTIVE, ContainerState
 from engine.actors.verbs import MIN_MEMORY
 from engine.api.container_views import WAIT_CONDITIONS, wait_condition
 from engine.api.containers import inspect as engine_inspect
-from engine.api.containers import list_filter, summary
+from engine.api.containers import list_filter, published_ports, summary
 from engine.dockerapi import list_filters, messages
 from engine.dockerapi.attach import (
     GONE,
@@ -94,9 +95,9 @@ def service(api: DockerAPI) -> ContainerService:
 # other field must be left at its zero value, or the request is refused naming it.
 CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entrypoint", "Labels",
                   "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig",
-                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck"}
+                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck", "ExposedPorts"}
 CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell",
-                  "ExposedPorts", "Domainname", "OnBuild"}
+                  "Domainname", "OnBuild"}
 HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
 HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
@@ -306,6 +307,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         network_aliases=aliases,
         publish=_publish(host.get("PortBindings")),
         publish_all=bool(host.get("PublishAllPorts")),
+        expose=_exposed_ports(doc.get("ExposedPorts")),
         dns=str_list(host.get("Dns"), "HostConfig.Dns") or [],
         dns_search=str_list(host.get("DnsSearch"), "HostConfig.DnsSearch") or [],
         add_hosts=str_list(host.get("ExtraHosts"), "HostConfig.ExtraHosts") or [],
@@ -319,6 +321,15 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         **_host_options(host),
         **_log_config(host.get("LogConfig")),
     )
+
+
+def _exposed_ports(value: Any) -> list[str]:
+    """``Config.ExposedPorts`` (``{"81/tcp": {}}``: the CLI's --expose and -p ports)."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise InvalidArgument('Config.ExposedPorts must be an object of "PORT/PROTOCOL": {} entries')
+    return [str(key) for key in value]
 
 
 def _log_config(value: Any) -> dict[str, Any]:
@@ -633,11 +644,23 @@ def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = No
     return networks
 
 
+def summary_ports(actor: ContainerActor) -> list[dict[str, Any]]:
+    """dockerd's list's Ports: those of a running container only, an exposed port that is
+    not published without IP and PublicPort (`ps` shows it as ``7000/tcp``)."""
+    found: list[dict[str, Any]] = []
+    for key, bindings in sorted(published_ports(actor).items()):
+        port, _, protocol = key.partition("/")
+        if not bindings:
+            found.append({"PrivatePort": int(port), "Type": protocol})
+        found.extend({"IP": b["HostIp"], "PrivatePort": int(port), "PublicPort": int(b["HostPort"]),
+                      "Type": protocol} for b in bindings or [])
+    return found
+
+
 def container_summary(actor: ContainerActor) -> dict[str, Any]:
     doc = summary(actor)
     doc["Names"] = ["/" + actor.config.name]
-    doc["Ports"] = [{**p, "PrivatePort": int(p["PrivatePort"]), "PublicPort": int(p["PublicPort"])}
-                    for p in doc["Ports"]]
+    doc["Ports"] = summary_ports(actor)
     doc["SizeRw"] = 0
     doc["HostConfig"] = {"NetworkMode": network_mode_view(actor.config)}
     doc["NetworkSettings"] = {"Networks": _networks_view(actor)}
@@ -685,6 +708,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "OnBuild": None,
         "StopTimeout": int(c.stop_timeout) if c.stop_timeout != float("inf") else -1,
     })
+    if c.healthcheck is not None:
+        config["Healthcheck"] = docker_healthcheck(c.healthcheck)
     if _without_default_network(api, c) and actor.status.started_at:
         # dockerd's for a container on its default network when it has none ("bridge":
         # "none"), once it has started; omitted otherwise, as dockerd omits it (omitempty)
