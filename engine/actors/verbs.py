@@ -76,6 +76,16 @@ def _cpu_placement(command: c.Update) -> dict[str, Any]:
     return found
 
 
+def check_cpus(cpus: float) -> None:
+    """``--cpus`` as dockerd bounds it: more than none, and not more than the CPUs this
+    daemon may run on (its message names 0.01, but it checks only that the value is not
+    negative). The CRI does not ask this: a pod's limit may exceed the node's CPUs."""
+    available = len(os.sched_getaffinity(0))
+    if not 0 < cpus <= available:
+        raise InvalidArgument(
+            f"Range of CPUs is from 0.01 to {available}.00, as there are only {available} CPUs available")
+
+
 def check_cpuset(value: str, flag: str) -> str:
     """A cpuset list as cgroups take it ("0-2,4"); the kernel checks that the CPUs exist."""
     for part in value.split(","):

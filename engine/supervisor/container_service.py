@@ -26,7 +26,7 @@ from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
 from engine.actors.state import ACTIVE, ContainerState
-from engine.actors.verbs import MAX_CPU_SHARES, MIN_CPU_SHARES, check_cpuset
+from engine.actors.verbs import MAX_CPU_SHARES, MIN_CPU_SHARES, check_cpus, check_cpuset
 from engine.errors import Conflict, EngineError, InvalidArgument, NotFound
 from engine.images.views import image_healthcheck
 from engine.network.ports import parse_expose
@@ -263,8 +263,8 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
     for value in (p.memory, p.pids_limit):
         if value is not None and value <= 0:
             raise InvalidArgument("--memory and --pids-limit must be positive")
-    if p.cpus is not None and not 0 < p.cpus < math.inf:
-        raise InvalidArgument("--cpus must be a positive number")
+    if p.cpus is not None:
+        check_cpus(p.cpus)
     if p.cpu_shares is not None and not MIN_CPU_SHARES <= p.cpu_shares <= MAX_CPU_SHARES:
         raise InvalidArgument(f"--cpu-shares must be between {MIN_CPU_SHARES} and {MAX_CPU_SHARES}")
     for cpuset, flag in ((p.cpuset_cpus, "--cpuset-cpus"), (p.cpuset_mems, "--cpuset-mems")):

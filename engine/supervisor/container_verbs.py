@@ -16,6 +16,7 @@ import trio
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor
 from engine.actors.state import ContainerState
+from engine.actors.verbs import check_cpus
 from engine.errgroup import unwrap_single_error
 from engine.errors import InvalidArgument
 from engine.images.records import Image
@@ -90,6 +91,8 @@ class ContainerVerbs:
         kept for later starts."""
         if memory_swap is not None:
             require_swap_accounting()
+        if cpus is not None:
+            check_cpus(cpus)
         return await self.get(ref).call(c.Update(  # type: ignore[no-any-return]
             memory, cpus, pids_limit, restart, cpu_shares, cpuset_cpus, cpuset_mems, memory_swap))
 

@@ -186,6 +186,8 @@ ERROR_CASES = [
     ("bad container name (dash)", ["create", "--name", "-x", "busybox", "true"]),
     ("bad new name (rename)", ["rename", "vs-exited", "bad/name"]),
     ("memory limit below 6MB", ["run", "--rm", "-m", "1m", "busybox", "true"]),
+    ("more CPUs than the host has", ["run", "--rm", "--cpus", "999", "busybox", "true"]),
+    ("update to more CPUs than the host has", ["update", "--cpus", "999", "vs-running"]),
     ("rm of a running container", ["rm", "vs-running"]),
     ("stop of a stopped container", ["stop", "vs-exited"]),
     ("kill of a stopped container", ["kill", "vs-exited"]),
