@@ -76,6 +76,7 @@ class ContainerConfig:
     workdir: str = "/"
     user: str = ""
     hostname: str = ""
+    domainname: str = ""  # the UTS domain name (docker's --domainname)
     binds: list[BindMount] = attrs.field(factory=list)
     tmpfs: list[TmpfsMount] = attrs.field(factory=list)
     read_only: bool = False

@@ -224,6 +224,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
         },
         "Config": {
             "Hostname": c.hostname or c.id[:12],
+            "Domainname": c.domainname,
             "User": c.user,
             "Env": c.env,
             "Cmd": c.cmd,

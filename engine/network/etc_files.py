@@ -44,6 +44,7 @@ class HostsConfig:
     name: str = ""  # the container's name (resolvable by peers, and by itself)
     ips: list[str] = attrs.field(factory=list)
     extra_hosts: list[tuple[str, str]] = attrs.field(factory=list)  # (name, ip) from --add-host
+    domainname: str = ""  # the own line starts with hostname.domainname, as docker's
 
 
 @attrs.frozen
@@ -81,7 +82,8 @@ def hosts_text(config: HostsConfig, peers: Iterable[tuple[str, Sequence[str]]] =
     lines = [_BASE_HOSTS]
     for name, ip in config.extra_hosts:
         lines.append(f"{ip}\t{name}\n")
-    own = " ".join(dict.fromkeys(n for n in (config.hostname, config.name) if n))
+    fqdn = f"{config.hostname}.{config.domainname}" if config.domainname else ""
+    own = " ".join(dict.fromkeys(n for n in (fqdn, config.hostname, config.name) if n))
     for ip in config.ips or ["127.0.1.1"]:
         lines.append(f"{ip}\t{own}\n")
     for ip, names in sorted(peers):
@@ -150,6 +152,7 @@ async def write_etc_files(
     etc_dir: Path,
     *,
     hostname: str,
+    domainname: str = "",
     name: str = "",
     ips: Sequence[str] = (),
     extra_hosts: Sequence[tuple[str, str]] = (),
@@ -170,7 +173,8 @@ async def write_etc_files(
             ipaddress.ip_address(server)
         except ValueError:
             raise InvalidArgument(f"invalid --dns {server!r}: give a nameserver's IP address") from None
-    config = HostsConfig(hostname=hostname, name=name, ips=list(ips), extra_hosts=list(extra_hosts))
+    config = HostsConfig(hostname=hostname, name=name, ips=list(ips), extra_hosts=list(extra_hosts),
+                         domainname=domainname)
 
     def read_host_then_write() -> EtcFiles:  # one worker-thread trip: a start waits on it
         resolv = _resolv_for(network_mode, dns, dns_search, dns_options, host_resolv_conf, embedded_dns)

@@ -268,7 +268,7 @@ class ContainerNetworking:
         gateway = results[0].gateway if results else ""
         embedded = self.dns.running and any(r.network != DEFAULT_NETWORK for r in results)
         files = await etc_files.write_etc_files(
-            etc_dir, hostname=_hostname(config), name=config.name, ips=[r.ip for r in results],
+            etc_dir, hostname=_hostname(config), domainname=config.domainname, name=config.name, ips=[r.ip for r in results],
             extra_hosts=[etc_files.parse_add_host(h, gateway=gateway) for h in config.add_hosts],
             dns=config.dns, dns_search=config.dns_search,
             network_mode="bridge" if results else "none",
@@ -377,7 +377,7 @@ class ContainerNetworking:
         brings its loopback up (runc and crun both do for a namespace without a path), so
         no namespace file, mount or CNI plugin is needed: three process spawns fewer."""
         files = await etc_files.write_etc_files(
-            self.etc_dir(config.id), hostname=_hostname(config), name=config.name,
+            self.etc_dir(config.id), hostname=_hostname(config), domainname=config.domainname, name=config.name,
             extra_hosts=[etc_files.parse_add_host(h) for h in config.add_hosts],
             dns=config.dns, dns_search=config.dns_search, network_mode="none",
             host_resolv_conf=self.resolv_conf,
@@ -396,7 +396,7 @@ class ContainerNetworking:
     async def _setup_host(self, config: ContainerConfig) -> dict[str, Any]:
         etc_dir = self.etc_dir(config.id)
         files = await etc_files.write_etc_files(
-            etc_dir, hostname=_hostname(config), name=config.name,
+            etc_dir, hostname=_hostname(config), domainname=config.domainname, name=config.name,
             dns=config.dns, dns_search=config.dns_search, network_mode="host",
             host_resolv_conf=self.resolv_conf,
         )

@@ -119,6 +119,7 @@ class SpecOptions:
     cwd: str = "/"
     user: str = ""  # docker --user syntax, resolved against the rootfs
     hostname: str = ""
+    domainname: str = ""
     mounts: list[BindMount] = attrs.field(factory=list)
     tmpfs: list[TmpfsMount] = attrs.field(factory=list)
     read_only: bool = False
@@ -508,6 +509,9 @@ def build_spec(options: SpecOptions) -> dict[str, Any]:
     }
     if not any(ns["type"] == "uts" for ns in spec["linux"]["namespaces"]):
         del spec["hostname"]  # the host's UTS namespace: runtimes refuse to set a hostname
+    elif options.domainname:
+        # a sysctl, as dockerd sets it: runc before 1.2 ignores the spec's "domainname"
+        spec["linux"].setdefault("sysctl", {}).setdefault("kernel.domainname", options.domainname)
     return apply_patch(spec, options.spec_patch) if options.spec_patch else spec
 
 

@@ -78,6 +78,7 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         cwd=config.workdir or "/",
         user=config.user,
         hostname=config.hostname or config.id[:12],
+        domainname=config.domainname,
         mounts=mounts,
         tmpfs=tmpfs,
         read_only=config.read_only,

@@ -70,6 +70,7 @@ class CreateSpec:
     workdir: str = ""
     user: str = ""
     hostname: str = ""
+    domainname: str = ""
     volumes: list[str] = attrs.field(factory=list)  # -v SRC:DST[:ro], -v NAME:DST, -v DST
     mounts: list[str] = attrs.field(factory=list)  # --mount type=…,src=…,dst=…
     volumes_from: list[str] = attrs.field(factory=list)  # --volumes-from CTR[:ro|rw]
@@ -175,6 +176,17 @@ def stop_grace(timeout: int | None) -> float | None:
         raise InvalidArgument(f"invalid stop timeout {timeout}: use whole seconds from 0 to "
                               f"{MAX_STOP_TIMEOUT}, or -1 to wait for ever")
     return float(timeout)
+
+
+def check_domainname(domainname: str) -> str:
+    """``--domainname``: what the kernel takes as a UTS domain name (at most 64 bytes);
+    spaces or control characters would only fail later, in the runtime."""
+    if len(domainname.encode()) > 64:
+        raise InvalidArgument(f"--domainname {domainname[:20]!r}... is longer than 64 bytes, the kernel's limit")
+    if any(ch.isspace() or not ch.isprintable() for ch in domainname):
+        raise InvalidArgument(f"--domainname {domainname!r} has spaces or control characters; give a DNS "
+                              "domain such as example.com")
+    return domainname
 
 
 def check_sizes(p: CreateSpec) -> None:
@@ -300,6 +312,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         workdir=workdir,
         user=user,
         hostname=p.hostname,
+        domainname=check_domainname(p.domainname),
         binds=[parse_volume(v) for v in p.volumes if is_bind_spec(v)],
         tmpfs=[parse_tmpfs(t) for t in p.tmpfs],
         read_only=p.read_only,

@@ -768,3 +768,31 @@ def test_healthcheck_in_inspect_and_kept_by_commit(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-health", "vs-no-health")
         pair.both("rmi", "vs-health-image:1")
+
+
+def test_domainname_as_dockerd_sets_it(pair: Pair) -> None:
+    """`--domainname`: the kernel's domain name in the container's UTS namespace, shown by
+    inspect; on a user network the own /etc/hosts line names hostname.domain first, so
+    `hostname -d` answers the domain. Under `--network host` the container still has its own
+    UTS namespace (dockerd's too), so the host's domain name is left alone."""
+    ours, theirs = pair.both("run", "--rm", "--domainname", "example.com", "-h", "web", "busybox",
+                             "cat", "/proc/sys/kernel/domainname", "/etc/hostname")
+    assert ours.stdout == theirs.stdout == "example.com\nweb\n", (ours.stdout, ours.stderr, theirs.stdout)
+    pair.setup("network", "create", "--subnet", "10.231.7.0/24", "vs-domain-net")
+    try:
+        ours, theirs = pair.both("run", "--rm", "--network", "vs-domain-net", "--domainname", "example.com",
+                                 "-h", "web", "busybox", "hostname", "-d")
+        assert ours.stdout == theirs.stdout == "example.com\n", (ours.stdout, ours.stderr, theirs.stdout)
+    finally:
+        pair.both("network", "rm", "vs-domain-net")
+    host_domain = Path("/proc/sys/kernel/domainname").read_text()
+    ours, theirs = pair.both("run", "--rm", "--network", "host", "--domainname", "example.com", "busybox",
+                             "cat", "/proc/sys/kernel/domainname")
+    assert ours.stdout == theirs.stdout == "example.com\n", (ours.stdout, ours.stderr, theirs.stdout)
+    assert Path("/proc/sys/kernel/domainname").read_text() == host_domain
+    pair.setup("create", "--name", "vs-domain", "--domainname", "example.com", "busybox", "true")
+    try:
+        ours, theirs = pair.both("inspect", "-f", "{{.Config.Domainname}}", "vs-domain")
+        assert ours.stdout == theirs.stdout == "example.com\n"
+    finally:
+        pair.both("rm", "vs-domain")

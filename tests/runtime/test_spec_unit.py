@@ -127,6 +127,18 @@ def test_spec_shape(rootfs: Path) -> None:
     assert nofile[0]["hard"] <= resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
+def test_domainname_is_the_uts_sysctl_and_left_out_with_the_hosts_uts(rootfs: Path) -> None:
+    # a sysctl as dockerd writes it: runc 1.1 ignores the spec's own "domainname" field
+    spec = build_spec(SpecOptions(container_id="abc", rootfs=rootfs, args=["x"], domainname="example.com"))
+    assert spec["linux"]["sysctl"]["kernel.domainname"] == "example.com" and "domainname" not in spec
+    chosen = build_spec(SpecOptions(container_id="abc", rootfs=rootfs, args=["x"], domainname="example.com",
+                                    sysctls={"kernel.domainname": "mine.org"}))
+    assert chosen["linux"]["sysctl"]["kernel.domainname"] == "mine.org"  # --sysctl wins
+    shared = build_spec(SpecOptions(container_id="abc", rootfs=rootfs, args=["x"], domainname="example.com",
+                                    namespaces={"uts": "host"}))
+    assert "kernel.domainname" not in shared["linux"].get("sysctl", {}) and "hostname" not in shared
+
+
 TEMPLATE = {
     "defaultAction": "SCMP_ACT_ERRNO",
     "defaultErrnoRet": 38,

@@ -67,6 +67,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("-w", "--workdir", default="")
     p.add_argument("-u", "--user", default="")
     p.add_argument("-h", "--hostname", default="")
+    p.add_argument("--domainname", default="")
     p.add_argument("--entrypoint", default=None)
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--init", action="store_true")
@@ -127,6 +128,7 @@ def create_params(args: Namespace) -> dict[str, Any]:
         "workdir": args.workdir,
         "user": args.user,
         "hostname": args.hostname,
+        "domainname": args.domainname,
         "read_only": args.read_only,
         "init": args.init,
         "restart": args.restart,

@@ -95,9 +95,8 @@ def service(api: DockerAPI) -> ContainerService:
 # other field must be left at its zero value, or the request is refused naming it.
 CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entrypoint", "Labels",
                   "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig",
-                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck", "ExposedPorts"}
-CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell",
-                  "Domainname", "OnBuild"}
+                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck", "ExposedPorts", "Domainname"}
+CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell", "OnBuild"}
 HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
 HEALTH_IGNORED = {"StartInterval"}
 HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
@@ -249,8 +248,6 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
     refuse_unsupported("Config", doc, CONFIG_HANDLED, CONFIG_IGNORED | {"Volumes"})
     # Config.Volumes: {"/path": {}}, an anonymous volume each (unless a bind or mount covers it)
     anonymous = sorted(str_map_keys(doc.get("Volumes"), "Config.Volumes"))
-    if doc.get("Domainname"):
-        raise InvalidArgument("Config.Domainname is not supported by engine")
     refuse_unsupported("HostConfig", host, HOST_HANDLED, HOST_IGNORED)
     parse_links(host.get("Links"))  # checked here, resolved by the create handler
     log_type = str((host.get("LogConfig") or {}).get("Type") or "")
@@ -284,6 +281,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         workdir=str(doc.get("WorkingDir") or ""),
         user=str(doc.get("User") or ""),
         hostname=str(doc.get("Hostname") or ""),
+        domainname=str(doc.get("Domainname") or ""),
         volumes=[*(str_list(host.get("Binds"), "HostConfig.Binds") or []), *mount_binds,
                  *_uncovered(anonymous, host, [*tmpfs, *mount_tmpfs])],
         mounts=mount_volumes,
@@ -696,7 +694,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
     c = actor.config
     config = doc["Config"]
     config.update({
-        "Domainname": "",
+        "Domainname": c.domainname,
         "AttachStdin": c.open_stdin,
         "AttachStdout": False,
         "AttachStderr": False,
