@@ -97,6 +97,7 @@ class ContainerConfig:
     publish_all: bool = False
     dns: list[str] = attrs.field(factory=list)
     dns_search: list[str] = attrs.field(factory=list)
+    dns_options: list[str] = attrs.field(factory=list)
     add_hosts: list[str] = attrs.field(factory=list)
     cap_add: list[str] = attrs.field(factory=list)
     cap_drop: list[str] = attrs.field(factory=list)

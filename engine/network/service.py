@@ -270,7 +270,7 @@ class ContainerNetworking:
         files = await etc_files.write_etc_files(
             etc_dir, hostname=_hostname(config), domainname=config.domainname, name=config.name, ips=[r.ip for r in results],
             extra_hosts=[etc_files.parse_add_host(h, gateway=gateway) for h in config.add_hosts],
-            dns=config.dns, dns_search=config.dns_search,
+            dns=config.dns, dns_search=config.dns_search, dns_options=config.dns_options,
             network_mode="bridge" if results else "none",
             host_resolv_conf=self.resolv_conf, embedded_dns=dns.ADDRESS if embedded else "",
         )
@@ -340,6 +340,7 @@ class ContainerNetworking:
         etc_dir = self.etc_dir(config.id)
         await self._open_dns(config, ns, etc_dir, True, live=True)
         await etc_files.embed_resolv_conf(etc_dir, embedded_dns=dns.ADDRESS, dns_search=config.dns_search,
+                                          dns_options=config.dns_options,
                                           host_resolv_conf=self.resolv_conf)
 
     async def start_dns(self, nursery: trio.Nursery, resolv_conf: Path = etc_files.HOST_RESOLV_CONF) -> None:
@@ -379,7 +380,7 @@ class ContainerNetworking:
         files = await etc_files.write_etc_files(
             self.etc_dir(config.id), hostname=_hostname(config), domainname=config.domainname, name=config.name,
             extra_hosts=[etc_files.parse_add_host(h) for h in config.add_hosts],
-            dns=config.dns, dns_search=config.dns_search, network_mode="none",
+            dns=config.dns, dns_search=config.dns_search, dns_options=config.dns_options, network_mode="none",
             host_resolv_conf=self.resolv_conf,
         )
         return {"_netns": None, "_mounts": [_mount(src, dst) for src, dst in files.mounts()]}
@@ -397,7 +398,7 @@ class ContainerNetworking:
         etc_dir = self.etc_dir(config.id)
         files = await etc_files.write_etc_files(
             etc_dir, hostname=_hostname(config), domainname=config.domainname, name=config.name,
-            dns=config.dns, dns_search=config.dns_search, network_mode="host",
+            dns=config.dns, dns_search=config.dns_search, dns_options=config.dns_options, network_mode="host",
             host_resolv_conf=self.resolv_conf,
         )
         extra = [etc_files.parse_add_host(h) for h in config.add_hosts]

@@ -98,6 +98,7 @@ class CreateSpec:
     expose: list[str] = attrs.field(factory=list)
     dns: list[str] = attrs.field(factory=list)
     dns_search: list[str] = attrs.field(factory=list)
+    dns_options: list[str] = attrs.field(factory=list)
     add_hosts: list[str] = attrs.field(factory=list)
     cap_add: list[str] = attrs.field(factory=list)
     cap_drop: list[str] = attrs.field(factory=list)
@@ -334,6 +335,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         publish_all=p.publish_all,
         dns=list(p.dns),
         dns_search=list(p.dns_search),
+        dns_options=list(p.dns_options),
         add_hosts=list(p.add_hosts),
         cap_add=list(p.cap_add),
         cap_drop=list(p.cap_drop),

@@ -796,3 +796,27 @@ def test_domainname_as_dockerd_sets_it(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == "example.com\n"
     finally:
         pair.both("rm", "vs-domain")
+
+
+def test_dns_options_in_resolv_conf_as_dockerd_writes_them(pair: Pair) -> None:
+    """`--dns-option` lands on resolv.conf's options line, off and on a user network (where
+    ndots:0 is added unless an ndots is given), and in HostConfig.DnsOptions."""
+    script = "grep ^options /etc/resolv.conf"
+    ours, theirs = pair.both("run", "--rm", "--dns-option", "timeout:1", "--dns-option", "attempts:2",
+                             "busybox", "sh", "-c", script)
+    assert ours.stdout == theirs.stdout == "options timeout:1 attempts:2\n", (ours.stdout, theirs.stdout)
+    pair.setup("network", "create", "--subnet", "10.231.8.0/24", "vs-dnsopt-net")
+    try:
+        for options in (["timeout:1"], ["ndots:3", "timeout:1"]):
+            flags = [arg for option in options for arg in ("--dns-option", option)]
+            ours, theirs = pair.both("run", "--rm", "--network", "vs-dnsopt-net", *flags, "busybox", "sh", "-c", script)
+            assert ours.stdout == theirs.stdout, (options, ours.stdout, ours.stderr, theirs.stdout)
+        assert ours.stdout == "options ndots:3 timeout:1\n"
+    finally:
+        pair.both("network", "rm", "vs-dnsopt-net")
+    pair.setup("create", "--name", "vs-dnsopt", "--dns-opt", "rotate", "busybox", "true")
+    try:
+        ours, theirs = pair.both("inspect", "-f", "{{json .HostConfig.DnsOptions}}", "vs-dnsopt")
+        assert ours.stdout == theirs.stdout == '["rotate"]\n'
+    finally:
+        pair.both("rm", "vs-dnsopt")

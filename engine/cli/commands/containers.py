@@ -90,6 +90,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--expose", action="append", default=[])
     p.add_argument("--dns", action="append", default=[])
     p.add_argument("--dns-search", action="append", default=[])
+    p.add_argument("--dns-option", "--dns-opt", action="append", default=[])
     p.add_argument("--add-host", action="append", default=[])
     p.add_argument("--cap-add", action="append", default=[])
     p.add_argument("--cap-drop", action="append", default=[])
@@ -143,6 +144,7 @@ def create_params(args: Namespace) -> dict[str, Any]:
         "expose": args.expose,
         "dns": args.dns,
         "dns_search": args.dns_search,
+        "dns_options": args.dns_option,
         "add_hosts": args.add_host,
         "cap_add": args.cap_add,
         "cap_drop": args.cap_drop,

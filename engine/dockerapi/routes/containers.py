@@ -99,7 +99,7 @@ CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entr
 CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell", "OnBuild"}
 HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
 HEALTH_IGNORED = {"StartInterval"}
-HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch",
+HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Dns", "DnsSearch", "DnsOptions",
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
                 "Memory", "NanoCpus", "CpuShares", "CpusetCpus", "CpusetMems", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
                 "Isolation", "VolumesFrom", "Privileged", "SecurityOpt", "Sysctls", "Ulimits", "ShmSize",
@@ -308,6 +308,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         expose=_exposed_ports(doc.get("ExposedPorts")),
         dns=str_list(host.get("Dns"), "HostConfig.Dns") or [],
         dns_search=str_list(host.get("DnsSearch"), "HostConfig.DnsSearch") or [],
+        dns_options=str_list(host.get("DnsOptions"), "HostConfig.DnsOptions") or [],
         add_hosts=str_list(host.get("ExtraHosts"), "HostConfig.ExtraHosts") or [],
         cap_add=str_list(host.get("CapAdd"), "HostConfig.CapAdd") or [],
         cap_drop=str_list(host.get("CapDrop"), "HostConfig.CapDrop") or [],
@@ -724,7 +725,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "NetworkMode": network_mode_view(c),
         "Dns": list(c.dns),
         "DnsSearch": list(c.dns_search),
-        "DnsOptions": [],
+        "DnsOptions": list(c.dns_options),
         "ExtraHosts": list(c.add_hosts) or None,
         "PublishAllPorts": c.publish_all,
         # what the engine's spec masks (nothing when privileged)
