@@ -30,6 +30,7 @@ from engine.rpc.transports import normalise_origin
 
 DEFAULT_CONFIG = Path("/etc/engine/daemon.json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 
 
 @attrs.define
@@ -64,7 +65,7 @@ class DaemonConfig:
     default_address_pools: list[AddressPoolConfig] = attrs.field(factory=_default_pools)
     # The resolv.conf containers take their nameservers and search domains from, and the
     # embedded DNS of user networks forwards to (kubelet's --resolv-conf).
-    resolv_conf: str = "/etc/resolv.conf"
+    resolv_conf: str = DEFAULT_RESOLV_CONF
     storage_driver: str = "overlay"
     insecure_registries: list[str] = attrs.field(factory=list)
     registry_mirrors: list[str] = attrs.field(factory=list)
@@ -194,6 +195,7 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
         raise ConfigError(f"invalid log-level {config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     config.ws_allowed_origins = [_origin(o) for o in config.ws_allowed_origins]
     config.network_settings()  # a bad bridge, bip or pool is a ConfigError naming it
+    _check_resolv_conf(config.resolv_conf)
     from engine.actors.logs import LogPolicy
 
     try:
@@ -201,6 +203,15 @@ def build_config(file_fields: dict[str, Any], flag_fields: dict[str, Any], sourc
     except Exception as e:
         raise ConfigError(f"invalid log-driver / log-opts: {e}") from None
     return config
+
+
+def _check_resolv_conf(path: str) -> None:
+    """A resolv-conf the user chose must exist: every user-network container would otherwise
+    start with no upstream nameserver. The default may be missing (a host without DNS)."""
+    if path == DEFAULT_RESOLV_CONF or Path(path).is_file():
+        return
+    raise ConfigError(f"resolv-conf {path} is not a file: give the resolv.conf whose nameservers containers "
+                      "should use, or leave it unset for /etc/resolv.conf")
 
 
 def _origin(text: str) -> str:

@@ -86,3 +86,16 @@ def test_the_daemon_refuses_to_start_and_a_reload_keeps_the_running_lists(tmp_pa
         assert d.call("system.ping") == "pong"  # the daemon stays up on its running config
     finally:
         d.cleanup()
+
+
+def test_a_chosen_resolv_conf_must_be_a_file(tmp_path: Path) -> None:
+    """A missing --resolv-conf is refused at start, naming the path; the default may be
+    missing (a host without DNS still runs containers)."""
+    with pytest.raises(ConfigError, match=r"resolv-conf .*/nosuch is not a file"):
+        configure(tmp_path, {}, "--resolv-conf", str(tmp_path / "nosuch"))
+    with pytest.raises(ConfigError, match=r"resolv-conf .*/nosuch is not a file"):
+        configure(tmp_path, {"resolv-conf": str(tmp_path / "nosuch")})
+    given = tmp_path / "resolv.conf"
+    given.write_text("nameserver 192.0.2.53\n")
+    assert configure(tmp_path, {}, "--resolv-conf", str(given)).resolv_conf == str(given)
+    assert configure(tmp_path, {}).resolv_conf == "/etc/resolv.conf"
