@@ -137,6 +137,8 @@ class ContainerConfig:
     cpu_quota: int | None = None  # microseconds per period (docker's --cpu-quota)
     cpu_period: int | None = None  # microseconds (docker's --cpu-period)
     devices: list[str] = attrs.field(factory=list)  # HOST:CONTAINER:PERMISSIONS, checked at create
+    memory_reservation: int | None = None  # bytes: the soft limit (docker's --memory-reservation)
+    oom_kill_disable: bool = False
 
     @property
     def short_id(self) -> str:

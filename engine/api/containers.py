@@ -265,6 +265,8 @@ def host_options_view(c: Any) -> dict[str, Any]:
         "CpuQuota": c.cpu_quota or 0,
         "CpuPeriod": c.cpu_period or 0,
         "Devices": [_device_view(d) for d in c.devices] or None,
+        "MemoryReservation": c.memory_reservation or 0,
+        "OomKillDisable": c.oom_kill_disable,
     }
 
 

@@ -151,6 +151,8 @@ class SpecOptions:
     seccomp_template: dict[str, Any] | None = None  # a profile given by content, over seccomp_profile
     cpu_quota: int | None = None  # microseconds per period
     cpu_period: int | None = None  # microseconds
+    memory_reservation: int | None = None  # bytes: the soft limit
+    oom_kill_disable: bool = False
     devices: list[str] = attrs.field(factory=list)  # docker's --device HOST[:CONTAINER[:rwm]]
 
 
@@ -320,6 +322,10 @@ def _resources(options: SpecOptions) -> dict[str, Any]:
                 raise InvalidArgument("memory_swap (memory plus swap) must be >= memory, or -1")
             memory["swap"] = options.memory_swap
         res["memory"] = memory
+    if options.memory_reservation:
+        res.setdefault("memory", {})["reservation"] = options.memory_reservation
+    if options.oom_kill_disable:
+        res.setdefault("memory", {})["disableOOMKiller"] = True
     if options.cpus is not None:
         if options.cpus <= 0:
             raise InvalidArgument(f"cpus must be positive, got {options.cpus}")

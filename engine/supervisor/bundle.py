@@ -110,6 +110,8 @@ def spec_options(config: ContainerConfig, status: ContainerStatus, rootfs: Path)
         seccomp_template=json.loads(config.seccomp_json) if config.seccomp_json else None,
         cpu_quota=config.cpu_quota,
         cpu_period=config.cpu_period,
+        memory_reservation=config.memory_reservation,
+        oom_kill_disable=config.oom_kill_disable,
         devices=list(config.devices),
     )
 

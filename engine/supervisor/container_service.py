@@ -128,6 +128,8 @@ class CreateSpec:
     memory_swap: int | None = None  # bytes of memory + swap; -1 unlimited
     cpu_quota: int | None = None  # microseconds
     cpu_period: int | None = None  # microseconds
+    memory_reservation: int | None = None  # bytes
+    oom_kill_disable: bool = False
     devices: list[str] = attrs.field(factory=list)  # HOST[:CONTAINER[:rwm]]
 
 
@@ -365,8 +367,9 @@ def has_host_options(p: CreateSpec) -> bool:
     """Whether the create gives any of docker's host options (the common create gives none,
     and pays nothing for them)."""
     return bool(p.privileged or p.security_opt or p.sysctls or p.ulimits or p.group_add or p.pid or p.ipc
-                or p.uts or p.devices) or any(v is not None for v in (
-                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period, p.memory))
+                or p.uts or p.devices or p.oom_kill_disable) or any(v is not None for v in (
+                    p.shm_size, p.oom_score_adj, p.memory_swap, p.cpu_quota, p.cpu_period, p.memory,
+                    p.memory_reservation))
 
 
 class ContainerService:

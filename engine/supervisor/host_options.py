@@ -1,6 +1,7 @@
 """docker's host options on a create (``--privileged``, ``--security-opt``, ``--sysctl``,
 ``--ulimit``, ``--shm-size``, ``--oom-score-adj``, ``--group-add``, ``--pid/--ipc/--uts``,
-``--memory-swap``, ``--cpu-quota/--cpu-period``, ``--device``): checked with docker's rules
+``--memory-swap``, ``--cpu-quota/--cpu-period``, ``--device``, ``--memory-reservation``,
+``--oom-kill-disable``): checked with docker's rules
 and messages, and written into the container's config. Nothing here runs for a create
 that gives none of them. ``-m`` without ``--memory-swap`` (or with 0) gets dockerd's
 default, twice the memory, where the kernel accounts swap (as dockerd's cgroup shows).
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.actors.model import ContainerConfig
+from engine.actors.verbs import MIN_MEMORY
 from engine.errors import InvalidArgument
 
 # docker's --ulimit names (moby's go-units), and their RLIMIT_ keys
@@ -62,6 +64,18 @@ def apply_host_options(config: ContainerConfig, p: Any) -> None:
         _cfs(config, p.cpu_quota, p.cpu_period)
     if p.devices:
         config.devices = list(p.devices)
+    if p.memory_reservation:
+        config.memory_reservation = check_memory_reservation(config.memory, p.memory_reservation)
+    config.oom_kill_disable = bool(p.oom_kill_disable)
+
+
+def check_memory_reservation(memory: int | None, reservation: int) -> int:
+    """dockerd's rules for ``--memory-reservation`` (the soft limit)."""
+    if reservation < MIN_MEMORY:
+        raise InvalidArgument("Minimum memory reservation allowed is 6MB")
+    if memory and memory < reservation:
+        raise InvalidArgument("Minimum memory limit can not be less than memory reservation limit, see usage")
+    return reservation
 
 
 def _security_opts(config: ContainerConfig, opts: list[str]) -> None:

@@ -820,3 +820,24 @@ def test_dns_options_in_resolv_conf_as_dockerd_writes_them(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == '["rotate"]\n'
     finally:
         pair.both("rm", "vs-dnsopt")
+
+
+def test_memory_reservation_and_oom_kill_disable_as_dockerd(pair: Pair) -> None:
+    """`--memory-reservation` is the cgroup's soft limit and `--oom-kill-disable` its
+    oom_control (cgroup v1 here), shown by inspect; dockerd's refusals in its words."""
+    script = ("cat /sys/fs/cgroup/memory/memory.soft_limit_in_bytes; "
+              "grep oom_kill_disable /sys/fs/cgroup/memory/memory.oom_control")
+    ours, theirs = pair.both("run", "--rm", "-m", "128m", "--memory-reservation", "64m", "--oom-kill-disable",
+                             "busybox", "sh", "-c", script)
+    assert ours.stdout == theirs.stdout == f"{64 << 20}\noom_kill_disable 1\n", (ours.stdout, ours.stderr,
+                                                                                theirs.stdout)
+    for args in (["--memory-reservation", "1m"], ["-m", "64m", "--memory-reservation", "128m"]):
+        ours, theirs = pair.both("run", "--rm", *args, "busybox", "true")
+        assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), (args, ours.stderr, theirs.stderr)
+    pair.setup("create", "--name", "vs-soft", "--memory-reservation", "32m", "--oom-kill-disable", "busybox", "true")
+    try:
+        ours, theirs = pair.both("inspect", "-f", "{{.HostConfig.MemoryReservation}} {{.HostConfig.OomKillDisable}}",
+                                 "vs-soft")
+        assert ours.stdout == theirs.stdout == f"{32 << 20} true\n", (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "vs-soft")

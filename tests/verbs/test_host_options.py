@@ -181,6 +181,15 @@ def test_memory_swap_and_cfs_quota_reach_the_cgroup(engine: Daemon) -> None:
     assert "CPU cfs period can not be less than 1ms" in refused(engine, "--cpu-period", "2000000")
 
 
+def test_memory_reservation_and_oom_kill_disable_reach_the_cgroup(engine: Daemon) -> None:
+    out = run_out(engine, "-m", "96m", "--memory-reservation", "48m", "--oom-kill-disable",
+                  script="cat /sys/fs/cgroup/memory/memory.soft_limit_in_bytes /sys/fs/cgroup/memory/memory.oom_control")
+    assert out.splitlines()[0] == str(48 * MiB) and "oom_kill_disable 1" in out.splitlines()
+    assert "Minimum memory reservation allowed is 6MB" in refused(engine, "--memory-reservation", "1m")
+    assert "can not be less than memory reservation limit" in refused(
+        engine, "-m", "32m", "--memory-reservation", "64m")
+
+
 def test_device_is_created_and_allowed(engine: Daemon) -> None:
     out = run_out(engine, "--device", "/dev/null:/dev/mynull:rw",
                   script="echo hi > /dev/mynull && echo written; ls -l /dev/mynull; "

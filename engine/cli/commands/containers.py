@@ -198,6 +198,8 @@ def add_host_flags(p: Parser) -> None:
     p.add_argument("--cpu-quota", type=int, default=None)
     p.add_argument("--cpu-period", type=int, default=None)
     p.add_argument("--device", action="append", default=[])
+    p.add_argument("--memory-reservation", default=None)
+    p.add_argument("--oom-kill-disable", action="store_true")
 
 
 def host_params(args: Namespace) -> dict[str, Any]:
@@ -224,6 +226,10 @@ def host_params(args: Namespace) -> dict[str, Any]:
         params["shm_size"] = parse_bytes(args.shm_size)
     if args.memory_swap is not None:
         params["memory_swap"] = -1 if args.memory_swap.strip() == "-1" else parse_bytes(args.memory_swap)
+    if args.memory_reservation is not None:
+        params["memory_reservation"] = parse_bytes(args.memory_reservation)
+    if args.oom_kill_disable:
+        params["oom_kill_disable"] = True
     for key in ("oom_score_adj", "cpu_quota", "cpu_period"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)

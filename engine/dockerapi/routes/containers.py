@@ -103,7 +103,8 @@ HOST_HANDLED = {"Binds", "PortBindings", "RestartPolicy", "AutoRemove", "Network
                 "ExtraHosts", "CapAdd", "CapDrop", "PublishAllPorts", "ReadonlyRootfs", "Tmpfs", "Runtime",
                 "Memory", "NanoCpus", "CpuShares", "CpusetCpus", "CpusetMems", "PidsLimit", "Init", "Mounts", "LogConfig", "CgroupnsMode", "IpcMode",
                 "Isolation", "VolumesFrom", "Privileged", "SecurityOpt", "Sysctls", "Ulimits", "ShmSize",
-                "OomScoreAdj", "GroupAdd", "PidMode", "UTSMode", "MemorySwap", "CpuQuota", "CpuPeriod", "Devices"}
+                "OomScoreAdj", "GroupAdd", "PidMode", "UTSMode", "MemorySwap", "CpuQuota", "CpuPeriod", "Devices",
+                "MemoryReservation", "OomKillDisable"}
 HOST_IGNORED = {"ContainerIDFile", "ConsoleSize", "Links", "MemorySwappiness"}
 LOG_DRIVERS = {"", "json-file", "k8s-file", "local", "none"}
 
@@ -378,7 +379,7 @@ def _host_options(host: dict[str, Any]) -> dict[str, Any]:
         spec["ulimits"] = [f"{u.get('Name', '')}={int(u.get('Soft') or 0)}:{int(u.get('Hard') or 0)}"
                            for u in ulimits]
     for key, name in (("ShmSize", "shm_size"), ("OomScoreAdj", "oom_score_adj"), ("MemorySwap", "memory_swap"),
-                      ("CpuQuota", "cpu_quota"), ("CpuPeriod", "cpu_period")):
+                      ("CpuQuota", "cpu_quota"), ("CpuPeriod", "cpu_period"), ("MemoryReservation", "memory_reservation")):
         value = _int_field(host, key)
         if value is not None:
             spec[name] = value
@@ -390,6 +391,8 @@ def _host_options(host: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument("HostConfig.Devices must be a list of objects")
     if devices:
         spec["devices"] = [_device(i, d) for i, d in enumerate(devices)]
+    if host.get("OomKillDisable"):
+        spec["oom_kill_disable"] = True
     return spec
 
 
