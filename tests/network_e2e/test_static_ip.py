@@ -202,3 +202,22 @@ def test_refused_start_leaves_no_networking(runc_engine: Daemon) -> None:
     info = d.call("network.inspect", id="race")
     assert set(info["Containers"]) == {first}
     assert not os.path.exists(d.run_root / "netns" / second)
+
+
+def test_records_written_before_static_addresses_still_load() -> None:
+    """A network definition, a networks.json and a container config written before these
+    fields existed load with the defaults (no address; --ip allowed on the network)."""
+    from engine.actors.model import ContainerConfig
+    from engine.convert import disk
+    from engine.network.networks import Network
+    from engine.network.service import Membership, _Memberships
+
+    net = disk.structure({"name": "old", "id": "ab" * 32, "subnet": "10.9.0.0/24", "gateway": "10.9.0.1",
+                          "bridge": "eng-old", "created": 1.0}, Network)
+    assert net.pooled is False
+    static_ip.check_network(net, "10.9.0.7")  # a network of old: its subnet may have been given
+    members = disk.structure({"networks": [{"network": "old", "aliases": ["a"]}]}, _Memberships)
+    assert members.networks == [Membership("old", ["a"], "")]
+    config = disk.structure({"id": "c" * 64, "name": "x", "image": "busybox", "image_id": "i",
+                             "created": 1.0, "runtime": "runc"}, ContainerConfig)
+    assert config.ipv4_address == ""
