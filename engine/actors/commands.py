@@ -63,6 +63,7 @@ class Remove:
 class Connect:
     network: str
     aliases: list[str] = attrs.field(factory=list)
+    ipv4_address: str = ""  # --ip: the container's address there ("" for any)
 
 
 @attrs.frozen

@@ -274,8 +274,8 @@ class ContainerActor:
             case c.Remove(force, volumes):
                 self._remove_volumes = volumes
                 return await self._remove(force)
-            case c.Connect(network, aliases):
-                return await self._connect(network, aliases)
+            case c.Connect(network, aliases, ipv4_address):
+                return await self._connect(network, aliases, ipv4_address)
             case c.Disconnect(network, force):
                 return await self._disconnect(network, force)
             case c.ExecStart():
@@ -698,10 +698,10 @@ class ContainerActor:
             raise Unavailable("networking is not available in this daemon")
         return self.deps.network
 
-    async def _connect(self, network: str, aliases: list[str]) -> dict[str, Any]:
+    async def _connect(self, network: str, aliases: list[str], ipv4_address: str = "") -> dict[str, Any]:
         running = self.status.state in (S.RUNNING, S.PAUSED)
         details = await self._require_network().connect(self.config, self.status, network, aliases,
-                                                        running=running)
+                                                        running=running, ipv4_address=ipv4_address)
         if details is not None:
             await self._set_network_details(details)
         return {}

@@ -52,9 +52,9 @@ class NetworkProvider(Protocol):
     async def teardown(self, config: ContainerConfig, status: ContainerStatus) -> None: ...
 
     async def connect(self, config: ContainerConfig, status: ContainerStatus, network: str,
-                      aliases: list[str], *, running: bool) -> dict[str, Any] | None:
-        """Record the membership and, when ``running``, attach now; the new network details
-        (None when not running)."""
+                      aliases: list[str], *, running: bool, ipv4_address: str = "") -> dict[str, Any] | None:
+        """Record the membership (with the address asked for, ``--ip``) and, when
+        ``running``, attach now; the new network details (None when not running)."""
         ...
 
     async def disconnect(self, config: ContainerConfig, status: ContainerStatus, network: str,

@@ -93,6 +93,7 @@ class ContainerConfig:
     network_defaulted: bool = False  # no network was asked for: the daemon's default (docker's "default")
     networks: list[str] = attrs.field(factory=list)
     aliases: list[str] = attrs.field(factory=list)
+    ipv4_address: str = ""  # on its first network (--ip); the others' are the network service's
     ports: list[PortMapping] = attrs.field(factory=list)
     publish_all: bool = False
     dns: list[str] = attrs.field(factory=list)

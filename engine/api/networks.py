@@ -52,6 +52,7 @@ class ConnectParams:
     network: str
     container: str
     aliases: list[str] = attrs.field(factory=list)
+    ip: str = ""  # --ip: the container's IPv4 address on the network
 
 
 @attrs.frozen
@@ -210,7 +211,7 @@ def register(table: MethodTable) -> None:
     @table.method("network.connect", params=ConnectParams)
     async def connect(ctx: CallContext, p: ConnectParams) -> dict[str, Any]:
         """Connect a container to a network (live if it runs, and at every start)."""
-        await ContainerService(ctx.app).connect(p.container, p.network, list(p.aliases))
+        await ContainerService(ctx.app).connect(p.container, p.network, list(p.aliases), p.ip)
         return {}
 
     @table.method("network.disconnect", params=DisconnectParams)

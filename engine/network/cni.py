@@ -286,11 +286,13 @@ async def attach(
     aliases: Iterable[str] = (),
     etc_dir: Path | None = None,
     plugin_dir: Path = CNI_PATH,
+    ip: str = "",
 ) -> AttachResult:
     """Connect the namespace at ``netns_path`` to ``network`` as ``ifname``.
 
     ``name`` and ``aliases`` are how other containers on the network find this one (through
-    their /etc/hosts, see etc_files.refresh_network). On failure everything ADD did is
+    their /etc/hosts, see etc_files.refresh_network). ``ip`` is the address the container
+    asked for (``--ip``; "" lets host-local choose). On failure everything ADD did is
     undone and the plugin's message is raised (InvalidArgument or RuntimeFailure)."""
     if network.is_pseudo:
         raise InvalidArgument(
@@ -305,7 +307,10 @@ async def attach(
             f"{ifname} already; detach it first"
         )
     conflist = store.conflist(network)
-    runtime = {"portMappings": [to_cni(p) for p in port_mappings]}
+    runtime: dict[str, Any] = {"portMappings": [to_cni(p) for p in port_mappings]}
+    if ip:
+        # the "ips" capability (CNI conventions): host-local reserves exactly these
+        runtime["ips"] = [f"{ip}/{network.subnet.partition('/')[2]}"]
     record = Attachment(
         container_id=container_id, ifname=ifname, network_id=network.id,
         network_name=network.name, netns=str(netns_path), config=conflist,

@@ -57,6 +57,10 @@ class Network:
     bridge: str = ""  # the host interface (<= 15 chars)
     labels: dict[str, str] = attrs.field(factory=dict)
     created: float = 0.0
+    # The subnet came from the daemon's address pools (no --subnet): docker gives such a
+    # network's containers no address of their choice (--ip). False for networks written
+    # before this field existed, which keeps --ip working on them.
+    pooled: bool = False
 
     @property
     def is_pseudo(self) -> bool:
@@ -229,7 +233,7 @@ class NetworkStore:
             network = Network(
                 name=name, id=net_id, subnet=str(net), gateway=_pick_gateway(net, gateway),
                 internal=internal, bridge=_bridge or f"eng-{net_id[:10]}",
-                labels=dict(labels or {}), created=time.time(),
+                labels=dict(labels or {}), created=time.time(), pooled=not subnet,
             )
             await trio.to_thread.run_sync(self._write, network)
             return network
@@ -334,6 +338,9 @@ class NetworkStore:
                     "isGateway": True,
                     "ipMasq": not network.internal,
                     "hairpinMode": True,
+                    # host-local reads a container's chosen address (--ip) from the
+                    # runtimeConfig the bridge plugin hands over to it: {"ips": ["A/len"]}
+                    "capabilities": {"ips": True},
                     "ipam": ipam,
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},

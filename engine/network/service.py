@@ -38,7 +38,7 @@ from engine.errors import (
     NotFound,
     RuntimeFailure,
 )
-from engine.network import cni, dns, etc_files, netns, ports
+from engine.network import cni, dns, etc_files, netns, ports, static_ip
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
 from engine.network.settings import NetworkSettings, claim_bridge
@@ -59,10 +59,12 @@ _KEEP_STATES = {"running", "paused"}
 
 @attrs.frozen
 class Membership:
-    """One network a container joins, with the aliases it has there."""
+    """One network a container joins, with the aliases and the address (``--ip``, "" for
+    one host-local chooses) it has there."""
 
     network: str  # name (ids are resolved to names at create/connect)
     aliases: list[str] = attrs.field(factory=list)
+    ipv4_address: str = ""
 
 
 @attrs.frozen
@@ -157,6 +159,9 @@ class ContainerNetworking:
         if mode == "default":
             mode = DEFAULT_NETWORK
         kind = mode_kind(mode)
+        config.ipv4_address = static_ip.parse(config.ipv4_address)
+        if config.ipv4_address and kind != "bridge":
+            raise InvalidArgument(static_ip.ON_PREDEFINED)
         if kind == "container":
             mode = CONTAINER_PREFIX + self._resolve_container(mode.removeprefix(CONTAINER_PREFIX), config)
         elif kind == "bridge":
@@ -207,7 +212,8 @@ class ContainerNetworking:
         if mode_kind(config.network_mode) != "bridge":
             return []
         names = config.networks or [config.network_mode]
-        return [Membership(n, list(config.aliases) if i == 0 else []) for i, n in enumerate(names)]
+        return [Membership(n, list(config.aliases) if i == 0 else [], config.ipv4_address if i == 0 else "")
+                for i, n in enumerate(names)]
 
     def _write_memberships(self, container_id: str, members: list[Membership]) -> None:
         write_json_atomic(self._memberships_path(container_id),
@@ -254,6 +260,8 @@ class ContainerNetworking:
         results: list[cni.AttachResult] = []
         for index, member in enumerate(members):
             network = await self._network_for_start(member.network, config)
+            if member.ipv4_address:
+                await self._check_static_ip(network, member.ipv4_address, config.id)
             publishing = index == 0 and bool(config.ports)
             async with self._ports_lock if publishing else _no_lock():
                 if publishing:
@@ -262,9 +270,10 @@ class ContainerNetworking:
                     network, config.id, ns, ifname=f"eth{index}",
                     port_mappings=config.ports if index == 0 else (),
                     name=config.name, aliases=member.aliases, etc_dir=etc_dir,
+                    ip=member.ipv4_address,
                 )
             results.append(res)
-            details[network.name] = _endpoint(res)
+            details[network.name] = _endpoint(res, member.ipv4_address)
         gateway = results[0].gateway if results else ""
         embedded = self.dns.running and any(r.network != DEFAULT_NETWORK for r in results)
         files = await etc_files.write_etc_files(
@@ -301,6 +310,13 @@ class ContainerNetworking:
                     f"Bind for {mapping.host_ip or '0.0.0.0'}:{mapping.host_port} failed: port is already "
                     f"allocated (published by container {their_name or '?'}); stop it or publish another port"
                 )
+
+    async def _check_static_ip(self, network: Network, address: str, container_id: str) -> None:
+        """Before asking host-local for ``address``: refused in dockerd's words, naming the
+        container that holds it (host-local's own message names only its range set)."""
+        static_ip.check_network(network, address)
+        holders = [(a.container_id, a.name, a.ip) for a in await cni.attachments(self.store, network)]
+        static_ip.check_free(network, address, container_id, holders)
 
     async def _refresh_names(self, network: Network) -> None:
         """After a join or a leave: the peers' /etc/hosts and the embedded DNS's names."""
@@ -525,17 +541,21 @@ class ContainerNetworking:
     # --- connect / disconnect ----------------------------------------------------------------
 
     async def connect(self, config: ContainerConfig, status: ContainerStatus, network: str,
-                      aliases: list[str], *, running: bool) -> dict[str, Any] | None:
+                      aliases: list[str], *, running: bool, ipv4_address: str = "") -> dict[str, Any] | None:
         """``network connect`` (called by the container's actor): join now if ``running``,
-        and at every later start. Returns the container's new network details when it
-        joined now; the actor records them."""
+        and at every later start, with ``ipv4_address`` when one is given (``--ip``).
+        Returns the container's new network details when it joined now; the actor records
+        them."""
+        address = static_ip.parse(ipv4_address)
         net = await self.store.get(network)
         self._require_connectable(config, net)
+        if address:  # as dockerd, whether the container runs or not
+            static_ip.check_network(net, address)
         async with self._locked(config.id):
             members = await self.memberships(config)
             if any(m.network == net.name for m in members):
                 raise AlreadyExists(f"container {config.name} is already connected to network {net.name!r}")
-            member = Membership(net.name, sorted(set(aliases) - {""}))
+            member = Membership(net.name, sorted(set(aliases) - {""}), address)
             details = None
             if running:
                 details = await self._attach_live(config, status, net, member, len(members))
@@ -559,13 +579,16 @@ class ContainerNetworking:
         ns = netns.path_for(self.netns_dir, config.id)
         used = {a.ifname for a in await cni.attachments(self.store) if a.container_id == config.id}
         ifname = next(f"eth{i}" for i in range(index, index + len(used) + 2) if f"eth{i}" not in used)
+        if member.ipv4_address:
+            await self._check_static_ip(net, member.ipv4_address, config.id)
         res = await self._attach(net, config.id, ns, ifname=ifname, name=config.name,
-                                 aliases=member.aliases, etc_dir=self.etc_dir(config.id))
+                                 aliases=member.aliases, etc_dir=self.etc_dir(config.id),
+                                 ip=member.ipv4_address)
         await self._refresh_names(net)
         if net.name != DEFAULT_NETWORK and self.dns.running and not self.dns.serves(config.id):
             await self._embed_dns_live(config, ns)
         details = dict(status.network_details or {})
-        details[net.name] = _endpoint(res)
+        details[net.name] = _endpoint(res, member.ipv4_address)
         return details
 
     async def disconnect(self, config: ContainerConfig, status: ContainerStatus, network: str,
@@ -646,8 +669,10 @@ def _hostname(config: ContainerConfig) -> str:
     return config.hostname or config.short_id
 
 
-def _endpoint(res: cni.AttachResult) -> dict[str, Any]:
+def _endpoint(res: cni.AttachResult, ipv4_address: str = "") -> dict[str, Any]:
     return {
+        # what the container asked for, as docker's inspect shows it (null: host-local chose)
+        "IPAMConfig": {"IPv4Address": ipv4_address} if ipv4_address else None,
         "NetworkID": res.network_id,
         "IPAddress": res.ip,
         "IPPrefixLen": res.prefix_len,

@@ -93,6 +93,7 @@ class CreateSpec:
     stop_timeout: int | None = None
     network: str = ""
     network_aliases: list[str] = attrs.field(factory=list)
+    ip: str = ""  # --ip: the container's IPv4 address on its (user) network
     publish: list[str] = attrs.field(factory=list)
     publish_all: bool = False
     expose: list[str] = attrs.field(factory=list)
@@ -334,6 +335,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         network_mode=network_mode,
         network_defaulted=not p.network,
         aliases=list(p.network_aliases),
+        ipv4_address=p.ip,
         publish_all=p.publish_all,
         dns=list(p.dns),
         dns_search=list(p.dns_search),
@@ -572,8 +574,8 @@ class ContainerService:
         if network is not None:  # peers resolve the new name at once
             await network.renamed(container_id, self.get(container_id).name)
 
-    async def connect(self, ref: str, network: str, aliases: list[str]) -> None:
-        await self.get(ref).call(c.Connect(network, list(aliases)))
+    async def connect(self, ref: str, network: str, aliases: list[str], ip: str = "") -> None:
+        await self.get(ref).call(c.Connect(network, list(aliases), ip))
 
     async def disconnect(self, ref: str, network: str, force: bool) -> None:
         await self.get(ref).call(c.Disconnect(network, force))

@@ -85,6 +85,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--stop-timeout", type=stop_seconds, default=None)
     p.add_argument("--network", "--net", default="")
     p.add_argument("--network-alias", action="append", default=[])
+    p.add_argument("--ip", default="")
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("-P", "--publish-all", action="store_true")
     p.add_argument("--expose", action="append", default=[])
@@ -154,6 +155,8 @@ def create_params(args: Namespace) -> dict[str, Any]:
     }
     if args.command:
         params["cmd"] = list(args.command)
+    if args.ip:
+        params["ip"] = args.ip
     if args.entrypoint is not None:
         params["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     if args.memory:

@@ -48,6 +48,7 @@ def setup(sub: Any) -> None:
 
     pcon = nsub.add_parser("connect", help="connect a container to a network")
     pcon.add_argument("--alias", action="append", default=[])
+    pcon.add_argument("--ip", default="")
     pcon.add_argument("network")
     pcon.add_argument("container")
     pcon.set_defaults(func=cmd_connect)
@@ -129,8 +130,10 @@ def cmd_rm(ctx: Context, args: Namespace) -> int:
 
 
 def cmd_connect(ctx: Context, args: Namespace) -> int:
-    ctx.client().call("network.connect", network=args.network, container=args.container,
-                      aliases=list(args.alias))
+    params = {"network": args.network, "container": args.container, "aliases": list(args.alias)}
+    if args.ip:
+        params["ip"] = args.ip
+    ctx.client().call("network.connect", **params)
     return 0
 
 

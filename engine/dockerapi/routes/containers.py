@@ -46,6 +46,7 @@ from engine.dockerapi.shapes import (
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
+from engine.network import static_ip
 from engine.network.networks import DEFAULT_NETWORK
 from engine.oci.spec import MASKED_PATHS, READONLY_PATHS
 from engine.supervisor.attach import parse_detach_keys
@@ -223,7 +224,7 @@ def _network(host: dict[str, Any], networking: dict[str, Any], disabled: bool) -
     aliases: list[str] = []
     for name, endpoint in endpoints.items():
         endpoint = endpoint or {}
-        refuse_unsupported(f"NetworkingConfig.EndpointsConfig.{name}", endpoint, {"Aliases"},
+        refuse_unsupported(f"NetworkingConfig.EndpointsConfig.{name}", endpoint, {"Aliases", "IPAMConfig"},
                            {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
                             "DNSNames", "Links"})
         if name == "default":
@@ -237,6 +238,23 @@ def _network(host: dict[str, Any], networking: dict[str, Any], disabled: bool) -
     if disabled:
         mode = "none"
     return mode, aliases
+
+
+def requested_ip(endpoint: dict[str, Any] | None, section: str) -> str:
+    """An endpoint's IPAMConfig.IPv4Address (docker's --ip, compose's ipv4_address); ""
+    for none. A malformed one is refused (400) in dockerd's words."""
+    ipam = (endpoint or {}).get("IPAMConfig") or {}
+    if not isinstance(ipam, dict):
+        raise InvalidArgument(f"{section}.IPAMConfig must be an object")
+    refuse_unsupported(f"{section}.IPAMConfig", ipam, {"IPv4Address"}, set())
+    return static_ip.parse(str(ipam.get("IPv4Address") or ""))
+
+
+def _network_ip(networking: dict[str, Any]) -> str:
+    """The create's address on its one network (``_network`` checked the endpoints)."""
+    for name, endpoint in ((networking or {}).get("EndpointsConfig") or {}).items():
+        return requested_ip(endpoint, f"NetworkingConfig.EndpointsConfig.{name}")
+    return ""
 
 
 def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
@@ -304,6 +322,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         stop_timeout=int(stop_timeout) if stop_timeout is not None else None,
         network=network,
         network_aliases=aliases,
+        ip=_network_ip(networking),
         publish=_publish(host.get("PortBindings")),
         publish_all=bool(host.get("PublishAllPorts")),
         expose=_exposed_ports(doc.get("ExposedPorts")),
@@ -580,8 +599,9 @@ def _mounts_view(actor: ContainerActor) -> list[dict[str, Any]]:
     return mounts_view(actor.config, actor.status)
 
 
-def _endpoint(network_id: str = "", aliases: list[str] | None = None) -> dict[str, Any]:
-    return {"IPAMConfig": None, "Links": None, "Aliases": aliases or None, "NetworkID": network_id,
+def _endpoint(network_id: str = "", aliases: list[str] | None = None, ipv4_address: str = "") -> dict[str, Any]:
+    ipam = {"IPv4Address": ipv4_address} if ipv4_address else None
+    return {"IPAMConfig": ipam, "Links": None, "Aliases": aliases or None, "NetworkID": network_id,
             "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": None}
 
@@ -594,7 +614,7 @@ async def configured_networks(api: DockerAPI, actor: ContainerActor) -> dict[str
         return {}
     found: dict[str, Any] = {}
     for member in await network.memberships(actor.config):
-        found[member.network] = _endpoint(aliases=list(member.aliases))
+        found[member.network] = _endpoint(aliases=list(member.aliases), ipv4_address=member.ipv4_address)
     return found
 
 
@@ -629,7 +649,7 @@ def _networks_view(actor: ContainerActor, configured: dict[str, Any] | None = No
         if name.startswith("_") or not isinstance(details, dict):
             continue
         networks[name] = {
-            "IPAMConfig": None,
+            "IPAMConfig": details.get("IPAMConfig") or None,  # the address asked for (--ip)
             "Links": None,
             "Aliases": list(details.get("Aliases") or []) or None,
             "NetworkID": str(details.get("NetworkID") or ""),

@@ -11,6 +11,7 @@ from engine.api.networks import _check_filters, _matches
 from engine.api.networks import inspect as network_inspect
 from engine.api.networks import summary as network_summary
 from engine.dockerapi.messages import network_exists, no_such_network
+from engine.dockerapi.routes.containers import requested_ip
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
 from engine.errors import InvalidArgument, NotFound, PermissionDenied
@@ -161,16 +162,17 @@ async def connect(api: DockerAPI, req: Request) -> Response:
     if not container:
         raise InvalidArgument("Container is required")
     endpoint = doc.get("EndpointConfig") or {}
-    refuse_unsupported("EndpointConfig", endpoint, {"Aliases"},
+    refuse_unsupported("EndpointConfig", endpoint, {"Aliases", "IPAMConfig"},
                        {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
                         "DNSNames", "Links"})
     with no_such_network(req.path_params["id"]):
         net = await networking(api).store.get(req.path_params["id"])
     aliases = str_list(endpoint.get("Aliases"), "EndpointConfig.Aliases") or []
+    ip = requested_ip(endpoint, "EndpointConfig")
     config = ContainerService(api.app).get(container).config
     if config.network_mode == "none" and not config.network_defaulted:  # an explicit --network none
         raise InvalidArgument(NONE_MODE_CONNECT)  # dockerd's words and status
-    await ContainerService(api.app).connect(container, net.name, aliases)
+    await ContainerService(api.app).connect(container, net.name, aliases, ip)
     return no_content(200)
 
 
