@@ -419,7 +419,7 @@ class Builder:
             words.append(value)
             ports.update({key: {} for key in parse_expose(value)})
         stage.config["ExposedPorts"] = ports
-        await self._metadata(stage, "EXPOSE " + " ".join(sorted(ports)))
+        await self._metadata(stage, "EXPOSE " + " ".join(words))
 
     async def _do_volume(self, stage: Stage, instr: Instruction, meta_args: dict[str, str],
                          done: list[Stage]) -> None:
@@ -611,10 +611,12 @@ class Builder:
                           network=network, no_healthcheck=True,
                           labels={})
         actor = await service.create(spec)
+        ok = False
         try:
             if announce:
                 await self.say(f" ---> Running in {actor.id[:12]}\n")
             yield actor
+            ok = True
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(REMOVE_WAIT):
                 try:
@@ -623,7 +625,7 @@ class Builder:
                     pass
                 except EngineError as e:
                     log.warning("build: removing container %s: %s", actor.id[:12], e)
-            if announce:
+            if announce and ok:  # dockerd says it only of a step that succeeded
                 await self.say(f"Removing intermediate container {actor.id[:12]}\n")
 
     async def _commit(self, stage: Stage, actor: ContainerActor, created_by: str, *, empty_ok: bool,
