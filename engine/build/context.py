@@ -19,7 +19,7 @@ import re
 import stat
 import tarfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
@@ -32,7 +32,11 @@ MAX_CONTEXT_ENTRIES = 1_000_000
 
 
 class HostileContext(UnsafeContent):
-    """A member of the context would be written outside it, or is a device."""
+    """A member of the context would be written outside it, or is a device: the client's
+    fault (HTTP 400), not the daemon's."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **{"http_status": 400, **details})
 
 
 # --- .dockerignore ------------------------------------------------------------------------------

@@ -39,10 +39,11 @@ async def no_such_object(api: DockerAPI, req: Request) -> Response:
 
 
 def build_router() -> Router:
-    from engine.dockerapi.routes import build, containers, execs, images, networks, system, verbs, volumes
+    from engine.dockerapi.routes import build as build_routes
+    from engine.dockerapi.routes import containers, execs, images, networks, system, verbs, volumes
 
     router = Router()
-    for module in (system, images, containers, verbs, execs, networks, volumes, build):
+    for module in (system, images, containers, verbs, execs, networks, volumes, build_routes):
         module.register(router)
     router.route("GET", "/plugins")(no_plugins)
     router.route("GET", "/plugins/{name:path}/json")(no_such_object)
