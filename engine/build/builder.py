@@ -325,11 +325,11 @@ class Builder:
                 return self.store.get(name)
             except NotFound:
                 pass
-        from engine.api.images import registry_client
         from engine.images.pull import pull
 
         await self._emit({"status": f"Pulling from {ref.path}", "id": ref.tag or ref.digest or "latest"})
-        image = await pull(registry_client(self.app, ref.domain), self.store, ref,
+        client = self.app.plugins.register.registry_client_for(ref.domain)
+        image = await pull(client, self.store, ref,
                            platform=self.options.platform or None)
         self.app.events.emit("image", "pull", image.id, name=str(ref))
         digest = image.index_digest or image.manifest_digest
