@@ -161,7 +161,8 @@ class Builder:
                 raise InvalidArgument(f"failed to reach build target {self.options.target} in Dockerfile")
             stages = stages[:names.index(target) + 1]
         if self.options.labels:
-            words = [f"{json.dumps(k)}={json.dumps(v)}" for k, v in sorted(self.options.labels.items())]
+            words = [f"{k}={json.dumps(v) if not v or any(ch.isspace() for ch in v) else v}"
+                     for k, v in sorted(self.options.labels.items())]
             text = "LABEL " + " ".join(words)
             stages[-1] = [*stages[-1], Instruction(cmd="label", original=text, line=0, rest=" ".join(words),
                                                    args=words)]

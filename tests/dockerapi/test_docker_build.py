@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from engine.testing import dockerd as dockerd_support
 from engine.testing.daemon import in_ci, mounts_under, require
 
-from .conftest import BUSYBOX_REPO, Engine, EngineFactory, docker_clients
+from .conftest import BUSYBOX_REPO, DOCKER_CLIENTS, Engine, EngineFactory, docker_clients
 
 DOCKERFILE = """\
 # the everyday instructions
@@ -312,3 +313,38 @@ def test_same_lines_and_config_as_dockerd(engine: Engine, private_dockerd: docke
     their_config["Image"] = our_config["Image"] = ""  # dockerd names the parent image here
     assert our_config == their_config
     private_dockerd.cli("rmi", "side:1")
+
+
+def test_add_archives_wildcards_ownership_and_config_instructions(engine: Engine, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    (context / "pkg").mkdir(parents=True)
+    (context / "pkg" / "x.txt").write_text("in-archive\n")
+    with tarfile.open(context / "pkg.tar.gz", "w:gz") as tar:
+        tar.add(context / "pkg", arcname="pkg")
+    (context / "a1.txt").write_text("a1\n")
+    (context / "a2.txt").write_text("a2\n")
+    (context / "Dockerfile").write_text(
+        "FROM busybox\nADD pkg.tar.gz /opt/\nCOPY --chmod=700 a*.txt /w/\nCOPY --chown=nobody a1.txt /owned\n"
+        'SHELL ["/bin/sh", "-ec"]\n'
+        "RUN cat /opt/pkg/x.txt && stat -c '%a %n' /w/a1.txt /w/a2.txt && stat -c '%U:%G' /owned\n"
+        "HEALTHCHECK --interval=5s --retries=2 CMD true\nENTRYPOINT [\"echo\"]\nVOLUME /data\n"
+        "STOPSIGNAL SIGINT\nONBUILD RUN echo later\n")
+    tar_body = io.BytesIO()
+    with tarfile.open(fileobj=tar_body, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # docker sniffs ustar
+        for name in ("Dockerfile", "pkg.tar.gz", "a1.txt", "a2.txt"):
+            tar.add(context / name, arcname=name)
+    # the context as a tar on stdin (docker build -)
+    built = subprocess.run([DOCKER_CLIENTS[0], "build", "--label", "l1=v1", "-t", "more", "-"], input=tar_body.getvalue(),
+                           capture_output=True, env=engine.env(), timeout=120)
+    assert built.returncode == 0, built.stderr
+    out = built.stdout.decode()
+    assert "in-archive\n700 /w/a1.txt\n700 /w/a2.txt\nnobody:nobody\n" in out
+    assert "Step 12/12 : LABEL l1=v1\n" in out
+    config = json.loads(engine.docker("inspect", "more").stdout)[0]["Config"]
+    assert config["Entrypoint"] == ["echo"] and config["Cmd"] is None  # ENTRYPOINT drops busybox's CMD
+    assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 2}
+    assert config["Volumes"] == {"/data": {}} and config["StopSignal"] == "SIGINT"
+    assert config["OnBuild"] == ["RUN echo later"] and config["Shell"] == ["/bin/sh", "-ec"]
+    assert config["Labels"] == {"l1": "v1"}
+    assert engine.docker("run", "--rm", "more", "hi").stdout == "hi\n"
+    assert leftovers(engine) == ([], [])
