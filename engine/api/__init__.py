@@ -6,7 +6,7 @@ from engine.rpc.methods import MethodTable
 
 
 def register_all(table: MethodTable) -> None:
-    from engine.api import container_verbs, containers, images, networks, system, volumes
+    from engine.api import build, container_verbs, containers, images, networks, system, volumes
 
     system.register(table)
     containers.register(table)
@@ -14,3 +14,4 @@ def register_all(table: MethodTable) -> None:
     images.register(table)
     networks.register(table)
     volumes.register(table)
+    build.register(table)

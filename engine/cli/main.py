@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any, NoReturn
 
-COMMAND_MODULES = ("system", "containers", "verbs", "images", "networks", "volumes")
+COMMAND_MODULES = ("system", "containers", "verbs", "images", "networks", "volumes", "build")
 
 # Which module defines each top-level command, so that engctl imports and records only the
 # one it runs (tests/cli checks this table against the modules).
@@ -42,6 +42,7 @@ COMMANDS = {
     "network": "networks",
     **dict.fromkeys(("update", "top", "stats", "cp", "diff", "export", "commit"), "verbs"),
     "volume": "volumes",
+    "build": "build",
 }
 
 EXIT_ENGINE_ERROR = 125

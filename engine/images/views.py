@@ -16,6 +16,8 @@ def inspect_view(image: Image) -> dict[str, Any]:
     healthcheck = image_healthcheck(config.raw)
     if healthcheck is not None and isinstance(container_config, dict):
         container_config["Healthcheck"] = healthcheck
+    if isinstance(container_config, dict):
+        container_config.update(docker_list_fields(config.raw))
     return {
         "Id": image.id,
         "RepoTags": image.familiar_tags(),
@@ -46,6 +48,21 @@ def image_healthcheck(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def docker_list_fields(raw: bytes) -> dict[str, list[str]]:
+    """An image config's ``config.OnBuild`` and ``config.Shell`` (docker's extensions, which
+    a build records and the parsed OCI config drops)."""
+    try:
+        config = json.loads(raw or b"{}").get("config") or {}
+    except (ValueError, AttributeError):
+        return {}
+    out = {}
+    for key in ("OnBuild", "Shell"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[key] = value
+    return out
 
 
 def history_view(image: Image) -> list[dict[str, Any]]:

@@ -58,6 +58,8 @@ FAST = [
     ["save", "-o", "/tmp/x.tar", "--format", "oci", "busybox"],
     ["import", "-c", "CMD x", "f.tar", "r:t"],
     ["history", "--no-trunc", "busybox"],
+    ["build", "-t", "a:1", "-t", "b", "--build-arg", "K=V", "-f", "x/Dockerfile", "."],
+    ["build", "-q", "--no-cache", "--target", "stage", "--label", "a=b", "ctx"],
     ["image", "inspect", "busybox"],
     ["image", "ls", "-q"],
     ["image", "pull", "-q", "busybox"],

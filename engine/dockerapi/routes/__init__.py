@@ -9,7 +9,7 @@ from engine.httpserver import Request, Response
 # Docker API endpoints this engine does not serve yet: a 501 that says so, rather than a 404
 # that reads like a typo in the client.
 NOT_YET = [
-    ("POST", "/build"), ("POST", "/session"),
+    ("POST", "/session"),
     ("GET", "/images/search"),
     ("GET", "/containers/{id}/attach/ws"),
     ("PUT", "/volumes/{name}"), ("GET", "/swarm"), ("GET", "/nodes"), ("GET", "/services"),
@@ -39,10 +39,11 @@ async def no_such_object(api: DockerAPI, req: Request) -> Response:
 
 
 def build_router() -> Router:
+    from engine.dockerapi.routes import build as build_routes
     from engine.dockerapi.routes import containers, execs, images, networks, system, verbs, volumes
 
     router = Router()
-    for module in (system, images, containers, verbs, execs, networks, volumes):
+    for module in (system, images, containers, verbs, execs, networks, volumes, build_routes):
         module.register(router)
     router.route("GET", "/plugins")(no_plugins)
     router.route("GET", "/plugins/{name:path}/json")(no_such_object)
