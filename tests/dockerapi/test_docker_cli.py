@@ -124,8 +124,8 @@ def test_errors_have_docker_status_and_words(engine: Engine) -> None:
     refused = engine.docker("run", "-d", "--blkio-weight", "300", ref, "true", check=False)
     assert refused.returncode == 125
     assert "HostConfig.BlkioWeight is not supported" in refused.stderr
-    domain = engine.docker("run", "-d", "--domainname", "example.org", ref, "true", check=False)
-    assert domain.returncode == 125 and "Config.Domainname" in domain.stderr
+    parent = engine.docker("run", "-d", "--cgroup-parent", "mine", ref, "true", check=False)
+    assert parent.returncode == 125 and "HostConfig.CgroupParent is not supported" in parent.stderr
     engine.docker("run", "-d", "--name", "busy", ref, "sleep", "300")
     conflict = engine.docker("rm", "busy", check=False)
     assert conflict.returncode == 1 and "You cannot remove a running container" in conflict.stderr
