@@ -14,8 +14,6 @@ from typing import Any
 import attrs
 import trio
 
-from engine.build.builder import Builder, BuildOptions
-from engine.build.context import context_ignores, extract_context, pack_directory
 from engine.errors import InvalidArgument
 from engine.images.records import scratch_dir
 from engine.rpc.methods import MethodTable
@@ -40,6 +38,8 @@ class BuildParams:
 def prepare_context(source: Path, dockerfile: str, scratch: Path) -> tuple[Path, str]:
     """Blocking: ``source`` packed and unpacked safely into ``scratch/context``; returns
     it and the Dockerfile's name there (one outside the context is copied in)."""
+    from engine.build.context import context_ignores, extract_context, pack_directory
+
     if not source.is_absolute() or not source.is_dir():
         raise InvalidArgument(f"build context {source} is not a directory (an absolute path is needed)")
     inside = dockerfile
@@ -70,6 +70,9 @@ def register(table: MethodTable) -> None:
     @table.method("image.build", params=BuildParams, stream=True)
     async def build(ctx: CallContext, p: BuildParams, stream: StreamSender) -> dict[str, Any]:
         """Build an image from a Dockerfile (docker build); dockerd's lines stream as items."""
+        # imported at the first build: a daemon that never builds does not hold the builder
+        from engine.build.builder import Builder, BuildOptions
+
         store = ctx.app.services.require_images()
         scratch = await trio.to_thread.run_sync(scratch_dir, store.layout.images_dir)
         try:
