@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,20 @@ def test_refusals_in_dockerds_words_leave_nothing(runc_engine: Daemon) -> None:
     assert "second" not in {n["Name"] for n in d.call("network.list")}
     assert d.call("container.list", all=True) == []
     assert diff(before, snapshot(d, scope)) == {}
+
+
+def test_a_network_stored_before_the_options_keeps_working(tmp_path: Path) -> None:
+    """A definition written without the new fields reads with docker's defaults, and its
+    CNI configuration is the one it had (masquerade on, no MTU, the whole subnet)."""
+    from engine.convert import disk
+    from engine.network.networks import Network, NetworkStore
+
+    old = {"name": "legacy", "id": "ab" * 32, "driver": "bridge", "subnet": "10.77.0.0/24",
+           "gateway": "10.77.0.1", "internal": False, "bridge": "eng-abababab", "labels": {},
+           "created": 1.0, "pooled": False}
+    net = disk.structure(old, Network)
+    assert (net.options, net.mtu, net.masquerade, net.icc, net.ip_range, net.aux_addresses) == (
+        {}, 0, True, True, "", {})
+    bridge = NetworkStore(tmp_path / "nets").conflist(net)["plugins"][0]
+    assert bridge["ipMasq"] is True and "mtu" not in bridge
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.77.0.0/24", "gateway": "10.77.0.1"}]]
