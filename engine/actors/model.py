@@ -94,6 +94,7 @@ class ContainerConfig:
     networks: list[str] = attrs.field(factory=list)
     aliases: list[str] = attrs.field(factory=list)
     ipv4_address: str = ""  # on its first network (--ip); the others' are the network service's
+    mac_address: str = ""  # on its first network (--mac-address), as ipv4_address
     ports: list[PortMapping] = attrs.field(factory=list)
     publish_all: bool = False
     dns: list[str] = attrs.field(factory=list)

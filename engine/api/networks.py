@@ -30,6 +30,9 @@ class CreateParams:
     internal: bool = False
     labels: dict[str, str] = attrs.field(factory=dict)
     driver: str = "bridge"
+    options: dict[str, str] = attrs.field(factory=dict)  # -o: docker's driver options
+    ip_range: str = ""
+    aux_addresses: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -74,7 +77,11 @@ def _driver(net: Network) -> str:
 
 
 def summary(net: Network) -> dict[str, Any]:
-    config = [{"Subnet": net.subnet, "Gateway": net.gateway}] if net.subnet else []
+    config: list[dict[str, Any]] = [{"Subnet": net.subnet, "Gateway": net.gateway}] if net.subnet else []
+    if config and net.ip_range:
+        config[0]["IPRange"] = net.ip_range
+    if config and net.aux_addresses:
+        config[0]["AuxiliaryAddresses"] = dict(net.aux_addresses)
     return {
         "Name": net.name,
         "Id": net.id,
@@ -86,7 +93,9 @@ def summary(net: Network) -> dict[str, Any]:
         "Internal": net.internal,
         "Attachable": not net.is_pseudo,
         "Ingress": False,
-        "Options": {"com.docker.network.bridge.name": net.bridge} if net.bridge else {},
+        # the options it was created with, and always its bridge's name (engine's view;
+        # the Docker API's shows dockerd's: the options given)
+        "Options": {**net.options, "com.docker.network.bridge.name": net.bridge} if net.bridge else {},
         "Labels": dict(net.labels),
     }
 
@@ -169,7 +178,8 @@ def register(table: MethodTable) -> None:
             raise InvalidArgument("--gateway needs --subnet (the gateway must lie in a known subnet)")
         net = await service(ctx).store.create(
             p.name, subnet=p.subnet or None, gateway=p.gateway or None,
-            internal=p.internal, labels=dict(p.labels),
+            internal=p.internal, labels=dict(p.labels), options=dict(p.options),
+            ip_range=p.ip_range, aux_addresses=dict(p.aux_addresses),
         )
         ctx.app.events.emit("network", "create", net.id, name=net.name, driver="bridge")
         return {"Id": net.id, "Warning": ""}

@@ -287,12 +287,14 @@ async def attach(
     etc_dir: Path | None = None,
     plugin_dir: Path = CNI_PATH,
     ip: str = "",
+    mac: str = "",
 ) -> AttachResult:
     """Connect the namespace at ``netns_path`` to ``network`` as ``ifname``.
 
     ``name`` and ``aliases`` are how other containers on the network find this one (through
     their /etc/hosts, see etc_files.refresh_network). ``ip`` is the address the container
-    asked for (``--ip``; "" lets host-local choose). On failure everything ADD did is
+    asked for (``--ip``; "" lets host-local choose), ``mac`` its interface's MAC
+    address (``--mac-address``; "" lets the bridge plugin choose). On failure everything ADD did is
     undone and the plugin's message is raised (InvalidArgument or RuntimeFailure)."""
     if network.is_pseudo:
         raise InvalidArgument(
@@ -306,8 +308,10 @@ async def attach(
             f"container {container_id[:12]} is attached to network {network.name!r} as "
             f"{ifname} already; detach it first"
         )
-    conflist = store.conflist(network)
+    conflist = store.conflist(network, whole_subnet=bool(ip))
     runtime: dict[str, Any] = {"portMappings": [to_cni(p) for p in port_mappings]}
+    if mac:
+        runtime["mac"] = mac  # the "mac" capability (CNI conventions), the bridge plugin's
     if ip:
         # the "ips" capability (CNI conventions): host-local reserves exactly these
         runtime["ips"] = [f"{ip}/{network.subnet.partition('/')[2]}"]
@@ -321,6 +325,8 @@ async def attach(
     async with _net_lock(store, network.id):
         # Recorded before ADD: a crash from here on leaves something reconcile can undo.
         await trio.to_thread.run_sync(_write_record, store, record)
+        # --aux-address leases again, should anything have removed the network's lease dir
+        await trio.to_thread.run_sync(store.reserve_aux, network)
         try:
             result = await _add_list(plugin_dir, conflist, runtime, container_id=container_id,
                                      netns=str(netns_path), ifname=ifname)

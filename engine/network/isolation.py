@@ -10,7 +10,10 @@ FORWARD ahead of the firewall plugin's ACCEPTs, stop that:
     <chain 2>   -o <br> -j DROP                        (each network's bridge)
 
 so traffic leaving one of our bridges for another of our bridges is dropped, and an internal
-network talks to nothing but itself (and the host directly).
+network talks to nothing but itself (and the host directly). A network created with
+``com.docker.network.bridge.enable_icc=false`` gets ``-i <br> -o <br> -j DROP`` in chain 1:
+its containers reach the host and the outside but not each other (bridged traffic passes
+FORWARD with br_netfilter's bridge-nf-call-iptables on, which options.py requires).
 
 The chains are the daemon's own: named after its default bridge (``ENGINE-ISO-<bridge>-1``
 and ``-2``, see settings.NetworkSettings.chains), so engines on one host with different
@@ -58,6 +61,8 @@ async def _ipt(*args: str, check: bool = True) -> int:
 def _rules_1(networks: list[Network], chain_2: str) -> list[list[str]]:
     rules = []
     for net in networks:
+        if not net.icc:  # enable_icc=false: nothing between the bridge's own ports
+            rules.append(["-i", net.bridge, "-o", net.bridge, "-j", "DROP"])
         if net.internal:
             rules.append(["-i", net.bridge, "!", "-o", net.bridge, "-j", "DROP"])
             rules.append(["-o", net.bridge, "!", "-i", net.bridge, "-j", "DROP"])

@@ -31,6 +31,7 @@ import trio
 
 from engine.convert import disk
 from engine.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, ResourceExhausted
+from engine.network import options as netopts
 from engine.network._proc import run
 from engine.network.settings import DEFAULT_BRIDGE as DEFAULT_BRIDGE  # re-exported
 from engine.network.settings import NetworkSettings
@@ -42,6 +43,8 @@ DEFAULT_NETWORK = "bridge"
 DEFAULT_SUBNET = NetworkSettings().subnet  # of a daemon with the default settings
 PSEUDO_NETWORKS = {"host": "host", "none": "null"}
 CNI_VERSION = "1.0.0"
+# The owner written into the host-local lease file that keeps an --aux-address from containers
+AUX_OWNER = "engine-aux-address"
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
@@ -61,6 +64,14 @@ class Network:
     # network's containers no address of their choice (--ip). False for networks written
     # before this field existed, which keeps --ip working on them.
     pooled: bool = False
+    # docker's driver options as given (``network inspect``'s Options) and what they set
+    # (engine.network.options); the defaults are those of networks written before them.
+    options: dict[str, str] = attrs.field(factory=dict)
+    mtu: int = 0  # 0: the kernel's default
+    masquerade: bool = True
+    icc: bool = True
+    ip_range: str = ""  # --ip-range: the sub-range host-local hands out ("" for the subnet)
+    aux_addresses: dict[str, str] = attrs.field(factory=dict)  # --aux-address: never a container's
 
     @property
     def is_pseudo(self) -> bool:
@@ -218,25 +229,85 @@ class NetworkStore:
         internal: bool = False,
         labels: dict[str, str] | None = None,
         *,
+        options: dict[str, str] | None = None,
+        ip_range: str = "",
+        aux_addresses: dict[str, str] | None = None,
         _bridge: str | None = None,
         _allow_default: bool = False,
     ) -> Network:
+        """A new bridge network. ``options`` are docker's driver options (``-o``, see
+        engine.network.options), ``ip_range`` and ``aux_addresses`` its IPAM extras (both
+        need ``subnet``, as docker's CLI says)."""
         _check_name(name)
         if name in PSEUDO_NETWORKS or (name == DEFAULT_NETWORK and not _allow_default):
             raise AlreadyExists(f"network {name!r} is predefined; choose another name")
+        opts = netopts.parse(dict(options or {}))
+        if (ip_range or aux_addresses) and not subnet:
+            what = "ip-range" if ip_range else "aux-address"
+            raise InvalidArgument(f"every ip-range or gateway must have a corresponding subnet "
+                                  f"(--{what} needs --subnet)")
         async with self._lock:
             existing = await self._load_all()
             if any(n.name == name for n in existing):
                 raise AlreadyExists(f"network {name!r} exists already; remove it first or pick another name")
             net = await self._choose_subnet(subnet, existing, for_default=_allow_default)
+            sub_range = netopts.parse_ip_range(net, ip_range)
+            if gateway is None and sub_range is not None:
+                gateway = netopts.range_gateway(net, sub_range)  # dockerd's choice
+            chosen_gateway = _pick_gateway(net, gateway)
+            aux = netopts.parse_aux(net, chosen_gateway, dict(aux_addresses or {}))
             net_id = secrets.token_hex(32)
+            bridge = _bridge or opts.bridge or f"eng-{net_id[:10]}"
+            if opts.bridge:
+                await self._check_bridge_free(opts.bridge, net_id, existing)
             network = Network(
-                name=name, id=net_id, subnet=str(net), gateway=_pick_gateway(net, gateway),
-                internal=internal, bridge=_bridge or f"eng-{net_id[:10]}",
+                name=name, id=net_id, subnet=str(net), gateway=chosen_gateway,
+                internal=internal, bridge=bridge,
                 labels=dict(labels or {}), created=time.time(), pooled=not subnet,
+                options=dict(options or {}), mtu=opts.mtu, masquerade=opts.masquerade, icc=opts.icc,
+                ip_range=str(sub_range or ""), aux_addresses=aux,
             )
             await trio.to_thread.run_sync(self._write, network)
+            await trio.to_thread.run_sync(self.reserve_aux, network)
             return network
+
+    async def _check_bridge_free(self, bridge: str, net_id: str, existing: _Networks) -> None:
+        """A bridge name of one's own (``com.docker.network.bridge.name``): not another
+        network's, the daemon's default bridge or any interface the host has now."""
+        for other in existing:
+            if other.bridge == bridge:
+                raise Conflict(f"cannot create network {net_id} ({bridge}): conflicts with network "
+                               f"{other.id} ({bridge}): networks have same bridge name")
+        if bridge == self.settings.bridge:
+            raise Conflict(f"cannot create network {net_id} ({bridge}): conflicts with the daemon's "
+                           f"default bridge {bridge}: networks have same bridge name")
+        proc = await run(["ip", "-j", "-d", "link", "show", "dev", bridge], check=False)
+        if proc.returncode != 0:
+            return  # no such interface
+        links = json.loads(proc.stdout or b"[]")
+        kind = ((links[0].get("linkinfo") or {}).get("info_kind") if links else "") or ""
+        if kind != "bridge":
+            raise Conflict(f"existing interface {bridge} is not a bridge")
+        # dockerd would take it over; an engine network owns its bridge (removes it with the
+        # network), so a bridge someone else made is left alone
+        raise Conflict(f"bridge {bridge} exists on the host already and is not one of this daemon's "
+                       "networks; choose another com.docker.network.bridge.name")
+
+    def reserve_aux(self, network: Network) -> None:
+        """Keep the network's --aux-address addresses from host-local: a lease file each,
+        owned by AUX_OWNER (host-local never gives an address that has one; reconcile
+        leaves them). Idempotent; blocking (run it in a thread)."""
+        if not network.aux_addresses:
+            return
+        directory = self.ipam_dir / network.name
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, ip in network.aux_addresses.items():
+            try:
+                fd = os.open(directory / ip, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue  # reserved already (or a container holds it: created before the aux)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{AUX_OWNER}\r\n{name}")
 
     async def _choose_subnet(
         self, subnet: str | None, existing: _Networks, *, for_default: bool = False
@@ -316,33 +387,44 @@ class NetworkStore:
         return removed
 
     # --- CNI -------------------------------------------------------------------------------
-    def conflist(self, network: Network) -> dict[str, Any]:
-        """The CNI network configuration list for ``network`` (plugins run in this order)."""
+    def conflist(self, network: Network, *, whole_subnet: bool = False) -> dict[str, Any]:
+        """The CNI network configuration list for ``network`` (plugins run in this order).
+        ``whole_subnet``: for a container's own address (--ip), which dockerd allows
+        outside the --ip-range too (host-local would refuse it there)."""
         if network.is_pseudo:
             raise InvalidArgument(f"network {network.name!r} has no CNI configuration")
+        address_range: dict[str, Any] = {"subnet": network.subnet, "gateway": network.gateway}
+        if network.ip_range and not whole_subnet:
+            start, end = netopts.range_bounds(ipaddress.IPv4Network(network.subnet),
+                                              ipaddress.IPv4Network(network.ip_range))
+            address_range.update(rangeStart=start, rangeEnd=end)
         ipam: dict[str, Any] = {
             "type": "host-local",
-            "ranges": [[{"subnet": network.subnet, "gateway": network.gateway}]],
+            "ranges": [[address_range]],
             # Leases live with the network definitions, so a check (or reconcile) can see them.
             "dataDir": str(self.ipam_dir),
         }
         if not network.internal:
             ipam["routes"] = [{"dst": "0.0.0.0/0"}]
+        bridge: dict[str, Any] = {
+            "type": "bridge",
+            "bridge": network.bridge,
+            "isGateway": True,
+            "ipMasq": network.masquerade and not network.internal,
+            "hairpinMode": True,
+            # host-local reads a container's chosen address (--ip) from the runtimeConfig
+            # the bridge plugin hands over to it: {"ips": ["A/len"]}; the bridge plugin
+            # sets the container's --mac-address from {"mac": "..."}
+            "capabilities": {"ips": True, "mac": True},
+            "ipam": ipam,
+        }
+        if network.mtu:
+            bridge["mtu"] = network.mtu  # the bridge's and every veth's, both ends
         return {
             "cniVersion": CNI_VERSION,
             "name": network.name,
             "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": network.bridge,
-                    "isGateway": True,
-                    "ipMasq": not network.internal,
-                    "hairpinMode": True,
-                    # host-local reads a container's chosen address (--ip) from the
-                    # runtimeConfig the bridge plugin hands over to it: {"ips": ["A/len"]}
-                    "capabilities": {"ips": True},
-                    "ipam": ipam,
-                },
+                bridge,
                 {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
                 # Accepts the container's traffic in FORWARD even where its policy is DROP
                 # (as docker leaves it); isolation between networks is ours (isolation.py).

@@ -17,7 +17,7 @@ import trio
 
 from engine.errors import EngineError
 from engine.network import cni, isolation, netns
-from engine.network.networks import NetworkStore, delete_bridge
+from engine.network.networks import AUX_OWNER, NetworkStore, delete_bridge
 
 
 @attrs.define
@@ -48,6 +48,8 @@ def _stray_leases(ipam_dir: Path, keep: Collection[str], known_networks: set[str
             if not _is_ip(entry.name):
                 continue  # "lock", "last_reserved_ip.0": host-local's own bookkeeping
             owner = Path(entry.path).read_text().split("\n", 1)[0].strip()
+            if owner == AUX_OWNER and net_dir.name in known_networks:
+                continue  # an --aux-address, kept from containers (NetworkStore.reserve_aux)
             if owner not in keep or net_dir.name not in known_networks:
                 stray.append(Path(entry.path))
     return stray

@@ -38,7 +38,7 @@ from engine.errors import (
     NotFound,
     RuntimeFailure,
 )
-from engine.network import cni, dns, etc_files, netns, ports, static_ip
+from engine.network import cni, dns, etc_files, mac_address, netns, ports, static_ip
 from engine.network.networks import DEFAULT_NETWORK, Network, NetworkStore
 from engine.network.reconcile import ReconcileReport, reconcile
 from engine.network.settings import NetworkSettings, claim_bridge
@@ -60,11 +60,13 @@ _KEEP_STATES = {"running", "paused"}
 @attrs.frozen
 class Membership:
     """One network a container joins, with the aliases and the address (``--ip``, "" for
-    one host-local chooses) it has there."""
+    one host-local chooses) and MAC address (``--mac-address``, "" for one the bridge plugin
+    chooses) it has there."""
 
     network: str  # name (ids are resolved to names at create/connect)
     aliases: list[str] = attrs.field(factory=list)
     ipv4_address: str = ""
+    mac_address: str = ""
 
 
 @attrs.frozen
@@ -162,6 +164,11 @@ class ContainerNetworking:
         config.ipv4_address = static_ip.parse(config.ipv4_address)
         if config.ipv4_address and kind != "bridge":
             raise InvalidArgument(static_ip.ON_PREDEFINED)
+        config.mac_address = mac_address.parse(config.mac_address)
+        if config.mac_address and kind in ("host", "container"):
+            raise InvalidArgument(mac_address.CONFLICTING_MODE)
+        if kind == "none":
+            config.mac_address = ""  # dockerd takes it and has no interface to give it to
         if kind == "container":
             mode = CONTAINER_PREFIX + self._resolve_container(mode.removeprefix(CONTAINER_PREFIX), config)
         elif kind == "bridge":
@@ -212,7 +219,8 @@ class ContainerNetworking:
         if mode_kind(config.network_mode) != "bridge":
             return []
         names = config.networks or [config.network_mode]
-        return [Membership(n, list(config.aliases) if i == 0 else [], config.ipv4_address if i == 0 else "")
+        return [Membership(n, list(config.aliases) if i == 0 else [], config.ipv4_address if i == 0 else "",
+                           config.mac_address if i == 0 else "")
                 for i, n in enumerate(names)]
 
     def _write_memberships(self, container_id: str, members: list[Membership]) -> None:
@@ -270,7 +278,7 @@ class ContainerNetworking:
                     network, config.id, ns, ifname=f"eth{index}",
                     port_mappings=config.ports if index == 0 else (),
                     name=config.name, aliases=member.aliases, etc_dir=etc_dir,
-                    ip=member.ipv4_address,
+                    ip=member.ipv4_address, mac=member.mac_address,
                 )
             results.append(res)
             details[network.name] = _endpoint(res, member.ipv4_address)
@@ -315,6 +323,7 @@ class ContainerNetworking:
         """Before asking host-local for ``address``: refused in dockerd's words, naming the
         container that holds it (host-local's own message names only its range set)."""
         static_ip.check_network(network, address)
+        static_ip.check_not_aux(network, address)
         holders = [(a.container_id, a.name, a.ip) for a in await cni.attachments(self.store, network)]
         static_ip.check_free(network, address, container_id, holders)
 

@@ -62,3 +62,10 @@ def check_free(network: Network, address: str, container_id: str,
         if held == address and holder_id != container_id:
             raise Conflict(f"{IN_USE}: {address} on network {network.name!r} is held by container "
                            f"{name or holder_id[:12]}; stop it or choose another address")
+
+
+def check_not_aux(network: Network, address: str) -> None:
+    """An --aux-address of the network is never a container's (dockerd: in use)."""
+    for name, held in network.aux_addresses.items():
+        if held == address:
+            raise Conflict(f"{IN_USE}: {address} is the auxiliary address {name!r} of network {network.name!r}")

@@ -94,6 +94,7 @@ class CreateSpec:
     network: str = ""
     network_aliases: list[str] = attrs.field(factory=list)
     ip: str = ""  # --ip: the container's IPv4 address on its (user) network
+    mac_address: str = ""  # --mac-address: its interface's on that network
     publish: list[str] = attrs.field(factory=list)
     publish_all: bool = False
     expose: list[str] = attrs.field(factory=list)
@@ -336,6 +337,7 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
         network_defaulted=not p.network,
         aliases=list(p.network_aliases),
         ipv4_address=p.ip,
+        mac_address=p.mac_address,
         publish_all=p.publish_all,
         dns=list(p.dns),
         dns_search=list(p.dns_search),

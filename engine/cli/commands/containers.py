@@ -86,6 +86,7 @@ def add_create_flags(p: Parser) -> None:
     p.add_argument("--network", "--net", default="")
     p.add_argument("--network-alias", action="append", default=[])
     p.add_argument("--ip", default="")
+    p.add_argument("--mac-address", default="")
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("-P", "--publish-all", action="store_true")
     p.add_argument("--expose", action="append", default=[])
@@ -157,6 +158,8 @@ def create_params(args: Namespace) -> dict[str, Any]:
         params["cmd"] = list(args.command)
     if args.ip:
         params["ip"] = args.ip
+    if args.mac_address:
+        params["mac_address"] = args.mac_address
     if args.entrypoint is not None:
         params["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     if args.memory:

@@ -25,6 +25,9 @@ def setup(sub: Any) -> None:
     pc.add_argument("--gateway", default="")
     pc.add_argument("--internal", action="store_true")
     pc.add_argument("--label", action="append", default=[])
+    pc.add_argument("-o", "--opt", action="append", default=[])
+    pc.add_argument("--ip-range", default="")
+    pc.add_argument("--aux-address", action="append", default=[])
     pc.add_argument("name")
     pc.set_defaults(func=cmd_create)
 
@@ -82,11 +85,29 @@ def parse_labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
+    """``-o KEY=VALUE`` and ``--aux-address NAME=IP`` (docker's map options)."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise InvalidArgument(f"invalid {flag} {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
 def cmd_create(ctx: Context, args: Namespace) -> int:
-    result = ctx.client().call("network.create", {
+    params = {
         "name": args.name, "driver": args.driver, "subnet": args.subnet,
         "gateway": args.gateway, "internal": args.internal, "labels": parse_labels(args.label),
-    })
+    }
+    if args.opt:
+        params["options"] = parse_pairs(args.opt, "--opt")
+    if args.ip_range:
+        params["ip_range"] = args.ip_range
+    if args.aux_address:
+        params["aux_addresses"] = parse_pairs(args.aux_address, "--aux-address")
+    result = ctx.client().call("network.create", params)
     print(result["Id"])
     return 0
 

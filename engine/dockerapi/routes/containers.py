@@ -46,7 +46,7 @@ from engine.dockerapi.shapes import (
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
-from engine.network import static_ip
+from engine.network import mac_address, static_ip
 from engine.network.networks import DEFAULT_NETWORK
 from engine.oci.spec import MASKED_PATHS, READONLY_PATHS
 from engine.supervisor.attach import parse_detach_keys
@@ -96,7 +96,8 @@ def service(api: DockerAPI) -> ContainerService:
 # other field must be left at its zero value, or the request is refused naming it.
 CONFIG_HANDLED = {"Hostname", "User", "Env", "Cmd", "Image", "WorkingDir", "Entrypoint", "Labels",
                   "StopSignal", "StopTimeout", "NetworkDisabled", "HostConfig", "NetworkingConfig",
-                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck", "ExposedPorts", "Domainname"}
+                  "Tty", "OpenStdin", "StdinOnce", "Healthcheck", "ExposedPorts", "Domainname",
+                  "MacAddress"}
 CONFIG_IGNORED = {"AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped", "Shell", "OnBuild"}
 HEALTH_HANDLED = {"Test", "Interval", "Timeout", "StartPeriod", "Retries"}
 HEALTH_IGNORED = {"StartInterval"}
@@ -250,6 +251,22 @@ def requested_ip(endpoint: dict[str, Any] | None, section: str) -> str:
     return static_ip.parse(str(ipam.get("IPv4Address") or ""))
 
 
+def _network_mac(doc: dict[str, Any], networking: dict[str, Any]) -> str:
+    """The create's MAC address on its one network: the endpoint's ``MacAddress`` (API
+    1.44+ clients) or the container-wide ``Config.MacAddress`` (older ones); "" for none."""
+    config_mac = doc.get("MacAddress") or ""
+    endpoint_mac = ""
+    for endpoint in ((networking or {}).get("EndpointsConfig") or {}).values():
+        endpoint_mac = (endpoint or {}).get("MacAddress") or ""
+    if not isinstance(config_mac, str) or not isinstance(endpoint_mac, str):
+        raise InvalidArgument("MacAddress must be a string")
+    if config_mac and endpoint_mac and mac_address.parse(config_mac) != mac_address.parse(endpoint_mac):
+        # dockerd's words
+        raise InvalidArgument("the container-wide MAC address must match the endpoint-specific MAC address "
+                              "for the main network, or be left empty")
+    return mac_address.parse(endpoint_mac or config_mac)
+
+
 def _network_ip(networking: dict[str, Any]) -> str:
     """The create's address on its one network (``_network`` checked the endpoints)."""
     for name, endpoint in ((networking or {}).get("EndpointsConfig") or {}).items():
@@ -323,6 +340,7 @@ def create_spec(doc: dict[str, Any], name: str, platform: str) -> CreateSpec:
         network=network,
         network_aliases=aliases,
         ip=_network_ip(networking),
+        mac_address=_network_mac(doc, networking),
         publish=_publish(host.get("PortBindings")),
         publish_all=bool(host.get("PublishAllPorts")),
         expose=_exposed_ports(doc.get("ExposedPorts")),
@@ -719,6 +737,7 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
     config = doc["Config"]
     config.update({
         "Domainname": c.domainname,
+        "MacAddress": c.mac_address,  # --mac-address (API < 1.44's place for it)
         "AttachStdin": c.open_stdin,
         "AttachStdout": False,
         "AttachStderr": False,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from engine.api.networks import _check_filters, _matches
 from engine.api.networks import inspect as network_inspect
 from engine.api.networks import summary as network_summary
@@ -16,7 +18,7 @@ from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
 from engine.dockerapi.shapes import parse_filters, refuse_unsupported, str_list, str_map
 from engine.errors import InvalidArgument, NotFound, PermissionDenied
 from engine.httpserver import Request, Response
-from engine.network.networks import DEFAULT_NETWORK
+from engine.network.networks import DEFAULT_NETWORK, Network
 from engine.network.service import ContainerNetworking
 from engine.supervisor.container_service import ContainerService
 from engine.supervisor.containers import settle_removals
@@ -45,11 +47,11 @@ def networking(api: DockerAPI) -> ContainerNetworking:
     return net
 
 
-def _docker_view(doc: dict[str, Any]) -> dict[str, Any]:
+def _docker_view(doc: dict[str, Any], net: Network) -> dict[str, Any]:
     if doc["Name"] != DEFAULT_NETWORK:
-        # dockerd lists only the options a network was created with (engine takes none), and
-        # docker-compose recreates a network whose options differ from its file's
-        doc["Options"] = {}
+        # dockerd lists only the options a network was created with, and docker-compose
+        # recreates a network whose options differ from its file's
+        doc["Options"] = dict(net.options)
     doc.setdefault("Containers", {})
     doc.setdefault("ConfigOnly", False)
     doc.setdefault("ConfigFrom", {"Network": ""})
@@ -61,7 +63,7 @@ async def list_networks(api: DockerAPI, req: Request) -> Response:
     _check_filters(filters)
     nets = await networking(api).store.list()
     hidden = DEFAULT_NETWORK if _default_network_unused(api) else None
-    return json_response([_docker_view(network_summary(n)) for n in nets
+    return json_response([_docker_view(network_summary(n), n) for n in nets
                           if _matches(n, filters) and n.name != hidden])
 
 
@@ -81,13 +83,22 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
     with no_such_network(req.path_params["id"]):
         net = await svc.store.get(req.path_params["id"])
     await settle_removals(api.app)  # a `run --rm` that answered a moment ago is not listed in Containers
-    return json_response(_docker_view(await network_inspect(svc, net)))
+    return json_response(_docker_view(await network_inspect(svc, net), net))
 
 
-def _ipam(doc: Any) -> tuple[str, str]:
-    """IPAM.Config: at most one IPv4 subnet with its gateway."""
+@attrs.frozen
+class _Ipam:
+    subnet: str = ""
+    gateway: str = ""
+    ip_range: str = ""
+    aux_addresses: dict[str, str] = attrs.field(factory=dict)
+
+
+def _ipam(doc: Any) -> _Ipam:
+    """IPAM.Config: at most one IPv4 subnet with its gateway, ip range and auxiliary
+    addresses."""
     if not doc:
-        return "", ""
+        return _Ipam()
     refuse_unsupported("IPAM", doc, {"Driver", "Config"}, {"Options"})
     if str(doc.get("Driver") or "default") != "default":
         raise InvalidArgument(f"IPAM.Driver {doc['Driver']!r} is not supported by engine (default is)")
@@ -95,10 +106,12 @@ def _ipam(doc: Any) -> tuple[str, str]:
     if len(configs) > 1:
         raise InvalidArgument("IPAM.Config: engine networks have one subnet")
     if not configs:
-        return "", ""
+        return _Ipam()
     config = configs[0]
-    refuse_unsupported("IPAM.Config[0]", config, {"Subnet", "Gateway"}, set())
-    return str(config.get("Subnet") or ""), str(config.get("Gateway") or "")
+    refuse_unsupported("IPAM.Config[0]", config, {"Subnet", "Gateway", "IPRange", "AuxiliaryAddresses"}, set())
+    return _Ipam(str(config.get("Subnet") or ""), str(config.get("Gateway") or ""),
+                 str(config.get("IPRange") or ""),
+                 str_map(config.get("AuxiliaryAddresses"), "IPAM.Config[0].AuxiliaryAddresses"))
 
 
 # dockerd's predefined networks engine has too (its bridge is engine's own, removable or not
@@ -116,19 +129,19 @@ async def create(api: DockerAPI, req: Request) -> Response:
     refuse_unsupported("NetworkCreate", doc, CREATE_HANDLED | {"Options", "EnableIPv6"}, CREATE_IGNORED)
     if doc.get("EnableIPv6"):
         raise InvalidArgument("EnableIPv6 is not supported by engine (its networks are IPv4)")
-    options = str_map(doc.get("Options"), "Options")
-    if options:
-        raise InvalidArgument(f"Options {', '.join(sorted(options))} are not supported by engine")
+    options = str_map(doc.get("Options"), "Options")  # engine.network.options checks them
     driver = str(doc.get("Driver") or "bridge")
     if driver != "bridge":
         raise InvalidArgument(f"network driver {driver!r} is not supported; use bridge")
-    subnet, gateway = _ipam(doc.get("IPAM"))
-    if gateway and not subnet:
+    ipam = _ipam(doc.get("IPAM"))
+    if ipam.gateway and not ipam.subnet:
         raise InvalidArgument("IPAM.Config[0].Gateway needs a Subnet")
     with network_exists(name):
-        net = await networking(api).store.create(name, subnet=subnet or None, gateway=gateway or None,
+        net = await networking(api).store.create(name, subnet=ipam.subnet or None, gateway=ipam.gateway or None,
                                                  internal=bool(doc.get("Internal")),
-                                                 labels=str_map(doc.get("Labels"), "Labels"))
+                                                 labels=str_map(doc.get("Labels"), "Labels"),
+                                                 options=options, ip_range=ipam.ip_range,
+                                                 aux_addresses=ipam.aux_addresses)
     api.app.events.emit("network", "create", net.id, name=net.name, driver="bridge")
     return json_response({"Id": net.id, "Warning": ""}, 201)
 
@@ -162,8 +175,9 @@ async def connect(api: DockerAPI, req: Request) -> Response:
     if not container:
         raise InvalidArgument("Container is required")
     endpoint = doc.get("EndpointConfig") or {}
+    # MacAddress is a create's only (refused by name here, not dropped)
     refuse_unsupported("EndpointConfig", endpoint, {"Aliases", "IPAMConfig"},
-                       {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress",
+                       {"NetworkID", "EndpointID", "Gateway", "IPAddress", "IPPrefixLen",
                         "DNSNames", "Links"})
     with no_such_network(req.path_params["id"]):
         net = await networking(api).store.get(req.path_params["id"])
