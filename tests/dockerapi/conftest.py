@@ -17,8 +17,9 @@ from typing import Any
 import attrs
 import pytest
 
+from engine.testing import dockerd as dockerd_support
 from engine.testing import images as test_images
-from engine.testing.daemon import Daemon, in_ci, require, require_binary
+from engine.testing.daemon import Daemon, in_ci, mounts_under, require, require_binary
 from engine.testing.registry import Registry, push_layout, registry_server
 
 BUSYBOX_REPO = "test/busybox"
@@ -142,3 +143,32 @@ def docker_clients() -> list[str]:
     if debian and os.path.realpath(debian) not in map(os.path.realpath, found):
         found.append(debian)
     return found
+
+
+# --- a private dockerd (tests/dockerapi/test_versus_dockerd*.py): one for the session ---------
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dockerd_support.Dockerd]:
+    """One private dockerd for the session (bridge none, firewall untouched), with the
+    test busybox loaded from the archive the other tests use. Stopped and swept at the
+    end; its processes and mounts must then be gone."""
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("dockerd needs root")
+        pytest.skip("dockerd needs root")
+    reason = dockerd_support.missing()
+    require(reason is None, reason or "")
+    archive = tmp_path_factory.mktemp("dockerd-archive") / "busybox.tar"
+    test_images.write_docker_archive(archive, [test_images.busybox_image()])
+    daemon = dockerd_support.Dockerd()
+    try:
+        daemon.start()
+        loaded = daemon.cli("load", "-i", str(archive))
+        assert loaded.returncode == 0, loaded.stderr
+        yield daemon
+    finally:
+        pids = daemon.pids()
+        daemon.cleanup()
+        assert not any(dockerd_support.alive(p) for p in pids), f"dockerd/containerd left running: {pids}"
+        assert mounts_under(daemon.base) == []

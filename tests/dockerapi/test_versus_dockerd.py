@@ -22,7 +22,7 @@ import attrs
 import pytest
 
 from engine.testing import dockerd as dockerd_support
-from engine.testing.daemon import Daemon, in_ci, mounts_under, require, require_binary
+from engine.testing.daemon import Daemon, require_binary
 from engine.testing.registry import Registry, push_layout, registry_server
 
 from .conftest import DOCKER_CLIENTS
@@ -38,34 +38,6 @@ KNOWN_MISSING = {
     "network": set(),
     "volume": set(),
 }
-
-
-@pytest.fixture(scope="session")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dockerd_support.Dockerd]:
-    """One private dockerd for the session (bridge none, firewall untouched), with the
-    test busybox loaded from the archive the other tests use. Stopped and swept at the
-    end; its processes and mounts must then be gone."""
-    if os.geteuid() != 0:
-        if in_ci():
-            pytest.fail("dockerd needs root")
-        pytest.skip("dockerd needs root")
-    reason = dockerd_support.missing()
-    require(reason is None, reason or "")
-    from engine.testing import images as test_images
-
-    archive = tmp_path_factory.mktemp("dockerd-archive") / "busybox.tar"
-    test_images.write_docker_archive(archive, [test_images.busybox_image()])
-    daemon = dockerd_support.Dockerd()
-    try:
-        daemon.start()
-        loaded = daemon.cli("load", "-i", str(archive))
-        assert loaded.returncode == 0, loaded.stderr
-        yield daemon
-    finally:
-        pids = daemon.pids()
-        daemon.cleanup()
-        assert not any(dockerd_support.alive(p) for p in pids), f"dockerd/containerd left running: {pids}"
-        assert mounts_under(daemon.base) == []
 
 
 @pytest.fixture(scope="module")

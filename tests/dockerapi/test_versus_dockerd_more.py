@@ -1,0 +1,46 @@
+"""More of the docker CLI against engine and against a private dockerd, side by side (the
+fixtures and helpers of test_versus_dockerd): each test one behaviour, both sides equal
+and equal to dockerd's recorded output."""
+
+from __future__ import annotations
+
+from .test_versus_dockerd import Pair
+from .test_versus_dockerd import pair as _pair  # noqa: F401 - the fixtures, under their own names
+from .test_versus_dockerd import private_registry as _private_registry  # noqa: F401
+
+# an image whose /etc/group lists memberships (busybox's lists none)
+GROUPS = ("root:x:0:\ndaemon:x:1:nobody\nnobody:x:65534:\nwheel:x:10:root,nobody\n"
+          "staff:x:50:daemon,root\nusers:x:100:nobody\n")
+
+
+def test_user_supplementary_groups_as_dockerd(pair: Pair) -> None:
+    """`-u`: the primary gid is always a supplementary group, the image's memberships of the
+    user's name are added when no group is given (none with `-u name:group` or `uid:gid`),
+    and `--group-add` on top; the same for `exec -u`."""
+    pair.setup("run", "--name", "vs-groups-src", "busybox", "sh", "-c", f"printf '{GROUPS}' > /etc/group")
+    try:
+        pair.setup("commit", "vs-groups-src", "vs-groups:1")
+        expected = {
+            "0:0": "uid=0(root) gid=0(root) groups=0(root)",
+            "root": "uid=0(root) gid=0(root) groups=0(root),10(wheel),50(staff)",
+            "nobody": "uid=65534(nobody) gid=65534(nobody) groups=1(daemon),10(wheel),100(users),65534(nobody)",
+            "nobody:users": "uid=65534(nobody) gid=100(users) groups=100(users)",
+            "1000:1000": "uid=1000 gid=1000 groups=1000",
+            "1000": "uid=1000 gid=0(root) groups=0(root)",
+            "daemon": "uid=1(daemon) gid=1(daemon) groups=1(daemon),50(staff)",
+        }
+        for user, line in expected.items():
+            ours, theirs = pair.both("run", "--rm", "-u", user, "vs-groups:1", "id")
+            assert ours.stdout == theirs.stdout == line + "\n", (user, ours.stdout, ours.stderr, theirs.stdout)
+        ours, theirs = pair.both("run", "--rm", "vs-groups:1", "id")
+        assert ours.stdout == theirs.stdout == "uid=0(root) gid=0(root) groups=0(root),10(wheel),50(staff)\n"
+        ours, theirs = pair.both("run", "--rm", "-u", "nobody", "--group-add", "50", "vs-groups:1", "id")
+        assert ours.stdout == theirs.stdout == (
+            "uid=65534(nobody) gid=65534(nobody) groups=1(daemon),10(wheel),50(staff),100(users),65534(nobody)\n")
+        pair.setup("run", "-d", "--name", "vs-groups-run", "vs-groups:1", "sleep", "600")
+        for user in ("nobody", "1000:1000", "0:0"):
+            ours, theirs = pair.both("exec", "-u", user, "vs-groups-run", "id")
+            assert ours.stdout == theirs.stdout == expected[user] + "\n", (user, ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-groups-src", "vs-groups-run")
+        pair.both("rmi", "vs-groups:1")
