@@ -4,9 +4,11 @@ and equal to dockerd's recorded output."""
 
 from __future__ import annotations
 
+from . import test_versus_dockerd as versus
 from .test_versus_dockerd import Pair
-from .test_versus_dockerd import pair as _pair  # noqa: F401 - the fixtures, under their own names
-from .test_versus_dockerd import private_registry as _private_registry  # noqa: F401
+
+# the fixtures of test_versus_dockerd, found by pytest under their own names
+pair, private_registry = versus.pair, versus.private_registry
 
 # an image whose /etc/group lists memberships (busybox's lists none)
 GROUPS = ("root:x:0:\ndaemon:x:1:nobody\nnobody:x:65534:\nwheel:x:10:root,nobody\n"
