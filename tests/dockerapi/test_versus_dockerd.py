@@ -684,15 +684,15 @@ def test_rmi_by_id_as_dockerd(pair: Pair) -> None:
 
 def test_unknown_user_in_dockerds_words(pair: Pair) -> None:
     """`run -u nosuch`, `run -u 0:nosuch` and `exec -u nosuch`: dockerd's words and exit
-    codes (dockerd 20.10 prints the exec's on stdout, engine on stderr)."""
+    codes (the exec's on stdout, as dockerd 20.10 writes it into the exec's stream)."""
     for user in ("vs-nosuch", "0:vs-nosuch"):
         ours, theirs = pair.both("run", "--rm", "-u", user, "busybox", "true")
         assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr), user
         assert ours.returncode == 125 and "no matching entries in" in ours.stderr
     ours, theirs = pair.both("exec", "-u", "vs-nosuch", "vs-running", "true")
     assert ours.returncode == theirs.returncode == 126
-    assert ours.stdout + ours.stderr == theirs.stdout + theirs.stderr == (
-        "unable to find user vs-nosuch: no matching entries in passwd file\n")
+    assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == (
+        "unable to find user vs-nosuch: no matching entries in passwd file\n", "")
 
 
 def test_run_rm_leaves_no_anonymous_volume_listed(pair: Pair) -> None:

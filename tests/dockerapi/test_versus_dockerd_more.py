@@ -4,7 +4,11 @@ and equal to dockerd's recorded output."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 from . import test_versus_dockerd as versus
+from .conftest import DOCKER_CLIENTS
 from .test_versus_dockerd import Pair
 
 # the fixtures of test_versus_dockerd, found by pytest under their own names
@@ -46,3 +50,29 @@ def test_user_supplementary_groups_as_dockerd(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-groups-src", "vs-groups-run")
         pair.both("rmi", "vs-groups:1")
+
+
+def test_exec_that_cannot_start_as_dockerd_tells_it(pair: Pair) -> None:
+    """`docker exec` of a missing command, a non-executable file, a missing path or a
+    missing working directory: dockerd 20.10 exits 126 for all, its error on stdout (the
+    exec's stream, ``\\r\\n``-ended) in containerd's words around runc's."""
+    runc = "OCI runtime exec failed: exec failed: unable to start container process: "
+    cases = {
+        ("nosuchcmd",): 'exec: "nosuchcmd": executable file not found in $PATH',
+        ("/etc/passwd",): 'exec: "/etc/passwd": permission denied',
+        ("/nosuch/x",): 'exec: "/nosuch/x": stat /nosuch/x: no such file or directory',
+        ("-w", "/nosuch", "vs-running", "pwd"): 'chdir to cwd ("/nosuch") set in config.json failed: '
+                                               "no such file or directory",
+    }
+    for args, words in cases.items():
+        full = args if "vs-running" in args else ("vs-running", *args)
+        ours, theirs = pair.both("exec", *full)
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), args
+        assert (ours.returncode, ours.stdout, ours.stderr) == (126, f"{runc}{words}: unknown\n", ""), args
+    engine = pair.engine.run("exec", "vs-running", "nosuchcmd")
+    raw = subprocess.run([DOCKER_CLIENTS[0], "exec", "vs-running", "nosuchcmd"], capture_output=True,
+                         env={**os.environ, "DOCKER_HOST": pair.engine.host}, timeout=60)
+    assert raw.stdout.endswith(b": unknown\r\n") and engine.returncode == 126
+    ours, theirs = pair.both("exec", "-t", "vs-running", "nosuchcmd")  # with a terminal: the same
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (
+        126, f'{runc}exec: "nosuchcmd": executable file not found in $PATH: unknown\n')
