@@ -21,7 +21,7 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
-from engine.actors.health import health_config
+from engine.actors.health import disabled_healthcheck, health_config
 from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
@@ -352,6 +352,8 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
             image_healthcheck(image.config.raw), cmd=p.health_cmd, interval=p.health_interval,
             timeout=p.health_timeout, start_period=p.health_start_period, retries=p.health_retries,
             disabled=p.no_healthcheck, test=list(p.health_test)),
+        healthcheck_disabled=disabled_healthcheck(image_healthcheck(image.config.raw), disabled=p.no_healthcheck,
+                                                  test=list(p.health_test), cmd=p.health_cmd),
         log_driver=p.log_driver,
         log_opts=dict(p.log_opts),
     )

@@ -76,3 +76,29 @@ def test_exec_that_cannot_start_as_dockerd_tells_it(pair: Pair) -> None:
     ours, theirs = pair.both("exec", "-t", "vs-running", "nosuchcmd")  # with a terminal: the same
     assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (
         126, f'{runc}exec: "nosuchcmd": executable file not found in $PATH: unknown\n')
+
+
+def test_no_healthcheck_is_recorded_as_none(pair: Pair) -> None:
+    """`--no-healthcheck` over an image with a check: inspect shows dockerd's {"Test":
+    ["NONE"]} (with the image's times), `commit` records it (engine kept the image's check),
+    a container of that image has none; without any check in the image the same NONE."""
+    pair.setup("create", "--name", "vs-hc-src", "--health-cmd", "true", "--health-interval", "5s", "busybox", "true")
+    names = ["vs-hc-src", "vs-hc-off", "vs-hc-off-plain", "vs-hc-child"]
+    try:
+        pair.setup("commit", "vs-hc-src", "vs-hc:1")
+        pair.setup("create", "--name", "vs-hc-off", "--no-healthcheck", "vs-hc:1", "true")
+        none_with_times = '{"Test":["NONE"],"Interval":5000000000}\n'
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off")
+        assert ours.stdout == theirs.stdout == none_with_times, (ours.stdout, theirs.stdout)
+        pair.setup("commit", "vs-hc-off", "vs-hc-off:1")
+        ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off:1")
+        assert ours.stdout == theirs.stdout == none_with_times, (ours.stdout, theirs.stdout)
+        pair.setup("create", "--name", "vs-hc-child", "vs-hc-off:1", "true")
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}} {{json .State.Health}}", "vs-hc-child")
+        assert ours.stdout == theirs.stdout == none_with_times.replace("\n", " null\n"), (ours.stdout, theirs.stdout)
+        pair.setup("create", "--name", "vs-hc-off-plain", "--no-healthcheck", "busybox", "true")
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off-plain")
+        assert ours.stdout == theirs.stdout == '{"Test":["NONE"]}\n', (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", *names)
+        pair.both("rmi", "vs-hc-off:1", "vs-hc:1")

@@ -732,6 +732,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
     })
     if c.healthcheck is not None:
         config["Healthcheck"] = docker_healthcheck(c.healthcheck)
+    elif c.healthcheck_disabled is not None:
+        config["Healthcheck"] = dict(c.healthcheck_disabled)
     if _without_default_network(api, c) and actor.status.started_at:
         # dockerd's for a container on its default network when it has none ("bridge":
         # "none"), once it has started; omitted otherwise, as dockerd omits it (omitempty)
