@@ -102,3 +102,25 @@ def test_no_healthcheck_is_recorded_as_none(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", *names)
         pair.both("rmi", "vs-hc-off:1", "vs-hc:1")
+
+
+def test_links_on_a_user_network_in_inspect(pair: Pair) -> None:
+    """`--link T:ALIAS --link T2` on a user network: the endpoint's Links are the links as
+    given (engine showed null), before and after the start; HostConfig.Links stays null."""
+    pair.setup("network", "create", "--subnet", "10.231.9.0/24", "vs-link-net")
+    try:
+        pair.setup("run", "-d", "--name", "vs-link-target", "--network", "vs-link-net", "busybox", "sleep", "600")
+        pair.setup("create", "--name", "vs-link-src", "--network", "vs-link-net", "--link", "vs-link-target:db",
+                   "--link", "vs-running", "busybox", "sleep", "600")
+        template = '{{json (index .NetworkSettings.Networks "vs-link-net").Links}} {{json .HostConfig.Links}}'
+        for state in ("created", "running"):
+            if state == "running":
+                pair.setup("start", "vs-link-src")
+            ours, theirs = pair.both("inspect", "-f", template, "vs-link-src")
+            assert ours.stdout == theirs.stdout == '["vs-link-target:db","vs-running"] null\n', (
+                state, ours.stdout, ours.stderr, theirs.stdout)
+        ours, theirs = pair.both("exec", "vs-link-src", "ping", "-c1", "-W2", "db")
+        assert ours.returncode == theirs.returncode == 0, (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-link-src", "vs-link-target")
+        pair.both("network", "rm", "vs-link-net")
