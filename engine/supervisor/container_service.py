@@ -609,7 +609,8 @@ class ContainerService:
         # Streamed from disk a batch at a time, as the client takes them (issue 16.6),
         # across every file of the rotated log.
         scan = await trio.to_thread.run_sync(
-            lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
+            lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail,
+                               finished=not was_active))
         async for record in scan_records(scan):
             yield record
         position = scan.position

@@ -5,6 +5,7 @@ and equal to dockerd's recorded output."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from . import test_versus_dockerd as versus
@@ -124,3 +125,25 @@ def test_links_on_a_user_network_in_inspect(pair: Pair) -> None:
     finally:
         pair.both("rm", "-f", "vs-link-src", "vs-link-target")
         pair.both("network", "rm", "vs-link-net")
+
+
+def test_logs_keep_an_exited_containers_unended_last_line(pair: Pair) -> None:
+    """A container that exits without ending its last line (stdout and stderr): `docker
+    logs` gives that text, without a newline, as dockerd's (engine dropped it), with --tail
+    and -t too; a running container's unended line is not shown yet (neither shows it)."""
+    pair.setup("run", "--name", "vs-nonl", "busybox", "sh", "-c", "printf 'a\\nb-no-newline'; printf 'err' >&2")
+    pair.setup("run", "-d", "--name", "vs-nonl-run", "busybox", "sh", "-c", "printf abc; sleep 600")
+    try:
+        ours, theirs = pair.both("logs", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("a\nb-no-newline", "err")
+        ours, theirs = pair.both("logs", "--tail", "1", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("", "err")
+        ours, theirs = pair.both("logs", "--tail", "2", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("b-no-newline", "err")
+        ours, theirs = pair.both("logs", "-t", "vs-nonl")
+        stamp = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z ", re.M)
+        assert stamp.sub("", ours.stdout) == stamp.sub("", theirs.stdout) == "a\nb-no-newline"
+        ours, theirs = pair.both("logs", "vs-nonl-run")
+        assert ours.stdout == theirs.stdout == ""
+    finally:
+        pair.both("rm", "-f", "vs-nonl", "vs-nonl-run")
