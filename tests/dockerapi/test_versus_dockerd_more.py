@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 from . import test_versus_dockerd as versus
 from .conftest import DOCKER_CLIENTS
@@ -147,3 +148,33 @@ def test_logs_keep_an_exited_containers_unended_last_line(pair: Pair) -> None:
         assert ours.stdout == theirs.stdout == ""
     finally:
         pair.both("rm", "-f", "vs-nonl", "vs-nonl-run")
+
+
+def _tree(base: Path) -> list[str]:
+    return sorted(f"{p.relative_to(base)} {'l' if p.is_symlink() else 'd' if p.is_dir() else 'f'}"
+                  for p in base.rglob("*"))
+
+
+def test_cp_out_of_links_and_dir_contents_as_dockerd(pair: Pair, tmp_path: Path) -> None:
+    """`docker cp CTR:/dir/. DEST` copies the contents into DEST (engine nested dir/ there);
+    `CTR:/link/` (trailing slash) copies the directory the link names (engine copied the
+    link); `CTR:/link` copies the link itself."""
+    pair.setup("run", "-d", "--name", "vs-cp-links", "busybox", "sleep", "600")
+    try:
+        pair.setup("exec", "vs-cp-links", "sh", "-c", "mkdir -p /tmp/dd/sub && echo hi > /tmp/dd/f && "
+                   "ln -s /tmp/dd /tmp/dlink && ln -s dd /tmp/rlink")
+        trees = []
+        for side in (pair.engine, pair.dockerd):
+            dest = tmp_path / side.name
+            (dest / "into").mkdir(parents=True)
+            for source, target in (("/tmp/dd/.", "into"), ("/tmp/dd/.", "new"), ("/tmp/dlink/", "viaslash"),
+                                   ("/tmp/rlink/.", "viadot"), ("/tmp/dlink", "link")):
+                result = side.run("cp", f"vs-cp-links:{source}", str(dest / target))
+                assert result.returncode == 0, (side.name, source, result.stderr)
+            trees.append(_tree(dest))
+        assert trees[0] == trees[1] == [
+            "into d", "into/f f", "into/sub d", "link l", "new d", "new/f f", "new/sub d",
+            "viadot d", "viadot/f f", "viadot/sub d", "viaslash d", "viaslash/f f", "viaslash/sub d"], trees
+        assert os.readlink(tmp_path / "engine" / "link") == "/tmp/dd"
+    finally:
+        pair.both("rm", "-f", "vs-cp-links")
