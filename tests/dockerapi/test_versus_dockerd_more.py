@@ -178,3 +178,19 @@ def test_cp_out_of_links_and_dir_contents_as_dockerd(pair: Pair, tmp_path: Path)
         assert os.readlink(tmp_path / "engine" / "link") == "/tmp/dd"
     finally:
         pair.both("rm", "-f", "vs-cp-links")
+
+
+def test_network_events_name_the_driver_type(pair: Pair) -> None:
+    """`docker events --filter type=network`: create and destroy with dockerd's attributes
+    (the driver as ``type``; engine said ``driver``)."""
+    import time
+
+    since = str(int(time.time()) - 1)
+    pair.setup("network", "create", "--subnet", "10.231.10.0/24", "vs-ev-net")
+    pair.setup("network", "rm", "vs-ev-net")
+    ours, theirs = pair.both("events", "--filter", "type=network", "--filter", "network=vs-ev-net", "--since", since,
+                             "--until", str(int(time.time()) + 1),
+                             "--format", "{{.Type}} {{.Action}} {{json .Actor.Attributes}}")
+    assert ours.stdout == theirs.stdout == (
+        'network create {"name":"vs-ev-net","type":"bridge"}\n'
+        'network destroy {"name":"vs-ev-net","type":"bridge"}\n'), (ours.stdout, theirs.stdout)
