@@ -129,6 +129,24 @@ def health_config(image_healthcheck: dict[str, Any] | None, *, cmd: str = "", in
     )
 
 
+def disabled_healthcheck(image_healthcheck: dict[str, Any] | None, *, disabled: bool = False,
+                         test: list[str] | None = None, cmd: str = "") -> dict[str, Any] | None:
+    """docker's ``Healthcheck`` of a container whose check is off (``--no-healthcheck``, a
+    ``["NONE"]`` test, or an image's NONE one not overridden): ``{"Test": ["NONE"]}`` with
+    the image's times, as dockerd merges them; None when the container has a check or
+    neither it nor the image has any."""
+    image = image_healthcheck or {}
+    if disabled or (test and test[0] == "NONE"):
+        pass
+    elif test or cmd or (image.get("Test") or [])[:1] != ["NONE"]:
+        return None
+    doc: dict[str, Any] = {"Test": ["NONE"]}
+    for key in ("Interval", "Timeout", "StartPeriod", "Retries"):
+        if image.get(key):
+            doc[key] = image[key]
+    return doc
+
+
 def apply_result(state: HealthState, config: HealthConfig, result: ProbeResult, run_started: float) -> bool:
     """docker's transition for one probe result; True when the status changed."""
     before = state.status

@@ -108,7 +108,7 @@ class LogPolicy:
 class LogRecord:
     time: float
     stream: str  # stdout | stderr
-    text: bytes  # one whole line, with its trailing newline
+    text: bytes  # one whole line, with its trailing newline (but a run's last, unended one)
 
     def to_wire(self, timestamps: bool) -> dict[str, object]:
         return {"stream": self.stream, "data": self.text, "time": self.time}
@@ -130,6 +130,7 @@ class RecordParser:
 
     def __init__(self) -> None:
         self._partial: dict[str, bytearray] = {}
+        self._stamps: dict[str, bytes] = {}  # the time of each stream's latest part
 
     @property
     def pending(self) -> bool:
@@ -146,6 +147,7 @@ class RecordParser:
         buf = self._partial.setdefault(stream, bytearray())
         buf += text
         if tag.startswith(b"P"):
+            self._stamps[stream] = stamp
             return None
         try:
             ts = parse_time(stamp)
@@ -154,6 +156,20 @@ class RecordParser:
         whole = bytes(buf) + b"\n"
         buf.clear()
         return LogRecord(ts, stream, whole)
+
+    def flush(self) -> list[LogRecord]:
+        """The lines begun and never ended, without a newline: what a container wrote last
+        before it exited without ending its line (docker's logs keep it so). Oldest first."""
+        records = []
+        for stream, buf in self._partial.items():
+            if buf:
+                try:
+                    ts = parse_time(self._stamps.get(stream, b""))
+                except ValueError:
+                    ts = 0.0
+                records.append(LogRecord(ts, stream, bytes(buf)))
+                buf.clear()
+        return sorted(records, key=lambda r: r.time)
 
 
 # --- the files of one log, in order ----------------------------------------------------------
@@ -322,6 +338,7 @@ class LogScan:
     until: float | None = None
     skip: int = 0
     orphan: bool = False  # the oldest file begins with the end of a line rotated away
+    finished: bool = False  # the container has exited: a line it left unended is its last record
     index: int = 0
     offset: int = 0  # in files[index]
     parser: RecordParser = attrs.field(factory=RecordParser)
@@ -370,7 +387,14 @@ class LogScan:
             self.offset = 0
             if records:
                 return records
+        if self.finished and self.parser.pending:
+            return self._take([r for r in self.parser.flush() if self.matches(r)])
         return None
+
+    def _take(self, records: list[LogRecord]) -> list[LogRecord]:
+        skipped = min(self.skip, len(records))
+        self.skip -= skipped
+        return records[skipped:]
 
     def rewind(self) -> None:
         for f, _ in self.files:
@@ -386,12 +410,12 @@ class LogScan:
 
 
 def start_scan(path: Path, *, since: float | None = None, until: float | None = None,
-               tail: int | None = None) -> LogScan:
+               tail: int | None = None, finished: bool = False) -> LogScan:
     """Blocking: a scan of the log as it is now. For ``tail``, a first pass counts the
     matching records (in batches, keeping none) so the scan skips all but the last ones."""
     chain = open_chain(path)
     orphan = bool(chain) and chain[0][1] in continued_inodes(path)
-    scan = LogScan(chain, since, until, orphan=orphan)
+    scan = LogScan(chain, since, until, orphan=orphan, finished=finished)
     if tail is not None:
         total = 0
         while (batch := scan.next_batch()) is not None:
@@ -581,6 +605,8 @@ async def follow(path: Path, start: LogPosition | int, *, finished: Callable[[],
             if again:
                 continue
             if done:
+                for record in parser.flush():  # the run's last line, left unended
+                    yield record
                 return
             if changed is None:
                 await trio.sleep(POLL_INTERVAL)

@@ -109,6 +109,9 @@ class ContainerConfig:
     open_stdin: bool = False  # stdin kept open for attached clients (-i)
     stdin_once: bool = False  # closed when the first attached client closes its stdin
     healthcheck: HealthConfig | None = None
+    # docker's Healthcheck when the check is off (--no-healthcheck, or a NONE test): {"Test":
+    # ["NONE"]} with the image's times; inspect shows it and commit records it
+    healthcheck_disabled: dict[str, Any] | None = None
     # Set by the CRI (engine.cri) for pods' containers; empty for engctl's.
     namespaces: dict[str, str] = attrs.field(factory=dict)  # type -> path to join, or "host"
     cgroups_path: str = ""  # "" = /engine/<id>

@@ -238,6 +238,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
             "OpenStdin": c.open_stdin,
             "StdinOnce": c.stdin_once,
             **({"Healthcheck": c.healthcheck.to_docker()} if c.healthcheck else {}),
+            **({"Healthcheck": dict(c.healthcheck_disabled)} if c.healthcheck_disabled and not c.healthcheck else {}),
         },
         "Mounts": mounts_view(c, s),
         "NetworkSettings": {

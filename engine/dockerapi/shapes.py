@@ -119,6 +119,8 @@ def docker_event(event: Event, exec_ids: Callable[[str], str] | None = None) -> 
     action = event.action
     if event.type == "daemon":
         attributes.setdefault("name", socket.gethostname())  # dockerd names the daemon's host
+    elif event.type == "network" and "driver" in attributes:
+        attributes.setdefault("type", attributes.pop("driver"))  # dockerd's name for the driver
     elif event.type == "container" and action.startswith("exec_"):
         if exec_ids is not None and attributes.get("execID"):
             attributes["execID"] = exec_ids(attributes["execID"])

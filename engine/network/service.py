@@ -639,6 +639,11 @@ class ContainerNetworking:
         table = {alias.lower(): target for target, alias in links}
         await trio.to_thread.run_sync(lambda: write_json_atomic(self._links_path(container_id), table))
 
+    async def links(self, container_id: str) -> list[tuple[str, str]]:
+        """The (target, alias) pairs ``set_links`` recorded (the alias lowercased), in order."""
+        table = await trio.to_thread.run_sync(_read_links, self._links_path(container_id))
+        return [(target, alias) for alias, target in table.items()]
+
     # --- rename ------------------------------------------------------------------------------
 
     async def renamed(self, container_id: str, new_name: str) -> None:

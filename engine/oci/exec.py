@@ -294,6 +294,11 @@ class ExecHandle:
         self.stdin: trio.abc.SendStream | None = _AttachStdin(conn) if stdin or tty else None
 
     @property
+    def failure(self) -> str | None:
+        """The runtime's words when it could not start the process (``started`` is False)."""
+        return self._failure
+
+    @property
     def pid(self) -> int | None:
         """The exec'd process's host pid, once the runtime has started it."""
         if self._pid is None:

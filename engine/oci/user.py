@@ -2,8 +2,9 @@
 
 Accepted forms: ``""`` (root), ``name``, ``uid``, ``name:group``, ``uid:gid``, ``name:gid``,
 ``uid:group``. Names are looked up in the rootfs's ``/etc/passwd`` and ``/etc/group``;
-supplementary groups are the groups of ``/etc/group`` that list the user as a member
-(runc's ``GetExecUser`` rules).
+supplementary groups are the primary gid and, when no group is given, the groups of
+``/etc/group`` that list the user as a member (runc's ``GetExecUser`` rules, with the
+primary gid dockerd adds).
 
 The rootfs is an untrusted image: its ``/etc/passwd`` may be a symlink to ``/etc/shadow`` of
 the *host*. Paths are therefore resolved component by component with every symlink
@@ -179,8 +180,11 @@ def resolve_user(rootfs: Path, user: str) -> ExecUser:
         uid, gid, home, name = _resolve_uid(user_part, users)
     if group_part:
         gid = _resolve_gid(group_part, groups)
-    extra = tuple(sorted({g.gid for g in groups if name is not None and name in g.members} - {gid}))
-    return ExecUser(uid=uid, gid=gid, additional_gids=extra, home=home)
+    # runc's GetExecUser reads memberships only when no group was given; the primary gid
+    # comes first, as dockerd 20.10 and containerd >= 1.6.18 give it (CVE-2023-25173: a
+    # process must not keep a supplementary group list that lacks its own gid)
+    members = () if group_part else sorted({g.gid for g in groups if name is not None and name in g.members} - {gid})
+    return ExecUser(uid=uid, gid=gid, additional_gids=(gid, *members), home=home)
 
 
 def resolve_groups(rootfs: Path, groups: list[str]) -> list[int]:

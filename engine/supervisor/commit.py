@@ -89,6 +89,8 @@ def run_defaults(actor: ContainerActor, base: dict[str, Any]) -> dict[str, Any]:
         config["Labels"] = dict(cc.labels)
     if cc.healthcheck is not None:
         config["Healthcheck"] = docker_healthcheck(cc.healthcheck)
+    elif cc.healthcheck_disabled is not None:
+        config["Healthcheck"] = dict(cc.healthcheck_disabled)  # docker records the NONE over the image's
     return {k: v for k, v in config.items() if v is not None}
 
 

@@ -21,7 +21,7 @@ import trio
 
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor, parse_signal, start_exit_code
-from engine.actors.health import health_config
+from engine.actors.health import disabled_healthcheck, health_config
 from engine.actors.logs import LogRecord, follow, scan_records, start_scan
 from engine.actors.model import BindMount, ContainerConfig, TmpfsMount
 from engine.actors.restart import RestartPolicy
@@ -354,6 +354,8 @@ def build_config(app: App, p: CreateSpec) -> tuple[ContainerConfig, list[str]]:
             image_healthcheck(image.config.raw), cmd=p.health_cmd, interval=p.health_interval,
             timeout=p.health_timeout, start_period=p.health_start_period, retries=p.health_retries,
             disabled=p.no_healthcheck, test=list(p.health_test)),
+        healthcheck_disabled=disabled_healthcheck(image_healthcheck(image.config.raw), disabled=p.no_healthcheck,
+                                                  test=list(p.health_test), cmd=p.health_cmd),
         log_driver=p.log_driver,
         log_opts=dict(p.log_opts),
     )
@@ -609,7 +611,8 @@ class ContainerService:
         # Streamed from disk a batch at a time, as the client takes them (issue 16.6),
         # across every file of the rotated log.
         scan = await trio.to_thread.run_sync(
-            lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail))
+            lambda: start_scan(actor.files.log_path, since=spec.since, until=spec.until, tail=spec.tail,
+                               finished=not was_active))
         async for record in scan_records(scan):
             yield record
         position = scan.position

@@ -198,6 +198,8 @@ def archive_path(root_fd: int, path: str, emit: Any, *, follow: bool) -> None:
         tar = open_stream_tar(sink)
         writer = TreeWriter(tar, skip_kernel_filesystems(tar))
         arcname = _split(path)[1]  # a followed link keeps its own name, as docker's -L
+        if path.endswith("/."):
+            arcname = "./"  # docker's "copy the contents": entries ./, ./f (the CLI renames them to DEST)
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             try:

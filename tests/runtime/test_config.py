@@ -24,7 +24,7 @@ async def test_env_cwd_user_hostname(harness: Harness) -> None:
     out, err = read_log(ctr.log_path)
     assert info.exit_code == 0, err
     lines = out.splitlines()
-    assert lines[0] == "uid=1000(app) gid=1000(app) groups=10(wheel),50(staff)"
+    assert lines[0] == "uid=1000(app) gid=1000(app) groups=10(wheel),50(staff),1000(app)"
     assert lines[1:3] == ["/tmp", "box1"]
     env = set(lines[3:])
     assert {"GREETING=hello world", "HOME=/home/app", "HOSTNAME=box1"} <= env
@@ -34,7 +34,7 @@ async def test_env_cwd_user_hostname(harness: Harness) -> None:
 async def test_numeric_user_and_named_group(harness: Harness) -> None:
     ctr, info = await harness.run(["id"], user="4242:staff")
     assert info.exit_code == 0
-    assert read_log(ctr.log_path)[0].startswith("uid=4242 gid=50(staff)")
+    assert read_log(ctr.log_path)[0] == "uid=4242 gid=50(staff) groups=50(staff)\n"  # no memberships
 
 
 async def test_read_only_rootfs_with_tmpfs_and_bind(harness: Harness, tmp_path: Path) -> None:

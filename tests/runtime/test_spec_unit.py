@@ -73,7 +73,11 @@ def rootfs(tmp_path: Path) -> Path:
 def test_user_forms(rootfs: Path) -> None:
     assert resolve_user(rootfs, "").uid == 0
     app = resolve_user(rootfs, "app")
-    assert (app.uid, app.gid, app.additional_gids, app.home) == (1000, 1000, (50,), "/home/app")
+    assert (app.uid, app.gid, app.additional_gids, app.home) == (1000, 1000, (1000, 50), "/home/app")
+    assert resolve_user(rootfs, "").additional_gids == (0,)  # the primary gid always, as dockerd's
+    assert resolve_user(rootfs, "app:staff").additional_gids == (50,)  # a group given: no memberships
+    assert resolve_user(rootfs, "app:0").additional_gids == (0,)
+    assert resolve_user(rootfs, "1000:1000").additional_gids == (1000,)
     assert resolve_user(rootfs, "1000").home == "/home/app"
     assert (resolve_user(rootfs, "77").uid, resolve_user(rootfs, "77").gid) == (77, 0)
     assert resolve_user(rootfs, "app:staff").gid == 50
@@ -118,7 +122,7 @@ def test_spec_shape(rootfs: Path) -> None:
     spec = build_spec(SpecOptions(container_id="abc", rootfs=rootfs, args=["x"], init=True,
                                   cpus=1.5, pids_limit=5, network_ns="host", user="app"))  # fmt: skip
     assert spec["process"]["args"] == ["/dev/init", "--", "x"]
-    assert spec["process"]["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [50]}
+    assert spec["process"]["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [1000, 50]}
     assert spec["linux"]["cgroupsPath"] == "/engine/abc"
     assert spec["linux"]["resources"]["cpu"] == {"quota": 150000, "period": 100000}
     assert spec["linux"]["resources"]["pids"] == {"limit": 5}

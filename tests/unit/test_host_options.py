@@ -81,7 +81,7 @@ def test_spec_of_the_options(tmp_path: Path) -> None:
     spec = oci.build_spec(options)
     shm = next(m for m in spec["mounts"] if m["destination"] == "/dev/shm")
     assert "size=8192k" in shm["options"]
-    assert spec["process"]["user"]["additionalGids"] == [50, 7]
+    assert spec["process"]["user"]["additionalGids"] == [0, 50, 7]
     assert spec["linux"]["resources"]["cpu"] == {"quota": 30000, "period": 60000}
     assert {"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200} in spec["process"]["rlimits"]
     assert spec["process"]["oomScoreAdj"] == 5

@@ -751,6 +751,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
     })
     if c.healthcheck is not None:
         config["Healthcheck"] = docker_healthcheck(c.healthcheck)
+    elif c.healthcheck_disabled is not None:
+        config["Healthcheck"] = dict(c.healthcheck_disabled)
     if _without_default_network(api, c) and actor.status.started_at:
         # dockerd's for a container on its default network when it has none ("bridge":
         # "none"), once it has started; omitted otherwise, as dockerd omits it (omitempty)
@@ -813,7 +815,21 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
 
 async def inspect(api: DockerAPI, req: Request) -> Response:
     actor = service(api).get(req.path_params["id"])
-    return json_response(container_inspect(api, actor, await configured_networks(api, actor)))
+    doc = container_inspect(api, actor, await configured_networks(api, actor))
+    await _show_links(api, actor, doc["NetworkSettings"]["Networks"])
+    return json_response(doc)
+
+
+async def _show_links(api: DockerAPI, actor: ContainerActor, networks: dict[str, Any]) -> None:
+    """``--link`` on a user network: dockerd lists the links as given (``TARGET[:ALIAS]``)
+    in the endpoint of the network the container was created on."""
+    network = api.app.services.network
+    endpoint = networks.get(actor.config.network_mode)
+    if network is None or not isinstance(endpoint, dict):
+        return
+    links = await network.links(actor.id)
+    if links:
+        endpoint["Links"] = [target if alias == target.lower() else f"{target}:{alias}" for target, alias in links]
 
 
 async def list_containers(api: DockerAPI, req: Request) -> Response:

@@ -20,7 +20,7 @@ from engine.dockerapi.attach import GONE, ConnectionInput, output_sender
 from engine.dockerapi.execs import ExecInstance
 from engine.dockerapi.routes.containers import console_size, log_content_type, service, window
 from engine.dockerapi.server import DockerAPI, Router, json_response, no_content
-from engine.errors import Conflict, EngineError, InvalidArgument
+from engine.errors import Conflict, EngineError, InvalidArgument, RuntimeFailure
 from engine.httpserver import Hijacked, HijackResponse, Request, Response
 from engine.oci.attach import check_window
 
@@ -53,18 +53,38 @@ async def resize(api: DockerAPI, req: Request) -> Response:
 
 
 async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any = None) -> None:
-    """Run the exec through the container service; record how it ended."""
+    """Run the exec through the container service; record how it ended. An exec that could
+    not start is told as dockerd 20.10 tells it: its error on the client's stdout (ended by
+    ``\r\n``) and exit code 126, whatever the reason (the runtime's words in containerd's
+    wrapping: "OCI runtime exec failed: …: unknown")."""
     code = EXEC_FAILED
+    handles: list[Any] = []
 
     async def started(handle: Any) -> None:
+        handles.append(handle)
         await api.execs.session_started(instance, handle)
 
+    def not_started() -> bool:
+        return bool(handles) and getattr(handles[0], "started", None) is False
+
+    async def relay(item: dict[str, Any]) -> None:
+        if not not_started():  # else: engine's own account of the failure, told below
+            await send(item)
+
     try:
-        result = await service(api).exec(instance.spec, send, input, started=started, exec_id=instance.id)
+        result = await service(api).exec(instance.spec, relay, input, started=started, exec_id=instance.id)
         code = int(result.get("ExitCode", EXEC_FAILED))
+        if not_started():
+            code = EXEC_FAILED
+            failure = getattr(handles[0], "failure", None) or "the runtime could not start the process"
+            await send({"stream": "stdout", "data": f"OCI runtime exec failed: {failure}: unknown\r\n".encode()})
+    except RuntimeFailure as e:
+        code = EXEC_FAILED
+        words = e.details.get("runtime_error") or str(e)
+        await send({"stream": "stdout", "data": f"OCI runtime exec failed: {words}: unknown\r\n".encode()})
     except EngineError as e:
-        code = e.exit_code if e.exit_code in (126, 127) else EXEC_FAILED
-        await send({"stream": "stderr", "data": f"{messages.unknown_user(e)}\n".encode()})
+        code = EXEC_FAILED
+        await send({"stream": "stdout", "data": f"{messages.unknown_user(e)}\r\n".encode()})
     finally:
         with trio.CancelScope(shield=True):
             await api.execs.ended(instance, code)

@@ -184,6 +184,12 @@ def archive_path(req: Request) -> str:
     return path
 
 
+def follows_link(path: str) -> bool:
+    """dockerd resolves a path that ends in ``/`` (or ``/.``) whole: a symlink to a
+    directory there is the directory (``docker cp CTR:/link/ dest``), not the link."""
+    return path.endswith("/") or path.endswith("/.")
+
+
 @contextlib.contextmanager
 def could_not_find(path: str, container: str) -> Iterator[None]:
     """A missing path in dockerd's words (what `docker cp CTR:/nosuch .` prints)."""
@@ -198,7 +204,7 @@ def could_not_find(path: str, container: str) -> Iterator[None]:
 async def archive_stat(api: DockerAPI, req: Request) -> Response:
     path = archive_path(req)
     with could_not_find(path, req.path_params["id"]):
-        info = await verbs(api).stat_path(req.path_params["id"], path)
+        info = await verbs(api).stat_path(req.path_params["id"], path, follow_link=follows_link(path))
     return Response(200, b"", content_type="", headers=[path_stat_header(info)])
 
 
@@ -215,7 +221,7 @@ async def archive_get(api: DockerAPI, req: Request) -> StreamResponse:
 
     async def produce(write: Write) -> None:
         with could_not_find(path, req.path_params["id"]):
-            await service.copy_from(actor.id, path, write, described=described)
+            await service.copy_from(actor.id, path, write, described=described, follow_link=follows_link(path))
 
     return StreamResponse(produce, content_type="application/x-tar", headers=headers)
 

@@ -1,0 +1,196 @@
+"""More of the docker CLI against engine and against a private dockerd, side by side (the
+fixtures and helpers of test_versus_dockerd): each test one behaviour, both sides equal
+and equal to dockerd's recorded output."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from . import test_versus_dockerd as versus
+from .conftest import DOCKER_CLIENTS
+from .test_versus_dockerd import Pair
+
+# the fixtures of test_versus_dockerd, found by pytest under their own names
+pair, private_registry = versus.pair, versus.private_registry
+
+# an image whose /etc/group lists memberships (busybox's lists none)
+GROUPS = ("root:x:0:\ndaemon:x:1:nobody\nnobody:x:65534:\nwheel:x:10:root,nobody\n"
+          "staff:x:50:daemon,root\nusers:x:100:nobody\n")
+
+
+def test_user_supplementary_groups_as_dockerd(pair: Pair) -> None:
+    """`-u`: the primary gid is always a supplementary group, the image's memberships of the
+    user's name are added when no group is given (none with `-u name:group` or `uid:gid`),
+    and `--group-add` on top; the same for `exec -u`."""
+    pair.setup("run", "--name", "vs-groups-src", "busybox", "sh", "-c", f"printf '{GROUPS}' > /etc/group")
+    try:
+        pair.setup("commit", "vs-groups-src", "vs-groups:1")
+        expected = {
+            "0:0": "uid=0(root) gid=0(root) groups=0(root)",
+            "root": "uid=0(root) gid=0(root) groups=0(root),10(wheel),50(staff)",
+            "nobody": "uid=65534(nobody) gid=65534(nobody) groups=1(daemon),10(wheel),100(users),65534(nobody)",
+            "nobody:users": "uid=65534(nobody) gid=100(users) groups=100(users)",
+            "1000:1000": "uid=1000 gid=1000 groups=1000",
+            "1000": "uid=1000 gid=0(root) groups=0(root)",
+            "daemon": "uid=1(daemon) gid=1(daemon) groups=1(daemon),50(staff)",
+        }
+        for user, line in expected.items():
+            ours, theirs = pair.both("run", "--rm", "-u", user, "vs-groups:1", "id")
+            assert ours.stdout == theirs.stdout == line + "\n", (user, ours.stdout, ours.stderr, theirs.stdout)
+        ours, theirs = pair.both("run", "--rm", "vs-groups:1", "id")
+        assert ours.stdout == theirs.stdout == "uid=0(root) gid=0(root) groups=0(root),10(wheel),50(staff)\n"
+        ours, theirs = pair.both("run", "--rm", "-u", "nobody", "--group-add", "50", "vs-groups:1", "id")
+        assert ours.stdout == theirs.stdout == (
+            "uid=65534(nobody) gid=65534(nobody) groups=1(daemon),10(wheel),50(staff),100(users),65534(nobody)\n")
+        pair.setup("run", "-d", "--name", "vs-groups-run", "vs-groups:1", "sleep", "600")
+        for user in ("nobody", "1000:1000", "0:0"):
+            ours, theirs = pair.both("exec", "-u", user, "vs-groups-run", "id")
+            assert ours.stdout == theirs.stdout == expected[user] + "\n", (user, ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-groups-src", "vs-groups-run")
+        pair.both("rmi", "vs-groups:1")
+
+
+def test_exec_that_cannot_start_as_dockerd_tells_it(pair: Pair) -> None:
+    """`docker exec` of a missing command, a non-executable file, a missing path or a
+    missing working directory: dockerd 20.10 exits 126 for all, its error on stdout (the
+    exec's stream, ``\\r\\n``-ended) in containerd's words around runc's."""
+    runc = "OCI runtime exec failed: exec failed: unable to start container process: "
+    cases = {
+        ("nosuchcmd",): 'exec: "nosuchcmd": executable file not found in $PATH',
+        ("/etc/passwd",): 'exec: "/etc/passwd": permission denied',
+        ("/nosuch/x",): 'exec: "/nosuch/x": stat /nosuch/x: no such file or directory',
+        ("-w", "/nosuch", "vs-running", "pwd"): 'chdir to cwd ("/nosuch") set in config.json failed: '
+                                               "no such file or directory",
+    }
+    for args, words in cases.items():
+        full = args if "vs-running" in args else ("vs-running", *args)
+        ours, theirs = pair.both("exec", *full)
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), args
+        assert (ours.returncode, ours.stdout, ours.stderr) == (126, f"{runc}{words}: unknown\n", ""), args
+    engine = pair.engine.run("exec", "vs-running", "nosuchcmd")
+    raw = subprocess.run([DOCKER_CLIENTS[0], "exec", "vs-running", "nosuchcmd"], capture_output=True,
+                         env={**os.environ, "DOCKER_HOST": pair.engine.host}, timeout=60)
+    assert raw.stdout.endswith(b": unknown\r\n") and engine.returncode == 126
+    ours, theirs = pair.both("exec", "-t", "vs-running", "nosuchcmd")  # with a terminal: the same
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (
+        126, f'{runc}exec: "nosuchcmd": executable file not found in $PATH: unknown\n')
+
+
+def test_no_healthcheck_is_recorded_as_none(pair: Pair) -> None:
+    """`--no-healthcheck` over an image with a check: inspect shows dockerd's {"Test":
+    ["NONE"]} (with the image's times), `commit` records it (engine kept the image's check),
+    a container of that image has none; without any check in the image the same NONE."""
+    pair.setup("create", "--name", "vs-hc-src", "--health-cmd", "true", "--health-interval", "5s", "busybox", "true")
+    names = ["vs-hc-src", "vs-hc-off", "vs-hc-off-plain", "vs-hc-child"]
+    try:
+        pair.setup("commit", "vs-hc-src", "vs-hc:1")
+        pair.setup("create", "--name", "vs-hc-off", "--no-healthcheck", "vs-hc:1", "true")
+        none_with_times = '{"Test":["NONE"],"Interval":5000000000}\n'
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off")
+        assert ours.stdout == theirs.stdout == none_with_times, (ours.stdout, theirs.stdout)
+        pair.setup("commit", "vs-hc-off", "vs-hc-off:1")
+        ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off:1")
+        assert ours.stdout == theirs.stdout == none_with_times, (ours.stdout, theirs.stdout)
+        pair.setup("create", "--name", "vs-hc-child", "vs-hc-off:1", "true")
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}} {{json .State.Health}}", "vs-hc-child")
+        assert ours.stdout == theirs.stdout == none_with_times.replace("\n", " null\n"), (ours.stdout, theirs.stdout)
+        pair.setup("create", "--name", "vs-hc-off-plain", "--no-healthcheck", "busybox", "true")
+        ours, theirs = pair.both("inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-off-plain")
+        assert ours.stdout == theirs.stdout == '{"Test":["NONE"]}\n', (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", *names)
+        pair.both("rmi", "vs-hc-off:1", "vs-hc:1")
+
+
+def test_links_on_a_user_network_in_inspect(pair: Pair) -> None:
+    """`--link T:ALIAS --link T2` on a user network: the endpoint's Links are the links as
+    given (engine showed null), before and after the start; HostConfig.Links stays null."""
+    pair.setup("network", "create", "--subnet", "10.231.9.0/24", "vs-link-net")
+    try:
+        pair.setup("run", "-d", "--name", "vs-link-target", "--network", "vs-link-net", "busybox", "sleep", "600")
+        pair.setup("create", "--name", "vs-link-src", "--network", "vs-link-net", "--link", "vs-link-target:db",
+                   "--link", "vs-running", "busybox", "sleep", "600")
+        template = '{{json (index .NetworkSettings.Networks "vs-link-net").Links}} {{json .HostConfig.Links}}'
+        for state in ("created", "running"):
+            if state == "running":
+                pair.setup("start", "vs-link-src")
+            ours, theirs = pair.both("inspect", "-f", template, "vs-link-src")
+            assert ours.stdout == theirs.stdout == '["vs-link-target:db","vs-running"] null\n', (
+                state, ours.stdout, ours.stderr, theirs.stdout)
+        ours, theirs = pair.both("exec", "vs-link-src", "ping", "-c1", "-W2", "db")
+        assert ours.returncode == theirs.returncode == 0, (ours.stdout, theirs.stdout)
+    finally:
+        pair.both("rm", "-f", "vs-link-src", "vs-link-target")
+        pair.both("network", "rm", "vs-link-net")
+
+
+def test_logs_keep_an_exited_containers_unended_last_line(pair: Pair) -> None:
+    """A container that exits without ending its last line (stdout and stderr): `docker
+    logs` gives that text, without a newline, as dockerd's (engine dropped it), with --tail
+    and -t too; a running container's unended line is not shown yet (neither shows it)."""
+    pair.setup("run", "--name", "vs-nonl", "busybox", "sh", "-c", "printf 'a\\nb-no-newline'; printf 'err' >&2")
+    pair.setup("run", "-d", "--name", "vs-nonl-run", "busybox", "sh", "-c", "printf abc; sleep 600")
+    try:
+        ours, theirs = pair.both("logs", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("a\nb-no-newline", "err")
+        ours, theirs = pair.both("logs", "--tail", "1", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("", "err")
+        ours, theirs = pair.both("logs", "--tail", "2", "vs-nonl")
+        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("b-no-newline", "err")
+        ours, theirs = pair.both("logs", "-t", "vs-nonl")
+        stamp = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z ", re.M)
+        assert stamp.sub("", ours.stdout) == stamp.sub("", theirs.stdout) == "a\nb-no-newline"
+        ours, theirs = pair.both("logs", "vs-nonl-run")
+        assert ours.stdout == theirs.stdout == ""
+    finally:
+        pair.both("rm", "-f", "vs-nonl", "vs-nonl-run")
+
+
+def _tree(base: Path) -> list[str]:
+    return sorted(f"{p.relative_to(base)} {'l' if p.is_symlink() else 'd' if p.is_dir() else 'f'}"
+                  for p in base.rglob("*"))
+
+
+def test_cp_out_of_links_and_dir_contents_as_dockerd(pair: Pair, tmp_path: Path) -> None:
+    """`docker cp CTR:/dir/. DEST` copies the contents into DEST (engine nested dir/ there);
+    `CTR:/link/` (trailing slash) copies the directory the link names (engine copied the
+    link); `CTR:/link` copies the link itself."""
+    pair.setup("run", "-d", "--name", "vs-cp-links", "busybox", "sleep", "600")
+    try:
+        pair.setup("exec", "vs-cp-links", "sh", "-c", "mkdir -p /tmp/dd/sub && echo hi > /tmp/dd/f && "
+                   "ln -s /tmp/dd /tmp/dlink && ln -s dd /tmp/rlink")
+        trees = []
+        for side in (pair.engine, pair.dockerd):
+            dest = tmp_path / side.name
+            (dest / "into").mkdir(parents=True)
+            for source, target in (("/tmp/dd/.", "into"), ("/tmp/dd/.", "new"), ("/tmp/dlink/", "viaslash"),
+                                   ("/tmp/rlink/.", "viadot"), ("/tmp/dlink", "link")):
+                result = side.run("cp", f"vs-cp-links:{source}", str(dest / target))
+                assert result.returncode == 0, (side.name, source, result.stderr)
+            trees.append(_tree(dest))
+        assert trees[0] == trees[1] == [
+            "into d", "into/f f", "into/sub d", "link l", "new d", "new/f f", "new/sub d",
+            "viadot d", "viadot/f f", "viadot/sub d", "viaslash d", "viaslash/f f", "viaslash/sub d"], trees
+        assert os.readlink(tmp_path / "engine" / "link") == "/tmp/dd"
+    finally:
+        pair.both("rm", "-f", "vs-cp-links")
+
+
+def test_network_events_name_the_driver_type(pair: Pair) -> None:
+    """`docker events --filter type=network`: create and destroy with dockerd's attributes
+    (the driver as ``type``; engine said ``driver``)."""
+    import time
+
+    since = str(int(time.time()) - 1)
+    pair.setup("network", "create", "--subnet", "10.231.10.0/24", "vs-ev-net")
+    pair.setup("network", "rm", "vs-ev-net")
+    ours, theirs = pair.both("events", "--filter", "type=network", "--filter", "network=vs-ev-net", "--since", since,
+                             "--until", str(int(time.time()) + 1),
+                             "--format", "{{.Type}} {{.Action}} {{json .Actor.Attributes}}")
+    assert ours.stdout == theirs.stdout == (
+        'network create {"name":"vs-ev-net","type":"bridge"}\n'
+        'network destroy {"name":"vs-ev-net","type":"bridge"}\n'), (ours.stdout, theirs.stdout)
