@@ -169,32 +169,3 @@ def docker_clients() -> list[str]:
     if debian and os.path.realpath(debian) not in map(os.path.realpath, found):
         found.append(debian)
     return found
-
-
-# --- a private dockerd (tests/dockerapi/test_versus_dockerd*.py): one for the session ---------
-
-
-@pytest.fixture(scope="session")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dockerd_support.Dockerd]:
-    """One private dockerd for the session (bridge none, firewall untouched), with the
-    test busybox loaded from the archive the other tests use. Stopped and swept at the
-    end; its processes and mounts must then be gone."""
-    if os.geteuid() != 0:
-        if in_ci():
-            pytest.fail("dockerd needs root")
-        pytest.skip("dockerd needs root")
-    reason = dockerd_support.missing()
-    require(reason is None, reason or "")
-    archive = tmp_path_factory.mktemp("dockerd-archive") / "busybox.tar"
-    test_images.write_docker_archive(archive, [test_images.busybox_image()])
-    daemon = dockerd_support.Dockerd()
-    try:
-        daemon.start()
-        loaded = daemon.cli("load", "-i", str(archive))
-        assert loaded.returncode == 0, loaded.stderr
-        yield daemon
-    finally:
-        pids = daemon.pids()
-        daemon.cleanup()
-        assert not any(dockerd_support.alive(p) for p in pids), f"dockerd/containerd left running: {pids}"
-        assert mounts_under(daemon.base) == []

@@ -11,13 +11,11 @@ import json
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.testing import dockerd as dockerd_support
-from engine.testing.daemon import in_ci, require
 
 from .conftest import Engine, EngineFactory
 
@@ -103,33 +101,6 @@ def test_options_ip_range_aux_and_mac(engine: Engine) -> None:
 
 
 # --- side by side with dockerd ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dockerd_support.Dockerd]:
-    """A private dockerd (bridge none, firewall untouched) with the test busybox."""
-    import os
-
-    if os.geteuid() != 0:
-        if in_ci():
-            pytest.fail("dockerd needs root")
-        pytest.skip("dockerd needs root")
-    reason = dockerd_support.missing()
-    require(reason is None, reason or "")
-    from engine.testing import images as test_images
-
-    archive = tmp_path_factory.mktemp("dockerd-netopts") / "busybox.tar"
-    test_images.write_docker_archive(archive, [test_images.busybox_image()])
-    daemon = dockerd_support.Dockerd()
-    try:
-        daemon.start()
-        loaded = daemon.cli("load", "-i", str(archive))
-        assert loaded.returncode == 0, loaded.stderr
-        yield daemon
-    finally:
-        pids = daemon.pids()
-        daemon.cleanup()
-        assert not any(dockerd_support.alive(p) for p in pids), f"dockerd/containerd left running: {pids}"
 
 
 def _message(stderr: str) -> str:
