@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -581,8 +582,9 @@ class Builder:
         chmod = copying.parse_chmod(instr.flags["chmod"]) if "chmod" in instr.flags else None
         source_from = self._word(stage, instr.flags["from"]) if "from" in instr.flags else ""
         source = await self._source_stage(source_from, done) if source_from else None
-        if source is not None:  # the source stage's layers: their digests are its content
-            content: Any = {"from": list(source.image.diff_ids) if source.image is not None else []}
+        if source is not None:  # the copied files of the source stage, as dockerd keys it
+            async with self._source_root(source) as src_fd:
+                content = await trio.to_thread.run_sync(copying.source_digest, src_fd, sources, word)
         else:
             content = await trio.to_thread.run_sync(self._context_digest, sources, word)
         flags = {name: self._word(stage, value) for name, value in sorted(instr.flags.items())}
@@ -638,11 +640,25 @@ class Builder:
 
     @asynccontextmanager
     async def _source_root(self, stage: Stage) -> AsyncIterator[int]:
-        """COPY --from's source stage as a root fd."""
-        from engine.supervisor.container_verbs import open_root
-
-        async with self.container(stage) as actor, open_root(actor, with_mounts=False) as fd:
-            yield fd
+        """COPY --from's source stage as a root fd: its layers mounted read-only by the
+        storage driver (no container, as dockerd), unmounted when done. A mount left by
+        a crash is removed at start-up (reconcile's stale mounts)."""
+        driver = self.app.storage()
+        mount_id = "build-" + secrets.token_hex(16)
+        layers = list(stage.image.diff_ids) if stage.image is not None else []
+        try:
+            path = await driver.mount(mount_id, layers, read_only=True)
+            fd = await trio.to_thread.run_sync(os.open, path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(REMOVE_WAIT):
+                try:
+                    await driver.remove_container(mount_id)
+                except EngineError as e:
+                    log.warning("build: removing the mount of %s: %s", mount_id, e)
 
     # --- containers and commits -----------------------------------------------------------------
 

@@ -516,9 +516,14 @@ def test_multi_stage_cache_per_stage_and_copy_from_by_content(engine: Engine, tm
         [False, True, True, False, True, True]
     (context / "b.txt").write_text("b2\n")  # only the second stage's own COPY
     assert hits(engine.docker("build", str(context), timeout=120).stdout) == [False, True, True, False, True, False]
-    (context / "a.txt").write_text("a2\n")  # the first stage changes: the COPY --from of it misses
+    # the first stage changes, but not the file COPY --from copies: keyed on that file, it
+    # hits (as dockerd's); so does the next step, cached by the build before
+    (context / "a.txt").write_text("a2\n")
     assert hits(engine.docker("build", str(context), timeout=120).stdout) == \
-        [False, True, False, False, False, False]
+        [False, True, False, False, True, True]
+    (context / "Dockerfile").write_text(MULTI.replace("echo made", "echo remade"))
+    assert hits(engine.docker("build", str(context), timeout=120).stdout) == \
+        [False, False, False, False, False, False]
     assert engine.docker("run", "--rm", "multi:1", "cat", "/made", "/b.txt").stdout == "made\nb\n"
 
 
@@ -571,3 +576,38 @@ def test_builder_prune_and_system_df(engine: Engine, tmp_path: Path) -> None:
     engine.docker("rmi", "pruned:2")
     assert "Deleted build cache objects:" in engine.docker("system", "prune", "-af").stdout
     assert engine.daemon.call("system.df")["Summary"][3]["TotalCount"] == 0
+
+
+def test_rebuilds_say_what_dockerds_say(engine: Engine, private_dockerd: dockerd_support.Dockerd,
+                                        tmp_path: Path) -> None:
+    """The same Dockerfiles built twice, then after changes, by both: the same lines (ids
+    aside), ``Using cache`` where dockerd says it."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(SMALL.replace("ARG V=1", "ARG V=1\nARG W") + "RUN echo w=$W\n")
+    (context / "f.txt").write_text("file\n")
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    (multi / "Dockerfile").write_text(MULTI)
+    (multi / "a.txt").write_text("a\n")
+    (multi / "b.txt").write_text("b\n")
+
+    def both(*args: str) -> None:
+        ours = engine.docker("build", *args, binary=dockerd_support.DOCKER_CLI, timeout=120)
+        theirs = private_dockerd.cli("build", *args, timeout=120)
+        assert theirs.returncode == 0, theirs.stderr
+        assert normalise(ours.stdout) == normalise(theirs.stdout)
+
+    try:
+        both("-t", "again:1", str(context))
+        both("-t", "again:1", str(context))  # all from the cache
+        both("-t", "again:1", "--build-arg", "W=2", str(context))  # W: its RUN only
+        (context / "f.txt").write_text("changed\n")
+        both("-t", "again:1", str(context))
+        both("--no-cache", "-t", "again:1", str(context))
+        both("-t", "again:2", str(multi))
+        both("-t", "again:2", str(multi))
+        (multi / "a.txt").write_text("a2\n")
+        both("-t", "again:2", str(multi))
+    finally:
+        private_dockerd.cli("rmi", "again:1", "again:2")
