@@ -40,12 +40,22 @@ async def prune(api: DockerAPI, req: Request) -> Response:
     from engine.supervisor.system import parse_until, prune_build_cache
 
     filters = parse_filters(req.param("filters"))
-    unknown = sorted(set(filters) - {"until"})
+    unknown = sorted(set(filters) - _PRUNE_FILTERS)
     if unknown:
-        raise InvalidArgument(f"invalid filter {unknown[0]!r}: the build cache's prune takes until")
-    until = min(parse_until(v) for v in filters["until"]) if filters.get("until") else None
+        raise InvalidArgument(f"invalid filter '{unknown[0]}'")
+    if set(filters) - {"until", "unused-for"}:
+        # dockerd takes these for BuildKit's records; engine's cache images carry no
+        # labels, ids or kinds of their own: nothing matches, nothing is removed
+        return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
+    times = filters.get("until", []) + filters.get("unused-for", [])
+    until = min(parse_until(v) for v in times) if times else None
     result = await prune_build_cache(api.app, everything=req.bool_param("all"), until=until)
     return json_response(result)
+
+
+# the filters dockerd's /build/prune accepts
+_PRUNE_FILTERS = {"until", "unused-for", "label", "label!", "id", "parent", "type", "description", "inuse",
+                  "shared", "private"}
 
 
 def _json_param(req: Request, name: str) -> dict[str, Any]:
