@@ -6,8 +6,9 @@ into a container that never runs, then commit it the same way; the other instruc
 change only the config (each makes an image with the parent's layers). Steps print
 dockerd's lines (``Step 2/5 : …``, `` ---> Running in …``, `` ---> 1a2b3c4d5e6f``) through
 ``emit``. Every container a step makes is removed when the step ends, even when it fails
-or the client goes away; the intermediate images are removed when the build ends (engine
-keeps no parent links to hide them as dockerd does), so a build leaves only its result.
+or the client goes away. Each step's image stays as the build cache (``engine.build.cache``):
+a step whose parent and key match an earlier step's image takes that image (`` ---> Using
+cache``) and makes no container.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import posixpath
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ import trio
 from engine.actors import commands as c
 from engine.actors.container import ContainerActor
 from engine.build import copying
+from engine.build.cache import SCRATCH, BuildCache, step_key
 from engine.build.dockerfile import Dockerfile, Instruction, Lexer, parse
 from engine.build.images import layer_scratch, new_image, remove_scratch, scratch_config
 from engine.errors import EngineError, InvalidArgument, NotFound, RuntimeFailure
@@ -117,7 +120,8 @@ class Builder:
         self.options = options
         self._emit = emit
         self.store: ImageStore = app.services.require_images()
-        self.made: list[str] = []  # ids of the images this build recorded
+        self.cache = BuildCache.of(self.store)
+        self.held: list[str] = []  # images this build stands on: builder prune leaves them
         self.used_args: set[str] = set()
         self.lexer = Lexer()
 
@@ -179,7 +183,6 @@ class Builder:
         step = 0
         meta_args: dict[str, str] = {}
         done: list[Stage] = []
-        succeeded = False
         try:
             for instr in meta:
                 step += 1
@@ -203,46 +206,60 @@ class Builder:
             else:
                 await self._emit({"aux": {"ID": image.id}})
                 await self.say(f"Successfully built {image.short_id}\n")
+            await self.cache.mark_result(image.id)
             for tag in self.options.tags:
                 ref = parse_reference(tag)
                 image = await self.store.tag(image.id, str(ref))
                 self.app.events.emit("image", "tag", image.id, name=str(ref))
                 await self.say(f"Successfully tagged {ref.familiar()}\n")
-            succeeded = True
             return image
         finally:
-            with trio.CancelScope(shield=True):
-                keep = done[-1].image.id if succeeded and done and done[-1].image else None
-                await self._remove_intermediates(keep)
+            self.cache.release(self.held)
 
     async def _warn_unused_args(self, meta_args: dict[str, str]) -> None:
         unused = sorted(set(self.options.build_args) - self.used_args - set(meta_args))
         if unused:
             await self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
 
-    async def _remove_intermediates(self, keep: str | None) -> None:
-        for image_id in reversed(self.made):
-            if image_id == keep:
-                continue
-            try:
-                image = self.store.get(image_id)
-                if image.repo_tags:
-                    continue
-                await self.store.remove(image_id, force=False, in_use=self._in_use)
-            except EngineError as e:
-                log.info("build: intermediate image %s stays: %s", image_id[:19], e)
-
-    def _in_use(self, image_id: str) -> bool:
-        return any(a.config.image_id == image_id for a in self.app.services.require_containers().all())
-
-    async def _record(self, stage: Stage, created_by: str, layer: Path | None = None) -> None:
-        before = {i.id for i in self.store.list()}
+    async def _record(self, stage: Stage, created_by: str, layer: Path | None = None, *,
+                      step: tuple[str, str]) -> None:
+        """The step's image, recorded in the cache under ``step`` (parent, key)."""
         image = await new_image(self.store, stage.image, stage.raw, stage.config, created_by, layer)
-        if image.id not in before:
-            self.made.append(image.id)
+        self._use(stage, image)
+        await self.cache.record(step[0], step[1], image.id)
+
+    def _use(self, stage: Stage, image: Image) -> None:
+        self.cache.hold(image.id)
+        self.held.append(image.id)
         stage.image = image
         stage.raw = json.loads(image.config.raw)
         stage.raw.pop("config", None)
+
+    # --- the cache ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _parent(stage: Stage) -> str:
+        return stage.image.id if stage.image is not None else SCRATCH
+
+    def _key(self, stage: Stage, created_by: str, **extra: Any) -> str:
+        """What decides the step's image besides its parent: the history line, the config
+        after the step (env, labels, workdir, user...), the author, and ``extra``."""
+        config = {k: v for k, v in stage.config.items() if v is not None}
+        return step_key({"created_by": created_by, "config": config, "author": stage.raw.get("author", ""),
+                         **extra})
+
+    async def _hit(self, stage: Stage, step: tuple[str, str]) -> bool:
+        """Take the cached image of ``step`` if there is one (not with ``nocache``); says
+        dockerd's two lines."""
+        if self.options.no_cache:
+            return False
+        image = self.cache.lookup(*step)
+        if image is None:
+            return False
+        self._use(stage, image)
+        await self.say(" ---> Using cache\n")
+        await self._step_done(stage)
+        return True
 
     async def _step_done(self, stage: Stage) -> None:
         assert stage.image is not None
@@ -345,25 +362,32 @@ class Builder:
     async def _metadata(self, stage: Stage, text: str) -> None:
         """A step that changes only the config: dockerd makes (and removes) a container
         that never runs and commits it; so does engine, for the same lines and events."""
+        created_by = NOP + " " + text
+        step = (self._parent(stage), self._key(stage, created_by))
+        if await self._hit(stage, step):
+            return
         if stage.image is None:
-            await self._record(stage, NOP + " " + text)
+            await self._record(stage, created_by, step=step)
             await self._step_done(stage)
             return
         async with self.container(stage, announce=True):
-            await self._record(stage, NOP + " " + text)
+            await self._record(stage, created_by, step=step)
         await self._step_done(stage)
 
     async def _do_arg(self, stage: Stage, instr: Instruction, meta_args: dict[str, str],
                       done: list[Stage]) -> None:
-        words = []
-        for name, value in self._arg_values(instr, {**meta_args, **self._expand_env(stage)}):
+        visible = {**meta_args, **self._expand_env(stage)}
+        words = []  # dockerd's history line: the Dockerfile's defaults, not --build-arg's values
+        for word in instr.args:
+            name, eq, default = word.partition("=")
+            words.append(f"{name}={self.lexer.word(default, visible)}" if eq else name)
+        for name, value in self._arg_values(instr, visible):
             stage.args[name] = value
-            words.append(f"{name}={value}")
         for word in instr.args:  # declared without a value: known (consumed), empty
             name = word.partition("=")[0]
             if name in self.options.build_args:
                 self.used_args.add(name)
-        await self._metadata(stage, "ARG " + " ".join(words or instr.args))
+        await self._metadata(stage, "ARG " + " ".join(words))
 
     async def _do_env(self, stage: Stage, instr: Instruction, meta_args: dict[str, str],
                       done: list[Stage]) -> None:
@@ -496,12 +520,16 @@ class Builder:
         path = self._word(stage, instr.args[0])
         workdir = posixpath.normpath(posixpath.join(stage.config.get("WorkingDir") or "/", path))
         stage.config["WorkingDir"] = workdir
+        created_by = NOP + "WORKDIR " + workdir
+        step = (self._parent(stage), self._key(stage, created_by))
+        if await self._hit(stage, step):
+            return
         async with self.container(stage, announce=True) as actor:
             from engine.supervisor.container_verbs import open_root
 
             async with open_root(actor, with_mounts=False) as root_fd:
                 await trio.to_thread.run_sync(_make_dirs, root_fd, workdir)
-            await self._commit(stage, actor, NOP + "WORKDIR " + workdir, empty_ok=True)
+            await self._commit(stage, actor, created_by, empty_ok=True, step=step)
         await self._step_done(stage)
 
     async def _do_run(self, stage: Stage, instr: Instruction, meta_args: dict[str, str],
@@ -517,6 +545,9 @@ class Builder:
         if build_env:
             created_by = f"|{len(build_env)} " + " ".join(f"{k}={v}" for k, v in build_env.items()) + " " + created_by
         extra_env = [f"{k}={v}" for k, v in build_env.items()]
+        step = (self._parent(stage), self._key(stage, created_by, run=args, env=extra_env))
+        if await self._hit(stage, step):
+            return
         async with self.container(stage, announce=True, cmd=args, env=extra_env) as actor:
             from engine.supervisor.container_service import ContainerService
 
@@ -530,7 +561,7 @@ class Builder:
             if code != 0:
                 command = " ".join(args) if not instr.json else go_quote_list(args)
                 raise StepFailed(f"The command '{command}' returned a non-zero code: {code}", code=code)
-            await self._commit(stage, actor, created_by, empty_ok=True, drop_targets=True)
+            await self._commit(stage, actor, created_by, empty_ok=True, drop_targets=True, step=step)
         await self._step_done(stage)
 
     async def _do_copy(self, stage: Stage, instr: Instruction, meta_args: dict[str, str],
@@ -550,6 +581,17 @@ class Builder:
             dest = posixpath.join(base, dest) + ("/" if dest.endswith("/") or dest in (".", "./") else "")
         chmod = copying.parse_chmod(instr.flags["chmod"]) if "chmod" in instr.flags else None
         source_from = self._word(stage, instr.flags["from"]) if "from" in instr.flags else ""
+        source = await self._source_stage(source_from, done) if source_from else None
+        if source is not None:  # the copied files of the source stage, as dockerd keys it
+            async with self._source_root(source) as src_fd:
+                content = await trio.to_thread.run_sync(copying.source_digest, src_fd, sources, word)
+        else:
+            content = await trio.to_thread.run_sync(self._context_digest, sources, word)
+        flags = {name: self._word(stage, value) for name, value in sorted(instr.flags.items())}
+        step = (self._parent(stage), self._key(stage, word, sources=sources, dest=dest, flags=flags, content=content,
+                                                shown=instr.args[-1]))
+        if await self._hit(stage, step):
+            return
         async with self.container(stage) as actor:
             from engine.supervisor.container_verbs import open_root
 
@@ -559,8 +601,8 @@ class Builder:
                     uid, gid = await trio.to_thread.run_sync(_chown_ids, root_fd, self._word(stage, instr.flags["chown"]))
                 request = copying.CopyRequest(sources=sources, dest=dest, uid=uid, gid=gid, chmod=chmod,
                                               extract_archives=add, instruction=word)
-                if source_from:
-                    async with self._source_root(source_from, done) as src_fd:
+                if source is not None:
+                    async with self._source_root(source) as src_fd:
                         digest = await trio.to_thread.run_sync(copying.copy_into, src_fd, root_fd, request)
                 else:
                     src_fd = await trio.to_thread.run_sync(os.open, self.context, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
@@ -569,14 +611,19 @@ class Builder:
                     finally:
                         os.close(src_fd)
             shown = instr.args[-1]
-            await self._commit(stage, actor, f"{NOP}{word} {digest} in {shown} ", empty_ok=True)
+            await self._commit(stage, actor, f"{NOP}{word} {digest} in {shown} ", empty_ok=True, step=step)
         await self._step_done(stage)
 
-    @asynccontextmanager
-    async def _source_root(self, source: str, done: list[Stage]) -> AsyncIterator[int]:
-        """COPY --from: a previous stage (by name or index) or an image, as a root fd."""
-        from engine.supervisor.container_verbs import open_root
+    def _context_digest(self, sources: list[str], instruction: str) -> str:
+        """The checksum of the context's files a COPY/ADD copies (blocking)."""
+        fd = os.open(self.context, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return copying.source_digest(fd, sources, instruction)
+        finally:
+            os.close(fd)
 
+    async def _source_stage(self, source: str, done: list[Stage]) -> Stage:
+        """COPY --from's source: a previous stage (by name or index) or an image."""
         stage: Stage | None = None
         if source.isdigit():
             index = int(source)
@@ -589,8 +636,29 @@ class Builder:
             image = await self.base_image(source)
             stage = Stage(index=-1, name="", image=image, raw=json.loads(image.config.raw))
             stage.config = stage.raw.pop("config", None) or {}
-        async with self.container(stage) as actor, open_root(actor, with_mounts=False) as fd:
-            yield fd
+        return stage
+
+    @asynccontextmanager
+    async def _source_root(self, stage: Stage) -> AsyncIterator[int]:
+        """COPY --from's source stage as a root fd: its layers mounted read-only by the
+        storage driver (no container, as dockerd), unmounted when done. A mount left by
+        a crash is removed at start-up (reconcile's stale mounts)."""
+        driver = self.app.storage()
+        mount_id = "build-" + secrets.token_hex(16)
+        layers = list(stage.image.diff_ids) if stage.image is not None else []
+        try:
+            path = await driver.mount(mount_id, layers, read_only=True)
+            fd = await trio.to_thread.run_sync(os.open, path, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(REMOVE_WAIT):
+                try:
+                    await driver.remove_container(mount_id)
+                except EngineError as e:
+                    log.warning("build: removing the mount of %s: %s", mount_id, e)
 
     # --- containers and commits -----------------------------------------------------------------
 
@@ -602,7 +670,12 @@ class Builder:
         from engine.supervisor.container_service import ContainerService, CreateSpec
 
         if stage.image is None:  # FROM scratch and nothing yet: an empty image to stand on
-            await self._record(stage, "")
+            step = (SCRATCH, self._key(stage, "", base=True))
+            empty = None if self.options.no_cache else self.cache.lookup(*step)
+            if empty is not None:
+                self._use(stage, empty)
+            else:
+                await self._record(stage, "", step=step)
         assert stage.image is not None
         service = ContainerService(self.app)
         network = self.options.network_mode
@@ -630,7 +703,7 @@ class Builder:
                 await self.say(f"Removing intermediate container {actor.id[:12]}\n")
 
     async def _commit(self, stage: Stage, actor: ContainerActor, created_by: str, *, empty_ok: bool,
-                      drop_targets: bool = False) -> None:
+                      step: tuple[str, str], drop_targets: bool = False) -> None:
         """The container's changes as the stage's next image (no layer when it changed
         nothing)."""
         storage = self.app.storage()
@@ -638,7 +711,7 @@ class Builder:
         added = {path for kind, path in changes if kind == "A"}
         meaningful = [p for k, p in changes if not (drop_targets and k == "A" and p in RUNTIME_MOUNT_TARGETS)]
         if not meaningful and empty_ok:
-            await self._record(stage, created_by)
+            await self._record(stage, created_by, step=step)
             return
         scratch = await layer_scratch(self.store)
         try:
@@ -646,7 +719,7 @@ class Builder:
             await storage.diff_layer(actor.id, layer)
             if drop_targets:
                 await trio.to_thread.run_sync(drop_mount_targets, layer, added & RUNTIME_MOUNT_TARGETS)
-            await self._record(stage, created_by, layer)
+            await self._record(stage, created_by, layer, step=step)
         finally:
             await remove_scratch(scratch)
 

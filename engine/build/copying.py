@@ -180,6 +180,25 @@ def copy_into(src_root_fd: int, dest_root_fd: int, request: CopyRequest) -> str:
     return f"{kind}:{digest.hexdigest()}"
 
 
+def source_digest(src_root_fd: int, sources: list[str], instruction: str) -> str:
+    """The build cache's checksum of what a COPY/ADD would copy (blocking): each source's
+    files as ``docker cp`` archives them, by name, type, mode, owner, link target and
+    bytes. Wildcards are matched as ``copy_into`` matches them; a missing source fails
+    with the same words."""
+    digest = hashlib.sha256()
+    for source in resolve_sources(src_root_fd, sources, instruction):
+        digest.update(f"source\0{source}\0".encode())
+        with _archive(src_root_fd, source, instruction) as spool, tarfile.open(fileobj=spool, mode="r|") as tar:
+            for member in tar:
+                digest.update(f"{member.name}\0{member.type!r}\0{member.mode:o}\0{member.uid}:{member.gid}\0"
+                              f"{member.linkname}\0{member.size}\0".encode())
+                if member.isreg():
+                    data = tar.extractfile(member)
+                    while data is not None and (chunk := data.read(256 * 1024)):
+                        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
 def _make_dir(dest_root_fd: int, dest: str, request: CopyRequest) -> None:
     if _is_dir(dest_root_fd, dest):
         return

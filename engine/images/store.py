@@ -45,6 +45,17 @@ def _never_in_use(_image_id: str) -> bool:
     return False
 
 
+def _never_reserved(_image: Image) -> bool:
+    return False
+
+
+# Parts of the daemon that keep images for their own use (the build cache's step images)
+# attach here: each is called with a new store (in the thread that loads it, so it may read
+# its own small files) and returns which images are theirs. ``list()`` leaves those out and
+# ``prune`` leaves them alone; they are images all the same (get, rmi, containers).
+RESERVERS: list[Callable[[ImageStore], Callable[[Image], bool]]] = []
+
+
 # --- data written without an fsync per file ---------------------------------------------------
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -223,6 +234,11 @@ class ImageStore:
         self._leased: Counter[str] = Counter()
         self.writeback = Writeback(layout.images_dir / "unsynced.json", layout.root)
         self._images: dict[str, Image] = self._load()
+        self._reservers = [attach(self) for attach in RESERVERS]
+
+    def reserved(self, image: Image) -> bool:
+        """An image a part of the daemon keeps for itself (see ``RESERVERS``)."""
+        return any(is_reserved(image) for is_reserved in self._reservers)
 
     # --- loading and start-up --------------------------------------------------------------
 
@@ -481,8 +497,10 @@ class ImageStore:
         """An image by ``name[:tag]``, ``name@digest``, full or short ID."""
         return self.resolve(ref_or_id)[0]
 
-    def list(self) -> list[Image]:
-        return sorted(self._images.values(), key=lambda i: (i.created, i.id), reverse=True)
+    def list(self, *, reserved: bool = False) -> list[Image]:
+        """The images, newest first; ``reserved`` ones (``RESERVERS``) only when asked."""
+        found = self._images.values() if reserved else [i for i in self._images.values() if not self.reserved(i)]
+        return sorted(found, key=lambda i: (i.created, i.id), reverse=True)
 
     def resolve(self, ref_or_id: str) -> tuple[Image, Reference | None]:
         """The image, and the reference that named it (None when named by ID)."""
@@ -673,7 +691,7 @@ class ImageStore:
         reclaimed = 0
         async with self._lock:
             for image in list(self._images.values()):
-                if (dangling_only and not image.dangling) or in_use(image.id):
+                if (dangling_only and not image.dangling) or in_use(image.id) or self.reserved(image):
                     continue
                 images = dict(self._images)
                 del images[image.id]

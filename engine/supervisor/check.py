@@ -94,7 +94,7 @@ class Checker:
             return count, bad
 
         self.checked["blobs"], bad = await trio.to_thread.run_sync(damaged_blobs)
-        images = store.list()
+        images = store.list(reserved=True)  # the build cache's images too
         self.checked["images"] = len(images)
         broken_images: dict[str, list[str]] = {}
         for digest, actual in bad.items():

@@ -190,12 +190,13 @@ async def disk_usage_report(app: App) -> dict[str, Any]:
     volumes_total = sum(max(v["UsageData"]["Size"], 0) for v in volume_rows)
     volumes_reclaimable = sum(max(v["UsageData"]["Size"], 0) for v in volume_rows
                               if v["UsageData"]["RefCount"] == 0)
+    cache_rows = build_cache_rows(app)
     return {
         "LayersSize": images_total,
         "Images": image_rows,
         "Containers": container_rows,
         "Volumes": volume_rows,
-        "BuildCache": [],
+        "BuildCache": cache_rows,
         "Summary": [
             {"Type": "Images", "TotalCount": len(images), "Active": sum(1 for i in images if users_of.get(i.id)),
              "Size": images_total, "Reclaimable": images_total - images_active},
@@ -205,7 +206,9 @@ async def disk_usage_report(app: App) -> dict[str, Any]:
             {"Type": "Local Volumes", "TotalCount": len(volume_rows),
              "Active": sum(1 for v in volume_rows if v["UsageData"]["RefCount"]),
              "Size": volumes_total, "Reclaimable": volumes_reclaimable},
-            {"Type": "Build Cache", "TotalCount": 0, "Active": 0, "Size": 0, "Reclaimable": 0},
+            {"Type": "Build Cache", "TotalCount": len(cache_rows), "Active": sum(1 for r in cache_rows if r["InUse"]),
+             "Size": sum(r["Size"] for r in cache_rows),
+             "Reclaimable": sum(r["Size"] for r in cache_rows if not r["InUse"])},
         ],
     }
 
@@ -243,7 +246,40 @@ async def system_prune(app: App, *, all_images: bool, volumes: bool,
     images = await prune_images(app, all_images=all_images, match=image_match)
     result["ImagesDeleted"] = images["ImagesDeleted"]
     result["SpaceReclaimed"] += images["SpaceReclaimed"]
+    if not any(k.startswith("label") for k in filters):  # the cache's images carry no labels of their own
+        cache = await prune_build_cache(app, everything=all_images, until=_until(filters))
+        result["CachesDeleted"] = cache["CachesDeleted"]
+        result["SpaceReclaimed"] += cache["SpaceReclaimed"]
     return result
+
+
+# --- the build cache (engine.build.cache) -------------------------------------------------------------
+
+
+def build_cache_rows(app: App) -> list[dict[str, Any]]:
+    """docker's ``BuildCache`` rows of ``system df``: the build cache's images."""
+    from engine.build.cache import BuildCache
+
+    if app.services.images is None:
+        return []
+    cache = BuildCache.of(app.services.images)
+    return cache.usage_rows(app.services.require_containers().image_in_use)
+
+
+async def prune_build_cache(app: App, *, everything: bool = False, until: float | None = None) -> dict[str, Any]:
+    """``docker builder prune [-a]``: the build cache's unused images (``everything``: also
+    the steps under tagged images)."""
+    from engine.build.cache import BuildCache
+
+    if app.services.images is None:
+        return {"CachesDeleted": [], "SpaceReclaimed": 0}
+    cache = BuildCache.of(app.services.images)
+    return await cache.prune(app.services.require_containers().image_in_use, everything=everything, until=until)
+
+
+def _until(filters: dict[str, list[str]]) -> float | None:
+    values = filters.get("until") or []
+    return min(parse_until(v) for v in values) if values else None
 
 
 async def prune_images(app: App, *, all_images: bool, match: Callable[[Image], bool]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,237 @@ def test_client_going_away_mid_run_leaves_nothing(engine: Engine) -> None:
         time.sleep(0.2)
     assert leftovers(engine) == ([], [])
     assert image_ids(engine) == before
+
+
+# --- the build cache ------------------------------------------------------------------------------
+
+CACHED = """\
+FROM busybox
+ARG V=1
+ENV A=$V
+WORKDIR /w
+COPY f.txt .
+RUN cat f.txt && echo "ran $V" > /w/ran
+COPY g.txt .
+CMD ["cat", "f.txt"]
+"""
+
+
+def cache_context(path: Path, dockerfile: str = CACHED) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "Dockerfile").write_text(dockerfile)
+    (path / "f.txt").write_text("file\n")
+    (path / "g.txt").write_text("g\n")
+    return path
+
+
+def steps(output: str) -> list[tuple[str, bool]]:
+    """Each step's instruction and whether it came from the cache (FROM: never)."""
+    found = []
+    for block in re.split(r"^Step \d+/\d+ : ", output, flags=re.M)[1:]:
+        instruction, _, rest = block.partition("\n")
+        found.append((instruction, rest.startswith(" ---> Using cache\n ---> ")))
+    return found
+
+
+def hits(output: str) -> list[bool]:
+    return [hit for _, hit in steps(output)]
+
+
+def creates_since(engine: Engine, since: float) -> list[str]:
+    """The ids of the containers created since ``since`` (docker events)."""
+    shown = engine.docker("events", "--since", f"{since:.3f}", "--until", f"{time.time() + 0.5:.3f}",
+                          "--filter", "type=container", "--filter", "event=create", "--format", "{{.ID}}")
+    return shown.stdout.split()
+
+
+def listed_ids(engine: Engine) -> set[str]:
+    shown = engine.docker("images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+    return {line.split()[1] for line in shown.splitlines()}
+
+
+def image_id(engine: Engine, ref: str) -> str:
+    return str(json.loads(engine.docker("inspect", ref).stdout)[0]["Id"])
+
+
+def test_rebuild_is_all_cache_and_makes_no_container(engine: Engine, tmp_path: Path) -> None:
+    context = cache_context(tmp_path / "ctx")
+    first = engine.docker("build", "-t", "cached:1", str(context), timeout=120).stdout
+    assert hits(first) == [False] * 8
+    listed = listed_ids(engine)
+    since = time.time()
+    second = engine.docker("build", "-t", "cached:1", str(context), timeout=120).stdout
+    assert hits(second) == [False] + [True] * 7, second  # FROM prints its id only, as dockerd
+    assert "Running in" not in second and "Removing intermediate container" not in second
+    assert creates_since(engine, since) == []
+    assert re.search(r"Step 6/8 : RUN .*\n ---> Using cache\n ---> [0-9a-f]{12}\nStep 7/8", second), second
+    assert re.search(r"Successfully built ([0-9a-f]{12})", first).group(1) == \
+        re.search(r"Successfully built ([0-9a-f]{12})", second).group(1)  # type: ignore[union-attr]
+    # the steps' images are kept but not listed, by the CLI or engctl's image.list
+    assert listed_ids(engine) == listed == {image_id(engine, "busybox"), image_id(engine, "cached:1")}
+    assert {i["Id"] for i in engine.daemon.call("image.list")} == listed
+    assert "<none>" not in engine.docker("images").stdout
+    assert engine.docker("run", "--rm", "cached:1", "cat", "/w/ran").stdout == "ran 1\n"
+    assert leftovers(engine) == ([], [])
+
+
+def test_what_misses_and_from_where(engine: Engine, tmp_path: Path) -> None:
+    context = cache_context(tmp_path / "ctx")
+    outputs: list[str] = []
+
+    def build(*args: str) -> str:
+        outputs.append(engine.docker("build", *args, str(context), timeout=120).stdout)
+        return outputs[-1]
+
+    build("-t", "miss:1")
+    # a changed file that a COPY copies: that step and every later one miss
+    (context / "f.txt").write_text("changed\n")
+    changed = build("-t", "miss:1")
+    assert hits(changed) == [False, True, True, True, False, False, False, False], changed
+    # its mode too
+    (context / "f.txt").chmod(0o600)
+    assert hits(build())[4] is False
+    # a build arg: from the first step that uses it (ARG's own line is the Dockerfile's)
+    arg = build("--build-arg", "V=2")
+    assert hits(arg) == [False, True, False, False, False, False, False, False], arg
+    assert "Step 2/8 : ARG V=1\n ---> Using cache" in arg
+    again = build("--build-arg", "V=2", "-t", "miss:2")
+    assert hits(again) == [False] + [True] * 7
+    assert engine.docker("run", "--rm", "miss:2", "cat", "/w/ran").stdout == "ran 2\n"
+    # a file no step copies changes nothing
+    (context / "other.txt").write_text("not copied\n")
+    assert hits(build()) == [False] + [True] * 7
+    # --no-cache: every step runs, and takes containers
+    since = time.time()
+    fresh = build("--no-cache", "-t", "miss:3")
+    assert hits(fresh) == [False] * 8 and fresh.count("Running in") == 5, fresh
+    assert len(creates_since(engine, since)) >= 5
+    assert image_id(engine, "miss:3") != image_id(engine, "miss:2")
+    # no step image is listed: only the results of the untagged builds show as <none>, as
+    # with dockerd; image prune removes those and keeps the steps
+    results = set(re.findall(r"Successfully built ([0-9a-f]{12})", "".join(outputs)))
+    dangling = engine.docker("images", "-q", "--filter", "dangling=true").stdout.split()
+    assert dangling and set(dangling) <= results, (dangling, results)
+    engine.docker("image", "prune", "-f")
+    assert engine.docker("images", "-q", "--filter", "dangling=true").stdout == ""
+    # (the --no-cache steps are the newest: the cache takes them, as dockerd takes the newest child)
+    assert hits(build()) == [False] + [True] * 7
+    assert leftovers(engine) == ([], [])
+
+
+MULTI = """\
+FROM busybox AS base
+RUN echo made > /made
+COPY a.txt /a.txt
+FROM busybox
+COPY --from=base /made /made
+COPY b.txt /b.txt
+"""
+
+
+def test_multi_stage_cache_per_stage_and_copy_from_by_content(engine: Engine, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(MULTI)
+    (context / "a.txt").write_text("a\n")
+    (context / "b.txt").write_text("b\n")
+    assert hits(engine.docker("build", "-t", "multi:1", str(context), timeout=120).stdout) == [False] * 6
+    assert hits(engine.docker("build", "-t", "multi:1", str(context), timeout=120).stdout) == \
+        [False, True, True, False, True, True]
+    (context / "b.txt").write_text("b2\n")  # only the second stage's own COPY
+    assert hits(engine.docker("build", str(context), timeout=120).stdout) == [False, True, True, False, True, False]
+    # the first stage changes, but not the file COPY --from copies: keyed on that file, it
+    # hits (as dockerd's); so does the next step, cached by the build before
+    (context / "a.txt").write_text("a2\n")
+    assert hits(engine.docker("build", str(context), timeout=120).stdout) == \
+        [False, True, False, False, True, True]
+    (context / "Dockerfile").write_text(MULTI.replace("echo made", "echo remade"))
+    assert hits(engine.docker("build", str(context), timeout=120).stdout) == \
+        [False, False, False, False, False, False]
+    assert engine.docker("run", "--rm", "multi:1", "cat", "/made", "/b.txt").stdout == "made\nb\n"
+
+
+@pytest.mark.parametrize("how", ["stop", "kill9"])
+def test_cache_survives_a_daemon_restart(engine: Engine, tmp_path: Path, how: str) -> None:
+    context = cache_context(tmp_path / "ctx")
+    engine.docker("build", "-t", "kept:1", str(context), timeout=120)
+    listed = listed_ids(engine)
+    if how == "stop":
+        engine.daemon.stop()
+    else:
+        engine.daemon.kill9()
+    engine.daemon.start()
+    assert listed_ids(engine) == listed  # still hidden
+    since = time.time()
+    rebuilt = engine.docker("build", "-t", "kept:1", str(context), timeout=120).stdout
+    assert hits(rebuilt) == [False] + [True] * 7, rebuilt
+    assert creates_since(engine, since) == []
+
+
+def test_builder_prune_and_system_df(engine: Engine, tmp_path: Path) -> None:
+    context = cache_context(tmp_path / "ctx", CACHED.replace(
+        "RUN cat f.txt", "RUN head -c 3000000 /dev/zero > /w/big && cat f.txt"))
+    engine.docker("build", "-t", "pruned:1", str(context), timeout=120)
+    df = engine.docker("system", "df").stdout
+    assert re.search(r"^Build Cache\s+\d+\s+\d+\s+\S+", df, re.M), df
+    # the tag's steps are in use: a plain prune keeps them, the rebuild still hits
+    kept = engine.docker("builder", "prune", "-f").stdout
+    assert "Total reclaimed space: 0B" in kept, kept
+    assert hits(engine.docker("build", "-t", "pruned:1", str(context), timeout=120).stdout)[5] is True
+    # docker rmi leaves the cache (dockerd deletes the untagged parents: see docs/build.md)
+    engine.docker("rmi", "pruned:1")
+    assert "<none>" not in engine.docker("images").stdout
+    df = engine.docker("system", "df", "--format", "{{.Type}} {{.Size}}").stdout
+    cache_size = next(line.split(" ", 2)[2] for line in df.splitlines() if line.startswith("Build Cache"))
+    assert re.fullmatch(r"[3-9](\.\d+)?MB", cache_size), df  # the RUN's 3 MB layer
+    pruned = engine.docker("builder", "prune", "-f").stdout
+    assert "Deleted build cache objects:" in pruned, pruned
+    reclaimed = re.search(r"Total reclaimed space: (\S+)", pruned)
+    assert reclaimed and re.fullmatch(r"[3-9](\.\d+)?MB", reclaimed.group(1)), pruned
+    df = engine.docker("system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Size}}").stdout
+    assert "Build Cache 0 0B" in df, df
+    assert hits(engine.docker("build", str(context), timeout=120).stdout) == [False] * 8
+    # -a: also the steps under a tagged image; the image itself stays whole
+    engine.docker("build", "-t", "pruned:2", str(context), timeout=120)
+    assert "Deleted build cache objects:" in engine.docker("builder", "prune", "-af").stdout
+    assert hits(engine.docker("build", "-t", "pruned:2", str(context), timeout=120).stdout) == [False] * 8
+    assert engine.docker("run", "--rm", "pruned:2", "wc", "-c", "/w/big").stdout.split()[0] == "3000000"
+    # system prune -a removes the cache too
+    engine.docker("rmi", "pruned:2")
+    assert "Deleted build cache objects:" in engine.docker("system", "prune", "-af").stdout
+    assert engine.daemon.call("system.df")["Summary"][3]["TotalCount"] == 0
+
+
+def test_rebuilds_say_what_dockerds_say(engine: Engine, private_dockerd: dockerd_support.Dockerd,
+                                        tmp_path: Path) -> None:
+    """The same Dockerfiles built twice, then after changes, by both: the same lines (ids
+    aside), ``Using cache`` where dockerd says it."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(SMALL.replace("ARG V=1", "ARG V=1\nARG W") + "RUN echo w=$W\n")
+    (context / "f.txt").write_text("file\n")
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    (multi / "Dockerfile").write_text(MULTI)
+    (multi / "a.txt").write_text("a\n")
+    (multi / "b.txt").write_text("b\n")
+
+    def both(*args: str) -> None:
+        ours = engine.docker("build", *args, binary=dockerd_support.DOCKER_CLI, timeout=120)
+        theirs = private_dockerd.cli("build", *args, timeout=120)
+        assert theirs.returncode == 0, theirs.stderr
+        assert normalise(ours.stdout) == normalise(theirs.stdout)
+
+    try:
+        both("-t", "again:1", str(context))
+        both("-t", "again:1", str(context))  # all from the cache
+        both("-t", "again:1", "--build-arg", "W=2", str(context))  # W: its RUN only
+        (context / "f.txt").write_text("changed\n")
+        both("-t", "again:1", str(context))
+        both("--no-cache", "-t", "again:1", str(context))
+        both("-t", "again:2", str(multi))
+        both("-t", "again:2", str(multi))
+        (multi / "a.txt").write_text("a2\n")
+        both("-t", "again:2", str(multi))
+    finally:
+        private_dockerd.cli("rmi", "again:1", "again:2")

@@ -27,12 +27,6 @@ async def no_plugins(api: DockerAPI, req: Request) -> Response:
     return json_response([])
 
 
-async def no_build_cache(api: DockerAPI, req: Request) -> Response:
-    """``/build/prune`` (``docker system prune`` calls it): engine does not build, so it has
-    no build cache to remove."""
-    return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
-
-
 async def no_such_object(api: DockerAPI, req: Request) -> Response:
     kind = req.path.strip("/").split("/")[0].rstrip("s")
     raise NotFound(f"no such {kind}: {req.path_params['name']}")
@@ -47,7 +41,6 @@ def build_router() -> Router:
         module.register(router)
     router.route("GET", "/plugins")(no_plugins)
     router.route("GET", "/plugins/{name:path}/json")(no_such_object)
-    router.route("POST", "/build/prune")(no_build_cache)
     for method, template in NOT_YET:  # after the served routes: those win
         router.route(method, template)(not_served_yet)
     return router

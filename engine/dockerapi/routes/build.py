@@ -21,14 +21,41 @@ import trio
 from engine.build.builder import Builder, BuildOptions, StepFailed
 from engine.build.context import extract_context
 from engine.dockerapi.routes.images import receive_body
-from engine.dockerapi.server import DockerAPI, Router, docker_message, json_line
+from engine.dockerapi.server import DockerAPI, Router, docker_message, json_line, json_response
+from engine.dockerapi.shapes import parse_filters
 from engine.errors import EngineError, InvalidArgument, NotImplementedByEngine
-from engine.httpserver import Request, StreamResponse, Write
+from engine.httpserver import Request, Response, StreamResponse, Write
 from engine.images.records import scratch_dir
 
 
 def register(router: Router) -> None:
     router.route("POST", "/build")(build)
+    router.route("POST", "/build/prune")(prune)
+
+
+async def prune(api: DockerAPI, req: Request) -> Response:
+    """``docker builder prune [-a] [--filter until=…]`` (``docker system prune`` calls it
+    too): the build cache's unused images (engine.build.cache); ``all`` also the steps
+    under tagged images."""
+    from engine.supervisor.system import parse_until, prune_build_cache
+
+    filters = parse_filters(req.param("filters"))
+    unknown = sorted(set(filters) - _PRUNE_FILTERS)
+    if unknown:
+        raise InvalidArgument(f"invalid filter '{unknown[0]}'")
+    if set(filters) - {"until", "unused-for"}:
+        # dockerd takes these for BuildKit's records; engine's cache images carry no
+        # labels, ids or kinds of their own: nothing matches, nothing is removed
+        return json_response({"CachesDeleted": [], "SpaceReclaimed": 0})
+    times = filters.get("until", []) + filters.get("unused-for", [])
+    until = min(parse_until(v) for v in times) if times else None
+    result = await prune_build_cache(api.app, everything=req.bool_param("all"), until=until)
+    return json_response(result)
+
+
+# the filters dockerd's /build/prune accepts
+_PRUNE_FILTERS = {"until", "unused-for", "label", "label!", "id", "parent", "type", "description", "inuse",
+                  "shared", "private"}
 
 
 def _json_param(req: Request, name: str) -> dict[str, Any]:

@@ -254,7 +254,7 @@ async def disk_usage(api: DockerAPI, req: Request) -> Response:
     """docker system df, from what the engine can tell today: images (the store's usage:
     layers shared between images count once; each image's shared part and the containers
     using it), containers (their writable layers' size and with their images'), volumes (each
-    one's size and how many containers use it). The build cache is an empty list."""
+    one's size and how many containers use it), the build cache's images (engine.build.cache)."""
     from engine.dockerapi.routes.containers import container_summary
     from engine.dockerapi.routes.images import image_summary
     from engine.dockerapi.routes.volumes import disk_usage as volume_usage
@@ -289,6 +289,10 @@ async def disk_usage(api: DockerAPI, req: Request) -> Response:
             rows.append(row)
         doc["Images"] = rows
         doc["LayersSize"] = int(store.usage()["Size"])
+    if "build-cache" in types and app.services.images is not None:
+        from engine.supervisor.system import build_cache_rows
+
+        doc["BuildCache"] = build_cache_rows(app)
     if "container" in types:
         sizes = await container_sizes(app, list(actors))
         doc["Containers"] = [{**container_summary(a), "SizeRw": sizes[a.id][0], "SizeRootFs": sizes[a.id][1]}
