@@ -116,6 +116,9 @@ async def open_volumes(app: App) -> Any:
 
 async def open_image_store(app: App, nursery: trio.Nursery) -> None:
     """The image store over the storage driver; unavailable (with the reason) without one."""
+    # the build cache keeps its step images out of `images` and `image prune` from the
+    # store's first listing on, whether or not this daemon builds (engine.build.cache)
+    import engine.build.cache  # noqa: F401
     from engine.images.content import ContentStore
     from engine.images.store import ImageStore
 

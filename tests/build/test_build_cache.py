@@ -58,6 +58,16 @@ def test_engctl_rebuild_uses_the_cache_and_prune_empties_it(daemon: Daemon, cont
     for entry in index["entries"]:
         assert daemon.call("image.inspect", id=entry["id"])["Id"] == entry["id"]
 
+    # a restarted daemon that has not built yet hides and keeps them too: image prune takes
+    # the dangling result (<none>) alone
+    daemon.stop()
+    daemon.start()
+    assert sorted(tuple(i["RepoTags"]) for i in daemon.call("image.list")) == listed
+    daemon.call("image.prune", all=False, filters={})
+    assert sorted(tuple(i["RepoTags"]) for i in daemon.call("image.list")) == listed[1:]
+    summary = {row["Type"]: row for row in daemon.call("system.df")["Summary"]}
+    assert summary["Build Cache"]["TotalCount"] >= 6
+
     assert engctl(daemon, "rmi", "c:1", "c:2").returncode == 0
     pruned = daemon.call("system.prune", all=False, volumes=False, filters={})  # busybox stays
     assert len(pruned["CachesDeleted"]) >= 6 and pruned["SpaceReclaimed"] > 100000, pruned
