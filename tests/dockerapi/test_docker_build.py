@@ -14,14 +14,13 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.testing import dockerd as dockerd_support
-from engine.testing.daemon import in_ci, mounts_under, require
+from engine.testing.daemon import mounts_under
 
 from .conftest import BUSYBOX_REPO, DOCKER_CLIENTS, Engine, EngineFactory, docker_clients
 
@@ -272,48 +271,26 @@ def test_docker_compose_build_then_up(engine: Engine, tmp_path: Path) -> None:
 SMALL = "FROM busybox\nARG V=1\nENV A=$V\nWORKDIR /w\nCOPY f.txt .\nRUN cat f.txt && echo ran\nEXPOSE 80\nCMD [\"cat\", \"f.txt\"]\n"
 
 
-@pytest.fixture(scope="module")
-def private_dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dockerd_support.Dockerd]:
-    if os.geteuid() != 0:
-        if in_ci():
-            pytest.fail("dockerd needs root")
-        pytest.skip("dockerd needs root")
-    reason = dockerd_support.missing()
-    require(reason is None, reason or "")
-    from engine.testing import images as test_images
-
-    archive = tmp_path_factory.mktemp("build-dockerd") / "busybox.tar"
-    test_images.write_docker_archive(archive, [test_images.busybox_image()])
-    daemon = dockerd_support.Dockerd()
-    try:
-        daemon.start()
-        assert daemon.cli("load", "-i", str(archive)).returncode == 0
-        yield daemon
-    finally:
-        daemon.cleanup()
-        assert mounts_under(daemon.base) == []
-
-
 def normalise(text: str) -> list[str]:
     text = re.sub(r"\b[0-9a-f]{12}\b", "<id>", text)
     return [line for line in text.splitlines() if not line.startswith("Sending build context")]
 
 
-def test_same_lines_and_config_as_dockerd(engine: Engine, private_dockerd: dockerd_support.Dockerd,
+def test_same_lines_and_config_as_dockerd(engine: Engine, dockerd: dockerd_support.Dockerd,
                                            tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     context.mkdir()
     (context / "Dockerfile").write_text(SMALL)
     (context / "f.txt").write_text("file\n")
     ours = engine.docker("build", "-t", "side:1", str(context), binary=dockerd_support.DOCKER_CLI)
-    theirs = private_dockerd.cli("build", "-t", "side:1", str(context))
+    theirs = dockerd.cli("build", "-t", "side:1", str(context))
     assert theirs.returncode == 0, theirs.stderr
     assert normalise(ours.stdout) == normalise(theirs.stdout)
     our_config = json.loads(engine.docker("inspect", "side:1", binary=dockerd_support.DOCKER_CLI).stdout)[0]["Config"]
-    their_config = json.loads(private_dockerd.cli("inspect", "side:1").stdout)[0]["Config"]
+    their_config = json.loads(dockerd.cli("inspect", "side:1").stdout)[0]["Config"]
     their_config["Image"] = our_config["Image"] = ""  # dockerd names the parent image here
     assert our_config == their_config
-    private_dockerd.cli("rmi", "side:1")
+    dockerd.cli("rmi", "side:1")
 
 
 def test_add_archives_wildcards_ownership_and_config_instructions(engine: Engine, tmp_path: Path) -> None:
@@ -578,7 +555,7 @@ def test_builder_prune_and_system_df(engine: Engine, tmp_path: Path) -> None:
     assert engine.daemon.call("system.df")["Summary"][3]["TotalCount"] == 0
 
 
-def test_rebuilds_say_what_dockerds_say(engine: Engine, private_dockerd: dockerd_support.Dockerd,
+def test_rebuilds_say_what_dockerds_say(engine: Engine, dockerd: dockerd_support.Dockerd,
                                         tmp_path: Path) -> None:
     """The same Dockerfiles built twice, then after changes, by both: the same lines (ids
     aside), ``Using cache`` where dockerd says it."""
@@ -594,7 +571,7 @@ def test_rebuilds_say_what_dockerds_say(engine: Engine, private_dockerd: dockerd
 
     def both(*args: str) -> None:
         ours = engine.docker("build", *args, binary=dockerd_support.DOCKER_CLI, timeout=120)
-        theirs = private_dockerd.cli("build", *args, timeout=120)
+        theirs = dockerd.cli("build", *args, timeout=120)
         assert theirs.returncode == 0, theirs.stderr
         assert normalise(ours.stdout) == normalise(theirs.stdout)
 
@@ -610,4 +587,4 @@ def test_rebuilds_say_what_dockerds_say(engine: Engine, private_dockerd: dockerd
         (multi / "a.txt").write_text("a2\n")
         both("-t", "again:2", str(multi))
     finally:
-        private_dockerd.cli("rmi", "again:1", "again:2")
+        dockerd.cli("rmi", "again:1", "again:2")

@@ -190,7 +190,7 @@ def test_links_on_a_user_network(make_engine: EngineFactory, busybox_archive) ->
     assert missing.returncode == 1 and "could not get container for nosuch: No such container: nosuch" in missing.stderr
     engine.docker("rm", "linked")
     engine.docker("network", "rm", "appnet")
-    # system prune asks for the build cache too: engine has none to remove
+    # system prune asks for the build cache too (POST /build/prune): nothing was built here
     pruned = engine.docker("system", "prune", "-f")
     assert "Total reclaimed space" in pruned.stdout
 
