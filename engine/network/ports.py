@@ -83,20 +83,36 @@ def _split_ip(spec: str, body: str) -> tuple[str, str]:
     return ip, rest
 
 
-def free_port(protocol: str = "tcp", host_ip: str = "") -> int:
-    """A host port that is free right now, found by binding port 0 (blocking but instant)."""
+Held = set[tuple[str, int]]  # (protocol, host port) that other containers publish
+_PICKS = 64
+
+
+def free_port(protocol: str = "tcp", host_ip: str = "", avoid: Held | None = None) -> int:
+    """A host port that is free right now, found by binding port 0 (blocking but instant),
+    and not in ``avoid``: published ports are iptables rules, not sockets, so the kernel
+    alone would hand out a port another container publishes. A port chosen is added to
+    ``avoid``."""
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        try:
-            s.bind((host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
-        except OSError as e:
-            raise ResourceExhausted(f"cannot find a free {protocol} port on {host_ip or '*'}: {e}") from None
-        return int(s.getsockname()[1])
+    for _ in range(_PICKS):
+        with socket.socket(family, kind) as s:
+            try:
+                s.bind((host_ip or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
+            except OSError as e:
+                raise ResourceExhausted(f"cannot find a free {protocol} port on {host_ip or '*'}: {e}") from None
+            port = int(s.getsockname()[1])
+        if avoid is None:
+            return port
+        if (protocol, port) not in avoid:
+            avoid.add((protocol, port))
+            return port
+    raise ResourceExhausted(f"cannot find a free {protocol} port on {host_ip or '*'}: the {_PICKS} the kernel "
+                            "offered are published by other containers; remove some")
 
 
-def parse_publish(spec: str) -> list[PortMapping]:
-    """Parse one ``-p`` value into mappings (host port 0 never escapes: it is chosen here)."""
+def parse_publish(spec: str, avoid: Held | None = None) -> list[PortMapping]:
+    """Parse one ``-p`` value into mappings (host port 0 never escapes: it is chosen here,
+    outside ``avoid``)."""
     body, _, protocol = spec.strip().partition("/")
     protocol = protocol.lower() or "tcp"
     if protocol not in PROTOCOLS:
@@ -109,7 +125,7 @@ def parse_publish(spec: str) -> list[PortMapping]:
         host_part, ctr_part = "", rest
     ctr_ports = _port_range(spec, ctr_part)
     if not host_part:
-        return [PortMapping(free_port(protocol, host_ip), c, protocol, host_ip) for c in ctr_ports]
+        return [PortMapping(free_port(protocol, host_ip, avoid), c, protocol, host_ip) for c in ctr_ports]
     host_ports = _port_range(spec, host_part)
     if len(host_ports) == 1 and len(ctr_ports) == 1:
         return [PortMapping(host_ports[0], ctr_ports[0], protocol, host_ip)]
@@ -129,24 +145,26 @@ def parse_expose(spec: str) -> list[str]:
     return [f"{port}/{protocol}" for port in ports]
 
 
-def publish_all(exposed_ports: Iterable[str], host_ip: str = "") -> list[PortMapping]:
+def publish_all(exposed_ports: Iterable[str], host_ip: str = "", avoid: Held | None = None) -> list[PortMapping]:
     """``-P``: every port the image exposes (``"80/tcp"``) on a free host port."""
     found = []
     for entry in sorted(exposed_ports):
         port, _, protocol = entry.partition("/")
         spec = f"{host_ip}::{port}/{protocol or 'tcp'}" if host_ip else f"{port}/{protocol or 'tcp'}"
-        found.extend(parse_publish(spec))
+        found.extend(parse_publish(spec, avoid))
     return found
 
 
-def parse_all(specs: Iterable[str], exposed_ports: Iterable[str] = (), publish_all_ports: bool = False) -> list[PortMapping]:
-    """Every ``-p`` (and ``-P``) of one container; the same host port twice is refused."""
+def parse_all(specs: Iterable[str], exposed_ports: Iterable[str] = (), publish_all_ports: bool = False,
+              avoid: Held | None = None) -> list[PortMapping]:
+    """Every ``-p`` (and ``-P``) of one container; the same host port twice is refused.
+    Host ports chosen here are outside ``avoid`` (and are added to it)."""
     mappings: list[PortMapping] = []
     for spec in specs:
-        mappings.extend(parse_publish(spec))
+        mappings.extend(parse_publish(spec, avoid))
     if publish_all_ports:
         published = {(m.container_port, m.protocol) for m in mappings}
-        for m in publish_all(exposed_ports):
+        for m in publish_all(exposed_ports, avoid=avoid):
             if (m.container_port, m.protocol) not in published:
                 mappings.append(m)
     seen: dict[tuple[str, int, str], PortMapping] = {}

@@ -20,6 +20,7 @@ written from outside the actor.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,6 +56,7 @@ NETWORKS_FILE = "networks.json"  # under the container's dir, after a connect/di
 LINKS_FILE = "links.json"  # under the container's dir: its --link aliases on user networks
 HOST_HOSTS = Path("/etc/hosts")
 _KEEP_STATES = {"running", "paused"}
+CHOSEN_KEPT = 300.0  # seconds a chosen host port stays held for a container being created
 
 
 @attrs.frozen
@@ -78,6 +80,8 @@ class ContainerLookup(Protocol):
     """Other containers, for ``--network container:NAME`` (read only)."""
 
     def get(self, ref: str) -> Any: ...
+
+    def all(self) -> list[Any]: ...
 
 
 # --- network modes ---------------------------------------------------------------------------
@@ -135,6 +139,10 @@ class ContainerNetworking:
         self._locks: dict[str, trio.Lock] = {}
         # a start with published ports checks and records them under it (docker's port allocator)
         self._ports_lock = trio.Lock()
+        # host ports chosen for -p CTR / -P lately (at create): taken before their container
+        # is registered, let alone started; (protocol, port) -> when
+        self._choosing = trio.Lock()
+        self._chosen: dict[tuple[str, int], float] = {}
         # docker's embedded DNS on user networks; off until start_dns (then resolv.conf
         # points at it), so a networking without a daemon nursery keeps /etc/hosts only.
         self.dns = dns.EmbeddedDns(lambda: cni.attachments(self.store))
@@ -187,11 +195,34 @@ class ContainerNetworking:
             config.networks = []
             return
         exposed = list((config.image_config or {}).get("ExposedPorts") or {})
-        mappings = await trio.to_thread.run_sync(
-            lambda: ports.parse_all(publish, exposed, config.publish_all))
+        async with self._choosing:
+            held = await self._held_ports(config.id) if publish or config.publish_all else None
+            mappings = await trio.to_thread.run_sync(
+                lambda: ports.parse_all(publish, exposed, config.publish_all, avoid=held))
+            now = time.monotonic()
+            self._chosen.update({(m.protocol, m.host_port): now for m in mappings})
         config.network_mode = mode
         config.networks = [mode]
         config.ports = [*config.ports, *mappings]
+
+    async def _held_ports(self, container_id: str) -> ports.Held:
+        """The host ports a chosen one must not be (docker's allocator keeps them apart):
+        those other containers publish now or will at their start, and those chosen lately
+        for containers not registered yet."""
+        now = time.monotonic()
+        self._chosen = {key: when for key, when in self._chosen.items() if now - when < CHOSEN_KEPT}
+        held: ports.Held = set(self._chosen)
+        for record in await cni.attachments(self.store):
+            if record.container_id != container_id:
+                held.update((m.protocol, m.host_port) for m in map(ports.from_cni, record.port_mappings))
+        try:
+            others = self._containers().all()
+        except EngineError:  # no supervisor yet (in-process tests)
+            others = []
+        for actor in others:
+            if actor.config.id != container_id:
+                held.update((m.protocol, m.host_port) for m in actor.config.ports)
+        return held
 
     def _resolve_container(self, ref: str, config: ContainerConfig) -> str:
         if not ref:

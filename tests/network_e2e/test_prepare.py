@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from engine.actors.model import ContainerConfig
-from engine.errors import InvalidArgument, NotFound
+from engine.actors.model import ContainerConfig, PortMapping
+from engine.errors import InvalidArgument, NotFound, ResourceExhausted
 from engine.network.service import ContainerNetworking
 from engine.store.layout import Layout
 
@@ -23,6 +24,9 @@ class NoContainers:
 
     def get(self, ref: str) -> object:
         raise NotFound(f"no such container: {ref}")
+
+    def all(self) -> list[object]:
+        return []
 
 
 def _config(**kw: object) -> ContainerConfig:
@@ -68,3 +72,45 @@ async def test_bad_modes_say_what_to_do(tmp_path: Path) -> None:
         await svc.prepare_config(_config(network_mode="nosuchnet"), [])
     with pytest.raises(InvalidArgument, match="port"):
         await svc.prepare_config(_config(network_mode="bridge"), ["99999"])
+
+
+class HoldingContainers(NoContainers):
+    """A daemon whose one other container was given host ports (published at its start)."""
+
+    def __init__(self, held: list[PortMapping]) -> None:
+        self.held = held
+
+    def all(self) -> list[object]:
+        return [SimpleNamespace(config=_config(id="other", ports=self.held))]
+
+
+def _ephemeral_ports() -> range:
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(low, high + 1)
+
+
+async def test_a_chosen_host_port_is_none_another_container_holds(tmp_path: Path) -> None:
+    """`-p CTR` picks a host port no other container publishes (docker's allocator): the
+    kernel alone knows nothing of published ports (iptables rules, no sockets). With every
+    port it can offer held by another container, the create fails saying so."""
+    layout = Layout(tmp_path / "root", tmp_path / "run")
+    layout.ensure()
+    everything = [PortMapping(port, 80) for port in _ephemeral_ports()]
+    svc = ContainerNetworking(layout, lambda: HoldingContainers(everything))
+    with pytest.raises(ResourceExhausted, match="published by other containers"):
+        await svc.prepare_config(_config(network_mode=""), ["80"])
+    # udp ports are held apart from tcp ones
+    config = _config(network_mode="")
+    await svc.prepare_config(config, ["53/udp"])
+    assert config.ports[0].host_port in _ephemeral_ports()
+
+
+async def test_ports_chosen_for_containers_not_registered_yet_are_held(tmp_path: Path) -> None:
+    """Two creates at once: the second never gets the first one's host port, though the
+    first container is not registered (nor started) yet."""
+    svc = _service(tmp_path)
+    first, second = _config(network_mode=""), _config(network_mode="")
+    await svc.prepare_config(first, ["80", "81"])
+    assert {("tcp", m.host_port) for m in first.ports} <= await svc._held_ports("")
+    await svc.prepare_config(second, ["80", "81"])
+    assert not {m.host_port for m in first.ports} & {m.host_port for m in second.ports}
