@@ -194,3 +194,60 @@ def test_network_events_name_the_driver_type(pair: Pair) -> None:
     assert ours.stdout == theirs.stdout == (
         'network create {"name":"vs-ev-net","type":"bridge"}\n'
         'network destroy {"name":"vs-ev-net","type":"bridge"}\n'), (ours.stdout, theirs.stdout)
+
+
+def test_tmpfs_options_merge_over_dockers_defaults(pair: Pair) -> None:
+    """`--tmpfs /x[:opts]` and `--mount type=tmpfs`: dockerd mounts with nosuid,nodev,noexec
+    merged with the user's options (the last of two on one flag wins) and no size cap
+    (engine had size=65536k and only the user's options when some were given); a bad
+    option is refused at start in dockerd's words."""
+    mounted = {
+        ("--tmpfs", "/x"): "rw,nosuid,nodev,noexec,relatime",
+        ("--tmpfs", "/x:exec"): "rw,nosuid,nodev,relatime",
+        ("--tmpfs", "/x:size=1m"): "rw,nosuid,nodev,noexec,relatime,size=1024k",
+        ("--tmpfs", "/x:mode=755"): "rw,nosuid,nodev,noexec,relatime,mode=755",
+        ("--tmpfs", "/x:ro"): "ro,nosuid,nodev,noexec,relatime",
+        ("--tmpfs", "/x:defaults,suid,size=1m,size=2m"): "rw,nodev,noexec,relatime,size=2048k",
+        ("--mount", "type=tmpfs,dst=/x"): "rw,nosuid,nodev,noexec,relatime",
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1048576,tmpfs-mode=0700,readonly"):
+            "ro,nosuid,nodev,noexec,relatime,size=1024k,mode=700",
+    }
+    for flags, options in mounted.items():
+        ours, theirs = pair.both("run", "--rm", *flags, "busybox", "grep", " /x ", "/proc/mounts")
+        assert ours.stdout == theirs.stdout == f"tmpfs /x tmpfs {options} 0 0\n", (flags, ours.stdout, ours.stderr,
+                                                                                  theirs.stdout)
+    # no 64 MB cap: 80 MB fit
+    ours, theirs = pair.both("run", "--rm", "--tmpfs", "/x", "busybox", "sh", "-c",
+                             "dd if=/dev/zero of=/x/f bs=1M count=80 2>&1 | tail -1")
+    assert ours.stdout == theirs.stdout == "80+0 records out\n", (ours.stdout, theirs.stdout)
+    for option, words in (("bogus", '["bogus"]'), ("foo=bar", '["foo" "bar"]')):
+        ours, theirs = pair.both("run", "--rm", "--tmpfs", f"/x:{option}", "busybox", "true")
+        assert ours.returncode == theirs.returncode == 125
+        first = f"docker: Error response from daemon: invalid tmpfs option {words}\n"
+        assert ours.stderr.startswith(first) and theirs.stderr.startswith(first), (ours.stderr, theirs.stderr)
+
+
+def test_tmpfs_in_inspect_as_dockerd(pair: Pair) -> None:
+    """A --tmpfs is only in HostConfig.Tmpfs (engine listed it in Mounts too); a --mount
+    tmpfs is in HostConfig.Mounts as sent and in Mounts (engine showed it as a --tmpfs,
+    and dropped readonly); HostConfig.Tmpfs is null without one."""
+    template = "{{json .HostConfig.Tmpfs}} {{json .HostConfig.Mounts}} {{json .Mounts}}"
+    mount = '"Type":"tmpfs","Source":"","Destination":"/x","Mode":"","RW":%s,"Propagation":""'
+    cases = {
+        ("--tmpfs", "/x"): '{"/x":""} null []',
+        ("--tmpfs", "/x:exec,size=1m"): '{"/x":"exec,size=1m"} null []',
+        ("--mount", "type=tmpfs,dst=/x"): 'null [{"Type":"tmpfs","Target":"/x"}] [{%s}]' % (mount % "true"),
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1048576,tmpfs-mode=0700,readonly"): (
+            'null [{"Type":"tmpfs","Target":"/x","ReadOnly":true,"TmpfsOptions":{"SizeBytes":1048576,"Mode":448}}] '
+            '[{%s}]' % (mount % "false")),
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1000"): (
+            'null [{"Type":"tmpfs","Target":"/x","TmpfsOptions":{"SizeBytes":1000}}] [{%s}]' % (mount % "true")),
+    }
+    try:
+        for flags, expected in cases.items():
+            pair.setup("run", "-d", "--name", "vs-tmpfs", *flags, "busybox", "sleep", "600")
+            ours, theirs = pair.both("inspect", "-f", template, "vs-tmpfs")
+            assert ours.stdout == theirs.stdout == expected + "\n", (flags, ours.stdout, theirs.stdout)
+            pair.setup("rm", "-f", "vs-tmpfs")
+    finally:
+        pair.both("rm", "-f", "vs-tmpfs")
