@@ -251,3 +251,26 @@ def test_tmpfs_in_inspect_as_dockerd(pair: Pair) -> None:
             pair.setup("rm", "-f", "vs-tmpfs")
     finally:
         pair.both("rm", "-f", "vs-tmpfs")
+
+
+def test_detached_exec_that_cannot_start_is_an_error(pair: Pair) -> None:
+    """`docker exec -d` of what cannot start: dockerd answers the start with the runtime's
+    error (exit 1; engine answered 200 and exited 0); one that starts exits 0 whatever its
+    command's exit code, and keeps running."""
+    runc = "OCI runtime exec failed: exec failed: unable to start container process: "
+    cases = {
+        ("vs-running", "nosuchcmd"): f'{runc}exec: "nosuchcmd": executable file not found in $PATH: unknown',
+        ("-w", "/nosuch", "vs-running", "pwd"): f'{runc}chdir to cwd ("/nosuch") set in config.json failed: '
+                                               "no such file or directory: unknown",
+        ("-u", "nosuchuser", "vs-running", "true"): "unable to find user nosuchuser: no matching entries in passwd file",
+    }
+    for args, words in cases.items():
+        ours, theirs = pair.both("exec", "-d", *args)
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr) == (
+            1, "", f"Error response from daemon: {words}\n"), (args, ours.stderr, theirs.stderr)
+    ours, theirs = pair.both("exec", "-d", "vs-running", "sh", "-c", "exit 3")
+    assert ours.returncode == theirs.returncode == 0
+    ours, theirs = pair.both("exec", "-d", "vs-running", "sh", "-c", "sleep 1; touch /tmp/vs-detached")
+    assert ours.returncode == theirs.returncode == 0
+    ours, theirs = pair.both("exec", "vs-running", "sh", "-c", "sleep 2; ls /tmp/vs-detached")
+    assert ours.stdout == theirs.stdout == "/tmp/vs-detached\n", (ours.stdout, theirs.stdout)
