@@ -274,3 +274,45 @@ def test_detached_exec_that_cannot_start_is_an_error(pair: Pair) -> None:
     assert ours.returncode == theirs.returncode == 0
     ours, theirs = pair.both("exec", "vs-running", "sh", "-c", "sleep 2; ls /tmp/vs-detached")
     assert ours.stdout == theirs.stdout == "/tmp/vs-detached\n", (ours.stdout, theirs.stdout)
+
+
+def test_network_connect_and_disconnect_events(pair: Pair) -> None:
+    """A container on a user network: dockerd tells `network connect` at every start and
+    `network connect` of a running one, `network disconnect` at every stop, removal of a
+    running one and `network disconnect` (twice for a running one: the endpoint, then the
+    membership); none for `network connect` of a stopped one. engine told only create and
+    destroy. The actor is the network, the container its full id."""
+    import time
+
+    since = str(int(time.time()) - 1)
+    pair.setup("network", "create", "--subnet", "10.231.11.0/24", "vs-ev-conn")
+    ids = {}
+    try:
+        for side in (pair.engine, pair.dockerd):
+            made = side.run("create", "--name", "vs-ev-c", "--network", "vs-ev-conn", "busybox", "sleep", "600")
+            assert made.returncode == 0, made.stderr
+            ids[side.name] = made.stdout.strip()
+        for step in (["start", "vs-ev-c"], ["network", "disconnect", "vs-ev-conn", "vs-ev-c"],
+                     ["network", "connect", "vs-ev-conn", "vs-ev-c"], ["stop", "-t", "0", "vs-ev-c"],
+                     ["network", "disconnect", "vs-ev-conn", "vs-ev-c"], ["network", "connect", "vs-ev-conn", "vs-ev-c"],
+                     ["start", "vs-ev-c"], ["rm", "-f", "vs-ev-c"], ["network", "rm", "vs-ev-conn"]):
+            pair.setup(*step)
+    finally:
+        pair.both("rm", "-f", "vs-ev-c")
+        pair.both("network", "rm", "vs-ev-conn")
+    until = str(int(time.time()) + 1)
+    net_ids = {}
+    outputs = []
+    for side in (pair.engine, pair.dockerd):
+        listed = side.run("events", "--filter", "type=network", "--filter", "network=vs-ev-conn", "--since", since,
+                          "--until", until, "--format", "{{.Action}} {{.Actor.ID}} {{json .Actor.Attributes}}")
+        lines = listed.stdout.splitlines()
+        net_ids[side.name] = {line.split()[1] for line in lines}
+        outputs.append("".join(line.split()[0] + " " + line.split()[2].replace(ids[side.name], "CTR") + "\n"
+                               for line in lines))
+    attrs = '{"container":"CTR","name":"vs-ev-conn","type":"bridge"}'
+    expected = "".join(f"{action} {attrs}\n" for action in (
+        "connect", "disconnect", "disconnect", "connect", "disconnect", "disconnect", "connect", "disconnect"))
+    expected = f'create {{"name":"vs-ev-conn","type":"bridge"}}\n{expected}destroy {{"name":"vs-ev-conn","type":"bridge"}}\n'
+    assert outputs[0] == outputs[1] == expected, outputs
+    assert all(len(found) == 1 for found in net_ids.values()), net_ids  # one network id throughout
