@@ -316,3 +316,56 @@ def test_network_connect_and_disconnect_events(pair: Pair) -> None:
     expected = f'create {{"name":"vs-ev-conn","type":"bridge"}}\n{expected}destroy {{"name":"vs-ev-conn","type":"bridge"}}\n'
     assert outputs[0] == outputs[1] == expected, outputs
     assert all(len(found) == 1 for found in net_ids.values()), net_ids  # one network id throughout
+
+
+def test_commit_and_import_change_healthcheck(pair: Pair, tmp_path: Path) -> None:
+    """`commit --change 'HEALTHCHECK …'` and `import --change`: dockerd records the check
+    (engine refused the instruction), with the Dockerfile parser's errors; a container of
+    the image runs that check."""
+    pair.setup("run", "--name", "vs-hc-change", "busybox", "true")
+    recorded = {
+        "HEALTHCHECK --interval=5s CMD true": '{"Test":["CMD-SHELL","true"],"Interval":5000000000}',
+        "HEALTHCHECK NONE": '{"Test":["NONE"]}',
+        'healthcheck cmd ["cat", "/x y"]': '{"Test":["CMD","cat","/x y"]}',
+        "HEALTHCHECK --timeout=1m30s --start-period=1.5s --retries=4 --interval= CMD echo hi":
+            '{"Test":["CMD-SHELL","echo hi"],"Timeout":90000000000,"StartPeriod":1500000000,"Retries":4}',
+    }
+    refused = {
+        "HEALTHCHECK": "HEALTHCHECK requires at least one argument",
+        "HEALTHCHECK CMD-SHELL true": 'Unknown type "CMD-SHELL" in HEALTHCHECK (try CMD)',
+        "HEALTHCHECK CMD": "Missing command after HEALTHCHECK CMD",
+        "HEALTHCHECK NONE x": "HEALTHCHECK NONE takes no arguments",
+        "HEALTHCHECK --bogus=1 CMD true": "Unknown flag: bogus",
+        "HEALTHCHECK --interval 5s CMD true": "Missing a value on flag: interval",
+        "HEALTHCHECK --interval=5 CMD true": 'time: missing unit in duration "5"',
+        "HEALTHCHECK --interval=0s CMD true": 'Interval "interval" cannot be less than 1ms',
+        "HEALTHCHECK --retries=0 CMD true": "--retries must be at least 1 (not 0)",
+    }
+    try:
+        for change, health in recorded.items():
+            pair.setup("commit", "--change", change, "vs-hc-change", "vs-hc-change:1")
+            ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-change:1")
+            assert ours.stdout == theirs.stdout == health + "\n", (change, ours.stdout, theirs.stdout)
+        for change, words in refused.items():
+            ours, theirs = pair.both("commit", "--change", change, "vs-hc-change", "vs-hc-bad:1")
+            assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr) == (
+                1, f"Error response from daemon: {words}\n"), (change, ours.stderr, theirs.stderr)
+        pair.setup("commit", "--change", "HEALTHCHECK --interval=1s CMD true", "vs-hc-change", "vs-hc-change:1")
+        pair.setup("run", "-d", "--name", "vs-hc-changed", "vs-hc-change:1", "sleep", "600")
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ours, theirs = pair.both("inspect", "-f", "{{.State.Health.Status}}", "vs-hc-changed")
+            if ours.stdout == theirs.stdout == "healthy\n":
+                break
+            time.sleep(0.5)
+        assert ours.stdout == theirs.stdout == "healthy\n"
+        archive = tmp_path / "empty.tar"
+        subprocess.run(["tar", "-cf", str(archive), "--files-from", "/dev/null"], check=True)
+        pair.setup("import", "--change", "HEALTHCHECK --interval=5s CMD true", str(archive), "vs-hc-import:1")
+        ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-import:1")
+        assert ours.stdout == theirs.stdout == '{"Test":["CMD-SHELL","true"],"Interval":5000000000}\n'
+    finally:
+        pair.both("rm", "-f", "vs-hc-change", "vs-hc-changed")
+        pair.both("rmi", "vs-hc-change:1", "vs-hc-import:1")
