@@ -369,3 +369,27 @@ def test_commit_and_import_change_healthcheck(pair: Pair, tmp_path: Path) -> Non
     finally:
         pair.both("rm", "-f", "vs-hc-change", "vs-hc-changed")
         pair.both("rmi", "vs-hc-change:1", "vs-hc-import:1")
+
+
+def test_inspect_size_flag(pair: Pair) -> None:
+    """`docker inspect -s CTR`: SizeRw (the writable layer's bytes) and SizeRootFs (with the
+    image's), absent without -s (engine gave neither)."""
+    pair.setup("run", "-d", "--name", "vs-insp-size", "busybox", "sh", "-c",
+               "head -c 100000 /dev/zero > /big; sleep 600")
+    try:
+        for side in (pair.engine, pair.dockerd):
+            deadline = 0
+            while True:  # the file is written just after the start
+                sized = side.run("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "vs-insp-size")
+                rw, rootfs = (int(v) for v in sized.stdout.split())
+                if rw == 100000 or deadline > 40:
+                    break
+                deadline += 1
+                import time
+
+                time.sleep(0.25)
+            assert rw == 100000 and rootfs > 1_000_000 + rw, (side.name, sized.stdout)
+        ours, theirs = pair.both("inspect", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "vs-insp-size")
+        assert ours.stdout == theirs.stdout == "<nil> <nil>\n"
+    finally:
+        pair.both("rm", "-f", "vs-insp-size")

@@ -846,6 +846,8 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
     actor = service(api).get(req.path_params["id"])
     doc = container_inspect(api, actor, await configured_networks(api, actor))
     await _show_links(api, actor, doc["NetworkSettings"]["Networks"])
+    if req.bool_param("size"):  # docker inspect -s: measured only when asked
+        doc["SizeRw"], doc["SizeRootFs"] = (await container_sizes(api.app, [actor]))[actor.id]
     return json_response(doc)
 
 
