@@ -37,6 +37,7 @@ class BindMount:
 class TmpfsMount:
     destination: str
     options: str = ""
+    from_mount: bool = False  # docker's --mount type=tmpfs (HostConfig.Mounts), not --tmpfs
 
 
 @attrs.define

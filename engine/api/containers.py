@@ -207,7 +207,7 @@ def inspect(actor: ContainerActor, storage_driver: str) -> dict[str, Any]:
                               "MaximumRetryCount": actor.restart_policy.max_retries},
             "AutoRemove": c.auto_remove,
             "Binds": [format_bind(b) for b in c.binds],
-            "Tmpfs": {t.destination: t.options for t in c.tmpfs},
+            "Tmpfs": {t.destination: t.options for t in c.tmpfs if not t.from_mount},
             "ReadonlyRootfs": c.read_only,
             "Init": c.init,
             "Memory": c.memory or 0,

@@ -123,6 +123,10 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
+class EventSink(Protocol):
+    def emit(self, type: str, action: str, id: str, **attributes: Any) -> Any: ...
+
+
 # --- the service -----------------------------------------------------------------------------
 
 
@@ -147,6 +151,9 @@ class ContainerNetworking:
         # points at it), so a networking without a daemon nursery keeps /etc/hosts only.
         self.dns = dns.EmbeddedDns(lambda: cni.attachments(self.store))
         self.resolv_conf: Path = etc_files.HOST_RESOLV_CONF  # the daemon's --resolv-conf
+        # the daemon's event bus (engine.actors.events), told of docker's network connect
+        # and disconnect events; None: nobody listens
+        self.events: EventSink | None = None
 
     @asynccontextmanager
     async def _locked(self, container_id: str) -> Any:
@@ -313,6 +320,7 @@ class ContainerNetworking:
                 )
             results.append(res)
             details[network.name] = _endpoint(res, member.ipv4_address)
+            self._tell("connect", network, config.id)
         gateway = results[0].gateway if results else ""
         embedded = self.dns.running and any(r.network != DEFAULT_NETWORK for r in results)
         files = await etc_files.write_etc_files(
@@ -525,6 +533,8 @@ class ContainerNetworking:
                 left.append(await self.store.get(record.network_id))
             except NotFound:
                 pass
+            else:
+                self._tell("disconnect", left[-1], container_id)
         return left
 
     async def _detach_quiet(self, container_id: str) -> None:
@@ -627,6 +637,7 @@ class ContainerNetworking:
         await self._refresh_names(net)
         if net.name != DEFAULT_NETWORK and self.dns.running and not self.dns.serves(config.id):
             await self._embed_dns_live(config, ns)
+        self._tell("connect", net, config.id)
         details = dict(status.network_details or {})
         details[net.name] = _endpoint(res, member.ipv4_address)
         return details
@@ -651,11 +662,20 @@ class ContainerNetworking:
                 for record in await cni.attachments(self.store, net):
                     if record.container_id == config.id:
                         await cni.detach_record(self.store, record, plugin_dir=self.plugin_dir)
+                        self._tell("disconnect", net, config.id)  # the endpoint left
                 await self._refresh_names(net)
                 details = {k: v for k, v in (status.network_details or {}).items() if k != net.name}
             remaining = [m for m in members if m.network != name]
             await trio.to_thread.run_sync(self._write_memberships, config.id, remaining)
+            if net is not None:
+                self._tell("disconnect", net, config.id)  # dockerd's second one for a running container
             return details
+
+    def _tell(self, action: str, network: Network, container_id: str) -> None:
+        """docker's ``network connect``/``disconnect`` event, with dockerd's attributes."""
+        if self.events is not None:
+            self.events.emit("network", action, network.id, container=container_id, name=network.name,
+                             driver=network.driver)
 
     # --- links ---------------------------------------------------------------------------------
 

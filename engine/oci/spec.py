@@ -14,6 +14,7 @@ call it through ``trio.to_thread.run_sync`` from the daemon.
 
 from __future__ import annotations
 
+import json
 import resource
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,11 @@ class BindMount:
 
 @attrs.frozen
 class TmpfsMount:
+    """A user's tmpfs (``--tmpfs``, ``--mount type=tmpfs``): its options go over docker's
+    defaults (``merge_tmpfs_options``); no size cap unless one is given, as dockerd."""
+
     destination: str
-    options: tuple[str, ...] = ("rw", "nosuid", "nodev", "size=65536k")
+    options: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -386,11 +390,50 @@ def _check_destination(dest: str) -> str:
     return dest
 
 
+# docker's defaults under a user's tmpfs options (moby's daemon/oci_linux.go)
+TMPFS_DEFAULTS = ("noexec", "nosuid", "nodev", "rprivate")
+# mount flags by the bit they set or clear: of two options on one bit the last one given wins
+_TMPFS_FLAG_KEYS = {
+    "ro": "rdonly", "rw": "rdonly", "suid": "nosuid", "nosuid": "nosuid", "dev": "nodev", "nodev": "nodev",
+    "exec": "noexec", "noexec": "noexec", "sync": "sync", "async": "sync", "dirsync": "dirsync",
+    "remount": "remount", "mand": "mand", "nomand": "mand", "atime": "noatime", "noatime": "noatime",
+    "diratime": "nodiratime", "nodiratime": "nodiratime", "bind": "bind", "rbind": "rbind",
+    "relatime": "relatime", "norelatime": "relatime", "strictatime": "strictatime",
+    "nostrictatime": "strictatime",
+    # one propagation mode only
+    **dict.fromkeys(("private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable",
+                     "runbindable"), "propagation"),
+}
+_TMPFS_DATA_KEYS = {"", "size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "mpol"}
+
+
+def merge_tmpfs_options(given: tuple[str, ...] | list[str]) -> list[str]:
+    """docker's ``MergeTmpfsOptions`` over ``TMPFS_DEFAULTS``: per flag bit or data key the
+    last option wins and keeps its place; "defaults" is dropped; anything else is refused
+    (dockerd's words)."""
+    kept: list[str] = []
+    seen: set[str] = set()
+    for option in reversed([*TMPFS_DEFAULTS, *given]):
+        if option == "defaults":
+            continue
+        key = _TMPFS_FLAG_KEYS.get(option)
+        if key is None:
+            name, sep, _ = option.partition("=")
+            if not sep or name not in _TMPFS_DATA_KEYS:
+                quoted = " ".join(json.dumps(part) for part in option.split("=", 1))
+                raise InvalidArgument(f"invalid tmpfs option [{quoted}]")
+            key = "=" + name
+        if key not in seen:
+            seen.add(key)
+            kept.insert(0, option)
+    return kept
+
+
 def user_mounts(options: SpecOptions) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for tmpfs in options.tmpfs:
         out.append({"destination": _check_destination(tmpfs.destination), "type": "tmpfs",
-                    "source": "tmpfs", "options": list(tmpfs.options)})  # fmt: skip
+                    "source": "tmpfs", "options": merge_tmpfs_options(tmpfs.options)})  # fmt: skip
     for bind in options.mounts:
         opts = ["rbind", "ro" if bind.read_only else "rw", *bind.options]
         out.append({"destination": _check_destination(bind.destination), "type": "bind",

@@ -35,7 +35,8 @@ from engine.images.store import ImageStore
 from engine.reference import parse_reference
 from engine.supervisor.app import App
 
-COMMIT_CHANGES = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "WORKDIR", "VOLUME", "STOPSIGNAL")
+COMMIT_CHANGES = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "WORKDIR", "VOLUME", "STOPSIGNAL",
+                  "HEALTHCHECK")
 _OCI_LAYER_TYPES = {
     t.DOCKER_LAYER: t.OCI_LAYER,
     t.DOCKER_LAYER_GZIP: t.OCI_LAYER_GZIP,

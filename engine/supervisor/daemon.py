@@ -62,6 +62,7 @@ async def start_subsystems(app: App, nursery: trio.Nursery) -> None:
     await app.check_plugins()
     await open_image_store(app, nursery)
     app.services.network = ContainerNetworking(app.layout, app.services.require_containers)
+    app.services.network.events = app.events  # docker's network connect/disconnect events
     await app.services.network.use_settings(app.config.network_settings())
     await app.services.network.start_dns(nursery, Path(app.config.resolv_conf))
     app.services.volumes = await open_volumes(app)

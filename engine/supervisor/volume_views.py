@@ -21,6 +21,7 @@ def mounts_view(config: ContainerConfig, status: ContainerStatus) -> list[dict[s
                        "Driver": drivers.get(v.name, ""), "Mode": "z", "RW": not v.read_only, "Propagation": "",
                        "Anonymous": v.anonymous})
     for t in config.tmpfs:
-        mounts.append({"Type": "tmpfs", "Source": "", "Destination": t.destination,
-                       "Mode": t.options, "RW": "ro" not in t.options.split(","), "Propagation": ""})
+        if t.from_mount:  # docker lists a --mount tmpfs here, a --tmpfs only in HostConfig.Tmpfs
+            mounts.append({"Type": "tmpfs", "Source": "", "Destination": t.destination,
+                           "Mode": "", "RW": "ro" not in t.options.split(","), "Propagation": ""})
     return mounts

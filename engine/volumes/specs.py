@@ -152,18 +152,21 @@ def parse_mount_flag(spec: str) -> Parsed:
     if kind == "tmpfs":
         if source:
             raise InvalidArgument(f"invalid --mount {spec!r}: a tmpfs takes no src")
-        opts = ["rw" if not read_only else "ro", "nosuid", "nodev"]
+        # docker's ConvertTmpfsOptions: ro, mode, size in the largest unit that divides it
+        opts = ["ro"] if read_only else []
         size = fields.pop("tmpfs-size", None)
         mode = fields.pop("tmpfs-mode", None)
         _refuse_rest(fields, spec)
-        opts.append(f"size={_size(size, spec)}" if size else "size=65536k")
         if mode:
             try:
-                int(mode, 8)
+                mode_bits = int(mode, 8)
             except ValueError:
                 raise InvalidArgument(f"invalid --mount {spec!r}: tmpfs-mode is octal") from None
-            opts.append(f"mode={mode}")
-        return TmpfsMount(destination, ",".join(opts))
+            if mode_bits:
+                opts.append(f"mode={mode_bits:o}")
+        if size and int(_size(size, spec)):
+            opts.append(f"size={tmpfs_size_option(int(_size(size, spec)))}")
+        return TmpfsMount(destination, ",".join(opts), from_mount=True)
     if kind != "volume":
         raise InvalidArgument(f"invalid --mount {spec!r}: type is volume, bind or tmpfs, not {kind!r}")
     nocopy = _flag(fields.pop("volume-nocopy"), "volume-nocopy", spec) if "volume-nocopy" in fields else False
@@ -174,6 +177,14 @@ def parse_mount_flag(spec: str) -> Parsed:
                               "type=bind for a host path")
     return VolumeRequest(check_name(source) if source else "", destination, read_only, nocopy,
                          driver, options, labels)
+
+
+def tmpfs_size_option(size: int) -> str:
+    """docker's tmpfs size= value of a byte count: in g, m or k when one divides it."""
+    for suffix, divisor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if size % divisor == 0:
+            return f"{size // divisor}{suffix}"
+    return str(size)
 
 
 def _size(text: str, spec: str) -> str:

@@ -218,7 +218,8 @@ def test_create_body_maps_what_engine_supports_and_names_what_it_does_not() -> N
     assert spec.publish == ["127.0.0.1:8080:80/tcp"]
     assert spec.restart == "on-failure:2"
     assert spec.volumes == ["/src:/dst:ro"]
-    assert spec.tmpfs == ["/run:size=1024"]
+    assert spec.tmpfs == []  # a tmpfs of HostConfig.Mounts is a --mount (inspect tells them apart)
+    assert spec.mounts == ["type=tmpfs,dst=/run,tmpfs-size=1024"]
     assert (spec.memory, spec.cpus, spec.pids_limit, spec.stop_timeout) == (1 << 26, 0.5, None, 3)
     assert (spec.network, spec.network_aliases, spec.name) == ("appnet", ["db"], "web")
     for body, field in [

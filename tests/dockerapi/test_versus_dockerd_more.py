@@ -194,3 +194,202 @@ def test_network_events_name_the_driver_type(pair: Pair) -> None:
     assert ours.stdout == theirs.stdout == (
         'network create {"name":"vs-ev-net","type":"bridge"}\n'
         'network destroy {"name":"vs-ev-net","type":"bridge"}\n'), (ours.stdout, theirs.stdout)
+
+
+def test_tmpfs_options_merge_over_dockers_defaults(pair: Pair) -> None:
+    """`--tmpfs /x[:opts]` and `--mount type=tmpfs`: dockerd mounts with nosuid,nodev,noexec
+    merged with the user's options (the last of two on one flag wins) and no size cap
+    (engine had size=65536k and only the user's options when some were given); a bad
+    option is refused at start in dockerd's words."""
+    mounted = {
+        ("--tmpfs", "/x"): "rw,nosuid,nodev,noexec,relatime",
+        ("--tmpfs", "/x:exec"): "rw,nosuid,nodev,relatime",
+        ("--tmpfs", "/x:size=1m"): "rw,nosuid,nodev,noexec,relatime,size=1024k",
+        ("--tmpfs", "/x:mode=755"): "rw,nosuid,nodev,noexec,relatime,mode=755",
+        ("--tmpfs", "/x:ro"): "ro,nosuid,nodev,noexec,relatime",
+        ("--tmpfs", "/x:defaults,suid,size=1m,size=2m"): "rw,nodev,noexec,relatime,size=2048k",
+        ("--mount", "type=tmpfs,dst=/x"): "rw,nosuid,nodev,noexec,relatime",
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1048576,tmpfs-mode=0700,readonly"):
+            "ro,nosuid,nodev,noexec,relatime,size=1024k,mode=700",
+    }
+    for flags, options in mounted.items():
+        ours, theirs = pair.both("run", "--rm", *flags, "busybox", "grep", " /x ", "/proc/mounts")
+        assert ours.stdout == theirs.stdout == f"tmpfs /x tmpfs {options} 0 0\n", (flags, ours.stdout, ours.stderr,
+                                                                                  theirs.stdout)
+    # no 64 MB cap: 80 MB fit
+    ours, theirs = pair.both("run", "--rm", "--tmpfs", "/x", "busybox", "sh", "-c",
+                             "dd if=/dev/zero of=/x/f bs=1M count=80 2>&1 | tail -1")
+    assert ours.stdout == theirs.stdout == "80+0 records out\n", (ours.stdout, theirs.stdout)
+    for option, words in (("bogus", '["bogus"]'), ("foo=bar", '["foo" "bar"]')):
+        ours, theirs = pair.both("run", "--rm", "--tmpfs", f"/x:{option}", "busybox", "true")
+        assert ours.returncode == theirs.returncode == 125
+        first = f"docker: Error response from daemon: invalid tmpfs option {words}\n"
+        assert ours.stderr.startswith(first) and theirs.stderr.startswith(first), (ours.stderr, theirs.stderr)
+
+
+def test_tmpfs_in_inspect_as_dockerd(pair: Pair) -> None:
+    """A --tmpfs is only in HostConfig.Tmpfs (engine listed it in Mounts too); a --mount
+    tmpfs is in HostConfig.Mounts as sent and in Mounts (engine showed it as a --tmpfs,
+    and dropped readonly); HostConfig.Tmpfs is null without one."""
+    template = "{{json .HostConfig.Tmpfs}} {{json .HostConfig.Mounts}} {{json .Mounts}}"
+    mount = '"Type":"tmpfs","Source":"","Destination":"/x","Mode":"","RW":%s,"Propagation":""'
+    cases = {
+        ("--tmpfs", "/x"): '{"/x":""} null []',
+        ("--tmpfs", "/x:exec,size=1m"): '{"/x":"exec,size=1m"} null []',
+        ("--mount", "type=tmpfs,dst=/x"): 'null [{"Type":"tmpfs","Target":"/x"}] [{%s}]' % (mount % "true"),
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1048576,tmpfs-mode=0700,readonly"): (
+            'null [{"Type":"tmpfs","Target":"/x","ReadOnly":true,"TmpfsOptions":{"SizeBytes":1048576,"Mode":448}}] '
+            '[{%s}]' % (mount % "false")),
+        ("--mount", "type=tmpfs,dst=/x,tmpfs-size=1000"): (
+            'null [{"Type":"tmpfs","Target":"/x","TmpfsOptions":{"SizeBytes":1000}}] [{%s}]' % (mount % "true")),
+    }
+    try:
+        for flags, expected in cases.items():
+            pair.setup("run", "-d", "--name", "vs-tmpfs", *flags, "busybox", "sleep", "600")
+            ours, theirs = pair.both("inspect", "-f", template, "vs-tmpfs")
+            assert ours.stdout == theirs.stdout == expected + "\n", (flags, ours.stdout, theirs.stdout)
+            pair.setup("rm", "-f", "vs-tmpfs")
+    finally:
+        pair.both("rm", "-f", "vs-tmpfs")
+
+
+def test_detached_exec_that_cannot_start_is_an_error(pair: Pair) -> None:
+    """`docker exec -d` of what cannot start: dockerd answers the start with the runtime's
+    error (exit 1; engine answered 200 and exited 0); one that starts exits 0 whatever its
+    command's exit code, and keeps running."""
+    runc = "OCI runtime exec failed: exec failed: unable to start container process: "
+    cases = {
+        ("vs-running", "nosuchcmd"): f'{runc}exec: "nosuchcmd": executable file not found in $PATH: unknown',
+        ("-w", "/nosuch", "vs-running", "pwd"): f'{runc}chdir to cwd ("/nosuch") set in config.json failed: '
+                                               "no such file or directory: unknown",
+        ("-u", "nosuchuser", "vs-running", "true"): "unable to find user nosuchuser: no matching entries in passwd file",
+    }
+    for args, words in cases.items():
+        ours, theirs = pair.both("exec", "-d", *args)
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr) == (
+            1, "", f"Error response from daemon: {words}\n"), (args, ours.stderr, theirs.stderr)
+    ours, theirs = pair.both("exec", "-d", "vs-running", "sh", "-c", "exit 3")
+    assert ours.returncode == theirs.returncode == 0
+    ours, theirs = pair.both("exec", "-d", "vs-running", "sh", "-c", "sleep 1; touch /tmp/vs-detached")
+    assert ours.returncode == theirs.returncode == 0
+    ours, theirs = pair.both("exec", "vs-running", "sh", "-c", "sleep 2; ls /tmp/vs-detached")
+    assert ours.stdout == theirs.stdout == "/tmp/vs-detached\n", (ours.stdout, theirs.stdout)
+
+
+def test_network_connect_and_disconnect_events(pair: Pair) -> None:
+    """A container on a user network: dockerd tells `network connect` at every start and
+    `network connect` of a running one, `network disconnect` at every stop, removal of a
+    running one and `network disconnect` (twice for a running one: the endpoint, then the
+    membership); none for `network connect` of a stopped one. engine told only create and
+    destroy. The actor is the network, the container its full id."""
+    import time
+
+    since = str(int(time.time()) - 1)
+    pair.setup("network", "create", "--subnet", "10.231.11.0/24", "vs-ev-conn")
+    ids = {}
+    try:
+        for side in (pair.engine, pair.dockerd):
+            made = side.run("create", "--name", "vs-ev-c", "--network", "vs-ev-conn", "busybox", "sleep", "600")
+            assert made.returncode == 0, made.stderr
+            ids[side.name] = made.stdout.strip()
+        for step in (["start", "vs-ev-c"], ["network", "disconnect", "vs-ev-conn", "vs-ev-c"],
+                     ["network", "connect", "vs-ev-conn", "vs-ev-c"], ["stop", "-t", "0", "vs-ev-c"],
+                     ["network", "disconnect", "vs-ev-conn", "vs-ev-c"], ["network", "connect", "vs-ev-conn", "vs-ev-c"],
+                     ["start", "vs-ev-c"], ["rm", "-f", "vs-ev-c"], ["network", "rm", "vs-ev-conn"]):
+            pair.setup(*step)
+    finally:
+        pair.both("rm", "-f", "vs-ev-c")
+        pair.both("network", "rm", "vs-ev-conn")
+    until = str(int(time.time()) + 1)
+    net_ids = {}
+    outputs = []
+    for side in (pair.engine, pair.dockerd):
+        listed = side.run("events", "--filter", "type=network", "--filter", "network=vs-ev-conn", "--since", since,
+                          "--until", until, "--format", "{{.Action}} {{.Actor.ID}} {{json .Actor.Attributes}}")
+        lines = listed.stdout.splitlines()
+        net_ids[side.name] = {line.split()[1] for line in lines}
+        outputs.append("".join(line.split()[0] + " " + line.split()[2].replace(ids[side.name], "CTR") + "\n"
+                               for line in lines))
+    attrs = '{"container":"CTR","name":"vs-ev-conn","type":"bridge"}'
+    expected = "".join(f"{action} {attrs}\n" for action in (
+        "connect", "disconnect", "disconnect", "connect", "disconnect", "disconnect", "connect", "disconnect"))
+    expected = f'create {{"name":"vs-ev-conn","type":"bridge"}}\n{expected}destroy {{"name":"vs-ev-conn","type":"bridge"}}\n'
+    assert outputs[0] == outputs[1] == expected, outputs
+    assert all(len(found) == 1 for found in net_ids.values()), net_ids  # one network id throughout
+
+
+def test_commit_and_import_change_healthcheck(pair: Pair, tmp_path: Path) -> None:
+    """`commit --change 'HEALTHCHECK …'` and `import --change`: dockerd records the check
+    (engine refused the instruction), with the Dockerfile parser's errors; a container of
+    the image runs that check."""
+    pair.setup("run", "--name", "vs-hc-change", "busybox", "true")
+    recorded = {
+        "HEALTHCHECK --interval=5s CMD true": '{"Test":["CMD-SHELL","true"],"Interval":5000000000}',
+        "HEALTHCHECK NONE": '{"Test":["NONE"]}',
+        'healthcheck cmd ["cat", "/x y"]': '{"Test":["CMD","cat","/x y"]}',
+        "HEALTHCHECK --timeout=1m30s --start-period=1.5s --retries=4 --interval= CMD echo hi":
+            '{"Test":["CMD-SHELL","echo hi"],"Timeout":90000000000,"StartPeriod":1500000000,"Retries":4}',
+    }
+    refused = {
+        "HEALTHCHECK": "HEALTHCHECK requires at least one argument",
+        "HEALTHCHECK CMD-SHELL true": 'Unknown type "CMD-SHELL" in HEALTHCHECK (try CMD)',
+        "HEALTHCHECK CMD": "Missing command after HEALTHCHECK CMD",
+        "HEALTHCHECK NONE x": "HEALTHCHECK NONE takes no arguments",
+        "HEALTHCHECK --bogus=1 CMD true": "Unknown flag: bogus",
+        "HEALTHCHECK --interval 5s CMD true": "Missing a value on flag: interval",
+        "HEALTHCHECK --interval=5 CMD true": 'time: missing unit in duration "5"',
+        "HEALTHCHECK --interval=0s CMD true": 'Interval "interval" cannot be less than 1ms',
+        "HEALTHCHECK --retries=0 CMD true": "--retries must be at least 1 (not 0)",
+    }
+    try:
+        for change, health in recorded.items():
+            pair.setup("commit", "--change", change, "vs-hc-change", "vs-hc-change:1")
+            ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-change:1")
+            assert ours.stdout == theirs.stdout == health + "\n", (change, ours.stdout, theirs.stdout)
+        for change, words in refused.items():
+            ours, theirs = pair.both("commit", "--change", change, "vs-hc-change", "vs-hc-bad:1")
+            assert (ours.returncode, ours.stderr) == (theirs.returncode, theirs.stderr) == (
+                1, f"Error response from daemon: {words}\n"), (change, ours.stderr, theirs.stderr)
+        pair.setup("commit", "--change", "HEALTHCHECK --interval=1s CMD true", "vs-hc-change", "vs-hc-change:1")
+        pair.setup("run", "-d", "--name", "vs-hc-changed", "vs-hc-change:1", "sleep", "600")
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ours, theirs = pair.both("inspect", "-f", "{{.State.Health.Status}}", "vs-hc-changed")
+            if ours.stdout == theirs.stdout == "healthy\n":
+                break
+            time.sleep(0.5)
+        assert ours.stdout == theirs.stdout == "healthy\n"
+        archive = tmp_path / "empty.tar"
+        subprocess.run(["tar", "-cf", str(archive), "--files-from", "/dev/null"], check=True)
+        pair.setup("import", "--change", "HEALTHCHECK --interval=5s CMD true", str(archive), "vs-hc-import:1")
+        ours, theirs = pair.both("image", "inspect", "-f", "{{json .Config.Healthcheck}}", "vs-hc-import:1")
+        assert ours.stdout == theirs.stdout == '{"Test":["CMD-SHELL","true"],"Interval":5000000000}\n'
+    finally:
+        pair.both("rm", "-f", "vs-hc-change", "vs-hc-changed")
+        pair.both("rmi", "vs-hc-change:1", "vs-hc-import:1")
+
+
+def test_inspect_size_flag(pair: Pair) -> None:
+    """`docker inspect -s CTR`: SizeRw (the writable layer's bytes) and SizeRootFs (with the
+    image's), absent without -s (engine gave neither)."""
+    pair.setup("run", "-d", "--name", "vs-insp-size", "busybox", "sh", "-c",
+               "head -c 100000 /dev/zero > /big; sleep 600")
+    try:
+        for side in (pair.engine, pair.dockerd):
+            deadline = 0
+            while True:  # the file is written just after the start
+                sized = side.run("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "vs-insp-size")
+                rw, rootfs = (int(v) for v in sized.stdout.split())
+                if rw == 100000 or deadline > 40:
+                    break
+                deadline += 1
+                import time
+
+                time.sleep(0.25)
+            assert rw == 100000 and rootfs > 1_000_000 + rw, (side.name, sized.stdout)
+        ours, theirs = pair.both("inspect", "-f", "{{.SizeRw}} {{.SizeRootFs}}", "vs-insp-size")
+        assert ours.stdout == theirs.stdout == "<nil> <nil>\n"
+    finally:
+        pair.both("rm", "-f", "vs-insp-size")

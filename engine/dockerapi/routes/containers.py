@@ -46,6 +46,7 @@ from engine.dockerapi.shapes import (
 )
 from engine.errors import AlreadyExists, Conflict, EngineError, InvalidArgument, NotFound
 from engine.httpserver import Hijacked, HijackResponse, Request, Response, StreamResponse, Write
+from engine.humanize import parse_size
 from engine.network import mac_address, static_ip
 from engine.network.networks import DEFAULT_NETWORK
 from engine.oci.spec import MASKED_PATHS, READONLY_PATHS
@@ -199,13 +200,16 @@ def _mounts(mounts: Any) -> tuple[list[str], list[str], list[str]]:
             options = ",".join(o for o in ("ro" if m.get("ReadOnly") else "", _bind_propagation(i, m)) if o)
             binds.append(f"{m.get('Source', '')}:{target}" + (f":{options}" if options else ""))
         elif kind == "tmpfs":
+            # a --mount value: ReadOnly counts, and inspect tells it from a --tmpfs
             opts = m.get("TmpfsOptions") or {}
-            parts = []
+            parts = [f"type=tmpfs,dst={target}"]
+            if m.get("ReadOnly"):
+                parts.append("readonly")
             if opts.get("SizeBytes"):
-                parts.append(f"size={int(opts['SizeBytes'])}")
+                parts.append(f"tmpfs-size={int(opts['SizeBytes'])}")
             if opts.get("Mode"):
-                parts.append(f"mode={int(opts['Mode']):o}")
-            tmpfs.append(target + (":" + ",".join(parts) if parts else ""))
+                parts.append(f"tmpfs-mode={int(opts['Mode']):o}")
+            volumes.append(",".join(parts))
         elif kind == "volume":
             volumes.append(_volume_mount(i, m))
         else:
@@ -730,6 +734,29 @@ NETWORK_SETTINGS_ZEROS: dict[str, Any] = {
 }
 
 
+def _tmpfs_host_mounts(c: Any) -> list[dict[str, Any]]:
+    """HostConfig.Mounts of the ``--mount type=tmpfs`` ones, as the client sent them
+    (docker omits the zero fields); the binds and volumes of --mount are not kept."""
+    found: list[dict[str, Any]] = []
+    for t in c.tmpfs:
+        if not t.from_mount:
+            continue
+        entry: dict[str, Any] = {"Type": "tmpfs", "Target": t.destination}
+        options: dict[str, Any] = {}
+        for option in t.options.split(","):
+            key, _, value = option.partition("=")
+            if option == "ro":
+                entry["ReadOnly"] = True
+            elif key == "size" and value:
+                options["SizeBytes"] = parse_size(value)
+            elif key == "mode" and value:
+                options["Mode"] = int(value, 8)
+        if options:
+            entry["TmpfsOptions"] = options
+        found.append(entry)
+    return found
+
+
 def container_inspect(api: DockerAPI, actor: ContainerActor,
                       configured: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = engine_inspect(actor, api.app.config.storage_driver)
@@ -778,6 +805,8 @@ def container_inspect(api: DockerAPI, actor: ContainerActor,
         "Memory": int(c.memory or 0),
         "PidsLimit": c.pids_limit,
         "ConsoleSize": [0, 0],
+        "Tmpfs": host.get("Tmpfs") or None,
+        "Mounts": _tmpfs_host_mounts(c) or None,
         # named volumes as docker lists them (NAME:DST[:ro]); anonymous ones are only Mounts
         "Binds": [*(host.get("Binds") or []),
                   *(f"{v.name}:{v.destination}{':ro' if v.read_only else ''}"
@@ -817,6 +846,8 @@ async def inspect(api: DockerAPI, req: Request) -> Response:
     actor = service(api).get(req.path_params["id"])
     doc = container_inspect(api, actor, await configured_networks(api, actor))
     await _show_links(api, actor, doc["NetworkSettings"]["Networks"])
+    if req.bool_param("size"):  # docker inspect -s: measured only when asked
+        doc["SizeRw"], doc["SizeRootFs"] = (await container_sizes(api.app, [actor]))[actor.id]
     return json_response(doc)
 
 

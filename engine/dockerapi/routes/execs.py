@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import attrs
 import trio
 
 from engine.actors.state import ContainerState
@@ -27,6 +28,7 @@ from engine.oci.attach import check_window
 log = logging.getLogger("engine.dockerapi")
 
 EXEC_FAILED = 126  # docker's exit code for an exec that could not be started
+DETACHED_START_WAIT = 30.0  # seconds a detached start waits to learn whether the process started
 
 
 def register(router: Router) -> None:
@@ -52,7 +54,21 @@ async def resize(api: DockerAPI, req: Request) -> Response:
     return Response(200, b"", content_type="text/plain; charset=utf-8")
 
 
-async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any = None) -> None:
+@attrs.define
+class DetachedStart:
+    """What a detached exec start waits for: the process started, or why it could not."""
+
+    handle: Any = None
+    failure: EngineError | None = None
+    ended: bool = False
+
+    def known(self) -> bool:
+        return (self.failure is not None or self.ended
+                or (self.handle is not None and getattr(self.handle, "started", None) is True))
+
+
+async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any = None,
+                   detached: DetachedStart | None = None) -> None:
     """Run the exec through the container service; record how it ended. An exec that could
     not start is told as dockerd 20.10 tells it: its error on the client's stdout (ended by
     ``\r\n``) and exit code 126, whatever the reason (the runtime's words in containerd's
@@ -62,6 +78,8 @@ async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any
 
     async def started(handle: Any) -> None:
         handles.append(handle)
+        if detached is not None:
+            detached.handle = handle
         await api.execs.session_started(instance, handle)
 
     def not_started() -> bool:
@@ -71,21 +89,28 @@ async def run_exec(api: DockerAPI, instance: ExecInstance, send: Any, input: Any
         if not not_started():  # else: engine's own account of the failure, told below
             await send(item)
 
+    async def tell(error: EngineError) -> None:
+        if detached is not None:  # a detached start answers with it (dockerd's error response)
+            detached.failure = error
+        await send({"stream": "stdout", "data": f"{error}\r\n".encode()})
+
     try:
         result = await service(api).exec(instance.spec, relay, input, started=started, exec_id=instance.id)
         code = int(result.get("ExitCode", EXEC_FAILED))
         if not_started():
             code = EXEC_FAILED
             failure = getattr(handles[0], "failure", None) or "the runtime could not start the process"
-            await send({"stream": "stdout", "data": f"OCI runtime exec failed: {failure}: unknown\r\n".encode()})
+            await tell(RuntimeFailure(f"OCI runtime exec failed: {failure}: unknown"))
     except RuntimeFailure as e:
         code = EXEC_FAILED
         words = e.details.get("runtime_error") or str(e)
-        await send({"stream": "stdout", "data": f"OCI runtime exec failed: {words}: unknown\r\n".encode()})
+        await tell(RuntimeFailure(f"OCI runtime exec failed: {words}: unknown"))
     except EngineError as e:
         code = EXEC_FAILED
-        await send({"stream": "stdout", "data": f"{messages.unknown_user(e)}\r\n".encode()})
+        await tell(messages.unknown_user(e))
     finally:
+        if detached is not None:
+            detached.ended = True
         with trio.CancelScope(shield=True):
             await api.execs.ended(instance, code)
 
@@ -108,7 +133,15 @@ async def start(api: DockerAPI, req: Request) -> Response | HijackResponse:
         async def discard(_item: dict[str, Any]) -> None:
             return None
 
-        api.background(run_exec, api, instance, discard)
+        # dockerd answers once the process has started, or with why it could not
+        outcome = DetachedStart()
+        api.background(run_exec, api, instance, discard, None, outcome)
+        with trio.move_on_after(DETACHED_START_WAIT):
+            # the handle tells "started" by an attribute only (conmon's first message)
+            while not outcome.known():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        if outcome.failure is not None:
+            raise outcome.failure
         return no_content(200)
 
     tty = instance.spec.tty
