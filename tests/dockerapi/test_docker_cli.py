@@ -87,12 +87,15 @@ def test_pull_run_logs_exec_stop_rm_rmi(engine: Engine, binary: str) -> None:
 
 
 def _wait_for_output(engine: Engine, name: str, binary: str, timeout: float = 10) -> None:
+    """Until the container has written to both its stdout and its stderr: the two are logged
+    by separate pipes, so one may show before the other."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if engine.docker("logs", name, binary=binary).stdout:
+        logs = engine.docker("logs", name, binary=binary)
+        if logs.stdout and logs.stderr:
             return
         time.sleep(0.1)
-    raise AssertionError(f"{name} wrote nothing within {timeout}s")
+    raise AssertionError(f"{name} wrote not both streams within {timeout}s")
 
 
 def test_run_pulls_a_missing_image_and_logs_follow_ends_with_the_container(engine: Engine) -> None:
