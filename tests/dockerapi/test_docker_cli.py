@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 
 import pytest
+
+from engine.testing.procs import wait_until
 
 from .conftest import Engine, EngineFactory, docker_clients
 
@@ -243,20 +246,25 @@ def test_events_stream_and_history(engine: Engine) -> None:
     ref = engine.image_ref()
     engine.docker("pull", ref, timeout=120)
     since = time.time()
-    watcher = subprocess.Popen(["/usr/local/bin/docker", "events", "--format", "{{json .}}",
-                                "--filter", "type=container"], env=engine.env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # --since: the watcher gets every event from `since` on, however late it subscribes
+    watcher = subprocess.Popen(["/usr/local/bin/docker", "events", "--since", f"{since:.3f}",
+                                "--format", "{{json .}}", "--filter", "type=container"],
+                               env=engine.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watcher.stdout or ()), daemon=True)
+    reader.start()
     try:
-        time.sleep(0.5)  # the watcher subscribes
         cid = engine.docker("run", "-d", "--name", "ev", ref, "true").stdout.strip()
         engine.docker("wait", "ev")
         engine.docker("rm", "ev")
         until = time.time() + 0.5
-        time.sleep(0.6)
+        # the destroy event is the last one: wait until the watcher has printed it
+        assert wait_until(lambda: any(cid in line and '"destroy"' in line for line in list(lines)), 20), lines
     finally:
         watcher.terminate()
-        live_out, _ = watcher.communicate(timeout=10)
-    live = [json.loads(line) for line in live_out.splitlines()]
+        watcher.wait(10)
+        reader.join(10)
+    live = [json.loads(line) for line in lines]
     actions = [(e["Type"], e["Action"]) for e in live if e["Actor"]["ID"] == cid]
     assert ("container", "create") in actions and ("container", "destroy") in actions
     assert actions.index(("container", "start")) < actions.index(("container", "die"))
