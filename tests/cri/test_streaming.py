@@ -135,9 +135,13 @@ def test_crictl_exec_it_under_a_terminal(running: tuple[CRI, str, str]) -> None:
         term.expect(r"sum=42")
         term.expect(r"/dev/pts/\d+")  # a terminal of its own in the container
         term.resize(40, 120)  # SIGWINCH: crictl sends the new size
-        time.sleep(0.5)
+        # ask until the new size shows: the resize travels (crictl, the daemon, conmon) meanwhile
+        deadline = time.monotonic() + 20
         term.send(b"stty size\r")
-        term.expect(r"40 120")
+        while (shown := term.expect(rb"\r\n(\d+ \d+)\r\n")[1]) != b"40 120":
+            assert time.monotonic() < deadline, f"the terminal stayed {shown!r}"
+            time.sleep(0.2)
+            term.send(b"stty size\r")
         term.send(b"exit 3\r")
         assert term.wait(30) == 1
         term.expect(r"command terminated with exit code 3")
