@@ -11,6 +11,7 @@ import pytest
 
 from engine.errors import Conflict, InvalidArgument, NotFound
 from engine.testing.daemon import Daemon
+from engine.testing.procs import wait_until
 
 from .conftest import SEEDED, run, start_engine
 
@@ -81,8 +82,8 @@ def test_anonymous_volumes_image_volume_and_rm_v(engine: Daemon) -> None:
     # --rm removes them too
     code, _, _, rm_id = run(d, SEEDED, auto_remove=True, cmd=["true"])
     assert code == 0
-    time.sleep(0.5)
-    assert names(d) == other_anon
+    # the run answers once the container is gone; its volumes are removed just after
+    assert wait_until(lambda: names(d) == other_anon, 10), (names(d), other_anon)
 
 
 def test_nested_volumes_and_nocopy(engine: Daemon) -> None:
