@@ -119,7 +119,9 @@ def test_names_aliases_and_forwarding_through_127_0_0_11(dns_engine: Daemon, ups
     assert code == 0 and addresses(out) == [web_ip], out
     # As in docker, port 53 stays the container's own: the resolver is behind NAT rules.
     # (busybox's nc listens on the wildcard, which a listener on 127.0.0.11:53 would refuse)
-    code, out = exec_in(d, client, ["sh", "-c", "nc -l -p 53 & sleep 0.3; netstat -lnt; "
+    # (nc listens a moment after it starts: wait, 10 s at most, before the lookup)
+    code, out = exec_in(d, client, ["sh", "-c", "nc -l -p 53 & i=0; until netstat -lnt | grep -q ':53 '; do "
+                                    "i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.1; done; netstat -lnt; "
                                     "nslookup web; ok=$?; kill %1; exit $ok"])
     assert code == 0 and addresses(out) == [web_ip], out
     assert re.search(r"^tcp .* (:::|0\.0\.0\.0:)53 .*LISTEN", out, re.M), out
