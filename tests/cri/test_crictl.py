@@ -104,10 +104,16 @@ def test_pod_session(cri: CRI, tmp_path: Path) -> None:
     logs = cri.crictl("logs", ctr_id)
     assert "hello out" in logs.stdout and "hello err" in logs.stderr
 
-    # hostPort and the pod IP answer from the host
+    # hostPort and the pod IP answer from the host (once httpd, exec'd after the echoes, listens)
+    def answers(url: str) -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode().strip()
+        except OSError:
+            return ""
+
     for url in (f"http://127.0.0.1:{host_port}/hostname", f"http://{ip}:80/hostname"):
-        with urllib.request.urlopen(url, timeout=5) as response:
-            assert response.read().decode().strip() == "session-pod"
+        assert _wait_for(lambda url=url: answers(url) == "session-pod"), url
 
     # stop and remove are idempotent; nothing of the pod is left
     cri.crictl("stopp", pod_id)
