@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.supervisor import stats as st
 from engine.testing.daemon import Daemon
-from tests.verbs.conftest import engctl, exec_out, run_detached
+from tests.verbs.conftest import engctl, exec_out, run_detached, wait_for_processes
 
 MiB = 1024 * 1024
 
@@ -131,7 +131,7 @@ def test_run_with_cpu_shares_and_cpusets(engine: Daemon) -> None:
 
 def test_top_lists_the_container_processes(engine: Daemon) -> None:
     cid = run_detached(engine, "sleep 1001 & sleep 1002 & wait")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1001", "sleep 1002")
     out = engctl(engine, "top", cid, "-eo", "pid,comm,args").stdout.decode().splitlines()
     assert out[0].split() == ["PID", "COMMAND", "COMMAND"]
     commands = [line.split(None, 2)[2] for line in out[1:]]
