@@ -169,11 +169,13 @@ def test_links_on_a_user_network(make_engine: EngineFactory, busybox_archive) ->
     # legacy links); a link to a stopped container is refused with docker's words
     engine.docker("run", "-d", "--name", "linked", "--network", "appnet", "busybox", "sh", "-c",
                   "head -c 300000 /dev/zero > /written; exec sleep 300")
-    # ps -s and system df measure the writable layer (and, for the virtual size, the image's)
+    # ps -s and system df measure the writable layer (and, for the virtual size, the image's),
+    # once the container has written its 300 kB (it goes on after `run -d` answered)
     deadline = time.monotonic() + 10
-    while not (sized := re.fullmatch(r"(\d+)kB \(virtual ([\d.]+)MB\)\n",
-                                     engine.docker("ps", "-s", "--format", "{{.Size}}").stdout)):
-        assert time.monotonic() < deadline
+    while not ((sized := re.fullmatch(r"(\d+)kB \(virtual ([\d.]+)MB\)\n",
+                                      shown := engine.docker("ps", "-s", "--format", "{{.Size}}").stdout))
+               and int(sized[1]) >= 300):
+        assert time.monotonic() < deadline, shown
         time.sleep(0.2)
     assert 300 <= int(sized[1]) < 400 and float(sized[2]) > 2.2  # 300 kB + busybox's 1.98 MB
     df = engine.docker("system", "df", "--format", "{{.Type}} {{.Size}}").stdout.splitlines()
