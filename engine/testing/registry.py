@@ -400,10 +400,12 @@ def write_credential_helper(
         f"{shlex.quote(json.dumps({'ServerURL': server, 'Username': u, 'Secret': p}))} ;;\n"
         for server, (u, p) in answers.items()
     )
+    # a hanging helper names its pid first thing: it may be stopped before it reads stdin
     script = f"""#!/bin/sh
+{f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}" if hang else ""}
 server=$(cat)
 echo "$1 $server" >> {shlex.quote(str(calls))}
-{f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}; exec sleep 600" if hang else ""}
+{"exec sleep 600" if hang else ""}
 case "$1" in
   get) ;;
   store) exit 0 ;;
