@@ -95,7 +95,9 @@ def test_pod_session(cri: CRI, tmp_path: Path) -> None:
 
     # logs: the CRI format at log_directory/log_path, and through crictl
     log_file = log_dir / "web.log"
-    assert _wait_for(lambda: log_file.exists() and "hello err" in log_file.read_text())
+    # both lines: stdout and stderr come through pipes of their own, logged in either order
+    assert _wait_for(lambda: log_file.exists() and all(line in log_file.read_text()
+                                                       for line in ("hello out", "hello err")))
     lines = log_file.read_text().splitlines()
     parsed = [CRI_LOG_LINE.match(line) for line in lines]
     assert all(parsed), lines
