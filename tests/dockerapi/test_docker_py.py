@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from engine.testing.daemon import require
+from engine.testing.daemon import processes_mentioning, require
+from engine.testing.procs import wait_until
 
 from .conftest import Engine, EngineFactory
 
@@ -155,7 +156,9 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         api = client.api
         done = api.exec_create(ctr.id, ["sh", "-c", "exit 5"])["Id"]
         api.exec_start(done)
-        ending = api.exec_create(ctr.id, ["sh", "-c", "sleep 1; exit 3"])["Id"]
+        # `ending` ends once the test says so, while no daemon runs (a `sleep 1` ended before
+        # the kill when the events query above took its 1-2 s)
+        ending = api.exec_create(ctr.id, ["sh", "-c", "until [ -e /tmp/stop-ending ]; do sleep 0.1; done; exit 3"])["Id"]
         api.exec_start(ending, detach=True)
         # `running` runs until the test lets it end (a fixed sleep could end before the
         # daemon is back on a loaded machine)
@@ -172,8 +175,10 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         assert ("exec_die", done, "5") in seen, seen
         assert ("exec_create: true", waiting) in seen
 
+        init_pid = api.inspect_container(ctr.id)["State"]["Pid"]
         engine.daemon.kill9()
-        time.sleep(2)  # `ending` ends while no daemon runs
+        Path(f"/proc/{init_pid}/root/tmp/stop-ending").touch()  # through the container's root
+        assert wait_until(lambda: not processes_mentioning("stop-ending"), 10), "`ending` did not end"
         restarted = int(time.time())
         engine.daemon.start()
 
