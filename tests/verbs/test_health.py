@@ -61,8 +61,10 @@ def test_health_flips_unhealthy_and_back_with_events_in_order(engine: Daemon) ->
 
 def test_starting_then_unhealthy_and_timeouts(engine: Daemon) -> None:
     cid = engctl(engine, "run", "-d", "--health-cmd", "sleep 5", "--health-interval", "200ms",
-                 "--health-timeout", "300ms", "--health-retries", "1", "--health-start-period", "1s",
+                 "--health-timeout", "300ms", "--health-retries", "1", "--health-start-period", "5s",
                  "busybox", "sleep", "1000").stdout.decode().strip()
+    # within the start period (5 s: the two checks below, an engctl start-up among them, must
+    # fit in it on a loaded machine)
     assert health(engine, cid)["Status"] == "starting"
     assert "(health: starting)" in engctl(engine, "ps").stdout.decode()
     state = wait_for(lambda: (h := health(engine, cid)).get("Status") == "unhealthy" and h,
