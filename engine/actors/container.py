@@ -113,6 +113,7 @@ class ContainerActor:
         self._exec_ids: dict[int, str] = {}  # session -> the execID its events carry, if not its number
         # adopted exec sessions that have ended: runtime session id -> exit code (bounded)
         self.exec_codes: dict[str, int] = {}
+        self.exec_pids: dict[str, int] = {}  # ... and -> their host pid (docker keeps it)
         self._attaches: dict[int, Any] = {}  # attach sessions: their connections
         self._next_attach = 1
         self._attached = 0
@@ -946,11 +947,14 @@ class ContainerActor:
             self._nursery.start_soon(self._watch_surviving_exec, session, survivor)
 
     async def _watch_surviving_exec(self, session: int, survivor: Any) -> None:
+        pid = survivor.pid or 0  # read while its session's files are there
         code = await survivor.wait()
         log.info("container %s: exec session %s ended with exit code %d", self.name, survivor.session_id, code)
         # kept for those who named the session before the restart (the Docker API's exec ids)
         self.exec_codes[survivor.session_id] = code
+        self.exec_pids[survivor.session_id] = pid
         while len(self.exec_codes) > MAX_EXEC_CODES:
+            self.exec_pids.pop(next(iter(self.exec_codes)), None)
             del self.exec_codes[next(iter(self.exec_codes))]
         self._signal_change()
         self.notify(c.ExecEnded(session, code))

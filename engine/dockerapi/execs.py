@@ -275,6 +275,8 @@ class ExecRegistry:
         if actor is not None and session_id:
             code = actor.exec_codes.get(session_id)
             if code is not None:
+                # its pid, should the end have been recorded before anyone asked for it
+                instance.pid = instance.pid or actor.exec_pids.get(session_id, 0)
                 self._settle(instance, code)
                 return
             handle = actor.exec_session(session_id)

@@ -57,6 +57,11 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | None
         if proc is not None and proc.poll() is not None:
             text = log.read_text(errors="replace")[-2000:] if log else ""
             raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{text}")
+        # Our registry's own word that it listens: a port taken meanwhile by another
+        # process (free_port probes, then the registry binds) would answer a connect too.
+        if log is not None and f"listening on 127.0.0.1:{port}" not in log.read_text(errors="replace"):
+            time.sleep(0.05)
+            continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -395,10 +400,12 @@ def write_credential_helper(
         f"{shlex.quote(json.dumps({'ServerURL': server, 'Username': u, 'Secret': p}))} ;;\n"
         for server, (u, p) in answers.items()
     )
+    # a hanging helper names its pid first thing: it may be stopped before it reads stdin
     script = f"""#!/bin/sh
+{f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}" if hang else ""}
 server=$(cat)
 echo "$1 $server" >> {shlex.quote(str(calls))}
-{f"echo $$ > {shlex.quote(str(bin_dir / (name + '.pid')))}; exec sleep 600" if hang else ""}
+{"exec sleep 600" if hang else ""}
 case "$1" in
   get) ;;
   store) exit 0 ;;

@@ -55,14 +55,21 @@ def test_a_fast_writer_reaches_an_attached_run_whole(engine: Daemon, writer: str
     assert engine.call("container.list", all=True) == []
 
 
+def uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
 def test_a_slow_client_gets_everything_and_the_container_waits_for_it(engine: Daemon) -> None:
     """conmon writes to an attached client with blocking writes: a client that reads slowly
     slows the container down (as docker's attach does), it does not lose output."""
     size = 2_000_000
     with engine.client(timeout=None) as c:
         began = time.time()
+        # the writer's end on the host's uptime clock (centiseconds; `date +%s` had whole
+        # seconds, an error of up to 1 s on a figure of about 2)
+        began_uptime = uptime()
         stream = c.stream("container.run", {"image": "busybox", "auto_remove": True, "cmd": [
-            "sh", "-c", f"yes | head -c {size}; date +%s >&2"]})
+            "sh", "-c", f"yes | head -c {size}; cut -d' ' -f1 /proc/uptime >&2"]})
         received = bytearray()
         stderr = b""
         for item in stream:
@@ -74,7 +81,7 @@ def test_a_slow_client_gets_everything_and_the_container_waits_for_it(engine: Da
         read_for = time.time() - began
     assert bytes(received) == b"y\n" * (size // 2)
     assert stream.result["ExitCode"] == 0
-    writer_done = int(stderr) - began
+    writer_done = float(stderr) - began_uptime
     # the writer finished well after it could have (a fraction of a second) unthrottled:
     # it waited for the reader; only the sockets' buffers were ahead of the reader
     assert read_for > 2

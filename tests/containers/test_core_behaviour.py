@@ -71,9 +71,24 @@ def test_exec_returns_while_its_background_processes_keep_running(engine: Daemon
     engine.call("container.remove", id=cid, force=True)
 
 
+def logs_of(d: Daemon, cid: str) -> bytes:
+    with d.client() as c:
+        return b"".join(item["data"] for item in c.stream("container.logs", id=cid))
+
+
+def wait_for_log(d: Daemon, cid: str, text: bytes, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in logs_of(d, cid):
+        assert time.monotonic() < deadline, f"{text!r} never logged by {cid}"
+        time.sleep(0.05)
+
+
 def test_stop_timeouts_are_whole_seconds_and_kill_cuts_a_long_stop_short(engine: Daemon) -> None:
-    # pid 1 ignores SIGTERM unless it handles it: `sleep` as pid 1 only dies of SIGKILL
-    cid = engine.call("container.run", image="busybox", cmd=["sleep", "1000"], detach=True)["Id"]
+    # a pid 1 that notes SIGTERM (so the test knows the stop is under way) and lives on:
+    # only SIGKILL ends it
+    cid = engine.call("container.run", image="busybox", detach=True, cmd=[
+        "sh", "-c", "trap 'echo got-term' TERM; echo ready; while :; do sleep 0.1; done"])["Id"]
+    wait_for_log(engine, cid, b"ready\n")
     for bad in (float("nan"), 1e308, -5, 3.5):
         with pytest.raises(InvalidArgument):
             engine.call("container.stop", id=cid, timeout=bad)
@@ -87,7 +102,7 @@ def test_stop_timeouts_are_whole_seconds_and_kill_cuts_a_long_stop_short(engine:
 
     stopper = threading.Thread(target=stop)
     stopper.start()
-    time.sleep(0.5)
+    wait_for_log(engine, cid, b"got-term\n")  # the stop is pending (a kill before it would leave nothing to stop)
     started = time.monotonic()
     engine.call("container.kill", id=cid)  # SIGKILL: preempts the pending stop
     stopper.join(20)

@@ -69,7 +69,10 @@ def test_sigkill_of_the_daemon_costs_containers_nothing(busybox_archive: Path, r
         assert not Path(f"/proc/{pid}").exists()
         with d.client() as c:
             logs = b"".join(i["data"] for i in c.stream("container.logs", id="runner"))
-        assert b"tick0\n" in logs and logs.count(b"tick") >= 25
+        # every tick, in order, none lost while the daemon was away (how many there are
+        # depends on the machine's speed: not asserted beyond the growth checked above)
+        ticks = logs.splitlines()
+        assert ticks == [b"tick%d" % i for i in range(len(ticks))] and len(ticks) > 1, ticks[:5]
         for name in list(names):
             try:
                 d.call("container.remove", id=name, force=True)

@@ -8,6 +8,8 @@ fixtures started are all removed at the end, even when a test fails.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -80,20 +82,48 @@ def cri_registry() -> Iterator[str]:
     tools = cri_tools_dir()
     require(tools is not None, "../shared/cri-tools is not beside this checkout")
     assert tools is not None
-    started = not _registry_up()
-    proc = subprocess.run([str(tools / "peer.sh"), "registry"], capture_output=True, text=True,
-                          timeout=600)
-    require(proc.returncode == 0, f"peer.sh registry failed: {proc.stderr[-800:]}")
+    # Test runs beside each other (this host runs several) share the one registry: each holds
+    # a shared lock on USERS_LOCK while it uses it, and the last one to leave stops it, if
+    # a test run started it (marked by STARTED_BY_TESTS). Stopping it when the run that
+    # started it ended once broke a run still pulling from it.
+    CRIT_STATE.mkdir(parents=True, exist_ok=True)
+    users = os.open(CRIT_STATE / "registry-users.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(users, fcntl.LOCK_SH)
+    started_by_tests = CRIT_STATE / "registry-started-by-tests"
     try:
+        with _exclusive(CRIT_STATE / "registry-start.lock"):  # one peer.sh at a time
+            if not _registry_up():
+                started_by_tests.touch()
+            proc = subprocess.run([str(tools / "peer.sh"), "registry"], capture_output=True, text=True,
+                                  timeout=600)
+        require(proc.returncode == 0, f"peer.sh registry failed: {proc.stderr[-800:]}")
         yield REGISTRY
     finally:
-        pid_file = CRIT_STATE / "registry" / "registry.pid"
-        if started and pid_file.exists():
+        with _exclusive(CRIT_STATE / "registry-start.lock"):
             try:
-                os.kill(int(pid_file.read_text().strip()), 15)
-            except (ProcessLookupError, ValueError):
-                pass
-            pid_file.unlink(missing_ok=True)
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no other run uses it
+                last = True
+            except BlockingIOError:
+                last = False
+            if last and started_by_tests.exists():
+                pid_file = CRIT_STATE / "registry" / "registry.pid"
+                try:
+                    os.kill(int(pid_file.read_text().strip()), 15)
+                except (OSError, ValueError):
+                    pass
+                pid_file.unlink(missing_ok=True)
+                started_by_tests.unlink(missing_ok=True)
+        os.close(users)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _uplinks() -> list[str]:

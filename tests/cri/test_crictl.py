@@ -95,7 +95,9 @@ def test_pod_session(cri: CRI, tmp_path: Path) -> None:
 
     # logs: the CRI format at log_directory/log_path, and through crictl
     log_file = log_dir / "web.log"
-    assert _wait_for(lambda: log_file.exists() and "hello err" in log_file.read_text())
+    # both lines: stdout and stderr come through pipes of their own, logged in either order
+    assert _wait_for(lambda: log_file.exists() and all(line in log_file.read_text()
+                                                       for line in ("hello out", "hello err")))
     lines = log_file.read_text().splitlines()
     parsed = [CRI_LOG_LINE.match(line) for line in lines]
     assert all(parsed), lines
@@ -104,10 +106,16 @@ def test_pod_session(cri: CRI, tmp_path: Path) -> None:
     logs = cri.crictl("logs", ctr_id)
     assert "hello out" in logs.stdout and "hello err" in logs.stderr
 
-    # hostPort and the pod IP answer from the host
+    # hostPort and the pod IP answer from the host (once httpd, exec'd after the echoes, listens)
+    def answers(url: str) -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode().strip()
+        except OSError:
+            return ""
+
     for url in (f"http://127.0.0.1:{host_port}/hostname", f"http://{ip}:80/hostname"):
-        with urllib.request.urlopen(url, timeout=5) as response:
-            assert response.read().decode().strip() == "session-pod"
+        assert _wait_for(lambda url=url: answers(url) == "session-pod"), url
 
     # stop and remove are idempotent; nothing of the pod is left
     cri.crictl("stopp", pod_id)

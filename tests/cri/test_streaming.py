@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import time
@@ -135,9 +136,13 @@ def test_crictl_exec_it_under_a_terminal(running: tuple[CRI, str, str]) -> None:
         term.expect(r"sum=42")
         term.expect(r"/dev/pts/\d+")  # a terminal of its own in the container
         term.resize(40, 120)  # SIGWINCH: crictl sends the new size
-        time.sleep(0.5)
+        # ask until the new size shows: the resize travels (crictl, the daemon, conmon) meanwhile
+        deadline = time.monotonic() + 20
         term.send(b"stty size\r")
-        term.expect(r"40 120")
+        while (shown := term.expect(rb"\r\n(\d+ \d+)\r\n")[1]) != b"40 120":
+            assert time.monotonic() < deadline, f"the terminal stayed {shown!r}"
+            time.sleep(0.2)
+            term.send(b"stty size\r")
         term.send(b"exit 3\r")
         assert term.wait(30) == 1
         term.expect(r"command terminated with exit code 3")
@@ -186,12 +191,14 @@ def test_crictl_attach_without_tty_ends_with_the_clients_stdin(cri: CRI, tmp_pat
         proc.stdin.write(b"echo to-err >&2; echo piped\n")
         proc.stdin.flush()
         assert proc.stdout.readline() == b"piped\n"
-        time.sleep(0.5)
+        # stderr comes by a stream of its own, maybe after stdout: wait for it before ending
+        assert proc.stderr is not None and select.select([proc.stderr], [], [], 20)[0], "no stderr"
+        assert proc.stderr.readline() == b"to-err\n"
         out, err = proc.communicate(timeout=30)  # closes crictl's stdin: the session ends
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert out == b"" and err == b"to-err\n"
+    assert out == b"" and err == b""
     # the client's stdin ended the session, not the container's (no stdin_once)
     assert json.loads(cri.crictl("inspect", ctr).stdout)["status"]["state"] == "CONTAINER_RUNNING"
 

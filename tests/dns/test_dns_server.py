@@ -194,7 +194,7 @@ async def test_names_outside_the_askers_networks_are_forwarded(env: tuple[Env, U
     started = time.monotonic()
     reply = await e.ask(w.build_query("stranger", id=77))
     assert reply is not None and w.parse_header(reply).rcode == w.NXDOMAIN and reply[:2] == b"\x00\x4d"
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < dns.SERVER_TIMEOUT  # answered, not given up on after a timeout
     assert upstream.seen == ["stranger"]  # the default network's alias-free name was not asked
     reply = await e.ask_tcp(w.build_query("example.org"))
     assert w.parse_header(reply).rcode == w.NXDOMAIN and upstream.seen[-1] == "example.org"
@@ -221,7 +221,7 @@ async def test_no_upstream_gives_servfail_at_once(env: tuple[Env, Upstream]) -> 
     started = time.monotonic()
     reply = await e.ask(w.build_query("example.org"))
     assert reply is not None and w.parse_header(reply).rcode == w.SERVFAIL
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < dns.SERVER_TIMEOUT  # the refusal counted, not a timeout
     await e.server.open(ASKER, e.ns, dns.ResolverConfig())
     reply = await e.ask(w.build_query("example.org"))
     assert reply is not None and w.parse_header(reply).rcode == w.SERVFAIL

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.request
 
 import pytest
+
+from engine.testing.procs import wait_until
 
 from .conftest import Engine, EngineFactory, docker_clients
 
@@ -87,12 +90,15 @@ def test_pull_run_logs_exec_stop_rm_rmi(engine: Engine, binary: str) -> None:
 
 
 def _wait_for_output(engine: Engine, name: str, binary: str, timeout: float = 10) -> None:
+    """Until the container has written to both its stdout and its stderr: the two are logged
+    by separate pipes, so one may show before the other."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if engine.docker("logs", name, binary=binary).stdout:
+        logs = engine.docker("logs", name, binary=binary)
+        if logs.stdout and logs.stderr:
             return
         time.sleep(0.1)
-    raise AssertionError(f"{name} wrote nothing within {timeout}s")
+    raise AssertionError(f"{name} wrote not both streams within {timeout}s")
 
 
 def test_run_pulls_a_missing_image_and_logs_follow_ends_with_the_container(engine: Engine) -> None:
@@ -163,11 +169,13 @@ def test_links_on_a_user_network(make_engine: EngineFactory, busybox_archive) ->
     # legacy links); a link to a stopped container is refused with docker's words
     engine.docker("run", "-d", "--name", "linked", "--network", "appnet", "busybox", "sh", "-c",
                   "head -c 300000 /dev/zero > /written; exec sleep 300")
-    # ps -s and system df measure the writable layer (and, for the virtual size, the image's)
+    # ps -s and system df measure the writable layer (and, for the virtual size, the image's),
+    # once the container has written its 300 kB (it goes on after `run -d` answered)
     deadline = time.monotonic() + 10
-    while not (sized := re.fullmatch(r"(\d+)kB \(virtual ([\d.]+)MB\)\n",
-                                     engine.docker("ps", "-s", "--format", "{{.Size}}").stdout)):
-        assert time.monotonic() < deadline
+    while not ((sized := re.fullmatch(r"(\d+)kB \(virtual ([\d.]+)MB\)\n",
+                                      shown := engine.docker("ps", "-s", "--format", "{{.Size}}").stdout))
+               and int(sized[1]) >= 300):
+        assert time.monotonic() < deadline, shown
         time.sleep(0.2)
     assert 300 <= int(sized[1]) < 400 and float(sized[2]) > 2.2  # 300 kB + busybox's 1.98 MB
     df = engine.docker("system", "df", "--format", "{{.Type}} {{.Size}}").stdout.splitlines()
@@ -240,20 +248,25 @@ def test_events_stream_and_history(engine: Engine) -> None:
     ref = engine.image_ref()
     engine.docker("pull", ref, timeout=120)
     since = time.time()
-    watcher = subprocess.Popen(["/usr/local/bin/docker", "events", "--format", "{{json .}}",
-                                "--filter", "type=container"], env=engine.env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # --since: the watcher gets every event from `since` on, however late it subscribes
+    watcher = subprocess.Popen(["/usr/local/bin/docker", "events", "--since", f"{since:.3f}",
+                                "--format", "{{json .}}", "--filter", "type=container"],
+                               env=engine.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watcher.stdout or ()), daemon=True)
+    reader.start()
     try:
-        time.sleep(0.5)  # the watcher subscribes
         cid = engine.docker("run", "-d", "--name", "ev", ref, "true").stdout.strip()
         engine.docker("wait", "ev")
         engine.docker("rm", "ev")
         until = time.time() + 0.5
-        time.sleep(0.6)
+        # the destroy event is the last one: wait until the watcher has printed it
+        assert wait_until(lambda: any(cid in line and '"destroy"' in line for line in list(lines)), 20), lines
     finally:
         watcher.terminate()
-        live_out, _ = watcher.communicate(timeout=10)
-    live = [json.loads(line) for line in live_out.splitlines()]
+        watcher.wait(10)
+        reader.join(10)
+    live = [json.loads(line) for line in lines]
     actions = [(e["Type"], e["Action"]) for e in live if e["Actor"]["ID"] == cid]
     assert ("container", "create") in actions and ("container", "destroy") in actions
     assert actions.index(("container", "start")) < actions.index(("container", "die"))

@@ -3,13 +3,16 @@ unchanged, each test with its own engined and registry."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.testing.daemon import require
+from engine.testing.daemon import processes_mentioning, require
+from engine.testing.procs import wait_until
 
 from .conftest import Engine, EngineFactory
 
@@ -134,6 +137,13 @@ def _exec_events(api: Any, container_id: str, since: int) -> list[tuple[str, ...
     return found
 
 
+def _tar_of_one_empty_file(name: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo(name))
+    return buf.getvalue()
+
+
 def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_archive: Path) -> None:
     """An exec's id still answers after the daemon was SIGKILLed and started again (its
     session runs on under its own conmon): running with its pid, then its exit code, also
@@ -146,9 +156,14 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         api = client.api
         done = api.exec_create(ctr.id, ["sh", "-c", "exit 5"])["Id"]
         api.exec_start(done)
-        ending = api.exec_create(ctr.id, ["sh", "-c", "sleep 1; exit 3"])["Id"]
+        # `ending` ends once the test says so, while no daemon runs (a `sleep 1` ended before
+        # the kill when the events query above took its 1-2 s)
+        ending = api.exec_create(ctr.id, ["sh", "-c", "until [ -e /tmp/stop-ending ]; do sleep 0.1; done; exit 3"])["Id"]
         api.exec_start(ending, detach=True)
-        running = api.exec_create(ctr.id, ["sh", "-c", "sleep 6; exit 7"])["Id"]
+        # `running` runs until the test lets it end (a fixed sleep could end before the
+        # daemon is back on a loaded machine)
+        running_cmd = "until [ -e /tmp/end ]; do sleep 0.1; done; exit 7"
+        running = api.exec_create(ctr.id, ["sh", "-c", running_cmd])["Id"]
         api.exec_start(running, detach=True)
         waiting = api.exec_create(ctr.id, ["true"], environment=["SECRET=x"])["Id"]
         before = _exec_inspect_until(client, running, lambda i: i["Pid"] > 0)
@@ -160,15 +175,18 @@ def test_exec_ids_outlive_a_daemon_restart(make_engine: EngineFactory, busybox_a
         assert ("exec_die", done, "5") in seen, seen
         assert ("exec_create: true", waiting) in seen
 
+        init_pid = api.inspect_container(ctr.id)["State"]["Pid"]
         engine.daemon.kill9()
-        time.sleep(2)  # `ending` ends while no daemon runs
+        Path(f"/proc/{init_pid}/root/tmp/stop-ending").touch()  # through the container's root
+        assert wait_until(lambda: not processes_mentioning("stop-ending"), 10), "`ending` did not end"
         restarted = int(time.time())
         engine.daemon.start()
 
         after = api.exec_inspect(running)
         assert (after["Running"], after["ExitCode"], after["Pid"]) == (True, None, before["Pid"]), after
-        assert after["ProcessConfig"]["arguments"] == ["-c", "sleep 6; exit 7"]
+        assert after["ProcessConfig"]["arguments"] == ["-c", running_cmd]
         assert running in (api.inspect_container(ctr.id)["ExecIDs"] or [])
+        assert ctr.put_archive("/tmp", _tar_of_one_empty_file("end"))  # not an exec: ExecIDs stay as they are
         ended = _exec_inspect_until(client, ending, lambda i: not i["Running"])
         assert (ended["Running"], ended["ExitCode"]) == (False, 3), ended
         assert ended["Pid"] > 0

@@ -27,6 +27,11 @@ def engine(make_engine: EngineFactory, busybox_archive: Path) -> Engine:
 def test_top_stats_and_update(engine: Engine, binary: str) -> None:
     engine.docker("run", "-d", "--name", "busy", "busybox", "sh", "-c",
                   "dd if=/dev/zero of=/dev/null bs=1k & exec sleep 300", binary=binary)
+    # `run -d` answers once the shell started: it forks dd and execs sleep a moment later
+    deadline = time.monotonic() + 10
+    while not {"sleep", "dd"} <= set(engine.docker("top", "busy", "-o", "pid,comm", binary=binary).stdout.split()):
+        assert time.monotonic() < deadline, "dd and sleep never both ran"
+        time.sleep(0.1)
     top = engine.docker("top", "busy", binary=binary).stdout.splitlines()
     assert top[0].split()[:2] == ["UID", "PID"]
     assert any(line.endswith("sleep 300") for line in top[1:]), top

@@ -152,6 +152,9 @@ async def test_async_duplex_waits_for_credit_and_delivers_everything(socket_path
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(sender)
+                with trio.fail_after(10):  # a bounded wait for the window, then a pause to overrun it
+                    while sent < protocol.STREAM_WINDOW:  # noqa: ASYNC110 - polls the sender's count
+                        await trio.sleep(0.01)
                 await trio.sleep(0.3)
                 assert sent == protocol.STREAM_WINDOW  # out of credit: waiting, not failing
                 gate.open.set()

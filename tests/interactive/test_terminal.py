@@ -30,6 +30,19 @@ def open_session(sessions: list[PtySession], d: Daemon, *argv: str, rows: int = 
     return s
 
 
+def wait_for_size(s: PtySession, rows: int, cols: int, timeout: float = 20) -> None:
+    """Ask `stty size` until the container's terminal has the new size: a resize travels
+    (SIGWINCH, engctl, the daemon, conmon) while the test goes on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s.send(b"stty size\r")
+        shown = s.expect(rb"\r\n(\d+) (\d+)\r\n")
+        if (int(shown[1]), int(shown[2])) == (rows, cols):
+            return
+        assert time.monotonic() < deadline, f"the terminal stayed {shown[1]!r}x{shown[2]!r}, not {rows}x{cols}"
+        time.sleep(0.2)
+
+
 def state(d: Daemon, name: str) -> str:
     return str(d.call("container.inspect", id=name)["State"]["Status"])
 
@@ -42,9 +55,7 @@ def test_run_it_computes_resizes_detaches_and_attaches_again(engine: Daemon, ses
     s.send(b"stty size\r")
     s.expect(r"\r\n24 80\r\n")
     s.resize(41, 123)  # SIGWINCH to engctl, which tells the container's terminal
-    time.sleep(0.5)
-    s.send(b"stty size\r")
-    s.expect(r"\r\n41 123\r\n")
+    wait_for_size(s, 41, 123)
     s.send(b"\x10\x11")  # ctrl-p ctrl-q
     assert s.wait() == 0
     assert s.stty_g() == s.settings_before
@@ -82,9 +93,7 @@ def test_exec_it_into_a_running_container(engine: Daemon, sessions: list[PtySess
     s.send(b"echo $((6*7)); stty size; tty\r")
     s.expect(r"\r\n42\r\n33 101\r\n/dev/pts/\d+\r\n")
     s.resize(20, 60)
-    time.sleep(0.5)
-    s.send(b"stty size\r")
-    s.expect(r"\r\n20 60\r\n")
+    wait_for_size(s, 20, 60)
     s.send(b"exit 7\r")
     assert s.wait() == 7
     assert s.stty_g() == s.settings_before

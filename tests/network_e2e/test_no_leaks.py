@@ -17,9 +17,8 @@ from .e2e_net_helpers import HTTPD, Scope, diff, snapshot, wait_http
 
 CYCLES = 100
 WORKERS = 4  # concurrent clients: also exercises concurrent CNI ADD/DEL on one bridge
-# Target: well under 60 s on an idle 2-core host (about 35 s here); the bound leaves room
-# for a loaded machine while still catching a per-cycle regression.
-TIME_LIMIT = 90.0
+# About 35 s on an idle 2-core host. How long they take is not asserted: a test must not
+# assert speed on a machine shared with other runs (the benchmarks measure it).
 
 
 def _cycle(d: Daemon, network: str, scope: Scope) -> None:
@@ -40,14 +39,11 @@ def test_hundred_run_rm_cycles_leave_no_trace(runc_engine: Daemon) -> None:
     # and stay by design; everything per container must go.
     _cycle(d, "e2ecyc", scope)
     before = snapshot(d, scope)
-    t0 = time.monotonic()
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(lambda _: _cycle(d, "e2ecyc", scope), range(CYCLES)))
-    elapsed = time.monotonic() - t0
     assert d.call("container.list", all=True) == []
     assert len(scope.container_ids) == CYCLES + 1
     assert diff(before, snapshot(d, scope)) == {}
-    assert elapsed < TIME_LIMIT, f"{CYCLES} cycles took {elapsed:.1f}s"
 
 
 def test_sigkill_of_the_daemon_then_restart_and_removal_leave_no_trace(

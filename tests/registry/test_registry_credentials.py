@@ -110,8 +110,9 @@ async def test_helper_failures_are_clear(tmp_path: Path, helper_path: Path) -> N
 async def test_a_hung_helper_is_stopped(tmp_path: Path, helper_path: Path) -> None:
     write_credential_helper(helper_path, "hang", {}, hang=True)
     path = write_doc(tmp_path / "auth.json", {"credsStore": "hang"})
-    source = DockerConfigCredentials(path, helper_timeout=0.5)
-    with trio.fail_after(20), pytest.raises(Unavailable, match=r"docker-credential-hang did not answer get for slow.example:5000 within 0\.5 s"):
+    # 2 s: long enough for the helper's shell to start and name its pid on a loaded machine
+    source = DockerConfigCredentials(path, helper_timeout=2)
+    with trio.fail_after(20), pytest.raises(Unavailable, match=r"docker-credential-hang did not answer get for slow.example:5000 within 2 s"):
         await source.get("slow.example:5000")
     pid = int((helper_path / "hang.pid").read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped

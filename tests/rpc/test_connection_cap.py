@@ -30,18 +30,28 @@ def test_connections_beyond_the_cap_are_refused_cleanly(daemon: Daemon, tmp_path
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(str(daemon.socket))  # blocking: a full backlog waits, no EAGAIN
             idle.append(s)
-        time.sleep(1)
-        for s in idle:
-            s.setblocking(False)
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue  # accepted and idle
-            (note,) = protocol.Decoder().feed(data)
-            assert note[1] == protocol.ERROR_EVENT
-            assert note[2][0]["code"] == "resource_exhausted"
-            assert "too many connections" in note[2][0]["message"]
-            refused += 1
+        # a connect returns once queued: read the refusals until the daemon has taken every
+        # connection (open ones count in Connections, with the worker's), 30 s at most
+        unanswered = list(idle)
+        deadline = time.monotonic() + 30
+        while True:
+            for s in list(unanswered):
+                s.setblocking(False)
+                try:
+                    data = s.recv(65536)
+                except BlockingIOError:
+                    continue  # accepted and idle, or not taken yet
+                unanswered.remove(s)
+                (note,) = protocol.Decoder().feed(data)
+                assert note[1] == protocol.ERROR_EVENT
+                assert note[2][0]["code"] == "resource_exhausted"
+                assert "too many connections" in note[2][0]["message"]
+                refused += 1
+            accepted = worker.call("system.info")["Connections"] - 1
+            if accepted + refused >= len(idle):
+                break
+            assert time.monotonic() < deadline, f"{accepted} accepted and {refused} refused of {len(idle)}"
+            time.sleep(0.1)
         assert 50 <= refused <= 120, refused
         # work that opens files still has descriptors
         assert worker.call("image.load", path=str(archive))

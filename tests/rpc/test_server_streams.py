@@ -77,10 +77,14 @@ async def test_server_stops_at_the_window_until_the_client_acks() -> None:
         host = await start_server(nursery, probe)
         stream = await trio.open_unix_socket(host.removeprefix("unix://"))
         await stream.send_all(protocol.encode_request(1, "test.count", {"n": 1000}))
-        await trio.sleep(0.5)  # plenty of time to overrun the window, were it not enforced
+        # bounded waits for the counts, then a pause in which an unenforced window would overrun
+        with trio.fail_after(10):
+            while probe.sent < protocol.STREAM_WINDOW:  # noqa: ASYNC110 - polls the server's counter
+                await trio.sleep(0.01)
+        await trio.sleep(0.5)
         assert probe.sent == protocol.STREAM_WINDOW
         await stream.send_all(protocol.encode_notification(protocol.STREAM_ACK, [1, 10]))
-        with trio.move_on_after(0.5):
+        with trio.fail_after(10):
             while probe.sent < protocol.STREAM_WINDOW + 10:  # noqa: ASYNC110 - polls the server's counter
                 await trio.sleep(0.01)
         await trio.sleep(0.1)

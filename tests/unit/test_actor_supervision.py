@@ -33,10 +33,25 @@ S = ContainerState
 
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once every task has been blocked for 20 ms of real time:
-    the actors write their state through worker threads, and a clock that jumped while a
-    thread ran would skew the figures measured here."""
+    """Virtual time that jumps once every task has been blocked for 20 ms of real time."""
     return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+@pytest.fixture(autouse=True)
+def _inline_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actors and the supervisor write their state through trio.to_thread; a task
+    waiting on a worker thread counts as blocked, so on a loaded machine (a write slower
+    than the clock's 20 ms) the clock jumped to the next deadline mid-write: a run ended
+    before it was recorded as started, a start hit its 30 s runtime_timeout. Here the few
+    small writes run inline on the loop, and virtual time only moves when the actors wait."""
+
+    async def run_inline(fn: Callable[..., Any], *args: Any, **_options: Any) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()  # as to_thread: cancelled before, never during
+        result = fn(*args)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
 
 
 class ScriptedRuntime:
@@ -370,3 +385,4 @@ async def test_a_removed_container_fails_queued_calls_with_not_found(
         with pytest.raises(NotFound):
             h.supervisor.get("ctr")
         nursery.cancel_scope.cancel()
+

@@ -78,6 +78,16 @@ def exec_out(d: Daemon, cid: str, *cmd: str) -> tuple[int, bytes]:
         return int(stream.result["ExitCode"]), out
 
 
+def wait_for_processes(d: Daemon, cid: str, *command_lines: str, timeout: float = 30.0) -> None:
+    """Until the container runs a process with each of these command lines: its script got
+    that far (an exec that merely ran says nothing of how far the script is)."""
+    def running() -> bool:
+        code, out = exec_out(d, cid, "ps", "-o", "args")
+        return code == 0 and set(command_lines) <= {line.strip() for line in out.decode().splitlines()}
+
+    wait_for(running, timeout, what=f"{command_lines} in {cid[:12]}")
+
+
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.testing.daemon import Daemon, mounts_under, processes_mentioning
-from tests.verbs.conftest import ENGCTL, engctl, exec_out, run_detached
+from tests.verbs.conftest import ENGCTL, engctl, exec_out, run_detached, wait_for_processes
 
 LINKS = "ln -s / /rootlink; ln -s ../../.. /uplink; mkdir -p /deep/a/b; ln -s ../../../../.. /deep/a/b/up"
 
@@ -62,7 +62,7 @@ def untar(data: bytes) -> dict[str, tarfile.TarInfo | bytes]:
 def test_copy_out_through_escaping_symlinks_reads_the_container(engine: Daemon, sentinel: str,
                                                                  link: str) -> None:
     cid = run_detached(engine, f"{LINKS}; echo CTR > /tmp/{sentinel}; sleep 1000")
-    exec_out(engine, cid, "true")  # the script ran up to its sleep
+    wait_for_processes(engine, cid, "sleep 1000")  # the script ran up to its sleep
     out = engctl(engine, "cp", f"{cid}:{link}/tmp/{sentinel}", "-").stdout
     files = untar(out)
     assert files[f"{sentinel}:data"] == b"CTR\n"
@@ -77,7 +77,7 @@ def test_copy_out_through_escaping_symlinks_reads_the_container(engine: Daemon, 
 def test_copy_in_through_escaping_symlinks_writes_the_container(engine: Daemon, sentinel: str,
                                                                 link: str, running: bool) -> None:
     cid = run_detached(engine, f"{LINKS}; sleep 1000")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1000")
     if not running:
         engctl(engine, "stop", "-t", "0", cid)
     # a tar stream whose entry replaces the sentinel, and a new file beside it
@@ -108,7 +108,7 @@ def test_copy_both_ways_with_files_keeps_modes_and_owners(engine: Daemon, tmp_pa
     cid = run_detached(engine, "mkdir -p /data/sub; echo one > /data/one; echo two > /data/sub/two; "
                        "chmod 751 /data/sub; chown 1234:99 /data/one; chmod 4755 /data/one; "
                        "ln -s one /data/link; sleep 1000")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1000")
     # out: into an existing directory, and as a new name
     engctl(engine, "cp", "-a", f"{cid}:/data", str(tmp_path))
     assert (tmp_path / "data" / "sub" / "two").read_text() == "two\n"
@@ -158,7 +158,7 @@ def test_copy_sees_the_running_containers_volumes_and_binds(engine: Daemon, tmp_
     cid = run_detached(engine, "echo in-volume > /vol/made-inside; sleep 1000",
                        volumes=["cpvol:/vol", f"{bind}:/bound"])
     try:
-        exec_out(engine, cid, "true")
+        wait_for_processes(engine, cid, "sleep 1000")
         out = untar(engctl(engine, "cp", f"{cid}:/vol/made-inside", "-").stdout)
         assert out["made-inside:data"] == b"in-volume\n"
         out = untar(engctl(engine, "cp", f"{cid}:/bound/from-host", "-").stdout)

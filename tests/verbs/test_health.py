@@ -4,11 +4,13 @@ the container."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from typing import Any
 
 from engine.testing.daemon import Daemon
-from tests.verbs.conftest import engctl, exec_out, wait_for
+from tests.verbs.conftest import ENGCTL, engctl, exec_out, wait_for
 
 FLAGS = ["--health-cmd", "cat /tmp/healthy", "--health-interval", "200ms", "--health-timeout", "2s",
          "--health-retries", "2"]
@@ -59,8 +61,10 @@ def test_health_flips_unhealthy_and_back_with_events_in_order(engine: Daemon) ->
 
 def test_starting_then_unhealthy_and_timeouts(engine: Daemon) -> None:
     cid = engctl(engine, "run", "-d", "--health-cmd", "sleep 5", "--health-interval", "200ms",
-                 "--health-timeout", "300ms", "--health-retries", "1", "--health-start-period", "1s",
+                 "--health-timeout", "300ms", "--health-retries", "1", "--health-start-period", "5s",
                  "busybox", "sleep", "1000").stdout.decode().strip()
+    # within the start period (5 s: the two checks below, an engctl start-up among them, must
+    # fit in it on a loaded machine)
     assert health(engine, cid)["Status"] == "starting"
     assert "(health: starting)" in engctl(engine, "ps").stdout.decode()
     state = wait_for(lambda: (h := health(engine, cid)).get("Status") == "unhealthy" and h,
@@ -84,8 +88,22 @@ def test_no_healthcheck_and_bad_flags(engine: Daemon) -> None:
 
 
 def test_wait_conditions(engine: Daemon) -> None:
-    cid = engctl(engine, "run", "-d", "busybox", "sh", "-c", "sleep 0.5; exit 3").stdout.decode().strip()
-    assert engctl(engine, "wait", "--condition", "next-exit", cid).stdout.strip() == b"3"
+    # the container exits when the test says so, after the waiter was started; a waiter that
+    # asked only after that exit waits for the next one, which a second start gives it
+    cid = engctl(engine, "run", "-d", "busybox", "sh", "-c",
+                 "until [ -e /tmp/go ]; do sleep 0.1; done; exit 3").stdout.decode().strip()
+    waiter = subprocess.Popen([*ENGCTL, "wait", "--condition", "next-exit", cid], stdout=subprocess.PIPE,
+                              env={**os.environ, "ENGINE_HOST": engine.host})
+    try:
+        assert exec_out(engine, cid, "touch", "/tmp/go")[0] == 0
+        try:
+            waited, _ = waiter.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            engctl(engine, "start", cid)
+            waited, _ = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waited.strip() == b"3"
     created = engctl(engine, "create", "busybox", "sh", "-c", "exit 4").stdout.decode().strip()
     assert engctl(engine, "wait", created).stdout.strip() == b"0"  # not running already
     auto = engctl(engine, "run", "-d", "--rm", "busybox", "sh", "-c", "sleep 2; exit 5").stdout.decode().strip()

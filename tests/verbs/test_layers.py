@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.testing.daemon import Daemon
 from engine.testing.registry import registry_server
-from tests.verbs.conftest import engctl, exec_out, run_detached
+from tests.verbs.conftest import engctl, exec_out, run_detached, wait_for_processes
 
 CHANGES = ("echo new > /added; echo extra >> /etc/passwd; rm /bin/vi; mkdir -p /d/e; "
            "rm -rf /home; mkdir /home; touch /home/fresh")
@@ -17,7 +17,7 @@ CHANGES = ("echo new > /added; echo extra >> /etc/passwd; rm /bin/vi; mkdir -p /
 
 def test_diff_lists_added_changed_and_deleted(engine: Daemon) -> None:
     cid = run_detached(engine, f"{CHANGES}; sleep 1000")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1000")  # the changes are made
     lines = set(engctl(engine, "diff", cid).stdout.decode().splitlines())
     assert {"A /added", "C /etc", "C /etc/passwd", "C /bin", "D /bin/vi", "A /d", "A /d/e",
             "A /home/fresh"} <= lines
@@ -33,7 +33,7 @@ def test_diff_lists_added_changed_and_deleted(engine: Daemon) -> None:
 
 def test_export_is_the_container_filesystem(engine: Daemon, tmp_path: Path) -> None:
     cid = run_detached(engine, f"{CHANGES}; sleep 1000")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1000")  # the changes are made
     out = tmp_path / "fs.tar"
     engctl(engine, "export", "-o", str(out), cid)
     with tarfile.open(out) as tar:
@@ -49,7 +49,7 @@ def test_export_is_the_container_filesystem(engine: Daemon, tmp_path: Path) -> N
 def test_commit_runs_with_the_change_and_round_trips_through_a_registry(
         engine: Daemon, tmp_path: Path) -> None:
     cid = run_detached(engine, f"{CHANGES}; sleep 1000")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1000")  # the changes are made
     image_id = engctl(engine, "commit", "-m", "my message", "-a", "me <me@x>",
                       "-c", 'CMD ["cat", "/added"]', "-c", "ENV COMMITTED=yes", "-c", "WORKDIR /d",
                       "-c", "LABEL made=commit", cid, "committed:1").stdout.decode().strip()

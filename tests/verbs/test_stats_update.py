@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.supervisor import stats as st
 from engine.testing.daemon import Daemon
-from tests.verbs.conftest import engctl, exec_out, run_detached
+from tests.verbs.conftest import engctl, exec_out, run_detached, wait_for, wait_for_processes
 
 MiB = 1024 * 1024
 
@@ -24,6 +24,8 @@ def read_int(path: Path) -> int:
 
 def test_stats_no_stream_agrees_with_the_cgroup_files(engine: Daemon) -> None:
     cid = run_detached(engine, "sleep 1000 & sleep 1000 & wait", memory=64 * MiB, pids_limit=20)
+    # the script forks its sleeps after the run answered
+    wait_for(lambda: read_int(cgroup_dir(engine, cid, "pids") / "pids.current") == 3, what="sh and its 2 sleeps")
     exec_out(engine, cid, "dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=8")
     with engine.client() as c:
         items = list(c.stream("container.stats", ids=[cid], stream=False, interval=0.3))
@@ -131,7 +133,7 @@ def test_run_with_cpu_shares_and_cpusets(engine: Daemon) -> None:
 
 def test_top_lists_the_container_processes(engine: Daemon) -> None:
     cid = run_detached(engine, "sleep 1001 & sleep 1002 & wait")
-    exec_out(engine, cid, "true")
+    wait_for_processes(engine, cid, "sleep 1001", "sleep 1002")
     out = engctl(engine, "top", cid, "-eo", "pid,comm,args").stdout.decode().splitlines()
     assert out[0].split() == ["PID", "COMMAND", "COMMAND"]
     commands = [line.split(None, 2)[2] for line in out[1:]]

@@ -50,7 +50,10 @@ def test_system_df_matches_du_and_prune_spares_what_runs(engine: Daemon) -> None
     (idle / "f").write_bytes(os.urandom(256 * 1024))
     deadline = time.monotonic() + 10
     runner_id = d.call("container.inspect", id="runner")["Id"]
-    while du(overlay(d) / "containers" / runner_id / "upper") < 300 * 1024:
+    written = overlay(d) / "containers" / runner_id / "upper" / "rw"
+    # until the runner's last dd is done (its 300 kB file whole), not merely 300 kB in its
+    # layer: sizes measured while it still writes would differ from du's a moment later
+    while not (written.exists() and written.stat().st_size == 300 * 1024):
         assert time.monotonic() < deadline
         time.sleep(0.1)
 

@@ -11,6 +11,7 @@ import pytest
 
 from engine.errors import Conflict, InvalidArgument, NotFound
 from engine.testing.daemon import Daemon
+from engine.testing.procs import wait_until
 
 from .conftest import SEEDED, run, start_engine
 
@@ -81,8 +82,8 @@ def test_anonymous_volumes_image_volume_and_rm_v(engine: Daemon) -> None:
     # --rm removes them too
     code, _, _, rm_id = run(d, SEEDED, auto_remove=True, cmd=["true"])
     assert code == 0
-    time.sleep(0.5)
-    assert names(d) == other_anon
+    # the run answers once the container is gone; its volumes are removed just after
+    assert wait_until(lambda: names(d) == other_anon, 10), (names(d), other_anon)
 
 
 def test_nested_volumes_and_nocopy(engine: Daemon) -> None:
@@ -167,11 +168,15 @@ def test_mount_flag_local_tmpfs_volume_and_volumes_from(engine: Daemon, tmp_path
     while mounted(data):
         assert time.monotonic() < deadline, "still mounted after its last user stopped"
         time.sleep(0.05)
-    with d.client() as c:
-        stream = c.stream("system.events", {"since": 0, "until": time.time(), "filters": {"type": ["volume"]}})
-        actions = [(e["Action"], e["Actor"]["ID"]) for e in stream]
-    # the events since the restart: the holder's unmount
-    assert [a for a, name in actions if name == "fast"] == ["unmount"]
+
+    def fast_actions() -> list[str]:
+        with d.client() as c:
+            stream = c.stream("system.events", {"since": 0, "until": time.time(), "filters": {"type": ["volume"]}})
+            return [e["Action"] for e in stream if e["Actor"]["ID"] == "fast"]
+
+    # the events since the restart: the holder's unmount (told just after the unmount itself)
+    wait_until(lambda: fast_actions() != [], 10)
+    assert fast_actions() == ["unmount"]
 
 
 def test_local_bind_volume_of_a_host_path(engine: Daemon, tmp_path: Path) -> None:
