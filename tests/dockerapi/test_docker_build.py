@@ -291,6 +291,7 @@ def test_same_lines_and_config_as_dockerd(engine: Engine, dockerd: dockerd_suppo
     their_config["Image"] = our_config["Image"] = ""  # dockerd names the parent image here
     assert our_config == their_config
     dockerd.cli("rmi", "side:1")
+    dockerd.cli("image", "prune", "-f")  # the session's dockerd: busybox keeps no child images
 
 
 def test_add_archives_wildcards_ownership_and_config_instructions(engine: Engine, tmp_path: Path) -> None:
@@ -588,3 +589,6 @@ def test_rebuilds_say_what_dockerds_say(engine: Engine, dockerd: dockerd_support
         both("-t", "again:2", str(multi))
     finally:
         dockerd.cli("rmi", "again:1", "again:2")
+        # the results the rebuilds untagged, with their steps: the session's dockerd is
+        # shared, and a child image of busybox changes what its rmi says
+        dockerd.cli("image", "prune", "-f")

@@ -129,25 +129,33 @@ def test_links_on_a_user_network_in_inspect(pair: Pair) -> None:
 
 
 def test_logs_keep_an_exited_containers_unended_last_line(pair: Pair) -> None:
-    """A container that exits without ending its last line (stdout and stderr): `docker
+    """A container that exits without ending its last line (stdout, or stderr): `docker
     logs` gives that text, without a newline, as dockerd's (engine dropped it), with --tail
-    and -t too; a running container's unended line is not shown yet (neither shows it)."""
-    pair.setup("run", "--name", "vs-nonl", "busybox", "sh", "-c", "printf 'a\\nb-no-newline'; printf 'err' >&2")
+    and -t too; a running container's unended line is not shown yet (neither shows it).
+    The other stream's line comes half a second earlier: two unended lines, flushed at the
+    exit, would be logged in either order (dockerd's too)."""
+    pair.setup("run", "--name", "vs-nonl", "busybox", "sh", "-c",
+               "printf 'err\\n' >&2; sleep 0.5; printf 'a\\nb-no-newline'")
+    pair.setup("run", "--name", "vs-nonl-err", "busybox", "sh", "-c", "echo out; sleep 0.5; printf 'e-no-newline' >&2")
     pair.setup("run", "-d", "--name", "vs-nonl-run", "busybox", "sh", "-c", "printf abc; sleep 600")
     try:
-        ours, theirs = pair.both("logs", "vs-nonl")
-        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("a\nb-no-newline", "err")
-        ours, theirs = pair.both("logs", "--tail", "1", "vs-nonl")
-        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("", "err")
-        ours, theirs = pair.both("logs", "--tail", "2", "vs-nonl")
-        assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == ("b-no-newline", "err")
+        expected = {
+            ("vs-nonl",): ("a\nb-no-newline", "err\n"),
+            ("--tail", "1", "vs-nonl"): ("b-no-newline", ""),
+            ("--tail", "2", "vs-nonl"): ("a\nb-no-newline", ""),
+            ("vs-nonl-err",): ("out\n", "e-no-newline"),
+            ("--tail", "1", "vs-nonl-err"): ("", "e-no-newline"),
+        }
+        for args, streams in expected.items():
+            ours, theirs = pair.both("logs", *args)
+            assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr) == streams, args
         ours, theirs = pair.both("logs", "-t", "vs-nonl")
         stamp = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z ", re.M)
         assert stamp.sub("", ours.stdout) == stamp.sub("", theirs.stdout) == "a\nb-no-newline"
         ours, theirs = pair.both("logs", "vs-nonl-run")
         assert ours.stdout == theirs.stdout == ""
     finally:
-        pair.both("rm", "-f", "vs-nonl", "vs-nonl-run")
+        pair.both("rm", "-f", "vs-nonl", "vs-nonl-err", "vs-nonl-run")
 
 
 def _tree(base: Path) -> list[str]:
