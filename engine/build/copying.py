@@ -101,26 +101,26 @@ def _archive(root_fd: int, path: str, instruction: str) -> IO[bytes]:
     return spool
 
 
-def _is_dir(root_fd: int, path: str) -> bool:
+def _mode(root_fd: int, path: str) -> int | None:
+    """The file type bits of ``path`` inside the root (links not followed out), None when missing."""
     try:
         fd = open_in_root(root_fd, path, os.O_PATH)
     except OSError:
-        return False
+        return None
     try:
-        return stat.S_ISDIR(os.fstat(fd).st_mode)
+        return os.fstat(fd).st_mode
     finally:
         os.close(fd)
+
+
+def _is_dir(root_fd: int, path: str) -> bool:
+    mode = _mode(root_fd, path)
+    return mode is not None and stat.S_ISDIR(mode)
 
 
 def _is_file(root_fd: int, path: str) -> bool:
-    try:
-        fd = open_in_root(root_fd, path, os.O_PATH)
-    except OSError:
-        return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
+    mode = _mode(root_fd, path)
+    return mode is not None and stat.S_ISREG(mode)
 
 
 def _local_archive(root_fd: int, path: str) -> IO[bytes] | None:

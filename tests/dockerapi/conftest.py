@@ -7,6 +7,7 @@ and its own docker client config dir (no ~/.docker is read or written).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -169,3 +170,15 @@ def docker_clients() -> list[str]:
     if debian and os.path.realpath(debian) not in map(os.path.realpath, found):
         found.append(debian)
     return found
+
+
+# --- addresses for tests on networks of their own -------------------------------------------
+
+
+def own_subnet(engine: Engine, k: int) -> ipaddress.IPv4Network:
+    """The k-th /24 (1..15) of the daemon's own address pool: no other test's daemon uses it."""
+    return list(ipaddress.IPv4Network(engine.daemon.net.pool).subnets(new_prefix=24))[k]
+
+
+def at(subnet: ipaddress.IPv4Network, n: int) -> str:
+    return str(subnet.network_address + n)

@@ -17,7 +17,7 @@ import pytest
 
 from engine.testing import dockerd as dockerd_support
 
-from .conftest import Engine, EngineFactory
+from .conftest import Engine, EngineFactory, at, own_subnet
 
 MAC = "02:42:ac:11:00:43"
 MTU = "com.docker.network.driver.mtu"
@@ -27,16 +27,8 @@ MASQ = "com.docker.network.bridge.enable_ip_masquerade"
 
 @pytest.fixture
 def engine(make_engine: EngineFactory, busybox_archive: Path) -> Engine:
+    """A daemon whose default network is its bridge, with busybox loaded."""
     return make_engine(load_busybox=busybox_archive, network="bridge")
-
-
-def own_subnet(engine: Engine, k: int) -> ipaddress.IPv4Network:
-    """The k-th /24 (1..15) of the daemon's own address pool: no other test's daemon uses it."""
-    return list(ipaddress.IPv4Network(engine.daemon.net.pool).subnets(new_prefix=24))[k]
-
-
-def at(subnet: ipaddress.IPv4Network, n: int) -> str:
-    return str(subnet.network_address + n)
 
 
 def link_exists(name: str) -> bool:

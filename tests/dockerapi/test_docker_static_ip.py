@@ -15,22 +15,14 @@ import pytest
 
 from engine.testing import dockerd as dockerd_support
 
-from .conftest import Engine, EngineFactory
+from .conftest import Engine, EngineFactory, at, own_subnet
 from .test_compose import compose_runner
 
 
 @pytest.fixture
 def engine(make_engine: EngineFactory, busybox_archive: Path) -> Engine:
+    """A daemon whose default network is its bridge, with busybox loaded."""
     return make_engine(load_busybox=busybox_archive, network="bridge")
-
-
-def own_subnet(engine: Engine, k: int) -> ipaddress.IPv4Network:
-    """The k-th /24 (1..15) of the daemon's own address pool: no other test's daemon uses it."""
-    return list(ipaddress.IPv4Network(engine.daemon.net.pool).subnets(new_prefix=24))[k]
-
-
-def at(subnet: ipaddress.IPv4Network, n: int) -> str:
-    return str(subnet.network_address + n)
 
 
 def networks_of(engine: Engine, ref: str) -> dict[str, dict[str, object]]:
