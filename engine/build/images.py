@@ -23,12 +23,8 @@ from engine.images.archive_files import file_sha256
 from engine.images.content import sha256_digest
 from engine.images.records import Image, scratch_dir
 from engine.images.store import ImageStore
+from engine.supervisor.commit import manifest_layers as commit_layers
 
-_OCI_LAYER_TYPES = {
-    t.DOCKER_LAYER: t.OCI_LAYER,
-    t.DOCKER_LAYER_GZIP: t.OCI_LAYER_GZIP,
-    t.DOCKER_LAYER_FOREIGN: t.OCI_LAYER_NONDIST_GZIP,
-}
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
@@ -44,14 +40,8 @@ def scratch_config() -> dict[str, Any]:
 
 
 def manifest_layers(store: ImageStore, image: Image | None) -> list[dict[str, Any]]:
-    if image is None:
-        return []
-    manifest = json.loads(store.content.read(image.manifest_digest))
-    layers = []
-    for layer in manifest.get("layers") or []:
-        media = _OCI_LAYER_TYPES.get(layer.get("mediaType", ""), layer.get("mediaType", t.OCI_LAYER))
-        layers.append({"mediaType": media, "digest": layer["digest"], "size": layer["size"]})
-    return layers
+    """The base's layer descriptors (as a commit takes them); none for scratch."""
+    return [] if image is None else commit_layers(store, image)
 
 
 async def new_image(store: ImageStore, base: Image | None, base_raw: dict[str, Any], config: dict[str, Any],

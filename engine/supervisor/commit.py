@@ -95,7 +95,8 @@ def run_defaults(actor: ContainerActor, base: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if v is not None}
 
 
-def _manifest_layers(store: ImageStore, image: Image) -> list[dict[str, Any]]:
+def manifest_layers(store: ImageStore, image: Image) -> list[dict[str, Any]]:
+    """The descriptors of ``image``'s layers for a new manifest on top of it (OCI media types)."""
     manifest = json.loads(store.content.read(image.manifest_digest))
     layers = []
     for layer in manifest.get("layers") or []:
@@ -161,7 +162,7 @@ async def commit(app: App, actor: ContainerActor, *, reference: str, message: st
             "mediaType": t.OCI_MANIFEST,
             "config": {"mediaType": t.OCI_CONFIG, "digest": sha256_digest(config_bytes),
                        "size": len(config_bytes)},
-            "layers": [*_manifest_layers(store, base),
+            "layers": [*manifest_layers(store, base),
                        {"mediaType": t.OCI_LAYER, "digest": diff_id, "size": size}],
         }
         manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
