@@ -16,7 +16,7 @@ import time
 
 from engine.cli.argspec import Namespace, Parser, fast_parse
 from engine.client.sync import Client, default_host
-from engine.errors import EngineError
+from engine.errors import EngineError, InvalidArgument
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,6 +72,18 @@ def parse_filters(values: list[str]) -> dict[str, list[str]]:
             raise EngineError(f"bad filter {item!r}: expected key=value")
         filters.setdefault(key.strip(), []).append(value.strip())
     return filters
+
+
+def key_values(values: list[str], flag: str, *, value_required: bool = False) -> dict[str, str]:
+    """docker's map flags (``--label KEY[=VALUE]``, ``-o KEY=VALUE``, repeatable) → a dict;
+    ``value_required``: ``KEY`` alone is refused rather than taken as ``KEY=``."""
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not key or (value_required and not sep):
+            raise InvalidArgument(f"invalid {flag} {item!r}: expected KEY=VALUE")
+        result[key] = value
+    return result
 
 
 def parse_time(value: str) -> float:

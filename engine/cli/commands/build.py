@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from engine.cli.main import Context
+from engine.cli.main import Context, key_values
 from engine.errors import EngineError, InvalidArgument
 
 TYPE_CHECKING = False
@@ -46,16 +46,6 @@ def build_args(values: list[str]) -> dict[str, str]:
     return out
 
 
-def labels(values: list[str]) -> dict[str, str]:
-    out = {}
-    for value in values:
-        key, _, val = value.partition("=")
-        if not key:
-            raise InvalidArgument(f"invalid --label {value!r}: expected KEY=VALUE")
-        out[key] = val
-    return out
-
-
 def cmd_build(ctx: Context, args: Namespace) -> int:
     if args.context == "-":
         raise InvalidArgument("a build context on stdin is not supported: give a directory")
@@ -67,7 +57,7 @@ def cmd_build(ctx: Context, args: Namespace) -> int:
         raise InvalidArgument("a Dockerfile on stdin is not supported: give a path with -f")
     stream = ctx.client().stream(
         "image.build", context=context, dockerfile=dockerfile or "Dockerfile", tags=list(args.tag),
-        build_args=build_args(args.build_arg), labels=labels(args.label), no_cache=args.no_cache,
+        build_args=build_args(args.build_arg), labels=key_values(args.label, "--label"), no_cache=args.no_cache,
         pull=args.pull, quiet=args.quiet, target=args.target, network=args.network, platform=args.platform)
     try:
         for item in stream:

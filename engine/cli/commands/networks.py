@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from engine.cli.format import format_path, inspect_each, print_json, print_table
-from engine.cli.main import Context, parse_filters
-from engine.errors import EngineError, InvalidArgument
+from engine.cli.main import Context, key_values, parse_filters
+from engine.errors import EngineError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,38 +75,17 @@ def _usage(parser: Parser) -> int:
     return 0
 
 
-def parse_labels(values: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for item in values:
-        key, _, value = item.partition("=")
-        if not key:
-            raise InvalidArgument(f"invalid --label {item!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
-def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
-    """``-o KEY=VALUE`` and ``--aux-address NAME=IP`` (docker's map options)."""
-    pairs: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not key or not sep:
-            raise InvalidArgument(f"invalid {flag} {item!r}: expected KEY=VALUE")
-        pairs[key] = value
-    return pairs
-
-
 def cmd_create(ctx: Context, args: Namespace) -> int:
     params = {
         "name": args.name, "driver": args.driver, "subnet": args.subnet,
-        "gateway": args.gateway, "internal": args.internal, "labels": parse_labels(args.label),
+        "gateway": args.gateway, "internal": args.internal, "labels": key_values(args.label, "--label"),
     }
     if args.opt:
-        params["options"] = parse_pairs(args.opt, "--opt")
+        params["options"] = key_values(args.opt, "--opt", value_required=True)
     if args.ip_range:
         params["ip_range"] = args.ip_range
     if args.aux_address:
-        params["aux_addresses"] = parse_pairs(args.aux_address, "--aux-address")
+        params["aux_addresses"] = key_values(args.aux_address, "--aux-address", value_required=True)
     result = ctx.client().call("network.create", params)
     print(result["Id"])
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from engine.cli.format import format_path, inspect_each, print_json, print_table
-from engine.cli.main import Context, parse_filters
-from engine.errors import EngineError, InvalidArgument
+from engine.cli.main import Context, key_values, parse_filters
+from engine.errors import EngineError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,19 +58,9 @@ def _usage(parser: Parser) -> int:
     return 0
 
 
-def key_values(values: list[str], flag: str) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not key or (flag == "--opt" and not sep):
-            raise InvalidArgument(f"invalid {flag} {item!r}: expected KEY=VALUE")
-        result[key] = value
-    return result
-
-
 def cmd_create(ctx: Context, args: Namespace) -> int:
     result = ctx.client().call("volume.create", {
-        "name": args.name, "driver": args.driver, "options": key_values(args.opt, "--opt"),
+        "name": args.name, "driver": args.driver, "options": key_values(args.opt, "--opt", value_required=True),
         "labels": key_values(args.label, "--label"),
     })
     print(result["Name"])
