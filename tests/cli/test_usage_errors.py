@@ -35,6 +35,10 @@ def engctl(*argv: str, host: str) -> subprocess.CompletedProcess[str]:
         (["run", "--memory"], ["--memory: expected one argument"]),
         (["run"], ["required: image"]),
         (["nosuch"], ["invalid choice: 'nosuch'"]),
+        (["network", "create", "-o", "mtu", "n"], ["invalid --opt 'mtu': expected KEY=VALUE"]),
+        (["network", "create", "--label", "=x", "n"], ["invalid --label '=x': expected KEY=VALUE"]),
+        (["volume", "create", "--opt", "type", "v"], ["invalid --opt 'type': expected KEY=VALUE"]),
+        (["build", "--label", "=z", "."], ["invalid --label '=z': expected KEY=VALUE"]),
     ],
 )
 def test_usage_errors_exit_125(tmp_path: Path, argv: list[str], says: list[str]) -> None:

@@ -55,10 +55,11 @@ def cmd_build(ctx: Context, args: Namespace) -> int:
         dockerfile = os.path.abspath(dockerfile)
     elif dockerfile == "-":
         raise InvalidArgument("a Dockerfile on stdin is not supported: give a path with -f")
-    stream = ctx.client().stream(
+    given = {"build_args": build_args(args.build_arg), "labels": key_values(args.label, "--label")}
+    stream = ctx.client().stream(  # bad flags are refused before connecting
         "image.build", context=context, dockerfile=dockerfile or "Dockerfile", tags=list(args.tag),
-        build_args=build_args(args.build_arg), labels=key_values(args.label, "--label"), no_cache=args.no_cache,
-        pull=args.pull, quiet=args.quiet, target=args.target, network=args.network, platform=args.platform)
+        no_cache=args.no_cache, pull=args.pull, quiet=args.quiet, target=args.target, network=args.network,
+        platform=args.platform, **given)
     try:
         for item in stream:
             text = item.get("stream") if isinstance(item, dict) else None

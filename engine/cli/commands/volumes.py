@@ -59,10 +59,10 @@ def _usage(parser: Parser) -> int:
 
 
 def cmd_create(ctx: Context, args: Namespace) -> int:
-    result = ctx.client().call("volume.create", {
-        "name": args.name, "driver": args.driver, "options": key_values(args.opt, "--opt", value_required=True),
-        "labels": key_values(args.label, "--label"),
-    })
+    params = {"name": args.name, "driver": args.driver,
+              "options": key_values(args.opt, "--opt", value_required=True),
+              "labels": key_values(args.label, "--label")}
+    result = ctx.client().call("volume.create", params)  # bad flags are refused before connecting
     print(result["Name"])
     return 0
 
